@@ -1,0 +1,73 @@
+"""CPU benchmark: causal sliding window of 512 keys against torch SDPA on dense attention.
+
+    python bench/cpu_window.py [--n 8192 16384] [--repeats 3]
+
+Same run, same machine, same threads. Useful GFLOP/s count only the pairs a pattern keeps:
+forward 4 * D * H * pairs. Prints one row per (system, N) and the ratio spattn / torch dense.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+
+import spattn
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[8192, 16384])
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        torch = None
+    h, d, w = args.heads, args.dim, args.window
+    pattern = spattn.SlidingWindow(w - 1, 0)
+    info = spattn.info()
+    print(f"# {platform.processor() or platform.machine()}, spattn {info['version']} "
+          f"(simd {info['cpu_simd']}, {info['cpu_threads']} threads)"
+          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch not installed"))
+    print(f"# float32, B=1, H={h}, D={d}, causal sliding window {w}")
+    rows = []
+    for n in args.n:
+        rng = np.random.default_rng(0)
+        q, k, v = (rng.standard_normal((1, n, h, d), dtype=np.float32) for _ in range(3))
+        window_pairs = pattern.block_layout(n, n).density * n * n
+        t = best_time(lambda: spattn.attention(q, k, v, pattern=pattern), args.repeats)
+        ours = 4 * d * h * window_pairs / t / 1e9
+        rows.append(("spattn", f"window {w}", n, t, ours))
+        if torch is not None:
+            # torch's layout is [B, H, N, D]; the same memory through a transpose view.
+            tq, tk, tv = (torch.from_numpy(x).transpose(1, 2) for x in (q, k, v))
+            with torch.no_grad():
+                td = best_time(lambda: F.scaled_dot_product_attention(tq, tk, tv), max(1, args.repeats - 1))
+            dense = 4 * d * h * n * n / td / 1e9
+            rows.append(("torch SDPA", "dense", n, td, dense))
+            rows.append(("ratio", "spattn / torch dense", n, float("nan"), ours / dense))
+    print(f"{'system':<12} {'pattern':<22} {'N':>6} {'ms':>9} {'useful GFLOP/s':>15}")
+    for name, pat, n, t, g in rows:
+        ms = "" if t != t else f"{t * 1e3:9.1f}"
+        val = f"{g:14.2f}x" if name == "ratio" else f"{g:15.1f}"
+        print(f"{name:<12} {pat:<22} {n:>6} {ms:>9} {val}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+// The per-architecture entry points of the CUDA part, for the host-side dispatch
+// (cuda/src/host/). Every file under cuda/src/kernels/ is compiled once per architecture in
+// SPATTN_CUDA_ARCHS, each time in its own object library and inside the namespace
+// spattn::cuda::<tag> (sm80, sm90a; the macro SPATTN_CUDA_ARCH_NS), so the copies never clash.
+// Files under cuda/src/sm80/ and cuda/src/sm90a/ are compiled for that architecture only.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace spattn::cuda {
+
+// Element types of the kernels, as passed through the host API.
+enum class KernelDType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+
+}  // namespace spattn::cuda
+
+#define SPATTN_CUDA_DECLARE_ARCH_API(ns)                                                       \
+  namespace spattn::cuda::ns {                                                                 \
+  /* out = alpha * in on a rows x cols matrix (row strides in elements), through a shared-  */ \
+  /* memory tile: the self-test kernel (kernels/scale_tile.cu). cudaErrorNotSupported for a */ \
+  /* dtype left out of a reduced build.                                                     */ \
+  cudaError_t scale_tile(KernelDType dtype, const void* in, int64_t ld_in, void* out,          \
+                         int64_t ld_out, int rows, int cols, float alpha, cudaStream_t stream); \
+  }
+
+SPATTN_CUDA_DECLARE_ARCH_API(sm80)
+SPATTN_CUDA_DECLARE_ARCH_API(sm90a)

@@ -1,0 +1,26 @@
+"""spattn: sparse attention for any array library, on the CPU (and CUDA as it lands).
+
+    import spattn
+    out = spattn.attention(q, k, v, pattern=spattn.SlidingWindow(255, 0))
+
+See SPEC.md for what every pattern means; `spattn info` for what this build holds.
+"""
+from .api import attention, attention_backward, info
+from .patterns import BlockLayout, BlockSparse, Causal, Dense, Pattern, SlidingWindow
+from .reference import reference_attention
+
+__version__ = info()["version"]
+
+__all__ = [
+    "attention",
+    "attention_backward",
+    "reference_attention",
+    "info",
+    "Pattern",
+    "Dense",
+    "Causal",
+    "SlidingWindow",
+    "BlockSparse",
+    "BlockLayout",
+    "__version__",
+]

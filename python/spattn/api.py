@@ -1,0 +1,78 @@
+"""The public functions (SPEC §3): thin checks, then the C++ core through `_core`."""
+from __future__ import annotations
+
+import math
+import numbers
+
+from . import _core
+from ._interop import to_framework
+from .patterns import Dense, Pattern
+
+__all__ = ["attention", "attention_backward", "info"]
+
+
+def _pattern(pattern) -> Pattern:
+    if pattern is None:
+        return Dense()
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern: expected a spattn pattern (Dense(), SlidingWindow(...), ...), got {type(pattern).__name__}")
+    return pattern
+
+
+def _scale(scale):
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale: expected a real number or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale) or scale == 0.0:
+        raise ValueError(f"scale: expected a finite non-zero number, got {scale}")
+    return scale
+
+
+def _wants_grad(*tensors) -> bool:
+    """True when torch autograd must record this call (never imports torch by itself)."""
+    first = tensors[0]
+    if type(first).__module__.split(".")[0] != "torch":
+        return False
+    import torch
+
+    return torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
+
+
+def _plain(x):
+    """A torch tensor that requires grad cannot cross DLPack; outside autograd its data can."""
+    return x.detach() if getattr(x, "requires_grad", False) and hasattr(x, "detach") else x
+
+
+def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=None):
+    """Attention on the (query, key) pairs `pattern` keeps.
+
+    q [B, Nq, Hq, D], k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv], any strides, any DLPack array.
+    Returns out [B, Nq, Hq, Dv] as the same kind of array as q, and with return_lse also
+    lse [B, Hq, Nq] float32. torch tensors that require grad get gradients (lse carries none).
+    """
+    pattern, scale = _pattern(pattern), _scale(scale)
+    if _wants_grad(q, k, v):
+        if out is not None:
+            raise ValueError("out: not supported when autograd records the call (inputs require grad)")
+        from .autograd import attention_with_grad
+
+        o, lse = attention_with_grad(q, k, v, pattern, scale)
+        return (o, lse) if return_lse else o
+    o, lse = _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), return_lse)
+    o = out if out is not None else to_framework(o, q)
+    return (o, to_framework(lse, q)) if return_lse else o
+
+
+def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None):
+    """Gradients (dq, dk, dv) of attention, given dout and the forward's out and lse."""
+    pattern, scale = _pattern(pattern), _scale(scale)
+    dq, dk, dv = _core.backward(*map(_plain, (dout, q, k, v, out, lse)), pattern._core(), scale)
+    return to_framework(dq, q), to_framework(dk, k), to_framework(dv, v)
+
+
+def info() -> dict:
+    """Build and runtime facts: version, backends, compiled CUDA architectures, SIMD, threads."""
+    return dict(_core.info())
+

@@ -1,0 +1,132 @@
+// _core.Pattern: the C++ Pattern, its dense mask and its compiled block layout, as numpy arrays.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "spattn/error.hpp"
+#include "spattn/layout.hpp"
+#include "spattn/pattern.hpp"
+
+namespace spattn {
+namespace python {
+
+namespace py = pybind11;
+
+namespace {
+
+// A window bound: None -> unbounded; any Python int, values beyond +-kUnbounded clamped (they
+// mean the same, and clamping keeps the core's sums from overflowing).
+int64_t window_bound(py::handle v, const char* name) {
+  if (v.is_none()) return kUnbounded;
+  if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+    throw TypeError(std::string(name) + ": expected an int or None, got " +
+                    Py_TYPE(v.ptr())->tp_name);
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+  if (!i) throw py::error_already_set();
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (overflow != 0) return overflow > 0 ? kUnbounded : -kUnbounded;
+  if (x == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return std::clamp<int64_t>(x, -kUnbounded, kUnbounded);
+}
+
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+  py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+  return a;
+}
+
+Pattern block_sparse(py::handle bits, int64_t bq, int64_t bk) {
+  if (!py::isinstance<py::array>(bits))
+    throw TypeError("layout: expected a numpy array of bool or integers [heads, nbq, nbk], got " +
+                    std::string(Py_TYPE(bits.ptr())->tp_name));
+  py::array a = py::reinterpret_borrow<py::array>(bits);
+  const char kind = a.dtype().kind();
+  if (kind != 'b' && kind != 'i' && kind != 'u')
+    throw TypeError("layout: expected a numpy array of bool or integers, got dtype " +
+                    py::str(a.dtype()).cast<std::string>());
+  if (a.ndim() != 3)
+    throw ValueError("layout: expected 3 dimensions [heads, nbq, nbk], got " +
+                     std::to_string(a.ndim()));
+  // Nonzero -> 1, as a C-contiguous uint8 copy.
+  py::array nonzero = a.attr("__ne__")(0);
+  auto u8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(nonzero);
+  if (!u8) throw py::error_already_set();
+  BlockMask m;
+  m.heads = a.shape(0);
+  m.nbq = a.shape(1);
+  m.nbk = a.shape(2);
+  m.bq = bq;
+  m.bk = bk;
+  m.bits.assign(u8.data(), u8.data() + u8.size());
+  return Pattern::block_sparse(std::move(m));
+}
+
+py::dict block_layout(const Pattern& p, int64_t nq, int64_t nk, int64_t bq, int64_t bk,
+                      int64_t heads) {
+  BlockLayout l;
+  {
+    py::gil_scoped_release nogil;
+    l = compile_layout(p, nq, nk, bq, bk, heads);
+  }
+  py::dict d;
+  d["full_indptr"] = to_numpy(l.full_ptr);
+  d["full_indices"] = to_numpy(l.full_idx);
+  d["partial_indptr"] = to_numpy(l.part_ptr);
+  d["partial_indices"] = to_numpy(l.part_idx);
+  d["heads"] = l.heads;
+  d["nqb"] = l.nqb;
+  d["nkb"] = l.nkb;
+  d["block"] = py::make_tuple(l.bq, l.bk);
+  return d;
+}
+
+py::array mask(const Pattern& p, int64_t nq, int64_t nk, int64_t heads) {
+  std::vector<uint8_t> m;
+  {
+    py::gil_scoped_release nogil;
+    m = p.mask(nq, nk, heads);
+  }
+  const int64_t want = heads * nq * nk;
+  if (int64_t(m.size()) != want)
+    throw RuntimeError("Pattern.mask: the core returned " + std::to_string(m.size()) +
+                       " values, expected " + std::to_string(want));
+  py::array a(py::dtype("bool"), std::vector<py::ssize_t>{heads, nq, nk});
+  if (!m.empty()) std::memcpy(a.mutable_data(), m.data(), m.size());
+  return a;
+}
+
+}  // namespace
+
+void bind_patterns(py::module_& m) {
+  py::class_<Pattern>(m, "Pattern", "A compiled-side pattern (see spattn.patterns for the API).")
+      .def_static("dense", &Pattern::dense)
+      .def_static("causal", &Pattern::causal)
+      .def_static(
+          "sliding_window",
+          [](py::handle left, py::handle right) {
+            return Pattern::sliding_window(window_bound(left, "left"), window_bound(right, "right"));
+          },
+          py::arg("left"), py::arg("right"))
+      .def_static("block_sparse", &block_sparse, py::arg("bits"), py::arg("bq"), py::arg("bk"))
+      .def("heads", &Pattern::heads)
+      .def("describe", &Pattern::describe)
+      .def("__repr__", [](const Pattern& p) { return "<_core.Pattern " + p.describe() + ">"; })
+      .def("check", &Pattern::check, py::arg("nq"), py::arg("nk"), py::arg("hq"))
+      .def("mask", &mask, py::arg("nq"), py::arg("nk"), py::arg("heads") = 1)
+      .def("block_layout", &block_layout, py::arg("nq"), py::arg("nk"), py::arg("bq"),
+           py::arg("bk"), py::arg("heads") = 1)
+      .def(
+          "kept_pairs",
+          [](const Pattern& p, int64_t nq, int64_t nk, int64_t heads) {
+            return kept_pairs(p, nq, nk, heads);
+          },
+          py::arg("nq"), py::arg("nk"), py::arg("heads") = 1);
+}
+
+}  // namespace python
+}  // namespace spattn

@@ -1,0 +1,41 @@
+// spattn/cuda/backend_info.hpp in either build: CPU-only (the stub) or with CUDA. Without a GPU
+// or driver, device_count() must be 0 and nothing may throw or crash; with one, the CuTe
+// self-test kernel must run and give the right result. Exits nonzero on failure.
+#include <spattn/cuda/backend_info.hpp>
+#include <spattn/spattn.hpp>
+
+#include <cstdio>
+#include <string>
+
+int main() {
+  int failures = 0;
+  auto check = [&failures](bool ok, const char* what) {
+    if (!ok) {
+      std::fprintf(stderr, "FAILED: %s\n", what);
+      ++failures;
+    }
+  };
+
+  const bool compiled = spattn::cuda::compiled();
+  const std::string archs = spattn::cuda::compiled_archs();
+  const int devices = spattn::cuda::device_count();
+  std::printf("SPATTN_WITH_CUDA=%d compiled=%d archs='%s' devices=%d\n", SPATTN_WITH_CUDA,
+              compiled ? 1 : 0, archs.c_str(), devices);
+
+  check(compiled == (SPATTN_WITH_CUDA != 0), "compiled() agrees with SPATTN_WITH_CUDA");
+  check(compiled ? !archs.empty() : archs.empty(), "compiled_archs() empty exactly when not compiled");
+  check(devices >= 0, "device_count() >= 0");
+  check(compiled || devices == 0, "a CPU-only build sees no devices");
+  check(spattn::cuda::device_count() == devices, "device_count() is stable");
+
+  const std::string result = spattn::cuda::selftest(0);
+  std::printf("selftest(0): %s\n", result.empty() ? "passed" : result.c_str());
+  if (compiled && devices > 0) {
+    check(result.empty(), "the CuTe self-test kernel passes on device 0");
+  } else {
+    check(!result.empty(), "selftest() reports why it cannot run");
+  }
+  check(!spattn::cuda::selftest(-1).empty(), "selftest(-1) is refused");
+
+  return failures == 0 ? 0 : 1;
+}
