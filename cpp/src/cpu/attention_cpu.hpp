@@ -1,0 +1,45 @@
+// The CPU backend's entry points. The caller (api.cpp) has already checked every shape, dtype
+// and device, compiled the layout with cpu_tile_size() and made the predicate.
+#pragma once
+
+#include <cstdint>
+
+#include "spattn/layout.hpp"
+#include "spattn/predicate.hpp"
+#include "spattn/tensor.hpp"
+
+namespace spattn::cpu {
+
+// Query and key tile sizes the CPU kernels walk the layout with.
+struct TileSize {
+  int64_t bq, bk;
+};
+TileSize cpu_tile_size();
+
+// Views are [B, Nq, Hq, D] (q), [B, Nk, Hkv, D] (k), [B, Nk, Hkv, Dv] (v), [B, Nq, Hq, Dv]
+// (out, dout), [B, Hq, Nq] float32 (lse), any strides. All float tensors share `dtype`.
+struct ForwardArgs {
+  TensorView q, k, v, out;
+  TensorView lse;  // data == nullptr: not wanted
+  DType dtype;
+  float scale;
+  const BlockLayout* layout;  // bq x bk == cpu_tile_size(); 1 or Hq heads
+  Predicate pred;
+};
+
+struct BackwardArgs {
+  TensorView dout, q, k, v, out, lse;
+  TensorView dq, dk, dv;  // written, same shapes and dtype as q, k, v
+  DType dtype;
+  float scale;
+  const BlockLayout* layout;
+  Predicate pred;
+};
+
+void forward(const ForwardArgs& a);
+void backward(const BackwardArgs& a);
+
+// The SIMD level the kernels run with on this CPU ("avx512", "avx2", "portable").
+const char* simd_level();
+
+}  // namespace spattn::cpu

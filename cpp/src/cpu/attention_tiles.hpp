@@ -1,0 +1,339 @@
+// The forward and backward work of one query tile (64 rows of one head), written once over the
+// vector type of simd.hpp and compiled per instruction set by isa_*.cpp.
+//
+// Scores are computed transposed, S^T[key][query] = K * Q^T: the K block is the broadcast
+// operand (read in place when it is float32 with unit stride), the packed Q^T tile is the
+// vector operand, and the softmax over keys runs down the columns with plain vertical vector
+// ops (no horizontal reductions). Scores are in base 2 (Q is pre-scaled by scale * log2 e).
+#pragma once
+
+#include "cpu/gemm_tile.hpp"
+#include "cpu/pack.hpp"
+
+namespace spattn::cpu::SPATTN_ISA {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kInf = __builtin_inff();
+constexpr float kLazy = 8.f;  // log2 units
+
+// Carves 64-byte aligned pieces out of a thread's scratch (or, with base null, only counts).
+struct Carve {
+  float* base;
+  int64_t n = 0;
+  float* take(int64_t count) {
+    float* r = base ? base + n : nullptr;
+    n += (count + 15) & ~int64_t(15);
+    return r;
+  }
+};
+
+// Iterates a layout row's full and partial key blocks together, in ascending order.
+struct BlockWalk {
+  const int32_t *f, *fe, *q, *qe;
+  BlockWalk(const Problem& p, int64_t h, int64_t a) {
+    const int64_t r = (p.lheads == 1 ? 0 : h) * p.nqb + a;
+    f = p.full_idx + p.full_ptr[r];
+    fe = p.full_idx + p.full_ptr[r + 1];
+    q = p.part_idx + p.part_ptr[r];
+    qe = p.part_idx + p.part_ptr[r + 1];
+  }
+  bool next(int64_t* c, bool* partial) {
+    if (f == fe && q == qe) return false;
+    if (q == qe || (f != fe && *f < *q)) {
+      *c = *f++;
+      *partial = false;
+    } else {
+      *c = *q++;
+      *partial = true;
+    }
+    return true;
+  }
+};
+
+// Sets masked scores of a partial block to -inf: st[k * 64 + q], k < nk, q < ncol.
+inline void apply_mask(const Problem& p, int64_t h, int64_t i0, int mq, int ncol, int64_t j0,
+                       int nk, const int64_t* lo, const int64_t* hi, int32_t* rlo, int32_t* rhi,
+                       uint8_t* mbuf, float* st) {
+  if (p.window) {
+    for (int q = 0; q < ncol; ++q) {
+      if (q < mq) {
+        rlo[q] = int32_t(max_<int64_t>(-1, min_<int64_t>(kTile, lo[q] - j0)));
+        rhi[q] = int32_t(max_<int64_t>(-1, min_<int64_t>(kTile, hi[q] - j0)));
+      } else {
+        rlo[q] = 0;
+        rhi[q] = kTile;
+      }
+    }
+    for (int k = 0; k < nk; ++k) {
+      const vi kk = splati(k);
+      float* s = st + k * kTile;
+      for (int c = 0; c < ncol; c += W) {
+        const vi bad = (kk < loadi(rlo + c)) | (kk > loadi(rhi + c));
+        store(s + c, bad ? splat(-kInf) : load(s + c));
+      }
+    }
+  } else {
+    p.mask_fn(p.mask_ctx, h, i0, mq, j0, nk, mbuf);
+    for (int k = 0; k < nk; ++k)
+      for (int q = 0; q < mq; ++q)
+        if (!mbuf[k * kTile + q]) st[k * kTile + q] = -kInf;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+struct FwdBufs {
+  float *qt, *o, *st, *kp, *vp, *m, *l, *alpha, *tmp;
+  int32_t *rlo, *rhi;
+  uint8_t* mask;
+  int64_t total;
+};
+
+inline FwdBufs fwd_bufs(const Problem& p, float* base) {
+  Carve c{base};
+  FwdBufs b;
+  b.qt = c.take(p.D * kTile);
+  b.o = c.take(kTile * p.Dvp);
+  b.st = c.take(kTile * kTile);
+  b.kp = c.take(kTile * p.Dp);
+  b.vp = c.take(kTile * p.Dvp);
+  b.m = c.take(kTile);
+  b.l = c.take(kTile);
+  b.alpha = c.take(kTile);
+  b.tmp = c.take(max_(p.Dp, p.Dvp));
+  b.rlo = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.rhi = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.mask = reinterpret_cast<uint8_t*>(c.take(kTile * kTile / 4));
+  b.total = c.n;
+  return b;
+}
+
+inline int64_t fwd_ws_floats(const Problem& p) { return fwd_bufs(p, nullptr).total; }
+
+inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
+                     const int64_t* hi, float* ws) {
+  const FwdBufs w = fwd_bufs(p, ws);
+  const int64_t i0 = a * kTile;
+  const int mq = int(min_<int64_t>(kTile, p.Nq - i0));
+  const int ncol = (mq + 15) & ~15;
+  const int D = int(p.D), Dv = int(p.Dv), Dp = int(p.Dp), Dvp = int(p.Dvp);
+  const int64_t g = h / p.group;
+  const bool k_direct = p.dtype == kF32 && p.k.s[3] == 1;
+  const bool v_direct = p.dtype == kF32 && p.v.s[3] == 1 && Dv == Dvp;
+
+  pack_rows_t(p.q, p.dtype, b, i0, mq, ncol, h, D, p.scale2, w.tmp, w.qt);
+  for (int i = 0; i < mq * Dvp; ++i) w.o[i] = 0.f;
+  for (int q = 0; q < kTile; ++q) {
+    w.m[q] = -kInf;
+    w.l[q] = 0.f;
+  }
+
+  BlockWalk walk(p, h, a);
+  int64_t c;
+  bool partial, first = true;
+  while (walk.next(&c, &partial)) {
+    const int64_t j0 = c * kTile;
+    const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
+    // S^T = K Q^T
+    const float* ka = k_direct ? reinterpret_cast<const float*>(at(p.k, 4, b, j0, g)) : w.kp;
+    const int64_t lda = k_direct ? p.k.s[1] : Dp;
+    if (!k_direct) pack_rows(p.k, p.dtype, b, j0, nk, g, D, Dp, 1.f, w.kp);
+    gemm<false>(nk, ncol, D, ka, lda, 1, w.qt, kTile, w.st, kTile);
+    if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi, w.mask, w.st);
+
+    // Online softmax down the columns; st becomes P^T. The reference maximum m only moves
+    // when a score exceeds it by more than kLazy (P stays <= 2^kLazy, far from overflow), so
+    // O is rescaled rarely; the result is exact either way since O and l share m.
+    bool rescale = false;
+    for (int q = 0; q < ncol; q += W) {
+      const vf m_old = load(w.m + q);
+      vf mx = splat(-kInf);
+      for (int k = 0; k < nk; ++k) mx = vmax(mx, load(w.st + k * kTile + q));
+      const vf m_new = mx > m_old + splat(kLazy) ? mx : m_old;
+      const vf mu = m_new == splat(-kInf) ? vf{} : m_new;  // no key yet: exp2(-inf) = 0
+      const vf alpha = exp2v(m_old - mu);
+      vf sum{};
+      for (int k = 0; k < nk; ++k) {
+        const vf e = exp2v(load(w.st + k * kTile + q) - mu);
+        store(w.st + k * kTile + q, e);
+        sum += e;
+      }
+      store(w.l + q, load(w.l + q) * alpha + sum);
+      store(w.m + q, m_new);
+      store(w.alpha + q, alpha);
+      for (int i = 0; i < W; ++i) rescale |= alpha[i] != 1.f;
+    }
+    if (rescale && !first) {
+      for (int q = 0; q < mq; ++q) {
+        const float al = w.alpha[q];
+        if (al == 1.f) continue;
+        float* o = w.o + q * Dvp;
+        for (int d = 0; d < Dvp; d += W) store(o + d, load(o + d) * al);
+      }
+    }
+    first = false;
+    // O += P V
+    const float* vb = v_direct ? reinterpret_cast<const float*>(at(p.v, 4, b, j0, g)) : w.vp;
+    const int64_t ldb = v_direct ? p.v.s[1] : Dvp;
+    if (!v_direct) pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
+    gemm<true>(mq, Dvp, nk, w.st, 1, kTile, vb, ldb, w.o, Dvp);
+  }
+
+  const int es = p.dtype == kF32 ? 4 : 2;
+  for (int q = 0; q < mq; ++q) {
+    const float l = w.l[q];
+    store_row(at_mut(p.o, es, b, i0 + q, h), p.dtype, p.o.s[3], Dv, w.o + q * Dvp,
+              l > 0.f ? 1.f / l : 0.f);
+    if (p.lse)
+      p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]] =
+          l > 0.f ? (w.m[q] + __builtin_log2f(l)) * kLn2 : -kInf;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: P = exp2(S - lse2), dP^T = V dO^T, dS = P (dP - delta),
+// dV += P^T dO, dK += dS^T Q (scale applied at the end), dQ += dS K (times scale).
+
+struct BwdBufs {
+  float *qt, *qn, *don, *dot, *dq, *kp, *vp, *st, *dpt, *delta, *lse2, *tmp;
+  int32_t *rlo, *rhi;
+  uint8_t* mask;
+  int64_t total;
+};
+
+inline BwdBufs bwd_bufs(const Problem& p, float* base) {
+  Carve c{base};
+  BwdBufs b;
+  b.qt = c.take(p.D * kTile);
+  b.qn = c.take(kTile * p.Dp);
+  b.don = c.take(kTile * p.Dvp);
+  b.dot = c.take(p.Dv * kTile);
+  b.dq = c.take(kTile * p.Dp);
+  b.kp = c.take(kTile * p.Dp);
+  b.vp = c.take(kTile * p.Dvp);
+  b.st = c.take(kTile * kTile);
+  b.dpt = c.take(kTile * kTile);
+  b.delta = c.take(kTile);
+  b.lse2 = c.take(kTile);
+  b.tmp = c.take(max_(p.Dp, p.Dvp));
+  b.rlo = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.rhi = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.mask = reinterpret_cast<uint8_t*>(c.take(kTile * kTile / 4));
+  b.total = c.n;
+  return b;
+}
+
+inline int64_t bwd_ws_floats(const Problem& p) { return bwd_bufs(p, nullptr).total; }
+
+inline void bwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
+                     const int64_t* hi, float* dk_acc, float* dv_acc, int64_t kb_lo, float* ws) {
+  const BwdBufs w = bwd_bufs(p, ws);
+  const int64_t i0 = a * kTile;
+  const int mq = int(min_<int64_t>(kTile, p.Nq - i0));
+  const int ncol = (mq + 15) & ~15;
+  const int D = int(p.D), Dv = int(p.Dv), Dp = int(p.Dp), Dvp = int(p.Dvp);
+  const int64_t g = h / p.group;
+  const int es = p.dtype == kF32 ? 4 : 2;
+  const bool k_direct = p.dtype == kF32 && p.k.s[3] == 1 && D == Dp;
+  const bool v_direct = p.dtype == kF32 && p.v.s[3] == 1;
+
+  pack_rows(p.q, p.dtype, b, i0, mq, h, D, Dp, 1.f, w.qn);
+  pack_rows(p.dout, p.dtype, b, i0, mq, h, Dv, Dvp, 1.f, w.don);
+  for (int d = 0; d < D; ++d) {
+    for (int q = 0; q < mq; ++q) w.qt[d * kTile + q] = w.qn[q * Dp + d] * p.scale2;
+    for (int q = mq; q < ncol; ++q) w.qt[d * kTile + q] = 0.f;
+  }
+  for (int d = 0; d < Dv; ++d) {
+    for (int q = 0; q < mq; ++q) w.dot[d * kTile + q] = w.don[q * Dvp + d];
+    for (int q = mq; q < ncol; ++q) w.dot[d * kTile + q] = 0.f;
+  }
+  for (int q = 0; q < ncol; ++q) {
+    w.delta[q] = 0.f;
+    w.lse2[q] = kInf;  // P = 0 for padding columns and rows that see no key
+    if (q >= mq) continue;
+    load_row(at(p.o, es, b, i0 + q, h), p.dtype, p.o.s[3], Dv, 1.f, w.tmp);
+    float s = 0.f;
+    for (int d = 0; d < Dv; ++d) s += w.don[q * Dvp + d] * w.tmp[d];
+    w.delta[q] = s;
+    const float l = p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]];
+    if (l != -kInf) w.lse2[q] = l * kLog2e;
+  }
+  for (int i = 0; i < mq * Dp; ++i) w.dq[i] = 0.f;
+
+  BlockWalk walk(p, h, a);
+  int64_t c;
+  bool partial;
+  while (walk.next(&c, &partial)) {
+    const int64_t j0 = c * kTile;
+    const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
+    const float* kb = k_direct ? reinterpret_cast<const float*>(at(p.k, 4, b, j0, g)) : w.kp;
+    const int64_t ldk = k_direct ? p.k.s[1] : Dp;
+    if (!k_direct) pack_rows(p.k, p.dtype, b, j0, nk, g, D, Dp, 1.f, w.kp);
+    const float* vb = v_direct ? reinterpret_cast<const float*>(at(p.v, 4, b, j0, g)) : w.vp;
+    const int64_t ldv = v_direct ? p.v.s[1] : Dvp;
+    if (!v_direct) pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
+
+    gemm<false>(nk, ncol, D, kb, ldk, 1, w.qt, kTile, w.st, kTile);  // S^T
+    if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi, w.mask, w.st);
+    gemm<false>(nk, ncol, Dv, vb, ldv, 1, w.dot, kTile, w.dpt, kTile);  // dP^T
+    for (int k = 0; k < nk; ++k) {
+      float* s = w.st + k * kTile;
+      float* dp = w.dpt + k * kTile;
+      for (int q = 0; q < ncol; q += W) {
+        const vf pr = exp2v(load(s + q) - load(w.lse2 + q));
+        store(s + q, pr);
+        store(dp + q, pr * (load(dp + q) - load(w.delta + q)));  // dS^T
+      }
+    }
+    float* dvb = dv_acc + (c - kb_lo) * kTile * Dvp;
+    float* dkb = dk_acc + (c - kb_lo) * kTile * Dp;
+    gemm<true>(nk, Dvp, mq, w.st, kTile, 1, w.don, Dvp, dvb, Dvp);   // dV += P^T dO
+    gemm<true>(nk, Dp, mq, w.dpt, kTile, 1, w.qn, Dp, dkb, Dp);      // dK += dS^T Q
+    gemm<true>(mq, Dp, nk, w.dpt, 1, kTile, kb, ldk, w.dq, Dp);      // dQ += dS K
+  }
+  for (int q = 0; q < mq; ++q)
+    store_row(at_mut(p.dq, es, b, i0 + q, h), p.dtype, p.dq.s[3], D, w.dq + q * Dp, p.scale);
+}
+
+inline void bwd_store(const Problem& p, int64_t b, int64_t g, int64_t c,
+                      const float* const* dk_src, const float* const* dv_src, int nsrc) {
+  const int64_t j0 = c * kTile;
+  const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
+  const int es = p.dtype == kF32 ? 4 : 2;
+  constexpr int kChunk = 256;
+  alignas(64) float acc[kChunk];
+  for (int pass = 0; pass < 2; ++pass) {
+    const T4& t = pass == 0 ? p.dk : p.dv;
+    const float* const* src = pass == 0 ? dk_src : dv_src;
+    const int cols = int(pass == 0 ? p.D : p.Dv);
+    const int ld = int(pass == 0 ? p.Dp : p.Dvp);
+    const float mul = pass == 0 ? p.scale : 1.f;
+    for (int k = 0; k < nk; ++k) {
+      char* row = at_mut(t, es, b, j0 + k, g);
+      for (int d0 = 0; d0 < cols; d0 += kChunk) {
+        const int n = min_(kChunk, ld - d0);  // a multiple of 16
+        for (int d = 0; d < n; d += W) {
+          vf s{};
+          for (int i = 0; i < nsrc; ++i) s += load(src[i] + k * ld + d0 + d);
+          store(acc + d, s);
+        }
+        store_row(row + d0 * t.s[3] * es, p.dtype, t.s[3], min_(kChunk, cols - d0), acc, mul);
+      }
+    }
+  }
+}
+
+}  // namespace spattn::cpu::SPATTN_ISA
+
+// The table of one ISA translation unit.
+#define SPATTN_DEFINE_KERNEL_TABLE(getter, label)                                           \
+  namespace spattn::cpu {                                                                   \
+  const KernelTable* getter() {                                                             \
+    static const KernelTable t{label,                 SPATTN_ISA::fwd_ws_floats,            \
+                               SPATTN_ISA::bwd_ws_floats, SPATTN_ISA::fwd_tile,             \
+                               SPATTN_ISA::bwd_tile,  SPATTN_ISA::bwd_store};               \
+    return &t;                                                                              \
+  }                                                                                         \
+  }

@@ -1,0 +1,48 @@
+// Shared by forward.cpp and backward.cpp (default target only; never include from isa_*.cpp).
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+#include "cpu/attention_cpu.hpp"
+#include "cpu/kernel_api.hpp"
+
+namespace spattn::cpu::detail {
+
+// 64-byte aligned float scratch, freed on scope exit.
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using Scratch = std::unique_ptr<float[], AlignedFree>;
+
+inline Scratch alloc_floats(int64_t n) {
+  const size_t bytes = (size_t(n > 0 ? n : 1) * sizeof(float) + 63) & ~size_t(63);
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  return Scratch(static_cast<float*>(p));
+}
+
+inline int code_of(DType t) {
+  return t == DType::Float32 ? kF32 : t == DType::Float16 ? kF16 : kBF16;
+}
+
+inline T4 t4(const TensorView& v) {
+  T4 t;
+  t.data = v.data;
+  for (int i = 0; i < 4; ++i) t.s[i] = i < v.ndim ? v.strides[i] : 0;
+  return t;
+}
+
+// Problem fields shared by both passes.
+Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& v,
+                     DType dtype, float scale, const BlockLayout& layout, const Predicate& pred);
+
+// Throws ValueError unless the layout was compiled for this problem with cpu_tile_size().
+void check_layout(const Problem& p, const BlockLayout& layout);
+
+// Fills lo/hi (64 entries) with the key intervals of the rows of tile a (window predicates).
+void tile_ranges(const Predicate& pred, int64_t nq, int64_t a, int64_t* lo, int64_t* hi);
+
+}  // namespace spattn::cpu::detail

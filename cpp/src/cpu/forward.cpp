@@ -1,0 +1,37 @@
+// The forward pass: one task per (batch, query tile, query head), dynamically scheduled. Heads
+// vary fastest: a row of q or out holds every head, so neighbouring tasks read and write the
+// same pages and cache lines (head-major order measured ~15% slower at 8K tokens, 8 heads).
+#include "cpu/common.hpp"
+#include "cpu/thread_pool.hpp"
+
+namespace spattn::cpu {
+
+void forward(const ForwardArgs& a) {
+  using namespace detail;
+  Problem p = make_problem(a.q, a.k, a.v, a.dtype, a.scale, *a.layout, a.pred);
+  check_layout(p, *a.layout);
+  p.o = t4(a.out);
+  if (a.lse.data) {
+    p.lse = static_cast<float*>(a.lse.data);
+    for (int i = 0; i < 3; ++i) p.lse_s[i] = a.lse.strides[i];
+  }
+  const int64_t tiles = (p.Nq + kTile - 1) / kTile;
+  const int64_t tasks = p.B * p.Hq * tiles;
+  if (tasks == 0 || p.Dv == 0) return;
+
+  const KernelTable* kt = kernels();
+  const int64_t ws_floats = kt->fwd_ws_floats(p);
+  const int nthreads = num_threads();
+  Scratch ws = alloc_floats(ws_floats * nthreads);
+  const Predicate& pred = a.pred;
+  parallel_for(tasks, [&](int64_t task, int thread) {
+    const int64_t h = task % p.Hq;
+    const int64_t tile = (task / p.Hq) % tiles;
+    const int64_t b = task / (tiles * p.Hq);
+    int64_t lo[kTile], hi[kTile];
+    tile_ranges(pred, p.Nq, tile, lo, hi);
+    kt->fwd_tile(p, b, h, tile, lo, hi, ws.get() + thread * ws_floats);
+  });
+}
+
+}  // namespace spattn::cpu

@@ -1,0 +1,73 @@
+// The plain-data boundary between the common CPU code (forward.cpp, backward.cpp) and the
+// per-ISA kernel translation units (isa_*.cpp). Only structs and function declarations here:
+// no inline code, so nothing in this header can be compiled twice with different target flags.
+#pragma once
+
+#include <cstdint>
+
+namespace spattn::cpu {
+
+enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// A 4-d tensor: data at element [0,0,0,0], strides in elements (any sign).
+struct T4 {
+  void* data = nullptr;
+  int64_t s[4] = {0, 0, 0, 0};
+};
+
+// Everything a tile kernel needs, already checked and flattened.
+struct Problem {
+  int dtype = kF32;
+  int64_t B = 0, Nq = 0, Nk = 0, Hq = 0, Hkv = 0, D = 0, Dv = 0, group = 1;  // group = Hq / Hkv
+  int64_t Dp = 0, Dvp = 0;  // D, Dv rounded up to multiples of 16
+  float scale = 1.f;        // softmax scale
+  float scale2 = 1.f;       // scale * log2(e): scores are kept in base-2 units
+  // Block layout (CSR), tiles of 64 x 64.
+  int64_t lheads = 1, nqb = 0, nkb = 0;
+  const int64_t *full_ptr = nullptr, *part_ptr = nullptr;
+  const int32_t *full_idx = nullptr, *part_idx = nullptr;
+  // Element rule on partial blocks. window: the tile caller passes each row's exact key
+  // interval [lo, hi]. Otherwise mask_fn fills m[k * 64 + q] (1 = kept) for the
+  // nk x mq block at (i0, j0) of head h.
+  bool window = true;
+  void (*mask_fn)(const void* ctx, int64_t h, int64_t i0, int mq, int64_t j0, int nk,
+                  uint8_t* m) = nullptr;
+  const void* mask_ctx = nullptr;
+  // Tensors: q [B,Nq,Hq,D], k [B,Nk,Hkv,D], v [B,Nk,Hkv,Dv], o/dout [B,Nq,Hq,Dv]; dq/dk/dv like
+  // q/k/v. lse [B,Hq,Nq] float32 (data null: not wanted in the forward).
+  T4 q, k, v, o, dout, dq, dk, dv;
+  float* lse = nullptr;
+  int64_t lse_s[3] = {0, 0, 0};
+};
+
+constexpr int kTile = 64;
+
+// One set of kernels, compiled for one instruction set.
+struct KernelTable {
+  const char* name;  // "avx512", "avx2", "portable"
+  // Floats of scratch one thread needs (64-byte aligned base).
+  int64_t (*fwd_ws_floats)(const Problem& p);
+  int64_t (*bwd_ws_floats)(const Problem& p);
+  // Forward of query tile a of head h, batch b. lo/hi: the rows' key intervals (window only).
+  void (*fwd_tile)(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
+                   const int64_t* hi, float* ws);
+  // Backward of query tile a of head h: writes dq rows, accumulates dK (unscaled) and dV of
+  // key block c into dk_acc/dv_acc rows (c - kb_lo) * 64 .. (row strides Dp / Dvp).
+  void (*bwd_tile)(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
+                   const int64_t* hi, float* dk_acc, float* dv_acc, int64_t kb_lo, float* ws);
+  // Sum the nsrc partial dK/dV blocks of key block c (kv head g, batch b), scale dK, write
+  // dk/dv rows of that block (zeros when nsrc == 0).
+  void (*bwd_store)(const Problem& p, int64_t b, int64_t g, int64_t c, const float* const* dk_src,
+                    const float* const* dv_src, int nsrc);
+};
+
+// The table chosen for this CPU (once; SPATTN_SIMD=portable|avx2|avx512 may lower it).
+const KernelTable* kernels();
+
+const KernelTable* kernels_portable();
+#if defined(__x86_64__) || defined(_M_X64)
+const KernelTable* kernels_avx2();
+const KernelTable* kernels_avx512();
+#endif
+
+}  // namespace spattn::cpu

@@ -1,0 +1,72 @@
+// Turning the checked arguments into the plain Problem the kernels read (see kernel_api.hpp),
+// and the per-tile predicate helpers shared by the forward and the backward pass.
+#include <string>
+
+#include "spattn/error.hpp"
+
+#include "cpu/common.hpp"
+
+namespace spattn::cpu {
+namespace detail {
+
+namespace {
+void mask_keeps(const void* ctx, int64_t h, int64_t i0, int mq, int64_t j0, int nk, uint8_t* m) {
+  const Predicate& pred = *static_cast<const Predicate*>(ctx);
+  for (int k = 0; k < nk; ++k)
+    for (int q = 0; q < mq; ++q) m[k * kTile + q] = keeps(pred, h, i0 + q, j0 + k) ? 1 : 0;
+}
+}  // namespace
+
+Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& v,
+                     DType dtype, float scale, const BlockLayout& layout, const Predicate& pred) {
+  Problem p;
+  p.dtype = code_of(dtype);
+  p.B = q.shape[0];
+  p.Nq = q.shape[1];
+  p.Hq = q.shape[2];
+  p.D = q.shape[3];
+  p.Nk = k.shape[1];
+  p.Hkv = k.shape[2];
+  p.Dv = v.shape[3];
+  p.group = p.Hkv > 0 ? p.Hq / p.Hkv : 1;
+  p.Dp = (p.D + 15) & ~int64_t(15);
+  p.Dvp = (p.Dv + 15) & ~int64_t(15);
+  p.scale = scale;
+  p.scale2 = scale * 1.4426950408889634f;
+  p.lheads = layout.heads;
+  p.nqb = layout.nqb;
+  p.nkb = layout.nkb;
+  p.full_ptr = layout.full_ptr.data();
+  p.part_ptr = layout.part_ptr.data();
+  p.full_idx = layout.full_idx.data();
+  p.part_idx = layout.part_idx.data();
+  p.window = range_is_exact(pred);
+  p.mask_fn = mask_keeps;
+  p.mask_ctx = &pred;
+  p.q = t4(q);
+  p.k = t4(k);
+  p.v = t4(v);
+  return p;
+}
+
+void check_layout(const Problem& p, const BlockLayout& L) {
+  const int64_t nqb = (p.Nq + kTile - 1) / kTile, nkb = (p.Nk + kTile - 1) / kTile;
+  const int64_t rows = (L.heads == 1 ? 1 : p.Hq) * nqb;
+  if (L.bq != kTile || L.bk != kTile || L.nqb != nqb || L.nkb != nkb ||
+      (L.heads != 1 && L.heads != p.Hq) || int64_t(L.full_ptr.size()) != rows + 1 ||
+      int64_t(L.part_ptr.size()) != rows + 1)
+    throw ValueError("cpu attention: the block layout does not match the problem (expected " +
+                     std::to_string(kTile) + "x" + std::to_string(kTile) + " tiles, " +
+                     std::to_string(nqb) + " x " + std::to_string(nkb) + " blocks, 1 or " +
+                     std::to_string(p.Hq) + " heads)");
+}
+
+void tile_ranges(const Predicate& pred, int64_t nq, int64_t a, int64_t* lo, int64_t* hi) {
+  if (!range_is_exact(pred)) return;
+  const int64_t i0 = a * kTile;
+  for (int64_t q = 0; q < kTile && i0 + q < nq; ++q) key_range(pred, i0 + q, &lo[q], &hi[q]);
+}
+
+}  // namespace detail
+
+}  // namespace spattn::cpu

@@ -1,0 +1,164 @@
+// The process-wide worker pool behind parallel_for.
+#include "cpu/thread_pool.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
+
+namespace spattn::cpu {
+namespace {
+
+int configured_threads() {
+  if (const char* s = std::getenv("SPATTN_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(s, &end, 10);
+    if (end != s && n > 0) return int(n > 1024 ? 1024 : n);
+  }
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+#endif
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? int(n) : 1;
+}
+
+thread_local bool t_inside_task = false;
+
+class Pool {
+ public:
+  explicit Pool(int n) : size_(n) {
+    for (int i = 1; i < n; ++i) threads_.emplace_back([this, i] { worker(i); });
+    for (auto& t : threads_) t.detach();  // the pool lives until the process ends
+  }
+  int size() const { return size_; }
+
+  void run(int64_t n, const std::function<void(int64_t, int)>& fn) {
+    std::lock_guard<std::mutex> call(call_mutex_);  // one job at a time
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      fn_ = &fn;
+      count_ = n;
+      next_.store(0, std::memory_order_relaxed);
+      error_ = nullptr;
+      busy_ = size_ - 1;
+      ++generation_;
+    }
+    start_.notify_all();
+    work(0);
+    std::exception_ptr err;
+    {
+      std::unique_lock<std::mutex> lk(mutex_);
+      done_.wait(lk, [this] { return busy_ == 0; });
+      err = error_;
+      error_ = nullptr;
+      fn_ = nullptr;
+    }
+    if (err) std::rethrow_exception(err);
+  }
+
+ private:
+  void work(int thread) {
+    t_inside_task = true;
+    for (;;) {
+      const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+      if (i >= count_) break;
+      try {
+        (*fn_)(i, thread);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mutex_);
+        if (!error_) error_ = std::current_exception();
+        next_.store(count_, std::memory_order_relaxed);  // hand out nothing more
+      }
+    }
+    t_inside_task = false;
+  }
+
+  void worker(int thread) {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(mutex_);
+        start_.wait(lk, [&] { return generation_ != seen; });
+        seen = generation_;
+      }
+      work(thread);
+      std::lock_guard<std::mutex> lk(mutex_);
+      if (--busy_ == 0) done_.notify_all();
+    }
+  }
+
+  const int size_;
+  std::vector<std::thread> threads_;
+  std::mutex call_mutex_, mutex_;
+  std::condition_variable start_, done_;
+  uint64_t generation_ = 0;
+  const std::function<void(int64_t, int)>* fn_ = nullptr;
+  int64_t count_ = 0;
+  std::atomic<int64_t> next_{0};
+  int busy_ = 0;
+  std::exception_ptr error_;
+};
+
+std::mutex g_create_mutex;
+std::atomic<Pool*> g_pool{nullptr};
+
+#if defined(__linux__)
+// A forked child has none of the parent's threads: forget the pool (leaked) and make a new
+// one on first use.
+void after_fork_in_child() {
+  g_pool.store(nullptr);
+  new (&g_create_mutex) std::mutex();
+}
+#endif
+
+Pool& pool() {
+  Pool* p = g_pool.load(std::memory_order_acquire);
+  if (p) return *p;
+  std::lock_guard<std::mutex> lk(g_create_mutex);
+  p = g_pool.load(std::memory_order_acquire);
+  if (!p) {
+#if defined(__linux__)
+    static bool registered = [] { return pthread_atfork(nullptr, nullptr, after_fork_in_child) == 0; }();
+    (void)registered;
+#endif
+    p = new Pool(configured_threads());  // never deleted: workers may outlive static destructors
+    g_pool.store(p, std::memory_order_release);
+  }
+  return *p;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+
+void parallel_for(int64_t n, const std::function<void(int64_t task, int thread)>& fn) {
+  if (n <= 0) return;
+  if (t_inside_task || n == 1 || num_threads() == 1) {
+    // Nested (or trivial) call: run inline on this thread, as thread 0 of this call.
+    const bool outer = t_inside_task;
+    t_inside_task = true;
+    try {
+      for (int64_t i = 0; i < n; ++i) fn(i, 0);
+    } catch (...) {
+      t_inside_task = outer;
+      throw;
+    }
+    t_inside_task = outer;
+    return;
+  }
+  pool().run(n, fn);
+}
+
+}  // namespace spattn::cpu

@@ -1,0 +1,19 @@
+// One process-wide pool of worker threads, created on first use and reused by every call.
+// Size: SPATTN_NUM_THREADS if set (> 0), else the CPUs this process may run on.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace spattn::cpu {
+
+// Number of threads parallel_for uses (the caller included).
+int num_threads();
+
+// Run fn(task) for task in [0, n) on the pool, tasks handed out dynamically (an atomic
+// counter), the calling thread taking part. Returns when all are done. An exception thrown by
+// fn is rethrown here (the first one) after every thread has stopped. Calls from inside a
+// task run inline (no nested parallelism, no deadlock).
+void parallel_for(int64_t n, const std::function<void(int64_t task, int thread)>& fn);
+
+}  // namespace spattn::cpu
