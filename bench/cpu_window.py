@@ -1,9 +1,10 @@
 """CPU benchmark: causal sliding window of 512 keys against torch SDPA on dense attention.
 
-    python bench/cpu_window.py [--n 8192 16384] [--repeats 3]
+    python bench/cpu_window.py [--n 8192 16384] [--repeats 3] [--backward]
 
 Same run, same machine, same threads. Useful GFLOP/s count only the pairs a pattern keeps:
-forward 4 * D * H * pairs. Prints one row per (system, N) and the ratio spattn / torch dense.
+forward 4 * D * H * pairs, forward+backward 3.5 times that. Prints one row per (system, pass,
+N) and the ratio spattn / torch dense.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--backward", action="store_true", help="also time forward+backward")
     args = ap.parse_args()
     try:
         import torch
@@ -53,20 +55,42 @@ def main() -> None:
         window_pairs = pattern.block_layout(n, n).density * n * n
         t = best_time(lambda: spattn.attention(q, k, v, pattern=pattern), args.repeats)
         ours = 4 * d * h * window_pairs / t / 1e9
-        rows.append(("spattn", f"window {w}", n, t, ours))
+        rows.append(("spattn", f"window {w}", "fwd", n, t, ours))
+        if args.backward:
+            dout = rng.standard_normal(q.shape, dtype=np.float32)
+
+            def fwd_bwd():
+                o, lse = spattn.attention(q, k, v, pattern=pattern, return_lse=True)
+                spattn.attention_backward(dout, q, k, v, o, lse, pattern=pattern)
+
+            tb = best_time(fwd_bwd, args.repeats)
+            ours_b = 3.5 * 4 * d * h * window_pairs / tb / 1e9
+            rows.append(("spattn", f"window {w}", "fwd+bwd", n, tb, ours_b))
         if torch is not None:
             # torch's layout is [B, H, N, D]; the same memory through a transpose view.
             tq, tk, tv = (torch.from_numpy(x).transpose(1, 2) for x in (q, k, v))
+            reps = max(1, args.repeats - 1)
             with torch.no_grad():
-                td = best_time(lambda: F.scaled_dot_product_attention(tq, tk, tv), max(1, args.repeats - 1))
+                td = best_time(lambda: F.scaled_dot_product_attention(tq, tk, tv), reps)
             dense = 4 * d * h * n * n / td / 1e9
-            rows.append(("torch SDPA", "dense", n, td, dense))
-            rows.append(("ratio", "spattn / torch dense", n, float("nan"), ours / dense))
-    print(f"{'system':<12} {'pattern':<22} {'N':>6} {'ms':>9} {'useful GFLOP/s':>15}")
-    for name, pat, n, t, g in rows:
+            rows.append(("torch SDPA", "dense", "fwd", n, td, dense))
+            rows.append(("ratio", "spattn / torch dense", "fwd", n, float("nan"), ours / dense))
+            if args.backward:
+                gq, gk, gv = (x.detach().clone().requires_grad_() for x in (tq, tk, tv))
+                tdout = torch.from_numpy(dout).transpose(1, 2)
+
+                def torch_fwd_bwd():
+                    F.scaled_dot_product_attention(gq, gk, gv).backward(tdout)
+
+                tdb = best_time(torch_fwd_bwd, reps)
+                dense_b = 3.5 * 4 * d * h * n * n / tdb / 1e9
+                rows.append(("torch SDPA", "dense", "fwd+bwd", n, tdb, dense_b))
+                rows.append(("ratio", "spattn / torch dense", "fwd+bwd", n, float("nan"), ours_b / dense_b))
+    print(f"{'system':<12} {'pattern':<22} {'pass':<8} {'N':>6} {'ms':>9} {'useful GFLOP/s':>15}")
+    for name, pat, kind, n, t, g in rows:
         ms = "" if t != t else f"{t * 1e3:9.1f}"
         val = f"{g:14.2f}x" if name == "ratio" else f"{g:15.1f}"
-        print(f"{name:<12} {pat:<22} {n:>6} {ms:>9} {val}")
+        print(f"{name:<12} {pat:<22} {kind:<8} {n:>6} {ms:>9} {val}")
 
 
 if __name__ == "__main__":
