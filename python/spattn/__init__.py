@@ -6,6 +6,7 @@
 See SPEC.md for what every pattern means; `spattn info` for what this build holds.
 """
 from .api import attention, attention_backward, info
+from .merge import merge
 from .patterns import BlockLayout, BlockSparse, Causal, Dense, Pattern, SlidingWindow
 from .reference import reference_attention
 
@@ -16,6 +17,7 @@ __all__ = [
     "attention_backward",
     "reference_attention",
     "info",
+    "merge",
     "Pattern",
     "Dense",
     "Causal",

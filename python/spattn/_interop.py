@@ -57,3 +57,8 @@ def to_framework(holder, like):
 def is_array(x) -> bool:
     """True for objects that speak DLPack (`__dlpack__` and `__dlpack_device__`)."""
     return hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__")
+
+
+def detached(x):
+    """A torch tensor that requires grad cannot cross DLPack; outside autograd its data can."""
+    return x.detach() if getattr(x, "requires_grad", False) and hasattr(x, "detach") else x

@@ -9,6 +9,7 @@ namespace spattn {
 namespace python {
 void bind_patterns(py::module_& m);
 void bind_ops(py::module_& m);
+void bind_merge(py::module_& m);
 }  // namespace python
 }  // namespace spattn
 
@@ -34,4 +35,5 @@ PYBIND11_MODULE(_core, m) {
   spattn::python::bind_dlpack(m);
   spattn::python::bind_patterns(m);
   spattn::python::bind_ops(m);
+  spattn::python::bind_merge(m);
 }

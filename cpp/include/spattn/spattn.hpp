@@ -14,6 +14,7 @@
 #include "spattn/dlpack.hpp"
 #include "spattn/error.hpp"
 #include "spattn/layout.hpp"
+#include "spattn/merge.hpp"
 #include "spattn/pattern.hpp"
 #include "spattn/tensor.hpp"
 

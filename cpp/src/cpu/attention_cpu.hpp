@@ -43,3 +43,18 @@ void backward(const BackwardArgs& a);
 const char* simd_level();
 
 }  // namespace spattn::cpu
+
+namespace spattn::cpu {
+
+// Exact merge of partial results over disjoint key sets: outs[k] [B, N, H, Dv] with lses[k]
+// [B, H, N] float32 → out, lse (same shapes). All outs and out share `dtype`.
+struct MergeArgs {
+  const TensorView* outs;
+  const TensorView* lses;
+  int nparts;
+  TensorView out, lse;
+  DType dtype;
+};
+void merge(const MergeArgs& a);
+
+}  // namespace spattn::cpu

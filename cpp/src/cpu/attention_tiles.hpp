@@ -8,6 +8,7 @@
 #pragma once
 
 #include "cpu/gemm_tile.hpp"
+#include "cpu/merge_rows.hpp"
 #include "cpu/pack.hpp"
 
 namespace spattn::cpu::SPATTN_ISA {
@@ -333,7 +334,8 @@ inline void bwd_store(const Problem& p, int64_t b, int64_t g, int64_t c,
   const KernelTable* getter() {                                                             \
     static const KernelTable t{label,                 SPATTN_ISA::fwd_ws_floats,            \
                                SPATTN_ISA::bwd_ws_floats, SPATTN_ISA::fwd_tile,             \
-                               SPATTN_ISA::bwd_tile,  SPATTN_ISA::bwd_store};               \
+                               SPATTN_ISA::bwd_tile,  SPATTN_ISA::bwd_store,                \
+                               SPATTN_ISA::weighted_sum_row};                               \
     return &t;                                                                              \
   }                                                                                         \
   }

@@ -1,0 +1,26 @@
+"""Combining attention computed on disjoint key sets (split-K, unions, context parallelism)."""
+from __future__ import annotations
+
+from . import _core
+from ._interop import detached, to_framework
+
+__all__ = ["merge"]
+
+
+def merge(outs, lses):
+    """Exact merge of partial results: `outs[k]` is attention over key set K_k (the K_k
+    disjoint), `lses[k]` its logsumexp. Returns (out, lse) over the union of the key sets:
+    lse = log(sum_k exp(lse_k)), out = sum_k exp(lse_k - lse) * out_k.
+
+    Shapes: outs [B, N, H, Dv] with lses [B, H, N] float32 (or varlen [T, H, Dv] with [H, T]);
+    any strides, float32/float16/bfloat16 outs; results are of the kind of outs[0]. Rows that
+    no part saw (every lse = -inf) give out = 0, lse = -inf.
+    """
+    if isinstance(outs, (str, bytes)) or not hasattr(outs, "__len__"):
+        raise TypeError(f"outs: expected a list of arrays, got {type(outs).__name__}")
+    if isinstance(lses, (str, bytes)) or not hasattr(lses, "__len__"):
+        raise TypeError(f"lses: expected a list of arrays, got {type(lses).__name__}")
+    outs, lses = list(outs), list(lses)
+    o, l = _core.merge([detached(x) for x in outs], [detached(x) for x in lses])
+    return to_framework(o, outs[0]), to_framework(l, outs[0])
+
