@@ -41,8 +41,8 @@ BlockLayout window_layout(const Predicate& p, int64_t nq, int64_t nk) {
   for (int64_t a = 0; a < L.nqb; ++a) {
     const int64_t i0 = a * 64, i1 = std::min(nq, i0 + 64) - 1;
     int64_t lo0, hi0, lo1, hi1;
-    key_range(p, i0, &lo0, &hi0);
-    key_range(p, i1, &lo1, &hi1);
+    key_range(p, 0, i0, &lo0, &hi0);
+    key_range(p, 0, i1, &lo1, &hi1);
     const int64_t ulo = std::max<int64_t>(lo0, 0), uhi = std::min(hi1, nk - 1);
     for (int64_t c = ulo >= 0 && uhi >= ulo ? ulo / 64 : 1; c <= (uhi >= ulo ? uhi / 64 : 0); ++c) {
       const int64_t j0 = c * 64, j1 = std::min(nk, j0 + 64) - 1;
@@ -82,10 +82,8 @@ int main(int argc, char** argv) {
   std::printf("simd %s, window %lld, H %lld, D %lld, %s\n", cpu::simd_level(), (long long)W,
               (long long)H, (long long)D, dts.c_str());
   for (int64_t N : ns) {
-    Predicate pred;
-    pred.off = 0;
-    pred.left = W - 1;
-    pred.right = 0;
+    const CompiledPattern compiled = Pattern::sliding_window(W - 1, 0).compile(N, N, H);
+    const Predicate pred = compiled.predicate();
     const BlockLayout L = window_layout(pred, N, N);
     double kept = 0;
     for (int64_t i = 0; i < N; ++i) kept += double(std::min(i + 1, W));

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <vector>
 
 #include "cpu/attention_cpu.hpp"
 #include "cpu/thread_pool.hpp"
@@ -109,25 +110,31 @@ struct Dims {
   int64_t b, nq, nk, hq, hkv, d, dv;
 };
 
-Dims check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, DType* dtype) {
-  expect_rank(q, "q", 4, "[B, Nq, Hq, D]");
-  expect_rank(k, "k", 4, "[B, Nk, Hkv, D]");
-  expect_rank(v, "v", 4, "[B, Nk, Hkv, Dv]");
+// varlen: q [Tq, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv] (no batch dimension; b = 1, nq = Tq,
+// nk = Tk in the result).
+Dims check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, DType* dtype,
+               bool varlen = false) {
+  const int r = varlen ? 3 : 4, o = varlen ? 0 : 1;  // rank; index of the sequence dimension
+  expect_rank(q, "q", r, varlen ? "[Tq, Hq, D]" : "[B, Nq, Hq, D]");
+  expect_rank(k, "k", r, varlen ? "[Tk, Hkv, D]" : "[B, Nk, Hkv, D]");
+  expect_rank(v, "v", r, varlen ? "[Tk, Hkv, Dv]" : "[B, Nk, Hkv, Dv]");
   *dtype = float_dtype(q, "q");
   expect_dtype(k, "k", *dtype, "q");
   expect_dtype(v, "v", *dtype, "q");
   expect_same_device(k, "k", q);
   expect_same_device(v, "v", q);
-  Dims s{q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], v.shape[3]};
+  Dims s{varlen ? 1 : q.shape[0], q.shape[o],     k.shape[o],    q.shape[o + 1],
+         k.shape[o + 1],          q.shape[o + 2], v.shape[o + 2]};
   std::ostringstream m;
-  if (k.shape[0] != s.b || v.shape[0] != s.b)
+  if (!varlen && (k.shape[0] != s.b || v.shape[0] != s.b))
     m << "k, v: batch sizes " << k.shape[0] << " and " << v.shape[0] << " must equal q's "
       << s.b << " (q " << dims(q) << ", k " << dims(k) << ", v " << dims(v) << ")";
-  else if (v.shape[1] != s.nk)
-    m << "v: expected Nk=" << s.nk << " keys like k " << dims(k) << ", got " << dims(v);
-  else if (v.shape[2] != s.hkv)
+  else if (v.shape[o] != s.nk)
+    m << "v: expected " << (varlen ? "Tk=" : "Nk=") << s.nk << " keys like k " << dims(k)
+      << ", got " << dims(v);
+  else if (v.shape[o + 1] != s.hkv)
     m << "v: expected Hkv=" << s.hkv << " heads like k " << dims(k) << ", got " << dims(v);
-  else if (k.shape[3] != s.d)
+  else if (k.shape[o + 2] != s.d)
     m << "k: head dim " << k.shape[3] << " must equal q's D=" << s.d << " (q " << dims(q)
       << ", k " << dims(k) << ")";
   else if (s.hq < 1 || s.hkv < 1)
@@ -159,6 +166,31 @@ void check_lse(const TensorView& t, const char* name, const Dims& s, const Tenso
   expect_same_device(t, name, q);
 }
 
+// Run one dense-batch problem ([B, Nq, Hq, D] views, already checked, pattern.check passed):
+// compile the pattern for (nq, nk, hq) and run the backend. Shared by the batched and the
+// varlen entry points (varlen calls it once per sequence on sub-views).
+void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
+                 const TensorView& out, const TensorView& lse, DType dtype, float scale,
+                 const Pattern& pattern, const Dims& s) {
+  const cpu::TileSize tile = cpu::cpu_tile_size();
+  const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
+  const BlockLayout layout = cp.layout(tile.bq, tile.bk);
+  cpu::ForwardArgs a{q, k, v, out, lse, dtype, scale, &layout, cp.predicate()};
+  cpu::forward(a);
+}
+
+void run_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
+                  const TensorView& v, const TensorView& out, const TensorView& lse,
+                  const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
+                  float scale, const Pattern& pattern, const Dims& s) {
+  const cpu::TileSize tile = cpu::cpu_tile_size();
+  const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
+  const BlockLayout layout = cp.layout(tile.bq, tile.bk);
+  cpu::BackwardArgs a{dout, q,  k,  v,     out,   lse,     dq,
+                      dk,   dv, dtype, scale, &layout, cp.predicate()};
+  cpu::backward(a);
+}
+
 }  // namespace
 
 void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
@@ -177,11 +209,7 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
   }
   const float scale = resolve_scale(options.scale, s.d);
   pattern.check(s.nq, s.nk, s.hq);
-
-  const cpu::TileSize tile = cpu::cpu_tile_size();
-  const BlockLayout layout = compile_layout(pattern, s.nq, s.nk, tile.bq, tile.bk, s.hq);
-  cpu::ForwardArgs a{q, k, v, out, lse, dtype, scale, &layout, pattern.predicate(s.nq, s.nk)};
-  cpu::forward(a);
+  run_forward(q, k, v, out, lse, dtype, scale, pattern, s);
 }
 
 void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTensor& k_,
@@ -206,13 +234,180 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
   check_output(dv, "dv", {s.b, s.nk, s.hkv, s.dv}, "[B, Nk, Hkv, Dv]", q, dtype, "q");
   const float scale = resolve_scale(options.scale, s.d);
   pattern.check(s.nq, s.nk, s.hq);
-
-  const cpu::TileSize tile = cpu::cpu_tile_size();
-  const BlockLayout layout = compile_layout(pattern, s.nq, s.nk, tile.bq, tile.bk, s.hq);
-  cpu::BackwardArgs a{dout, q,  k,  v,     out,   lse,     dq,
-                      dk,   dv, dtype, scale, &layout, pattern.predicate(s.nq, s.nk)};
-  cpu::backward(a);
+  run_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, pattern, s);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Variable-length batches (SPEC §1): q [Tq, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv], offsets
+// cu_seqlens_q / cu_seqlens_k [B+1]; sequence b is the dense problem on rows
+// [cu_q[b], cu_q[b+1]) of q and [cu_k[b], cu_k[b+1]) of k and v, with the pattern applied
+// inside it (its own Nq, Nk and bottom-right alignment).
+
+namespace {
+
+// The offsets of a cu_seqlens argument, read on the host: int32 (int64 accepted) [B+1] with
+// B >= 0, on q's device, first 0, non-decreasing, last == total (the rows of q or k).
+std::vector<int64_t> read_cu_seqlens(const DLTensor& t_, const char* name, int64_t total,
+                                     const char* total_name, const TensorView& q) {
+  const TensorView t = view_of(t_, name);
+  const DLDataType dt = t.dtype;
+  std::ostringstream m;
+  if (!(dt.code == kDLInt && (dt.bits == 32 || dt.bits == 64) && dt.lanes == 1)) {
+    m << name << ": expected int32 offsets [B+1], got dtype " << describe(dt);
+    throw TypeError(m.str());
+  }
+  if (t.ndim != 1 || t.shape[0] < 1) {
+    m << name << ": expected 1 dimension [B+1] holding at least one offset, got shape "
+      << dims(t);
+    throw ValueError(m.str());
+  }
+  expect_same_device(t, name, q);
+  const int64_t n = t.shape[0];
+  std::vector<int64_t> c(size_t(n), 0);
+  for (int64_t i = 0; i < n; ++i)
+    c[size_t(i)] = dt.bits == 32 ? int64_t(t.ptr<const int32_t>()[i * t.strides[0]])
+                                 : t.ptr<const int64_t>()[i * t.strides[0]];
+  if (c[0] != 0)
+    m << name << ": the first offset must be 0, got " << c[0];
+  for (int64_t i = 0; i + 1 < n && m.str().empty(); ++i)
+    if (c[size_t(i + 1)] < c[size_t(i)])
+      m << name << ": offsets must be non-decreasing, but " << name << "[" << i + 1
+        << "] = " << c[size_t(i + 1)] << " < " << name << "[" << i << "] = " << c[size_t(i)]
+        << " (sequence " << i << " would have negative length)";
+  if (m.str().empty() && c[size_t(n - 1)] != total)
+    m << name << ": the last offset must equal " << total_name << " = " << total
+      << " (the rows of " << (total_name[1] == 'q' ? "q" : "k and v") << "), got "
+      << c[size_t(n - 1)];
+  if (!m.str().empty()) throw ValueError(m.str());
+  return c;
+}
+
+// Both offset arrays, checked against each other: the same number of sequences.
+void read_both_cu_seqlens(const DLTensor& cu_q, const DLTensor& cu_k, const Dims& t,
+                          const TensorView& q, std::vector<int64_t>* cq,
+                          std::vector<int64_t>* ck) {
+  *cq = read_cu_seqlens(cu_q, "cu_seqlens_q", t.nq, "Tq", q);
+  *ck = read_cu_seqlens(cu_k, "cu_seqlens_k", t.nk, "Tk", q);
+  if (cq->size() != ck->size()) {
+    std::ostringstream m;
+    m << "cu_seqlens_q, cu_seqlens_k: expected the same number of offsets (B+1 for B "
+      << "sequences), got " << cq->size() << " and " << ck->size();
+    throw ValueError(m.str());
+  }
+}
+
+// The varlen lse [Hq, Tq] float32.
+void check_lse_varlen(const TensorView& t, const Dims& s, const TensorView& q) {
+  expect_shape(t, "lse", {s.hq, s.nq}, "[Hq, Tq]");
+  if (!(t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.dtype.lanes == 1))
+    throw TypeError("lse: expected float32, got " + describe(t.dtype));
+  expect_same_device(t, "lse", q);
+}
+
+// pattern.check for every sequence, before anything runs; the message names the sequence.
+void check_pattern_varlen(const Pattern& pattern, const std::vector<int64_t>& cq,
+                          const std::vector<int64_t>& ck, int64_t hq) {
+  for (size_t b = 0; b + 1 < cq.size(); ++b) {
+    const int64_t nq = cq[b + 1] - cq[b], nk = ck[b + 1] - ck[b];
+    try {
+      pattern.check(nq, nk, hq);
+    } catch (const ValueError& e) {
+      std::ostringstream m;
+      m << "pattern: does not fit sequence " << b << " (Nq=" << nq << ", Nk=" << nk
+        << "): " << e.what();
+      throw ValueError(m.str());
+    }
+  }
+}
+
+// Rows [start, start + len) of dimension `dim` of t, presented with a leading unit (batch)
+// dimension for the dense-batch path. A view is plain data: nothing is copied.
+TensorView seq_view(const TensorView& t, int dim, int64_t start, int64_t len) {
+  TensorView r = t;
+  r.ndim = t.ndim + 1;
+  r.shape[0] = 1;
+  r.strides[0] = 0;
+  for (int d = 0; d < t.ndim; ++d) {
+    r.shape[d + 1] = t.shape[d];
+    r.strides[d + 1] = t.strides[d];
+  }
+  r.shape[dim + 1] = len;
+  if (t.data != nullptr && len > 0)  // data == nullptr: empty, or an output not wanted (lse)
+    r.data = static_cast<char*>(t.data) + start * t.strides[dim] * int64_t(t.dtype.bits / 8);
+  return r;
+}
+
+}  // namespace
+
+// Parallelism: sequences run one after another, each using all threads (the kernels
+// parallelise over heads and query tiles inside a problem). Fine for long sequences; many
+// short ones would be better served by one task list over (sequence, head, tile).
+void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
+                              const DLTensor& cu_seqlens_q, const DLTensor& cu_seqlens_k,
+                              const Pattern& pattern, const DLTensor& out_, const DLTensor* lse_,
+                              const Options& options) {
+  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
+  DType dtype;
+  const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true);  // t.nq = Tq, t.nk = Tk
+  const TensorView out = view_of(out_, "out");
+  check_output(out, "out", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype, "q");
+  TensorView lse;
+  if (lse_) {
+    lse = view_of(*lse_, "lse");
+    check_lse_varlen(lse, t, q);
+    expect_writable_layout(lse, "lse");
+  }
+  std::vector<int64_t> cq, ck;
+  read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
+  const float scale = resolve_scale(options.scale, t.d);
+  check_pattern_varlen(pattern, cq, ck, t.hq);
+
+  for (size_t b = 0; b + 1 < cq.size(); ++b) {
+    const int64_t q0 = cq[b], nq = cq[b + 1] - q0, k0 = ck[b], nk = ck[b + 1] - k0;
+    const Dims s{1, nq, nk, t.hq, t.hkv, t.d, t.dv};
+    run_forward(seq_view(q, 0, q0, nq), seq_view(k, 0, k0, nk), seq_view(v, 0, k0, nk),
+                seq_view(out, 0, q0, nq), seq_view(lse, 1, q0, nq), dtype, scale, pattern, s);
+  }
+}
+
+void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const DLTensor& k_,
+                               const DLTensor& v_, const DLTensor& out_, const DLTensor& lse_,
+                               const DLTensor& cu_seqlens_q, const DLTensor& cu_seqlens_k,
+                               const Pattern& pattern, const DLTensor& dq_, const DLTensor& dk_,
+                               const DLTensor& dv_, const Options& options) {
+  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
+  DType dtype;
+  const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true);
+  const TensorView dout = view_of(dout_, "dout"), out = view_of(out_, "out");
+  const TensorView lse = view_of(lse_, "lse");
+  expect_shape(dout, "dout", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]");
+  expect_dtype(dout, "dout", dtype, "q");
+  expect_same_device(dout, "dout", q);
+  expect_shape(out, "out", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]");
+  expect_dtype(out, "out", dtype, "q");
+  expect_same_device(out, "out", q);
+  check_lse_varlen(lse, t, q);
+  const TensorView dq = view_of(dq_, "dq"), dk = view_of(dk_, "dk"), dv = view_of(dv_, "dv");
+  check_output(dq, "dq", {t.nq, t.hq, t.d}, "[Tq, Hq, D]", q, dtype, "q");
+  check_output(dk, "dk", {t.nk, t.hkv, t.d}, "[Tk, Hkv, D]", q, dtype, "q");
+  check_output(dv, "dv", {t.nk, t.hkv, t.dv}, "[Tk, Hkv, Dv]", q, dtype, "q");
+  std::vector<int64_t> cq, ck;
+  read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
+  const float scale = resolve_scale(options.scale, t.d);
+  check_pattern_varlen(pattern, cq, ck, t.hq);
+
+  // One sequence after another (see attention_forward_varlen). Every row of dq, dk and dv
+  // belongs to exactly one sequence (the offsets cover 0..T), so all of them are written.
+  for (size_t b = 0; b + 1 < cq.size(); ++b) {
+    const int64_t q0 = cq[b], nq = cq[b + 1] - q0, k0 = ck[b], nk = ck[b + 1] - k0;
+    const Dims s{1, nq, nk, t.hq, t.hkv, t.d, t.dv};
+    run_backward(seq_view(dout, 0, q0, nq), seq_view(q, 0, q0, nq), seq_view(k, 0, k0, nk),
+                 seq_view(v, 0, k0, nk), seq_view(out, 0, q0, nq), seq_view(lse, 1, q0, nq),
+                 seq_view(dq, 0, q0, nq), seq_view(dk, 0, k0, nk), seq_view(dv, 0, k0, nk),
+                 dtype, scale, pattern, s);
+  }
+}
+
 
 const char* version() { return SPATTN_VERSION; }
 

@@ -7,7 +7,23 @@ See SPEC.md for what every pattern means; `spattn info` for what this build hold
 """
 from .api import attention, attention_backward, info
 from .merge import merge
-from .patterns import BlockLayout, BlockSparse, Causal, Dense, Pattern, SlidingWindow
+from .patterns import (
+    BigBird,
+    BlockLayout,
+    BlockSparse,
+    Causal,
+    Dense,
+    Dilated,
+    Fixed,
+    Global,
+    Intersection,
+    Pattern,
+    PerHead,
+    Sink,
+    SlidingWindow,
+    Strided,
+    Union,
+)
 from .reference import reference_attention
 
 __version__ = info()["version"]
@@ -24,5 +40,14 @@ __all__ = [
     "SlidingWindow",
     "BlockSparse",
     "BlockLayout",
+    "Dilated",
+    "Strided",
+    "Fixed",
+    "Global",
+    "Sink",
+    "BigBird",
+    "Union",
+    "Intersection",
+    "PerHead",
     "__version__",
 ]

@@ -45,30 +45,76 @@ def _plain(x):
     return x.detach() if getattr(x, "requires_grad", False) and hasattr(x, "detach") else x
 
 
-def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=None):
+def _offsets(x, name):
+    """One cu_seqlens argument for the core: a DLPack array as it is (int32, or int64), a
+    Python sequence of ints as an int64 numpy array. The core checks the values."""
+    if hasattr(x, "__dlpack__"):
+        return _plain(x)
+    if isinstance(x, (list, tuple, range)):
+        import numpy as np
+
+        a = np.asarray(x)
+        if a.size == 0:
+            a = a.astype(np.int64)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{name}: expected int32 offsets [B+1], got a sequence of {a.dtype} values")
+        return a.astype(np.int64)
+    raise TypeError(
+        f"{name}: expected an int32 array [B+1] (numpy, torch, any DLPack array) or a sequence of ints, "
+        f"got {type(x).__name__}"
+    )
+
+
+def _cu_seqlens(cu_seqlens_q, cu_seqlens_k):
+    """None for a dense batch, else (cu_seqlens_q, cu_seqlens_k) ready for the core."""
+    if cu_seqlens_q is None and cu_seqlens_k is None:
+        return None
+    if cu_seqlens_q is None or cu_seqlens_k is None:
+        given, missing = ("cu_seqlens_q", "cu_seqlens_k") if cu_seqlens_k is None else ("cu_seqlens_k", "cu_seqlens_q")
+        raise ValueError(
+            f"cu_seqlens_q, cu_seqlens_k: a variable-length batch needs both offset arrays; got {given} but {missing} is None"
+        )
+    return _offsets(cu_seqlens_q, "cu_seqlens_q"), _offsets(cu_seqlens_k, "cu_seqlens_k")
+
+
+def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=None, cu_seqlens_q=None, cu_seqlens_k=None):
     """Attention on the (query, key) pairs `pattern` keeps.
 
     q [B, Nq, Hq, D], k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv], any strides, any DLPack array.
     Returns out [B, Nq, Hq, Dv] as the same kind of array as q, and with return_lse also
     lse [B, Hq, Nq] float32. torch tensors that require grad get gradients (lse carries none).
+
+    Variable-length batch (SPEC §1): with cu_seqlens_q and cu_seqlens_k (int32 [B+1] offsets,
+    first 0, non-decreasing, last Tq / Tk), q is [Tq, Hq, D], k/v [Tk, Hkv, D/Dv], and sequence
+    b is its own problem on rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q (and likewise of k, v),
+    the pattern applied inside it. out is [Tq, Hq, Dv], lse [Hq, Tq].
     """
     pattern, scale = _pattern(pattern), _scale(scale)
+    cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
     if _wants_grad(q, k, v):
         if out is not None:
             raise ValueError("out: not supported when autograd records the call (inputs require grad)")
         from .autograd import attention_with_grad
 
-        o, lse = attention_with_grad(q, k, v, pattern, scale)
+        o, lse = attention_with_grad(q, k, v, pattern, scale, cu)
         return (o, lse) if return_lse else o
-    o, lse = _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), return_lse)
+    if cu is not None:
+        o, lse = _core.forward_varlen(_plain(q), _plain(k), _plain(v), cu[0], cu[1], pattern._core(), scale, _plain(out), return_lse)
+    else:
+        o, lse = _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), return_lse)
     o = out if out is not None else to_framework(o, q)
     return (o, to_framework(lse, q)) if return_lse else o
 
 
-def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None):
-    """Gradients (dq, dk, dv) of attention, given dout and the forward's out and lse."""
+def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seqlens_q=None, cu_seqlens_k=None):
+    """Gradients (dq, dk, dv) of attention, given dout and the forward's out and lse (with
+    cu_seqlens_q / cu_seqlens_k: of a variable-length batch, shapes as in `attention`)."""
     pattern, scale = _pattern(pattern), _scale(scale)
-    dq, dk, dv = _core.backward(*map(_plain, (dout, q, k, v, out, lse)), pattern._core(), scale)
+    cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
+    if cu is not None:
+        dq, dk, dv = _core.backward_varlen(*map(_plain, (dout, q, k, v, out, lse)), cu[0], cu[1], pattern._core(), scale)
+    else:
+        dq, dk, dv = _core.backward(*map(_plain, (dout, q, k, v, out, lse)), pattern._core(), scale)
     return to_framework(dq, q), to_framework(dk, k), to_framework(dv, v)
 
 

@@ -1,4 +1,4 @@
-"""The `spattn` command (SPEC §4): `spattn info`, `spattn demo`."""
+"""The `spattn` command (SPEC §4): `spattn info`, `spattn demo`, `spattn show`, `spattn bench`."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,67 @@ def _demo(args) -> int:
     return 0 if ok else 1
 
 
+def _pattern_arg(text: str, n: int, nk):
+    from .pattern_syntax import parse
+
+    return parse(text, n=n, nk=nk)
+
+
+def _show(args) -> int:
+    try:
+        from . import viz
+
+        viz._pyplot()
+    except ImportError:
+        print("spattn show needs matplotlib: pip install spattn[viz]", file=sys.stderr)
+        return 2
+    try:
+        pattern = _pattern_arg(args.pattern, args.n, args.nk)
+        fig = viz.plot(pattern, args.n, nk=args.nk, head=args.head, block=args.block,
+                       heads=args.heads, title=args.pattern, dpi=args.dpi)
+    except (ValueError, TypeError) as e:
+        print(f"spattn show: {e}", file=sys.stderr)
+        return 1
+    fig.savefig(args.output, dpi=args.dpi)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _bench(args) -> int:
+    from . import bench
+
+    try:
+        pattern = _pattern_arg(args.pattern, args.n, args.nk)
+    except (ValueError, TypeError) as e:
+        print(f"spattn bench: {e}", file=sys.stderr)
+        return 1
+    try:
+        results = bench.run(
+            pattern, args.n, nk=args.nk, heads=args.heads, dim=args.dim, batch=args.batch,
+            dtype=args.dtype, backward=args.backward, repeats=args.repeats, dense=not args.no_dense,
+            dense_max_n=args.dense_max_n, torch_sdpa=not args.no_torch, flex=args.flex,
+            text=args.pattern, progress=not args.quiet,
+        )
+    except (ValueError, TypeError, RuntimeError) as e:
+        print(f"spattn bench: {e}", file=sys.stderr)
+        return 1
+    print(bench.format_table(results))
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="spattn", description="Sparse attention for any array library.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +131,55 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--dim", type=int, default=64)
     p.set_defaults(run=_demo)
+
+    from .pattern_syntax import SYNTAX_HELP
+
+    p = sub.add_parser(
+        "show", help="draw a pattern's mask and block layout to a PNG (needs matplotlib)",
+        description="Draw the mask of PATTERN for an N x NK problem next to its block layout "
+        "(full blocks blue, partial blocks orange), titled with the density and the kept pairs. "
+        "Large N is drawn pooled or from the block layout, never materialised. "
+        "Needs matplotlib: pip install spattn[viz].",
+        epilog=SYNTAX_HELP + "\nexample:\n  spattn show 'sink(4) | window(255,0)' --n 2048 -o window.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pattern", metavar="PATTERN", help="pattern text, e.g. 'window(511,0)' (syntax below)")
+    p.add_argument("--n", type=_positive, required=True, help="query length N")
+    p.add_argument("--nk", type=_positive, default=None, help="key length (default N; queries align bottom right)")
+    p.add_argument("--heads", type=_positive, default=None, help="query heads (default: the pattern's own, 1 if shared)")
+    p.add_argument("--head", type=int, default=0, help="which head to draw (default 0)")
+    p.add_argument("--block", type=_positive, default=64, help="block size of the layout panel (default 64)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png", help="where to write the picture")
+    p.add_argument("--dpi", type=_positive, default=110, help="resolution of the PNG (default 110)")
+    p.set_defaults(run=_show)
+
+    p = sub.add_parser(
+        "bench", help="time a pattern against dense attention, torch SDPA and FlexAttention",
+        description="Time spattn on PATTERN (forward, and forward+backward with --backward) against "
+        "spattn's own dense attention and, where torch is installed, torch SDPA (dense) and, with "
+        "--flex, FlexAttention with the pattern as a BlockMask. Prints ms, useful GFLOP/s "
+        "(forward 4*D*H*kept pairs, forward+backward 3.5x that) and the speed-up over dense. "
+        "A progress line per step goes to stderr.",
+        epilog=SYNTAX_HELP + "\nexample:\n  spattn bench 'window(511,0)' --n 8192 --backward",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pattern", metavar="PATTERN", help="pattern text, e.g. 'window(511,0)' (syntax below)")
+    p.add_argument("--n", type=_positive, required=True, help="query length N")
+    p.add_argument("--nk", type=_positive, default=None, help="key length (default N)")
+    p.add_argument("--heads", type=_positive, default=8, help="query heads (default 8)")
+    p.add_argument("--dim", type=_positive, default=64, help="head dimension D (default 64)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--backward", action="store_true", help="also time forward+backward")
+    p.add_argument("--repeats", type=_positive, default=3, help="timed runs per row, the median is shown (default 3)")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense rows (slow at large N)")
+    p.add_argument("--dense-max-n", type=_positive, default=8192,
+                   help="skip the dense rows above this N, with a note (default 8192)")
+    p.add_argument("--no-torch", action="store_true", help="skip torch SDPA even where torch is installed")
+    p.add_argument("--flex", action="store_true",
+                   help="also time torch FlexAttention (torch.compile on the CPU: slow to start)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -12,7 +12,23 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["Pattern", "Dense", "Causal", "SlidingWindow", "BlockSparse", "BlockLayout"]
+__all__ = [
+    "Pattern",
+    "Dense",
+    "Causal",
+    "SlidingWindow",
+    "BlockSparse",
+    "BlockLayout",
+    "Dilated",
+    "Strided",
+    "Fixed",
+    "Global",
+    "Sink",
+    "BigBird",
+    "Union",
+    "Intersection",
+    "PerHead",
+]
 
 
 def _index(value, what: str, allow_none: bool = False):
@@ -114,6 +130,22 @@ class Pattern:
     def __repr__(self) -> str:
         return self._core().describe()
 
+    def __or__(self, other):
+        if not isinstance(other, Pattern):
+            return NotImplemented
+        return Union([self, other])
+
+    def __and__(self, other):
+        if not isinstance(other, Pattern):
+            return NotImplemented
+        return Intersection([self, other])
+
+    def __ror__(self, other):
+        return NotImplemented
+
+    def __rand__(self, other):
+        return NotImplemented
+
 
 class Dense(Pattern):
     """Every query sees every key."""
@@ -173,3 +205,200 @@ def _layout_array(layout) -> np.ndarray:
             f"BlockSparse: layout must be [heads, query blocks, key blocks] (or 2-D), got shape {arr.shape}"
         )
     return np.ascontiguousarray(arr != 0)
+
+
+def _nonneg(value, what: str) -> int:
+    v = _index(value, what)
+    if v < 0:
+        raise ValueError(f"{what} must be >= 0, got {v}")
+    return v
+
+
+def _positive(value, what: str) -> int:
+    v = _index(value, what)
+    if v < 1:
+        raise ValueError(f"{what} must be >= 1, got {v}")
+    return v
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+class Dilated(Pattern):
+    """rel % dilation == 0 and -right*dilation <= rel <= left*dilation: `left` keys in the past
+    and `right` in the future on a grid of step `dilation` (None: unbounded). Dilated(l, r, 1)
+    is SlidingWindow(l, r)."""
+
+    def __init__(self, left: int | None, right: int | None = 0, dilation: int = 1):
+        left = _index(left, "Dilated: left", allow_none=True)
+        right = _index(right, "Dilated: right", allow_none=True)
+        if left is not None and left < 0:
+            raise ValueError(f"Dilated: left must be >= 0 or None, got {left}")
+        if right is not None and right < 0:
+            raise ValueError(f"Dilated: right must be >= 0 or None, got {right}")
+        self.left, self.right = _bound(left), _bound(right)
+        self.dilation = _positive(dilation, "Dilated: dilation")
+        self._core()
+
+    def _build(self):
+        return _core.Pattern.dilated(self.left, self.right, self.dilation)
+
+
+class Strided(Pattern):
+    """rel % stride == 0 (and rel >= 0 if causal): the Sparse Transformer's strided heads."""
+
+    def __init__(self, stride: int, causal: bool = True):
+        self.stride = _positive(stride, "Strided: stride")
+        self.causal = _flag(causal, "Strided: causal")
+        self._core()
+
+    def _build(self):
+        return _core.Pattern.strided(self.stride, self.causal)
+
+
+class Fixed(Pattern):
+    """p // block == j // block or j % block >= block - summary (and rel >= 0 if causal): the
+    Sparse Transformer's fixed pattern (own chunk plus the last `summary` keys of every chunk).
+    Floor division, so negative positions p (Nq > Nk) fall in negative chunks."""
+
+    def __init__(self, block: int, summary: int, causal: bool = True):
+        self.block = _positive(block, "Fixed: block")
+        self.summary = _index(summary, "Fixed: summary")
+        if not 1 <= self.summary <= self.block:
+            raise ValueError(f"Fixed: summary must be in 1..block={self.block}, got {self.summary}")
+        self.causal = _flag(causal, "Fixed: causal")
+        self._core()
+
+    def _build(self):
+        return _core.Pattern.fixed(self.block, self.summary, self.causal)
+
+
+class Global(Pattern):
+    """Key j is global (seen by every query) and query i at position p = i + Nk - Nq is global
+    (sees every key) when j or p is in `positions` (key positions, ints >= 0; duplicates fine;
+    a position >= Nk is a ValueError when the pattern meets a problem)."""
+
+    def __init__(self, positions):
+        if isinstance(positions, (str, bytes)) or positions is None:
+            raise TypeError(f"Global: positions must be a sequence of ints, got {type(positions).__name__}")
+        try:
+            items = list(np.asarray(positions).reshape(-1)) if isinstance(positions, np.ndarray) else list(positions)
+        except TypeError:
+            raise TypeError(f"Global: positions must be a sequence of ints, got {type(positions).__name__}") from None
+        out = []
+        for x in items:
+            v = _index(x, "Global: positions")
+            if v < 0:
+                raise ValueError(f"Global: positions must be >= 0, got {v}")
+            if v >= 1 << 62:
+                raise ValueError(f"Global: position {v} is too large")
+            out.append(v)
+        self.positions = tuple(out)
+        self._core()
+
+    def _build(self):
+        return _core.Pattern.global_(list(self.positions))
+
+
+class Sink(Pattern):
+    """j < n: the first n keys are seen by every query (StreamingLLM attention sinks)."""
+
+    def __init__(self, n: int):
+        self.n = min(_nonneg(n, "Sink: n"), _UNBOUNDED)
+        self._core()
+
+    def _build(self):
+        return _core.Pattern.sink(self.n)
+
+
+class BigBird(Pattern):
+    """BigBird's block layout, generated when the problem size is known.
+
+    Query block a = i // block and key block c = j // block (like BlockSparse: no offset).
+    The diagonal of row a is d(a) = a + floor((Nk - Nq) / block), so bottom-right alignment
+    holds when Nk - Nq is a multiple of block. Row a keeps key block c when
+      - d(a) - (window - 1) // 2 <= c <= d(a) + window // 2 (the sliding window of blocks), or
+      - a < globals or c < globals (global rows and columns), or
+      - c is one of `randoms` distinct key blocks drawn for row a among those not already kept
+        (all of them when fewer remain), by splitmix64 seeded from (seed, a): deterministic.
+    Inside kept blocks every pair is kept. Shared by all heads.
+    """
+
+    def __init__(self, block: int, window: int = 3, globals: int = 1, randoms: int = 1, seed: int = 0):
+        self.block = _positive(block, "BigBird: block")
+        self.window = _nonneg(window, "BigBird: window")
+        self.globals = _nonneg(globals, "BigBird: globals")
+        self.randoms = _nonneg(randoms, "BigBird: randoms")
+        self.seed = _nonneg(seed, "BigBird: seed")
+        if self.seed >= 1 << 64:
+            raise ValueError(f"BigBird: seed must be < 2**64, got {self.seed}")
+        for name in ("block", "window", "globals", "randoms"):
+            if getattr(self, name) >= 1 << 40:
+                raise ValueError(f"BigBird: {name} is too large")
+        self._core()
+
+    def _build(self):
+        return _core.Pattern.bigbird(self.block, self.window, self.globals, self.randoms, self.seed)
+
+
+def _parts(parts, what: str) -> list:
+    if isinstance(parts, Pattern):
+        parts = [parts]
+    try:
+        parts = list(parts)
+    except TypeError:
+        raise TypeError(f"{what}: expected a list of spattn patterns, got {type(parts).__name__}") from None
+    for p in parts:
+        if not isinstance(p, Pattern):
+            raise TypeError(f"{what}: expected spattn patterns, got {type(p).__name__}")
+    if not parts:
+        raise ValueError(f"{what}: expected at least one pattern, got an empty list")
+    return parts
+
+
+class Union(Pattern):
+    """A pair is kept when any part keeps it (also written a | b)."""
+
+    def __init__(self, parts):
+        flat = []
+        for p in _parts(parts, "Union"):
+            flat.extend(p.parts if type(p) is Union else [p])
+        self.parts = tuple(flat)
+        self._core()
+
+    def _build(self):
+        return _core.Pattern.union([p._core() for p in self.parts])
+
+
+class Intersection(Pattern):
+    """A pair is kept when every part keeps it (also written a & b)."""
+
+    def __init__(self, parts):
+        flat = []
+        for p in _parts(parts, "Intersection"):
+            flat.extend(p.parts if type(p) is Intersection else [p])
+        self.parts = tuple(flat)
+        self._core()
+
+    def _build(self):
+        return _core.Pattern.intersection([p._core() for p in self.parts])
+
+
+class PerHead(Pattern):
+    """Query head h uses patterns[h]; the list must have exactly Hq entries (checked when the
+    pattern meets a problem)."""
+
+    def __init__(self, patterns):
+        if isinstance(patterns, Pattern):
+            raise TypeError("PerHead: expected a list of patterns, one per query head, got a single pattern")
+        try:
+            self.parts = tuple(_parts(patterns, "PerHead"))
+        except ValueError:
+            raise ValueError("PerHead: expected a list of patterns, one per query head, got an empty list") from None
+        self._core()
+
+    def _build(self):
+        return _core.Pattern.per_head([p._core() for p in self.parts])

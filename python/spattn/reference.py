@@ -22,12 +22,61 @@ def to_float64(x, name: str = "x") -> np.ndarray:
         raise TypeError(f"{name}: expected an array, got {type(x).__name__}") from None
 
 
-def reference_attention(q, k, v, pattern=None, scale=None, return_lse: bool = False):
+def _offsets(x, name: str, total: int) -> np.ndarray:
+    if type(x).__module__.split(".")[0] == "torch":
+        x = x.detach().to("cpu").numpy()
+    elif hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):
+        x = np.from_dlpack(x)
+    a = np.asarray(x)
+    if a.size == 0 and a.dtype.kind == "f":
+        a = a.astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected int32 offsets [B+1], got dtype {a.dtype}")
+    if a.ndim != 1 or a.shape[0] < 1:
+        raise ValueError(f"{name}: expected 1 dimension [B+1] holding at least one offset, got shape {list(a.shape)}")
+    a = a.astype(np.int64)
+    if a[0] != 0 or (np.diff(a) < 0).any() or a[-1] != total:
+        raise ValueError(f"{name}: expected offsets from 0, non-decreasing, ending at {total}; got {a.tolist()}")
+    return a
+
+
+def _reference_varlen(q, k, v, pattern, scale, return_lse, cu_seqlens_q, cu_seqlens_k):
+    """Each sequence of a variable-length batch on its own, through the dense-batch reference."""
+    q, k, v = to_float64(q, "q"), to_float64(k, "k"), to_float64(v, "v")
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        raise ValueError(
+            f"q, k, v: expected 3 dimensions [T, H, D] with cu_seqlens, got shapes {q.shape}, {k.shape}, {v.shape}")
+    cq = _offsets(cu_seqlens_q, "cu_seqlens_q", q.shape[0])
+    ck = _offsets(cu_seqlens_k, "cu_seqlens_k", k.shape[0])
+    if len(cq) != len(ck):
+        raise ValueError(f"cu_seqlens_q, cu_seqlens_k: expected the same number of offsets, got {len(cq)} and {len(ck)}")
+    hq, d, dv = q.shape[1], q.shape[2], v.shape[2]
+    scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
+    out = np.zeros((q.shape[0], hq, dv))
+    lse = np.full((hq, q.shape[0]), -np.inf)
+    for b in range(len(cq) - 1):
+        q0, q1, k0, k1 = int(cq[b]), int(cq[b + 1]), int(ck[b]), int(ck[b + 1])
+        if q1 == q0 or k1 == k0:  # no query, or no key: out 0, lse -inf
+            continue
+        o, l = reference_attention(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], pattern, scale, True)
+        out[q0:q1], lse[:, q0:q1] = o[0], l[0]
+    return (out, lse) if return_lse else out
+
+
+def reference_attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, cu_seqlens_q=None,
+                        cu_seqlens_k=None):
     """out [B, Nq, Hq, Dv] (and lse [B, Hq, Nq]) in float64 numpy. Rows that see no key give
-    out = 0 and lse = -inf."""
+    out = 0 and lse = -inf.
+
+    With cu_seqlens_q / cu_seqlens_k (a variable-length batch, SPEC §1): q [Tq, Hq, D],
+    k/v [Tk, Hkv, D/Dv]; each sequence is computed separately; out [Tq, Hq, Dv], lse [Hq, Tq]."""
     pattern = Dense() if pattern is None else pattern
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pattern: expected a spattn pattern, got {type(pattern).__name__}")
+    if cu_seqlens_q is not None or cu_seqlens_k is not None:
+        if cu_seqlens_q is None or cu_seqlens_k is None:
+            raise ValueError("cu_seqlens_q, cu_seqlens_k: a variable-length batch needs both offset arrays")
+        return _reference_varlen(q, k, v, pattern, scale, return_lse, cu_seqlens_q, cu_seqlens_k)
     q, k, v = to_float64(q, "q"), to_float64(k, "k"), to_float64(v, "v")
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"q, k, v: expected 4 dimensions, got shapes {q.shape}, {k.shape}, {v.shape}")

@@ -113,6 +113,23 @@ void bind_patterns(py::module_& m) {
           },
           py::arg("left"), py::arg("right"))
       .def_static("block_sparse", &block_sparse, py::arg("bits"), py::arg("bq"), py::arg("bk"))
+      .def_static(
+          "dilated",
+          [](py::handle left, py::handle right, int64_t dilation) {
+            return Pattern::dilated(window_bound(left, "left"), window_bound(right, "right"),
+                                    dilation);
+          },
+          py::arg("left"), py::arg("right"), py::arg("dilation"))
+      .def_static("strided", &Pattern::strided, py::arg("stride"), py::arg("causal"))
+      .def_static("fixed", &Pattern::fixed, py::arg("block"), py::arg("summary"),
+                  py::arg("causal"))
+      .def_static("global_", &Pattern::global, py::arg("positions"))
+      .def_static("sink", &Pattern::sink, py::arg("n"))
+      .def_static("bigbird", &Pattern::bigbird, py::arg("block"), py::arg("window"),
+                  py::arg("globals"), py::arg("randoms"), py::arg("seed"))
+      .def_static("union", &Pattern::union_of, py::arg("parts"))
+      .def_static("intersection", &Pattern::intersection_of, py::arg("parts"))
+      .def_static("per_head", &Pattern::per_head, py::arg("parts"))
       .def("heads", &Pattern::heads)
       .def("describe", &Pattern::describe)
       .def("__repr__", [](const Pattern& p) { return "<_core.Pattern " + p.describe() + ">"; })

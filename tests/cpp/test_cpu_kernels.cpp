@@ -22,6 +22,7 @@
 
 #include "cpu/attention_cpu.hpp"
 #include "cpu/thread_pool.hpp"
+#include "spattn/pattern.hpp"
 
 using namespace spattn;
 using Idx = std::array<int64_t, 4>;
@@ -238,26 +239,38 @@ void run_case(const Case& cs, DType dt, std::mt19937& rng) {
   const int64_t group = Hq / Hkv;
   const float scale = float(1.0 / std::sqrt(double(D)));
 
-  Predicate pred;
-  std::vector<uint8_t> bits;
+  Pattern pat;
   int64_t heads = 1;
   if (cs.mask_bq > 0) {
-    pred.kind = PredicateKind::BlockMask;
-    pred.bq = cs.mask_bq;
-    pred.bk = cs.mask_bk;
-    pred.nbq = (Nq + cs.mask_bq - 1) / cs.mask_bq;
-    pred.nbk = (Nk + cs.mask_bk - 1) / cs.mask_bk;
-    pred.mask_heads = Hq;
-    bits.resize(size_t(Hq * pred.nbq * pred.nbk));
-    for (auto& b : bits) b = (rng() % 3) != 0;
-    if (!bits.empty()) bits[0] = 0;  // an empty block row for head 0 (maybe)
-    pred.bits = bits.data();
+    BlockMask bm;
+    bm.bq = cs.mask_bq;
+    bm.bk = cs.mask_bk;
+    bm.nbq = (Nq + cs.mask_bq - 1) / cs.mask_bq;
+    bm.nbk = (Nk + cs.mask_bk - 1) / cs.mask_bk;
+    bm.heads = Hq;
+    bm.bits.resize(size_t(Hq * bm.nbq * bm.nbk));
+    for (auto& b : bm.bits) b = (rng() % 3) != 0;
+    if (!bm.bits.empty()) bm.bits[0] = 0;  // an empty block row for head 0 (maybe)
+    pat = Pattern::block_sparse(std::move(bm));
     heads = Hq;
+  }
+  // A window is built as a one-node program by hand: the cases include empty windows
+  // (left < -right), which Pattern::sliding_window refuses but the kernels must handle.
+  PredNode wnode;
+  wnode.kind = PredKind::Window;
+  wnode.a = cs.left;
+  wnode.b = cs.right;
+  const int32_t wbegin = 0, wend = 1;
+  Predicate pred;
+  if (cs.mask_bq > 0) {
+    static std::vector<CompiledPattern> keep;  // keeps the compiled program alive
+    keep.push_back(pat.compile(Nq, Nk, Hq));
+    pred = keep.back().predicate();
   } else {
-    pred.kind = PredicateKind::Window;
     pred.off = Nk - Nq;
-    pred.left = cs.left;
-    pred.right = cs.right;
+    pred.nodes = &wnode;
+    pred.head_begin = &wbegin;
+    pred.head_end = &wend;
   }
   const BlockLayout layout = build_layout(pred, Nq, Nk, heads, cs.all_partial);
 
@@ -442,9 +455,9 @@ void run_case(const Case& cs, DType dt, std::mt19937& rng) {
 void conversion_checks(DType dt, int mode_o) {
   const std::string tag = std::string("conversion [") + name_of(dt) + (mode_o ? ", strided]" : "]");
   const int64_t H = 256, Dv = 256;
-  Predicate pred;
-  pred.off = 0;
   for (int64_t nk = 1; nk <= 2; ++nk) {
+    const CompiledPattern compiled = Pattern::dense().compile(1, nk, H);
+    const Predicate pred = compiled.predicate();
     const BlockLayout L = build_layout(pred, 1, nk, 1, false);
     Tensor q = make_tensor(dt, {1, 1, H, 1}, 0);
     Tensor k = make_tensor(dt, {1, nk, H, 1}, 0);

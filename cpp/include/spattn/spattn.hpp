@@ -36,6 +36,23 @@ void attention_backward(const DLTensor& dout, const DLTensor& q, const DLTensor&
                         const Pattern& pattern, const DLTensor& dq, const DLTensor& dk,
                         const DLTensor& dv, const Options& options = {});
 
+// Variable-length batches: q [Tq, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv], out [Tq, Hq, Dv],
+// lse [Hq, Tq] float32; cu_seqlens_q / cu_seqlens_k are int32 (or int64) [B+1] offsets on q's
+// device: first 0, non-decreasing, last Tq / Tk, both of one length. Sequence b is its own
+// problem on rows [cu_q[b], cu_q[b+1]) of q and [cu_k[b], cu_k[b+1]) of k and v, with the
+// pattern applied inside it (its own Nq, Nk, bottom-right alignment); a block layout must fit
+// every sequence. Empty sequences are fine (out rows 0, lse -inf, gradients 0).
+void attention_forward_varlen(const DLTensor& q, const DLTensor& k, const DLTensor& v,
+                              const DLTensor& cu_seqlens_q, const DLTensor& cu_seqlens_k,
+                              const Pattern& pattern, const DLTensor& out, const DLTensor* lse,
+                              const Options& options = {});
+
+void attention_backward_varlen(const DLTensor& dout, const DLTensor& q, const DLTensor& k,
+                               const DLTensor& v, const DLTensor& out, const DLTensor& lse,
+                               const DLTensor& cu_seqlens_q, const DLTensor& cu_seqlens_k,
+                               const Pattern& pattern, const DLTensor& dq, const DLTensor& dk,
+                               const DLTensor& dv, const Options& options = {});
+
 // Build and runtime facts: version, backends, compiled CUDA architectures, SIMD level, threads.
 std::map<std::string, std::string> info();
 

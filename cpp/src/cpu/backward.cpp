@@ -107,11 +107,12 @@ void backward(const BackwardArgs& a) {
     const int64_t t0 = s * tiles / S, t1 = (s + 1) * tiles / S;
     int64_t lo[kTile], hi[kTile];
     for (int64_t t = t0; t < t1; ++t) {
-      tile_ranges(pred, p.Nq, t, lo, hi);
       for (int64_t g = g0; g < g1; ++g)
-        for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h)
+        for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h) {
+          tile_ranges(pred, h, p.Nq, t, lo, hi);
           kt->bwd_tile(p, b, h, t, lo, hi, dk(g), dv(g), kb_lo[g * S + s],
                        ws.get() + thread * ws_floats);
+        }
     }
   });
 

@@ -42,7 +42,9 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
 // Throws ValueError unless the layout was compiled for this problem with cpu_tile_size().
 void check_layout(const Problem& p, const BlockLayout& layout);
 
-// Fills lo/hi (64 entries) with the key intervals of the rows of tile a (window predicates).
-void tile_ranges(const Predicate& pred, int64_t nq, int64_t a, int64_t* lo, int64_t* hi);
+// Fills lo/hi (64 entries) with the key intervals of the rows of tile a of head h (window
+// predicates).
+void tile_ranges(const Predicate& pred, int64_t h, int64_t nq, int64_t a, int64_t* lo,
+                 int64_t* hi);
 
 }  // namespace spattn::cpu::detail

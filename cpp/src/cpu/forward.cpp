@@ -29,7 +29,7 @@ void forward(const ForwardArgs& a) {
     const int64_t tile = (task / p.Hq) % tiles;
     const int64_t b = task / (tiles * p.Hq);
     int64_t lo[kTile], hi[kTile];
-    tile_ranges(pred, p.Nq, tile, lo, hi);
+    tile_ranges(pred, h, p.Nq, tile, lo, hi);
     kt->fwd_tile(p, b, h, tile, lo, hi, ws.get() + thread * ws_floats);
   });
 }

@@ -40,7 +40,8 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   p.part_ptr = layout.part_ptr.data();
   p.full_idx = layout.full_idx.data();
   p.part_idx = layout.part_idx.data();
-  p.window = range_is_exact(pred);
+  p.window = true;  // every head's rule is one window: rows get exact key intervals
+  for (int64_t h = 0; h < p.Hq; ++h) p.window = p.window && range_is_exact(pred, h);
   p.mask_fn = mask_keeps;
   p.mask_ctx = &pred;
   p.q = t4(q);
@@ -61,10 +62,11 @@ void check_layout(const Problem& p, const BlockLayout& L) {
                      std::to_string(p.Hq) + " heads)");
 }
 
-void tile_ranges(const Predicate& pred, int64_t nq, int64_t a, int64_t* lo, int64_t* hi) {
-  if (!range_is_exact(pred)) return;
+void tile_ranges(const Predicate& pred, int64_t h, int64_t nq, int64_t a, int64_t* lo,
+                 int64_t* hi) {
+  if (!range_is_exact(pred, h)) return;
   const int64_t i0 = a * kTile;
-  for (int64_t q = 0; q < kTile && i0 + q < nq; ++q) key_range(pred, i0 + q, &lo[q], &hi[q]);
+  for (int64_t q = 0; q < kTile && i0 + q < nq; ++q) key_range(pred, h, i0 + q, &lo[q], &hi[q]);
 }
 
 }  // namespace detail
