@@ -3,11 +3,14 @@
 #include "spattn/spattn.hpp"
 
 #include <cmath>
+#include <optional>
+#include <vector>
 #include <sstream>
 #include <vector>
 
 #include "cpu/attention_cpu.hpp"
 #include "cpu/thread_pool.hpp"
+#include "plan/residue.hpp"
 #include "spattn/cuda/backend_info.hpp"
 
 #ifndef SPATTN_VERSION
@@ -169,9 +172,9 @@ void check_lse(const TensorView& t, const char* name, const Dims& s, const Tenso
 // Run one dense-batch problem ([B, Nq, Hq, D] views, already checked, pattern.check passed):
 // compile the pattern for (nq, nk, hq) and run the backend. Shared by the batched and the
 // varlen entry points (varlen calls it once per sequence on sub-views).
-void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
-                 const TensorView& out, const TensorView& lse, DType dtype, float scale,
-                 const Pattern& pattern, const Dims& s) {
+void walk_forward(const TensorView& q, const TensorView& k, const TensorView& v,
+                  const TensorView& out, const TensorView& lse, DType dtype, float scale,
+                  const Pattern& pattern, const Dims& s) {
   const cpu::TileSize tile = cpu::cpu_tile_size();
   const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
   const BlockLayout layout = cp.layout(tile.bq, tile.bk);
@@ -179,16 +182,64 @@ void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
   cpu::forward(a);
 }
 
-void run_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
-                  const TensorView& v, const TensorView& out, const TensorView& lse,
-                  const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
-                  float scale, const Pattern& pattern, const Dims& s) {
+void walk_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
+                   const TensorView& v, const TensorView& out, const TensorView& lse,
+                   const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
+                   float scale, const Pattern& pattern, const Dims& s) {
   const cpu::TileSize tile = cpu::cpu_tile_size();
   const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
   const BlockLayout layout = cp.layout(tile.bq, tile.bk);
   cpu::BackwardArgs a{dout, q,  k,  v,     out,   lse,     dq,
                       dk,   dv, dtype, scale, &layout, cp.predicate()};
   cpu::backward(a);
+}
+
+// A dilated or strided pattern runs as its residue classes (plan/residue.hpp): ordinary window
+// problems on row-strided views, with disjoint outputs and gradients. Everything else walks
+// its block layout.
+std::optional<std::vector<plan::ResidueClass>> residue_plan(const Pattern& pattern, const Dims& s) {
+  const std::optional<plan::ResidueWindow> rw = plan::residue_form(pattern);
+  if (!rw || !plan::residue_split_pays(*rw, s.nq)) return std::nullopt;
+  return plan::residue_classes(*rw, s.nq, s.nk);
+}
+
+// Dims of one class; views along the sequence dimension (1 for q/k/v/out, 2 for lse).
+Dims class_dims(Dims s, const plan::ResidueClass& c) {
+  s.nq = c.nq;
+  s.nk = c.nk;
+  return s;
+}
+
+void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
+                 const TensorView& out, const TensorView& lse, DType dtype, float scale,
+                 const Pattern& pattern, const Dims& s) {
+  const auto classes = residue_plan(pattern, s);
+  if (!classes) return walk_forward(q, k, v, out, lse, dtype, scale, pattern, s);
+  const int64_t d = plan::residue_form(pattern)->d;
+  for (const plan::ResidueClass& c : *classes) {
+    if (c.nq == 0) continue;  // keys no query sees: nothing to compute in the forward
+    const TensorView lse_c = lse.data ? plan::strided_rows(lse, 2, c.q0, c.nq, d) : lse;
+    walk_forward(plan::strided_rows(q, 1, c.q0, c.nq, d), plan::strided_rows(k, 1, c.k0, c.nk, d),
+                 plan::strided_rows(v, 1, c.k0, c.nk, d), plan::strided_rows(out, 1, c.q0, c.nq, d),
+                 lse_c, dtype, scale, c.window, class_dims(s, c));
+  }
+}
+
+void run_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
+                  const TensorView& v, const TensorView& out, const TensorView& lse,
+                  const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
+                  float scale, const Pattern& pattern, const Dims& s) {
+  const auto classes = residue_plan(pattern, s);
+  if (!classes)
+    return walk_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, pattern, s);
+  const int64_t d = plan::residue_form(pattern)->d;
+  for (const plan::ResidueClass& c : *classes) {
+    auto rows_q = [&](const TensorView& t) { return plan::strided_rows(t, 1, c.q0, c.nq, d); };
+    auto rows_k = [&](const TensorView& t) { return plan::strided_rows(t, 1, c.k0, c.nk, d); };
+    walk_backward(rows_q(dout), rows_q(q), rows_k(k), rows_k(v), rows_q(out),
+                  plan::strided_rows(lse, 2, c.q0, c.nq, d), rows_q(dq), rows_k(dk), rows_k(dv),
+                  dtype, scale, c.window, class_dims(s, c));
+  }
 }
 
 }  // namespace

@@ -1,0 +1,79 @@
+#include "plan/residue.hpp"
+
+#include <algorithm>
+
+namespace spattn::plan {
+
+namespace {
+
+int64_t floor_mod(int64_t a, int64_t b) {
+  const int64_t r = a % b;
+  return r < 0 ? r + b : r;
+}
+
+// x - delta, keeping "unbounded" unbounded.
+int64_t shift(int64_t x, int64_t delta) {
+  if (x >= kUnbounded || x <= -kUnbounded) return x;
+  return std::clamp(x - delta, -kUnbounded + 1, kUnbounded - 1);
+}
+
+}  // namespace
+
+std::optional<ResidueWindow> residue_form(const Pattern& p) {
+  const PatternNode& n = p.node();
+  if (n.kind == Pattern::Kind::Dilated && n.c > 1)  // a = left, b = right, c = dilation
+    return ResidueWindow{n.c, n.b >= kUnbounded ? -kUnbounded : -n.b, n.a};
+  if (n.kind == Pattern::Kind::Strided && n.a > 1)  // a = stride, b = causal
+    return ResidueWindow{n.a, n.b ? 0 : -kUnbounded, kUnbounded};
+  return std::nullopt;
+}
+
+bool residue_split_pays(const ResidueWindow& rw, int64_t nq) {
+  constexpr int64_t kMinQueriesPerClass = 32;  // half a 64-row tile
+  return nq >= kMinQueriesPerClass * rw.d;
+}
+
+std::vector<ResidueClass> residue_classes(const ResidueWindow& rw, int64_t nq, int64_t nk) {
+  std::vector<ResidueClass> out;
+  const int64_t off = nk - nq, d = rw.d;
+  // One class per residue that holds a query (rows q0 < d)...
+  std::vector<char> has_query(size_t(std::min(d, nk)), 0);
+  for (int64_t q0 = 0; q0 < std::min(d, nq); ++q0) {
+    const int64_t r = floor_mod(q0 + off, d);
+    if (r < nk) has_query[size_t(r)] = 1;
+    ResidueClass c;
+    c.q0 = q0;
+    c.nq = (nq - 1 - c.q0) / d + 1;
+    c.k0 = r;
+    c.nk = r < nk ? (nk - 1 - r) / d + 1 : 0;
+    // Query t is row q0 + t*d, key u is row r + u*d: rel = (q0 + off - r) + (t - u) * d, so
+    // m = rel / d = base + t - u, while the class's own rel' = t + off' - u = m - delta.
+    const int64_t base = (c.q0 + off - r) / d;
+    const int64_t delta = base - (c.nk - c.nq);
+    // lo <= m <= hi  <=>  lo - delta <= rel' <= hi - delta: SlidingWindow(left=hi', right=-lo').
+    const int64_t lo = shift(rw.lo, delta), hi = shift(rw.hi, delta);
+    c.window = Pattern::sliding_window(hi, lo <= -kUnbounded ? kUnbounded : -lo);
+    out.push_back(c);
+  }
+  // ...and one without queries for each residue of keys that no query sees (their gradients
+  // are zero; a backward pass over the class writes them).
+  for (int64_t r = 0; r < std::min(d, nk); ++r)
+    if (!has_query[size_t(r)]) {
+      ResidueClass c;
+      c.k0 = r;
+      c.nk = (nk - 1 - r) / d + 1;
+      c.window = Pattern::dense();
+      out.push_back(c);
+    }
+  return out;
+}
+
+TensorView strided_rows(const TensorView& t, int dim, int64_t start, int64_t count, int64_t step) {
+  TensorView v = t;
+  v.data = static_cast<char*>(t.data) + start * t.strides[dim] * ((t.dtype.bits * t.dtype.lanes + 7) / 8);
+  v.shape[dim] = count;
+  v.strides[dim] = t.strides[dim] * step;
+  return v;
+}
+
+}  // namespace spattn::plan
