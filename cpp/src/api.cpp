@@ -194,29 +194,43 @@ void walk_backward(const TensorView& dout, const TensorView& q, const TensorView
   cpu::backward(a);
 }
 
-// A dilated or strided pattern runs as its residue classes (plan/residue.hpp): ordinary window
-// problems on row-strided views, with disjoint outputs and gradients. Everything else walks
-// its block layout.
-std::optional<std::vector<plan::ResidueClass>> residue_plan(const Pattern& pattern, const Dims& s) {
+// How a pattern runs: one or more parts with disjoint kept pairs. A part is a pattern walked over
+// its block layout, or a residue window run as its classes (plan/residue.hpp: ordinary windows
+// on row-strided views with disjoint outputs and gradients). Several parts are computed into
+// temporaries and merged exactly through their logsumexps; gradients of disjoint parts add.
+struct Part {
+  Pattern walk;                                   // when residue is empty
+  std::optional<plan::ResidueWindow> residue;
+};
+
+std::vector<Part> make_plan(const Pattern& pattern, const Dims& s) {
   const std::optional<plan::ResidueWindow> rw = plan::residue_form(pattern);
-  if (!rw || !plan::residue_split_pays(*rw, s.nq)) return std::nullopt;
-  return plan::residue_classes(*rw, s.nq, s.nk);
+  if (rw && plan::residue_split_pays(*rw, s.nq)) return {Part{pattern, rw}};
+  if (const auto u = plan::window_residue_union(pattern)) {
+    bool pays = true;
+    for (const plan::ResidueWindow& r : u->rest) pays = pays && plan::residue_split_pays(r, s.nq);
+    if (pays) {
+      std::vector<Part> parts{Part{u->window, std::nullopt}};
+      for (const plan::ResidueWindow& r : u->rest) parts.push_back(Part{Pattern(), r});
+      return parts;
+    }
+  }
+  return {Part{pattern, std::nullopt}};
 }
 
-// Dims of one class; views along the sequence dimension (1 for q/k/v/out, 2 for lse).
+// Dims of one residue class.
 Dims class_dims(Dims s, const plan::ResidueClass& c) {
   s.nq = c.nq;
   s.nk = c.nk;
   return s;
 }
 
-void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
-                 const TensorView& out, const TensorView& lse, DType dtype, float scale,
-                 const Pattern& pattern, const Dims& s) {
-  const auto classes = residue_plan(pattern, s);
-  if (!classes) return walk_forward(q, k, v, out, lse, dtype, scale, pattern, s);
-  const int64_t d = plan::residue_form(pattern)->d;
-  for (const plan::ResidueClass& c : *classes) {
+void forward_part(const Part& part, const TensorView& q, const TensorView& k, const TensorView& v,
+                  const TensorView& out, const TensorView& lse, DType dtype, float scale,
+                  const Dims& s) {
+  if (!part.residue) return walk_forward(q, k, v, out, lse, dtype, scale, part.walk, s);
+  const int64_t d = part.residue->d;
+  for (const plan::ResidueClass& c : plan::residue_classes(*part.residue, s.nq, s.nk)) {
     if (c.nq == 0) continue;  // keys no query sees: nothing to compute in the forward
     const TensorView lse_c = lse.data ? plan::strided_rows(lse, 2, c.q0, c.nq, d) : lse;
     walk_forward(plan::strided_rows(q, 1, c.q0, c.nq, d), plan::strided_rows(k, 1, c.k0, c.nk, d),
@@ -225,15 +239,14 @@ void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
   }
 }
 
-void run_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
-                  const TensorView& v, const TensorView& out, const TensorView& lse,
-                  const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
-                  float scale, const Pattern& pattern, const Dims& s) {
-  const auto classes = residue_plan(pattern, s);
-  if (!classes)
-    return walk_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, pattern, s);
-  const int64_t d = plan::residue_form(pattern)->d;
-  for (const plan::ResidueClass& c : *classes) {
+void backward_part(const Part& part, const TensorView& dout, const TensorView& q,
+                   const TensorView& k, const TensorView& v, const TensorView& out,
+                   const TensorView& lse, const TensorView& dq, const TensorView& dk,
+                   const TensorView& dv, DType dtype, float scale, const Dims& s) {
+  if (!part.residue)
+    return walk_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, part.walk, s);
+  const int64_t d = part.residue->d;
+  for (const plan::ResidueClass& c : plan::residue_classes(*part.residue, s.nq, s.nk)) {
     auto rows_q = [&](const TensorView& t) { return plan::strided_rows(t, 1, c.q0, c.nq, d); };
     auto rows_k = [&](const TensorView& t) { return plan::strided_rows(t, 1, c.k0, c.nk, d); };
     walk_backward(rows_q(dout), rows_q(q), rows_k(k), rows_k(v), rows_q(out),
@@ -242,6 +255,47 @@ void run_backward(const TensorView& dout, const TensorView& q, const TensorView&
   }
 }
 
+void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
+                 const TensorView& out, const TensorView& lse, DType dtype, float scale,
+                 const Pattern& pattern, const Dims& s) {
+  const std::vector<Part> parts = make_plan(pattern, s);
+  if (parts.size() == 1) return forward_part(parts[0], q, k, v, out, lse, dtype, scale, s);
+  std::vector<ManagedTensor> owned;
+  std::vector<TensorView> outs, lses;
+  for (const Part& part : parts) {
+    owned.push_back(ManagedTensor::allocate_cpu(dtype, {s.b, s.nq, s.hq, s.dv}));
+    outs.push_back(owned.back().view("out"));
+    owned.push_back(ManagedTensor::allocate_cpu(DType::Float32, {s.b, s.hq, s.nq}));
+    lses.push_back(owned.back().view("lse"));
+    forward_part(part, q, k, v, outs.back(), lses.back(), dtype, scale, s);
+  }
+  cpu::merge(cpu::MergeArgs{outs.data(), lses.data(), int(parts.size()), out, lse, dtype});
+}
+
+void run_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
+                  const TensorView& v, const TensorView& out, const TensorView& lse,
+                  const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
+                  float scale, const Pattern& pattern, const Dims& s) {
+  const std::vector<Part> parts = make_plan(pattern, s);
+  if (parts.size() == 1)
+    return backward_part(parts[0], dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, s);
+  // Each part's gradient uses the whole attention's out and lse, so the parts' sum is exact.
+  std::vector<ManagedTensor> owned;
+  std::vector<TensorView> dqs, dks, dvs;
+  for (const Part& part : parts) {
+    owned.push_back(ManagedTensor::allocate_cpu(dtype, {s.b, s.nq, s.hq, s.d}));
+    dqs.push_back(owned.back().view("dq"));
+    owned.push_back(ManagedTensor::allocate_cpu(dtype, {s.b, s.nk, s.hkv, s.d}));
+    dks.push_back(owned.back().view("dk"));
+    owned.push_back(ManagedTensor::allocate_cpu(dtype, {s.b, s.nk, s.hkv, s.dv}));
+    dvs.push_back(owned.back().view("dv"));
+    backward_part(part, dout, q, k, v, out, lse, dqs.back(), dks.back(), dvs.back(), dtype, scale,
+                  s);
+  }
+  cpu::sum(dq, dqs.data(), int(parts.size()), dtype);
+  cpu::sum(dk, dks.data(), int(parts.size()), dtype);
+  cpu::sum(dv, dvs.data(), int(parts.size()), dtype);
+}
 }  // namespace
 
 void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,

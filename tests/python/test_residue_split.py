@@ -54,3 +54,40 @@ def test_strided_views_and_low_precision_through_torch():
     assert (out.detach().float().numpy() - ref_out).__abs__().max() < 0.05
     for g in (qt.grad, kt.grad, vt.grad):
         assert torch.isfinite(g.float()).all()
+
+
+UNIONS = [
+    # window | residue pattern: the window is walked, the rest runs as residue windows, merged
+    (spattn.Strided(3) | spattn.SlidingWindow(2, 0), 130, 130),  # the Sparse Transformer's heads
+    (spattn.SlidingWindow(4, 1) | spattn.Strided(2), 100, 70),
+    (spattn.Dilated(6, 6, 2) | spattn.Causal(), 90, 120),
+    (spattn.Strided(2, causal=False) | spattn.SlidingWindow(-3, 9), 64, 64),
+    (spattn.Strided(2, causal=False) | spattn.Dense(), 64, 80),  # the window holds everything
+    (spattn.Strided(3) | spattn.SlidingWindow(2, 0), 40, 40),  # too small: block walk
+]
+
+
+@pytest.mark.parametrize("pattern, nq, nk", UNIONS, ids=[f"{c[0]!r}-{c[1]}x{c[2]}" for c in UNIONS])
+def test_window_residue_unions(pattern, nq, nk):
+    test_forward_and_gradients(pattern, nq, nk)
+
+
+def test_union_in_low_precision_follows_the_flashattention_rule():
+    pytest.importorskip("torch")
+    from _helpers import naive_backward, naive_forward, round_to
+
+    pattern = spattn.Strided(4) | spattn.SlidingWindow(7, 0)
+    n = 160
+    rng = np.random.default_rng(11)
+    for dtype in ("float16", "bfloat16"):
+        q, k, v, do = (round_to(rng.standard_normal((1, n, 2, 32)), dtype) for _ in range(4))
+        mask = pattern.mask(n, n)
+        ref, _, _ = ref_forward(q, k, v, mask)
+        import torch
+
+        t = [torch.from_numpy(x).to(getattr(torch, dtype)) for x in (q, k, v, do)]
+        out, lse = spattn.attention(*t[:3], pattern=pattern, return_lse=True)
+        assert_close("out", out, ref, dtype, naive=naive_forward(q, k, v, mask, dtype))
+        grads = spattn.attention_backward(t[3], *t[:3], out, lse, pattern=pattern)
+        for name, g, r, nv in zip("qkv", grads, ref_backward(q, k, v, do, mask), naive_backward(q, k, v, do, mask, dtype)):
+            assert_close("d" + name, g, r, dtype, naive=nv, mult=3.0)

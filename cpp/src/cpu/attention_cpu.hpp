@@ -58,3 +58,10 @@ struct MergeArgs {
 void merge(const MergeArgs& a);
 
 }  // namespace spattn::cpu
+
+namespace spattn::cpu {
+
+// dst = sum of srcs[0..n), all [B, N, H, D] of one dtype, any strides (float32 accumulation).
+void sum(const TensorView& dst, const TensorView* srcs, int n, DType dtype);
+
+}  // namespace spattn::cpu

@@ -61,3 +61,34 @@ void merge(const MergeArgs& a) {
 }
 
 }  // namespace spattn::cpu
+
+namespace spattn::cpu {
+
+void sum(const TensorView& dst, const TensorView* srcs, int n, DType dtype) {
+  using namespace detail;
+  const int64_t B = dst.shape[0], N = dst.shape[1], H = dst.shape[2], D = dst.shape[3];
+  if (B * N * H == 0) return;
+  const KernelTable* kt = kernels();
+  const int code = code_of(dtype), es = dtype_size(dtype);
+  Scratch ws = alloc_floats(2 * D * num_threads());
+  const std::vector<float> ones(static_cast<size_t>(n), 1.f);
+  parallel_for(B * N, [&](int64_t task, int thread) {
+    const int64_t b = task / N, i = task % N;
+    std::vector<const void*> src(static_cast<size_t>(n));
+    std::vector<int64_t> stride(static_cast<size_t>(n));
+    for (int64_t h = 0; h < H; ++h) {
+      for (int k = 0; k < n; ++k) {
+        const TensorView& s = srcs[k];
+        src[size_t(k)] = static_cast<const char*>(s.data) +
+                         (b * s.strides[0] + i * s.strides[1] + h * s.strides[2]) * es;
+        stride[size_t(k)] = s.strides[3];
+      }
+      void* d = static_cast<char*>(dst.data) +
+                (b * dst.strides[0] + i * dst.strides[1] + h * dst.strides[2]) * es;
+      kt->weighted_sum_row(code, int(D), src.data(), stride.data(), ones.data(), n, d,
+                           dst.strides[3], ws.get() + thread * 2 * D);
+    }
+  });
+}
+
+}  // namespace spattn::cpu

@@ -28,6 +28,34 @@ std::optional<ResidueWindow> residue_form(const Pattern& p) {
   return std::nullopt;
 }
 
+namespace {
+
+int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+}  // namespace
+
+std::optional<WindowResidueUnion> window_residue_union(const Pattern& p) {
+  const PatternNode& n = p.node();
+  if (n.kind != Pattern::Kind::Union || n.children.size() != 2) return std::nullopt;
+  for (int w = 0; w < 2; ++w) {
+    const Pattern& win = n.children[size_t(w)];
+    const std::optional<ResidueWindow> r = residue_form(n.children[size_t(1 - w)]);
+    if (win.node().kind != Pattern::Kind::Window || !r) continue;
+    // The window keeps rel in [-right, left], i.e. the multiples d*m with m in [a, b].
+    const int64_t left = win.node().a, right = win.node().b;
+    const int64_t a = right >= kUnbounded ? -kUnbounded : -floor_div(right, r->d);
+    const int64_t b = left >= kUnbounded ? kUnbounded : floor_div(left, r->d);
+    WindowResidueUnion u{win, {}};
+    if (r->lo <= std::min(r->hi, a - 1)) u.rest.push_back({r->d, r->lo, std::min(r->hi, a - 1)});
+    if (std::max(r->lo, b + 1) <= r->hi) u.rest.push_back({r->d, std::max(r->lo, b + 1), r->hi});
+    return u;
+  }
+  return std::nullopt;
+}
+
 bool residue_split_pays(const ResidueWindow& rw, int64_t nq) {
   constexpr int64_t kMinQueriesPerClass = 32;  // half a 64-row tile
   return nq >= kMinQueriesPerClass * rw.d;

@@ -30,6 +30,17 @@ std::optional<ResidueWindow> residue_form(const Pattern& p);
 // hold enough queries to fill tiles, else the walk (which skips blocks with no kept pair) wins.
 bool residue_split_pays(const ResidueWindow& rw, int64_t nq);
 
+// Window | residue pattern (the Sparse Transformer's "local + strided" heads, say): the union
+// splits into disjoint parts, the window walked as usual and the residue pattern's pairs
+// outside the window, which are again at most two residue windows. Results merge exactly
+// through their logsumexps (spattn/merge.hpp).
+struct WindowResidueUnion {
+  Pattern window;
+  std::vector<ResidueWindow> rest;  // the residue pattern minus the window: 0 to 2 parts
+};
+// For a two-part union of a Window node and a Dilated/Strided node; none otherwise.
+std::optional<WindowResidueUnion> window_residue_union(const Pattern& p);
+
 // One class: queries q0, q0 + d, ... (nq of them), keys k0, k0 + d, ... (nk), and the window
 // the pattern becomes in the class's own (bottom-right aligned) coordinates.
 struct ResidueClass {
