@@ -5,7 +5,7 @@ import math
 import numbers
 
 from . import _core
-from ._interop import to_framework
+from ._interop import detached as _plain, to_framework
 from .patterns import Dense, Pattern
 
 __all__ = ["attention", "attention_backward", "info"]
@@ -38,11 +38,6 @@ def _wants_grad(*tensors) -> bool:
     import torch
 
     return torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
-
-
-def _plain(x):
-    """A torch tensor that requires grad cannot cross DLPack; outside autograd its data can."""
-    return x.detach() if getattr(x, "requires_grad", False) and hasattr(x, "detach") else x
 
 
 def _offsets(x, name):
@@ -98,10 +93,8 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
 
         o, lse = attention_with_grad(q, k, v, pattern, scale, cu)
         return (o, lse) if return_lse else o
-    if cu is not None:
-        o, lse = _core.forward_varlen(_plain(q), _plain(k), _plain(v), cu[0], cu[1], pattern._core(), scale, _plain(out), return_lse)
-    else:
-        o, lse = _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), return_lse)
+    cu_q, cu_k = cu if cu is not None else (None, None)
+    o, lse = _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), return_lse, cu_q, cu_k)
     o = out if out is not None else to_framework(o, q)
     return (o, to_framework(lse, q)) if return_lse else o
 
@@ -111,10 +104,8 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     cu_seqlens_q / cu_seqlens_k: of a variable-length batch, shapes as in `attention`)."""
     pattern, scale = _pattern(pattern), _scale(scale)
     cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
-    if cu is not None:
-        dq, dk, dv = _core.backward_varlen(*map(_plain, (dout, q, k, v, out, lse)), cu[0], cu[1], pattern._core(), scale)
-    else:
-        dq, dk, dv = _core.backward(*map(_plain, (dout, q, k, v, out, lse)), pattern._core(), scale)
+    cu_q, cu_k = cu if cu is not None else (None, None)
+    dq, dk, dv = _core.backward(*map(_plain, (dout, q, k, v, out, lse)), pattern._core(), scale, cu_q, cu_k)
     return to_framework(dq, q), to_framework(dk, k), to_framework(dv, v)
 
 

@@ -10,10 +10,8 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, pattern, scale, cu=None):
         # cu: None, or (cu_seqlens_q, cu_seqlens_k) of a variable-length batch
-        if cu is None:
-            out, lse = _core.forward(q.detach(), k.detach(), v.detach(), pattern._core(), scale, None, True)
-        else:
-            out, lse = _core.forward_varlen(q.detach(), k.detach(), v.detach(), cu[0], cu[1], pattern._core(), scale, None, True)
+        cu_q, cu_k = cu if cu is not None else (None, None)
+        out, lse = _core.forward(q.detach(), k.detach(), v.detach(), pattern._core(), scale, None, True, cu_q, cu_k)
         out, lse = torch.from_dlpack(out), torch.from_dlpack(lse)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.pattern, ctx.scale, ctx.cu = pattern, scale, cu
@@ -24,10 +22,8 @@ class _Attention(torch.autograd.Function):
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
         args = (dout.detach(), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach())
-        if ctx.cu is None:
-            grads = _core.backward(*args, ctx.pattern._core(), ctx.scale)
-        else:
-            grads = _core.backward_varlen(*args, ctx.cu[0], ctx.cu[1], ctx.pattern._core(), ctx.scale)
+        cu_q, cu_k = ctx.cu if ctx.cu is not None else (None, None)
+        grads = _core.backward(*args, ctx.pattern._core(), ctx.scale, cu_q, cu_k)
         dq, dk, dv = (torch.from_dlpack(g) for g in grads)
         return dq, dk, dv, None, None, None
 

@@ -42,23 +42,46 @@ void require_cpu(const TensorView& q) {
                        "(spattn.info() tells what was compiled); pass CPU arrays");
 }
 
-void require_4d(const TensorView& t, const char* name, const char* dims) {
-  if (t.ndim != 4)
-    throw ValueError(std::string(name) + ": expected 4 dimensions " + dims + ", got shape " +
-                     t.shape_str());
+// The rank a call needs: 4 for a batch, 3 for a variable-length batch (dimension names of
+// both forms given for the message).
+void require_rank(const TensorView& t, const char* name, bool varlen, const char* batched,
+                  const char* packed) {
+  const int want = varlen ? 3 : 4;
+  if (t.ndim != want)
+    throw ValueError(std::string(name) + ": expected " + std::to_string(want) + " dimensions " +
+                     (varlen ? std::string(packed) + " (variable-length batch)" : batched) +
+                     ", got shape " + t.shape_str());
 }
 
 ManagedTensor allocate_like(DType dtype, const TensorView& t) {
   return ManagedTensor::allocate_cpu(dtype, std::vector<int64_t>(t.shape, t.shape + t.ndim));
 }
 
+// Offsets of a variable-length batch: both given or neither (the Python layer checks that).
+struct Offsets {
+  ManagedTensor q, k;
+  bool varlen() const { return !q.empty(); }
+};
+
+Offsets import_offsets(py::handle cu_q, py::handle cu_k) {
+  Offsets o;
+  if (cu_q.is_none() && cu_k.is_none()) return o;
+  if (cu_q.is_none() || cu_k.is_none())
+    throw ValueError("cu_seqlens_q, cu_seqlens_k: give both offsets arrays or neither");
+  o.q = import_array(cu_q, "cu_seqlens_q");
+  o.k = import_array(cu_k, "cu_seqlens_k");
+  return o;
+}
+
 py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& pattern,
-                  py::handle scale, py::handle out, bool want_lse) {
+                  py::handle scale, py::handle out, bool want_lse, py::handle cu_q,
+                  py::handle cu_k) {
   Options opt;
   opt.scale = parse_scale(scale);
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k");
   ManagedTensor mv = import_array(v, "v");
+  Offsets cu = import_offsets(cu_q, cu_k);
   const TensorView vq = mq.view("q");
 
   ManagedTensor mout, mlse;
@@ -69,19 +92,27 @@ py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& patte
   if (out.is_none() || want_lse) {
     const DType dt = float_dtype(vq, "q");
     require_cpu(vq);
-    require_4d(vq, "q", "[B, Nq, Hq, D]");
-    const int64_t B = vq.shape[0], Nq = vq.shape[1], Hq = vq.shape[2];
-    if (out.is_none()) {
+    require_rank(vq, "q", cu.varlen(), "[B, Nq, Hq, D]", "[Tq, Hq, D]");
+    if (out.is_none()) {  // out: q's shape with v's last dimension
       const TensorView vv = mv.view("v");
-      require_4d(vv, "v", "[B, Nk, Hkv, Dv]");
-      mout = ManagedTensor::allocate_cpu(dt, {B, Nq, Hq, vv.shape[3]});
+      require_rank(vv, "v", cu.varlen(), "[B, Nk, Hkv, Dv]", "[Tk, Hkv, Dv]");
+      std::vector<int64_t> shape(vq.shape, vq.shape + vq.ndim);
+      shape.back() = vv.shape[vv.ndim - 1];
+      mout = ManagedTensor::allocate_cpu(dt, shape);
     }
-    if (want_lse) mlse = ManagedTensor::allocate_cpu(DType::Float32, {B, Hq, Nq});
+    if (want_lse)  // [B, Hq, Nq], or [Hq, Tq] for a variable-length batch
+      mlse = ManagedTensor::allocate_cpu(
+          DType::Float32, cu.varlen() ? std::vector<int64_t>{vq.shape[1], vq.shape[0]}
+                                      : std::vector<int64_t>{vq.shape[0], vq.shape[2], vq.shape[1]});
   }
   {
     py::gil_scoped_release nogil;
-    attention_forward(mq.dl(), mk.dl(), mv.dl(), pattern, mout.dl(),
-                      want_lse ? &mlse.dl() : nullptr, opt);
+    const DLTensor* lse = want_lse ? &mlse.dl() : nullptr;
+    if (cu.varlen())
+      attention_forward_varlen(mq.dl(), mk.dl(), mv.dl(), cu.q.dl(), cu.k.dl(), pattern,
+                               mout.dl(), lse, opt);
+    else
+      attention_forward(mq.dl(), mk.dl(), mv.dl(), pattern, mout.dl(), lse, opt);
   }
   py::object out_obj =
       out.is_none() ? make_holder(std::move(mout)) : py::reinterpret_borrow<py::object>(out);
@@ -90,7 +121,8 @@ py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& patte
 }
 
 py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py::handle out,
-                   py::handle lse, const Pattern& pattern, py::handle scale) {
+                   py::handle lse, const Pattern& pattern, py::handle scale, py::handle cu_q,
+                   py::handle cu_k) {
   Options opt;
   opt.scale = parse_scale(scale);
   ManagedTensor mdout = import_array(dout, "dout");
@@ -99,6 +131,7 @@ py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py
   ManagedTensor mv = import_array(v, "v");
   ManagedTensor mout = import_array(out, "out");
   ManagedTensor mlse = import_array(lse, "lse");
+  Offsets cu = import_offsets(cu_q, cu_k);
   const TensorView vq = mq.view("q");
   const DType dt = float_dtype(vq, "q");
   require_cpu(vq);
@@ -107,83 +140,12 @@ py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py
   ManagedTensor dv = allocate_like(dt, mv.view("v"));
   {
     py::gil_scoped_release nogil;
-    attention_backward(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(), pattern,
-                       dq.dl(), dk.dl(), dv.dl(), opt);
-  }
-  return py::make_tuple(make_holder(std::move(dq)), make_holder(std::move(dk)),
-                        make_holder(std::move(dv)));
-}
-
-// Variable-length batches: q [Tq, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv]; cu_seqlens_q and
-// cu_seqlens_k [B+1] int32 (or int64) arrays, checked by the core. out [Tq, Hq, Dv],
-// lse [Hq, Tq].
-py::tuple forward_varlen(py::handle q, py::handle k, py::handle v, py::handle cu_seqlens_q,
-                         py::handle cu_seqlens_k, const Pattern& pattern, py::handle scale,
-                         py::handle out, bool want_lse) {
-  Options opt;
-  opt.scale = parse_scale(scale);
-  ManagedTensor mq = import_array(q, "q");
-  ManagedTensor mk = import_array(k, "k");
-  ManagedTensor mv = import_array(v, "v");
-  ManagedTensor mcq = import_array(cu_seqlens_q, "cu_seqlens_q");
-  ManagedTensor mck = import_array(cu_seqlens_k, "cu_seqlens_k");
-  const TensorView vq = mq.view("q");
-
-  ManagedTensor mout, mlse;
-  if (!out.is_none()) {
-    mout = import_array(out, "out");
-    if (mout.read_only()) throw ValueError("out: the array is read-only");
-  }
-  if (out.is_none() || want_lse) {
-    const DType dt = float_dtype(vq, "q");
-    require_cpu(vq);
-    if (vq.ndim != 3)
-      throw ValueError("q: expected 3 dimensions [Tq, Hq, D] (variable-length batch), got "
-                       "shape " + vq.shape_str());
-    const int64_t Tq = vq.shape[0], Hq = vq.shape[1];
-    if (out.is_none()) {
-      const TensorView vv = mv.view("v");
-      if (vv.ndim != 3)
-        throw ValueError("v: expected 3 dimensions [Tk, Hkv, Dv] (variable-length batch), "
-                         "got shape " + vv.shape_str());
-      mout = ManagedTensor::allocate_cpu(dt, {Tq, Hq, vv.shape[2]});
-    }
-    if (want_lse) mlse = ManagedTensor::allocate_cpu(DType::Float32, {Hq, Tq});
-  }
-  {
-    py::gil_scoped_release nogil;
-    attention_forward_varlen(mq.dl(), mk.dl(), mv.dl(), mcq.dl(), mck.dl(), pattern, mout.dl(),
-                             want_lse ? &mlse.dl() : nullptr, opt);
-  }
-  py::object out_obj =
-      out.is_none() ? make_holder(std::move(mout)) : py::reinterpret_borrow<py::object>(out);
-  py::object lse_obj = want_lse ? make_holder(std::move(mlse)) : py::none();
-  return py::make_tuple(out_obj, lse_obj);
-}
-
-py::tuple backward_varlen(py::handle dout, py::handle q, py::handle k, py::handle v,
-                          py::handle out, py::handle lse, py::handle cu_seqlens_q,
-                          py::handle cu_seqlens_k, const Pattern& pattern, py::handle scale) {
-  Options opt;
-  opt.scale = parse_scale(scale);
-  ManagedTensor mdout = import_array(dout, "dout");
-  ManagedTensor mq = import_array(q, "q");
-  ManagedTensor mk = import_array(k, "k");
-  ManagedTensor mv = import_array(v, "v");
-  ManagedTensor mout = import_array(out, "out");
-  ManagedTensor mlse = import_array(lse, "lse");
-  ManagedTensor mcq = import_array(cu_seqlens_q, "cu_seqlens_q");
-  ManagedTensor mck = import_array(cu_seqlens_k, "cu_seqlens_k");
-  const TensorView vq = mq.view("q");
-  const DType dt = float_dtype(vq, "q");
-  require_cpu(vq);
-  ManagedTensor dq = allocate_like(dt, vq);
-  ManagedTensor dk = allocate_like(dt, mk.view("k"));
-  ManagedTensor dv = allocate_like(dt, mv.view("v"));
-  {
-    py::gil_scoped_release nogil;
-    attention_backward_varlen(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(),
-                              mcq.dl(), mck.dl(), pattern, dq.dl(), dk.dl(), dv.dl(), opt);
+    if (cu.varlen())
+      attention_backward_varlen(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(),
+                                cu.q.dl(), cu.k.dl(), pattern, dq.dl(), dk.dl(), dv.dl(), opt);
+    else
+      attention_backward(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(), pattern,
+                         dq.dl(), dk.dl(), dv.dl(), opt);
   }
   return py::make_tuple(make_holder(std::move(dq)), make_holder(std::move(dk)),
                         make_holder(std::move(dv)));
@@ -194,20 +156,14 @@ py::tuple backward_varlen(py::handle dout, py::handle q, py::handle k, py::handl
 void bind_ops(py::module_& m) {
   m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pattern"),
         py::arg("scale") = py::none(), py::arg("out") = py::none(), py::arg("want_lse") = true,
+        py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
         "Attention forward: returns (out, lse or None); out is `out` itself when given, else a "
-        "DLPackTensor [B, Nq, Hq, Dv] of q's dtype; lse a float32 DLPackTensor [B, Hq, Nq].");
+        "DLPackTensor of q's dtype [B, Nq, Hq, Dv] (varlen: [Tq, Hq, Dv]); lse float32 "
+        "[B, Hq, Nq] (varlen: [Hq, Tq]).");
   m.def("backward", &backward, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("lse"), py::arg("pattern"), py::arg("scale") = py::none(),
+        py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
         "Attention backward: returns (dq, dk, dv) as DLPackTensor holders shaped like q, k, v.");
-  m.def("forward_varlen", &forward_varlen, py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"), py::arg("pattern"),
-        py::arg("scale") = py::none(), py::arg("out") = py::none(), py::arg("want_lse") = true,
-        "Variable-length attention forward: q [Tq, Hq, D], k/v [Tk, Hkv, D/Dv], int32 offsets "
-        "[B+1]; returns (out [Tq, Hq, Dv], lse [Hq, Tq] float32 or None).");
-  m.def("backward_varlen", &backward_varlen, py::arg("dout"), py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("cu_seqlens_q"),
-        py::arg("cu_seqlens_k"), py::arg("pattern"), py::arg("scale") = py::none(),
-        "Variable-length attention backward: returns (dq, dk, dv) shaped like q, k, v.");
   m.def("info", &spattn::info, "Build and runtime facts, as a dict of strings.");
   m.def("version", []() { return std::string(spattn::version()); });
 }
