@@ -47,12 +47,12 @@ BlockLayout window_layout(const Predicate& p, int64_t nq, int64_t nk) {
     for (int64_t c = ulo >= 0 && uhi >= ulo ? ulo / 64 : 1; c <= (uhi >= ulo ? uhi / 64 : 0); ++c) {
       const int64_t j0 = c * 64, j1 = std::min(nk, j0 + 64) - 1;
       if (lo1 <= j0 && hi0 >= j1)
-        L.full_idx.push_back(int32_t(c));
+        { L.full_lo.push_back(int32_t(c)); L.full_hi.push_back(int32_t(c + 1)); }
       else
-        L.part_idx.push_back(int32_t(c));
+        { L.part_lo.push_back(int32_t(c)); L.part_hi.push_back(int32_t(c + 1)); }
     }
-    L.full_ptr.push_back(int64_t(L.full_idx.size()));
-    L.part_ptr.push_back(int64_t(L.part_idx.size()));
+    L.full_ptr.push_back(int64_t(L.full_lo.size()));
+    L.part_ptr.push_back(int64_t(L.part_lo.size()));
   }
   return L;
 }

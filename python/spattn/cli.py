@@ -99,7 +99,7 @@ def _bench(args) -> int:
         results = bench.run(
             pattern, args.n, nk=args.nk, heads=args.heads, dim=args.dim, batch=args.batch,
             dtype=args.dtype, backward=args.backward, repeats=args.repeats, dense=not args.no_dense,
-            dense_max_n=args.dense_max_n, torch_sdpa=not args.no_torch, flex=args.flex,
+            dense_max_n=args.dense_max_n, torch_sdpa=not args.no_torch, flex=not (args.no_flex or args.no_torch),
             text=args.pattern, progress=not args.quiet,
         )
     except (ValueError, TypeError, RuntimeError) as e:
@@ -156,8 +156,9 @@ def main(argv=None) -> int:
     p = sub.add_parser(
         "bench", help="time a pattern against dense attention, torch SDPA and FlexAttention",
         description="Time spattn on PATTERN (forward, and forward+backward with --backward) against "
-        "spattn's own dense attention and, where torch is installed, torch SDPA (dense) and, with "
-        "--flex, FlexAttention with the pattern as a BlockMask. Prints ms, useful GFLOP/s "
+        "spattn's own dense attention and, where torch is installed, torch SDPA (dense) and "
+        "FlexAttention with the pattern as a BlockMask (--no-flex skips it: on the CPU it "
+        "compiles for several seconds first). Prints ms, useful GFLOP/s "
         "(forward 4*D*H*kept pairs, forward+backward 3.5x that) and the speed-up over dense. "
         "A progress line per step goes to stderr.",
         epilog=SYNTAX_HELP + "\nexample:\n  spattn bench 'window(511,0)' --n 8192 --backward",
@@ -176,8 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("--dense-max-n", type=_positive, default=8192,
                    help="skip the dense rows above this N, with a note (default 8192)")
     p.add_argument("--no-torch", action="store_true", help="skip torch SDPA even where torch is installed")
-    p.add_argument("--flex", action="store_true",
-                   help="also time torch FlexAttention (torch.compile on the CPU: slow to start)")
+    p.add_argument("--no-flex", action="store_true",
+                   help="skip torch FlexAttention (timed by default where torch has it; "
+                        "torch.compile on the CPU takes several seconds the first time)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_bench)
     args = parser.parse_args(argv)

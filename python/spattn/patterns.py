@@ -6,7 +6,9 @@ Each class is a thin description; the meaning lives in C++ (`spattn::Pattern`), 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 
@@ -66,20 +68,79 @@ def _pair(value, what: str) -> tuple[int, int]:
     return n, n
 
 
+def _expand_ranges(rowptr: np.ndarray, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR over ranges -> CSR over single blocks (indptr int64, indices int32), vectorised."""
+    lo = ranges[:, 0].astype(np.int64)
+    lens = ranges[:, 1].astype(np.int64) - lo
+    cum = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=cum[1:])
+    indptr = cum[np.asarray(rowptr, dtype=np.int64)]
+    idx = np.arange(cum[-1], dtype=np.int64) - np.repeat(cum[:-1] - lo, lens)
+    return indptr, idx.astype(np.int32)
+
+
 @dataclass(frozen=True)
 class BlockLayout:
     """A compiled layout: per (head, query block) row r = h * nqb + a, the key blocks to visit,
-    in CSR form, split into full blocks (every pair kept) and partial ones."""
+    split into full blocks (every pair kept) and partial ones (masked per element).
 
-    full_indptr: np.ndarray
-    full_indices: np.ndarray
-    partial_indptr: np.ndarray
-    partial_indices: np.ndarray
+    Stored as ranges, never expanded at compile time:
+
+    - ``full_rowptr``: int64 ``[rows + 1]``; the full ranges of row r are
+      ``full_ranges[full_rowptr[r]:full_rowptr[r + 1]]``.
+    - ``full_ranges``: int32 ``[n, 2]``; each ``(lo, hi)`` lists key blocks ``lo .. hi - 1``.
+      Within a row the ranges are ascending and do not overlap.
+    - ``partial_rowptr`` / ``partial_ranges``: the same for partial blocks. A full and a
+      partial range never share a block.
+
+    Full blocks are always exactly full, and partial blocks keep some pair, except for a
+    periodic pattern (Strided, Dilated, Fixed) on a huge problem, whose exact runs would
+    exceed the compile budget: it then lists one partial range over its kept span, which may
+    hold blocks that keep nothing (the kernels mask them; the result stays exact).
+
+    Computed lazily on first access and cached (they expand the ranges, or count pairs):
+    ``full_indptr`` / ``full_indices`` / ``partial_indptr`` / ``partial_indices`` (CSR over
+    single blocks, int64 / int32), ``density`` (kept pairs / all pairs) and ``row()``.
+    """
+
+    full_rowptr: np.ndarray
+    full_ranges: np.ndarray
+    partial_rowptr: np.ndarray
+    partial_ranges: np.ndarray
     heads: int
     nqb: int
     nkb: int
     block: tuple[int, int]
-    density: float
+    _density: Callable[[], float] = field(repr=False, compare=False, default=lambda: 0.0)
+
+    @cached_property
+    def _full_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        return _expand_ranges(self.full_rowptr, self.full_ranges)
+
+    @cached_property
+    def _partial_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        return _expand_ranges(self.partial_rowptr, self.partial_ranges)
+
+    @property
+    def full_indptr(self) -> np.ndarray:
+        return self._full_csr[0]
+
+    @property
+    def full_indices(self) -> np.ndarray:
+        return self._full_csr[1]
+
+    @property
+    def partial_indptr(self) -> np.ndarray:
+        return self._partial_csr[0]
+
+    @property
+    def partial_indices(self) -> np.ndarray:
+        return self._partial_csr[1]
+
+    @cached_property
+    def density(self) -> float:
+        """Kept pairs / all pairs (counted on first access)."""
+        return float(self._density())
 
     def row(self, head: int, qblock: int) -> tuple[np.ndarray, np.ndarray]:
         """(full, partial) key blocks of one query block of one head."""
@@ -108,23 +169,28 @@ class Pattern:
         return self._core().mask(_index(nq, "Nq"), _index(nk, "Nk"), _index(heads, "heads"))
 
     def block_layout(self, nq: int, nk: int, block=(64, 64), heads: int = 1) -> BlockLayout:
-        """The compiled block layout for an Nq x Nk problem, in closed form for structured
-        patterns (cost proportional to the blocks kept)."""
+        """The compiled block layout for an Nq x Nk problem, as ranges of key blocks per row (see
+        BlockLayout), in closed form for structured patterns (cost proportional to the ranges
+        listed; nothing is expanded or counted until asked for)."""
         nq, nk, heads = _index(nq, "Nq"), _index(nk, "Nk"), _index(heads, "heads")
         bq, bk = _pair(block, "block")
-        raw = self._core().block_layout(nq, nk, bq, bk, heads)
+        core = self._core()
+        raw = core.block_layout(nq, nk, bq, bk, heads)
         total = float(heads) * nq * nk
-        density = self._core().kept_pairs(nq, nk, heads) / total if total else 0.0
+
+        def density() -> float:
+            return core.kept_pairs(nq, nk, heads) / total if total else 0.0
+
         return BlockLayout(
-            full_indptr=raw["full_indptr"],
-            full_indices=raw["full_indices"],
-            partial_indptr=raw["partial_indptr"],
-            partial_indices=raw["partial_indices"],
+            full_rowptr=raw["full_rowptr"],
+            full_ranges=raw["full_ranges"],
+            partial_rowptr=raw["partial_rowptr"],
+            partial_ranges=raw["partial_ranges"],
             heads=raw["heads"],
             nqb=raw["nqb"],
             nkb=raw["nkb"],
             block=(bq, bk),
-            density=density,
+            _density=density,
         )
 
     def __repr__(self) -> str:

@@ -66,6 +66,18 @@ Pattern block_sparse(py::handle bits, int64_t bq, int64_t bk) {
   return Pattern::block_sparse(std::move(m));
 }
 
+// Ranges [lo, hi) as an int32 array [n, 2].
+py::array_t<int32_t> ranges_to_numpy(const std::vector<int32_t>& lo, const std::vector<int32_t>& hi) {
+  const py::ssize_t n = static_cast<py::ssize_t>(lo.size());
+  py::array_t<int32_t> a(std::vector<py::ssize_t>{n, 2});
+  int32_t* d = a.mutable_data();
+  for (py::ssize_t t = 0; t < n; ++t) {
+    d[2 * t] = lo[size_t(t)];
+    d[2 * t + 1] = hi[size_t(t)];
+  }
+  return a;
+}
+
 py::dict block_layout(const Pattern& p, int64_t nq, int64_t nk, int64_t bq, int64_t bk,
                       int64_t heads) {
   BlockLayout l;
@@ -74,10 +86,10 @@ py::dict block_layout(const Pattern& p, int64_t nq, int64_t nk, int64_t bq, int6
     l = compile_layout(p, nq, nk, bq, bk, heads);
   }
   py::dict d;
-  d["full_indptr"] = to_numpy(l.full_ptr);
-  d["full_indices"] = to_numpy(l.full_idx);
-  d["partial_indptr"] = to_numpy(l.part_ptr);
-  d["partial_indices"] = to_numpy(l.part_idx);
+  d["full_rowptr"] = to_numpy(l.full_ptr);
+  d["full_ranges"] = ranges_to_numpy(l.full_lo, l.full_hi);
+  d["partial_rowptr"] = to_numpy(l.part_ptr);
+  d["partial_ranges"] = ranges_to_numpy(l.part_lo, l.part_hi);
   d["heads"] = l.heads;
   d["nqb"] = l.nqb;
   d["nkb"] = l.nkb;

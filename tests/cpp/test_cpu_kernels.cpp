@@ -187,14 +187,16 @@ BlockLayout build_layout(const Predicate& pred, int64_t nq, int64_t nk, int64_t 
             ++all;
             kept += keeps(pred, h, i, j);
           }
-        if (kept == 0) continue;
+        // all_partial: every block listed as partial, those keeping nothing too (what an
+        // over-budget periodic leaf lists, see layout.hpp); ranges of one block each.
+        if (kept == 0 && !all_partial) continue;
         if (kept == all && !all_partial)
-          L.full_idx.push_back(int32_t(c));
+          { L.full_lo.push_back(int32_t(c)); L.full_hi.push_back(int32_t(c + 1)); }
         else
-          L.part_idx.push_back(int32_t(c));
+          { L.part_lo.push_back(int32_t(c)); L.part_hi.push_back(int32_t(c + 1)); }
       }
-      L.full_ptr.push_back(int64_t(L.full_idx.size()));
-      L.part_ptr.push_back(int64_t(L.part_idx.size()));
+      L.full_ptr.push_back(int64_t(L.full_lo.size()));
+      L.part_ptr.push_back(int64_t(L.part_lo.size()));
     }
   return L;
 }
@@ -572,7 +574,7 @@ int main() {
     c.name = "mixed layouts, D=48";
     c.D = 48, c.Dv = 80, c.mode_q = 3, c.mode_kv = 1, c.mode_o = 2;
     cases.push_back(c);
-    Case d{"all blocks partial, window", 1, 255, 255, 2, 2, 32, 32, 100, 0};
+    Case d{"all blocks partial (empty ones listed too), window", 1, 255, 255, 2, 2, 32, 32, 100, 0};
     d.all_partial = true;
     cases.push_back(d);
     Case e{"peaky scores (running max moves a lot)", 1, 200, 700, 2, 1, 64, 64, U, 0};

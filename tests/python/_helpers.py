@@ -90,6 +90,39 @@ class Case:
         raise ValueError(self.kind)
 
 
+def check_ranges(lay, rows, nkb):
+    """The range form of a BlockLayout (what the compile returns) against its lazily expanded
+    CSR properties: well formed, and expanding each range by hand gives the same blocks."""
+    fp, pp = np.asarray(lay.full_rowptr), np.asarray(lay.partial_rowptr)
+    fr, pr = np.asarray(lay.full_ranges), np.asarray(lay.partial_ranges)
+    assert fp.dtype == np.int64 and pp.dtype == np.int64
+    assert fr.dtype == np.int32 and pr.dtype == np.int32
+    expanded = {}
+    for name, ptr, rng in (("full", fp, fr), ("partial", pp, pr)):
+        assert rng.ndim == 2 and rng.shape[1] == 2, rng.shape
+        assert ptr.shape == (rows + 1,) and ptr[0] == 0 and ptr[-1] == len(rng)
+        assert (np.diff(ptr) >= 0).all()
+        if len(rng):
+            assert (rng[:, 0] < rng[:, 1]).all(), f"{name}: empty range"
+            assert rng[:, 0].min() >= 0 and rng[:, 1].max() <= nkb
+        rows_blocks = []
+        for r in range(rows):
+            seg = rng[ptr[r]:ptr[r + 1]]
+            assert (seg[1:, 0] >= seg[:-1, 1]).all(), f"{name} row {r}: ranges overlap or descend"
+            blocks = [c for lo, hi in seg.tolist() for c in range(lo, hi)]
+            rows_blocks.append(blocks)
+        expanded[name] = rows_blocks
+    for name, indptr, indices in (("full", lay.full_indptr, lay.full_indices),
+                                  ("partial", lay.partial_indptr, lay.partial_indices)):
+        indptr, indices = np.asarray(indptr), np.asarray(indices)
+        assert indptr.dtype == np.int64 and indices.dtype == np.int32
+        for r in range(rows):
+            got = indices[indptr[r]:indptr[r + 1]].tolist()
+            assert got == expanded[name][r], (name, r, got, expanded[name][r])
+            assert lay.row(0 if lay.heads == 1 else r // lay.nqb, r % lay.nqb)[
+                0 if name == "full" else 1].tolist() == got
+
+
 def check_layout(p, nq, nk, bq, bk, heads, want_heads=None):
     """block_layout() against mask(): SPEC §3 / the brief's definition."""
     lay = p.block_layout(nq, nk, block=(bq, bk), heads=heads)
@@ -105,6 +138,7 @@ def check_layout(p, nq, nk, bq, bk, heads, want_heads=None):
         for h in range(heads):
             assert np.array_equal(m[h], m[0])
     rows = lh * nqb
+    check_ranges(lay, rows, nkb)
     fp, fi = np.asarray(lay.full_indptr), np.asarray(lay.full_indices)
     pp, pi = np.asarray(lay.partial_indptr), np.asarray(lay.partial_indices)
     for ptr, idx in ((fp, fi), (pp, pi)):

@@ -304,7 +304,8 @@ def test_show_without_matplotlib(monkeypatch, tmp_path, capsys):
 
 
 def test_bench_prints_a_table(capsys):
-    rc = cli.main(["bench", "window(15,0)", "--n", "96", "--heads", "2", "--dim", "16", "--repeats", "1", "--backward"])
+    rc = cli.main(["bench", "window(15,0)", "--n", "96", "--heads", "2", "--dim", "16", "--repeats", "1", "--backward",
+                   "--no-flex"])
     assert rc == 0
     cap = capsys.readouterr()
     assert "implementation" in cap.out and "GFLOP/s" in cap.out and "vs dense" in cap.out
@@ -326,12 +327,12 @@ def test_bench_run_rows_and_ratios():
 
 
 def test_bench_skips_dense_above_the_limit(capsys):
-    assert cli.main(["bench", "causal", "--n", "80", "--heads", "1", "--dim", "8", "--repeats", "1",
+    assert cli.main(["bench", "causal", "--no-flex", "--n", "80", "--heads", "1", "--dim", "8", "--repeats", "1",
                      "--dense-max-n", "64", "-q"]) == 0
     cap = capsys.readouterr()
     assert "dense rows skipped" in cap.out and "spattn dense" not in cap.out
     assert cap.err == ""  # -q: no progress
-    assert cli.main(["bench", "causal", "--n", "32", "--heads", "1", "--dim", "8", "--repeats", "1",
+    assert cli.main(["bench", "causal", "--no-flex", "--n", "32", "--heads", "1", "--dim", "8", "--repeats", "1",
                      "--no-dense", "-q"]) == 0
     assert "--no-dense" in capsys.readouterr().out
 
@@ -369,7 +370,7 @@ def test_help_documents_the_syntax(command, capsys):
     if command == "show":
         assert "-o" in out and "--head" in out and "matplotlib" in out
     else:
-        assert "--backward" in out and "--flex" in out and "--repeats" in out and "--dtype" in out
+        assert "--backward" in out and "--no-flex" in out and "--repeats" in out and "--dtype" in out
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -388,3 +389,13 @@ def test_info_still_works(capsys):
 def test_python_dash_m_show_help():
     r = subprocess.run([sys.executable, "-m", "spattn", "show", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "pattern syntax" in r.stdout
+
+
+def test_bench_times_flex_attention_by_default(capsys):
+    """FlexAttention is a default row where torch has it: it runs (forward) or says why not."""
+    pytest.importorskip("torch")
+    rc = cli.main(["bench", "window(15,0)", "--n", "64", "--heads", "1", "--dim", "16", "--repeats", "1", "-q"])
+    assert rc == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("flex attention")]
+    assert row, "no FlexAttention row"
+    assert "ms" not in row[0] or "unavailable" in row[0] or float(row[0].split()[3]) > 0

@@ -34,12 +34,13 @@ def test_mask_and_layout_types():
     m = p.mask(5, 7, 2)
     assert m.dtype == np.bool_ and m.shape == (2, 5, 7)
     d = p.block_layout(100, 130, 32, 64, 1)
-    assert set(d) == {"full_indptr", "full_indices", "partial_indptr", "partial_indices", "heads",
+    assert set(d) == {"full_rowptr", "full_ranges", "partial_rowptr", "partial_ranges", "heads",
                       "nqb", "nkb", "block"}
-    assert d["full_indptr"].dtype == np.int64 and d["partial_indptr"].dtype == np.int64
-    assert d["full_indices"].dtype == np.int32 and d["partial_indices"].dtype == np.int32
+    assert d["full_rowptr"].dtype == np.int64 and d["partial_rowptr"].dtype == np.int64
+    assert d["full_ranges"].dtype == np.int32 and d["partial_ranges"].dtype == np.int32
+    assert d["full_ranges"].ndim == 2 and d["full_ranges"].shape[1] == 2
     assert (d["nqb"], d["nkb"], d["block"]) == (4, 3, (32, 64))
-    assert len(d["full_indptr"]) == d["heads"] * d["nqb"] + 1
+    assert len(d["full_rowptr"]) == d["heads"] * d["nqb"] + 1
     assert p.kept_pairs(4, 4, 1) == 10.0
     assert "Pattern" in repr(p) and isinstance(p.describe(), str) and p.heads() == 1
 

@@ -270,6 +270,59 @@ def test_million_token_sliding_window_layout_is_fast():
     assert abs(float(lay.density) - kept / (n * n)) <= 1e-12
 
 
+MILLION = [
+    spattn.Causal(), spattn.Dense(), spattn.SlidingWindow(511, 0), spattn.Dilated(511, 0, 4),
+    spattn.Strided(128), spattn.Fixed(128, 8), spattn.Global([0, 1, 2, 3, 100000, 500000]),
+    spattn.Sink(64), spattn.BigBird(64, 3, 2, 3), spattn.Sink(64) | spattn.SlidingWindow(511, 0),
+    spattn.Strided(128) | spattn.SlidingWindow(127, 0),
+]
+
+
+@pytest.mark.parametrize("p", MILLION, ids=repr)
+def test_million_token_compile_returns_ranges_fast(p):
+    """Pattern.block_layout at 1M tokens (block 64) in < 50 ms, best of 3: the compile returns
+    ranges and expands nothing (the CSR index arrays and the density are lazy)."""
+    n = 1 << 20
+    best = 1e9
+    for _ in range(3):
+        t0 = time.perf_counter()
+        lay = p.block_layout(n, n)
+        best = min(best, time.perf_counter() - t0)
+    assert best < 0.05, f"{p!r}: {best * 1e3:.1f} ms"
+    assert lay.nqb == n // 64 and lay.nkb == n // 64
+    lazy = ("_full_csr", "_partial_csr", "density")
+    assert not any(k in vars(lay) for k in lazy), "block_layout expanded or counted eagerly"
+    nranges = len(lay.full_ranges) + len(lay.partial_ranges)
+    assert 0 < nranges <= 4 * (1 << 21)
+    # A few rows by hand: ranges in order, not overlapping, inside the grid.
+    for r in (0, 1, 1000, lay.nqb - 1):
+        for ptr, rng in ((lay.full_rowptr, lay.full_ranges), (lay.partial_rowptr, lay.partial_ranges)):
+            seg = np.asarray(rng[ptr[r]:ptr[r + 1]])
+            assert (seg[:, 0] < seg[:, 1]).all() and (seg[1:, 0] >= seg[:-1, 1]).all()
+            assert seg.size == 0 or (seg.min() >= 0 and seg.max() <= lay.nkb)
+
+
+def test_causal_layout_is_two_ranges_per_row():
+    lay = spattn.Causal().block_layout(1 << 20, 1 << 20)
+    nb = (1 << 20) // 64
+    assert len(lay.full_ranges) == nb - 1 and len(lay.partial_ranges) == nb
+    a = 1000
+    assert lay.full_ranges[lay.full_rowptr[a]:lay.full_rowptr[a + 1]].tolist() == [[0, a]]
+    assert lay.partial_ranges[lay.partial_rowptr[a]:lay.partial_rowptr[a + 1]].tolist() == [[a, a + 1]]
+
+
+@pytest.mark.parametrize(
+    "p",
+    [spattn.Strided(5), spattn.Fixed(16, 3), spattn.Dilated(9, 2, 3), spattn.Global([1, 2, 3, 40, 77]),
+     spattn.Strided(7) | spattn.SlidingWindow(4, 0), spattn.Fixed(8, 2) & spattn.Strided(3),
+     spattn.Sink(20) | spattn.SlidingWindow(30, 0), spattn.BigBird(8, 3, 1, 2)],
+    ids=repr,
+)
+@pytest.mark.parametrize("bq,bk", [(8, 8), (16, 4), (3, 5)])
+def test_layout_ranges_match_expanded_indices(p, bq, bk):
+    check_layout(p, 97, 130, bq, bk, heads=2, want_heads=1)
+
+
 def test_block_layout_density_per_head_counts_every_head():
     layout = np.zeros((2, 2, 2), dtype=bool)
     layout[0] = True  # head 0 dense, head 1 empty

@@ -29,24 +29,36 @@ struct Carve {
   }
 };
 
-// Iterates a layout row's full and partial key blocks together, in ascending order.
+// Iterates a layout row's full and partial key blocks together, in ascending order (the row
+// stores ranges [lo, hi) of blocks; see layout.hpp).
 struct BlockWalk {
-  const int32_t *f, *fe, *q, *qe;
+  static constexpr int64_t kDone = INT64_MAX;
+  const int32_t *flo, *fhi, *plo, *phi;
+  int64_t ft, fe, pt, pe;  // current / end range of each kind
+  int64_t fc, pc;          // next block of each kind (kDone: none left)
   BlockWalk(const Problem& p, int64_t h, int64_t a) {
     const int64_t r = (p.lheads == 1 ? 0 : h) * p.nqb + a;
-    f = p.full_idx + p.full_ptr[r];
-    fe = p.full_idx + p.full_ptr[r + 1];
-    q = p.part_idx + p.part_ptr[r];
-    qe = p.part_idx + p.part_ptr[r + 1];
+    flo = p.full_lo;
+    fhi = p.full_hi;
+    plo = p.part_lo;
+    phi = p.part_hi;
+    ft = p.full_ptr[r];
+    fe = p.full_ptr[r + 1];
+    pt = p.part_ptr[r];
+    pe = p.part_ptr[r + 1];
+    fc = ft < fe ? flo[ft] : kDone;
+    pc = pt < pe ? plo[pt] : kDone;
   }
   bool next(int64_t* c, bool* partial) {
-    if (f == fe && q == qe) return false;
-    if (q == qe || (f != fe && *f < *q)) {
-      *c = *f++;
+    if (fc == kDone && pc == kDone) return false;
+    if (fc < pc) {
+      *c = fc;
       *partial = false;
+      if (++fc >= fhi[ft]) fc = ++ft < fe ? flo[ft] : kDone;
     } else {
-      *c = *q++;
+      *c = pc;
       *partial = true;
+      if (++pc >= phi[pt]) pc = ++pt < pe ? plo[pt] : kDone;
     }
     return true;
   }

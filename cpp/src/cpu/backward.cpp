@@ -42,10 +42,11 @@ void backward(const BackwardArgs& a) {
         const int64_t r = layout.row(h, t);
         for (int pass = 0; pass < 2; ++pass) {
           const auto& ptr = pass ? layout.part_ptr : layout.full_ptr;
-          const auto& idx = pass ? layout.part_idx : layout.full_idx;
+          const auto& rlo = pass ? layout.part_lo : layout.full_lo;
+          const auto& rhi = pass ? layout.part_hi : layout.full_hi;
           if (ptr[r] == ptr[r + 1]) continue;
-          *lo = std::min<int64_t>(*lo, idx[ptr[r]]);
-          *hi = std::max<int64_t>(*hi, idx[ptr[r + 1] - 1]);
+          *lo = std::min<int64_t>(*lo, rlo[size_t(ptr[r])]);
+          *hi = std::max<int64_t>(*hi, int64_t(rhi[size_t(ptr[r + 1] - 1)]) - 1);
         }
       }
   };

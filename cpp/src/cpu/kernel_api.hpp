@@ -22,10 +22,10 @@ struct Problem {
   int64_t Dp = 0, Dvp = 0;  // D, Dv rounded up to multiples of 16
   float scale = 1.f;        // softmax scale
   float scale2 = 1.f;       // scale * log2(e): scores are kept in base-2 units
-  // Block layout (CSR), tiles of 64 x 64.
+  // Block layout (CSR over ranges [lo, hi) of key blocks, see layout.hpp), tiles of 64 x 64.
   int64_t lheads = 1, nqb = 0, nkb = 0;
   const int64_t *full_ptr = nullptr, *part_ptr = nullptr;
-  const int32_t *full_idx = nullptr, *part_idx = nullptr;
+  const int32_t *full_lo = nullptr, *full_hi = nullptr, *part_lo = nullptr, *part_hi = nullptr;
   // Element rule on partial blocks. window: the tile caller passes each row's exact key
   // interval [lo, hi]. Otherwise mask_fn fills m[k * 64 + q] (1 = kept) for the
   // nk x mq block at (i0, j0) of head h.

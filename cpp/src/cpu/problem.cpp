@@ -38,8 +38,10 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   p.nkb = layout.nkb;
   p.full_ptr = layout.full_ptr.data();
   p.part_ptr = layout.part_ptr.data();
-  p.full_idx = layout.full_idx.data();
-  p.part_idx = layout.part_idx.data();
+  p.full_lo = layout.full_lo.data();
+  p.full_hi = layout.full_hi.data();
+  p.part_lo = layout.part_lo.data();
+  p.part_hi = layout.part_hi.data();
   p.window = true;  // every head's rule is one window: rows get exact key intervals
   for (int64_t h = 0; h < p.Hq; ++h) p.window = p.window && range_is_exact(pred, h);
   p.mask_fn = mask_keeps;
@@ -55,7 +57,9 @@ void check_layout(const Problem& p, const BlockLayout& L) {
   const int64_t rows = (L.heads == 1 ? 1 : p.Hq) * nqb;
   if (L.bq != kTile || L.bk != kTile || L.nqb != nqb || L.nkb != nkb ||
       (L.heads != 1 && L.heads != p.Hq) || int64_t(L.full_ptr.size()) != rows + 1 ||
-      int64_t(L.part_ptr.size()) != rows + 1)
+      int64_t(L.part_ptr.size()) != rows + 1 || L.full_hi.size() != L.full_lo.size() ||
+      L.part_hi.size() != L.part_lo.size() || L.full_ptr[size_t(rows)] != int64_t(L.full_lo.size()) ||
+      L.part_ptr[size_t(rows)] != int64_t(L.part_lo.size()))
     throw ValueError("cpu attention: the block layout does not match the problem (expected " +
                      std::to_string(kTile) + "x" + std::to_string(kTile) + " tiles, " +
                      std::to_string(nqb) + " x " + std::to_string(nkb) + " blocks, 1 or " +

@@ -1,18 +1,28 @@
 // Compiling a pattern into a block layout, and counting the pairs it keeps.
 //
-// The layout is built row by row (one row = one query tile of one head). Each leaf lists its
-// key blocks for the row in closed form, ascending, each marked full or partial, in time
-// proportional to the blocks it lists:
-//  - windows, dilated and strided patterns depend on rel only; a block's rel values form one
-//    interval [p0 - k1, p1 - k0], so "has a kept rel" and "all rels kept" are O(1), and the
-//    next block holding a kept rel is found directly;
-//  - Fixed: the own-chunk interval plus the summary columns; Global: rows / columns holding
-//    positions (binary search); Sink: the first blocks; BlockSparse: a 2-D prefix count;
-//    BigBird: its generated rows mapped onto the tile grid.
-// Unions and intersections merge their children's sorted lists. A block whose class the merge
-// cannot decide (two partial parts of a union may cover it, an intersection of partial parts
-// may be empty) is marked ambiguous and settled at the end by evaluating the predicate on it.
+// The layout is built row by row (one row = one query tile of one head), as sorted,
+// non-overlapping ranges [lo, hi) of key blocks, each full, partial or (inside a merge)
+// ambiguous. Each leaf lists its ranges in closed form, in time proportional to the ranges:
+//  - windows: kept keys form one interval K (any row) containing the interval F of keys kept
+//    by every row, so a row is one partial + one full + one partial range;
+//  - Dilated / Strided (rel % d == 0): a block's rel values form one interval
+//    [p0 - k1, p1 - k0]; when d is at most that length every unclipped block keeps some rel
+//    (and none is full), so the middle is one partial range and only the clipped edge blocks
+//    are enumerated; otherwise kept blocks come in runs with gaps, listed exactly (skipping
+//    gaps) while the row's range budget lasts, else as one partial range over the span;
+//  - Fixed: per chunk one interval (own chunk or its summary columns), exact while the budget
+//    lasts; Global: runs of consecutive positions (cached, row independent), or the whole row
+//    for global queries; Sink: one range; BlockSparse: runs over a 2-D prefix count; BigBird:
+//    its generated rows mapped onto the tile grid, as runs.
+// Unions and intersections sweep-merge their children's ranges, counting per piece how many
+// children cover it and how many of those are not full. A piece whose class the merge cannot
+// decide (two partial parts of a union may cover it, an intersection of partial parts may be
+// empty) is marked ambiguous and settled at the end by element checks, block by block, so the
+// cost is proportional to such blocks times bq * bk. NOTE: combinations whose children are
+// partial over huge areas (e.g. Strided(128) | Fixed(128, 8), or Strided(s) & anything at 1M
+// tokens) need element checks over all those blocks, as they did before the range layout.
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <sstream>
 
@@ -22,6 +32,16 @@
 
 namespace spattn {
 
+namespace detail {
+namespace {
+std::atomic<int64_t> g_budget{int64_t(1) << 21}, g_min_per_row{64};
+}
+void set_layout_budget(int64_t budget, int64_t min_per_row) {
+  g_budget = std::max<int64_t>(0, budget);
+  g_min_per_row = std::max<int64_t>(1, min_per_row);
+}
+}  // namespace detail
+
 namespace {
 
 using detail::floor_div;
@@ -30,40 +50,113 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 enum : uint8_t { kPartial = 0, kFull = 1, kAmbiguous = 2 };
 
-struct Entry {
-  int32_t c;
+struct Seg {
+  int32_t lo, hi;  // key blocks [lo, hi)
   uint8_t cls;
 };
-using Row = std::vector<Entry>;
+using Row = std::vector<Seg>;
+
+// Appends [lo, hi) (ascending, after every range already in `out`), merging with an adjacent
+// range of the same class.
+inline void put(Row& out, int64_t lo, int64_t hi, uint8_t cls) {
+  if (lo >= hi) return;
+  if (!out.empty() && out.back().hi == lo && out.back().cls == cls) {
+    out.back().hi = int32_t(hi);
+    return;
+  }
+  out.push_back({int32_t(lo), int32_t(hi), cls});
+}
+
+struct Iv {
+  int64_t lo, hi;  // keys, inclusive
+};
+
+// Appends [lo, hi] to an ascending interval list, merging touching intervals.
+inline void add_iv(std::vector<Iv>& v, int64_t lo, int64_t hi) {
+  if (lo > hi) return;
+  if (!v.empty() && lo <= v.back().hi + 1) {
+    v.back().hi = std::max(v.back().hi, hi);
+    return;
+  }
+  v.push_back({lo, hi});
+}
 
 struct Ctx {
   const CompiledPattern* cp;
   int64_t nq, nk, bq, bk, off, nkb;
+  int64_t cap;  // ranges a periodic leaf may spend on one row
   // current row
   int64_t r0, r1, p0, p1;
   // BlockSparse prefix counts per (node, head)
   std::map<std::pair<const PatternNode*, int64_t>, std::vector<int64_t>> prefix;
+  // Global: the column ranges (row independent)
+  std::map<const PatternNode*, Row> global_cols;
 
   int64_t k0(int64_t c) const { return c * bk; }
   int64_t k1(int64_t c) const { return std::min(nk, (c + 1) * bk) - 1; }
 };
 
+// Ranges of a row whose kept keys (for some row of the tile) are the sorted, merged intervals
+// K, and whose keys kept by every row of the tile are F (F inside K): a block is kept when it
+// meets K, full when it lies inside one interval of F.
+void intervals_row(const Ctx& x, const std::vector<Iv>& K, const std::vector<Iv>& F, Row& out) {
+  size_t f = 0;
+  int64_t fc0 = 0, fc1 = 0;
+  auto next_full = [&]() {
+    while (f < F.size()) {
+      const Iv& v = F[f++];
+      const int64_t c0 = ceil_div(v.lo, x.bk);
+      const int64_t c1 = v.hi >= x.nk - 1 ? x.nkb : (v.hi + 1) / x.bk;
+      if (c0 < c1) {
+        fc0 = c0;
+        fc1 = c1;
+        return true;
+      }
+    }
+    return false;
+  };
+  bool have = next_full();
+  auto flush = [&](int64_t a, int64_t b) {
+    int64_t pos = a;
+    while (have && fc0 < b) {
+      put(out, pos, fc0, kPartial);
+      put(out, fc0, fc1, kFull);
+      pos = fc1;
+      have = next_full();
+    }
+    put(out, pos, b, kPartial);
+  };
+  int64_t a = -1, b = -1;
+  for (const Iv& v : K) {
+    const int64_t c0 = v.lo / x.bk, c1 = v.hi / x.bk + 1;
+    if (a < 0) {
+      a = c0;
+      b = c1;
+    } else if (c0 <= b) {
+      b = std::max(b, c1);
+    } else {
+      flush(a, b);
+      a = c0;
+      b = c1;
+    }
+  }
+  if (a >= 0) flush(a, b);
+}
+
 // ---- rel-interval leaves: kept rels are the multiples of d in [-B, A] ---------------------
 
-void rel_row(const Ctx& x, int64_t A, int64_t B, int64_t d, Row& out) {
-  const int64_t lo = std::max<int64_t>(0, x.p0 - A);
-  const int64_t hi = std::min<int64_t>(x.nk - 1, x.p1 + B);
-  if (lo > hi) return;
-  int64_t c = lo / x.bk;
-  const int64_t clast = hi / x.bk;
-  while (c <= clast) {
+// Exact, block by block (skipping blocks without a kept rel), for blocks [cfrom, cto].
+void rel_exact(const Ctx& x, int64_t A, int64_t B, int64_t d, int64_t hi, int64_t cfrom,
+               int64_t cto, Row& out) {
+  int64_t c = cfrom;
+  while (c <= cto) {
     const int64_t rlo = x.p0 - x.k1(c), rhi = x.p1 - x.k0(c);
     const int64_t a = std::max(rlo, -B), b = std::min(rhi, A);
     // largest multiple of d <= b
     const int64_t m = floor_div(b, d) * d;
     if (a <= b && m >= a) {
       const bool full = rlo >= -B && rhi <= A && (d == 1 || rlo == rhi);
-      out.push_back({int32_t(c), full ? kFull : kPartial});
+      put(out, c, c + 1, full ? kFull : kPartial);
       ++c;
       continue;
     }
@@ -76,44 +169,86 @@ void rel_row(const Ctx& x, int64_t A, int64_t B, int64_t d, Row& out) {
   }
 }
 
+void rel_row(const Ctx& x, int64_t A, int64_t B, int64_t d, Row& out) {
+  const int64_t lo = std::max<int64_t>(0, x.p0 - A);
+  const int64_t hi = std::min<int64_t>(x.nk - 1, x.p1 + B);
+  if (lo > hi) return;
+  if (d == 1) {
+    std::vector<Iv> K{{lo, hi}}, F;
+    add_iv(F, std::max<int64_t>(0, x.p1 - A), std::min<int64_t>(x.nk - 1, x.p0 + B));
+    intervals_row(x, K, F, out);
+    return;
+  }
+  const int64_t clo = lo / x.bk, chi = hi / x.bk;
+  if (chi - clo + 1 <= x.cap) {
+    rel_exact(x, A, B, d, hi, clo, chi, out);
+    return;
+  }
+  const int64_t interior = (x.p1 - x.p0) + x.bk;  // rels of an unclipped full-size block
+  if (d <= interior) {
+    // Unclipped full-size blocks: rel interval inside [-B, A], length interior >= d >= 2, so
+    // each keeps some rel and is not full.
+    int64_t m0 = x.p1 - A <= 0 ? 0 : ceil_div(x.p1 - A, x.bk);
+    int64_t m1 = floor_div(x.p0 + B + 1, x.bk) - 1;
+    m0 = std::max(m0, clo);
+    m1 = std::min(m1, chi);
+    if (x.nk % x.bk != 0) m1 = std::min(m1, x.nkb - 2);
+    if (m0 > m1) {
+      rel_exact(x, A, B, d, hi, clo, chi, out);
+      return;
+    }
+    rel_exact(x, A, B, d, hi, clo, m0 - 1, out);
+    put(out, m0, m1 + 1, kPartial);
+    rel_exact(x, A, B, d, hi, m1 + 1, chi, out);
+    return;
+  }
+  // Runs with gaps: exact while the budget lasts, else one partial range over the span (may
+  // include blocks that keep nothing; the kernels mask them out).
+  if ((hi - lo) / d + 1 <= x.cap)
+    rel_exact(x, A, B, d, hi, clo, chi, out);
+  else
+    put(out, clo, chi + 1, kPartial);
+}
+
 // ---- Fixed ---------------------------------------------------------------------------------
 
 void fixed_row(const Ctx& x, int64_t Bc, int64_t S, bool causal, Row& out) {
   const int64_t lim = causal ? std::min(x.p1, x.nk - 1) : x.nk - 1;
   if (lim < 0) return;
+  // keys kept by every row of the tile: j <= p0 when causal
+  const int64_t flim = causal ? std::min(x.p0, x.nk - 1) : x.nk - 1;
   const int64_t t0 = floor_div(x.p0, Bc), t1 = floor_div(x.p1, Bc);
   const int64_t own_lo = std::max<int64_t>(0, t0 * Bc);
   const int64_t own_hi = std::min(lim, t1 * Bc + Bc - 1);
-  // first summary column >= j
-  auto next_summary = [&](int64_t j) {
-    const int64_t r = j % Bc;
-    return r >= Bc - S ? j : j - r + Bc - S;
-  };
-  auto full_block = [&](int64_t k0, int64_t k1) {
-    if (causal && k1 > x.p0) return false;
-    if (S == Bc) return true;
-    const int64_t first = (k0 % Bc < Bc - S) ? k0 : (k0 / Bc + 1) * Bc;
-    const int64_t last = (k1 % Bc < Bc - S) ? k1 : (k1 / Bc) * Bc + (Bc - S - 1);
-    if (first > last) return true;
-    const int64_t t = first / Bc;
-    return t0 == t1 && t0 == t && last / Bc == t;
-  };
-  int64_t c = 0;
-  const int64_t clast = lim / x.bk;
-  while (c <= clast) {
-    const int64_t k0 = x.k0(c), k1 = x.k1(c), e = std::min(k1, lim);
-    const bool own = own_lo <= own_hi && k0 <= own_hi && e >= own_lo;
-    const bool summ = next_summary(k0) <= e;
-    if (own || summ) {
-      out.push_back({int32_t(c), full_block(k0, k1) ? kFull : kPartial});
-      ++c;
-      continue;
-    }
-    int64_t j = next_summary(k1 + 1);
-    if (own_lo <= own_hi && own_lo > k1) j = std::min(j, own_lo);
-    if (j > lim) return;
-    c = std::max(c + 1, j / x.bk);
+  std::vector<Iv> K, F;
+  if (S == Bc) {  // every column is a summary column
+    add_iv(K, 0, lim);
+    add_iv(F, 0, flim);
+    intervals_row(x, K, F, out);
+    return;
   }
+  const int64_t nchunks = lim / Bc + 1;
+  if (nchunks > x.cap) {
+    // Over budget: one kept span; full only inside the own chunk (blocks made only of summary
+    // columns are listed as partial, and with gaps, empty blocks too).
+    add_iv(K, 0, lim);
+    if (t0 == t1) add_iv(F, own_lo, std::min(own_hi, flim));
+    intervals_row(x, K, F, out);
+    return;
+  }
+  for (int64_t t = 0; t < nchunks; ++t) {
+    const int64_t s0 = t * Bc, s1 = s0 + Bc - 1;
+    const int64_t o0 = std::max(s0, own_lo), o1 = std::min(s1, own_hi);
+    if (o0 <= o1)
+      add_iv(K, o0, o1);  // the own chunk (holds its summary columns)
+    else
+      add_iv(K, s0 + Bc - S, std::min(s1, lim));
+    if (t0 == t1 && t == t0)
+      add_iv(F, std::max<int64_t>(s0, 0), std::min(s1, flim));
+    else
+      add_iv(F, s0 + Bc - S, std::min(s1, flim));
+  }
+  intervals_row(x, K, F, out);
 }
 
 // ---- Global --------------------------------------------------------------------------------
@@ -123,26 +258,35 @@ int64_t count_in(const std::vector<int64_t>& v, int64_t lo, int64_t hi) {
   return int64_t(std::upper_bound(v.begin(), v.end(), hi) - std::lower_bound(v.begin(), v.end(), lo));
 }
 
-void global_row(const Ctx& x, const std::vector<int64_t>& P, Row& out) {
+void global_row(Ctx& x, const PatternNode& n, Row& out) {
+  const std::vector<int64_t>& P = n.positions;
+  auto it = x.global_cols.find(&n);
+  if (it == x.global_cols.end()) {
+    std::vector<Iv> runs;
+    for (int64_t q : P)
+      if (q < x.nk) add_iv(runs, q, q);
+    Row cols;
+    intervals_row(x, runs, runs, cols);
+    it = x.global_cols.emplace(&n, std::move(cols)).first;
+  }
   const int64_t rows_in = count_in(P, x.p0, x.p1);
-  const bool all_rows = rows_in == x.p1 - x.p0 + 1;
-  if (rows_in > 0) {
-    for (int64_t c = 0; c < x.nkb; ++c) {
-      const int64_t k0 = x.k0(c), k1 = x.k1(c);
-      const bool full = all_rows || count_in(P, k0, k1) == k1 - k0 + 1;
-      out.push_back({int32_t(c), full ? kFull : kPartial});
-    }
+  if (rows_in == 0) {
+    for (const Seg& s : it->second) put(out, s.lo, s.hi, s.cls);
     return;
   }
-  size_t t = 0;
-  while (t < P.size()) {
-    const int64_t c = P[t] / x.bk;
-    const int64_t k0 = x.k0(c), k1 = x.k1(c);
-    const auto end = std::upper_bound(P.begin() + int64_t(t), P.end(), k1);
-    const int64_t n = int64_t(end - P.begin()) - int64_t(t);
-    out.push_back({int32_t(c), n == k1 - k0 + 1 ? kFull : kPartial});
-    t = size_t(end - P.begin());
+  if (rows_in == x.p1 - x.p0 + 1) {
+    put(out, 0, x.nkb, kFull);
+    return;
   }
+  // Some rows are global: every block is kept, full where the columns are all positions.
+  int64_t pos = 0;
+  for (const Seg& s : it->second)
+    if (s.cls == kFull) {
+      put(out, pos, s.lo, kPartial);
+      put(out, s.lo, s.hi, kFull);
+      pos = s.hi;
+    }
+  put(out, pos, x.nkb, kPartial);
 }
 
 // ---- BlockSparse ---------------------------------------------------------------------------
@@ -177,9 +321,9 @@ void block_sparse_row(Ctx& x, const PatternNode& n, int64_t h, Row& out) {
     const int64_t w0 = x.k0(c) / m.bk, w1 = x.k1(c) / m.bk;
     const int64_t kept = count(u0, u1, w0, w1);
     if (kept == (u1 - u0 + 1) * (w1 - w0 + 1))
-      out.push_back({int32_t(c), kFull});
+      put(out, c, c + 1, kFull);
     else if (kept > 0)
-      out.push_back({int32_t(c), kPartial});
+      put(out, c, c + 1, kPartial);
   }
 }
 
@@ -228,7 +372,7 @@ void bigbird_row(const Ctx& x, const CompiledPattern::BigBirdData& g, Row& out) 
     int64_t n = 0;
     while (t < acc.size() && acc[t].first == c) n += acc[t++].second;
     const int64_t w0 = x.k0(c) / B, w1 = x.k1(c) / B;
-    out.push_back({int32_t(c), n == (u1 - u0 + 1) * (w1 - w0 + 1) ? kFull : kPartial});
+    put(out, c, c + 1, n == (u1 - u0 + 1) * (w1 - w0 + 1) ? kFull : kPartial);
   }
 }
 
@@ -236,34 +380,60 @@ void bigbird_row(const Ctx& x, const CompiledPattern::BigBirdData& g, Row& out) 
 
 void node_row(Ctx& x, const PatternNode& n, int64_t h, Row& out);
 
-void merge_rows(const std::vector<Row>& parts, bool is_union, Row& out) {
-  // k-way merge by repeated pairwise merging, tracking how many parts saw each block and how
-  // many of them were not full.
-  struct Acc {
-    int32_t c;
-    int32_t seen, nonfull;
-    bool amb;
-  };
-  std::vector<Acc> cur, nxt;
-  for (size_t p = 0; p < parts.size(); ++p) {
-    nxt.clear();
-    size_t i = 0, j = 0;
-    const Row& r = parts[p];
-    while (i < cur.size() || j < r.size()) {
-      if (j == r.size() || (i < cur.size() && cur[i].c < r[j].c)) {
-        nxt.push_back(cur[i++]);
-      } else {
-        Acc e{r[j].c, 1, r[j].cls != kFull, r[j].cls == kAmbiguous};
-        if (i < cur.size() && cur[i].c == r[j].c) {
-          e.seen += cur[i].seen;
-          e.nonfull += cur[i].nonfull;
-          e.amb = e.amb || cur[i].amb;
-          ++i;
-        }
-        nxt.push_back(e);
-        ++j;
-      }
+// Pieces of a merge: how many parts cover [lo, hi), how many of those are not full, and
+// whether one of them is ambiguous.
+struct Acc {
+  int32_t lo, hi;
+  int32_t seen, nonfull;
+  bool amb;
+};
+
+inline void put_acc(std::vector<Acc>& out, int64_t lo, int64_t hi, int32_t seen, int32_t nonfull,
+                    bool amb) {
+  if (lo >= hi) return;
+  if (!out.empty()) {
+    Acc& b = out.back();
+    if (b.hi == lo && b.seen == seen && b.nonfull == nonfull && b.amb == amb) {
+      b.hi = int32_t(hi);
+      return;
     }
+  }
+  out.push_back({int32_t(lo), int32_t(hi), seen, nonfull, amb});
+}
+
+// Sweep-merges the ranges of `r` into `cur` (both ascending, non-overlapping).
+void merge_into(const std::vector<Acc>& cur, const Row& r, std::vector<Acc>& nxt) {
+  nxt.clear();
+  constexpr int64_t kEnd = INT64_MAX;
+  size_t i = 0, j = 0;
+  int64_t ca = cur.empty() ? kEnd : cur[0].lo;  // start of what is left of cur[i]
+  int64_t cb = r.empty() ? kEnd : r[0].lo;      // start of what is left of r[j]
+  while (ca != kEnd || cb != kEnd) {
+    if (ca < cb) {
+      const int64_t e = std::min<int64_t>(cur[i].hi, cb);
+      put_acc(nxt, ca, e, cur[i].seen, cur[i].nonfull, cur[i].amb);
+      ca = e;
+      if (ca == cur[i].hi) ca = ++i < cur.size() ? cur[i].lo : kEnd;
+    } else if (cb < ca) {
+      const int64_t e = std::min<int64_t>(r[j].hi, ca);
+      put_acc(nxt, cb, e, 1, r[j].cls != kFull, r[j].cls == kAmbiguous);
+      cb = e;
+      if (cb == r[j].hi) cb = ++j < r.size() ? r[j].lo : kEnd;
+    } else {
+      const int64_t e = std::min<int64_t>(cur[i].hi, r[j].hi);
+      put_acc(nxt, ca, e, cur[i].seen + 1, cur[i].nonfull + (r[j].cls != kFull),
+              cur[i].amb || r[j].cls == kAmbiguous);
+      ca = cb = e;
+      if (ca == cur[i].hi) ca = ++i < cur.size() ? cur[i].lo : kEnd;
+      if (cb == r[j].hi) cb = ++j < r.size() ? r[j].lo : kEnd;
+    }
+  }
+}
+
+void merge_rows(const std::vector<Row>& parts, bool is_union, Row& out) {
+  std::vector<Acc> cur, nxt;
+  for (const Row& r : parts) {
+    merge_into(cur, r, nxt);
     cur.swap(nxt);
   }
   const int32_t np = int32_t(parts.size());
@@ -285,7 +455,7 @@ void merge_rows(const std::vector<Row>& parts, bool is_union, Row& out) {
       else
         cls = kAmbiguous;
     }
-    out.push_back({e.c, cls});
+    put(out, e.lo, e.hi, cls);
   }
 }
 
@@ -307,13 +477,13 @@ void node_row(Ctx& x, const PatternNode& n, int64_t h, Row& out) {
       fixed_row(x, n.a, n.b, n.c != 0, out);
       break;
     case Pattern::Kind::Global:
-      global_row(x, n.positions, out);
+      global_row(x, n, out);
       break;
     case Pattern::Kind::Sink: {
       const int64_t lim = std::min(n.a, x.nk) - 1;
       if (lim < 0) break;
-      for (int64_t c = 0; c <= lim / x.bk; ++c)
-        out.push_back({int32_t(c), x.k1(c) < n.a ? kFull : kPartial});
+      std::vector<Iv> K{{0, lim}};
+      intervals_row(x, K, K, out);
       break;
     }
     case Pattern::Kind::BlockSparse:
@@ -429,6 +599,7 @@ BlockLayout CompiledPattern::layout(int64_t bq, int64_t bk) const {
   x.bk = bk;
   x.off = nk_ - nq_;
   x.nkb = L.nkb;
+  x.cap = std::max<int64_t>(detail::g_min_per_row, detail::g_budget / std::max<int64_t>(1, L.rows()));
   const Predicate pred = predicate();
   Row row;
   for (int64_t h = 0; h < heads_; ++h)
@@ -439,17 +610,32 @@ BlockLayout CompiledPattern::layout(int64_t bq, int64_t bk) const {
       x.p1 = x.r1 + x.off;
       row.clear();
       if (nk_ > 0) node_row(x, pattern_.node(), h, row);
-      for (const Entry& e : row) {
-        uint8_t cls = e.cls;
-        if (cls == kAmbiguous) cls = settle(pred, h, x.r0, x.r1, x.k0(e.c), x.k1(e.c));
-        if (cls == kFull)
-          L.full_idx.push_back(e.c);
-        else if (cls == kPartial)
-          L.part_idx.push_back(e.c);
+      // Distribute, settling ambiguous blocks one by one; adjacent ranges of a class merge.
+      auto emit = [&](int64_t lo, int64_t hi, uint8_t cls) {
+        std::vector<int32_t>& vlo = cls == kFull ? L.full_lo : L.part_lo;
+        std::vector<int32_t>& vhi = cls == kFull ? L.full_hi : L.part_hi;
+        const std::vector<int64_t>& ptr = cls == kFull ? L.full_ptr : L.part_ptr;
+        const int64_t rs = ptr[size_t(h * L.nqb + a)];  // this row's first range
+        if (int64_t(vlo.size()) > rs && vhi.back() == lo) {
+          vhi.back() = int32_t(hi);
+        } else {
+          vlo.push_back(int32_t(lo));
+          vhi.push_back(int32_t(hi));
+        }
+      };
+      for (const Seg& e : row) {
+        if (e.cls != kAmbiguous) {
+          emit(e.lo, e.hi, e.cls);
+          continue;
+        }
+        for (int64_t c = e.lo; c < e.hi; ++c) {
+          const uint8_t cls = settle(pred, h, x.r0, x.r1, x.k0(c), x.k1(c));
+          if (cls != kAmbiguous) emit(c, c + 1, cls);
+        }
       }
       const int64_t r = h * L.nqb + a;
-      L.full_ptr[size_t(r + 1)] = int64_t(L.full_idx.size());
-      L.part_ptr[size_t(r + 1)] = int64_t(L.part_idx.size());
+      L.full_ptr[size_t(r + 1)] = int64_t(L.full_lo.size());
+      L.part_ptr[size_t(r + 1)] = int64_t(L.part_lo.size());
     }
   return L;
 }
@@ -487,11 +673,12 @@ double CompiledPattern::kept_pairs() const {
       const int64_t r = h * L.nqb + a;
       const int64_t r0 = a * 64, r1 = std::min(nq_, r0 + 64) - 1;
       for (int64_t t = L.full_ptr[size_t(r)]; t < L.full_ptr[size_t(r + 1)]; ++t) {
-        const int64_t c = L.full_idx[size_t(t)];
-        total += double(r1 - r0 + 1) * double(std::min(nk_, (c + 1) * 64) - c * 64);
+        const int64_t k0 = int64_t(L.full_lo[size_t(t)]) * 64;
+        const int64_t k1 = std::min(nk_, int64_t(L.full_hi[size_t(t)]) * 64);
+        total += double(r1 - r0 + 1) * double(k1 - k0);
       }
-      for (int64_t t = L.part_ptr[size_t(r)]; t < L.part_ptr[size_t(r + 1)]; ++t) {
-        const int64_t c = L.part_idx[size_t(t)];
+      for (int64_t t = L.part_ptr[size_t(r)]; t < L.part_ptr[size_t(r + 1)]; ++t)
+        for (int64_t c = L.part_lo[size_t(t)]; c < L.part_hi[size_t(t)]; ++c) {
         const int64_t k0 = c * 64, k1 = std::min(nk_, k0 + 64) - 1;
         int64_t n_kept = 0;
         for (int64_t i = r0; i <= r1; ++i)
