@@ -5,7 +5,7 @@
 
 See SPEC.md for what every pattern means; `spattn info` for what this build holds.
 """
-from .api import attention, attention_backward, info
+from .api import attention, attention_backward, decode, info
 from .merge import merge
 from .patterns import (
     BigBird,
@@ -31,6 +31,7 @@ __version__ = info()["version"]
 __all__ = [
     "attention",
     "attention_backward",
+    "decode",
     "reference_attention",
     "info",
     "merge",

@@ -8,7 +8,7 @@ from . import _core
 from ._interop import detached as _plain, to_framework
 from .patterns import Dense, Pattern
 
-__all__ = ["attention", "attention_backward", "info"]
+__all__ = ["attention", "attention_backward", "decode", "info"]
 
 
 def _pattern(pattern) -> Pattern:
@@ -107,6 +107,49 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     cu_q, cu_k = cu if cu is not None else (None, None)
     dq, dk, dv = _core.backward(*map(_plain, (dout, q, k, v, out, lse)), pattern._core(), scale, cu_q, cu_k)
     return to_framework(dq, q), to_framework(dk, k), to_framework(dv, v)
+
+
+def _int_array(x, name, what):
+    """An integer argument of decode for the core: a DLPack array as it is, a Python sequence
+    of ints (or a single int for cache_len) as an int32 numpy array. The core checks it."""
+    if hasattr(x, "__dlpack__"):
+        return _plain(x)
+    import numpy as np
+
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool) and name == "cache_len":
+        x = [x]
+    if isinstance(x, (list, tuple, range)):
+        a = np.asarray(x)
+        if a.size == 0:
+            a = a.astype(np.int32)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{name}: expected {what}, got a sequence of {a.dtype} values")
+        if a.size and (a.max() > np.iinfo(np.int32).max or a.min() < np.iinfo(np.int32).min):
+            return a.astype(np.int64)
+        return a.astype(np.int32)
+    raise TypeError(f"{name}: expected {what} (numpy, torch, any DLPack array) or a sequence of ints, got {type(x).__name__}")
+
+
+def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False):
+    """Attention of a few new queries against a KV cache (SPEC §3).
+
+    q [B, Nq, Hq, D] (Nq <= 64: the newest tokens of each sequence); caches contiguous
+    k_cache [B, Ncap, Hkv, D], v_cache [B, Ncap, Hkv, Dv], or paged [pages, page_size, Hkv, D]
+    with block_table int32 [B, max_pages] (key j of sequence b lives in page
+    block_table[b, j // page_size], row j % page_size); cache_len int32 [B] counts the valid
+    keys of each sequence, the new ones included. Sequence b equals
+    attention(q[b:b+1], k[b:b+1, :cache_len[b]], v[b:b+1, :cache_len[b]], pattern) with the
+    usual bottom-right alignment. Only the pages the pattern visits are read (a window over a
+    long cache reads the window's pages only), and the keys are split across all threads.
+    Returns out [B, Nq, Hq, Dv] as the kind of array q is, and with return_lse also
+    lse [B, Hq, Nq] float32. No gradients (decode is for inference).
+    """
+    pattern, scale = _pattern(pattern), _scale(scale)
+    cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
+    bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
+    o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse)
+    o = to_framework(o, q)
+    return (o, to_framework(lse, q)) if return_lse else o
 
 
 def info() -> dict:

@@ -10,6 +10,7 @@ namespace python {
 void bind_patterns(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_merge(py::module_& m);
+void bind_decode(py::module_& m);
 }  // namespace python
 }  // namespace spattn
 
@@ -36,4 +37,5 @@ PYBIND11_MODULE(_core, m) {
   spattn::python::bind_patterns(m);
   spattn::python::bind_ops(m);
   spattn::python::bind_merge(m);
+  spattn::python::bind_decode(m);
 }

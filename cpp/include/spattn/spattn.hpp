@@ -53,6 +53,24 @@ void attention_backward_varlen(const DLTensor& dout, const DLTensor& q, const DL
                                const Pattern& pattern, const DLTensor& dq, const DLTensor& dk,
                                const DLTensor& dv, const Options& options = {});
 
+// Attention of a few new queries against a KV cache (SPEC §3):
+//   q [B, Nq, Hq, D] with 0 <= Nq <= 64; cache_len int32 (or int64) [B]: the valid keys of each
+//   sequence, the new ones included;
+//   contiguous caches (block_table == nullptr): k_cache [B, Ncap, Hkv, D], v_cache
+//   [B, Ncap, Hkv, Dv], cache_len[b] <= Ncap;
+//   paged caches: k_cache [pages, page_size, Hkv, D], v_cache [pages, page_size, Hkv, Dv],
+//   block_table int32 (or int64) [B, max_pages]: key j of sequence b lies in page
+//   block_table[b, j / page_size], row j % page_size; cache_len[b] <= max_pages * page_size.
+//   out [B, Nq, Hq, Dv], lse (optional) [B, Hq, Nq] float32.
+// Sequence b equals attention_forward(q[b], k[b, :cache_len[b]], v[b, :cache_len[b]], pattern)
+// (bottom-right alignment, Nk = cache_len[b]). Only the key blocks (pages) the pattern visits
+// are read, and only their block_table entries: each must lie in [0, pages) (checked before
+// anything is computed); entries of pages the pattern skips are never read. The keys are
+// split across threads (split-K) and the parts merged exactly.
+void decode(const DLTensor& q, const DLTensor& k_cache, const DLTensor& v_cache,
+            const DLTensor& cache_len, const Pattern& pattern, const DLTensor* block_table,
+            const DLTensor& out, const DLTensor* lse, const Options& options = {});
+
 // Build and runtime facts: version, backends, compiled CUDA architectures, SIMD level, threads.
 std::map<std::string, std::string> info();
 

@@ -1,0 +1,280 @@
+// The decode kernel: one split-K chunk of one (sequence, kv head) against the G query heads
+// and nq queries that read it. Each K and V row is loaded (and converted to float32) once and
+// serves all G * nq rows; scores are kept in base-2 units with an online softmax per row.
+// ISA-namespaced: included by decode_isa_*.cpp after simd.hpp (see simd.hpp for the rules).
+#pragma once
+
+#include "cpu/simd.hpp"
+
+namespace spattn::cpu::SPATTN_ISA {
+
+namespace dec {
+
+// dst[0..n) = src[0..n) (element stride, dtype), dst[n..np) = 0.
+SP_INLINE void row_to_float(const void* src, int dtype, int64_t stride, int n, int np,
+                            float* dst) {
+  int i = 0;
+  if (dtype == kF32) {
+    const float* s = static_cast<const float*>(src);
+    if (stride == 1)
+      for (; i + W <= n; i += W) store(dst + i, load(s + i));
+    for (; i < n; ++i) dst[i] = s[i * stride];
+  } else {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    const bool half = dtype == kF16;
+    if (stride == 1)
+      for (; i + W <= n; i += W) {
+        vh h;
+        __builtin_memcpy(&h, s + i, sizeof h);
+        store(dst + i, half ? h2f_v(h) : bf2f_v(h));
+      }
+    for (; i < n; ++i) dst[i] = half ? h2f(s[i * stride]) : bf2f(s[i * stride]);
+  }
+  for (; i < np; ++i) dst[i] = 0.f;
+}
+
+// n is a multiple of W (rows are zero-padded to Dp).
+SP_INLINE float dot(const float* a, const float* b, int64_t n) {
+  vf s0{}, s1{};
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    s0 = fma(load(a + i), load(b + i), s0);
+    s1 = fma(load(a + i + W), load(b + i + W), s1);
+  }
+  for (; i < n; i += W) s0 = fma(load(a + i), load(b + i), s0);
+  s0 += s1;
+  float r = 0.f;
+  for (int k = 0; k < W; ++k) r += s0[k];
+  return r;
+}
+
+// acc[0..Dvp) += sum_j p[j] * vt[j * Dvp + :] for j < n.
+SP_INLINE void accumulate(float* acc, const float* p, const float* vt, int n, int64_t Dvp) {
+  int64_t d = 0;
+  for (; d + 4 * W <= Dvp; d += 4 * W) {
+    vf a0 = load(acc + d), a1 = load(acc + d + W), a2 = load(acc + d + 2 * W),
+       a3 = load(acc + d + 3 * W);
+    for (int j = 0; j < n; ++j) {
+      const vf pj = splat(p[j]);
+      const float* v = vt + j * Dvp + d;
+      a0 = fma(pj, load(v), a0);
+      a1 = fma(pj, load(v + W), a1);
+      a2 = fma(pj, load(v + 2 * W), a2);
+      a3 = fma(pj, load(v + 3 * W), a3);
+    }
+    store(acc + d, a0);
+    store(acc + d + W, a1);
+    store(acc + d + 2 * W, a2);
+    store(acc + d + 3 * W, a3);
+  }
+  for (; d < Dvp; d += W) {
+    vf a0 = load(acc + d);
+    for (int j = 0; j < n; ++j) a0 = fma(splat(p[j]), load(vt + j * Dvp + d), a0);
+    store(acc + d, a0);
+  }
+}
+
+// Index of the first range t in [b, e) with hi[t] > c (ranges ascending).
+SP_INLINE int64_t seek(const int32_t* hi, int64_t b, int64_t e, int64_t c) {
+  while (b < e) {
+    const int64_t mid = (b + e) / 2;
+    if (hi[mid] <= c)
+      b = mid + 1;
+    else
+      e = mid;
+  }
+  return b;
+}
+
+}  // namespace dec
+
+inline void decode_chunk(const DecodeChunk& c, float* ws) {
+  using namespace dec;
+  constexpr int KT = kDecodeTile;
+  const int64_t R = c.G * c.nq, Dp = c.Dp, Dvp = c.Dvp;
+  const int es = c.dtype == kF32 ? 4 : 2;
+  float* qf = ws;              // [R, Dp] scaled queries
+  float* s = qf + R * Dp;      // [KT] scores / probabilities of one row
+  float* kt = s + KT;          // [KT, Dp]
+  float* vt = kt + KT * Dp;    // [KT, Dvp]
+  int64_t* cur = reinterpret_cast<int64_t*>(vt + KT * Dvp);  // [2G] range cursors per head
+  uint8_t* st = reinterpret_cast<uint8_t*>(cur + 2 * c.G);    // [G] block status per head
+
+  for (int64_t hh = 0; hh < c.G; ++hh)
+    for (int64_t i = 0; i < c.nq; ++i) {
+      float* row = qf + (hh * c.nq + i) * Dp;
+      row_to_float(static_cast<const char*>(c.q) + (i * c.q_si + hh * c.q_sh) * es, c.dtype,
+                   c.q_sd, int(c.D), int(Dp), row);
+      for (int64_t d = 0; d < Dp; d += W) store(row + d, load(row + d) * c.scale2);
+    }
+  for (int64_t r = 0; r < R; ++r) {
+    c.m[r] = -__builtin_inff();
+    c.l[r] = 0.f;
+    for (int64_t d = 0; d < Dvp; ++d) c.acc[r * Dvp + d] = 0.f;
+  }
+  if (c.nranges == 0) return;
+  auto lrow = [&](int64_t hh) { return c.lheads == 1 ? 0 : c.h0 + hh; };
+  const int64_t first = c.blo[0];
+  for (int64_t hh = 0; hh < c.G; ++hh) {
+    const int64_t r = lrow(hh);
+    cur[2 * hh] = seek(c.full_hi, c.full_ptr[r], c.full_ptr[r + 1], first);
+    cur[2 * hh + 1] = seek(c.part_hi, c.part_ptr[r], c.part_ptr[r + 1], first);
+  }
+
+  for (int64_t t = 0; t < c.nranges; ++t)
+    for (int64_t cb = c.blo[t]; cb < c.bhi[t]; ++cb) {
+      // Status of block cb for each head: 0 not visited, 1 full, 2 partial.
+      bool any = false;
+      for (int64_t hh = 0; hh < c.G; ++hh) {
+        const int64_t r = lrow(hh);
+        int64_t& f = cur[2 * hh];
+        int64_t& p = cur[2 * hh + 1];
+        while (f < c.full_ptr[r + 1] && c.full_hi[f] <= cb) ++f;
+        while (p < c.part_ptr[r + 1] && c.part_hi[p] <= cb) ++p;
+        uint8_t x = 0;
+        if (f < c.full_ptr[r + 1] && c.full_lo[f] <= cb)
+          x = 1;
+        else if (p < c.part_ptr[r + 1] && c.part_lo[p] <= cb)
+          x = 2;
+        st[hh] = x;
+        any = any || x != 0;
+      }
+      if (!any) continue;
+      int64_t page = cb;
+      if (c.table)
+        page = c.table64 ? static_cast<const int64_t*>(c.table)[cb * c.table_s]
+                         : int64_t(static_cast<const int32_t*>(c.table)[cb * c.table_s]);
+      const char* kb = static_cast<const char*>(c.k) + page * c.k_sp * es;
+      const char* vb = static_cast<const char*>(c.v) + page * c.v_sp * es;
+      const int64_t j0 = cb * c.bk, jend = j0 + c.bk < c.nk ? j0 + c.bk : c.nk;
+      for (int64_t js = j0; js < jend; js += KT) {
+        const int n = int(jend - js < KT ? jend - js : KT);
+        // The rows of the next tile, fetched while this one is computed: rows of one kv head
+        // lie Hkv * D elements apart, too far apart for the hardware prefetchers.
+        const char *pk = nullptr, *pv = nullptr;
+        int pn = 0;
+        if (js + KT < jend) {
+          pk = kb + (js + KT - j0) * c.k_sr * es;
+          pv = vb + (js + KT - j0) * c.v_sr * es;
+          pn = int(jend - js - KT < KT ? jend - js - KT : KT);
+        } else {
+          int64_t nb = cb + 1;
+          if (nb >= c.bhi[t]) nb = t + 1 < c.nranges ? c.blo[t + 1] : -1;
+          if (nb >= 0) {
+            int64_t np = nb;
+            if (c.table)
+              np = c.table64 ? static_cast<const int64_t*>(c.table)[nb * c.table_s]
+                             : int64_t(static_cast<const int32_t*>(c.table)[nb * c.table_s]);
+            pk = static_cast<const char*>(c.k) + np * c.k_sp * es;
+            pv = static_cast<const char*>(c.v) + np * c.v_sp * es;
+            const int64_t left = c.nk - nb * c.bk;
+            pn = int(left < KT ? left : KT);
+            if (pn > c.bk) pn = int(c.bk);
+          }
+        }
+        const int64_t kbytes = c.k_sd == 1 ? c.D * es : 0, vbytes = c.v_sd == 1 ? c.Dv * es : 0;
+        for (int jj = 0; jj < n; ++jj) {
+          const int64_t t_in = js - j0 + jj;
+          if (jj < pn) {
+            const char* a = pk + jj * c.k_sr * es;
+            for (int64_t o = 0; o < kbytes; o += 64) __builtin_prefetch(a + o, 0, 3);
+            const char* b = pv + jj * c.v_sr * es;
+            for (int64_t o = 0; o < vbytes; o += 64) __builtin_prefetch(b + o, 0, 3);
+          }
+          row_to_float(kb + t_in * c.k_sr * es, c.dtype, c.k_sd, int(c.D), int(Dp), kt + jj * Dp);
+          row_to_float(vb + t_in * c.v_sr * es, c.dtype, c.v_sd, int(c.Dv), int(Dvp),
+                       vt + jj * Dvp);
+        }
+        for (int64_t hh = 0; hh < c.G; ++hh) {
+          if (st[hh] == 0) continue;
+          const int64_t h = c.h0 + hh;
+          const bool exact = st[hh] == 2 && range_is_exact(c.pred, h);
+          for (int64_t i = 0; i < c.nq; ++i) {
+            const int64_t r = hh * c.nq + i;
+            const float* qr = qf + r * Dp;
+            int64_t lo = js, hi = js + n - 1;  // keys kept by the row (exact windows)
+            if (exact) {
+              key_range(c.pred, h, i, &lo, &hi);
+              if (lo < js) lo = js;
+              if (hi > js + n - 1) hi = js + n - 1;
+              if (lo > hi) continue;
+            }
+            float mt = -__builtin_inff();
+            for (int jj = 0; jj < KT; ++jj) {
+              const int64_t j = js + jj;
+              float x = -__builtin_inff();
+              if (jj < n && j >= lo && j <= hi &&
+                  (st[hh] == 1 || exact || keeps(c.pred, h, i, j)))
+                x = dot(qr, kt + jj * Dp, Dp);
+              s[jj] = x;
+              mt = x > mt ? x : mt;
+            }
+            if (mt == -__builtin_inff()) continue;
+            const float mo = c.m[r];
+            const float mn = mo > mt ? mo : mt;
+            float* acc = c.acc + r * Dvp;
+            if (mn > mo) {
+              const float alpha = mo == -__builtin_inff() ? 0.f : __builtin_exp2f(mo - mn);
+              c.l[r] *= alpha;
+              for (int64_t d = 0; d < Dvp; d += W) store(acc + d, load(acc + d) * alpha);
+              c.m[r] = mn;
+            }
+            vf sum{};
+            const vf mv = splat(mn);
+            for (int jj = 0; jj < KT; jj += W) {
+              const vf p = exp2v(load(s + jj) - mv);
+              store(s + jj, p);
+              sum += p;
+            }
+            float tot = 0.f;
+            for (int k = 0; k < W; ++k) tot += sum[k];
+            c.l[r] += tot;
+            accumulate(acc, s, vt, n, Dvp);
+          }
+        }
+      }
+    }
+}
+
+inline void decode_finish(const DecodeFinish& f, float* ws) {
+  const int es = f.dtype == kF32 ? 4 : 2;
+  const float ninf = -__builtin_inff();
+  for (int64_t hh = 0; hh < f.G; ++hh)
+    for (int64_t i = 0; i < f.nq; ++i) {
+      const int64_t r = hh * f.nq + i;
+      float M = ninf;
+      for (int64_t t = 0; t < f.nparts; ++t) M = f.m[t][r] > M ? f.m[t][r] : M;
+      float L = 0.f;
+      for (int64_t d = 0; d < f.Dvp; ++d) ws[d] = 0.f;
+      if (M != ninf)
+        for (int64_t t = 0; t < f.nparts; ++t) {
+          if (f.m[t][r] == ninf) continue;
+          const float w = __builtin_exp2f(f.m[t][r] - M);
+          L += w * f.l[t][r];
+          const float* a = f.acc[t] + r * f.Dvp;
+          for (int64_t d = 0; d < f.Dvp; d += W) store(ws + d, fma(splat(w), load(a + d), load(ws + d)));
+        }
+      const float inv = L > 0.f ? 1.f / L : 0.f;
+      char* o = static_cast<char*>(f.out) + (i * f.out_si + hh * f.out_sh) * es;
+      for (int64_t d = 0; d < f.Dv; ++d) {
+        const float x = ws[d] * inv;
+        if (f.dtype == kF32)
+          reinterpret_cast<float*>(o)[d * f.out_sd] = x;
+        else
+          reinterpret_cast<uint16_t*>(o)[d * f.out_sd] = f.dtype == kF16 ? f2h(x) : f2bf(x);
+      }
+      if (f.lse)
+        f.lse[hh * f.lse_sh + i * f.lse_si] =
+            L > 0.f ? (M + __builtin_log2f(L)) * 0.6931471805599453f : ninf;
+    }
+}
+
+}  // namespace spattn::cpu::SPATTN_ISA
+
+#define SPATTN_DEFINE_DECODE_KERNELS(getter, label)              \
+  namespace spattn::cpu {                                        \
+  const DecodeKernels* getter() {                                \
+    static const DecodeKernels t{label, SPATTN_ISA::decode_chunk, SPATTN_ISA::decode_finish}; \
+    return &t;                                                   \
+  }                                                              \
+  }

@@ -1,0 +1,209 @@
+// spattn::decode: attention of a few new queries against a KV cache (SPEC §3). Every argument
+// is checked here, before anything is read past the shapes or written; the CPU planner
+// (cpu/decode.cpp) then checks the pattern per sequence and the block-table entries it will use.
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cpu/decode_cpu.hpp"
+#include "spattn/spattn.hpp"
+
+namespace spattn {
+
+namespace {
+
+constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kMaxDecodeQueries = 64;
+
+[[noreturn]] void fail_value(const std::ostringstream& m) { throw ValueError(m.str()); }
+
+void rank4(const TensorView& t, const char* name, const char* layout) {
+  if (t.ndim != 4) {
+    std::ostringstream m;
+    m << name << ": expected 4 dimensions " << layout << ", got " << t.ndim << " with shape "
+      << t.shape_str();
+    fail_value(m);
+  }
+}
+
+void same_dtype(const TensorView& t, const char* name, DType want) {
+  const DType got = float_dtype(t, name);
+  if (got != want)
+    throw TypeError(std::string(name) + ": dtype " + dtype_name(got) + " does not match q's " +
+                    dtype_name(want));
+}
+
+void same_device(const TensorView& t, const char* name, const TensorView& q) {
+  if (t.device.device_type != q.device.device_type || t.device.device_id != q.device.device_id)
+    throw ValueError(std::string(name) + ": on device " + describe(t.device) + ", but q is on " +
+                     describe(q.device) + "; all tensors must be on one device");
+}
+
+bool is_int(const TensorView& t) {
+  return t.dtype.code == kDLInt && (t.dtype.bits == 32 || t.dtype.bits == 64) &&
+         t.dtype.lanes == 1;
+}
+
+void writable(const TensorView& t, const char* name) {
+  for (int d = 0; d < t.ndim; ++d)
+    if (t.shape[d] > 1 && t.strides[d] == 0)
+      throw ValueError(std::string(name) + ": dimension " + std::to_string(d) +
+                       " has stride 0 (a broadcast view); an output needs one element per "
+                       "address");
+}
+
+void shape_is(const TensorView& t, const char* name, std::vector<int64_t> want,
+              const char* layout) {
+  bool ok = t.ndim == int(want.size());
+  for (size_t d = 0; ok && d < want.size(); ++d) ok = t.shape[d] == want[d];
+  if (!ok) {
+    std::ostringstream m;
+    m << name << ": expected shape [";
+    for (size_t d = 0; d < want.size(); ++d) m << (d ? ", " : "") << want[d];
+    m << "] " << layout << ", got " << t.shape_str();
+    fail_value(m);
+  }
+}
+
+}  // namespace
+
+void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
+            const DLTensor& cache_len_, const Pattern& pattern, const DLTensor* block_table_,
+            const DLTensor& out_, const DLTensor* lse_, const Options& options) {
+  const bool paged = block_table_ != nullptr;
+  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k_cache"), v = view_of(v_, "v_cache");
+  rank4(q, "q", "[B, Nq, Hq, D]");
+  const char* klayout = paged ? "[pages, page_size, Hkv, D] (paged)" : "[B, Ncap, Hkv, D]";
+  const char* vlayout = paged ? "[pages, page_size, Hkv, Dv] (paged)" : "[B, Ncap, Hkv, Dv]";
+  rank4(k, "k_cache", klayout);
+  rank4(v, "v_cache", vlayout);
+  const DType dtype = float_dtype(q, "q");
+  same_dtype(k, "k_cache", dtype);
+  same_dtype(v, "v_cache", dtype);
+  same_device(k, "k_cache", q);
+  same_device(v, "v_cache", q);
+  const int64_t B = q.shape[0], nq = q.shape[1], hq = q.shape[2], D = q.shape[3];
+  const int64_t hkv = k.shape[2], Dv = v.shape[3];
+  {
+    std::ostringstream m;
+    if (!paged && (k.shape[0] != B || v.shape[0] != B))
+      m << "k_cache, v_cache: batch sizes " << k.shape[0] << " and " << v.shape[0]
+        << " must equal q's B=" << B << " (contiguous caches [B, Ncap, Hkv, D]; pass "
+        << "block_table for paged caches)";
+    else if (k.shape[0] != v.shape[0] || k.shape[1] != v.shape[1])
+      m << "v_cache: expected " << (paged ? "[pages, page_size]" : "[B, Ncap]") << " = ["
+        << k.shape[0] << ", " << k.shape[1] << "] like k_cache " << k.shape_str() << ", got "
+        << v.shape_str();
+    else if (v.shape[2] != hkv)
+      m << "v_cache: expected Hkv=" << hkv << " heads like k_cache " << k.shape_str()
+        << ", got " << v.shape_str();
+    else if (k.shape[3] != D)
+      m << "k_cache: head dim " << k.shape[3] << " must equal q's D=" << D << " (q "
+        << q.shape_str() << ", k_cache " << k.shape_str() << ")";
+    else if (hq < 1 || hkv < 1)
+      m << "q, k_cache: expected at least one head, got Hq=" << hq << ", Hkv=" << hkv;
+    else if (hq % hkv != 0)
+      m << "q, k_cache: Hq=" << hq << " query heads must be a multiple of Hkv=" << hkv
+        << " key/value heads (GQA)";
+    else if (D < 1 || D > kMaxHeadDim)
+      m << "q: head dim D=" << D << " is outside 1.." << kMaxHeadDim;
+    else if (Dv < 1 || Dv > kMaxHeadDim)
+      m << "v_cache: head dim Dv=" << Dv << " is outside 1.." << kMaxHeadDim;
+    else if (nq > kMaxDecodeQueries)
+      m << "q: decode takes at most " << kMaxDecodeQueries << " new queries per sequence, got "
+        << "Nq=" << nq << " (shape " << q.shape_str() << "); use spattn.attention for longer "
+        << "blocks";
+    else if (paged && k.shape[1] < 1)
+      m << "k_cache: paged caches need page_size >= 1, got shape " << k.shape_str();
+    if (!m.str().empty()) fail_value(m);
+  }
+  if (!(q.device.device_type == kDLCPU || q.device.device_type == kDLCUDAHost))
+    throw RuntimeError("q: decode runs on the CPU only in this version; the tensors are on " +
+                       describe(q.device));
+
+  // cache_len: int32 (or int64) [B], 0 <= value <= capacity.
+  const TensorView cl = view_of(cache_len_, "cache_len");
+  if (!is_int(cl))
+    throw TypeError("cache_len: expected int32 lengths [B], got dtype " + describe(cl.dtype));
+  if (cl.ndim != 1 || cl.shape[0] != B) {
+    std::ostringstream m;
+    m << "cache_len: expected shape [" << B << "] (one length per sequence of q), got "
+      << cl.shape_str();
+    fail_value(m);
+  }
+  same_device(cl, "cache_len", q);
+  TensorView table;
+  int64_t capacity = k.shape[1];
+  const char* cap_what = "Ncap, the cache's second dimension";
+  if (paged) {
+    table = view_of(*block_table_, "block_table");
+    if (!is_int(table))
+      throw TypeError("block_table: expected int32 page indices [B, max_pages], got dtype " +
+                      describe(table.dtype));
+    if (table.ndim != 2 || table.shape[0] != B) {
+      std::ostringstream m;
+      m << "block_table: expected 2 dimensions [B=" << B << ", max_pages], got shape "
+        << table.shape_str();
+      fail_value(m);
+    }
+    same_device(table, "block_table", q);
+    capacity = table.shape[1] * k.shape[1];
+    cap_what = "max_pages * page_size";
+  }
+  std::vector<int64_t> lens(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t off = b * cl.strides[0];
+    const int64_t n = cl.dtype.bits == 64 ? cl.ptr<const int64_t>()[off]
+                                          : int64_t(cl.ptr<const int32_t>()[off]);
+    if (n < 0 || n > capacity) {
+      std::ostringstream m;
+      m << "cache_len: cache_len[" << b << "] = " << n << " is outside 0.." << capacity << " ("
+        << cap_what;
+      if (paged)
+        m << " = " << table.shape[1] << " * " << k.shape[1]
+          << "; block_table has too few columns for this length";
+      m << ")";
+      fail_value(m);
+    }
+    lens[size_t(b)] = n;
+  }
+
+  const TensorView out = view_of(out_, "out");
+  shape_is(out, "out", {B, nq, hq, Dv}, "[B, Nq, Hq, Dv]");
+  same_dtype(out, "out", dtype);
+  same_device(out, "out", q);
+  writable(out, "out");
+  TensorView lse;
+  if (lse_) {
+    lse = view_of(*lse_, "lse");
+    shape_is(lse, "lse", {B, hq, nq}, "[B, Hq, Nq]");
+    if (!(lse.dtype.code == kDLFloat && lse.dtype.bits == 32 && lse.dtype.lanes == 1))
+      throw TypeError("lse: expected float32, got " + describe(lse.dtype));
+    same_device(lse, "lse", q);
+    writable(lse, "lse");
+  }
+  if (!std::isfinite(options.scale)) {
+    std::ostringstream m;
+    m << "scale: expected a finite number, got " << options.scale;
+    fail_value(m);
+  }
+  const float scale =
+      options.scale == 0.0 ? float(1.0 / std::sqrt(double(D))) : float(options.scale);
+
+  cpu::DecodeArgs a;
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.out = out;
+  a.lse = lse;
+  a.table = table;
+  a.paged = paged;
+  a.cache_len = lens.data();
+  a.dtype = dtype;
+  a.scale = scale;
+  a.pattern = &pattern;
+  cpu::decode(a);
+}
+
+}  // namespace spattn

@@ -1,0 +1,61 @@
+// _core.decode: import the arrays, allocate out (and lse), call spattn::decode without the GIL.
+// Every check is the core's (cpp/src/decode_api.cpp) apart from what allocation needs.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "capsule.hpp"
+#include "spattn/spattn.hpp"
+
+namespace spattn {
+namespace python {
+
+namespace {
+
+py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
+                 const Pattern& pattern, py::handle block_table, py::handle scale,
+                 bool want_lse) {
+  Options opt;
+  if (!scale.is_none()) opt.scale = scale.cast<double>();
+  ManagedTensor mq = import_array(q, "q");
+  ManagedTensor mk = import_array(k, "k_cache");
+  ManagedTensor mv = import_array(v, "v_cache");
+  ManagedTensor ml = import_array(cache_len, "cache_len");
+  ManagedTensor mt;
+  if (!block_table.is_none()) mt = import_array(block_table, "block_table");
+  const TensorView vq = mq.view("q"), vv = mv.view("v_cache");
+  const DType dt = float_dtype(vq, "q");
+  if (vq.device.device_type != kDLCPU)
+    throw RuntimeError("q: the array is on " + describe(vq.device) +
+                       ", but spattn.decode runs on the CPU only in this version; pass CPU "
+                       "arrays");
+  if (vq.ndim != 4)
+    throw ValueError("q: expected 4 dimensions [B, Nq, Hq, D], got shape " + vq.shape_str());
+  if (vv.ndim != 4)
+    throw ValueError("v_cache: expected 4 dimensions, got shape " + vv.shape_str());
+  ManagedTensor out = ManagedTensor::allocate_cpu(
+      dt, {vq.shape[0], vq.shape[1], vq.shape[2], vv.shape[3]});
+  ManagedTensor lse;
+  if (want_lse)
+    lse = ManagedTensor::allocate_cpu(DType::Float32, {vq.shape[0], vq.shape[2], vq.shape[1]});
+  {
+    py::gil_scoped_release nogil;
+    spattn::decode(mq.dl(), mk.dl(), mv.dl(), ml.dl(), pattern,
+                   block_table.is_none() ? nullptr : &mt.dl(), out.dl(),
+                   want_lse ? &lse.dl() : nullptr, opt);
+  }
+  return py::make_tuple(make_holder(std::move(out)),
+                        want_lse ? make_holder(std::move(lse)) : py::none());
+}
+
+}  // namespace
+
+void bind_decode(py::module_& m) {
+  m.def("decode", &decode, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+        py::arg("cache_len"), py::arg("pattern"), py::arg("block_table") = py::none(),
+        py::arg("scale") = py::none(), py::arg("want_lse") = false,
+        "Decode over a KV cache: (out [B, Nq, Hq, Dv], lse [B, Hq, Nq] or None) holders.");
+}
+
+}  // namespace python
+}  // namespace spattn
