@@ -3,10 +3,12 @@
 // reported with 2.5x the forward's flops, the usual convention for attention).
 //
 //   g++ -O3 -std=c++17 -pthread -Icpp/include -Icpp/src bench/cpu_kernel_bench.cpp
-//     cpp/src/cpu/*.cpp -o /tmp/cpu_kernel_bench && /tmp/cpu_kernel_bench 8192 16384
+//     $(ls cpp/src/cpu/*.cpp | grep -v decode) cpp/src/pattern/*.cpp cpp/src/tensor.cpp
+//     -o /tmp/cpu_kernel_bench && /tmp/cpu_kernel_bench 8192 16384
 //
 // Arguments: sequence lengths; env WINDOW (default 512 keys, causal), HEADS, DIM, DTYPE
-// (f32 | f16 | bf16), REPS, BWD (0: forward only).
+// (f32 | f16 | bf16), REPS, BWD (0: forward only). SPATTN_SIMD=avx512 compares bf16 without
+// the AVX512_BF16 kernels.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "cpu/attention_cpu.hpp"
+#include "spattn/pattern.hpp"
 
 using namespace spattn;
 

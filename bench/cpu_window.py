@@ -1,10 +1,11 @@
 """CPU benchmark: causal sliding window of 512 keys against torch SDPA on dense attention.
 
-    python bench/cpu_window.py [--n 8192 16384] [--repeats 3] [--backward]
+    python bench/cpu_window.py [--n 8192 16384] [--repeats 3] [--backward] [--dtype bfloat16]
 
 Same run, same machine, same threads. Useful GFLOP/s count only the pairs a pattern keeps:
 forward 4 * D * H * pairs, forward+backward 3.5 times that. Prints one row per (system, pass,
-N) and the ratio spattn / torch dense.
+N) and the ratio spattn / torch dense (both float32). With --dtype bfloat16 (needs torch for the
+bfloat16 arrays) spattn also runs in bfloat16, with the ratio bfloat16 / float32 of its own.
 """
 from __future__ import annotations
 
@@ -35,19 +36,24 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backward", action="store_true", help="also time forward+backward")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16: also time spattn in bfloat16 (float32 rows stay as the baseline)")
     args = ap.parse_args()
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         torch = None
+    if args.dtype == "bfloat16" and torch is None:
+        raise SystemExit("--dtype bfloat16 needs torch (numpy has no bfloat16)")
     h, d, w = args.heads, args.dim, args.window
     pattern = spattn.SlidingWindow(w - 1, 0)
     info = spattn.info()
     print(f"# {platform.processor() or platform.machine()}, spattn {info['version']} "
           f"(simd {info['cpu_simd']}, {info['cpu_threads']} threads)"
           + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch not installed"))
-    print(f"# float32, B=1, H={h}, D={d}, causal sliding window {w}")
+    print(f"# {'float32 and bfloat16' if args.dtype == 'bfloat16' else 'float32'}, B=1, H={h}, D={d}, "
+          f"causal sliding window {w}")
     rows = []
     for n in args.n:
         rng = np.random.default_rng(0)
@@ -66,6 +72,23 @@ def main() -> None:
             tb = best_time(fwd_bwd, args.repeats)
             ours_b = 3.5 * 4 * d * h * window_pairs / tb / 1e9
             rows.append(("spattn", f"window {w}", "fwd+bwd", n, tb, ours_b))
+        if args.dtype == "bfloat16":
+            bq, bk, bv = (torch.from_numpy(x).to(torch.bfloat16) for x in (q, k, v))
+            tbf = best_time(lambda: spattn.attention(bq, bk, bv, pattern=pattern), args.repeats)
+            ours_bf = 4 * d * h * window_pairs / tbf / 1e9
+            rows.append(("spattn bf16", f"window {w}", "fwd", n, tbf, ours_bf))
+            rows.append(("ratio", "bf16 / float32", "fwd", n, float("nan"), ours_bf / ours))
+            if args.backward:
+                bdout = torch.from_numpy(dout).to(torch.bfloat16)
+
+                def fwd_bwd_bf16():
+                    o, lse = spattn.attention(bq, bk, bv, pattern=pattern, return_lse=True)
+                    spattn.attention_backward(bdout, bq, bk, bv, o, lse, pattern=pattern)
+
+                tbb = best_time(fwd_bwd_bf16, args.repeats)
+                ours_bb = 3.5 * 4 * d * h * window_pairs / tbb / 1e9
+                rows.append(("spattn bf16", f"window {w}", "fwd+bwd", n, tbb, ours_bb))
+                rows.append(("ratio", "bf16 / float32", "fwd+bwd", n, float("nan"), ours_bb / ours_b))
         if torch is not None:
             # torch's layout is [B, H, N, D]; the same memory through a transpose view.
             tq, tk, tv = (torch.from_numpy(x).transpose(1, 2) for x in (q, k, v))

@@ -522,6 +522,7 @@ std::map<std::string, std::string> info() {
   r["backends"] = cuda::compiled() ? "cpu,cuda" : "cpu";
   r["cpu_simd"] = cpu::simd_level();
   r["cpu_threads"] = std::to_string(cpu::num_threads());
+  r["cpu_cache"] = cpu::cache_desc();
   r["cpu_tile"] = std::to_string(cpu::cpu_tile_size().bq) + "x" +
                   std::to_string(cpu::cpu_tile_size().bk);
   r["cuda_compiled"] = cuda::compiled() ? "yes" : "no";

@@ -1,9 +1,11 @@
 // Standalone check of the CPU attention kernels (spattn::cpu::forward / backward) against a
 // naive float64 reference. Prints one line per failure and "N passed, M failed"; exit code 1
-// on any failure. Run it with SPATTN_SIMD=portable|avx2|avx512 to check each kernel set.
+// on any failure. Run it with SPATTN_SIMD=portable|avx2|avx512|avx512bf16 to check each kernel
+// set (avx512bf16: the bfloat16 kernels on CPUs with AVX512_BF16).
 //
 //   g++ -O2 -std=c++17 -pthread -Icpp/include -Icpp/src tests/cpp/test_cpu_kernels.cpp
-//     cpp/src/cpu/*.cpp -o /tmp/test_cpu_kernels && /tmp/test_cpu_kernels
+//     $(ls cpp/src/cpu/*.cpp | grep -v decode) cpp/src/pattern/*.cpp cpp/src/tensor.cpp
+//     -o /tmp/test_cpu_kernels && /tmp/test_cpu_kernels
 //
 // The kernels need only the plain fields of TensorView and BlockLayout, so the test builds its
 // own layouts (by counting kept pairs per block with keeps()) and links nothing else.
@@ -548,6 +550,7 @@ int main() {
       {"window wider than seq", 2, 97, 97, 2, 1, 16, 16, 5000, 3000},
       {"window both sides, off", 1, 97, 300, 3, 1, 24, 40, 3, 5},
       {"window keys unseen", 1, 97, 1025, 2, 2, 64, 32, 3, 0},
+      {"window ahead (left < 0), short last block", 1, 97, 255, 2, 1, 40, 24, -3, 5},
       {"no key anywhere", 1, 97, 97, 2, 2, 16, 16, -5, 2},
       {"D=256", 1, 97, 130, 2, 1, 256, 256, 40, 7},
       {"D=1", 1, 255, 255, 2, 2, 1, 1, U, 0},

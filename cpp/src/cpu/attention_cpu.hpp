@@ -39,8 +39,12 @@ struct BackwardArgs {
 void forward(const ForwardArgs& a);
 void backward(const BackwardArgs& a);
 
-// The SIMD level the kernels run with on this CPU ("avx512", "avx2", "portable").
+// The SIMD level the kernels run with on this CPU ("avx512 (+bf16)": AVX-512, and bfloat16
+// products on AVX512_BF16; "avx512", "avx2", "portable").
 const char* simd_level();
+
+// The data caches the CPU kernels see, e.g. "L1d 32K, L2 1024K, L3 32768K (per cpu0)".
+const char* cache_desc();
 
 }  // namespace spattn::cpu
 

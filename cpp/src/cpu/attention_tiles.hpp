@@ -64,33 +64,84 @@ struct BlockWalk {
   }
 };
 
-// Sets masked scores of a partial block to -inf: st[k * 64 + q], k < nk, q < ncol.
-inline void apply_mask(const Problem& p, int64_t h, int64_t i0, int mq, int ncol, int64_t j0,
-                       int nk, const int64_t* lo, const int64_t* hi, int32_t* rlo, int32_t* rhi,
-                       uint8_t* mbuf, float* st) {
-  if (p.window) {
-    for (int q = 0; q < ncol; ++q) {
-      if (q < mq) {
-        rlo[q] = int32_t(max_<int64_t>(-1, min_<int64_t>(kTile, lo[q] - j0)));
-        rhi[q] = int32_t(max_<int64_t>(-1, min_<int64_t>(kTile, hi[q] - j0)));
-      } else {
-        rlo[q] = 0;
-        rhi[q] = kTile;
-      }
+// Prefetches the K and V rows of the block after the walk's current one (none: nothing).
+inline void prefetch_next(const Problem& p, const BlockWalk& walk, int64_t b, int64_t g) {
+  BlockWalk ahead = walk;
+  int64_t c;
+  bool partial;
+  if (!ahead.next(&c, &partial)) return;
+  const int es = p.dtype == kF32 ? 4 : 2;
+  const int64_t j0 = c * kTile;
+  const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
+  prefetch_rows(p.k, es, b, j0, nk, g, int(p.D));
+  prefetch_rows(p.v, es, b, j0, nk, g, int(p.Dv));
+}
+
+// Row q's key interval of a window partial block at j0, clipped to [-1, 64] (empty when
+// rlo > rhi); padding columns mq <= q < ncol keep every key.
+inline void window_ranges(int mq, int ncol, int64_t j0, const int64_t* lo, const int64_t* hi,
+                          int32_t* rlo, int32_t* rhi) {
+  for (int q = 0; q < ncol; ++q) {
+    if (q < mq) {
+      rlo[q] = int32_t(max_<int64_t>(-1, min_<int64_t>(kTile, lo[q] - j0)));
+      rhi[q] = int32_t(max_<int64_t>(-1, min_<int64_t>(kTile, hi[q] - j0)));
+    } else {
+      rlo[q] = 0;
+      rhi[q] = kTile;
     }
+  }
+}
+
+// What of a window partial block needs computing, from its row intervals: for key k, the
+// 16-query groups [glo[k], ghi[k]) some of whose rows keep k (S^T = K Q^T); for query q < mq,
+// the keys [klo[q], khi[q]) it keeps (O += P V). Everything else is masked: its score is set
+// to -inf by apply_mask and its P is 0.
+inline void block_work(int mq, int ncol, int nk, const int32_t* rlo, const int32_t* rhi,
+                       int32_t* glo, int32_t* ghi, int32_t* klo, int32_t* khi) {
+  int32_t gmin[kTile / 16], gmax[kTile / 16];
+  const int ng = ncol / 16;
+  for (int g = 0; g < ng; ++g) {
+    int32_t a = kTile, b = -1;
+    for (int q = g * 16; q < g * 16 + 16; ++q)
+      if (rlo[q] <= rhi[q]) a = min_(a, rlo[q]), b = max_(b, rhi[q]);
+    gmin[g] = a;
+    gmax[g] = b;
+  }
+  for (int k = 0; k < nk; ++k) {
+    int g0 = 0, g1 = 0;
+    for (int g = 0; g < ng; ++g)
+      if (gmin[g] <= k && k <= gmax[g]) {
+        if (g1 == 0) g0 = g;
+        g1 = g + 1;
+      }
+    glo[k] = g0;
+    ghi[k] = g1;
+  }
+  for (int q = 0; q < mq; ++q) {
+    klo[q] = min_(max_(rlo[q], 0), nk);  // (rlo may be 64: a row whose keys lie beyond)
+    khi[q] = max_(klo[q], min_(rhi[q], nk - 1) + 1);
+  }
+}
+
+// Sets masked scores of a partial block to `masked` (-inf unless the caller scales after):
+// st[k * 64 + q], k < nk, q < ncol. Window rules: rlo/rhi already hold window_ranges().
+inline void apply_mask(const Problem& p, int64_t h, int64_t i0, int mq, int ncol, int64_t j0,
+                       int nk, const int32_t* rlo, const int32_t* rhi, uint8_t* mbuf, float* st,
+                       float masked = -kInf) {
+  if (p.window) {
     for (int k = 0; k < nk; ++k) {
       const vi kk = splati(k);
       float* s = st + k * kTile;
       for (int c = 0; c < ncol; c += W) {
         const vi bad = (kk < loadi(rlo + c)) | (kk > loadi(rhi + c));
-        store(s + c, bad ? splat(-kInf) : load(s + c));
+        store(s + c, bad ? splat(masked) : load(s + c));
       }
     }
   } else {
     p.mask_fn(p.mask_ctx, h, i0, mq, j0, nk, mbuf);
     for (int k = 0; k < nk; ++k)
       for (int q = 0; q < mq; ++q)
-        if (!mbuf[k * kTile + q]) st[k * kTile + q] = -kInf;
+        if (!mbuf[k * kTile + q]) st[k * kTile + q] = masked;
   }
 }
 
@@ -99,7 +150,7 @@ inline void apply_mask(const Problem& p, int64_t h, int64_t i0, int mq, int ncol
 
 struct FwdBufs {
   float *qt, *o, *st, *kp, *vp, *m, *l, *alpha, *tmp;
-  int32_t *rlo, *rhi;
+  int32_t *rlo, *rhi, *glo, *ghi, *klo, *khi;
   uint8_t* mask;
   int64_t total;
 };
@@ -118,6 +169,10 @@ inline FwdBufs fwd_bufs(const Problem& p, float* base) {
   b.tmp = c.take(max_(p.Dp, p.Dvp));
   b.rlo = reinterpret_cast<int32_t*>(c.take(kTile));
   b.rhi = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.glo = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.ghi = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.klo = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.khi = reinterpret_cast<int32_t*>(c.take(kTile));
   b.mask = reinterpret_cast<uint8_t*>(c.take(kTile * kTile / 4));
   b.total = c.n;
   return b;
@@ -136,6 +191,8 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
   const bool k_direct = p.dtype == kF32 && p.k.s[3] == 1;
   const bool v_direct = p.dtype == kF32 && p.v.s[3] == 1 && Dv == Dvp;
 
+  BlockWalk walk(p, h, a);
+  prefetch_next(p, walk, b, g);
   pack_rows_t(p.q, p.dtype, b, i0, mq, ncol, h, D, p.scale2, w.tmp, w.qt);
   for (int i = 0; i < mq * Dvp; ++i) w.o[i] = 0.f;
   for (int q = 0; q < kTile; ++q) {
@@ -143,18 +200,26 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
     w.l[q] = 0.f;
   }
 
-  BlockWalk walk(p, h, a);
   int64_t c;
   bool partial, first = true;
   while (walk.next(&c, &partial)) {
+    prefetch_next(p, walk, b, g);
     const int64_t j0 = c * kTile;
     const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
     // S^T = K Q^T
     const float* ka = k_direct ? reinterpret_cast<const float*>(at(p.k, 4, b, j0, g)) : w.kp;
     const int64_t lda = k_direct ? p.k.s[1] : Dp;
     if (!k_direct) pack_rows(p.k, p.dtype, b, j0, nk, g, D, Dp, 1.f, w.kp);
-    gemm<false>(nk, ncol, D, ka, lda, 1, w.qt, kTile, w.st, kTile);
-    if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi, w.mask, w.st);
+    // A window's partial block computes only the scores and terms its rows keep.
+    const bool ranged = partial && p.window;
+    if (ranged) {
+      window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
+      block_work(mq, ncol, nk, w.rlo, w.rhi, w.glo, w.ghi, w.klo, w.khi);
+      gemm_cols<false>(nk, D, ka, lda, 1, w.qt, kTile, w.st, kTile, w.glo, w.ghi);
+    } else {
+      gemm<false>(nk, ncol, D, ka, lda, 1, w.qt, kTile, w.st, kTile);
+    }
+    if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
 
     // Online softmax down the columns; st becomes P^T. The reference maximum m only moves
     // when a score exceeds it by more than kLazy (P stays <= 2^kLazy, far from overflow), so
@@ -191,7 +256,10 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
     const float* vb = v_direct ? reinterpret_cast<const float*>(at(p.v, 4, b, j0, g)) : w.vp;
     const int64_t ldb = v_direct ? p.v.s[1] : Dvp;
     if (!v_direct) pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
-    gemm<true>(mq, Dvp, nk, w.st, 1, kTile, vb, ldb, w.o, Dvp);
+    if (ranged)
+      gemm_krange<true>(mq, Dvp, w.st, 1, kTile, vb, ldb, w.o, Dvp, w.klo, w.khi);
+    else
+      gemm<true>(mq, Dvp, nk, w.st, 1, kTile, vb, ldb, w.o, Dvp);
   }
 
   const int es = p.dtype == kF32 ? 4 : 2;
@@ -289,7 +357,10 @@ inline void bwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
     if (!v_direct) pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
 
     gemm<false>(nk, ncol, D, kb, ldk, 1, w.qt, kTile, w.st, kTile);  // S^T
-    if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi, w.mask, w.st);
+    if (partial) {
+      if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
+      apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
+    }
     gemm<false>(nk, ncol, Dv, vb, ldv, 1, w.dot, kTile, w.dpt, kTile);  // dP^T
     for (int k = 0; k < nk; ++k) {
       float* s = w.st + k * kTile;

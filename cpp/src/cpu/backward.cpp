@@ -90,7 +90,7 @@ void backward(const BackwardArgs& a) {
   Scratch dk_acc = alloc_floats(off[BG * S] * kTile * p.Dp);
   Scratch dv_acc = alloc_floats(off[BG * S] * kTile * p.Dvp);
 
-  const KernelTable* kt = kernels();
+  const KernelTable* kt = kernels_for(p.dtype);
   const int64_t ws_floats = kt->bwd_ws_floats(p);
   Scratch ws = alloc_floats(ws_floats * nthreads);
   const Predicate& pred = a.pred;

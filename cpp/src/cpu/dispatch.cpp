@@ -11,19 +11,20 @@ TileSize cpu_tile_size() { return {kTile, kTile}; }
 
 namespace {
 
-const KernelTable* choose() {
-  // SPATTN_SIMD=portable|avx2|avx512 caps the level (for tests); never raises it.
+// SPATTN_SIMD=portable|avx2|avx512|avx512bf16 caps the level (for tests); never raises it.
+bool allowed(const char* level) {
   const char* cap = std::getenv("SPATTN_SIMD");
-  auto allowed = [cap](const char* level) {
-    if (!cap || !*cap) return true;
-    static const char* order[] = {"portable", "avx2", "avx512"};
-    int c = -1, l = -1;
-    for (int i = 0; i < 3; ++i) {
-      if (std::strcmp(cap, order[i]) == 0) c = i;
-      if (std::strcmp(level, order[i]) == 0) l = i;
-    }
-    return c < 0 || l <= c;
-  };
+  if (!cap || !*cap) return true;
+  static const char* order[] = {"portable", "avx2", "avx512", "avx512bf16"};
+  int c = -1, l = -1;
+  for (int i = 0; i < 4; ++i) {
+    if (std::strcmp(cap, order[i]) == 0) c = i;
+    if (std::strcmp(level, order[i]) == 0) l = i;
+  }
+  return c < 0 || l <= c;
+}
+
+const KernelTable* choose() {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx") && __builtin_cpu_supports("avx2") &&
@@ -34,10 +35,24 @@ const KernelTable* choose() {
                       __builtin_cpu_supports("avx512dq");
   if (avx512 && allowed("avx512")) return kernels_avx512();
   if (avx2 && allowed("avx2")) return kernels_avx2();
-#else
-  (void)allowed;
 #endif
   return kernels_portable();
+}
+
+// The bfloat16 table: AVX512_BF16 on top of the AVX-512 level (null: none).
+const KernelTable* choose_bf16(const KernelTable* base) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (base == kernels_avx512() && __builtin_cpu_supports("avx512bf16") && allowed("avx512bf16"))
+    return kernels_avx512bf16();
+#else
+  (void)base;
+#endif
+  return nullptr;
+}
+
+const KernelTable* bf16_table() {
+  static const KernelTable* const t = choose_bf16(kernels());
+  return t;
 }
 
 }  // namespace
@@ -47,6 +62,11 @@ const KernelTable* kernels() {
   return t;
 }
 
-const char* simd_level() { return kernels()->name; }
+const KernelTable* kernels_for(int dtype) {
+  const KernelTable* bf = dtype == kBF16 ? bf16_table() : nullptr;
+  return bf ? bf : kernels();
+}
+
+const char* simd_level() { return bf16_table() ? "avx512 (+bf16)" : kernels()->name; }
 
 }  // namespace spattn::cpu

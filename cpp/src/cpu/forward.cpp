@@ -19,7 +19,7 @@ void forward(const ForwardArgs& a) {
   const int64_t tasks = p.B * p.Hq * tiles;
   if (tasks == 0 || p.Dv == 0) return;
 
-  const KernelTable* kt = kernels();
+  const KernelTable* kt = kernels_for(p.dtype);
   const int64_t ws_floats = kt->fwd_ws_floats(p);
   const int nthreads = num_threads();
   Scratch ws = alloc_floats(ws_floats * nthreads);

@@ -72,4 +72,62 @@ inline void gemm(int M, int N, int K, const float* A, int64_t sam, int64_t sak, 
   }
 }
 
+// ---- Ranged products, for partial blocks where the caller knows which parts of C matter ----
+
+// r (<= MR) rows of C, ng groups of 16 columns, in chunks of NGMAX groups.
+template <bool ACC>
+inline void micro_rows(int r, int ng, int K, const float* A, int64_t sam, int64_t sak,
+                       const float* B, int64_t ldb, float* C, int64_t ldc) {
+  while (ng > 0) {
+    const int n = min_(ng, NGMAX);
+    if (r == MR && n == NGMAX) {
+      micro<MR, NGMAX * VG, ACC>(K, A, sam, sak, B, ldb, C, ldc);
+    } else {
+      // Rare shapes (a block's last rows, narrow column ranges): the panel code handles them.
+      const int m = r;
+      if (n == NGMAX) panel<NGMAX, ACC>(m, K, A, sam, sak, B, ldb, C, ldc);
+      if constexpr (NGMAX > 1) if (n == 1) panel<1, ACC>(m, K, A, sam, sak, B, ldb, C, ldc);
+      if constexpr (NGMAX > 2) if (n == 2) panel<2, ACC>(m, K, A, sam, sak, B, ldb, C, ldc);
+      if constexpr (NGMAX > 3) if (n == 3) panel<3, ACC>(m, K, A, sam, sak, B, ldb, C, ldc);
+    }
+    B += n * 16;
+    C += n * 16;
+    ng -= n;
+  }
+}
+
+// C rows m of M, each only over the 16-column groups [glo[m], ghi[m]) (taken together per
+// micro tile of MR rows); the other entries of C are left as they were.
+template <bool ACC>
+inline void gemm_cols(int M, int K, const float* A, int64_t sam, int64_t sak, const float* B,
+                      int64_t ldb, float* C, int64_t ldc, const int32_t* glo, const int32_t* ghi) {
+  for (int m = 0; m < M; m += MR) {
+    const int r = min_(MR, M - m);
+    int g0 = glo[m], g1 = ghi[m];
+    for (int i = 1; i < r; ++i) g0 = min_(g0, glo[m + i]), g1 = max_(g1, ghi[m + i]);
+    if (g1 > g0)
+      micro_rows<ACC>(r, g1 - g0, K, A + m * sam, sam, sak, B + g0 * 16, ldb,
+                      C + m * ldc + g0 * 16, ldc);
+  }
+}
+
+// C (+)= A B with row m of C summing only over k in [klo[m], khi[m]) (taken together per
+// micro tile): the caller knows the other terms are zero.
+template <bool ACC>
+inline void gemm_krange(int M, int N, const float* A, int64_t sam, int64_t sak, const float* B,
+                        int64_t ldb, float* C, int64_t ldc, const int32_t* klo,
+                        const int32_t* khi) {
+  for (int m = 0; m < M; m += MR) {
+    const int r = min_(MR, M - m);
+    int k0 = klo[m], k1 = khi[m];
+    for (int i = 1; i < r; ++i) k0 = min_(k0, klo[m + i]), k1 = max_(k1, khi[m + i]);
+    if (k1 > k0)
+      micro_rows<ACC>(r, N / 16, k1 - k0, A + m * sam + k0 * sak, sam, sak, B + k0 * ldb, ldb,
+                      C + m * ldc, ldc);
+    else if (!ACC)
+      for (int i = 0; i < r; ++i)
+        for (int n = 0; n < N; ++n) C[(m + i) * ldc + n] = 0.f;
+  }
+}
+
 }  // namespace spattn::cpu::SPATTN_ISA

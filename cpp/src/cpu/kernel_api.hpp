@@ -44,7 +44,7 @@ constexpr int kTile = 64;
 
 // One set of kernels, compiled for one instruction set.
 struct KernelTable {
-  const char* name;  // "avx512", "avx2", "portable"
+  const char* name;  // "avx512bf16", "avx512", "avx2", "portable"
   // Floats of scratch one thread needs (64-byte aligned base).
   int64_t (*fwd_ws_floats)(const Problem& p);
   int64_t (*bwd_ws_floats)(const Problem& p);
@@ -65,13 +65,18 @@ struct KernelTable {
                            const float* w, int nsrc, void* dst, int64_t dst_stride, float* tmp);
 };
 
-// The table chosen for this CPU (once; SPATTN_SIMD=portable|avx2|avx512 may lower it).
+// The table chosen for this CPU (once; SPATTN_SIMD=portable|avx2|avx512|avx512bf16 may lower
+// it): float32 and float16 problems, merges and sums.
 const KernelTable* kernels();
+// The table for problems of one dtype: kernels(), except bfloat16 on CPUs with AVX512_BF16
+// (vdpbf16ps), which gets kernels_avx512bf16().
+const KernelTable* kernels_for(int dtype);
 
 const KernelTable* kernels_portable();
 #if defined(__x86_64__) || defined(_M_X64)
 const KernelTable* kernels_avx2();
 const KernelTable* kernels_avx512();
+const KernelTable* kernels_avx512bf16();
 #endif
 
 }  // namespace spattn::cpu

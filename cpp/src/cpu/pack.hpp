@@ -70,6 +70,20 @@ SP_INLINE char* at_mut(const T4& t, int esize, int64_t i0, int64_t i1, int64_t i
   return static_cast<char*>(t.data) + (i0 * t.s[0] + i1 * t.s[1] + i2 * t.s[2]) * esize;
 }
 
+// Prefetches rows [r0, r0 + n) of t at [b, ., h, :] (cols elements each, unit stride only)
+// into the caches: the rows of a block are 1 KB or more apart (a row holds every head), too far
+// for the hardware prefetchers to run ahead.
+inline void prefetch_rows(const T4& t, int esize, int64_t b, int64_t r0, int n, int64_t h,
+                          int cols) {
+  if (t.s[3] != 1) return;
+  const int bytes = cols * esize;
+  for (int r = 0; r < n; ++r) {
+    const char* row = at(t, esize, b, r0 + r, h);
+    for (int o = 0; o < bytes; o += 64) __builtin_prefetch(row + o);
+    __builtin_prefetch(row + bytes - 1);
+  }
+}
+
 // Rows [r0, r0 + n) of t (dimension 1) at [b, ., h, :] as float32 rows of ld floats, the
 // columns [cols, ld) zeroed. Returns dst.
 inline float* pack_rows(const T4& t, int dtype, int64_t b, int64_t r0, int n, int64_t h,

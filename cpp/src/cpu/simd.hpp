@@ -43,6 +43,25 @@ SP_INLINE uint32_t as_uint(float f) { uint32_t u; __builtin_memcpy(&u, &f, 4); r
 // integer n with the 1.5 * 2^23 trick (whose bits then hold n), 2^(x-n) by a degree-6
 // near-minimax polynomial on [-1/2, 1/2] (relative error 2e-9 before rounding; about 1.6 ulp
 // evaluated in float32), scaled through the exponent bits.
+#if defined(SPATTN_EXP2_SCALEF)
+// AVX-512: the same polynomial, with vrndscaleps for n and vscalefps for the scaling; lanes
+// below -125 (and -inf) are zeroed by the mask of vscalefps. 10 instructions instead of 14.
+SP_INLINE vf exp2v(vf x) {
+  const __m512 xv = (__m512)x;
+  const __mmask16 keep = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-125.f), _CMP_GE_OQ);
+  const __m512 n = _mm512_mask_roundscale_ps(xv, __mmask16(0xffff), xv,
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf f = x - (vf)n;
+  vf p = splat(1.5353364870e-04f);
+  p = fma(p, f, splat(1.3398875017e-03f));
+  p = fma(p, f, splat(9.6184369177e-03f));
+  p = fma(p, f, splat(5.5503323674e-02f));
+  p = fma(p, f, splat(2.4022647738e-01f));
+  p = fma(p, f, splat(6.9314718246e-01f));
+  p = fma(p, f, splat(1.f));
+  return (vf)_mm512_maskz_scalef_ps(keep, (__m512)p, n);
+}
+#else
 SP_INLINE vf exp2v(vf x) {
   const vf xc = vmax(x, splat(-126.f));
   const vf magic = splat(12582912.f);
@@ -58,6 +77,7 @@ SP_INLINE vf exp2v(vf x) {
   const vf r = (vf)((vi)p + (((vi)t - (vi)magic) << 23));
   return x < splat(-125.f) ? vf{} : r;
 }
+#endif
 
 // ---- float16 (IEEE binary16) and bfloat16, exact and round-to-nearest-even ----
 

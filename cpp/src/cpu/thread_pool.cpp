@@ -5,6 +5,8 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
+#include <string>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -12,6 +14,7 @@
 #if defined(__linux__)
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 #endif
 
 namespace spattn::cpu {
@@ -159,6 +162,60 @@ void parallel_for(int64_t n, const std::function<void(int64_t task, int thread)>
     return;
   }
   pool().run(n, fn);
+}
+
+namespace {
+
+#if defined(__linux__)
+// Size of the cache of `level` and type (Data / Unified) from sysfs ("48K", "1024K", "32M").
+int64_t sysfs_cache(int level, bool data) {
+  for (int i = 0; i < 8; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream lf(dir + "level"), tf(dir + "type"), sf(dir + "size");
+    int l = 0;
+    std::string type, size;
+    if (!(lf >> l) || !(tf >> type) || !(sf >> size)) continue;
+    if (l != level || type == "Instruction" || (data && type != "Data" && type != "Unified"))
+      continue;
+    int64_t n = 0;
+    size_t k = 0;
+    while (k < size.size() && size[k] >= '0' && size[k] <= '9') n = n * 10 + (size[k++] - '0');
+    if (k < size.size()) n <<= size[k] == 'K' ? 10 : size[k] == 'M' ? 20 : size[k] == 'G' ? 30 : 0;
+    return n;
+  }
+  return 0;
+}
+#endif
+
+CacheSizes read_cache_sizes() {
+  CacheSizes c;
+#if defined(__linux__)
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+  c.l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE) > 0 ? sysconf(_SC_LEVEL1_DCACHE_SIZE) : 0;
+  c.l2 = sysconf(_SC_LEVEL2_CACHE_SIZE) > 0 ? sysconf(_SC_LEVEL2_CACHE_SIZE) : 0;
+  c.l3 = sysconf(_SC_LEVEL3_CACHE_SIZE) > 0 ? sysconf(_SC_LEVEL3_CACHE_SIZE) : 0;
+#endif
+  if (c.l1d <= 0) c.l1d = sysfs_cache(1, true);
+  if (c.l2 <= 0) c.l2 = sysfs_cache(2, true);
+  if (c.l3 <= 0) c.l3 = sysfs_cache(3, true);
+#endif
+  return c;
+}
+
+}  // namespace
+
+const CacheSizes& cache_sizes() {
+  static const CacheSizes c = read_cache_sizes();
+  return c;
+}
+
+const char* cache_desc() {
+  static const std::string s = [] {
+    const CacheSizes& c = cache_sizes();
+    auto kb = [](int64_t n) { return n > 0 ? std::to_string(n >> 10) + "K" : std::string("?"); };
+    return "L1d " + kb(c.l1d) + ", L2 " + kb(c.l2) + ", L3 " + kb(c.l3) + " (per cpu0)";
+  }();
+  return s.c_str();
 }
 
 }  // namespace spattn::cpu

@@ -16,4 +16,11 @@ int num_threads();
 // task run inline (no nested parallelism, no deadlock).
 void parallel_for(int64_t n, const std::function<void(int64_t task, int thread)>& fn);
 
+// Data cache sizes of this CPU in bytes (0: unknown), read once at run time: sysconf, else
+// /sys/devices/system/cpu/cpu0/cache (Linux).
+struct CacheSizes {
+  int64_t l1d = 0, l2 = 0, l3 = 0;
+};
+const CacheSizes& cache_sizes();
+
 }  // namespace spattn::cpu
