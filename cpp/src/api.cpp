@@ -185,12 +185,12 @@ void walk_forward(const TensorView& q, const TensorView& k, const TensorView& v,
 void walk_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
                    const TensorView& v, const TensorView& out, const TensorView& lse,
                    const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
-                   float scale, const Pattern& pattern, const Dims& s) {
+                   float scale, const Pattern& pattern, const Dims& s, bool rows_complete) {
   const cpu::TileSize tile = cpu::cpu_tile_size();
   const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
   const BlockLayout layout = cp.layout(tile.bq, tile.bk);
   cpu::BackwardArgs a{dout, q,  k,  v,     out,   lse,     dq,
-                      dk,   dv, dtype, scale, &layout, cp.predicate()};
+                      dk,   dv, dtype, scale, &layout, cp.predicate(), rows_complete};
   cpu::backward(a);
 }
 
@@ -242,16 +242,18 @@ void forward_part(const Part& part, const TensorView& q, const TensorView& k, co
 void backward_part(const Part& part, const TensorView& dout, const TensorView& q,
                    const TensorView& k, const TensorView& v, const TensorView& out,
                    const TensorView& lse, const TensorView& dq, const TensorView& dk,
-                   const TensorView& dv, DType dtype, float scale, const Dims& s) {
+                   const TensorView& dv, DType dtype, float scale, const Dims& s,
+                   bool rows_complete) {
   if (!part.residue)
-    return walk_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, part.walk, s);
+    return walk_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, part.walk, s,
+                         rows_complete);
   const int64_t d = part.residue->d;
   for (const plan::ResidueClass& c : plan::residue_classes(*part.residue, s.nq, s.nk)) {
     auto rows_q = [&](const TensorView& t) { return plan::strided_rows(t, 1, c.q0, c.nq, d); };
     auto rows_k = [&](const TensorView& t) { return plan::strided_rows(t, 1, c.k0, c.nk, d); };
     walk_backward(rows_q(dout), rows_q(q), rows_k(k), rows_k(v), rows_q(out),
                   plan::strided_rows(lse, 2, c.q0, c.nq, d), rows_q(dq), rows_k(dk), rows_k(dv),
-                  dtype, scale, c.window, class_dims(s, c));
+                  dtype, scale, c.window, class_dims(s, c), rows_complete);
   }
 }
 
@@ -278,7 +280,7 @@ void run_backward(const TensorView& dout, const TensorView& q, const TensorView&
                   float scale, const Pattern& pattern, const Dims& s) {
   const std::vector<Part> parts = make_plan(pattern, s);
   if (parts.size() == 1)
-    return backward_part(parts[0], dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, s);
+    return backward_part(parts[0], dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, s, true);
   // Each part's gradient uses the whole attention's out and lse, so the parts' sum is exact.
   std::vector<ManagedTensor> owned;
   std::vector<TensorView> dqs, dks, dvs;
@@ -290,7 +292,7 @@ void run_backward(const TensorView& dout, const TensorView& q, const TensorView&
     owned.push_back(ManagedTensor::allocate_cpu(dtype, {s.b, s.nk, s.hkv, s.dv}));
     dvs.push_back(owned.back().view("dv"));
     backward_part(part, dout, q, k, v, out, lse, dqs.back(), dks.back(), dvs.back(), dtype, scale,
-                  s);
+                  s, /*rows_complete=*/false);
   }
   cpu::sum(dq, dqs.data(), int(parts.size()), dtype);
   cpu::sum(dk, dks.data(), int(parts.size()), dtype);

@@ -447,6 +447,39 @@ SP_INLINE const uint16_t* rows_bf(const T4& t, int64_t b, int64_t r0, int n, int
   return buf;
 }
 
+// delta recomputed as sum_j P_ij dP_ij in float32 (see exact_delta in attention_tiles.hpp: the
+// rounded `out` cannot give it when a row's values nearly cancel). S^T and dP^T are exact
+// products of the bf16 inputs here.
+inline void exact_delta_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
+                           const int64_t* hi, const BwdBufsBf& w, int mq, int ncol) {
+  const int64_t i0 = a * kTile, g = h / p.group;
+  const int D2 = int((p.D + 1) / 2), Dv2 = int((p.Dv + 1) / 2);
+  const vf vsc = splat(p.scale2);
+  const float masked = p.scale2 > 0.f ? -kInf : kInf;
+  for (int q = 0; q < ncol; ++q) w.delta[q] = 0.f;
+  BlockWalk walk(p, h, a);
+  int64_t c;
+  bool partial;
+  while (walk.next(&c, &partial)) {
+    const int64_t j0 = c * kTile;
+    const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
+    int64_t ldk, ldv;
+    const uint16_t* kb = rows_bf(p.k, b, j0, nk, g, int(p.D), w.kp, &ldk);
+    const uint16_t* vb = rows_bf(p.v, b, j0, nk, g, int(p.Dv), w.vp, &ldv);
+    gemm_bf<false>(nk, ncol, D2, kb, ldk, 2, w.qp, kTile, w.st, kTile);     // S^T (unscaled)
+    if (partial) {
+      if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
+      apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
+    }
+    gemm_bf<false>(nk, ncol, Dv2, vb, ldv, 2, w.dop, kTile, w.dpt, kTile);  // dP^T
+    for (int k = 0; k < nk; ++k)
+      for (int q = 0; q < ncol; q += W) {
+        const vf pr = exp2v(fma(load(w.st + k * kTile + q), vsc, -load(w.lse2 + q)));
+        store(w.delta + q, fma(pr, load(w.dpt + k * kTile + q), load(w.delta + q)));
+      }
+  }
+}
+
 inline void bwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
                         const int64_t* hi, float* dk_acc, float* dv_acc, int64_t kb_lo,
                         float* ws) {
@@ -486,6 +519,7 @@ inline void bwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
     const float l = p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]];
     if (l != -kInf) w.lse2[q] = l * kLog2e;
   }
+  if (p.exact_delta) exact_delta_bf(p, b, h, a, lo, hi, w, mq, ncol);
   for (int i = 0; i < mq * Dp; ++i) w.dq[i] = 0.f;
 
   int64_t c;

@@ -34,6 +34,10 @@ struct BackwardArgs {
   float scale;
   const BlockLayout* layout;
   Predicate pred;
+  // The layout holds every key its rows see (false for one part of a union run in parts): then,
+  // for float16/bfloat16, delta = rowsum(dO * O) is recomputed exactly from P and dP instead of
+  // being read off the rounded `out` (see exact_delta in attention_tiles.hpp).
+  bool rows_complete = true;
 };
 
 void forward(const ForwardArgs& a);

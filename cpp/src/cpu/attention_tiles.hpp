@@ -308,6 +308,37 @@ inline BwdBufs bwd_bufs(const Problem& p, float* base) {
 
 inline int64_t bwd_ws_floats(const Problem& p) { return bwd_bufs(p, nullptr).total; }
 
+// delta_i = rowsum(dO_i * O_i) from `out` is exact only if out is: rounded to float16/bfloat16
+// it can lose every digit when a row's values nearly cancel (dS = P (dP - delta) then carries the
+// error). For low-precision inputs delta is recomputed as sum_j P_ij dP_ij, in float32, with one
+// more pass over the row's blocks (two of the backward's five products again).
+inline void exact_delta(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
+                        const int64_t* hi, const BwdBufs& w, int mq, int ncol) {
+  const int64_t i0 = a * kTile, g = h / p.group;
+  const int D = int(p.D), Dv = int(p.Dv), Dp = int(p.Dp), Dvp = int(p.Dvp);
+  for (int q = 0; q < ncol; ++q) w.delta[q] = 0.f;
+  BlockWalk walk(p, h, a);
+  int64_t c;
+  bool partial;
+  while (walk.next(&c, &partial)) {
+    const int64_t j0 = c * kTile;
+    const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
+    pack_rows(p.k, p.dtype, b, j0, nk, g, D, Dp, 1.f, w.kp);
+    pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
+    gemm<false>(nk, ncol, D, w.kp, Dp, 1, w.qt, kTile, w.st, kTile);  // S^T
+    if (partial) {
+      if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
+      apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
+    }
+    gemm<false>(nk, ncol, Dv, w.vp, Dvp, 1, w.dot, kTile, w.dpt, kTile);  // dP^T
+    for (int k = 0; k < nk; ++k)
+      for (int q = 0; q < ncol; q += W) {
+        const vf pr = exp2v(load(w.st + k * kTile + q) - load(w.lse2 + q));
+        store(w.delta + q, fma(pr, load(w.dpt + k * kTile + q), load(w.delta + q)));
+      }
+  }
+}
+
 inline void bwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
                      const int64_t* hi, float* dk_acc, float* dv_acc, int64_t kb_lo, float* ws) {
   const BwdBufs w = bwd_bufs(p, ws);
@@ -341,6 +372,7 @@ inline void bwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
     const float l = p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]];
     if (l != -kInf) w.lse2[q] = l * kLog2e;
   }
+  if (p.exact_delta) exact_delta(p, b, h, a, lo, hi, w, mq, ncol);
   for (int i = 0; i < mq * Dp; ++i) w.dq[i] = 0.f;
 
   BlockWalk walk(p, h, a);

@@ -22,6 +22,7 @@ void backward(const BackwardArgs& a) {
   check_layout(p, layout);
   p.o = t4(a.out);
   p.dout = t4(a.dout);
+  p.exact_delta = a.rows_complete && a.dtype != DType::Float32;
   p.dq = t4(a.dq);
   p.dk = t4(a.dk);
   p.dv = t4(a.dv);

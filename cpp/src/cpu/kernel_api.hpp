@@ -37,6 +37,7 @@ struct Problem {
   // q/k/v. lse [B,Hq,Nq] float32 (data null: not wanted in the forward).
   T4 q, k, v, o, dout, dq, dk, dv;
   float* lse = nullptr;
+  bool exact_delta = false;  // backward: recompute delta from P and dP (low-precision inputs)
   int64_t lse_s[3] = {0, 0, 0};
 };
 
