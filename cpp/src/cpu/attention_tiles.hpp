@@ -308,30 +308,51 @@ inline BwdBufs bwd_bufs(const Problem& p, float* base) {
 
 inline int64_t bwd_ws_floats(const Problem& p) { return bwd_bufs(p, nullptr).total; }
 
+// The backward's first two products for key block c of the tile (rows i0.., mq of them):
+// S^T (masked on partial blocks) into w.st and dP^T into w.dpt. Returns K's rows (read in place
+// for float32 with unit stride, else packed into w.kp) and their stride, for dQ += dS K.
+struct BwdBlock {
+  const float* kb;
+  int64_t ldk;
+  int nk;
+};
+inline BwdBlock bwd_scores(const Problem& p, const BwdBufs& w, int64_t b, int64_t h, int64_t i0,
+                           int mq, int ncol, int64_t c, bool partial, const int64_t* lo,
+                           const int64_t* hi) {
+  const int D = int(p.D), Dv = int(p.Dv), Dp = int(p.Dp), Dvp = int(p.Dvp);
+  const int64_t g = h / p.group, j0 = c * kTile;
+  const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
+  const bool k_direct = p.dtype == kF32 && p.k.s[3] == 1 && D == Dp;
+  const bool v_direct = p.dtype == kF32 && p.v.s[3] == 1;
+  const float* kb = k_direct ? reinterpret_cast<const float*>(at(p.k, 4, b, j0, g)) : w.kp;
+  const int64_t ldk = k_direct ? p.k.s[1] : Dp;
+  if (!k_direct) pack_rows(p.k, p.dtype, b, j0, nk, g, D, Dp, 1.f, w.kp);
+  const float* vb = v_direct ? reinterpret_cast<const float*>(at(p.v, 4, b, j0, g)) : w.vp;
+  const int64_t ldv = v_direct ? p.v.s[1] : Dvp;
+  if (!v_direct) pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
+
+  gemm<false>(nk, ncol, D, kb, ldk, 1, w.qt, kTile, w.st, kTile);  // S^T
+  if (partial) {
+    if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
+    apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
+  }
+  gemm<false>(nk, ncol, Dv, vb, ldv, 1, w.dot, kTile, w.dpt, kTile);  // dP^T
+  return {kb, ldk, nk};
+}
+
 // delta_i = rowsum(dO_i * O_i) from `out` is exact only if out is: rounded to float16/bfloat16
 // it can lose every digit when a row's values nearly cancel (dS = P (dP - delta) then carries the
 // error). For low-precision inputs delta is recomputed as sum_j P_ij dP_ij, in float32, with one
 // more pass over the row's blocks (two of the backward's five products again).
 inline void exact_delta(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
                         const int64_t* hi, const BwdBufs& w, int mq, int ncol) {
-  const int64_t i0 = a * kTile, g = h / p.group;
-  const int D = int(p.D), Dv = int(p.Dv), Dp = int(p.Dp), Dvp = int(p.Dvp);
   for (int q = 0; q < ncol; ++q) w.delta[q] = 0.f;
   BlockWalk walk(p, h, a);
   int64_t c;
   bool partial;
   while (walk.next(&c, &partial)) {
-    const int64_t j0 = c * kTile;
-    const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
-    pack_rows(p.k, p.dtype, b, j0, nk, g, D, Dp, 1.f, w.kp);
-    pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
-    gemm<false>(nk, ncol, D, w.kp, Dp, 1, w.qt, kTile, w.st, kTile);  // S^T
-    if (partial) {
-      if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
-      apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
-    }
-    gemm<false>(nk, ncol, Dv, w.vp, Dvp, 1, w.dot, kTile, w.dpt, kTile);  // dP^T
-    for (int k = 0; k < nk; ++k)
+    const BwdBlock blk = bwd_scores(p, w, b, h, a * kTile, mq, ncol, c, partial, lo, hi);
+    for (int k = 0; k < blk.nk; ++k)
       for (int q = 0; q < ncol; q += W) {
         const vf pr = exp2v(load(w.st + k * kTile + q) - load(w.lse2 + q));
         store(w.delta + q, fma(pr, load(w.dpt + k * kTile + q), load(w.delta + q)));
@@ -346,10 +367,7 @@ inline void bwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
   const int mq = int(min_<int64_t>(kTile, p.Nq - i0));
   const int ncol = (mq + 15) & ~15;
   const int D = int(p.D), Dv = int(p.Dv), Dp = int(p.Dp), Dvp = int(p.Dvp);
-  const int64_t g = h / p.group;
   const int es = p.dtype == kF32 ? 4 : 2;
-  const bool k_direct = p.dtype == kF32 && p.k.s[3] == 1 && D == Dp;
-  const bool v_direct = p.dtype == kF32 && p.v.s[3] == 1;
 
   pack_rows(p.q, p.dtype, b, i0, mq, h, D, Dp, 1.f, w.qn);
   pack_rows(p.dout, p.dtype, b, i0, mq, h, Dv, Dvp, 1.f, w.don);
@@ -379,21 +397,8 @@ inline void bwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
   int64_t c;
   bool partial;
   while (walk.next(&c, &partial)) {
-    const int64_t j0 = c * kTile;
-    const int nk = int(min_<int64_t>(kTile, p.Nk - j0));
-    const float* kb = k_direct ? reinterpret_cast<const float*>(at(p.k, 4, b, j0, g)) : w.kp;
-    const int64_t ldk = k_direct ? p.k.s[1] : Dp;
-    if (!k_direct) pack_rows(p.k, p.dtype, b, j0, nk, g, D, Dp, 1.f, w.kp);
-    const float* vb = v_direct ? reinterpret_cast<const float*>(at(p.v, 4, b, j0, g)) : w.vp;
-    const int64_t ldv = v_direct ? p.v.s[1] : Dvp;
-    if (!v_direct) pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
-
-    gemm<false>(nk, ncol, D, kb, ldk, 1, w.qt, kTile, w.st, kTile);  // S^T
-    if (partial) {
-      if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
-      apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
-    }
-    gemm<false>(nk, ncol, Dv, vb, ldv, 1, w.dot, kTile, w.dpt, kTile);  // dP^T
+    const BwdBlock blk = bwd_scores(p, w, b, h, i0, mq, ncol, c, partial, lo, hi);
+    const int nk = blk.nk;
     for (int k = 0; k < nk; ++k) {
       float* s = w.st + k * kTile;
       float* dp = w.dpt + k * kTile;
@@ -407,7 +412,7 @@ inline void bwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
     float* dkb = dk_acc + (c - kb_lo) * kTile * Dp;
     gemm<true>(nk, Dvp, mq, w.st, kTile, 1, w.don, Dvp, dvb, Dvp);   // dV += P^T dO
     gemm<true>(nk, Dp, mq, w.dpt, kTile, 1, w.qn, Dp, dkb, Dp);      // dK += dS^T Q
-    gemm<true>(mq, Dp, nk, w.dpt, 1, kTile, kb, ldk, w.dq, Dp);      // dQ += dS K
+    gemm<true>(mq, Dp, nk, w.dpt, 1, kTile, blk.kb, blk.ldk, w.dq, Dp);  // dQ += dS K
   }
   for (int q = 0; q < mq; ++q)
     store_row(at_mut(p.dq, es, b, i0 + q, h), p.dtype, p.dq.s[3], D, w.dq + q * Dp, p.scale);
