@@ -154,11 +154,18 @@ Dims check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, DT
   return s;
 }
 
-void check_output(const TensorView& t, const char* name, std::initializer_list<int64_t> shape,
-                  const char* layout, const TensorView& q, DType dtype, const char* ref) {
+// An input that must match q's dtype and device and have the given shape.
+void check_input(const TensorView& t, const char* name, std::initializer_list<int64_t> shape,
+                 const char* layout, const TensorView& q, DType dtype) {
   expect_shape(t, name, shape, layout);
-  expect_dtype(t, name, dtype, ref);
+  expect_dtype(t, name, dtype, "q");
   expect_same_device(t, name, q);
+}
+
+// An output: an input that is also written, so no two of its elements may share an address.
+void check_output(const TensorView& t, const char* name, std::initializer_list<int64_t> shape,
+                  const char* layout, const TensorView& q, DType dtype) {
+  check_input(t, name, shape, layout, q, dtype);
   expect_writable_layout(t, name);
 }
 
@@ -307,7 +314,7 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
   DType dtype;
   const Dims s = check_qkv(q, k, v, &dtype);
   const TensorView out = view_of(out_, "out");
-  check_output(out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype, "q");
+  check_output(out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype);
   TensorView lse;
   if (lse_) {
     lse = view_of(*lse_, "lse");
@@ -328,17 +335,13 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
   const Dims s = check_qkv(q, k, v, &dtype);
   const TensorView dout = view_of(dout_, "dout"), out = view_of(out_, "out");
   const TensorView lse = view_of(lse_, "lse");
-  expect_shape(dout, "dout", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]");
-  expect_dtype(dout, "dout", dtype, "q");
-  expect_same_device(dout, "dout", q);
-  expect_shape(out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]");
-  expect_dtype(out, "out", dtype, "q");
-  expect_same_device(out, "out", q);
+  check_input(dout, "dout", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype);
+  check_input(out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype);
   check_lse(lse, "lse", s, q);
   const TensorView dq = view_of(dq_, "dq"), dk = view_of(dk_, "dk"), dv = view_of(dv_, "dv");
-  check_output(dq, "dq", {s.b, s.nq, s.hq, s.d}, "[B, Nq, Hq, D]", q, dtype, "q");
-  check_output(dk, "dk", {s.b, s.nk, s.hkv, s.d}, "[B, Nk, Hkv, D]", q, dtype, "q");
-  check_output(dv, "dv", {s.b, s.nk, s.hkv, s.dv}, "[B, Nk, Hkv, Dv]", q, dtype, "q");
+  check_output(dq, "dq", {s.b, s.nq, s.hq, s.d}, "[B, Nq, Hq, D]", q, dtype);
+  check_output(dk, "dk", {s.b, s.nk, s.hkv, s.d}, "[B, Nk, Hkv, D]", q, dtype);
+  check_output(dv, "dv", {s.b, s.nk, s.hkv, s.dv}, "[B, Nk, Hkv, Dv]", q, dtype);
   const float scale = resolve_scale(options.scale, s.d);
   pattern.check(s.nq, s.nk, s.hq);
   run_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, pattern, s);
@@ -457,7 +460,7 @@ void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTe
   DType dtype;
   const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true);  // t.nq = Tq, t.nk = Tk
   const TensorView out = view_of(out_, "out");
-  check_output(out, "out", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype, "q");
+  check_output(out, "out", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype);
   TensorView lse;
   if (lse_) {
     lse = view_of(*lse_, "lse");
@@ -487,17 +490,13 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
   const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true);
   const TensorView dout = view_of(dout_, "dout"), out = view_of(out_, "out");
   const TensorView lse = view_of(lse_, "lse");
-  expect_shape(dout, "dout", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]");
-  expect_dtype(dout, "dout", dtype, "q");
-  expect_same_device(dout, "dout", q);
-  expect_shape(out, "out", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]");
-  expect_dtype(out, "out", dtype, "q");
-  expect_same_device(out, "out", q);
+  check_input(dout, "dout", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype);
+  check_input(out, "out", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype);
   check_lse_varlen(lse, t, q);
   const TensorView dq = view_of(dq_, "dq"), dk = view_of(dk_, "dk"), dv = view_of(dv_, "dv");
-  check_output(dq, "dq", {t.nq, t.hq, t.d}, "[Tq, Hq, D]", q, dtype, "q");
-  check_output(dk, "dk", {t.nk, t.hkv, t.d}, "[Tk, Hkv, D]", q, dtype, "q");
-  check_output(dv, "dv", {t.nk, t.hkv, t.dv}, "[Tk, Hkv, Dv]", q, dtype, "q");
+  check_output(dq, "dq", {t.nq, t.hq, t.d}, "[Tq, Hq, D]", q, dtype);
+  check_output(dk, "dk", {t.nk, t.hkv, t.d}, "[Tk, Hkv, D]", q, dtype);
+  check_output(dv, "dv", {t.nk, t.hkv, t.dv}, "[Tk, Hkv, Dv]", q, dtype);
   std::vector<int64_t> cq, ck;
   read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
   const float scale = resolve_scale(options.scale, t.d);
