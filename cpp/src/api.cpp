@@ -4,14 +4,15 @@
 
 #include <cmath>
 #include <optional>
-#include <vector>
 #include <sstream>
 #include <vector>
 
 #include "cpu/attention_cpu.hpp"
 #include "cpu/thread_pool.hpp"
 #include "plan/residue.hpp"
+#include "select/topk.hpp"
 #include "spattn/cuda/backend_info.hpp"
+#include "spattn/select.hpp"
 
 #ifndef SPATTN_VERSION
 #define SPATTN_VERSION "0.0.0"
@@ -264,9 +265,37 @@ void backward_part(const Part& part, const TensorView& dout, const TensorView& q
   }
 }
 
+// Batch element b of a [B, ...] view (lse [B, Hq, Nq] too), as a [1, ...] view.
+TensorView batch_view(const TensorView& t, int64_t b) {
+  TensorView r = t;
+  r.shape[0] = 1;
+  if (t.data != nullptr) r.data = static_cast<char*>(t.data) + b * t.strides[0] * (t.dtype.bits / 8);
+  return r;
+}
+
+// TopKBlocks: each batch element chooses its blocks from its own q and k, then runs as the
+// concrete pattern. The choice is deterministic, so the backward pass, choosing again from the
+// same q and k, computes the gradients of exactly the forward's pattern.
+template <class Run>
+void per_batch_selection(const Pattern& pattern, const TensorView& q, const TensorView& k,
+                         DType dtype, const Dims& s, Run run) {
+  for (int64_t b = 0; b < s.b; ++b) {
+    BlockMask chosen = select::choose(pattern, select::batch_rows(q, b, dtype),
+                                      select::batch_rows(k, b, dtype));
+    Dims one = s;
+    one.b = 1;
+    run(b, select::concrete(pattern, std::move(chosen)), one);
+  }
+}
+
 void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                  const TensorView& out, const TensorView& lse, DType dtype, float scale,
                  const Pattern& pattern, const Dims& s) {
+  if (pattern.data_dependent())
+    return per_batch_selection(pattern, q, k, dtype, s, [&](int64_t b, const Pattern& p, const Dims& one) {
+      run_forward(batch_view(q, b), batch_view(k, b), batch_view(v, b), batch_view(out, b),
+                  batch_view(lse, b), dtype, scale, p, one);
+    });
   const std::vector<Part> parts = make_plan(pattern, s);
   if (parts.size() == 1) return forward_part(parts[0], q, k, v, out, lse, dtype, scale, s);
   std::vector<ManagedTensor> owned;
@@ -285,6 +314,12 @@ void run_backward(const TensorView& dout, const TensorView& q, const TensorView&
                   const TensorView& v, const TensorView& out, const TensorView& lse,
                   const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
                   float scale, const Pattern& pattern, const Dims& s) {
+  if (pattern.data_dependent())
+    return per_batch_selection(pattern, q, k, dtype, s, [&](int64_t b, const Pattern& p, const Dims& one) {
+      auto bv = [b](const TensorView& t) { return batch_view(t, b); };
+      run_backward(bv(dout), bv(q), bv(k), bv(v), bv(out), bv(lse), bv(dq), bv(dk), bv(dv), dtype,
+                   scale, p, one);
+    });
   const std::vector<Part> parts = make_plan(pattern, s);
   if (parts.size() == 1)
     return backward_part(parts[0], dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, s, true);
@@ -514,6 +549,54 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// TopKBlocks' selection (select.hpp). q and k are checked as attention's are; v is not needed,
+// so k stands in for it in check_qkv.
+
+namespace {
+void expect_topk(const Pattern& p) {
+  if (!p.valid() || p.kind() != Pattern::Kind::TopKBlocks)
+    throw ValueError("pattern: select needs a TopKBlocks pattern, got " +
+                     (p.valid() ? p.describe() : std::string("an empty pattern")));
+}
+}  // namespace
+
+std::vector<BlockMask> select_blocks(const DLTensor& q_, const DLTensor& k_, const Pattern& topk) {
+  expect_topk(topk);
+  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k");
+  DType dtype;
+  const Dims s = check_qkv(q, k, k, &dtype);
+  topk.check(s.nq, s.nk, s.hq);
+  std::vector<BlockMask> r;
+  for (int64_t b = 0; b < s.b; ++b)
+    r.push_back(select::choose(topk, select::batch_rows(q, b, dtype), select::batch_rows(k, b, dtype)));
+  return r;
+}
+
+std::vector<BlockMask> select_blocks_varlen(const DLTensor& q_, const DLTensor& k_,
+                                            const DLTensor& cu_seqlens_q,
+                                            const DLTensor& cu_seqlens_k, const Pattern& topk) {
+  expect_topk(topk);
+  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k");
+  DType dtype;
+  const Dims t = check_qkv(q, k, k, &dtype, /*varlen=*/true);
+  std::vector<int64_t> cq, ck;
+  read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
+  check_pattern_varlen(topk, cq, ck, t.hq);
+  std::vector<BlockMask> r;
+  for (size_t b = 0; b + 1 < cq.size(); ++b) {
+    const int64_t q0 = cq[b], k0 = ck[b];
+    r.push_back(select::choose(topk,
+                               select::batch_rows(seq_view(q, 0, q0, cq[b + 1] - q0), 0, dtype),
+                               select::batch_rows(seq_view(k, 0, k0, ck[b + 1] - k0), 0, dtype)));
+  }
+  return r;
+}
+
+Pattern selected_pattern(const Pattern& topk, BlockMask chosen) {
+  expect_topk(topk);
+  return select::concrete(topk, std::move(chosen));
+}
 
 const char* version() { return SPATTN_VERSION; }
 

@@ -22,6 +22,7 @@ from .patterns import (
     Sink,
     SlidingWindow,
     Strided,
+    TopKBlocks,
     Union,
 )
 from .reference import reference_attention
@@ -50,5 +51,6 @@ __all__ = [
     "Union",
     "Intersection",
     "PerHead",
+    "TopKBlocks",
     "__version__",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "Union",
     "Intersection",
     "PerHead",
+    "TopKBlocks",
 ]
 
 
@@ -468,3 +469,74 @@ class PerHead(Pattern):
 
     def _build(self):
         return _core.Pattern.per_head([p._core() for p in self.parts])
+
+
+class TopKBlocks(Pattern):
+    """Learned, data-dependent pattern (SPEC §2, MoBA-style routing): for every query block of
+    every head, the key blocks whose pooled keys score highest against the pooled queries.
+
+    - qm = mean of the query rows of a query block, km = mean of the key rows of a key block
+      (rows that exist only; the kv head of the query head under GQA); score s = qm . km.
+    - causal (default): the current key blocks (holding the position of one of the block's
+      queries) are always kept, the top ``k`` of the blocks entirely in the past are added,
+      future blocks never; inside kept blocks ``rel >= 0`` still holds per element. Not causal:
+      the top ``k`` of all key blocks. Ties go to the lower block index; NaN scores rank last.
+    - ``always`` (any fixed pattern, e.g. ``Sink(64) | SlidingWindow(511, 0)``) is united in
+      with its own element rule.
+
+    The choice depends on q and k, so this pattern has no ``mask()`` or ``block_layout()`` of its
+    own: ``select(q, k)`` returns, per batch element, the concrete pattern that ``attention``
+    then computes exactly. ``attention`` / ``attention_backward`` / ``decode`` select by
+    themselves (the backward chooses again from the same q and k, with the same result); the
+    choice passes no gradient, the attention on the kept blocks does. It cannot be nested in
+    ``|``, ``&`` or ``PerHead``: pass other patterns as ``always``.
+    """
+
+    def __init__(self, k: int, block_size=(64, 64), causal: bool = True, always: Pattern | None = None):
+        self.k = _nonneg(k, "TopKBlocks: k")
+        bq, bk = _pair(block_size, "TopKBlocks: block_size")
+        if bq < 1 or bk < 1:
+            raise ValueError(f"TopKBlocks: block_size must be positive, got ({bq}, {bk})")
+        self.block_size = (bq, bk)
+        self.causal = _flag(causal, "TopKBlocks: causal")
+        if always is not None and not isinstance(always, Pattern):
+            raise TypeError(f"TopKBlocks: always must be a spattn pattern or None, got {type(always).__name__}")
+        if isinstance(always, TopKBlocks):
+            raise ValueError("TopKBlocks: always must be a fixed pattern (Sink, SlidingWindow, ...), got TopKBlocks")
+        self.always = always
+        self._core()
+
+    def _build(self):
+        bq, bk = self.block_size
+        always = None if self.always is None else self.always._core()
+        return _core.Pattern.topk_blocks(self.k, bq, bk, self.causal, always)
+
+    def chosen_blocks(self, q, k, cu_seqlens_q=None, cu_seqlens_k=None) -> list[np.ndarray]:
+        """Per batch element (or sequence, with cu_seqlens), the chosen key blocks as a boolean
+        array [Hq, ceil(Nq/bq), ceil(Nk/bk)] (current blocks included when causal; ``always``
+        not included)."""
+        from ._interop import detached
+
+        cu = (cu_seqlens_q, cu_seqlens_k)
+        if (cu_seqlens_q is None) != (cu_seqlens_k is None):
+            raise ValueError("cu_seqlens_q, cu_seqlens_k: a variable-length batch needs both offset arrays")
+        if cu_seqlens_q is not None:
+            from .api import _offsets
+
+            cu = (_offsets(cu_seqlens_q, "cu_seqlens_q"), _offsets(cu_seqlens_k, "cu_seqlens_k"))
+        return list(_core.select(detached(q), detached(k), self._core(), *cu))
+
+    def select(self, q, k, cu_seqlens_q=None, cu_seqlens_k=None) -> list[Pattern]:
+        """Per batch element (or sequence), the concrete pattern attention(q, k, v, self)
+        computes: ``BlockSparse(chosen, block_size) & Causal()`` (just the BlockSparse when not
+        causal), ``| always`` when given."""
+        return [self.concrete(m) for m in self.chosen_blocks(q, k, cu_seqlens_q, cu_seqlens_k)]
+
+    def concrete(self, chosen) -> Pattern:
+        """The pattern for one sequence whose chosen blocks are ``chosen`` [Hq, nqb, nkb]."""
+        p = BlockSparse(chosen, self.block_size)
+        if self.causal:
+            p = p & Causal()
+        if self.always is not None:
+            p = p | self.always
+        return p

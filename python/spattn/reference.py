@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .patterns import Dense, Pattern
+from .patterns import Dense, Pattern, TopKBlocks
 
 __all__ = ["reference_attention", "to_float64"]
 
@@ -63,6 +63,31 @@ def _reference_varlen(q, k, v, pattern, scale, return_lse, cu_seqlens_q, cu_seql
     return (out, lse) if return_lse else out
 
 
+def _reference_topk(q, k, v, pattern, scale, return_lse, cu_seqlens_q, cu_seqlens_k):
+    """TopKBlocks: each batch element (or sequence) on the concrete pattern pattern.select
+    chooses from the inputs as given (the choice itself is tested on its own against the SPEC
+    rule); the attention on it in float64 as for any fixed pattern."""
+    chosen = pattern.select(q, k, cu_seqlens_q, cu_seqlens_k)
+    q, k, v = to_float64(q, "q"), to_float64(k, "k"), to_float64(v, "v")
+    if cu_seqlens_q is None:
+        parts = [reference_attention(q[b : b + 1], k[b : b + 1], v[b : b + 1], p, scale, True) for b, p in enumerate(chosen)]
+        if not parts:
+            return reference_attention(q, k, v, Dense(), scale, return_lse)
+        out, lse = np.concatenate([o for o, _ in parts]), np.concatenate([l for _, l in parts])
+        return (out, lse) if return_lse else out
+    cq = _offsets(cu_seqlens_q, "cu_seqlens_q", q.shape[0])
+    ck = _offsets(cu_seqlens_k, "cu_seqlens_k", k.shape[0])
+    out = np.zeros((q.shape[0], q.shape[1], v.shape[2]))
+    lse = np.full((q.shape[1], q.shape[0]), -np.inf)
+    for b, p in enumerate(chosen):
+        q0, q1, k0, k1 = int(cq[b]), int(cq[b + 1]), int(ck[b]), int(ck[b + 1])
+        if q1 == q0 or k1 == k0:
+            continue
+        o, l = reference_attention(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], p, scale, True)
+        out[q0:q1], lse[:, q0:q1] = o[0], l[0]
+    return (out, lse) if return_lse else out
+
+
 def reference_attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, cu_seqlens_q=None,
                         cu_seqlens_k=None):
     """out [B, Nq, Hq, Dv] (and lse [B, Hq, Nq]) in float64 numpy. Rows that see no key give
@@ -73,6 +98,8 @@ def reference_attention(q, k, v, pattern=None, scale=None, return_lse: bool = Fa
     pattern = Dense() if pattern is None else pattern
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pattern: expected a spattn pattern, got {type(pattern).__name__}")
+    if isinstance(pattern, TopKBlocks):
+        return _reference_topk(q, k, v, pattern, scale, return_lse, cu_seqlens_q, cu_seqlens_k)
     if cu_seqlens_q is not None or cu_seqlens_k is not None:
         if cu_seqlens_q is None or cu_seqlens_k is None:
             raise ValueError("cu_seqlens_q, cu_seqlens_k: a variable-length batch needs both offset arrays")

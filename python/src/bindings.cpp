@@ -11,6 +11,7 @@ void bind_patterns(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_merge(py::module_& m);
 void bind_decode(py::module_& m);
+void bind_select(py::module_& m);
 }  // namespace python
 }  // namespace spattn
 
@@ -38,4 +39,5 @@ PYBIND11_MODULE(_core, m) {
   spattn::python::bind_ops(m);
   spattn::python::bind_merge(m);
   spattn::python::bind_decode(m);
+  spattn::python::bind_select(m);
 }

@@ -142,6 +142,13 @@ void bind_patterns(py::module_& m) {
       .def_static("union", &Pattern::union_of, py::arg("parts"))
       .def_static("intersection", &Pattern::intersection_of, py::arg("parts"))
       .def_static("per_head", &Pattern::per_head, py::arg("parts"))
+      .def_static(
+          "topk_blocks",
+          [](int64_t k, int64_t bq, int64_t bk, bool causal, const Pattern* always) {
+            return Pattern::topk_blocks(k, bq, bk, causal, always ? *always : Pattern());
+          },
+          py::arg("k"), py::arg("bq"), py::arg("bk"), py::arg("causal"),
+          py::arg("always") = nullptr)
       .def("heads", &Pattern::heads)
       .def("describe", &Pattern::describe)
       .def("__repr__", [](const Pattern& p) { return "<_core.Pattern " + p.describe() + ">"; })

@@ -38,6 +38,7 @@ class Pattern {
     Union,
     Intersection,
     PerHead,
+    TopKBlocks,    // learned: key blocks chosen from q and k at run time (select.hpp)
   };
 
   // SlidingWindow(None, None): every key.
@@ -74,6 +75,15 @@ class Pattern {
   // Head h uses parts[h]; the problem must have exactly parts.size() query heads.
   static Pattern per_head(std::vector<Pattern> parts);
 
+  // TopKBlocks(k, block_size=(bq, bk), causal, always) (SPEC §2, learned pattern): for every
+  // query block of every head, the top k key blocks by pooled score qm . km, plus (causal) the
+  // current blocks, plus the `always` pattern (invalid Pattern: none) united in. The blocks
+  // depend on the data: select.hpp turns it into a concrete pattern for given q and k, and
+  // attention_forward / attention_backward / decode do so themselves. compile() and mask()
+  // refuse it (ValueError). It cannot be nested inside other patterns (pass them as always).
+  // ValueError for k < 0, non-positive block sizes, or an `always` that is itself learned.
+  static Pattern topk_blocks(int64_t k, int64_t bq, int64_t bk, bool causal, Pattern always);
+
   // Wraps a node (used by the combinators).
   static Pattern from_node(std::shared_ptr<const PatternNode> n);
   bool valid() const { return bool(node_); }
@@ -83,6 +93,8 @@ class Pattern {
   int64_t right() const;
   const BlockMask* block_mask() const;  // BlockSparse only, else nullptr
   const PatternNode& node() const { return *node_; }
+  // True for TopKBlocks: the kept pairs depend on q and k, not only on the problem's sizes.
+  bool data_dependent() const;
 
   // 1 when every head uses the same rule, else the number of heads the pattern was made for.
   int64_t heads() const;
@@ -110,7 +122,8 @@ struct PatternNode {
   // Window: a = left, b = right. Dilated: a = left, b = right (in keys of the dilated grid,
   // kUnbounded = None), c = dilation. Strided: a = stride, b = causal. Fixed: a = block,
   // b = summary, c = causal. Sink: a = n. BigBird: a = block, b = window, c = globals,
-  // d = randoms, e = seed.
+  // d = randoms, e = seed. TopKBlocks: a = k, b = bq, c = bk, d = causal; children: the
+  // `always` pattern, or none.
   int64_t a = 0, b = 0, c = 0, d = 0, e = 0;
   std::vector<int64_t> positions;          // Global: sorted, distinct
   std::shared_ptr<const BlockMask> mask;   // BlockSparse

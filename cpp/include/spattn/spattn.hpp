@@ -16,6 +16,7 @@
 #include "spattn/layout.hpp"
 #include "spattn/merge.hpp"
 #include "spattn/pattern.hpp"
+#include "spattn/select.hpp"
 #include "spattn/tensor.hpp"
 
 namespace spattn {

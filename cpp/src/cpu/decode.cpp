@@ -1,6 +1,7 @@
 // Decode over a KV cache: plan, check, split-K, merge.
 //
-// Per sequence b (Nk = cache_len[b], bottom-right alignment) the pattern is compiled once and
+// Per sequence b (Nk = cache_len[b], bottom-right alignment) the pattern is compiled once (a
+// TopKBlocks pattern first chooses its blocks from the sequence's q and cached keys) and
 // its block layout taken with ONE query block of all Nq rows and key blocks of the page size
 // (paged caches) or kContigBlock keys (contiguous caches). For each kv head g, the key blocks
 // that any of its G = Hq / Hkv query heads visits are merged into sorted ranges: the only
@@ -21,6 +22,7 @@
 #include "cpu/decode_kernel_api.hpp"
 #include "cpu/kernel_api.hpp"
 #include "cpu/thread_pool.hpp"
+#include "select/topk.hpp"
 #include "spattn/error.hpp"
 #include "spattn/layout.hpp"
 
@@ -66,6 +68,7 @@ int code_of(DType t) { return t == DType::Float32 ? kF32 : t == DType::Float16 ?
 
 struct Seq {
   int64_t nk = 0;
+  Pattern pattern;  // the caller's, or for TopKBlocks the one chosen for this sequence
   std::unique_ptr<CompiledPattern> cp;
   BlockLayout layout;
 };
@@ -79,6 +82,48 @@ struct Task {
 int64_t table_entry(const TensorView& t, int64_t b, int64_t c) {
   const int64_t off = b * t.strides[0] + c * t.strides[1];
   return t.dtype.bits == 64 ? t.ptr<const int64_t>()[off] : int64_t(t.ptr<const int32_t>()[off]);
+}
+
+// ValueError unless block_table[b, c] names a page (0 <= entry < pages).
+void check_table_entry(const DecodeArgs& a, int64_t b, int64_t c, int64_t nk) {
+  const int64_t pages = a.k.shape[0];
+  const int64_t e = table_entry(a.table, b, c);
+  if (e < 0 || e >= pages) {
+    std::ostringstream m;
+    m << "block_table: entry [" << b << ", " << c << "] = " << e
+      << " is not a page index in [0, " << pages << ") (sequence " << b << " has cache_len "
+      << nk << " and reads its page " << c << ")";
+    throw ValueError(m.str());
+  }
+}
+
+// TopKBlocks over a cache: the key rows of sequence b as the selection reads them (through
+// block_table when paged; every page below cache_len is checked first, since pooling may read
+// any of them).
+select::Rows cache_key_rows(const DecodeArgs& a, int64_t b, int64_t nk) {
+  const TensorView& k = a.k;
+  if (!a.paged) {
+    select::Rows r = select::batch_rows(k, b, a.dtype);
+    r.n = nk;
+    return r;
+  }
+  const int64_t ps = k.shape[1];
+  for (int64_t c = 0; c < (nk + ps - 1) / ps; ++c) check_table_entry(a, b, c, nk);
+  select::Rows r;
+  r.base = static_cast<const char*>(k.data);
+  r.n = nk;
+  r.heads = k.shape[2];
+  r.d = k.shape[3];
+  r.s_row = k.strides[1];
+  r.s_head = k.strides[2];
+  r.s_dim = k.strides[3];
+  r.dtype = a.dtype;
+  r.table = static_cast<const char*>(a.table.data) + b * a.table.strides[0] * (a.table.dtype.bits / 8);
+  r.table64 = a.table.dtype.bits == 64;
+  r.table_s = a.table.strides[1];
+  r.page_size = ps;
+  r.s_page = k.strides[0];
+  return r;
 }
 
 }  // namespace
@@ -105,7 +150,12 @@ void decode(const DecodeArgs& a) {
         << "): " << e.what();
       throw ValueError(m.str());
     }
-    s.cp = std::make_unique<CompiledPattern>(a.pattern->compile(nq, s.nk, hq));
+    s.pattern = *a.pattern;
+    if (s.pattern.data_dependent())  // TopKBlocks: choose from this sequence's q and keys
+      s.pattern = select::concrete(
+          *a.pattern, select::choose(*a.pattern, select::batch_rows(q, b, a.dtype),
+                                     cache_key_rows(a, b, s.nk)));
+    s.cp = std::make_unique<CompiledPattern>(s.pattern.compile(nq, s.nk, hq));
     s.layout = s.cp->layout(nq, bk);
   }
 
@@ -143,23 +193,11 @@ void decode(const DecodeArgs& a) {
   }
 
   // 3. Paged: every table entry of a visited page must name a page (read nothing else).
-  if (a.paged) {
-    const int64_t pages = k.shape[0];
+  if (a.paged)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t g = 0; g < hkv; ++g)
         for (auto [lo, hi] : uni[size_t(b * hkv + g)])
-          for (int64_t c = lo; c < hi; ++c) {
-            const int64_t e = table_entry(a.table, b, c);
-            if (e < 0 || e >= pages) {
-              std::ostringstream m;
-              m << "block_table: entry [" << b << ", " << c << "] = " << e
-                << " is not a page index in [0, " << pages << ") (sequence " << b
-                << " has cache_len " << seqs[size_t(b)].nk << " and reads its page " << c
-                << ")";
-              throw ValueError(m.str());
-            }
-          }
-  }
+          for (int64_t c = lo; c < hi; ++c) check_table_entry(a, b, c, seqs[size_t(b)].nk);
 
   // 4. Split-K chunks.
   const int nthreads = num_threads();

@@ -495,6 +495,8 @@ void node_row(Ctx& x, const PatternNode& n, int64_t h, Row& out) {
     case Pattern::Kind::PerHead:
       node_row(x, n.children[size_t(h)].node(), h, out);
       break;
+    case Pattern::Kind::TopKBlocks:  // compile() refuses it, so no layout is ever asked for
+      throw ValueError("pattern: TopKBlocks has no block layout of its own; select(q, k) first");
     case Pattern::Kind::Union:
     case Pattern::Kind::Intersection: {
       if (n.children.size() == 1) {

@@ -178,6 +178,29 @@ Pattern Pattern::bigbird(int64_t block, int64_t window, int64_t globals, int64_t
   return p;
 }
 
+Pattern Pattern::topk_blocks(int64_t k, int64_t bq, int64_t bk, bool causal, Pattern always) {
+  if (k < 0) bad("TopKBlocks: k must be >= 0, got " + std::to_string(k));
+  if (bq < 1 || bk < 1)
+    bad("TopKBlocks: block_size must be positive, got (" + std::to_string(bq) + ", " +
+        std::to_string(bk) + ")");
+  if (k > (int64_t(1) << 31)) bad("TopKBlocks: k is too large");
+  auto n = std::make_shared<PatternNode>();
+  n->kind = Kind::TopKBlocks;
+  n->a = k;
+  n->b = bq;
+  n->c = bk;
+  n->d = causal ? 1 : 0;
+  if (always.valid()) {
+    if (always.data_dependent())
+      bad("TopKBlocks: always must be a fixed pattern (Sink, SlidingWindow, ...), got " +
+          always.describe());
+    n->head_dependent = always.node().head_dependent;
+    n->head_count = always.node().head_count;
+    n->children.push_back(std::move(always));
+  }
+  return from_node(std::move(n));
+}
+
 namespace {
 Pattern combine(Pattern::Kind kind, std::vector<Pattern> parts, const char* name) {
   if (parts.empty()) bad(std::string(name) + ": expected at least one pattern");
@@ -185,6 +208,10 @@ Pattern combine(Pattern::Kind kind, std::vector<Pattern> parts, const char* name
   n->kind = kind;
   for (const Pattern& c : parts) {
     if (!c.valid()) bad(std::string(name) + ": an empty pattern");
+    if (c.data_dependent())
+      bad(std::string(name) + ": " + c.describe() +
+          " chooses its blocks from the data and cannot be combined with other patterns; "
+          "pass them as its always= argument instead (TopKBlocks(k, always=Sink(4) | ...))");
     if (c.node().head_dependent) {
       if (n->head_dependent && n->head_count != c.node().head_count &&
           kind != Pattern::Kind::PerHead) {
@@ -229,6 +256,7 @@ Pattern Pattern::from_node(std::shared_ptr<const PatternNode> n) {
 // accessors
 
 Pattern::Kind Pattern::kind() const { return node_->kind; }
+bool Pattern::data_dependent() const { return node_->kind == Kind::TopKBlocks; }
 int64_t Pattern::left() const { return node_->a; }
 int64_t Pattern::right() const { return node_->b; }
 const BlockMask* Pattern::block_mask() const { return node_->mask.get(); }
@@ -290,6 +318,15 @@ void describe_into(const PatternNode& n, std::ostream& s, bool nested) {
       if (nested) s << ")";
       break;
     }
+    case Pattern::Kind::TopKBlocks:
+      s << "TopKBlocks(k=" << n.a << ", block_size=(" << n.b << ", " << n.c << ")";
+      if (!n.d) s << ", causal=False";
+      if (!n.children.empty()) {
+        s << ", always=";
+        describe_into(n.children[0].node(), s, false);
+      }
+      s << ")";
+      break;
     case Pattern::Kind::PerHead:
       s << "PerHead([";
       for (size_t x = 0; x < n.children.size(); ++x) {
@@ -351,6 +388,7 @@ void check_node(const PatternNode& n, int64_t nq, int64_t nk, int64_t hq) {
       break;
     case Pattern::Kind::Union:
     case Pattern::Kind::Intersection:
+    case Pattern::Kind::TopKBlocks:  // its always pattern; the chosen blocks fit by making
       for (const Pattern& c : n.children) check_node(c.node(), nq, nk, hq);
       break;
     default:
@@ -442,6 +480,8 @@ struct Compiler {
       }
       case Pattern::Kind::PerHead:
         return emit(n.children[size_t(h)].node(), h);
+      case Pattern::Kind::TopKBlocks:  // compile() refuses it before emitting
+        throw ValueError("pattern: TopKBlocks has no rule of its own; select(q, k) first");
       case Pattern::Kind::Union:
       case Pattern::Kind::Intersection: {
         int depth = emit(n.children[0].node(), h);
@@ -526,6 +566,10 @@ std::unique_ptr<CompiledPattern::BigBirdData> make_bigbird(const PatternNode& n,
 
 CompiledPattern Pattern::compile(int64_t nq, int64_t nk, int64_t hq) const {
   check(nq, nk, hq);
+  if (data_dependent())
+    throw ValueError("pattern: " + describe() +
+                     " chooses its key blocks from q and k, so it has no mask or block layout "
+                     "of its own; select(q, k) gives the concrete pattern for given inputs");
   CompiledPattern cp;
   cp.pattern_ = *this;
   cp.nq_ = nq;

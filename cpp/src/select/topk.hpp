@@ -1,0 +1,45 @@
+// TopKBlocks' selection (SPEC §2, learned pattern), shared by attention (api.cpp), the public
+// select_blocks (select_api.cpp) and decode (cpu/decode.cpp): one sequence at a time, rows read
+// through a small accessor so that contiguous tensors and paged KV caches take the same path.
+#pragma once
+
+#include <cstdint>
+
+#include "spattn/pattern.hpp"
+#include "spattn/tensor.hpp"
+
+namespace spattn::select {
+
+// The rows of one sequence of q or k: row j of head h starts at
+//   contiguous: base + (j * s_row + h * s_head) * element size
+//   paged:      base + (page * s_page + (j % page_size) * s_row + h * s_head) * element size,
+//               page = table[j / page_size] (already checked to be a valid page)
+// with s_dim between the D elements of a row. Strides in elements.
+struct Rows {
+  const char* base = nullptr;
+  int64_t n = 0, heads = 0, d = 0;
+  int64_t s_row = 0, s_head = 0, s_dim = 1;
+  DType dtype = DType::Float32;
+  // Paged rows (keys of a decode cache): table entries of this sequence, int32 or int64.
+  const char* table = nullptr;
+  bool table64 = false;
+  int64_t table_s = 0, page_size = 0, s_page = 0;
+
+  const char* row(int64_t j, int64_t h) const;
+};
+
+// Rows of batch element b of a [B, N, H, D] tensor.
+Rows batch_rows(const TensorView& t, int64_t b, DType dtype);
+
+// The key blocks TopKBlocks keeps for one sequence: a per-head mask [Hq, nqb, nkb] over blocks
+// of the pattern's (bq, bk): the top k past blocks by pooled score plus the current blocks
+// (causal), or the top k of all blocks (not causal). The `always` pattern is not in it
+// (concrete() unites it in, with its own element rule). Parallel over (head, query block);
+// deterministic: the same inputs give the same mask whatever the thread count.
+BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k);
+
+// The pattern attention computes for that choice: BlockSparse(chosen) & Causal() (causal) or
+// BlockSparse(chosen) (not), united with `always` when the pattern has one.
+Pattern concrete(const Pattern& topk, BlockMask chosen);
+
+}  // namespace spattn::select
