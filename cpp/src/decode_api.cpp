@@ -34,10 +34,27 @@ void same_dtype(const TensorView& t, const char* name, DType want) {
                     dtype_name(want));
 }
 
-void same_device(const TensorView& t, const char* name, const TensorView& q) {
-  if (t.device.device_type != q.device.device_type || t.device.device_id != q.device.device_id)
-    throw ValueError(std::string(name) + ": on device " + describe(t.device) + ", but q is on " +
-                     describe(q.device) + "; all tensors must be on one device");
+void same_device(const TensorView& t, const char* name, const TensorView& ref,
+                 const char* ref_name = "q") {
+  if (t.device.device_type != ref.device.device_type || t.device.device_id != ref.device.device_id)
+    throw ValueError(std::string(name) + ": on device " + describe(t.device) + ", but " +
+                     ref_name + " is on " + describe(ref.device) +
+                     "; all tensors must be on one device");
+}
+
+// A float32 [B, blocks, Hkv, D] array of pooled keys (decode's pooled_keys, pool_keys' out).
+void check_pooled(const TensorView& t, const char* name, int64_t B, int64_t hkv, int64_t D,
+                  const TensorView& ref, const char* ref_name) {
+  if (!(t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.dtype.lanes == 1))
+    throw TypeError(std::string(name) + ": expected float32 mean keys [B, blocks, Hkv, D], got " +
+                    describe(t.dtype));
+  if (t.ndim != 4 || t.shape[0] != B || t.shape[2] != hkv || t.shape[3] != D) {
+    std::ostringstream m;
+    m << name << ": expected shape [B=" << B << ", blocks, Hkv=" << hkv << ", D=" << D
+      << "], got " << t.shape_str();
+    fail_value(m);
+  }
+  same_device(t, name, ref, ref_name);
 }
 
 bool is_int(const TensorView& t) {
@@ -66,11 +83,70 @@ void shape_is(const TensorView& t, const char* name, std::vector<int64_t> want,
   }
 }
 
+// cache_len int32 (or int64) [B], each 0 <= value <= capacity, and for paged caches the
+// block_table int32 (or int64) [B, max_pages] (its entries are checked where they are used).
+// Returns the lengths; *table gets the table's view (data null for contiguous caches).
+std::vector<int64_t> read_cache(const TensorView& q, const TensorView& k,
+                                const DLTensor& cache_len_, const DLTensor* block_table_,
+                                int64_t B, TensorView* table_out, const char* ref_name = "q") {
+  const bool paged = block_table_ != nullptr;
+  // cache_len: int32 (or int64) [B], 0 <= value <= capacity.
+  const TensorView cl = view_of(cache_len_, "cache_len");
+  if (!is_int(cl))
+    throw TypeError("cache_len: expected int32 lengths [B], got dtype " + describe(cl.dtype));
+  if (cl.ndim != 1 || cl.shape[0] != B) {
+    std::ostringstream m;
+    m << "cache_len: expected shape [" << B << "] (one length per sequence of " << ref_name
+      << "), got "
+      << cl.shape_str();
+    fail_value(m);
+  }
+  same_device(cl, "cache_len", q, ref_name);
+  TensorView table;
+  int64_t capacity = k.shape[1];
+  const char* cap_what = "Ncap, the cache's second dimension";
+  if (paged) {
+    table = view_of(*block_table_, "block_table");
+    if (!is_int(table))
+      throw TypeError("block_table: expected int32 page indices [B, max_pages], got dtype " +
+                      describe(table.dtype));
+    if (table.ndim != 2 || table.shape[0] != B) {
+      std::ostringstream m;
+      m << "block_table: expected 2 dimensions [B=" << B << ", max_pages], got shape "
+        << table.shape_str();
+      fail_value(m);
+    }
+    same_device(table, "block_table", q, ref_name);
+    capacity = table.shape[1] * k.shape[1];
+    cap_what = "max_pages * page_size";
+  }
+  std::vector<int64_t> lens(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t off = b * cl.strides[0];
+    const int64_t n = cl.dtype.bits == 64 ? cl.ptr<const int64_t>()[off]
+                                          : int64_t(cl.ptr<const int32_t>()[off]);
+    if (n < 0 || n > capacity) {
+      std::ostringstream m;
+      m << "cache_len: cache_len[" << b << "] = " << n << " is outside 0.." << capacity << " ("
+        << cap_what;
+      if (paged)
+        m << " = " << table.shape[1] << " * " << k.shape[1]
+          << "; block_table has too few columns for this length";
+      m << ")";
+      fail_value(m);
+    }
+    lens[size_t(b)] = n;
+  }
+  *table_out = table;
+  return lens;
+}
+
 }  // namespace
 
 void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
             const DLTensor& cache_len_, const Pattern& pattern, const DLTensor* block_table_,
-            const DLTensor& out_, const DLTensor* lse_, const Options& options) {
+            const DLTensor& out_, const DLTensor* lse_, const Options& options,
+            const DLTensor* pooled_keys_) {
   const bool paged = block_table_ != nullptr;
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k_cache"), v = view_of(v_, "v_cache");
   rank4(q, "q", "[B, Nq, Hq, D]");
@@ -122,52 +198,8 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
     throw RuntimeError("q: decode runs on the CPU only in this version; the tensors are on " +
                        describe(q.device));
 
-  // cache_len: int32 (or int64) [B], 0 <= value <= capacity.
-  const TensorView cl = view_of(cache_len_, "cache_len");
-  if (!is_int(cl))
-    throw TypeError("cache_len: expected int32 lengths [B], got dtype " + describe(cl.dtype));
-  if (cl.ndim != 1 || cl.shape[0] != B) {
-    std::ostringstream m;
-    m << "cache_len: expected shape [" << B << "] (one length per sequence of q), got "
-      << cl.shape_str();
-    fail_value(m);
-  }
-  same_device(cl, "cache_len", q);
   TensorView table;
-  int64_t capacity = k.shape[1];
-  const char* cap_what = "Ncap, the cache's second dimension";
-  if (paged) {
-    table = view_of(*block_table_, "block_table");
-    if (!is_int(table))
-      throw TypeError("block_table: expected int32 page indices [B, max_pages], got dtype " +
-                      describe(table.dtype));
-    if (table.ndim != 2 || table.shape[0] != B) {
-      std::ostringstream m;
-      m << "block_table: expected 2 dimensions [B=" << B << ", max_pages], got shape "
-        << table.shape_str();
-      fail_value(m);
-    }
-    same_device(table, "block_table", q);
-    capacity = table.shape[1] * k.shape[1];
-    cap_what = "max_pages * page_size";
-  }
-  std::vector<int64_t> lens(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t off = b * cl.strides[0];
-    const int64_t n = cl.dtype.bits == 64 ? cl.ptr<const int64_t>()[off]
-                                          : int64_t(cl.ptr<const int32_t>()[off]);
-    if (n < 0 || n > capacity) {
-      std::ostringstream m;
-      m << "cache_len: cache_len[" << b << "] = " << n << " is outside 0.." << capacity << " ("
-        << cap_what;
-      if (paged)
-        m << " = " << table.shape[1] << " * " << k.shape[1]
-          << "; block_table has too few columns for this length";
-      m << ")";
-      fail_value(m);
-    }
-    lens[size_t(b)] = n;
-  }
+  const std::vector<int64_t> lens = read_cache(q, k, cache_len_, block_table_, B, &table);
 
   const TensorView out = view_of(out_, "out");
   shape_is(out, "out", {B, nq, hq, Dv}, "[B, Nq, Hq, Dv]");
@@ -191,7 +223,17 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   const float scale =
       options.scale == 0.0 ? float(1.0 / std::sqrt(double(D))) : float(options.scale);
 
+  TensorView pooled;
+  if (pooled_keys_) {
+    if (!pattern.data_dependent())
+      throw ValueError("pooled_keys: only a TopKBlocks pattern scores key blocks; the pattern is " +
+                       pattern.describe());
+    pooled = view_of(*pooled_keys_, "pooled_keys");
+    check_pooled(pooled, "pooled_keys", B, hkv, D, q, "q");
+  }
+
   cpu::DecodeArgs a;
+  a.pooled = pooled;
   a.q = q;
   a.k = k;
   a.v = v;
@@ -204,6 +246,47 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   a.scale = scale;
   a.pattern = &pattern;
   cpu::decode(a);
+}
+
+void pool_keys(const DLTensor& k_, const DLTensor& cache_len_, int64_t block,
+               const DLTensor* block_table_, const DLTensor& out_) {
+  const bool paged = block_table_ != nullptr;
+  const TensorView k = view_of(k_, "k_cache");
+  rank4(k, "k_cache", paged ? "[pages, page_size, Hkv, D] (paged)" : "[B, Ncap, Hkv, D]");
+  const DType dtype = float_dtype(k, "k_cache");
+  if (block < 1) throw ValueError("block: expected a block size >= 1, got " + std::to_string(block));
+  if (paged && k.shape[1] < 1)
+    throw ValueError("k_cache: paged caches need page_size >= 1, got shape " + k.shape_str());
+  if (!(k.device.device_type == kDLCPU || k.device.device_type == kDLCUDAHost))
+    throw RuntimeError("k_cache: pool_keys runs on the CPU only in this version; the cache is on " +
+                       describe(k.device));
+  int64_t B = k.shape[0];
+  if (paged) {
+    const TensorView t = view_of(*block_table_, "block_table");
+    B = t.ndim == 2 ? t.shape[0] : -1;  // read_cache reports a wrong rank
+  }
+  TensorView table;
+  const std::vector<int64_t> lens =
+      read_cache(k, k, cache_len_, block_table_, std::max<int64_t>(B, 0), &table, "k_cache");
+  const TensorView out = view_of(out_, "out");
+  check_pooled(out, "out", B, k.shape[2], k.shape[3], k, "k_cache");
+  writable(out, "out");
+  for (int64_t b = 0; b < B; ++b)
+    if (out.shape[1] * block < lens[size_t(b)]) {
+      std::ostringstream m;
+      m << "out: " << out.shape[1] << " blocks of " << block << " keys hold fewer than cache_len["
+        << b << "] = " << lens[size_t(b)] << " keys";
+      fail_value(m);
+    }
+  cpu::PoolKeysArgs a;
+  a.k = k;
+  a.table = table;
+  a.out = out;
+  a.paged = paged;
+  a.cache_len = lens.data();
+  a.dtype = dtype;
+  a.block = block;
+  cpu::pool_keys(a);
 }
 
 }  // namespace spattn

@@ -5,7 +5,7 @@
 
 See SPEC.md for what every pattern means; `spattn info` for what this build holds.
 """
-from .api import attention, attention_backward, decode, info
+from .api import attention, attention_backward, decode, info, pool_keys
 from .merge import merge
 from .patterns import (
     BigBird,
@@ -33,6 +33,7 @@ __all__ = [
     "attention",
     "attention_backward",
     "decode",
+    "pool_keys",
     "reference_attention",
     "info",
     "merge",

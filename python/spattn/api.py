@@ -8,7 +8,7 @@ from . import _core
 from ._interop import detached as _plain, to_framework
 from .patterns import Dense, Pattern
 
-__all__ = ["attention", "attention_backward", "decode", "info"]
+__all__ = ["attention", "attention_backward", "decode", "pool_keys", "info"]
 
 
 def _pattern(pattern) -> Pattern:
@@ -130,7 +130,8 @@ def _int_array(x, name, what):
     raise TypeError(f"{name}: expected {what} (numpy, torch, any DLPack array) or a sequence of ints, got {type(x).__name__}")
 
 
-def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False):
+def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False,
+           pooled_keys=None):
     """Attention of a few new queries against a KV cache (SPEC §3).
 
     q [B, Nq, Hq, D] (Nq <= 64: the newest tokens of each sequence); caches contiguous
@@ -143,13 +144,40 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     long cache reads the window's pages only), and the keys are split across all threads.
     Returns out [B, Nq, Hq, Dv] as the kind of array q is, and with return_lse also
     lse [B, Hq, Nq] float32. No gradients (decode is for inference).
+
+    TopKBlocks chooses each sequence's blocks from its new queries and the mean key of every
+    key block. By default the means are computed from the cache (every key the choice scores
+    is read once); ``pooled_keys`` (float32 [B, blocks, Hkv, D], from ``pool_keys`` with the
+    pattern's key block size) supplies them instead, so that only the chosen blocks' keys are
+    read. For a causal pattern only complete blocks are scored: an entry stays valid once its
+    block is full, so a serving loop updates one entry per ``bk`` new tokens.
     """
     pattern, scale = _pattern(pattern), _scale(scale)
     cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
     bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
-    o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse)
+    pk = None if pooled_keys is None else _plain(pooled_keys)
+    o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse, pk)
     o = to_framework(o, q)
     return (o, to_framework(lse, q)) if return_lse else o
+
+
+def pool_keys(k_cache, cache_len, block_size, block_table=None):
+    """The mean key of every block of ``block_size`` keys of each sequence of a KV cache (laid
+    out as for ``decode``): float32 [B, ceil(capacity / block_size), Hkv, D] as the kind of
+    array k_cache is; block c of sequence b averages keys c*block_size ..
+    min(cache_len[b], (c+1)*block_size) - 1 (blocks past cache_len are 0). Feed it to
+    ``decode(..., pattern=TopKBlocks(k, block_size=(bq, block_size)), pooled_keys=...)``."""
+    import operator
+
+    if isinstance(block_size, bool):
+        raise TypeError("block_size: expected an int, got bool")
+    try:
+        block = operator.index(block_size)
+    except TypeError:
+        raise TypeError(f"block_size: expected an int, got {type(block_size).__name__}") from None
+    cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
+    bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
+    return to_framework(_core.pool_keys(_plain(k_cache), cl, block, bt), k_cache)
 
 
 def info() -> dict:

@@ -14,7 +14,7 @@ namespace {
 
 py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
                  const Pattern& pattern, py::handle block_table, py::handle scale,
-                 bool want_lse) {
+                 bool want_lse, py::handle pooled_keys) {
   Options opt;
   if (!scale.is_none()) opt.scale = scale.cast<double>();
   ManagedTensor mq = import_array(q, "q");
@@ -23,6 +23,8 @@ py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
   ManagedTensor ml = import_array(cache_len, "cache_len");
   ManagedTensor mt;
   if (!block_table.is_none()) mt = import_array(block_table, "block_table");
+  ManagedTensor mp;
+  if (!pooled_keys.is_none()) mp = import_array(pooled_keys, "pooled_keys");
   const TensorView vq = mq.view("q"), vv = mv.view("v_cache");
   const DType dt = float_dtype(vq, "q");
   if (vq.device.device_type != kDLCPU)
@@ -42,10 +44,44 @@ py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
     py::gil_scoped_release nogil;
     spattn::decode(mq.dl(), mk.dl(), mv.dl(), ml.dl(), pattern,
                    block_table.is_none() ? nullptr : &mt.dl(), out.dl(),
-                   want_lse ? &lse.dl() : nullptr, opt);
+                   want_lse ? &lse.dl() : nullptr, opt,
+                   pooled_keys.is_none() ? nullptr : &mp.dl());
   }
   return py::make_tuple(make_holder(std::move(out)),
                         want_lse ? make_holder(std::move(lse)) : py::none());
+}
+
+// Result [B, blocks, Hkv, D] float32 with blocks = ceil(capacity / block): every length the
+// cache can hold fits.
+py::object pool_keys(py::handle k, py::handle cache_len, int64_t block, py::handle block_table) {
+  ManagedTensor mk = import_array(k, "k_cache");
+  ManagedTensor ml = import_array(cache_len, "cache_len");
+  ManagedTensor mt;
+  const TensorView vk = mk.view("k_cache");
+  if (vk.ndim != 4)
+    throw ValueError("k_cache: expected 4 dimensions, got shape " + vk.shape_str());
+  if (block < 1) throw ValueError("block_size: expected >= 1, got " + std::to_string(block));
+  int64_t B = vk.shape[0], capacity = vk.shape[1];
+  if (!block_table.is_none()) {
+    mt = import_array(block_table, "block_table");
+    const TensorView vt = mt.view("block_table");
+    if (vt.ndim != 2)
+      throw ValueError("block_table: expected 2 dimensions [B, max_pages], got shape " +
+                       vt.shape_str());
+    B = vt.shape[0];
+    capacity = vt.shape[1] * vk.shape[1];
+  }
+  if (vk.device.device_type != kDLCPU)
+    throw RuntimeError("k_cache: the array is on " + describe(vk.device) +
+                       ", but spattn.pool_keys runs on the CPU only in this version");
+  ManagedTensor out = ManagedTensor::allocate_cpu(
+      DType::Float32, {B, capacity == 0 ? 0 : 1 + (capacity - 1) / block, vk.shape[2], vk.shape[3]});
+  {
+    py::gil_scoped_release nogil;
+    spattn::pool_keys(mk.dl(), ml.dl(), block, block_table.is_none() ? nullptr : &mt.dl(),
+                      out.dl());
+  }
+  return make_holder(std::move(out));
 }
 
 }  // namespace
@@ -54,7 +90,11 @@ void bind_decode(py::module_& m) {
   m.def("decode", &decode, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
         py::arg("cache_len"), py::arg("pattern"), py::arg("block_table") = py::none(),
         py::arg("scale") = py::none(), py::arg("want_lse") = false,
+        py::arg("pooled_keys") = py::none(),
         "Decode over a KV cache: (out [B, Nq, Hq, Dv], lse [B, Hq, Nq] or None) holders.");
+  m.def("pool_keys", &pool_keys, py::arg("k_cache"), py::arg("cache_len"), py::arg("block"),
+        py::arg("block_table") = py::none(),
+        "Mean key of every block of a cache: float32 [B, ceil(capacity / block), Hkv, D].");
 }
 
 }  // namespace python

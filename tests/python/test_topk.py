@@ -368,3 +368,62 @@ def test_argument_errors():
         p.chosen_blocks(q, np.zeros((1, 8, 2, 4), np.float64))
     assert repr(spattn.TopKBlocks(8, block_size=(64, 32), causal=False, always=spattn.Sink(4))) == (
         "TopKBlocks(k=8, block_size=(64, 32), causal=False, always=Sink(4))")
+
+
+# --------------------------------------------------------------------------------------------
+# pooled keys for decode
+# --------------------------------------------------------------------------------------------
+
+
+def test_pool_keys_contiguous_and_paged():
+    rng = np.random.default_rng(11)
+    lens = np.array([100, 0, 64, 7], np.int32)
+    k = rng.standard_normal((4, 128, 2, 8)).astype(np.float32)
+    v = np.zeros((4, 128, 2, 8), np.float32)
+    want = np.zeros((4, 4, 2, 8))
+    for b, n in enumerate(lens):
+        for c in range(-(-n // 32)):
+            want[b, c] = k[b, c * 32 : min(n, (c + 1) * 32)].astype(np.float64).mean(0)
+    got = spattn.pool_keys(k, lens, 32)
+    assert got.dtype == np.float32 and got.shape == (4, 4, 2, 8)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    kp, _, table = _paged(k, v, lens, 16, rng)
+    got = spattn.pool_keys(kp, lens, 32, block_table=table)
+    assert got.shape == (4, -(-table.shape[1] * 16 // 32), 2, 8)
+    np.testing.assert_allclose(got[:, :4], want, atol=1e-6)
+    assert not got[:, 4:].any()
+    tk = torch.from_numpy(k).to(torch.bfloat16)
+    got = spattn.pool_keys(tk, torch.from_numpy(lens), 32)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+    bad = table.copy()
+    bad[0, 1] = 10**6
+    with pytest.raises(ValueError, match=r"block_table: entry \[0, 1\]"):
+        spattn.pool_keys(kp, lens, 32, block_table=bad)
+    with pytest.raises(ValueError, match="cache_len"):
+        spattn.pool_keys(k, [200, 0, 0, 0], 32)
+    with pytest.raises(ValueError, match="block"):
+        spattn.pool_keys(k, lens, 0)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_decode_with_pooled_keys_matches_attention(causal):
+    rng = np.random.default_rng(12)
+    lens = np.array([640, 130, 64], np.int32)
+    k = rng.standard_normal((3, 640, 2, 32)).astype(np.float32)
+    v = rng.standard_normal((3, 640, 2, 16)).astype(np.float32)
+    q = rng.standard_normal((3, 2, 4, 32)).astype(np.float32)
+    pattern = spattn.TopKBlocks(2, block_size=(64, 32), causal=causal, always=spattn.Sink(1))
+    want = np.concatenate([spattn.attention(q[b : b + 1], k[b : b + 1, :n], v[b : b + 1, :n], pattern) for b, n in enumerate(lens)])
+    pooled = spattn.pool_keys(k, lens, 32)
+    np.testing.assert_allclose(spattn.decode(q, k, v, lens, pattern, pooled_keys=pooled), want, atol=2e-5)
+    kp, vp, table = _paged(k, v, lens, 16, rng)
+    pooled = spattn.pool_keys(kp, lens, 32, block_table=table)
+    np.testing.assert_allclose(spattn.decode(q, kp, vp, lens, pattern, block_table=table, pooled_keys=pooled), want, atol=2e-5)
+    with pytest.raises(ValueError, match="pooled_keys: holds 1 key blocks"):
+        spattn.decode(q, k, v, lens, pattern, pooled_keys=np.zeros((3, 1, 2, 32), np.float32))
+    with pytest.raises(ValueError, match="only a TopKBlocks pattern"):
+        spattn.decode(q, k, v, lens, spattn.Causal(), pooled_keys=pooled)
+    with pytest.raises(TypeError, match="pooled_keys: expected float32"):
+        spattn.decode(q, k, v, lens, pattern, pooled_keys=pooled.astype(np.float64))
+    with pytest.raises(ValueError, match=r"pooled_keys: expected shape \[B=3"):
+        spattn.decode(q, k, v, lens, pattern, pooled_keys=pooled[:2])

@@ -68,9 +68,24 @@ void attention_backward_varlen(const DLTensor& dout, const DLTensor& q, const DL
 // are read, and only their block_table entries: each must lie in [0, pages) (checked before
 // anything is computed); entries of pages the pattern skips are never read. The keys are
 // split across threads (split-K) and the parts merged exactly.
+//
+// TopKBlocks chooses each sequence's key blocks from its new queries and the mean key of every
+// block (SPEC §2). By default the means are computed from the cache, reading every key the
+// choice scores; pooled_keys (float32 [B, blocks, Hkv, D], block c = keys c*bk .. c*bk+bk-1 of
+// the pattern's bk, as pool_keys writes them) gives them instead, so that only the chosen
+// blocks' keys are read. Every block the choice scores must be there and current: for a causal
+// pattern those are complete blocks only, so an entry stays valid once its block is full.
 void decode(const DLTensor& q, const DLTensor& k_cache, const DLTensor& v_cache,
             const DLTensor& cache_len, const Pattern& pattern, const DLTensor* block_table,
-            const DLTensor& out, const DLTensor* lse, const Options& options = {});
+            const DLTensor& out, const DLTensor* lse, const Options& options = {},
+            const DLTensor* pooled_keys = nullptr);
+
+// The mean key of every block of `block` keys of each sequence of a cache (laid out as for
+// decode), into out float32 [B, blocks, Hkv, D] with blocks * block >= every cache_len: block
+// c of sequence b is the mean of keys c*block .. min(cache_len[b], (c+1)*block) - 1; blocks past
+// cache_len are 0. B is k_cache's first dimension, or block_table's when paged.
+void pool_keys(const DLTensor& k_cache, const DLTensor& cache_len, int64_t block,
+               const DLTensor* block_table, const DLTensor& out);
 
 // Build and runtime facts: version, backends, compiled CUDA architectures, SIMD level, threads.
 std::map<std::string, std::string> info();

@@ -84,10 +84,11 @@ int64_t table_entry(const TensorView& t, int64_t b, int64_t c) {
   return t.dtype.bits == 64 ? t.ptr<const int64_t>()[off] : int64_t(t.ptr<const int32_t>()[off]);
 }
 
-// ValueError unless block_table[b, c] names a page (0 <= entry < pages).
-void check_table_entry(const DecodeArgs& a, int64_t b, int64_t c, int64_t nk) {
-  const int64_t pages = a.k.shape[0];
-  const int64_t e = table_entry(a.table, b, c);
+// ValueError unless block_table[b, c] names a page of k (0 <= entry < pages).
+void check_table_entry(const TensorView& k, const TensorView& table, int64_t b, int64_t c,
+                       int64_t nk) {
+  const int64_t pages = k.shape[0];
+  const int64_t e = table_entry(table, b, c);
   if (e < 0 || e >= pages) {
     std::ostringstream m;
     m << "block_table: entry [" << b << ", " << c << "] = " << e
@@ -97,18 +98,17 @@ void check_table_entry(const DecodeArgs& a, int64_t b, int64_t c, int64_t nk) {
   }
 }
 
-// TopKBlocks over a cache: the key rows of sequence b as the selection reads them (through
-// block_table when paged; every page below cache_len is checked first, since pooling may read
-// any of them).
-select::Rows cache_key_rows(const DecodeArgs& a, int64_t b, int64_t nk) {
-  const TensorView& k = a.k;
-  if (!a.paged) {
-    select::Rows r = select::batch_rows(k, b, a.dtype);
+// All nk key rows of sequence b as the TopKBlocks choice reads them: through block_table when
+// paged (every page below nk is checked first, since pooling may read any of them).
+select::Rows cache_key_rows(const TensorView& k, const TensorView& table, bool paged,
+                            DType dtype, int64_t b, int64_t nk) {
+  if (!paged) {
+    select::Rows r = select::batch_rows(k, b, dtype);
     r.n = nk;
     return r;
   }
   const int64_t ps = k.shape[1];
-  for (int64_t c = 0; c < (nk + ps - 1) / ps; ++c) check_table_entry(a, b, c, nk);
+  for (int64_t c = 0; c < (nk + ps - 1) / ps; ++c) check_table_entry(k, table, b, c, nk);
   select::Rows r;
   r.base = static_cast<const char*>(k.data);
   r.n = nk;
@@ -117,13 +117,35 @@ select::Rows cache_key_rows(const DecodeArgs& a, int64_t b, int64_t nk) {
   r.s_row = k.strides[1];
   r.s_head = k.strides[2];
   r.s_dim = k.strides[3];
-  r.dtype = a.dtype;
-  r.table = static_cast<const char*>(a.table.data) + b * a.table.strides[0] * (a.table.dtype.bits / 8);
-  r.table64 = a.table.dtype.bits == 64;
-  r.table_s = a.table.strides[1];
+  r.dtype = dtype;
+  r.table = static_cast<const char*>(table.data) + b * table.strides[0] * (table.dtype.bits / 8);
+  r.table64 = table.dtype.bits == 64;
+  r.table_s = table.strides[1];
   r.page_size = ps;
   r.s_page = k.strides[0];
   return r;
+}
+
+// TopKBlocks: the pattern sequence b runs, chosen from its q and keys (or the caller's pooled
+// keys, when given: then no key row is read for the choice).
+Pattern chosen_pattern(const DecodeArgs& a, int64_t b, int64_t nk) {
+  const select::Rows q = select::batch_rows(a.q, b, a.dtype);
+  if (a.pooled.data == nullptr)
+    return select::concrete(
+        *a.pattern,
+        select::choose(*a.pattern, q, cache_key_rows(a.k, a.table, a.paged, a.dtype, b, nk)));
+  select::Rows k;  // sizes only
+  k.n = nk;
+  k.heads = a.k.shape[2];
+  k.d = a.k.shape[3];
+  const TensorView& p = a.pooled;
+  select::PooledKeys given;
+  given.data = p.ptr<const float>() + b * p.strides[0];
+  given.blocks = p.shape[1];
+  given.s_block = p.strides[1];
+  given.s_head = p.strides[2];
+  given.s_dim = p.strides[3];
+  return select::concrete(*a.pattern, select::choose(*a.pattern, q, k, &given));
 }
 
 }  // namespace
@@ -151,10 +173,7 @@ void decode(const DecodeArgs& a) {
       throw ValueError(m.str());
     }
     s.pattern = *a.pattern;
-    if (s.pattern.data_dependent())  // TopKBlocks: choose from this sequence's q and keys
-      s.pattern = select::concrete(
-          *a.pattern, select::choose(*a.pattern, select::batch_rows(q, b, a.dtype),
-                                     cache_key_rows(a, b, s.nk)));
+    if (s.pattern.data_dependent()) s.pattern = chosen_pattern(a, b, s.nk);
     s.cp = std::make_unique<CompiledPattern>(s.pattern.compile(nq, s.nk, hq));
     s.layout = s.cp->layout(nq, bk);
   }
@@ -197,7 +216,7 @@ void decode(const DecodeArgs& a) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t g = 0; g < hkv; ++g)
         for (auto [lo, hi] : uni[size_t(b * hkv + g)])
-          for (int64_t c = lo; c < hi; ++c) check_table_entry(a, b, c, seqs[size_t(b)].nk);
+          for (int64_t c = lo; c < hi; ++c) check_table_entry(k, a.table, b, c, seqs[size_t(b)].nk);
 
   // 4. Split-K chunks.
   const int nthreads = num_threads();
@@ -335,6 +354,25 @@ void decode(const DecodeArgs& a) {
     }
     kern->finish(f, ws.get() + thread * ws_floats);
   });
+}
+
+void pool_keys(const PoolKeysArgs& a) {
+  const TensorView& o = a.out;
+  const int64_t B = o.shape[0], nb = o.shape[1], hkv = o.shape[2], D = o.shape[3];
+  const int64_t dp = (D + 15) / 16 * 16;
+  std::vector<float> means;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t nk = a.cache_len[b];
+    const select::Rows rows = cache_key_rows(a.k, a.table, a.paged, a.dtype, b, nk);
+    means.assign(size_t(hkv * nb * dp), 0.f);
+    select::pool(rows, a.block, nb, dp, means.data());  // blocks past nk stay zero
+    float* out = o.ptr<float>() + b * o.strides[0];
+    for (int64_t g = 0; g < hkv; ++g)
+      for (int64_t c = 0; c < nb; ++c)
+        for (int64_t x = 0; x < D; ++x)
+          out[c * o.strides[1] + g * o.strides[2] + x * o.strides[3]] =
+              means[size_t((g * nb + c) * dp + x)];
+  }
 }
 
 }  // namespace spattn::cpu

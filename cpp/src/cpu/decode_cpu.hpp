@@ -21,8 +21,24 @@ struct DecodeArgs {
   DType dtype = DType::Float32;
   float scale = 1.f;
   const Pattern* pattern = nullptr;
+  // TopKBlocks only: the caller's per-block mean keys, float32 [B, blocks, Hkv, D] (data null:
+  // pooled from the cache).
+  TensorView pooled;
 };
 
 void decode(const DecodeArgs& a);
+
+// Mean key of every block of `block` keys of each sequence (blocks past cache_len: zeros).
+// Checked by the caller: k as in DecodeArgs, out float32 [B, blocks, Hkv, D] with blocks *
+// block >= every cache_len. Paged: every table entry below cache_len is checked here.
+struct PoolKeysArgs {
+  TensorView k, table, out;
+  bool paged = false;
+  const int64_t* cache_len = nullptr;
+  DType dtype = DType::Float32;
+  int64_t block = 1;
+};
+
+void pool_keys(const PoolKeysArgs& a);
 
 }  // namespace spattn::cpu

@@ -72,6 +72,10 @@ struct DecodeKernels {
   const char* name;
   void (*chunk)(const DecodeChunk& c, float* ws);
   void (*finish)(const DecodeFinish& f, float* ws);  // ws: Dvp floats
+  // acc[0..np) += sum of n rows of d elements (dtype, element stride), np = d rounded up to 16;
+  // tmp: np floats. Pools keys and queries for TopKBlocks (select/topk.cpp).
+  void (*sum_rows)(const void* const* rows, int64_t n, int dtype, int64_t stride, int d, int np,
+                   float* acc, float* tmp);
 };
 
 // The decode kernels for the SIMD level of kernels() (the same choice, SPATTN_SIMD included).

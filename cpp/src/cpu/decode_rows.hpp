@@ -269,12 +269,23 @@ inline void decode_finish(const DecodeFinish& f, float* ws) {
     }
 }
 
+// acc[0..np) += the n rows rows[0..n) (each d elements of one dtype, element stride `stride`),
+// converted to float32; np is d rounded up to a multiple of 16 (acc's padding stays 0).
+inline void sum_rows(const void* const* rows, int64_t n, int dtype, int64_t stride, int d,
+                     int np, float* acc, float* tmp) {
+  for (int64_t j = 0; j < n; ++j) {
+    dec::row_to_float(rows[j], dtype, stride, d, np, tmp);
+    for (int i = 0; i < np; i += W) store(acc + i, load(acc + i) + load(tmp + i));
+  }
+}
+
 }  // namespace spattn::cpu::SPATTN_ISA
 
 #define SPATTN_DEFINE_DECODE_KERNELS(getter, label)              \
   namespace spattn::cpu {                                        \
   const DecodeKernels* getter() {                                \
-    static const DecodeKernels t{label, SPATTN_ISA::decode_chunk, SPATTN_ISA::decode_finish}; \
+    static const DecodeKernels t{label, SPATTN_ISA::decode_chunk, SPATTN_ISA::decode_finish, \
+                                 SPATTN_ISA::sum_rows};          \
     return &t;                                                   \
   }                                                              \
   }

@@ -8,10 +8,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <numeric>
 #include <vector>
 
+#include "cpu/decode_kernel_api.hpp"
+#include "cpu/kernel_api.hpp"
 #include "cpu/thread_pool.hpp"
 #include "spattn/error.hpp"
 #include "spattn/predicate.hpp"
@@ -20,57 +21,33 @@ namespace spattn::select {
 
 namespace {
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16, em = h & 0x7fffu;
-  float f;
-  if (em < 0x400u) {
-    f = float(em) * 5.9604644775390625e-08f;  // zero or subnormal: em * 2^-24, exact
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u |= sign;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  uint32_t u = (em << 13) + (112u << 23);
-  if (em >= 0x7c00u) u += 112u << 23;  // inf, nan
-  u |= sign;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+// Rows per call of the SIMD row sum (pointers gathered first: rows may lie on any page).
+constexpr int64_t kRowBatch = 64;
 
-// acc[0..d) += row (any dtype, element stride s).
-void add_row(const char* p, DType dtype, int64_t s, int64_t d, float* acc) {
-  if (dtype == DType::Float32) {
-    const float* r = reinterpret_cast<const float*>(p);
-    for (int64_t x = 0; x < d; ++x) acc[x] += r[x * s];
-    return;
-  }
-  const uint16_t* r = reinterpret_cast<const uint16_t*>(p);
-  if (dtype == DType::BFloat16) {
-    for (int64_t x = 0; x < d; ++x) {
-      const uint32_t u = uint32_t(r[x * s]) << 16;
-      float f;
-      std::memcpy(&f, &u, 4);
-      acc[x] += f;
-    }
-    return;
-  }
-  for (int64_t x = 0; x < d; ++x) acc[x] += half_to_float(r[x * s]);
-}
-
-// dst[h][c][0..dp) = mean of rows [c * bs, min(n, (c + 1) * bs)) of head h, for blocks c in
-// [0, nb) with want(h, c); zero padding up to dp.
+// One task per block, all heads in it: for the [N, H, D] layouts the block's rows of every
+// head are one contiguous stretch of memory, read front to back.
 template <class Want>
-void pool(const Rows& rows, int64_t bs, int64_t nb, int64_t dp, float* dst, Want want) {
-  cpu::parallel_for(rows.heads * nb, [&](int64_t t, int) {
-    const int64_t h = t / nb, c = t % nb;
-    float* out = dst + t * dp;
-    std::fill(out, out + dp, 0.f);
-    if (!want(h, c)) return;
+void pool_if(const Rows& rows, int64_t bs, int64_t nb, int64_t dp, float* dst, Want want) {
+  const cpu::DecodeKernels* kern = cpu::decode_kernels();
+  const int dtype = rows.dtype == DType::Float32   ? cpu::kF32
+                    : rows.dtype == DType::Float16 ? cpu::kF16
+                                                   : cpu::kBF16;
+  cpu::parallel_for(nb, [&](int64_t c, int) {
     const int64_t j0 = c * bs, j1 = std::min(rows.n, j0 + bs);
-    for (int64_t j = j0; j < j1; ++j) add_row(rows.row(j, h), rows.dtype, rows.s_dim, rows.d, out);
-    const float inv = 1.f / float(j1 - j0);
-    for (int64_t x = 0; x < rows.d; ++x) out[x] *= inv;
+    const void* ptrs[kRowBatch];
+    alignas(64) float tmp[256];
+    for (int64_t h = 0; h < rows.heads; ++h) {
+      float* out = dst + (h * nb + c) * dp;
+      std::fill(out, out + dp, 0.f);
+      if (j0 >= j1 || !want(h, c)) continue;
+      for (int64_t j = j0; j < j1; j += kRowBatch) {
+        const int64_t n = std::min(kRowBatch, j1 - j);
+        for (int64_t r = 0; r < n; ++r) ptrs[r] = rows.row(j + r, h);
+        kern->sum_rows(ptrs, n, dtype, rows.s_dim, int(rows.d), int(dp), out, tmp);
+      }
+      const float inv = 1.f / float(j1 - j0);
+      for (int64_t x = 0; x < rows.d; ++x) out[x] *= inv;
+    }
   });
 }
 
@@ -96,6 +73,10 @@ const char* Rows::row(int64_t j, int64_t h) const {
   return base + (page * s_page + (j % page_size) * s_row + h * s_head) * es;
 }
 
+void pool(const Rows& rows, int64_t bs, int64_t nb, int64_t dp, float* dst) {
+  pool_if(rows, bs, nb, dp, dst, [](int64_t, int64_t) { return true; });
+}
+
 Rows batch_rows(const TensorView& t, int64_t b, DType dtype) {
   Rows r;
   r.base = static_cast<const char*>(t.data) + b * t.strides[0] * dtype_size(dtype);
@@ -109,7 +90,7 @@ Rows batch_rows(const TensorView& t, int64_t b, DType dtype) {
   return r;
 }
 
-BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k) {
+BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k, const PooledKeys* given) {
   const PatternNode& node = topk.node();
   if (node.kind != Pattern::Kind::TopKBlocks)
     throw ValueError("select: expected a TopKBlocks pattern, got " + topk.describe());
@@ -145,8 +126,21 @@ BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k) {
   if (kmax > 0) {
     qm.resize(size_t(hq * nqb * dp));
     km.resize(size_t(hkv * kmax * dp));
-    pool(q, bq, nqb, dp, qm.data(), [&](int64_t, int64_t a) { return scored(a); });
-    pool(k, bk, kmax, dp, km.data(), [](int64_t, int64_t) { return true; });
+    pool_if(q, bq, nqb, dp, qm.data(), [&](int64_t, int64_t a) { return scored(a); });
+    if (given == nullptr) {
+      pool(k, bk, kmax, dp, km.data());
+    } else {
+      if (given->blocks < kmax)
+        throw ValueError("pooled_keys: holds " + std::to_string(given->blocks) +
+                         " key blocks, but the choice scores blocks 0.." +
+                         std::to_string(kmax - 1) + " (blocks of " + std::to_string(bk) +
+                         " keys)");
+      for (int64_t g = 0; g < hkv; ++g)
+        for (int64_t c = 0; c < kmax; ++c)
+          for (int64_t x = 0; x < q.d; ++x)
+            km[size_t((g * kmax + c) * dp + x)] =
+                given->data[c * given->s_block + g * given->s_head + x * given->s_dim];
+    }
   }
 
   cpu::parallel_for(hq * nqb, [&](int64_t t, int) {

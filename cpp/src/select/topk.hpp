@@ -31,12 +31,27 @@ struct Rows {
 // Rows of batch element b of a [B, N, H, D] tensor.
 Rows batch_rows(const TensorView& t, int64_t b, DType dtype);
 
+// Mean key of each key block of one sequence, kept by the caller (a decode cache's pooled
+// keys): block c of kv head g at data[c * s_block + g * s_head + x * s_dim], float32, for
+// c < blocks.
+struct PooledKeys {
+  const float* data = nullptr;
+  int64_t blocks = 0, s_block = 0, s_head = 0, s_dim = 1;
+};
+
+// dst[h][c][0..dp) = mean of rows [c * bs, min(n, (c + 1) * bs)) of head h for c < nb (zero
+// padding from d to dp; blocks past the rows are zero). Parallel over blocks.
+void pool(const Rows& rows, int64_t bs, int64_t nb, int64_t dp, float* dst);
+
 // The key blocks TopKBlocks keeps for one sequence: a per-head mask [Hq, nqb, nkb] over blocks
 // of the pattern's (bq, bk): the top k past blocks by pooled score plus the current blocks
 // (causal), or the top k of all blocks (not causal). The `always` pattern is not in it
 // (concrete() unites it in, with its own element rule). Parallel over (head, query block);
 // deterministic: the same inputs give the same mask whatever the thread count.
-BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k);
+// With `given`, the key means come from it (every block the choice scores must be there:
+// ValueError otherwise) and no key row is read.
+BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k,
+                 const PooledKeys* given = nullptr);
 
 // The pattern attention computes for that choice: BlockSparse(chosen) & Causal() (causal) or
 // BlockSparse(chosen) (not), united with `always` when the pattern has one.
