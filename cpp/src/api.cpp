@@ -12,6 +12,7 @@
 #include "plan/residue.hpp"
 #include "select/topk.hpp"
 #include "spattn/cuda/backend_info.hpp"
+#include "spattn/cuda/forward.hpp"
 #include "spattn/select.hpp"
 
 #ifndef SPATTN_VERSION
@@ -82,18 +83,28 @@ void expect_writable_layout(const TensorView& t, const char* name) {
     }
 }
 
-void expect_cpu(const TensorView& q) {
+bool on_cuda(const TensorView& t) { return t.device.device_type == kDLCUDA; }
+
+// The tensors' device must have a backend for this call: the CPU always; CUDA for the forward
+// of a dense batch (cuda_what == nullptr) when this build has CUDA kernels, else RuntimeError
+// naming what is missing (cuda_what: the call that has no CUDA version yet).
+void expect_backend(const TensorView& q, const char* cuda_what) {
   const auto type = q.device.device_type;
   if (type == kDLCPU || type == kDLCUDAHost) return;
   std::ostringstream m;
   if (type == kDLCUDA || type == kDLCUDAManaged) {
     m << "q: tensors are on " << describe(q.device) << ", but ";
-    if (cuda::compiled())
-      m << "the CUDA kernels are not part of this version yet (compiled for "
-        << cuda::compiled_archs() << "); pass CPU tensors";
-    else
+    if (!cuda::compiled())
       m << "this spattn was built without CUDA; rebuild with SPATTN_CUDA=ON or pass CPU "
            "tensors";
+    else if (cuda_what != nullptr)
+      m << cuda_what << " runs on the CPU only in this version (the CUDA kernels cover the "
+        << "forward of dense batches); pass CPU tensors";
+    else if (type == kDLCUDAManaged)
+      m << "the CUDA kernels take device memory (kDLCUDA), not managed memory; pass device or "
+           "CPU tensors";
+    else
+      return;
   } else {
     m << "q: no spattn backend for device " << describe(q.device) << "; pass CPU tensors";
   }
@@ -116,8 +127,10 @@ struct Dims {
 
 // varlen: q [Tq, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv] (no batch dimension; b = 1, nq = Tq,
 // nk = Tk in the result).
+//
+// cuda_what: nullptr when the call has a CUDA version, else its name for the message.
 Dims check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, DType* dtype,
-               bool varlen = false) {
+               bool varlen, const char* cuda_what) {
   const int r = varlen ? 3 : 4, o = varlen ? 0 : 1;  // rank; index of the sequence dimension
   expect_rank(q, "q", r, varlen ? "[Tq, Hq, D]" : "[B, Nq, Hq, D]");
   expect_rank(k, "k", r, varlen ? "[Tk, Hkv, D]" : "[B, Nk, Hkv, D]");
@@ -151,7 +164,14 @@ Dims check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, DT
   else if (s.dv < 1 || s.dv > kMaxHeadDim)
     m << "v: head dim Dv=" << s.dv << " is outside 1.." << kMaxHeadDim;
   if (!m.str().empty()) throw ValueError(m.str());
-  expect_cpu(q);
+  expect_backend(q, cuda_what);
+  if (on_cuda(q) && !cuda::supports(*dtype, s.d, s.dv)) {
+    std::ostringstream c;
+    c << "q: no CUDA forward kernel for " << dtype_name(*dtype) << " with D=" << s.d
+      << ", Dv=" << s.dv << " in this build (compiled dtype:head dims: "
+      << cuda::forward_kernels() << "); pass CPU tensors";
+    throw RuntimeError(c.str());
+  }
   return s;
 }
 
@@ -183,8 +203,15 @@ void check_lse(const TensorView& t, const char* name, const Dims& s, const Tenso
 void walk_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                   const TensorView& out, const TensorView& lse, DType dtype, float scale,
                   const Pattern& pattern, const Dims& s) {
-  const cpu::TileSize tile = cpu::cpu_tile_size();
   const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
+  if (on_cuda(q)) {  // asynchronous on the legacy default stream; layout copied before return
+    const cuda::ForwardTile t = cuda::forward_tile(s.d, s.dv);
+    const BlockLayout layout = cp.layout(t.bq, t.bk);
+    cuda::attention_forward(cuda::forward_problem(q, k, v, out, lse, dtype, scale, layout,
+                                                  cp.predicate(), /*stream=*/nullptr));
+    return;
+  }
+  const cpu::TileSize tile = cpu::cpu_tile_size();
   const BlockLayout layout = cp.layout(tile.bq, tile.bk);
   cpu::ForwardArgs a{q, k, v, out, lse, dtype, scale, &layout, cp.predicate()};
   cpu::forward(a);
@@ -291,6 +318,9 @@ void per_batch_selection(const Pattern& pattern, const TensorView& q, const Tens
 void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                  const TensorView& out, const TensorView& lse, DType dtype, float scale,
                  const Pattern& pattern, const Dims& s) {
+  // CUDA: one walk over the whole pattern (exact for any rule; the residue split and the merge
+  // of parts run on the CPU only so far).
+  if (on_cuda(q)) return walk_forward(q, k, v, out, lse, dtype, scale, pattern, s);
   if (pattern.data_dependent())
     return per_batch_selection(pattern, q, k, dtype, s, [&](int64_t b, const Pattern& p, const Dims& one) {
       run_forward(batch_view(q, b), batch_view(k, b), batch_view(v, b), batch_view(out, b),
@@ -347,7 +377,7 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
                        const Options& options) {
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
   DType dtype;
-  const Dims s = check_qkv(q, k, v, &dtype);
+  const Dims s = check_qkv(q, k, v, &dtype, false, nullptr);
   const TensorView out = view_of(out_, "out");
   check_output(out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype);
   TensorView lse;
@@ -358,6 +388,9 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
   }
   const float scale = resolve_scale(options.scale, s.d);
   pattern.check(s.nq, s.nk, s.hq);
+  if (on_cuda(q) && pattern.data_dependent())
+    throw RuntimeError("pattern: TopKBlocks' selection runs on the CPU only in this version; "
+                       "pass CPU tensors, or select on the CPU and pass the selected pattern");
   run_forward(q, k, v, out, lse, dtype, scale, pattern, s);
 }
 
@@ -367,7 +400,7 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
                         const DLTensor& dv_, const Options& options) {
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
   DType dtype;
-  const Dims s = check_qkv(q, k, v, &dtype);
+  const Dims s = check_qkv(q, k, v, &dtype, false, "the backward pass");
   const TensorView dout = view_of(dout_, "dout"), out = view_of(out_, "out");
   const TensorView lse = view_of(lse_, "lse");
   check_input(dout, "dout", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype);
@@ -493,7 +526,8 @@ void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTe
                               const Options& options) {
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
   DType dtype;
-  const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true);  // t.nq = Tq, t.nk = Tk
+  const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true,  // t.nq = Tq, t.nk = Tk
+                           "attention on a variable-length batch");
   const TensorView out = view_of(out_, "out");
   check_output(out, "out", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype);
   TensorView lse;
@@ -522,7 +556,7 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
                                const DLTensor& dv_, const Options& options) {
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
   DType dtype;
-  const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true);
+  const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true, "the backward pass");
   const TensorView dout = view_of(dout_, "dout"), out = view_of(out_, "out");
   const TensorView lse = view_of(lse_, "lse");
   check_input(dout, "dout", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype);
@@ -565,7 +599,7 @@ std::vector<BlockMask> select_blocks(const DLTensor& q_, const DLTensor& k_, con
   expect_topk(topk);
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k");
   DType dtype;
-  const Dims s = check_qkv(q, k, k, &dtype);
+  const Dims s = check_qkv(q, k, k, &dtype, false, "TopKBlocks' selection");
   topk.check(s.nq, s.nk, s.hq);
   std::vector<BlockMask> r;
   for (int64_t b = 0; b < s.b; ++b)
@@ -579,7 +613,7 @@ std::vector<BlockMask> select_blocks_varlen(const DLTensor& q_, const DLTensor& 
   expect_topk(topk);
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k");
   DType dtype;
-  const Dims t = check_qkv(q, k, k, &dtype, /*varlen=*/true);
+  const Dims t = check_qkv(q, k, k, &dtype, /*varlen=*/true, "TopKBlocks' selection");
   std::vector<int64_t> cq, ck;
   read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
   check_pattern_varlen(topk, cq, ck, t.hq);
@@ -611,7 +645,7 @@ std::map<std::string, std::string> info() {
                   std::to_string(cpu::cpu_tile_size().bk);
   r["cuda_compiled"] = cuda::compiled() ? "yes" : "no";
   r["cuda_archs"] = cuda::compiled() ? cuda::compiled_archs() : "";
-  r["cuda_kernels"] = "none yet (the CUDA attention kernels come in a later version)";
+  r["cuda_kernels"] = cuda::compiled() ? cuda::forward_kernels() : "";
   return r;
 }
 

@@ -9,6 +9,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "spattn/cuda/forward_logic.hpp"  // FwdParams
+
 namespace spattn::cuda {
 
 // Element types of the kernels, as passed through the host API.
@@ -23,6 +25,14 @@ enum class KernelDType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
   /* dtype left out of a reduced build.                                                     */ \
   cudaError_t scale_tile(KernelDType dtype, const void* in, int64_t ld_in, void* out,          \
                          int64_t ld_out, int rows, int cols, float alpha, cudaStream_t stream); \
+  /* The attention forward (kernels/forward.cu): launches on `stream`, returns the launch's */ \
+  /* error. cudaErrorNotSupported for a (dtype, head dim) not compiled, or d != dv.         */ \
+  cudaError_t forward(const FwdParams& p, KernelDType dtype, cudaStream_t stream);             \
+  bool forward_supported(KernelDType dtype, int head_dim);                                     \
+  /* dst[i0,i1,i2,i3] = src[...] for 2-byte elements, strides in elements (copy_strided.cu). */ \
+  cudaError_t copy_strided_4d(const void* src, const int64_t* src_strides, void* dst,          \
+                              const int64_t* dst_strides, const int64_t* shape, int elem_bytes, \
+                              cudaStream_t stream);                                            \
   }
 
 SPATTN_CUDA_DECLARE_ARCH_API(sm80)

@@ -1,6 +1,10 @@
-// spattn/cuda/backend_info.hpp for a CPU-only build (SPATTN_WITH_CUDA=0): no kernels, no
-// devices, and no CUDA runtime linked.
+// spattn/cuda/backend_info.hpp and spattn/cuda/forward.hpp for a CPU-only build
+// (SPATTN_WITH_CUDA=0): no kernels, no devices, and no CUDA runtime linked.
+#include "spattn/cuda/allocate.hpp"
 #include "spattn/cuda/backend_info.hpp"
+#include "spattn/cuda/forward.hpp"
+#include "spattn/cuda/forward_logic.hpp"
+#include "spattn/error.hpp"
 
 namespace spattn::cuda {
 
@@ -11,5 +15,22 @@ std::string compiled_archs() { return {}; }
 int device_count() noexcept { return 0; }
 
 std::string selftest(int) { return "not compiled: spattn was built without CUDA (SPATTN_CUDA=OFF or no nvcc)"; }
+
+// The tile the CUDA kernel would use, so that callers can be written without #if.
+ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
+
+bool supports(DType, int64_t, int64_t) { return false; }
+
+std::string forward_kernels() { return {}; }
+
+void attention_forward(const ForwardProblem&) {
+  throw RuntimeError(
+      "cuda attention: this spattn was built without CUDA; rebuild with SPATTN_CUDA=ON or pass "
+      "CPU tensors");
+}
+
+ManagedTensor allocate(DType, const std::vector<int64_t>&, int) {
+  throw RuntimeError("cuda allocate: this spattn was built without CUDA");
+}
 
 }  // namespace spattn::cuda

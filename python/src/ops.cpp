@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "capsule.hpp"
+#include "spattn/cuda/allocate.hpp"
+#include "spattn/cuda/backend_info.hpp"
 #include "spattn/spattn.hpp"
 
 namespace spattn {
@@ -33,13 +35,29 @@ double parse_scale(py::handle scale) {
   return s;
 }
 
-// Results are allocated on the device of q, and only the CPU allocator exists so far.
-// HOOK (CUDA issue): allocate on q's CUDA device instead (and remove this refusal).
-void require_cpu(const TensorView& q) {
-  if (q.device.device_type != kDLCPU)
+// Results are allocated on the device of q: host memory, or CUDA device memory for the calls
+// that run there (the forward). Anything else is refused here with the core's kind of message.
+void require_cpu(const TensorView& q, const char* what) {
+  if (q.device.device_type == kDLCPU) return;
+  if (q.device.device_type == kDLCUDA && !cuda::compiled())
     throw RuntimeError("q: the array is on " + describe(q.device) +
-                       ", but spattn's attention kernels run on the CPU only in this version "
-                       "(spattn.info() tells what was compiled); pass CPU arrays");
+                       ", but this spattn was built without CUDA; rebuild with SPATTN_CUDA=ON "
+                       "or pass CPU arrays");
+  throw RuntimeError("q: the array is on " + describe(q.device) + ", but " + what +
+                     " runs on the CPU only in this version (spattn.info() tells what was "
+                     "compiled); pass CPU arrays");
+}
+
+ManagedTensor allocate_on(const TensorView& like, DType dtype, const std::vector<int64_t>& shape) {
+  if (like.device.device_type == kDLCUDA) {
+    const int n = cuda::device_count();
+    if (like.device.device_id < 0 || like.device.device_id >= n)
+      throw RuntimeError("q: the array is on " + describe(like.device) + ", but this process sees " +
+                         (n == 0 ? std::string("no CUDA device (or no driver)")
+                                 : std::to_string(n) + " CUDA device(s)"));
+    return cuda::allocate(dtype, shape, like.device.device_id);
+  }
+  return ManagedTensor::allocate_cpu(dtype, shape);
 }
 
 // The rank a call needs: 4 for a batch, 3 for a variable-length batch (dimension names of
@@ -91,19 +109,20 @@ py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& patte
   }
   if (out.is_none() || want_lse) {
     const DType dt = float_dtype(vq, "q");
-    require_cpu(vq);
+    if (vq.device.device_type != kDLCUDA || !cuda::compiled() || cu.varlen())
+      require_cpu(vq, cu.varlen() ? "attention on a variable-length batch" : "attention");
     require_rank(vq, "q", cu.varlen(), "[B, Nq, Hq, D]", "[Tq, Hq, D]");
     if (out.is_none()) {  // out: q's shape with v's last dimension
       const TensorView vv = mv.view("v");
       require_rank(vv, "v", cu.varlen(), "[B, Nk, Hkv, Dv]", "[Tk, Hkv, Dv]");
       std::vector<int64_t> shape(vq.shape, vq.shape + vq.ndim);
       shape.back() = vv.shape[vv.ndim - 1];
-      mout = ManagedTensor::allocate_cpu(dt, shape);
+      mout = allocate_on(vq, dt, shape);
     }
     if (want_lse)  // [B, Hq, Nq], or [Hq, Tq] for a variable-length batch
-      mlse = ManagedTensor::allocate_cpu(
-          DType::Float32, cu.varlen() ? std::vector<int64_t>{vq.shape[1], vq.shape[0]}
-                                      : std::vector<int64_t>{vq.shape[0], vq.shape[2], vq.shape[1]});
+      mlse = allocate_on(vq, DType::Float32,
+                         cu.varlen() ? std::vector<int64_t>{vq.shape[1], vq.shape[0]}
+                                     : std::vector<int64_t>{vq.shape[0], vq.shape[2], vq.shape[1]});
   }
   {
     py::gil_scoped_release nogil;
@@ -134,7 +153,7 @@ py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py
   Offsets cu = import_offsets(cu_q, cu_k);
   const TensorView vq = mq.view("q");
   const DType dt = float_dtype(vq, "q");
-  require_cpu(vq);
+  require_cpu(vq, "the backward pass");
   ManagedTensor dq = allocate_like(dt, vq);
   ManagedTensor dk = allocate_like(dt, mk.view("k"));
   ManagedTensor dv = allocate_like(dt, mv.view("v"));

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# One command for a GPU machine: build spattn with CUDA (all cores), run the GPU tests, time the
+# forward against torch SDPA (flash and cuDNN) and FlexAttention, print a table last.
+#
+#   bash bench/gpu/run.sh            # from anywhere; results and logs under $OUT (or ./gpu-out)
+#
+# The device machines of this workplace have no network: the CuTe/CUTLASS headers must come
+# with the tree. Put them at .gl/cutlass/include (gitignored) before the call, e.g.
+#   mkdir -p .gl/cutlass && cp -r build-*/_deps/nvidia-cutlass-4.2.0.0/unpacked/cutlass_library/source/include .gl/cutlass/
+# and carry ".gl"; or set CUTLASS_INCLUDE_DIR. torch, triton, pytest, scikit-build-core and
+# pybind11 are taken from the machine's Python (nothing is installed from an index).
+#
+# Environment: OUT (results folder), PYTHON (default python3), SPATTN_CUDA_ARCHS (default: the
+# GPU's own, 90a on Hopper, 80 on Ampere/Ada), BENCH_ARGS (extra arguments for
+# bench_forward.py, e.g. "--quick" or "--no-flex"), SKIP_BUILD=1 (reuse an installed build),
+# SKIP_TESTS=1.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+OUT="${OUT:-$ROOT/gpu-out}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+start=$(date +%s)
+stamp() { echo "=== [$(( $(date +%s) - start )) s] $*"; }
+
+stamp "machine"
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
+nproc | sed 's/^/cpu cores: /'
+
+cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' ')
+if [ -z "${SPATTN_CUDA_ARCHS:-}" ]; then
+  case "$cap" in
+    9.0) SPATTN_CUDA_ARCHS="90a" ;;
+    8.*) SPATTN_CUDA_ARCHS="80" ;;
+    *) SPATTN_CUDA_ARCHS="80;90a"; echo "warning: compute capability $cap has no spattn kernel" ;;
+  esac
+fi
+export SPATTN_CUDA=ON SPATTN_CUDA_ARCHS SPATTN_CUDA_REDUCED=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
+
+if [ -z "${CUTLASS_INCLUDE_DIR:-}" ]; then
+  for c in "$ROOT/.gl/cutlass/include" "$ROOT"/build-*/_deps/nvidia-cutlass-*/unpacked/cutlass_library/source/include; do
+    if [ -f "$c/cute/tensor.hpp" ]; then export CUTLASS_INCLUDE_DIR="$c"; break; fi
+  done
+fi
+if [ -z "${CUTLASS_INCLUDE_DIR:-}" ]; then
+  echo "error: no CuTe/CUTLASS headers: copy them to .gl/cutlass/include (see the top of this script)" >&2
+  exit 2
+fi
+echo "CUTLASS_INCLUDE_DIR=$CUTLASS_INCLUDE_DIR"
+
+if [ "${SKIP_BUILD:-0}" != "1" ]; then
+  stamp "build (SPATTN_CUDA_ARCHS=$SPATTN_CUDA_ARCHS, $CMAKE_BUILD_PARALLEL_LEVEL jobs)"
+  # No build isolation and no dependencies: the machine cannot reach an index; the build
+  # requirements (scikit-build-core, pybind11, cmake, ninja) are already installed there.
+  if ! "$PY" -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1; then
+    tail -60 "$OUT/build.log"
+    echo "error: the build failed (full log: $OUT/build.log)" >&2
+    exit 1
+  fi
+  grep -E "spattn: CUDA|Build files" "$OUT/build.log" | head -5
+fi
+cd "$OUT"  # import the installed package, not the source tree's python/ folder
+"$PY" -c "import spattn, json; i = spattn.info(); print(json.dumps({k: i[k] for k in sorted(i) if k.startswith('cuda') or k in ('version', 'backends')}))" | tee "$OUT/info.txt"
+
+if [ "${SKIP_TESTS:-0}" != "1" ]; then
+  stamp "GPU tests"
+  SPATTN_CUDA_SYNC=1 "$PY" -m pytest -q -x -p no:cacheprovider "$ROOT/tests/python/test_cuda_forward.py" \
+      2>&1 | tee "$OUT/tests.log" | tail -25
+  if command -v compute-sanitizer > /dev/null 2>&1; then
+    stamp "compute-sanitizer memcheck (small run)"
+    compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" - > "$OUT/memcheck.log" 2>&1 <<'EOF'
+import torch, spattn
+for nq, nk, pat in [(257, 385, spattn.Causal()), (300, 200, spattn.Sink(3) | spattn.SlidingWindow(50, 0))]:
+    q = torch.randn(1, nq, 2, 128, dtype=torch.bfloat16, device="cuda")
+    k, v = (torch.randn(1, nk, 1, 128, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+    spattn.attention(q, k, v, pattern=pat, return_lse=True)
+torch.cuda.synchronize()
+print("memcheck run done")
+EOF
+    echo "memcheck exit $? ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses; log $OUT/memcheck.log)"
+    grep -E "ERROR SUMMARY" "$OUT/memcheck.log" | tail -1
+  fi
+fi
+
+stamp "benchmark"
+# shellcheck disable=SC2086
+"$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|' | tail -20
+stamp "done"
+cat "$OUT/table.md" 2>/dev/null

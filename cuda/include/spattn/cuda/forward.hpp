@@ -1,0 +1,106 @@
+// The CUDA attention forward, as the core calls it (cpp/src/api.cpp). Implemented by
+// cuda/src/host/forward.cpp when spattn is built with CUDA and by cuda/src/stub.cpp otherwise
+// (supports() is false there and attention_forward() throws RuntimeError), so callers need no
+// #if. Host code only: no CUDA header is needed to include this.
+//
+// Use:
+//   const cuda::ForwardTile t = cuda::forward_tile(D, Dv);
+//   const BlockLayout layout = compiled.layout(t.bq, t.bk);
+//   cuda::attention_forward(cuda::forward_problem(q, k, v, out, lse, dtype, scale, layout,
+//                                                 compiled.predicate(), stream));
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "spattn/layout.hpp"
+#include "spattn/predicate.hpp"
+#include "spattn/tensor.hpp"
+
+namespace spattn::cuda {
+
+// The query x key tile the forward kernel walks the block layout with: compile the layout for
+// exactly this (CompiledPattern::layout(bq, bk)).
+struct ForwardTile {
+  int64_t bq, bk;
+};
+ForwardTile forward_tile(int64_t d, int64_t dv);
+
+// Whether this build has a forward kernel for the dtype and head dims (float16 / bfloat16,
+// D == Dv, one of the compiled head dims). Needs no device.
+bool supports(DType dtype, int64_t d, int64_t dv);
+
+// The compiled (dtype, head dim) pairs, e.g. "bfloat16:128" or "float16:64,128;bfloat16:64,128";
+// empty without CUDA.
+std::string forward_kernels();
+
+// One attention forward on device memory. Pointers are device pointers on `device`; strides
+// are in elements, any values (the last one of q, k, v, out must be 1; a layout the kernel
+// cannot read with 16-byte copies is repacked through a temporary). Shapes as in spattn.hpp:
+//   q [B, Nq, Hq, D], k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv], out [B, Nq, Hq, Dv] (dtype),
+//   lse [B, Hq, Nq] float32 (nullptr: not written).
+struct ForwardProblem {
+  DType dtype = DType::BFloat16;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+  int64_t b = 0, nq = 0, nk = 0, hq = 0, hkv = 0, d = 0, dv = 0;
+  int64_t q_strides[4] = {0, 0, 0, 0};
+  int64_t k_strides[4] = {0, 0, 0, 0};
+  int64_t v_strides[4] = {0, 0, 0, 0};
+  int64_t out_strides[4] = {0, 0, 0, 0};
+  int64_t lse_strides[3] = {0, 0, 0};
+  float scale = 1.f;                    // already resolved (1/sqrt(D) by default)
+  const BlockLayout* layout = nullptr;  // compiled with forward_tile(d, dv); 1 or Hq heads
+  Predicate pred;                       // CompiledPattern::predicate(): host pointers
+  void* stream = nullptr;               // cudaStream_t; nullptr: the legacy default stream
+  int device = 0;                       // the device the tensors live on
+};
+
+// Runs the forward on `p.stream` (asynchronously: returns once the work is queued; the
+// layout and predicate are copied first, so they may be freed on return). Throws
+// RuntimeError for an unavailable backend (no CUDA, no device, no kernel for the device's
+// architecture or for the dtype / head dims, pointers not on the device) and for any CUDA
+// error, ValueError for a layout that does not fit the problem. Set SPATTN_CUDA_SYNC=1 to
+// synchronise after the launch and report errors of the kernel itself (for debugging).
+void attention_forward(const ForwardProblem& p);
+
+// A ForwardProblem from checked views ([B, N, H, D] order; lse: data == nullptr for none).
+inline ForwardProblem forward_problem(const TensorView& q, const TensorView& k,
+                                      const TensorView& v, const TensorView& out,
+                                      const TensorView& lse, DType dtype, float scale,
+                                      const BlockLayout& layout, const Predicate& pred,
+                                      void* stream) {
+  ForwardProblem p;
+  p.dtype = dtype;
+  p.q = q.data;
+  p.k = k.data;
+  p.v = v.data;
+  p.out = out.data;
+  p.lse = static_cast<float*>(lse.data);
+  p.b = q.shape[0];
+  p.nq = q.shape[1];
+  p.hq = q.shape[2];
+  p.d = q.shape[3];
+  p.nk = k.shape[1];
+  p.hkv = k.shape[2];
+  p.dv = v.shape[3];
+  for (int i = 0; i < 4; ++i) {
+    p.q_strides[i] = q.strides[i];
+    p.k_strides[i] = k.strides[i];
+    p.v_strides[i] = v.strides[i];
+    p.out_strides[i] = out.strides[i];
+  }
+  if (lse.data)
+    for (int i = 0; i < 3; ++i) p.lse_strides[i] = lse.strides[i];
+  p.scale = scale;
+  p.layout = &layout;
+  p.pred = pred;
+  p.stream = stream;
+  p.device = q.device.device_id;
+  return p;
+}
+
+}  // namespace spattn::cuda

@@ -1,0 +1,322 @@
+// spattn/cuda/forward.hpp for a build with CUDA: the host-side launcher of the forward kernel.
+// Plain C++ compiled by the host compiler into the core; it reaches the kernels through the
+// per-architecture entry points of arch_api.hpp and picks one by the device's capability.
+//
+// Per call: check the problem, stage the layout CSR, the schedule and the predicate program
+// (with its data) into one blob (forward_logic.hpp: stage_forward), allocate one device buffer
+// for it and for any repacked tensor (stream-ordered, cudaMallocAsync, when the device has
+// memory pools), copy, launch on the caller's stream, free asynchronously. No device-wide
+// synchronisation; every CUDA return code is checked and turned into RuntimeError.
+#include "spattn/cuda/forward.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <cuda_runtime_api.h>
+
+#include "arch_api.hpp"
+#include "spattn/cuda/forward_logic.hpp"
+#include "spattn/error.hpp"
+
+#ifndef SPATTN_CUDA_HAS_SM80
+#define SPATTN_CUDA_HAS_SM80 0
+#endif
+#ifndef SPATTN_CUDA_HAS_SM90A
+#define SPATTN_CUDA_HAS_SM90A 0
+#endif
+
+namespace spattn::cuda {
+
+namespace {
+
+using ForwardFn = cudaError_t (*)(const FwdParams&, KernelDType, cudaStream_t);
+using SupportedFn = bool (*)(KernelDType, int);
+using CopyFn = cudaError_t (*)(const void*, const int64_t*, void*, const int64_t*, const int64_t*,
+                               int, cudaStream_t);
+
+struct ArchFns {
+  const char* name;
+  ForwardFn forward;
+  SupportedFn supported;
+  CopyFn copy;
+};
+
+#if SPATTN_CUDA_HAS_SM80
+const ArchFns kSm80{"sm_80", &sm80::forward, &sm80::forward_supported, &sm80::copy_strided_4d};
+#endif
+#if SPATTN_CUDA_HAS_SM90A
+const ArchFns kSm90a{"sm_90a", &sm90a::forward, &sm90a::forward_supported,
+                     &sm90a::copy_strided_4d};
+#endif
+
+// The kernels compiled for every architecture are the same set: any arch answers supports().
+const ArchFns* any_arch() {
+#if SPATTN_CUDA_HAS_SM80
+  return &kSm80;
+#elif SPATTN_CUDA_HAS_SM90A
+  return &kSm90a;
+#else
+  return nullptr;
+#endif
+}
+
+// sm_80 machine code runs on every 8.x device, sm_90a only on 9.0 (no PTX is embedded).
+const ArchFns* arch_for(int major, int minor) {
+#if SPATTN_CUDA_HAS_SM90A
+  if (major == 9 && minor == 0) return &kSm90a;
+#endif
+#if SPATTN_CUDA_HAS_SM80
+  if (major == 8) return &kSm80;
+#endif
+  (void)major;
+  (void)minor;
+  return nullptr;
+}
+
+KernelDType kernel_dtype(DType t) {
+  return t == DType::Float16 ? KernelDType::Float16
+         : t == DType::BFloat16 ? KernelDType::BFloat16
+                                : KernelDType::Float32;
+}
+
+void check(cudaError_t e, const std::string& what) {
+  if (e == cudaSuccess) return;
+  (void)cudaGetLastError();  // clear a non-sticky error so the next call starts clean
+  throw RuntimeError("cuda attention: " + what + " failed: " + cudaGetErrorName(e) + " (" +
+                     cudaGetErrorString(e) + ")");
+}
+
+// Makes `device` current for the call and restores the caller's device after.
+struct DeviceGuard {
+  int prev = -1;
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&prev), "cudaGetDevice");
+    if (prev != device) check(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (prev >= 0 && cudaGetDevice(&now) == cudaSuccess && now != prev) (void)cudaSetDevice(prev);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+};
+
+// One device allocation, freed on every way out: stream-ordered when the device supports it
+// (no synchronisation), else cudaFree.
+struct DeviceScratch {
+  void* p = nullptr;
+  cudaStream_t stream = nullptr;
+  bool async = false;
+  DeviceScratch(size_t bytes, cudaStream_t s, bool use_async) : stream(s), async(use_async) {
+    if (bytes == 0) return;
+    if (async)
+      check(cudaMallocAsync(&p, bytes, stream), "cudaMallocAsync(" + std::to_string(bytes) + " bytes)");
+    else
+      check(cudaMalloc(&p, bytes), "cudaMalloc(" + std::to_string(bytes) + " bytes)");
+  }
+  ~DeviceScratch() {
+    if (!p) return;
+    if (async)
+      (void)cudaFreeAsync(p, stream);
+    else
+      (void)cudaFree(p);
+  }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+};
+
+// A device pointer of this device (or managed memory), for a clear error instead of a fault.
+void expect_device_pointer(const void* ptr, const char* name, int device) {
+  cudaPointerAttributes a{};
+  check(cudaPointerGetAttributes(&a, ptr), std::string("cudaPointerGetAttributes(") + name + ")");
+  if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+    throw RuntimeError(std::string("cuda attention: ") + name +
+                       " is not device memory (a host pointer was passed to the CUDA backend)");
+  if (a.type == cudaMemoryTypeDevice && a.device != device)
+    throw RuntimeError(std::string("cuda attention: ") + name + " lives on device " +
+                       std::to_string(a.device) + ", the problem on device " +
+                       std::to_string(device));
+}
+
+// Whether the kernel can read a [B, N, H, D] tensor with 16-byte copies as it is: aligned base,
+// unit last stride, and the other strides (of dimensions longer than 1) multiples of 8 elements.
+bool kernel_readable(const void* ptr, const int64_t* strides, const int64_t* shape) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+  if (shape[3] > 1 && strides[3] != 1) return false;
+  for (int i = 0; i < 3; ++i)
+    if (shape[i] > 1 && strides[i] % 8 != 0) return false;
+  return true;
+}
+
+size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
+
+bool sync_after_launch() {
+  static const bool on = [] {
+    const char* e = std::getenv("SPATTN_CUDA_SYNC");
+    return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+
+std::string dims_str(const int64_t* s, int n) {
+  std::string r = "[";
+  for (int i = 0; i < n; ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+}  // namespace
+
+ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
+
+bool supports(DType dtype, int64_t d, int64_t dv) {
+  const ArchFns* a = any_arch();
+  if (!a || d != dv || d <= 0 || d > 4096) return false;
+  if (dtype != DType::Float16 && dtype != DType::BFloat16) return false;
+  return a->supported(kernel_dtype(dtype), int(d));
+}
+
+std::string forward_kernels() {
+  const ArchFns* a = any_arch();
+  if (!a) return {};
+  std::string r;
+  for (DType t : {DType::Float16, DType::BFloat16}) {
+    std::string dims;
+    for (int d : {32, 64, 96, 128, 160, 192, 224, 256})
+      if (a->supported(kernel_dtype(t), d)) dims += (dims.empty() ? "" : ",") + std::to_string(d);
+    if (!dims.empty()) r += (r.empty() ? "" : ";") + std::string(dtype_name(t)) + ":" + dims;
+  }
+  return r;
+}
+
+void attention_forward(const ForwardProblem& p) {
+  if (p.dtype != DType::Float16 && p.dtype != DType::BFloat16)
+    throw RuntimeError(std::string("cuda attention: ") + dtype_name(p.dtype) +
+                       " is not supported by the CUDA kernels (float16 and bfloat16 are)");
+  if (!supports(p.dtype, p.d, p.dv))
+    throw RuntimeError("cuda attention: no CUDA kernel for " + std::string(dtype_name(p.dtype)) +
+                       " with D=" + std::to_string(p.d) + ", Dv=" + std::to_string(p.dv) +
+                       " in this build (compiled: " + forward_kernels() + "; D must equal Dv)");
+  if (p.layout == nullptr) throw ValueError("cuda attention: no block layout given");
+  if (p.b < 0 || p.nq < 0 || p.nk < 0 || p.hq < 1 || p.hkv < 1 || p.hq % p.hkv != 0)
+    throw ValueError("cuda attention: bad sizes (B=" + std::to_string(p.b) + ", Nq=" +
+                     std::to_string(p.nq) + ", Nk=" + std::to_string(p.nk) + ", Hq=" +
+                     std::to_string(p.hq) + ", Hkv=" + std::to_string(p.hkv) + ")");
+  if (!std::isfinite(p.scale) || p.scale == 0.f)
+    throw ValueError("cuda attention: scale must be finite and nonzero");
+  if (p.b == 0 || p.nq == 0) return;  // nothing to write
+
+  const int64_t q_shape[4] = {p.b, p.nq, p.hq, p.d};
+  const int64_t k_shape[4] = {p.b, p.nk, p.hkv, p.d};
+  const int64_t v_shape[4] = {p.b, p.nk, p.hkv, p.dv};
+  const int64_t o_shape[4] = {p.b, p.nq, p.hq, p.dv};
+  // Everything the kernel needs besides q, k, v (validates the layout against the problem).
+  StagedForward st = stage_forward(*p.layout, p.pred, p.nq, p.nk, p.hq);
+
+  DeviceGuard guard(p.device);
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, p.device), "cudaGetDeviceProperties");
+  const ArchFns* arch = arch_for(prop.major, prop.minor);
+  if (!arch)
+    throw RuntimeError(std::string("cuda attention: no kernels for ") + prop.name + " (sm_" +
+                       std::to_string(prop.major) + std::to_string(prop.minor) +
+                       "); this spattn was compiled for " + SPATTN_CUDA_ARCHS_STR);
+  const bool have_k = p.nk > 0;
+  expect_device_pointer(p.q, "q", p.device);
+  expect_device_pointer(p.out, "out", p.device);
+  if (have_k) {
+    expect_device_pointer(p.k, "k", p.device);
+    expect_device_pointer(p.v, "v", p.device);
+  }
+  if (p.lse) expect_device_pointer(p.lse, "lse", p.device);
+
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  int pools = 0;
+  check(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, p.device),
+        "cudaDeviceGetAttribute(MemoryPoolsSupported)");
+
+  // Tensors the kernel cannot read (or write) as they are go through compact copies.
+  const int es = dtype_size(p.dtype);
+  const bool rq = !kernel_readable(p.q, p.q_strides, q_shape);
+  const bool rk = have_k && !kernel_readable(p.k, p.k_strides, k_shape);
+  const bool rv = have_k && !kernel_readable(p.v, p.v_strides, v_shape);
+  const bool ro = !kernel_readable(p.out, p.out_strides, o_shape);
+  auto numel = [](const int64_t* s) { return s[0] * s[1] * s[2] * s[3]; };
+  size_t at = align16(st.blob.size());
+  const size_t q_at = at;
+  at += rq ? align16(size_t(numel(q_shape)) * es) : 0;
+  const size_t k_at = at;
+  at += rk ? align16(size_t(numel(k_shape)) * es) : 0;
+  const size_t v_at = at;
+  at += rv ? align16(size_t(numel(v_shape)) * es) : 0;
+  const size_t o_at = at;
+  at += ro ? align16(size_t(numel(o_shape)) * es) : 0;
+
+  DeviceScratch buf(at, stream, pools != 0);
+  unsigned char* base = static_cast<unsigned char*>(buf.p);
+  st.relocate_nodes(base);
+  check(cudaMemcpyAsync(base, st.blob.data(), st.blob.size(), cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync (layout and pattern upload)");
+
+  FwdParams fp;
+  st.bind(base, &fp);
+  auto compact = [](const int64_t* s, int64_t* out) {
+    out[3] = 1;
+    out[2] = s[3];
+    out[1] = s[2] * s[3];
+    out[0] = s[1] * s[2] * s[3];
+  };
+  int64_t qs[4], ks[4], vs[4], os[4];
+  const void* q = p.q;
+  const void* k = p.k;
+  const void* v = p.v;
+  void* o = p.out;
+  std::memcpy(qs, p.q_strides, sizeof qs);
+  std::memcpy(ks, p.k_strides, sizeof ks);
+  std::memcpy(vs, p.v_strides, sizeof vs);
+  std::memcpy(os, p.out_strides, sizeof os);
+  if (rq) {
+    compact(q_shape, qs);
+    check(arch->copy(p.q, p.q_strides, base + q_at, qs, q_shape, es, stream), "repacking q");
+    q = base + q_at;
+  }
+  if (rk) {
+    compact(k_shape, ks);
+    check(arch->copy(p.k, p.k_strides, base + k_at, ks, k_shape, es, stream), "repacking k");
+    k = base + k_at;
+  }
+  if (rv) {
+    compact(v_shape, vs);
+    check(arch->copy(p.v, p.v_strides, base + v_at, vs, v_shape, es, stream), "repacking v");
+    v = base + v_at;
+  }
+  if (ro) {
+    compact(o_shape, os);
+    o = base + o_at;
+  }
+
+  fp.q = q;
+  fp.k = k;
+  fp.v = v;
+  fp.o = o;
+  fp.lse = p.lse;
+  fp.q_sb = qs[0], fp.q_sn = qs[1], fp.q_sh = qs[2];
+  fp.k_sb = ks[0], fp.k_sn = ks[1], fp.k_sh = ks[2];
+  fp.v_sb = vs[0], fp.v_sn = vs[1], fp.v_sh = vs[2];
+  fp.o_sb = os[0], fp.o_sn = os[1], fp.o_sh = os[2];
+  fp.lse_sb = p.lse_strides[0], fp.lse_sh = p.lse_strides[1], fp.lse_sn = p.lse_strides[2];
+  fp.b = p.b, fp.nq = p.nq, fp.nk = p.nk, fp.hq = p.hq, fp.hkv = p.hkv, fp.d = p.d, fp.dv = p.dv;
+  fp.group = p.hq / p.hkv;
+  fp.scale = p.scale;
+  fp.scale_log2 = p.scale * 1.4426950408889634f;
+
+  check(arch->forward(fp, kernel_dtype(p.dtype), stream),
+        std::string("launching the ") + arch->name + " forward kernel (" + dtype_name(p.dtype) +
+            ", D=" + std::to_string(p.d) + ", q " + dims_str(q_shape, 4) + ")");
+  if (ro) check(arch->copy(o, os, p.out, p.out_strides, o_shape, es, stream), "writing out back");
+  if (sync_after_launch()) check(cudaStreamSynchronize(stream), "the forward kernel (SPATTN_CUDA_SYNC)");
+}
+
+}  // namespace spattn::cuda
