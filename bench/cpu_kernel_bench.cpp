@@ -82,8 +82,8 @@ int main(int argc, char** argv) {
   const std::string dts = std::getenv("DTYPE") ? std::getenv("DTYPE") : "f32";
   const DType dt = dts == "f16" ? DType::Float16 : dts == "bf16" ? DType::BFloat16 : DType::Float32;
   const int es = dt == DType::Float32 ? 4 : 2;
-  std::printf("simd %s, window %lld, H %lld, D %lld, %s\n", cpu::simd_level(), (long long)W,
-              (long long)H, (long long)D, dts.c_str());
+  std::printf("simd %s, %s, window %lld, H %lld, D %lld, %s\n", cpu::simd_level(),
+              cpu::blocking_desc(), (long long)W, (long long)H, (long long)D, dts.c_str());
   for (int64_t N : ns) {
     const CompiledPattern compiled = Pattern::sliding_window(W - 1, 0).compile(N, N, H);
     const Predicate pred = compiled.predicate();

@@ -1,17 +1,26 @@
-"""CPU benchmark: causal sliding window of 512 keys against torch SDPA on dense attention.
+"""CPU benchmark: causal sliding window of 512 keys against torch SDPA (dense) and FlexAttention.
 
-    python bench/cpu_window.py [--n 8192 16384] [--repeats 3] [--backward] [--dtype bfloat16]
+    python bench/cpu_window.py [--n 8192 16384] [--repeats 3] [--backward]
+                               [--dtype float32|bfloat16|float16] [--no-flex]
 
 Same run, same machine, same threads. Useful GFLOP/s count only the pairs a pattern keeps:
 forward 4 * D * H * pairs, forward+backward 3.5 times that. Prints one row per (system, pass,
-N) and the ratio spattn / torch dense (both float32). With --dtype bfloat16 (needs torch for the
-bfloat16 arrays) spattn also runs in bfloat16, with the ratio bfloat16 / float32 of its own.
+N) and the ratios spattn / torch dense (both float32) and spattn / FlexAttention (same dtype).
+With --dtype bfloat16 (needs torch for the bfloat16 arrays) or float16, spattn also runs in
+that dtype, with the ratio to its own float32 forward.
+
+FlexAttention (torch.compile'd, CPU, forward only: it has no CPU backward) runs the same window
+as a closed-form mask_mod, (q >= k) & (q - k < window), on contiguous [B, H, N, D] copies of
+the same arrays. Its one-off costs, create_block_mask and the first (compiling) call, are
+excluded from its timing (warm-up) and printed separately. Without torch, or where
+flex_attention cannot be imported or compiled, its rows are skipped with the reason printed.
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import time
+import traceback
 
 import numpy as np
 
@@ -28,6 +37,58 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+class Flex:
+    """FlexAttention forward on the causal window, compiled once per (dtype, N)."""
+
+    def __init__(self, torch, window: int):
+        self.torch, self.window = torch, window
+        self.error = None
+        self.fn = None
+        self.masks = {}
+        self.notes = []
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+            self.create_block_mask = create_block_mask
+            self.fn = self.torch.compile(flex_attention, dynamic=False)
+        except Exception as e:  # noqa: BLE001 - any failure only skips the flex rows
+            self.error = f"{type(e).__name__}: {e}".splitlines()[0]
+
+    def mask(self, n: int):
+        if n not in self.masks:
+            w = self.window
+
+            def mask_mod(b, h, q_idx, kv_idx):
+                return (q_idx >= kv_idx) & (q_idx - kv_idx < w)
+
+            t0 = time.perf_counter()
+            self.masks[n] = self.create_block_mask(mask_mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device="cpu")
+            self.notes.append(f"create_block_mask N={n}: {time.perf_counter() - t0:.2f} s")
+        return self.masks[n]
+
+    def time_fwd(self, q, k, v, label: str, repeats: int):
+        """Best forward time in seconds (None, reason printed, if flex cannot run)."""
+        if self.error:
+            return None
+        torch = self.torch
+        try:
+            n = q.shape[1]
+            bm = self.mask(n)
+            tq, tk, tv = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                self.fn(tq, tk, tv, block_mask=bm)  # compiles for this dtype and shape
+                self.notes.append(f"first call (compile) {label} N={n}: {time.perf_counter() - t0:.1f} s")
+
+                def fwd():
+                    self.fn(tq, tk, tv, block_mask=bm)
+
+                return best_time(fwd, repeats)
+        except Exception as e:  # noqa: BLE001
+            self.error = f"{type(e).__name__}: {e}".splitlines()[0]
+            traceback.print_exc(limit=2)
+            return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[8192, 16384])
@@ -36,8 +97,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backward", action="store_true", help="also time forward+backward")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="bfloat16: also time spattn in bfloat16 (float32 rows stay as the baseline)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                    help="bfloat16 / float16: also time spattn (and flex) in that dtype (float32 rows "
+                         "stay as the baseline)")
+    ap.add_argument("--no-flex", action="store_true", help="skip the FlexAttention rows")
     args = ap.parse_args()
     try:
         import torch
@@ -52,8 +115,18 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, spattn {info['version']} "
           f"(simd {info['cpu_simd']}, {info['cpu_threads']} threads)"
           + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", torch not installed"))
-    print(f"# {'float32 and bfloat16' if args.dtype == 'bfloat16' else 'float32'}, B=1, H={h}, D={d}, "
+    print(f"# {'float32' if args.dtype == 'float32' else 'float32 and ' + args.dtype}, B=1, H={h}, D={d}, "
           f"causal sliding window {w}")
+    flex = None
+    if args.no_flex:
+        print("# flex attention: skipped (--no-flex)")
+    elif torch is None:
+        print("# flex attention: skipped (torch is not installed)")
+    else:
+        flex = Flex(torch, w)
+        if flex.error:
+            print(f"# flex attention: skipped ({flex.error})")
+            flex = None
     rows = []
     for n in args.n:
         rng = np.random.default_rng(0)
@@ -89,6 +162,28 @@ def main() -> None:
                 ours_bb = 3.5 * 4 * d * h * window_pairs / tbb / 1e9
                 rows.append(("spattn bf16", f"window {w}", "fwd+bwd", n, tbb, ours_bb))
                 rows.append(("ratio", "bf16 / float32", "fwd+bwd", n, float("nan"), ours_bb / ours_b))
+        if args.dtype == "float16":
+            hq, hk, hv = (x.astype(np.float16) for x in (q, k, v))
+            thf = best_time(lambda: spattn.attention(hq, hk, hv, pattern=pattern), args.repeats)
+            ours_hf = 4 * d * h * window_pairs / thf / 1e9
+            rows.append(("spattn fp16", f"window {w}", "fwd", n, thf, ours_hf))
+            rows.append(("ratio", "fp16 / float32", "fwd", n, float("nan"), ours_hf / ours))
+        if flex is not None:
+            flex_dtypes = [("float32", torch.float32, ours, "spattn")]
+            if args.dtype == "bfloat16":
+                flex_dtypes.append(("bf16", torch.bfloat16, ours_bf, "spattn bf16"))
+            elif args.dtype == "float16":
+                flex_dtypes.append(("fp16", torch.float16, ours_hf, "spattn fp16"))
+            for tag, tdt, mine, mine_name in flex_dtypes:
+                xs = tuple(torch.from_numpy(x).to(tdt) for x in (q, k, v))
+                tf = flex.time_fwd(*xs, tag, args.repeats)
+                if tf is None:
+                    print(f"# flex attention {tag} N={n}: skipped ({flex.error})")
+                    flex.error = None  # the next dtype may still work
+                    continue
+                theirs = 4 * d * h * window_pairs / tf / 1e9
+                rows.append((f"flex {tag}", f"window {w}", "fwd", n, tf, theirs))
+                rows.append(("ratio", f"{mine_name} / flex {tag}", "fwd", n, float("nan"), mine / theirs))
         if torch is not None:
             # torch's layout is [B, H, N, D]; the same memory through a transpose view.
             tq, tk, tv = (torch.from_numpy(x).transpose(1, 2) for x in (q, k, v))
@@ -109,11 +204,13 @@ def main() -> None:
                 dense_b = 3.5 * 4 * d * h * n * n / tdb / 1e9
                 rows.append(("torch SDPA", "dense", "fwd+bwd", n, tdb, dense_b))
                 rows.append(("ratio", "spattn / torch dense", "fwd+bwd", n, float("nan"), ours_b / dense_b))
-    print(f"{'system':<12} {'pattern':<22} {'pass':<8} {'N':>6} {'ms':>9} {'useful GFLOP/s':>15}")
+    print(f"{'system':<12} {'pattern':<26} {'pass':<8} {'N':>6} {'ms':>9} {'useful GFLOP/s':>15}")
     for name, pat, kind, n, t, g in rows:
         ms = "" if t != t else f"{t * 1e3:9.1f}"
         val = f"{g:14.2f}x" if name == "ratio" else f"{g:15.1f}"
-        print(f"{name:<12} {pat:<22} {kind:<8} {n:>6} {ms:>9} {val}")
+        print(f"{name:<12} {pat:<26} {kind:<8} {n:>6} {ms:>9} {val}")
+    if flex is not None and flex.notes:
+        print("# flex attention one-off costs (not in its timing): " + "; ".join(flex.notes))
 
 
 if __name__ == "__main__":

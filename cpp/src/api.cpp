@@ -643,6 +643,7 @@ std::map<std::string, std::string> info() {
   r["cpu_cache"] = cpu::cache_desc();
   r["cpu_tile"] = std::to_string(cpu::cpu_tile_size().bq) + "x" +
                   std::to_string(cpu::cpu_tile_size().bk);
+  r["cpu_blocking"] = cpu::blocking_desc();
   r["cuda_compiled"] = cuda::compiled() ? "yes" : "no";
   r["cuda_archs"] = cuda::compiled() ? cuda::compiled_archs() : "";
   r["cuda_kernels"] = cuda::compiled() ? cuda::forward_kernels() : "";

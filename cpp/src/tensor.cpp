@@ -1,6 +1,8 @@
 // TensorView checks and ManagedTensor ownership (tensor.hpp). Plain C++17: no Python here.
 #include "spattn/tensor.hpp"
 
+#include "huge_pages.hpp"
+
 #include <atomic>
 #include <climits>
 #include <cstdlib>
@@ -238,7 +240,7 @@ ManagedTensor ManagedTensor::allocate_cpu(DType dtype, const std::vector<int64_t
   const size_t padded = size_t((bytes + 63) / 64 * 64) + (bytes == 0 ? 64 : 0);
 
   auto* block = new CpuBlock();  // value-initialised: zeros
-  block->data = std::aligned_alloc(64, padded);
+  block->data = detail::alloc_large(padded);
   if (block->data == nullptr) {
     delete block;
     throw std::bad_alloc();

@@ -390,3 +390,77 @@ def test_cli_info(how):
     assert p.returncode == 0, p.stderr
     assert str(spattn.info()["version"]) in p.stdout
     assert "cpu" in p.stdout.lower()
+
+
+# ------------------------------------------------------------------------------------------
+# SIMD levels and float16 conversion (each level this CPU can run, forced with SPATTN_SIMD)
+# ------------------------------------------------------------------------------------------
+
+_SIMD_CAPS = ["portable", "avx2", "avx512"]
+
+# Runs in a fresh interpreter under one SPATTN_SIMD cap; prints the level, then checks:
+# - float16 in and out exactly: each query sees only itself (P = 1), so out must equal v bit
+#   for bit for every finite float16 (subnormals and 65504 included; -0 compares equal to 0);
+# - float16 rounding: two keys of equal score, out = float16(float32(v0 + v1) / 2), rounded to
+#   nearest even like numpy, over random bit patterns (ties and subnormal results included);
+# - a float16 causal forward within the suite's tolerance of the float64 reference, and float32
+#   with its fixed tolerance, on this level's kernels.
+_SIMD_CHECK = r"""
+import numpy as np, spattn
+from _helpers import Case, assert_close, naive_forward, rand_qkv, ref_forward, round_to
+print(spattn.info()["cpu_simd"])
+bits = np.arange(65536, dtype=np.uint16).view(np.float16)
+fin = bits[np.isfinite(bits)]
+n = -(-fin.size // 64)
+v = np.zeros(n * 64, np.float16)
+v[: fin.size] = fin
+v = v.reshape(1, n, 1, 64)
+z = np.zeros_like(v)
+out = spattn.attention(z, z, v, pattern=spattn.SlidingWindow(0, 0))
+assert out.dtype == np.float16
+assert np.array_equal(out.astype(np.float32), v.astype(np.float32)), "float16 round trip not exact"
+
+rng = np.random.default_rng(7)
+v = rng.integers(0, 65536, size=(1, 4096, 1, 64), dtype=np.uint16).view(np.float16)
+v = np.where(np.isfinite(v), v, np.float16(0)).astype(np.float16)
+v[:, :, :, :8] = v[:, :, :, :8] / np.float16(4096)  # more subnormal results
+z = np.zeros_like(v)
+out = spattn.attention(z, z, v, pattern=spattn.SlidingWindow(1, 0))
+v32 = v.astype(np.float32)
+want = np.empty_like(v)
+want[:, 0] = v[:, 0]
+want[:, 1:] = ((v32[:, :-1] + v32[:, 1:]) * np.float32(0.5)).astype(np.float16)
+bad = out.view(np.uint16) != want.view(np.uint16)
+bad &= ~((out == 0) & (want == 0))  # -0 and +0
+assert not bad.any(), f"float16 rounding differs at {np.argwhere(bad)[:5].tolist()}"
+
+for dtype in ("float16", "float32"):
+    q, k, v, _ = rand_qkv(1, 200, 200, 2, 1, 64, 64, seed=3)
+    q, k, v = (round_to(x, dtype) for x in (q, k, v))
+    pattern, mask = Case("Causal").build(200, 200, 2)
+    ref, _, _ = ref_forward(q, k, v, mask)
+    naive = None if dtype == "float32" else naive_forward(q, k, v, mask, dtype)
+    xs = [x.astype(dtype) for x in (q, k, v)]
+    assert_close("out", spattn.attention(*xs, pattern=pattern), ref, dtype, naive)
+print("ok")
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _level_under(cap):
+    rc, out, err = run_isolated(f"import os; os.environ['SPATTN_SIMD'] = {cap!r}\n"
+                                "import spattn; print(spattn.info()['cpu_simd'])")
+    assert rc == 0, err
+    return out.strip()
+
+
+@pytest.mark.parametrize("cap", _SIMD_CAPS)
+def test_simd_level_float16_conversion_and_forward(cap):
+    level = _level_under(cap)
+    if not level.startswith(cap):
+        pytest.skip(f"this CPU cannot run the {cap} kernels (SPATTN_SIMD={cap} gives {level})")
+    rc, out, err = run_isolated(f"import os; os.environ['SPATTN_SIMD'] = {cap!r}\n" + _SIMD_CHECK,
+                                timeout=300)
+    assert rc == 0, err[-3000:]
+    lines = out.split()
+    assert lines[0] == level and lines[-1] == "ok", out

@@ -16,6 +16,29 @@ struct TileSize {
 };
 TileSize cpu_tile_size();
 
+// Cache blocking, decided once from the data cache sizes read at run time (cache_sizes() in
+// thread_pool.hpp). The kernels walk the layout in 64 x 64 tiles (cpu_tile_size()); what the
+// caches decide is how the score products S^T = K Q^T (forward and backward) and dP^T = V dO^T
+// (backward) are split along the head dimension:
+//
+//   head_chunk = the largest multiple of 16 with head_chunk * 64 queries * 4 bytes <= L1d,
+//                between 16 and 256; L1d unknown: 32 KB is assumed (head_chunk 128).
+//
+// The micro-kernel streams key rows past the packed Q^T (or dO^T) panel, which it rereads for
+// every 4 key rows: the panel is the operand that must stay in L1d. With 32 KB (this
+// project's Zen 4 machine) D <= 128 runs in one pass, D = 256 in two; with 48 KB (recent Intel
+// cores) D <= 192 in one. The per-thread scratch of a tile (forward: Q^T, O, S^T, K and V
+// blocks, about 80 KB at D = 64) must fit in L2; `l2_fits` reports whether it does for D = Dv
+// = 256, the largest head dim.
+struct Blocking {
+  int64_t l1d = 0, l2 = 0;  // bytes read at run time (0: unknown)
+  int64_t head_chunk = 128;
+  bool l2_fits = true;
+};
+const Blocking& cpu_blocking();
+// One line for `spattn info`, e.g. "64x64 tiles, head-dim chunk 128 (L1d 32K)".
+const char* blocking_desc();
+
 // Views are [B, Nq, Hq, D] (q), [B, Nk, Hkv, D] (k), [B, Nk, Hkv, Dv] (v), [B, Nq, Hq, Dv]
 // (out, dout), [B, Hq, Nq] float32 (lse), any strides. All float tensors share `dtype`.
 struct ForwardArgs {

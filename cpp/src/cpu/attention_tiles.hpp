@@ -145,6 +145,30 @@ inline void apply_mask(const Problem& p, int64_t h, int64_t i0, int mq, int ncol
   }
 }
 
+// C = A B^T-style score products (A rows in place, unit stride along k; B = a packed [K][64]
+// panel), K split into chunks of kc so that each chunk's B rows stay in L1d (kc from
+// cpu_blocking()); the first chunk writes C, the others add to it.
+inline void gemm_chunked(int M, int N, int K, int kc, const float* A, int64_t sam,
+                         const float* B, int64_t ldb, float* C, int64_t ldc) {
+  if (kc >= K) return gemm<false>(M, N, K, A, sam, 1, B, ldb, C, ldc);
+  for (int k0 = 0; k0 < K; k0 += kc) {
+    const int kk = min_(kc, K - k0);
+    if (k0 == 0) gemm<false>(M, N, kk, A, sam, 1, B, ldb, C, ldc);
+    else gemm<true>(M, N, kk, A + k0, sam, 1, B + k0 * ldb, ldb, C, ldc);
+  }
+}
+
+inline void gemm_cols_chunked(int M, int K, int kc, const float* A, int64_t sam, const float* B,
+                              int64_t ldb, float* C, int64_t ldc, const int32_t* glo,
+                              const int32_t* ghi) {
+  if (kc >= K) return gemm_cols<false>(M, K, A, sam, 1, B, ldb, C, ldc, glo, ghi);
+  for (int k0 = 0; k0 < K; k0 += kc) {
+    const int kk = min_(kc, K - k0);
+    if (k0 == 0) gemm_cols<false>(M, kk, A, sam, 1, B, ldb, C, ldc, glo, ghi);
+    else gemm_cols<true>(M, kk, A + k0, sam, 1, B + k0 * ldb, ldb, C, ldc, glo, ghi);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward
 
@@ -215,9 +239,9 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
     if (ranged) {
       window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
       block_work(mq, ncol, nk, w.rlo, w.rhi, w.glo, w.ghi, w.klo, w.khi);
-      gemm_cols<false>(nk, D, ka, lda, 1, w.qt, kTile, w.st, kTile, w.glo, w.ghi);
+      gemm_cols_chunked(nk, D, int(p.kc), ka, lda, w.qt, kTile, w.st, kTile, w.glo, w.ghi);
     } else {
-      gemm<false>(nk, ncol, D, ka, lda, 1, w.qt, kTile, w.st, kTile);
+      gemm_chunked(nk, ncol, D, int(p.kc), ka, lda, w.qt, kTile, w.st, kTile);
     }
     if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
 
@@ -331,12 +355,12 @@ inline BwdBlock bwd_scores(const Problem& p, const BwdBufs& w, int64_t b, int64_
   const int64_t ldv = v_direct ? p.v.s[1] : Dvp;
   if (!v_direct) pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
 
-  gemm<false>(nk, ncol, D, kb, ldk, 1, w.qt, kTile, w.st, kTile);  // S^T
+  gemm_chunked(nk, ncol, D, int(p.kc), kb, ldk, w.qt, kTile, w.st, kTile);  // S^T
   if (partial) {
     if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
     apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
   }
-  gemm<false>(nk, ncol, Dv, vb, ldv, 1, w.dot, kTile, w.dpt, kTile);  // dP^T
+  gemm_chunked(nk, ncol, Dv, int(p.kc), vb, ldv, w.dot, kTile, w.dpt, kTile);  // dP^T
   return {kb, ldk, nk};
 }
 

@@ -8,6 +8,7 @@
 
 #include "cpu/attention_cpu.hpp"
 #include "cpu/kernel_api.hpp"
+#include "huge_pages.hpp"
 
 namespace spattn::cpu::detail {
 
@@ -19,7 +20,7 @@ using Scratch = std::unique_ptr<float[], AlignedFree>;
 
 inline Scratch alloc_floats(int64_t n) {
   const size_t bytes = (size_t(n > 0 ? n : 1) * sizeof(float) + 63) & ~size_t(63);
-  void* p = std::aligned_alloc(64, bytes);
+  void* p = spattn::detail::alloc_large(bytes);  // huge pages when large (huge_pages.hpp)
   if (!p) throw std::bad_alloc();
   return Scratch(static_cast<float*>(p));
 }

@@ -1,13 +1,50 @@
-// Chooses, once per process, the kernel set for this CPU.
+// Chooses, once per process, the kernel set for this CPU, and the cache blocking (see
+// cpu_blocking() in attention_cpu.hpp).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "cpu/attention_cpu.hpp"
 #include "cpu/kernel_api.hpp"
+#include "cpu/thread_pool.hpp"
 
 namespace spattn::cpu {
 
 TileSize cpu_tile_size() { return {kTile, kTile}; }
+
+namespace {
+Blocking decide_blocking(const CacheSizes& c) {
+  Blocking b;
+  b.l1d = c.l1d;
+  b.l2 = c.l2;
+  // The rule of attention_cpu.hpp: a [head_chunk][64] float32 panel fits in L1d.
+  const int64_t l1 = c.l1d > 0 ? c.l1d : 32 << 10;
+  const int64_t panel_row = int64_t(kTile) * int64_t(sizeof(float));
+  b.head_chunk = std::min<int64_t>(256, std::max<int64_t>(16, l1 / panel_row / 16 * 16));
+  // Forward scratch of one tile at D = Dv = 256 (see fwd_bufs): Q^T, O, K and V blocks of
+  // 64 x 256 floats and the 64 x 64 S^T.
+  const int64_t fwd_ws = (4 * int64_t(kTile) * 256 + int64_t(kTile) * kTile) * int64_t(sizeof(float));
+  b.l2_fits = c.l2 <= 0 || fwd_ws <= c.l2;
+  return b;
+}
+}  // namespace
+
+const Blocking& cpu_blocking() {
+  static const Blocking b = decide_blocking(cache_sizes());
+  return b;
+}
+
+const char* blocking_desc() {
+  static const std::string s = [] {
+    const Blocking& b = cpu_blocking();
+    return std::to_string(kTile) + "x" + std::to_string(kTile) + " tiles, head-dim chunk " +
+           std::to_string(b.head_chunk) + " (L1d " +
+           (b.l1d > 0 ? std::to_string(b.l1d >> 10) + "K" : std::string("unknown: 32K assumed")) +
+           (b.l2_fits ? ")" : "; L2 smaller than a D=256 tile's scratch)");
+  }();
+  return s.c_str();
+}
 
 namespace {
 
@@ -27,9 +64,10 @@ bool allowed(const char* level) {
 const KernelTable* choose() {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
+  // The avx2 level also converts float16 with F16C (every AVX2 CPU made has it).
   const bool avx2 = __builtin_cpu_supports("avx") && __builtin_cpu_supports("avx2") &&
-                    __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
-                    __builtin_cpu_supports("bmi2");
+                    __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+                    __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512dq");

@@ -1,4 +1,4 @@
-// The kernels compiled for AVX2 + FMA (x86-64 only; chosen at run time by dispatch.cpp).
+// The kernels compiled for AVX2 + FMA + F16C (x86-64 only; chosen at run time by dispatch.cpp).
 #if defined(__x86_64__) || defined(_M_X64)
 
 // Standard and intrinsic headers first, so that nothing outside namespace
@@ -9,12 +9,13 @@
 #include "cpu/kernel_api.hpp"
 
 #pragma GCC push_options
-#pragma GCC target("avx2,avx,fma,bmi,bmi2")
+#pragma GCC target("avx2,avx,fma,f16c,bmi,bmi2")
 
 #define SPATTN_ISA avx2
 #define SPATTN_VEC_BYTES 32
 #define SPATTN_MR 4
 #define SPATTN_NGMAX 1
+#define SPATTN_F16C 1
 #define SPATTN_FMA(a, b, c) ((vf)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
 #include "cpu/attention_tiles.hpp"
 

@@ -16,6 +16,7 @@
 #define SPATTN_MR 4
 #define SPATTN_NGMAX 4
 #define SPATTN_EXP2_SCALEF 1
+#define SPATTN_F16C 1  // vcvtph2ps / vcvtps2ph on zmm: part of AVX-512F
 #define SPATTN_FMA(a, b, c) ((vf)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
 #include "cpu/attention_tiles.hpp"
 

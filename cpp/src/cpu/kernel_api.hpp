@@ -37,6 +37,10 @@ struct Problem {
   // q/k/v. lse [B,Hq,Nq] float32 (data null: not wanted in the forward).
   T4 q, k, v, o, dout, dq, dk, dv;
   float* lse = nullptr;
+  // Head-dim chunk of the S^T = K Q^T and dP^T = V dO^T products, a multiple of 16 (see
+  // cpu_blocking() in attention_cpu.hpp): each chunk's Q^T / dO^T rows stay in L1d while the
+  // key rows stream past them. >= D: one pass.
+  int64_t kc = 1 << 30;
   bool exact_delta = false;  // backward: recompute delta from P and dP (low-precision inputs)
   int64_t lse_s[3] = {0, 0, 0};
 };

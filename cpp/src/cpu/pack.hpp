@@ -102,9 +102,16 @@ inline float* pack_rows(const T4& t, int dtype, int64_t b, int64_t r0, int n, in
 inline void pack_rows_t(const T4& t, int dtype, int64_t b, int64_t r0, int n, int ncol,
                         int64_t h, int cols, float mul, float* tmp, float* dst) {
   const int es = dtype == kF32 ? 4 : 2;
-  for (int r = 0; r < n; ++r) {
-    load_row(at(t, es, b, r0 + r, h), dtype, t.s[3], cols, mul, tmp);
-    for (int c = 0; c < cols; ++c) dst[c * kTile + r] = tmp[c];
+  if (dtype == kF32) {  // straight from the rows: no vector store reread as scalars
+    for (int r = 0; r < n; ++r) {
+      const float* s = reinterpret_cast<const float*>(at(t, es, b, r0 + r, h));
+      for (int c = 0; c < cols; ++c) dst[c * kTile + r] = s[c * t.s[3]] * mul;
+    }
+  } else {
+    for (int r = 0; r < n; ++r) {
+      load_row(at(t, es, b, r0 + r, h), dtype, t.s[3], cols, mul, tmp);
+      for (int c = 0; c < cols; ++c) dst[c * kTile + r] = tmp[c];
+    }
   }
   for (int c = 0; c < cols; ++c)
     for (int r = n; r < ncol; ++r) dst[c * kTile + r] = 0.f;

@@ -49,6 +49,7 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   p.q = t4(q);
   p.k = t4(k);
   p.v = t4(v);
+  p.kc = cpu_blocking().head_chunk;
   return p;
 }
 

@@ -2,7 +2,8 @@
 //
 // Included only by an isa_*.cpp file, after its `#pragma GCC target`, with SPATTN_ISA (the
 // namespace), SPATTN_VEC_BYTES (16, 32 or 64) and SPATTN_FMA (fused multiply-add of vf)
-// defined. Everything lives in namespace spattn::cpu::SPATTN_ISA so that code compiled for
+// defined; SPATTN_F16C (32 or 64 bytes only, target with f16c / avx512f) converts float16
+// vectors in hardware. Everything lives in namespace spattn::cpu::SPATTN_ISA so that code compiled for
 // different targets never shares a symbol. Standard headers must be included before the pragma.
 #pragma once
 
@@ -120,6 +121,35 @@ SP_INLINE uint16_t f2bf(float f) {
   return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+#if defined(SPATTN_F16C) && SPATTN_VEC_BYTES == 64
+// Hardware conversion (F16C / AVX-512F vcvtph2ps, vcvtps2ph): exact, round to nearest even,
+// the same results as the bit-exact code below for every finite value and infinity (NaNs stay
+// NaNs, quiet, sign kept).
+SP_INLINE vf h2f_v(vh h16) {
+  __m256i h;
+  __builtin_memcpy(&h, &h16, sizeof h);
+  return (vf)_mm512_cvtph_ps(h);
+}
+SP_INLINE vh f2h_v(vf f) {
+  const __m256i r = _mm512_cvtps_ph((__m512)f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vh h;
+  __builtin_memcpy(&h, &r, sizeof h);
+  return h;
+}
+#elif defined(SPATTN_F16C) && SPATTN_VEC_BYTES == 32
+SP_INLINE vf h2f_v(vh h16) {
+  __m128i h;
+  __builtin_memcpy(&h, &h16, sizeof h);
+  return (vf)_mm256_cvtph_ps(h);
+}
+SP_INLINE vh f2h_v(vf f) {
+  const __m128i r = _mm256_cvtps_ph((__m256)f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vh h;
+  __builtin_memcpy(&h, &r, sizeof h);
+  return h;
+}
+#else
+// Portable: exact bit manipulation.
 SP_INLINE vf h2f_v(vh h16) {
   const vi h = __builtin_convertvector(h16, vi);
   const vi sign = (h & 0x8000) << 16;
@@ -141,6 +171,7 @@ SP_INLINE vh f2h_v(vf f) {
   o |= (vi)((vu)sign >> 16);
   return __builtin_convertvector(o, vh);
 }
+#endif
 
 SP_INLINE vf bf2f_v(vh h16) { return (vf)(__builtin_convertvector(h16, vi) << 16); }
 
