@@ -51,12 +51,14 @@ void pool_if(const Rows& rows, int64_t bs, int64_t nb, int64_t dp, float* dst, W
   });
 }
 
-// a . b over n floats (n a multiple of 16): 16 independent partial sums, so the compiler
-// vectorises it at any SIMD width and the order is fixed.
-float dot16(const float* a, const float* b, int64_t n) {
+// a . b over n floats: 16 independent partial sums (the compiler vectorises them at any SIMD
+// width), then the tail; a fixed order, so the same inputs give the same bits.
+float dot(const float* a, const float* b, int64_t n) {
   float s[16] = {};
-  for (int64_t x = 0; x < n; x += 16)
+  int64_t x = 0;
+  for (; x + 16 <= n; x += 16)
     for (int t = 0; t < 16; ++t) s[t] += a[x + t] * b[x + t];
+  for (int t = 0; x < n; ++x, ++t) s[t] += a[x] * b[x];
   float r = 0.f;
   for (int t = 0; t < 16; ++t) r += s[t];
   return r;
@@ -123,56 +125,74 @@ BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k, const Pooled
 
   const int64_t dp = (q.d + 15) / 16 * 16;
   std::vector<float> qm, km;
+  // Key block c of kv head g: our own pooled buffer (rows dp apart, zero padded), or the
+  // caller's pooled keys read in place when each row is contiguous.
+  const float* kbase = nullptr;
+  int64_t k_sg = 0, k_sc = 0;
   if (kmax > 0) {
     qm.resize(size_t(hq * nqb * dp));
-    km.resize(size_t(hkv * kmax * dp));
     pool_if(q, bq, nqb, dp, qm.data(), [&](int64_t, int64_t a) { return scored(a); });
-    if (given == nullptr) {
-      pool(k, bk, kmax, dp, km.data());
+    if (given != nullptr && given->blocks < kmax)
+      throw ValueError("pooled_keys: holds " + std::to_string(given->blocks) +
+                       " key blocks, but the choice scores blocks 0.." + std::to_string(kmax - 1) +
+                       " (blocks of " + std::to_string(bk) + " keys)");
+    if (given != nullptr && given->s_dim == 1) {
+      kbase = given->data;
+      k_sg = given->s_head;
+      k_sc = given->s_block;
     } else {
-      if (given->blocks < kmax)
-        throw ValueError("pooled_keys: holds " + std::to_string(given->blocks) +
-                         " key blocks, but the choice scores blocks 0.." +
-                         std::to_string(kmax - 1) + " (blocks of " + std::to_string(bk) +
-                         " keys)");
-      for (int64_t g = 0; g < hkv; ++g)
-        for (int64_t c = 0; c < kmax; ++c)
-          for (int64_t x = 0; x < q.d; ++x)
-            km[size_t((g * kmax + c) * dp + x)] =
-                given->data[c * given->s_block + g * given->s_head + x * given->s_dim];
+      km.resize(size_t(hkv * kmax * dp));
+      if (given == nullptr)
+        pool(k, bk, kmax, dp, km.data());
+      else
+        for (int64_t g = 0; g < hkv; ++g)
+          for (int64_t c = 0; c < kmax; ++c)
+            for (int64_t x = 0; x < q.d; ++x)
+              km[size_t((g * kmax + c) * dp + x)] =
+                  given->data[c * given->s_block + g * given->s_head + x * given->s_dim];
+      kbase = km.data();
+      k_sg = kmax * dp;
+      k_sc = dp;
     }
   }
 
-  cpu::parallel_for(hq * nqb, [&](int64_t t, int) {
-    const int64_t h = t / nqb, a = t % nqb, g = h / G;
-    uint8_t* row = m.bits.data() + t * nkb;
-    if (causal) {
-      const int64_t lo = std::max<int64_t>(0, detail::floor_div(plo(a), bk));
-      const int64_t hi = std::min(nkb - 1, detail::floor_div(phi(a), bk));
-      for (int64_t c = lo; c <= hi; ++c) row[c] = 1;  // empty when every p < 0
-    }
+  // One task per (kv head, query block): the G query heads that share the kv head score
+  // against each key block while its mean is in cache (decode over a long cache reads the
+  // pooled keys once per kv head, not once per query head).
+  cpu::parallel_for(hkv * nqb, [&](int64_t t, int) {
+    const int64_t g = t / nqb, a = t % nqb;
     const int64_t nc = ncand(a);
-    if (nc <= K) {
-      std::fill(row, row + nc, uint8_t(1));
-      return;
+    for (int64_t h = g * G; h < (g + 1) * G; ++h) {
+      uint8_t* row = m.bits.data() + (h * nqb + a) * nkb;
+      if (causal) {
+        const int64_t lo = std::max<int64_t>(0, detail::floor_div(plo(a), bk));
+        const int64_t hi = std::min(nkb - 1, detail::floor_div(phi(a), bk));
+        for (int64_t c = lo; c <= hi; ++c) row[c] = 1;  // empty when every p < 0
+      }
+      if (nc <= K) std::fill(row, row + nc, uint8_t(1));
     }
-    if (K == 0) return;  // nothing beyond the current blocks
-    const float* qa = qm.data() + t * dp;
-    const float* kg = km.data() + g * kmax * dp;
-    std::vector<float> s(static_cast<size_t>(nc));
-    for (int64_t c = 0; c < nc; ++c) s[size_t(c)] = dot16(qa, kg + c * dp, dp);
-    // Higher score first, ties to the lower block index; NaN (from NaN inputs) ranks last.
+    if (!scored(a)) return;  // every candidate kept, or k = 0: nothing beyond the current blocks
+    std::vector<float> s(static_cast<size_t>(G * nc));
+    const float* kg = kbase + g * k_sg;
+    for (int64_t c = 0; c < nc; ++c)
+      for (int64_t hh = 0; hh < G; ++hh)
+        s[size_t(hh * nc + c)] = dot(qm.data() + ((g * G + hh) * nqb + a) * dp, kg + c * k_sc, q.d);
     std::vector<int32_t> idx(static_cast<size_t>(nc));
-    std::iota(idx.begin(), idx.end(), 0);
-    auto better = [&](int32_t x, int32_t y) {
-      const float sx = s[size_t(x)], sy = s[size_t(y)];
-      const bool nx = std::isnan(sx), ny = std::isnan(sy);
-      if (nx != ny) return ny;
-      if (!nx && sx != sy) return sx > sy;
-      return x < y;
-    };
-    std::nth_element(idx.begin(), idx.begin() + (K - 1), idx.end(), better);
-    for (int64_t x = 0; x < K; ++x) row[idx[size_t(x)]] = 1;
+    for (int64_t hh = 0; hh < G; ++hh) {
+      // Higher score first, ties to the lower block index; NaN (from NaN inputs) ranks last.
+      const float* sh = s.data() + hh * nc;
+      auto better = [sh](int32_t x, int32_t y) {
+        const float sx = sh[x], sy = sh[y];
+        const bool nx = std::isnan(sx), ny = std::isnan(sy);
+        if (nx != ny) return ny;
+        if (!nx && sx != sy) return sx > sy;
+        return x < y;
+      };
+      std::iota(idx.begin(), idx.end(), 0);
+      std::nth_element(idx.begin(), idx.begin() + (K - 1), idx.end(), better);
+      uint8_t* row = m.bits.data() + ((g * G + hh) * nqb + a) * nkb;
+      for (int64_t x = 0; x < K; ++x) row[idx[size_t(x)]] = 1;
+    }
   });
   return m;
 }
