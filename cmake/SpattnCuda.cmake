@@ -1,8 +1,10 @@
 # CUDA policy of spattn. Sets SPATTN_WITH_CUDA to 0 or 1; when 1, the CUDA language is enabled,
 # CUDAToolkit is found and the target spattn::cutlass_headers exists.
 #
-#   SPATTN_CUDA = AUTO (default): build the CUDA part when nvcc and the CuTe headers are found,
-#                                 else warn and build CPU-only.
+#   SPATTN_CUDA = AUTO (default): build the CUDA part when an NVIDIA GPU is visible and nvcc
+#                                 and the CuTe headers are found, else say why and build
+#                                 CPU-only (kernels that cannot run here would cost minutes
+#                                 of compilation for nothing).
 #                 ON:             build it or stop with an error saying what is missing.
 #                 OFF:            CPU-only; nvcc is not even looked for.
 # The first configure takes its value from the environment variable SPATTN_CUDA when set
@@ -53,29 +55,50 @@ if(NOT _spattn_cuda_mode STREQUAL "OFF")
     endif()
   endforeach()
 
-  include(CheckLanguage)
-  check_language(CUDA)
-  if(NOT CMAKE_CUDA_COMPILER)
-    _spattn_cuda_unavailable("no CUDA compiler (nvcc) was found; put nvcc on PATH or set CUDACXX.")
-  else()
-    # Architecture flags are given per target (cuda/CMakeLists.txt), never by CMake's default.
-    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      set(CMAKE_CUDA_ARCHITECTURES OFF)
-    endif()
-    enable_language(CUDA)
-    find_package(CUDAToolkit REQUIRED)
-    find_package(CutlassHeaders)
-    if(NOT CutlassHeaders_FOUND)
-      _spattn_cuda_unavailable("the CuTe/CUTLASS headers (nvidia-cutlass==${SPATTN_CUTLASS_VERSION}) were not found: ${CutlassHeaders_WHY}")
-    else()
-      set(SPATTN_WITH_CUDA 1)
-      set(_spattn_reduced_note "")
-      if(SPATTN_CUDA_REDUCED)
-        set(_spattn_reduced_note " (reduced instantiations)")
+  set(_spattn_gpu_seen TRUE)
+  if(_spattn_cuda_mode STREQUAL "AUTO")
+    set(_spattn_gpu_seen FALSE)
+    file(GLOB _spattn_gpus "/proc/driver/nvidia/gpus/*")
+    find_program(SPATTN_NVIDIA_SMI nvidia-smi)
+    if(_spattn_gpus)
+      set(_spattn_gpu_seen TRUE)
+    elseif(SPATTN_NVIDIA_SMI)
+      execute_process(COMMAND "${SPATTN_NVIDIA_SMI}" -L RESULT_VARIABLE _rc OUTPUT_VARIABLE _out
+                      ERROR_QUIET TIMEOUT 20)
+      if(_rc EQUAL 0 AND _out MATCHES "GPU")
+        set(_spattn_gpu_seen TRUE)
       endif()
-      message(STATUS "spattn: CUDA ${CMAKE_CUDA_COMPILER_VERSION} for ${SPATTN_CUDA_ARCHS}"
-                     "${_spattn_reduced_note}, CuTe headers from ${CutlassHeaders_SOURCE}: "
-                     "${CutlassHeaders_INCLUDE_DIR}")
+    endif()
+  endif()
+
+  include(CheckLanguage)
+  if(NOT _spattn_gpu_seen)
+    _spattn_cuda_unavailable("no NVIDIA GPU is visible on this machine (nvidia-smi -L); set "
+                             "SPATTN_CUDA=ON to compile the CUDA kernels anyway.")
+  else()
+    check_language(CUDA)
+    if(NOT CMAKE_CUDA_COMPILER)
+      _spattn_cuda_unavailable("no CUDA compiler (nvcc) was found; put nvcc on PATH or set CUDACXX.")
+    else()
+      # Architecture flags are given per target (cuda/CMakeLists.txt), never by CMake's default.
+      if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+        set(CMAKE_CUDA_ARCHITECTURES OFF)
+      endif()
+      enable_language(CUDA)
+      find_package(CUDAToolkit REQUIRED)
+      find_package(CutlassHeaders)
+      if(NOT CutlassHeaders_FOUND)
+        _spattn_cuda_unavailable("the CuTe/CUTLASS headers (nvidia-cutlass==${SPATTN_CUTLASS_VERSION}) were not found: ${CutlassHeaders_WHY}")
+      else()
+        set(SPATTN_WITH_CUDA 1)
+        set(_spattn_reduced_note "")
+        if(SPATTN_CUDA_REDUCED)
+          set(_spattn_reduced_note " (reduced instantiations)")
+        endif()
+        message(STATUS "spattn: CUDA ${CMAKE_CUDA_COMPILER_VERSION} for ${SPATTN_CUDA_ARCHS}"
+                       "${_spattn_reduced_note}, CuTe headers from ${CutlassHeaders_SOURCE}: "
+                       "${CutlassHeaders_INCLUDE_DIR}")
+      endif()
     endif()
   endif()
 endif()
