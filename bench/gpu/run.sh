@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: build spattn with CUDA (all cores), run the GPU tests, time the
-# forward against torch SDPA (flash and cuDNN) and FlexAttention, print a table last.
+# One command for a GPU machine: build spattn with CUDA (all cores), run the GPU tests (forward
+# and backward), time the forward and the forward+backward against torch SDPA (flash and cuDNN)
+# and FlexAttention, print the tables last.
 #
 #   bash bench/gpu/run.sh            # from anywhere; results and logs under $OUT (or ./gpu-out)
 #
@@ -12,8 +13,9 @@
 #
 # Environment: OUT (results folder), PYTHON (default python3), SPATTN_CUDA_ARCHS (default: the
 # GPU's own, 90a on Hopper, 80 on Ampere/Ada), BENCH_ARGS (extra arguments for
-# bench_forward.py, e.g. "--quick" or "--no-flex"), SKIP_BUILD=1 (reuse an installed build),
-# SKIP_TESTS=1.
+# bench_forward.py, e.g. "--quick" or "--no-flex"), BENCH_BWD_ARGS (extra arguments for
+# bench_backward.py, e.g. "--no-flex"), SKIP_BUILD=1 (reuse an installed build), SKIP_TESTS=1,
+# SKIP_BWD=1 (no backward tests or timings).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -66,7 +68,9 @@ cd "$OUT"  # import the installed package, not the source tree's python/ folder
 
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
   stamp "GPU tests"
-  SPATTN_CUDA_SYNC=1 "$PY" -m pytest -q -x -p no:cacheprovider "$ROOT/tests/python/test_cuda_forward.py" \
+  tests=("$ROOT/tests/python/test_cuda_forward.py")
+  [ "${SKIP_BWD:-0}" != "1" ] && tests+=("$ROOT/tests/python/test_cuda_backward.py")
+  SPATTN_CUDA_SYNC=1 "$PY" -m pytest -q -x -p no:cacheprovider "${tests[@]}" \
       2>&1 | tee "$OUT/tests.log" | tail -25
   if command -v compute-sanitizer > /dev/null 2>&1; then
     stamp "compute-sanitizer memcheck (small run)"
@@ -75,7 +79,9 @@ import torch, spattn
 for nq, nk, pat in [(257, 385, spattn.Causal()), (300, 200, spattn.Sink(3) | spattn.SlidingWindow(50, 0))]:
     q = torch.randn(1, nq, 2, 128, dtype=torch.bfloat16, device="cuda")
     k, v = (torch.randn(1, nk, 1, 128, dtype=torch.bfloat16, device="cuda") for _ in range(2))
-    spattn.attention(q, k, v, pattern=pat, return_lse=True)
+    out, lse = spattn.attention(q, k, v, pattern=pat, return_lse=True)
+    if "cuda_backward_kernels" in spattn.info() and spattn.info()["cuda_backward_kernels"]:
+        spattn.attention_backward(torch.randn_like(out), q, k, v, out, lse, pattern=pat)
 torch.cuda.synchronize()
 print("memcheck run done")
 EOF
@@ -87,5 +93,12 @@ fi
 stamp "benchmark"
 # shellcheck disable=SC2086
 "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|' | tail -20
+if [ "${SKIP_BWD:-0}" != "1" ]; then
+  stamp "benchmark forward+backward"
+  # shellcheck disable=SC2086
+  "$PY" "$ROOT/bench/gpu/bench_backward.py" --out "$OUT" ${BENCH_BWD_ARGS:-} 2>&1 | tee "$OUT/bench_bwd.log" | grep -v '^|' | tail -20
+fi
 stamp "done"
 cat "$OUT/table.md" 2>/dev/null
+echo
+cat "$OUT/table_bwd.md" 2>/dev/null

@@ -12,6 +12,7 @@
 #include "plan/residue.hpp"
 #include "select/topk.hpp"
 #include "spattn/cuda/backend_info.hpp"
+#include "spattn/cuda/backward.hpp"
 #include "spattn/cuda/forward.hpp"
 #include "spattn/select.hpp"
 
@@ -86,8 +87,8 @@ void expect_writable_layout(const TensorView& t, const char* name) {
 bool on_cuda(const TensorView& t) { return t.device.device_type == kDLCUDA; }
 
 // The tensors' device must have a backend for this call: the CPU always; CUDA for the forward
-// of a dense batch (cuda_what == nullptr) when this build has CUDA kernels, else RuntimeError
-// naming what is missing (cuda_what: the call that has no CUDA version yet).
+// and backward of a dense batch (cuda_what == nullptr) when this build has CUDA kernels, else
+// RuntimeError naming what is missing (cuda_what: the call that has no CUDA version yet).
 void expect_backend(const TensorView& q, const char* cuda_what) {
   const auto type = q.device.device_type;
   if (type == kDLCPU || type == kDLCUDAHost) return;
@@ -99,7 +100,7 @@ void expect_backend(const TensorView& q, const char* cuda_what) {
            "tensors";
     else if (cuda_what != nullptr)
       m << cuda_what << " runs on the CPU only in this version (the CUDA kernels cover the "
-        << "forward of dense batches); pass CPU tensors";
+        << "forward and backward of dense batches); pass CPU tensors";
     else if (type == kDLCUDAManaged)
       m << "the CUDA kernels take device memory (kDLCUDA), not managed memory; pass device or "
            "CPU tensors";
@@ -109,6 +110,13 @@ void expect_backend(const TensorView& q, const char* cuda_what) {
     m << "q: no spattn backend for device " << describe(q.device) << "; pass CPU tensors";
   }
   throw RuntimeError(m.str());
+}
+
+// TopKBlocks reads q and k on the host to choose its blocks.
+void refuse_selection_on_cuda(const TensorView& q, const Pattern& pattern) {
+  if (on_cuda(q) && pattern.data_dependent())
+    throw RuntimeError("pattern: TopKBlocks' selection runs on the CPU only in this version; "
+                       "pass CPU tensors, or select on the CPU and pass the selected pattern");
 }
 
 float resolve_scale(double scale, int64_t d) {
@@ -128,9 +136,10 @@ struct Dims {
 // varlen: q [Tq, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv] (no batch dimension; b = 1, nq = Tq,
 // nk = Tk in the result).
 //
-// cuda_what: nullptr when the call has a CUDA version, else its name for the message.
+// cuda_what: nullptr when the call has a CUDA version, else its name for the message;
+// backward: the CUDA kernels it needs are the backward's.
 Dims check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, DType* dtype,
-               bool varlen, const char* cuda_what) {
+               bool varlen, const char* cuda_what, bool backward = false) {
   const int r = varlen ? 3 : 4, o = varlen ? 0 : 1;  // rank; index of the sequence dimension
   expect_rank(q, "q", r, varlen ? "[Tq, Hq, D]" : "[B, Nq, Hq, D]");
   expect_rank(k, "k", r, varlen ? "[Tk, Hkv, D]" : "[B, Nk, Hkv, D]");
@@ -165,11 +174,14 @@ Dims check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, DT
     m << "v: head dim Dv=" << s.dv << " is outside 1.." << kMaxHeadDim;
   if (!m.str().empty()) throw ValueError(m.str());
   expect_backend(q, cuda_what);
-  if (on_cuda(q) && !cuda::supports(*dtype, s.d, s.dv)) {
+  if (on_cuda(q) && !(backward ? cuda::supports_backward(*dtype, s.d, s.dv)
+                                : cuda::supports(*dtype, s.d, s.dv))) {
     std::ostringstream c;
-    c << "q: no CUDA forward kernel for " << dtype_name(*dtype) << " with D=" << s.d
-      << ", Dv=" << s.dv << " in this build (compiled dtype:head dims: "
-      << cuda::forward_kernels() << "); pass CPU tensors";
+    c << "q: no CUDA " << (backward ? "backward" : "forward") << " kernel for "
+      << dtype_name(*dtype) << " with D=" << s.d << ", Dv=" << s.dv
+      << " in this build (compiled dtype:head dims: "
+      << (backward ? cuda::backward_kernels() : cuda::forward_kernels())
+      << "); pass CPU tensors";
     throw RuntimeError(c.str());
   }
   return s;
@@ -221,8 +233,16 @@ void walk_backward(const TensorView& dout, const TensorView& q, const TensorView
                    const TensorView& v, const TensorView& out, const TensorView& lse,
                    const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
                    float scale, const Pattern& pattern, const Dims& s, bool rows_complete) {
-  const cpu::TileSize tile = cpu::cpu_tile_size();
   const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
+  if (on_cuda(q)) {  // asynchronous on the legacy default stream, like the forward
+    const cuda::BackwardTile t = cuda::backward_tile(s.d, s.dv);
+    const BlockLayout layout = cp.layout(t.bq, t.bk);
+    cuda::attention_backward(cuda::backward_problem(dout, q, k, v, out, lse, dq, dk, dv, dtype,
+                                                    scale, layout, cp.predicate(),
+                                                    /*stream=*/nullptr));
+    return;
+  }
+  const cpu::TileSize tile = cpu::cpu_tile_size();
   const BlockLayout layout = cp.layout(tile.bq, tile.bk);
   cpu::BackwardArgs a{dout, q,  k,  v,     out,   lse,     dq,
                       dk,   dv, dtype, scale, &layout, cp.predicate(), rows_complete};
@@ -344,6 +364,8 @@ void run_backward(const TensorView& dout, const TensorView& q, const TensorView&
                   const TensorView& v, const TensorView& out, const TensorView& lse,
                   const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
                   float scale, const Pattern& pattern, const Dims& s) {
+  if (on_cuda(q))  // one walk over the whole pattern, as the forward
+    return walk_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, pattern, s, true);
   if (pattern.data_dependent())
     return per_batch_selection(pattern, q, k, dtype, s, [&](int64_t b, const Pattern& p, const Dims& one) {
       auto bv = [b](const TensorView& t) { return batch_view(t, b); };
@@ -388,9 +410,7 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
   }
   const float scale = resolve_scale(options.scale, s.d);
   pattern.check(s.nq, s.nk, s.hq);
-  if (on_cuda(q) && pattern.data_dependent())
-    throw RuntimeError("pattern: TopKBlocks' selection runs on the CPU only in this version; "
-                       "pass CPU tensors, or select on the CPU and pass the selected pattern");
+  refuse_selection_on_cuda(q, pattern);
   run_forward(q, k, v, out, lse, dtype, scale, pattern, s);
 }
 
@@ -400,7 +420,7 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
                         const DLTensor& dv_, const Options& options) {
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
   DType dtype;
-  const Dims s = check_qkv(q, k, v, &dtype, false, "the backward pass");
+  const Dims s = check_qkv(q, k, v, &dtype, false, nullptr, /*backward=*/true);
   const TensorView dout = view_of(dout_, "dout"), out = view_of(out_, "out");
   const TensorView lse = view_of(lse_, "lse");
   check_input(dout, "dout", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype);
@@ -412,6 +432,7 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
   check_output(dv, "dv", {s.b, s.nk, s.hkv, s.dv}, "[B, Nk, Hkv, Dv]", q, dtype);
   const float scale = resolve_scale(options.scale, s.d);
   pattern.check(s.nq, s.nk, s.hq);
+  refuse_selection_on_cuda(q, pattern);
   run_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, pattern, s);
 }
 
@@ -647,6 +668,7 @@ std::map<std::string, std::string> info() {
   r["cuda_compiled"] = cuda::compiled() ? "yes" : "no";
   r["cuda_archs"] = cuda::compiled() ? cuda::compiled_archs() : "";
   r["cuda_kernels"] = cuda::compiled() ? cuda::forward_kernels() : "";
+  r["cuda_backward_kernels"] = cuda::compiled() ? cuda::backward_kernels() : "";
   return r;
 }
 

@@ -9,7 +9,8 @@
 
 #include <cuda_runtime_api.h>
 
-#include "spattn/cuda/forward_logic.hpp"  // FwdParams
+#include "spattn/cuda/backward_logic.hpp"  // BwdParams
+#include "spattn/cuda/forward_logic.hpp"   // FwdParams
 
 namespace spattn::cuda {
 
@@ -29,6 +30,11 @@ enum class KernelDType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
   /* error. cudaErrorNotSupported for a (dtype, head dim) not compiled, or d != dv.         */ \
   cudaError_t forward(const FwdParams& p, KernelDType dtype, cudaStream_t stream);             \
   bool forward_supported(KernelDType dtype, int head_dim);                                     \
+  /* The attention backward (kernels/backward.cu): preprocess (delta, lse2), main kernel     */ \
+  /* (dk, dv, dq_accum), dq conversion, all on `stream`; p.dq_accum must be zeroed first.    */ \
+  /* cudaErrorNotSupported for a (dtype, head dim) not compiled, or d != dv.                 */ \
+  cudaError_t backward(const BwdParams& p, KernelDType dtype, cudaStream_t stream);            \
+  bool backward_supported(KernelDType dtype, int head_dim);                                    \
   /* dst[i0,i1,i2,i3] = src[...] for 2-byte elements, strides in elements (copy_strided.cu). */ \
   cudaError_t copy_strided_4d(const void* src, const int64_t* src_strides, void* dst,          \
                               const int64_t* dst_strides, const int64_t* shape, int elem_bytes, \

@@ -1,7 +1,9 @@
-// spattn/cuda/backend_info.hpp and spattn/cuda/forward.hpp for a CPU-only build
+// spattn/cuda/backend_info.hpp, spattn/cuda/forward.hpp and spattn/cuda/backward.hpp for a CPU-only build
 // (SPATTN_WITH_CUDA=0): no kernels, no devices, and no CUDA runtime linked.
 #include "spattn/cuda/allocate.hpp"
 #include "spattn/cuda/backend_info.hpp"
+#include "spattn/cuda/backward.hpp"
+#include "spattn/cuda/backward_logic.hpp"
 #include "spattn/cuda/forward.hpp"
 #include "spattn/cuda/forward_logic.hpp"
 #include "spattn/error.hpp"
@@ -27,6 +29,19 @@ void attention_forward(const ForwardProblem&) {
   throw RuntimeError(
       "cuda attention: this spattn was built without CUDA; rebuild with SPATTN_CUDA=ON or pass "
       "CPU tensors");
+}
+
+// The backward's tile, so that callers can be written without #if.
+BackwardTile backward_tile(int64_t, int64_t) { return {kBwdBlockM, kBwdBlockN}; }
+
+bool supports_backward(DType, int64_t, int64_t) { return false; }
+
+std::string backward_kernels() { return {}; }
+
+void attention_backward(const BackwardProblem&) {
+  throw RuntimeError(
+      "cuda attention backward: this spattn was built without CUDA; rebuild with SPATTN_CUDA=ON "
+      "or pass CPU tensors");
 }
 
 ManagedTensor allocate(DType, const std::vector<int64_t>&, int) {

@@ -71,8 +71,9 @@ void require_rank(const TensorView& t, const char* name, bool varlen, const char
                      ", got shape " + t.shape_str());
 }
 
-ManagedTensor allocate_like(DType dtype, const TensorView& t) {
-  return ManagedTensor::allocate_cpu(dtype, std::vector<int64_t>(t.shape, t.shape + t.ndim));
+// A new tensor shaped like t, on the device of `device_of`.
+ManagedTensor allocate_like(const TensorView& device_of, DType dtype, const TensorView& t) {
+  return allocate_on(device_of, dtype, std::vector<int64_t>(t.shape, t.shape + t.ndim));
 }
 
 // Offsets of a variable-length batch: both given or neither (the Python layer checks that).
@@ -153,10 +154,11 @@ py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py
   Offsets cu = import_offsets(cu_q, cu_k);
   const TensorView vq = mq.view("q");
   const DType dt = float_dtype(vq, "q");
-  require_cpu(vq, "the backward pass");
-  ManagedTensor dq = allocate_like(dt, vq);
-  ManagedTensor dk = allocate_like(dt, mk.view("k"));
-  ManagedTensor dv = allocate_like(dt, mv.view("v"));
+  if (vq.device.device_type != kDLCUDA || !cuda::compiled() || cu.varlen())
+    require_cpu(vq, cu.varlen() ? "the backward pass of a variable-length batch" : "the backward pass");
+  ManagedTensor dq = allocate_like(vq, dt, vq);
+  ManagedTensor dk = allocate_like(vq, dt, mk.view("k"));
+  ManagedTensor dv = allocate_like(vq, dt, mv.view("v"));
   {
     py::gil_scoped_release nogil;
     if (cu.varlen())

@@ -137,35 +137,45 @@ SPATTN_HD int64_t lse_offset(const FwdParams& p, int64_t b, int64_t h, int64_t i
 // ---------------------------------------------------------------------------------------------
 // The walk over a layout row: full and partial ranges merged, key blocks in ascending order.
 
-struct RowWalk {
+// The walk is generic over where the CSR lives (L: any struct with the six arrays full_ptr,
+// part_ptr, full_lo, full_hi, part_lo, part_hi): the forward walks a row of its layout
+// (L = FwdParams); the backward walks a column of the transposed layout (backward_logic.hpp)
+// with the same code.
+template <class L>
+struct RangeWalk {
   static constexpr int32_t kDone = INT32_MAX;
   int32_t ft, fe, pt, pe;  // current and end range of each kind (< 2^31: checked when staged)
   int32_t fc, pc;          // next block of each kind; kDone when none is left
 
-  SPATTN_HD RowWalk(const FwdParams& p, int64_t h, int64_t a) {
-    const int64_t r = layout_row(p, h, a);
-    ft = int32_t(p.full_ptr[r]);
-    fe = int32_t(p.full_ptr[r + 1]);
-    pt = int32_t(p.part_ptr[r]);
-    pe = int32_t(p.part_ptr[r + 1]);
-    fc = ft < fe ? p.full_lo[ft] : kDone;
-    pc = pt < pe ? p.part_lo[pt] : kDone;
+  SPATTN_HD RangeWalk(const L& l, int64_t r) {
+    ft = int32_t(l.full_ptr[r]);
+    fe = int32_t(l.full_ptr[r + 1]);
+    pt = int32_t(l.part_ptr[r]);
+    pe = int32_t(l.part_ptr[r + 1]);
+    fc = ft < fe ? l.full_lo[ft] : kDone;
+    pc = pt < pe ? l.part_lo[pt] : kDone;
   }
   SPATTN_HD bool done() const { return fc == kDone && pc == kDone; }
-  // The next key block (ascending) and whether it is partial; false when the row is done.
-  SPATTN_HD bool next(const FwdParams& p, int64_t* c, bool* partial) {
+  // The next block (ascending) and whether it is partial; false when the row is done.
+  SPATTN_HD bool next(const L& l, int64_t* c, bool* partial) {
     if (done()) return false;
     if (fc < pc) {
       *c = fc;
       *partial = false;
-      if (++fc >= p.full_hi[ft]) fc = ++ft < fe ? p.full_lo[ft] : kDone;
+      if (++fc >= l.full_hi[ft]) fc = ++ft < fe ? l.full_lo[ft] : kDone;
     } else {
       *c = pc;
       *partial = true;
-      if (++pc >= p.part_hi[pt]) pc = ++pt < pe ? p.part_lo[pt] : kDone;
+      if (++pc >= l.part_hi[pt]) pc = ++pt < pe ? l.part_lo[pt] : kDone;
     }
     return true;
   }
+};
+
+// The forward's walk: layout row of (query head h, query tile a).
+struct RowWalk : RangeWalk<FwdParams> {
+  SPATTN_HD RowWalk(const FwdParams& p, int64_t h, int64_t a)
+      : RangeWalk<FwdParams>(p, layout_row(p, h, a)) {}
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -173,8 +183,12 @@ struct RowWalk {
 // mask unless the block sticks out past Nk (its padding keys were zero-filled and must not
 // count). Query rows past Nq need no mask in full blocks: they read zeros and are not stored.
 
+// Key block c of bn keys in a problem of nk keys (any tile: the backward's too).
+SPATTN_HD bool block_needs_mask_n(int64_t nk, int64_t bn, bool partial, int64_t c) {
+  return partial || (c + 1) * bn > nk;
+}
 SPATTN_HD bool block_needs_mask(const FwdParams& p, bool partial, int64_t c) {
-  return partial || (c + 1) * kFwdBlockN > p.nk;
+  return block_needs_mask_n(p.nk, kFwdBlockN, partial, c);
 }
 
 // The rule of a masked block for query i (head h) and key j; never reads the pattern's data
@@ -300,42 +314,60 @@ inline int64_t pred_node_data_bytes(const PredNode& n) {
   }
 }
 
-// Everything the kernel reads besides q, k, v, laid out in one byte blob (16-byte aligned
-// pieces) so that one allocation and one copy move it to the device: the layout CSR, the
-// schedule, the predicate's nodes (data pointers relocated), head entry arrays and node data.
-struct StagedForward {
-  std::vector<unsigned char> blob;
-  // Offsets (bytes) of each piece in the blob.
-  size_t full_ptr = 0, part_ptr = 0, full_lo = 0, full_hi = 0, part_lo = 0, part_hi = 0;
-  size_t sched = 0, nodes = 0, head_begin = 0, head_end = 0;
-  std::vector<size_t> node_data;  // per node: offset of its data (SIZE_MAX: none)
-  int64_t nodes_count = 0, pred_heads = 1, pred_off = 0;
-  int64_t lheads = 1, nqb = 0, nkb = 0, sched_len = 0;
-
-  // Points p's layout, schedule and predicate fields into a copy of the blob at `base` (the
-  // device allocation; in tests, the host blob itself). Node data pointers inside the blob
-  // must have been fixed with relocate_nodes(base) before the copy.
-  void bind(void* base, FwdParams* p) const {
-    unsigned char* b = static_cast<unsigned char*>(base);
-    p->lheads = lheads;
-    p->nqb = nqb;
-    p->nkb = nkb;
-    p->full_ptr = reinterpret_cast<const int64_t*>(b + full_ptr);
-    p->part_ptr = reinterpret_cast<const int64_t*>(b + part_ptr);
-    p->full_lo = reinterpret_cast<const int32_t*>(b + full_lo);
-    p->full_hi = reinterpret_cast<const int32_t*>(b + full_hi);
-    p->part_lo = reinterpret_cast<const int32_t*>(b + part_lo);
-    p->part_hi = reinterpret_cast<const int32_t*>(b + part_hi);
-    p->sched = reinterpret_cast<const int32_t*>(b + sched);
-    p->sched_len = sched_len;
-    p->pred.off = pred_off;
-    p->pred.heads = pred_heads;
-    p->pred.nodes = reinterpret_cast<const PredNode*>(b + nodes);
-    p->pred.head_begin = reinterpret_cast<const int32_t*>(b + head_begin);
-    p->pred.head_end = reinterpret_cast<const int32_t*>(b + head_end);
+// The upload blob: pieces appended at 16-byte aligned offsets, so that one allocation and one
+// copy move everything a kernel reads besides its tensors to the device.
+struct BlobWriter {
+  std::vector<unsigned char> bytes;
+  size_t put(const void* src, size_t n) {
+    const size_t at = (bytes.size() + 15) & ~size_t(15);
+    bytes.resize(at + n);
+    if (n) std::memcpy(bytes.data() + at, src, n);
+    return at;
   }
-  // Rewrites the data pointers of the nodes stored in the blob to base + their offset.
-  void relocate_nodes(const void* base) {
+  void finish() { bytes.resize((bytes.size() + 15) & ~size_t(15)); }
+};
+
+// A range CSR (BlockLayout's six arrays) inside a blob: byte offsets of each array.
+struct StagedRanges {
+  size_t full_ptr = 0, part_ptr = 0, full_lo = 0, full_hi = 0, part_lo = 0, part_hi = 0;
+  // Points l's six arrays (FwdParams, or the backward's column CSR) into the blob at `base`.
+  template <class L>
+  void bind(unsigned char* b, L* l) const {
+    l->full_ptr = reinterpret_cast<const int64_t*>(b + full_ptr);
+    l->part_ptr = reinterpret_cast<const int64_t*>(b + part_ptr);
+    l->full_lo = reinterpret_cast<const int32_t*>(b + full_lo);
+    l->full_hi = reinterpret_cast<const int32_t*>(b + full_hi);
+    l->part_lo = reinterpret_cast<const int32_t*>(b + part_lo);
+    l->part_hi = reinterpret_cast<const int32_t*>(b + part_hi);
+  }
+};
+
+inline StagedRanges stage_ranges(BlobWriter& w, const BlockLayout& L) {
+  StagedRanges r;
+  r.full_ptr = w.put(L.full_ptr.data(), L.full_ptr.size() * sizeof(int64_t));
+  r.part_ptr = w.put(L.part_ptr.data(), L.part_ptr.size() * sizeof(int64_t));
+  r.full_lo = w.put(L.full_lo.data(), L.full_lo.size() * sizeof(int32_t));
+  r.full_hi = w.put(L.full_hi.data(), L.full_hi.size() * sizeof(int32_t));
+  r.part_lo = w.put(L.part_lo.data(), L.part_lo.size() * sizeof(int32_t));
+  r.part_hi = w.put(L.part_hi.data(), L.part_hi.size() * sizeof(int32_t));
+  return r;
+}
+
+// A predicate program with its data inside a blob (node data pointers relocated on upload).
+struct StagedPredicate {
+  size_t nodes = 0, head_begin = 0, head_end = 0;
+  std::vector<size_t> node_data;  // per node: offset of its data (SIZE_MAX: none)
+  int64_t nodes_count = 0, heads = 1, off = 0;
+
+  void bind(unsigned char* b, Predicate* p) const {
+    p->off = off;
+    p->heads = heads;
+    p->nodes = reinterpret_cast<const PredNode*>(b + nodes);
+    p->head_begin = reinterpret_cast<const int32_t*>(b + head_begin);
+    p->head_end = reinterpret_cast<const int32_t*>(b + head_end);
+  }
+  // Rewrites the data pointers of the nodes stored in `blob` to base + their offset.
+  void relocate(std::vector<unsigned char>& blob, const void* base) const {
     const unsigned char* b = static_cast<const unsigned char*>(base);
     for (int64_t x = 0; x < nodes_count; ++x) {
       PredNode n;
@@ -346,70 +378,98 @@ struct StagedForward {
   }
 };
 
+// The program: every node any head runs (head entries index one shared node array), and the
+// data of each node that has some.
+inline StagedPredicate stage_predicate(BlobWriter& w, const Predicate& pred) {
+  StagedPredicate s;
+  s.heads = pred.heads;
+  s.off = pred.off;
+  int32_t nend = 0;
+  for (int64_t h = 0; h < pred.heads; ++h) nend = std::max(nend, pred.head_end[h]);
+  s.nodes_count = nend;
+  s.nodes = w.put(pred.nodes, size_t(nend) * sizeof(PredNode));
+  s.head_begin = w.put(pred.head_begin, size_t(pred.heads) * sizeof(int32_t));
+  s.head_end = w.put(pred.head_end, size_t(pred.heads) * sizeof(int32_t));
+  s.node_data.assign(size_t(nend), SIZE_MAX);
+  for (int32_t x = 0; x < nend; ++x) {
+    const int64_t bytes = pred_node_data_bytes(pred.nodes[x]);
+    if (bytes > 0) s.node_data[size_t(x)] = w.put(pred.nodes[x].data, size_t(bytes));
+  }
+  return s;
+}
+
+// Checks that a layout was compiled for (bq, bk) tiles of an (nq, nk) problem with 1 or hq
+// heads and a well-formed CSR, that the predicate has 1 or hq heads, and that the kernels'
+// 32-bit indices suffice. `who` names the caller in the messages (ValueError).
+inline void check_layout_fits(const BlockLayout& L, const Predicate& pred, int64_t bq, int64_t bk,
+                              int64_t nq, int64_t nk, int64_t hq, const char* who) {
+  const int64_t nqb = (nq + bq - 1) / bq;
+  const int64_t nkb = (nk + bk - 1) / bk;
+  const int64_t rows = L.heads * nqb;
+  if (L.bq != bq || L.bk != bk || L.nq != nq || L.nk != nk || L.nqb != nqb || L.nkb != nkb ||
+      (L.heads != 1 && L.heads != hq) || int64_t(L.full_ptr.size()) != rows + 1 ||
+      int64_t(L.part_ptr.size()) != rows + 1 || L.full_lo.size() != L.full_hi.size() ||
+      L.part_lo.size() != L.part_hi.size() || L.full_ptr.back() != int64_t(L.full_lo.size()) ||
+      L.part_ptr.back() != int64_t(L.part_lo.size()))
+    throw ValueError(std::string(who) + ": the block layout does not match the problem (expected " +
+                     std::to_string(bq) + "x" + std::to_string(bk) + " tiles for Nq=" +
+                     std::to_string(nq) + ", Nk=" + std::to_string(nk) + ", 1 or " +
+                     std::to_string(hq) + " heads; got " + std::to_string(L.bq) + "x" +
+                     std::to_string(L.bk) + " tiles, " + std::to_string(L.heads) +
+                     " heads, Nq=" + std::to_string(L.nq) + ", Nk=" + std::to_string(L.nk) + ")");
+  if (pred.heads != 1 && pred.heads != hq)
+    throw ValueError(std::string(who) + ": the predicate has " + std::to_string(pred.heads) +
+                     " heads for a problem with " + std::to_string(hq));
+  if (hq * nqb > INT32_MAX || hq * nkb > INT32_MAX || L.full_lo.size() >= size_t(INT32_MAX) ||
+      L.part_lo.size() >= size_t(INT32_MAX) || nkb >= INT32_MAX)
+    throw ValueError(std::string(who) + ": the problem has too many tiles or layout ranges "
+                     "for the kernel's 32-bit indices");
+}
+
+// Everything the forward kernel reads besides q, k, v, in one byte blob: the layout CSR, the
+// schedule, the predicate's nodes (data pointers relocated), head entry arrays and node data.
+struct StagedForward {
+  std::vector<unsigned char> blob;
+  StagedRanges layout;
+  size_t sched = 0;
+  StagedPredicate pred;
+  int64_t lheads = 1, nqb = 0, nkb = 0, sched_len = 0;
+
+  // Points p's layout, schedule and predicate fields into a copy of the blob at `base` (the
+  // device allocation; in tests, the host blob itself). Node data pointers inside the blob
+  // must have been fixed with relocate_nodes(base) before the copy.
+  void bind(void* base, FwdParams* p) const {
+    unsigned char* b = static_cast<unsigned char*>(base);
+    p->lheads = lheads;
+    p->nqb = nqb;
+    p->nkb = nkb;
+    layout.bind(b, p);
+    p->sched = reinterpret_cast<const int32_t*>(b + sched);
+    p->sched_len = sched_len;
+    pred.bind(b, &p->pred);
+  }
+  // Rewrites the data pointers of the nodes stored in the blob to base + their offset.
+  void relocate_nodes(const void* base) { pred.relocate(blob, base); }
+};
+
 // Stages a layout (compiled for kFwdBlockM x kFwdBlockN, 1 or hq heads) and a predicate (host
 // pointers, CompiledPattern::predicate()) for a problem with hq query heads. Throws ValueError
 // when the layout does not fit (nq, nk, hq).
 inline StagedForward stage_forward(const BlockLayout& L, const Predicate& pred, int64_t nq,
                                    int64_t nk, int64_t hq) {
-  const int64_t nqb = (nq + kFwdBlockM - 1) / kFwdBlockM;
-  const int64_t nkb = (nk + kFwdBlockN - 1) / kFwdBlockN;
-  const int64_t rows = L.heads * nqb;
-  if (L.bq != kFwdBlockM || L.bk != kFwdBlockN || L.nq != nq || L.nk != nk || L.nqb != nqb ||
-      L.nkb != nkb || (L.heads != 1 && L.heads != hq) ||
-      int64_t(L.full_ptr.size()) != rows + 1 || int64_t(L.part_ptr.size()) != rows + 1 ||
-      L.full_lo.size() != L.full_hi.size() || L.part_lo.size() != L.part_hi.size() ||
-      L.full_ptr.back() != int64_t(L.full_lo.size()) ||
-      L.part_ptr.back() != int64_t(L.part_lo.size()))
-    throw ValueError("cuda attention: the block layout does not match the problem (expected " +
-                     std::to_string(kFwdBlockM) + "x" + std::to_string(kFwdBlockN) +
-                     " tiles for Nq=" + std::to_string(nq) + ", Nk=" + std::to_string(nk) +
-                     ", 1 or " + std::to_string(hq) + " heads; got " + std::to_string(L.bq) +
-                     "x" + std::to_string(L.bk) + " tiles, " + std::to_string(L.heads) +
-                     " heads, Nq=" + std::to_string(L.nq) + ", Nk=" + std::to_string(L.nk) + ")");
-  if (pred.heads != 1 && pred.heads != hq)
-    throw ValueError("cuda attention: the predicate has " + std::to_string(pred.heads) +
-                     " heads for a problem with " + std::to_string(hq));
-  if (hq * nqb > INT32_MAX || L.full_lo.size() >= size_t(INT32_MAX) ||
-      L.part_lo.size() >= size_t(INT32_MAX) || nkb >= INT32_MAX)
-    throw ValueError("cuda attention: the problem has too many query tiles or layout ranges "
-                     "for the kernel's 32-bit indices");
-
+  check_layout_fits(L, pred, kFwdBlockM, kFwdBlockN, nq, nk, hq, "cuda attention");
   StagedForward s;
   s.lheads = L.heads;
-  s.nqb = nqb;
-  s.nkb = nkb;
-  s.pred_heads = pred.heads;
-  s.pred_off = pred.off;
-  std::vector<unsigned char>& blob = s.blob;
-  auto put = [&blob](const void* src, size_t bytes) {
-    const size_t at = (blob.size() + 15) & ~size_t(15);
-    blob.resize(at + bytes);
-    if (bytes) std::memcpy(blob.data() + at, src, bytes);
-    return at;
-  };
-  s.full_ptr = put(L.full_ptr.data(), L.full_ptr.size() * sizeof(int64_t));
-  s.part_ptr = put(L.part_ptr.data(), L.part_ptr.size() * sizeof(int64_t));
-  s.full_lo = put(L.full_lo.data(), L.full_lo.size() * sizeof(int32_t));
-  s.full_hi = put(L.full_hi.data(), L.full_hi.size() * sizeof(int32_t));
-  s.part_lo = put(L.part_lo.data(), L.part_lo.size() * sizeof(int32_t));
-  s.part_hi = put(L.part_hi.data(), L.part_hi.size() * sizeof(int32_t));
+  s.nqb = L.nqb;
+  s.nkb = L.nkb;
+  BlobWriter w;
+  s.layout = stage_ranges(w, L);
   const std::vector<int32_t> sched = make_schedule(L, hq);
   s.sched_len = int64_t(sched.size());
-  s.sched = put(sched.data(), sched.size() * sizeof(int32_t));
-
-  // The program: every node any head runs (head entries index one shared node array).
-  int32_t nend = 0;
-  for (int64_t h = 0; h < pred.heads; ++h) nend = std::max(nend, pred.head_end[h]);
-  s.nodes_count = nend;
-  s.nodes = put(pred.nodes, size_t(nend) * sizeof(PredNode));
-  s.head_begin = put(pred.head_begin, size_t(pred.heads) * sizeof(int32_t));
-  s.head_end = put(pred.head_end, size_t(pred.heads) * sizeof(int32_t));
-  s.node_data.assign(size_t(nend), SIZE_MAX);
-  for (int32_t x = 0; x < nend; ++x) {
-    const int64_t bytes = pred_node_data_bytes(pred.nodes[x]);
-    if (bytes > 0) s.node_data[size_t(x)] = put(pred.nodes[x].data, size_t(bytes));
-  }
-  blob.resize((blob.size() + 15) & ~size_t(15));
+  s.sched = w.put(sched.data(), sched.size() * sizeof(int32_t));
+  s.pred = stage_predicate(w, pred);
+  w.finish();
+  s.blob = std::move(w.bytes);
   return s;
 }
 

@@ -1,0 +1,182 @@
+"""GPU forward+backward benchmark: spattn against torch SDPA (flash and cuDNN) and FlexAttention.
+
+    python bench/gpu/bench_backward.py [--out DIR] [--no-flex] [--repeats-ms 200]
+
+bf16, B=1, H=16, D=128 (the rows of shared/ANCHORS.md and issue #5's bar): causal sliding
+window 1024 and random 10% block-sparse 128x128 per head at N = 16K (spattn and FlexAttention,
+whose BlockMask is built from the same kv blocks), dense and causal at 16K (spattn and torch SDPA
+flash / cuDNN). One timed call = forward + backward (torch.autograd.grad of the output against a
+fixed random dout). Useful TFLOP/s = 3.5 * 4 * D * H * kept pairs / time. Times are medians of
+CUDA-event timed runs (triton.testing.do_bench when installed). Before timing, spattn's
+gradients are compared with FlexAttention's or SDPA's on the same inputs (max |diff| per
+gradient, printed). The table is printed last and written to DIR/table_bwd.md, the raw numbers
+to DIR/bench_bwd.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_forward import flex_block_mask, kept_pairs, median_ms  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--repeats-ms", type=float, default=200.0, help="timing budget per row (ms)")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import spattn
+
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device")
+    dev = torch.cuda.get_device_name(0)
+    info = spattn.info()
+    print(f"# {dev}, torch {torch.__version__}, spattn {info.get('version')} "
+          f"(cuda archs {info.get('cuda_archs')}, backward kernels {info.get('cuda_backward_kernels')}), "
+          f"{time.strftime('%Y-%m-%d')}", flush=True)
+    B, H, D = 1, 16, 128
+    dt = torch.bfloat16
+
+    flex = None
+    if not args.no_flex:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            flex = torch.compile(flex_attention, dynamic=False)
+        except Exception as e:  # reported, not fatal
+            print(f"# FlexAttention unavailable: {e}", flush=True)
+
+    def inputs(n, seed=0):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        # torch's native [B, H, N, D]; spattn reads the same memory as [B, N, H, D] views.
+        qkv = [torch.randn(B, H, n, D, device="cuda", dtype=dt, generator=g).requires_grad_() for _ in range(3)]
+        dout = torch.randn(B, H, n, D, device="cuda", dtype=dt, generator=g)
+        return qkv, dout
+
+    def fwd_bwd(attn, q, k, v, dout):
+        """One forward + backward; attn maps [B, H, N, D] tensors to the [B, H, N, D] output."""
+        def f():
+            out = attn(q, k, v)
+            return torch.autograd.grad(out, (q, k, v), dout)
+        return f
+
+    def spattn_attn(pattern):
+        return lambda q, k, v: spattn.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                pattern=pattern).transpose(1, 2)
+
+    def gdiff(ga, gb):
+        return " ".join(f"{n}:{(a.float() - b.float()).abs().max().item():.2e}" for n, a, b in zip(("dq", "dk", "dv"), ga, gb))
+
+    rows = []
+
+    def add(system, pname, n, pairs, fn, check=""):
+        try:
+            fn()
+            torch.cuda.synchronize()
+            ms = median_ms(torch, fn, args.repeats_ms)
+            tf = 3.5 * 4.0 * D * pairs / (ms * 1e-3) / 1e12  # pairs already summed over heads
+            rows.append(dict(system=system, pattern=pname, n=n, ms=ms, tflops=tf, check=check))
+            print(f"  {system:28s} {pname:34s} N={n:6d} {ms:9.3f} ms {tf:7.1f} TFLOP/s {check}", flush=True)
+        except Exception as e:
+            msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            rows.append(dict(system=system, pattern=pname, n=n, ms=None, tflops=None, check="unavailable: " + msg))
+            print(f"  {system:28s} {pname:34s} N={n:6d} unavailable: {msg}", flush=True)
+
+    # ---- sparse patterns: spattn vs FlexAttention
+    W, n = 1024, 16384
+    gen = np.random.default_rng(0)
+    layout = gen.random((H, n // 128, n // 128)) < 0.1
+    lay_t = torch.from_numpy(layout).cuda()
+    cases = [
+        ("causal sliding window 1024", spattn.SlidingWindow(W - 1, 0), lambda b, h, qi, ki: (qi >= ki) & (qi - ki < W)),
+        ("random block-sparse 10% 128x128 per head", spattn.BlockSparse(layout, block_size=128),
+         lambda b, h, qi, ki: lay_t[h, qi // 128, ki // 128]),
+    ]
+    for pname, pattern, mask_mod in cases:
+        print(f"# {pname}, N={n}, forward+backward", flush=True)
+        (q, k, v), dout = inputs(n)
+        pairs = kept_pairs(pattern, n, H)
+        f_sp = fwd_bwd(spattn_attn(pattern), q, k, v, dout)
+        check, f_flex = "", None
+        if flex is not None:
+            try:
+                bm = flex_block_mask(torch, pattern, n, H, 128, mask_mod)
+                f_flex = fwd_bwd(lambda a, b_, c: flex(a, b_, c, block_mask=bm), q, k, v, dout)
+                t0 = time.perf_counter()
+                g_ref = f_flex()
+                torch.cuda.synchronize()
+                t_comp = time.perf_counter() - t0
+                check = f"vs flex {gdiff(f_sp(), g_ref)} (compile {t_comp:.1f} s)"
+                del g_ref
+            except Exception as e:
+                print(f"  FlexAttention failed: {str(e).splitlines()[0][:200]}", flush=True)
+                f_flex = None
+        add("spattn", pname, n, pairs, f_sp, check)
+        if f_flex is not None:
+            add("FlexAttention", pname, n, pairs, f_flex)
+        del q, k, v, dout
+        torch.cuda.empty_cache()
+
+    # ---- dense and causal at 16K: spattn vs SDPA flash and cuDNN
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    (q, k, v), dout = inputs(n, seed=1)
+    for pname, pattern, causal in (("dense", spattn.Dense(), False), ("causal", spattn.Causal(), True)):
+        print(f"# {pname}, N={n}, forward+backward", flush=True)
+        pairs = kept_pairs(pattern, n, H)
+        f_sp = fwd_bwd(spattn_attn(pattern), q, k, v, dout)
+
+        def sdpa(backend):
+            def attn(a, b_, c):
+                with sdpa_kernel([backend]):
+                    return F.scaled_dot_product_attention(a, b_, c, is_causal=causal)
+            return fwd_bwd(attn, q, k, v, dout)
+
+        check = ""
+        try:
+            check = f"vs sdpa flash {gdiff(f_sp(), sdpa(SDPBackend.FLASH_ATTENTION)())}"
+        except Exception as e:
+            check = f"no check: {str(e).splitlines()[0][:80]}"
+        add("spattn", pname, n, pairs, f_sp, check)
+        add("torch SDPA flash (FA2)", pname, n, pairs, sdpa(SDPBackend.FLASH_ATTENTION))
+        add("torch SDPA cuDNN", pname, n, pairs, sdpa(SDPBackend.CUDNN_ATTENTION))
+
+    # ---- table
+    def ratio(r):
+        if not r["ms"] or r["system"] != "spattn":
+            return ""
+        other = next((x for x in rows if x["pattern"] == r["pattern"] and x["n"] == r["n"] and x["ms"]
+                      and x["system"] in ("FlexAttention", "torch SDPA flash (FA2)")), None)
+        return f"{r['tflops'] / other['tflops']:.2f}x {other['system'].split()[0]}" if other else ""
+
+    lines = [f"GPU forward+backward, {dev}, bf16, B={B}, H={H}, D={D}, {time.strftime('%Y-%m-%d')}",
+             "",
+             "| system | pattern | N | ms | useful TFLOP/s | spattn vs |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ms = f"{r['ms']:.3f}" if r["ms"] else "-"
+        tf = f"{r['tflops']:.0f}" if r["tflops"] else r["check"]
+        lines.append(f"| {r['system']} | {r['pattern']} | {r['n'] // 1024}K | {ms} | {tf} | {ratio(r)} |")
+    table = "\n".join(lines)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "table_bwd.md"), "w") as fh:
+        fh.write(table + "\n")
+    with open(os.path.join(args.out, "bench_bwd.json"), "w") as fh:
+        json.dump(dict(device=dev, torch=torch.__version__, info=info, rows=rows), fh, indent=1)
+    print(table, flush=True)
+    if any(r["system"] == "spattn" and not r["ms"] for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
