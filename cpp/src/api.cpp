@@ -112,6 +112,14 @@ void expect_backend(const TensorView& q, const char* cuda_what) {
   throw RuntimeError(m.str());
 }
 
+// The CPU thread limit of one call (Options::num_threads), checked.
+int thread_limit(const Options& o) {
+  if (o.num_threads < 0)
+    throw ValueError("num_threads: expected 0 (all) or a positive count, got " +
+                     std::to_string(o.num_threads));
+  return o.num_threads;
+}
+
 // TopKBlocks reads q and k on the host to choose its blocks.
 void refuse_selection_on_cuda(const TensorView& q, const Pattern& pattern) {
   if (on_cuda(q) && pattern.data_dependent())
@@ -409,6 +417,7 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
     expect_writable_layout(lse, "lse");
   }
   const float scale = resolve_scale(options.scale, s.d);
+  const cpu::ThreadLimit limit(thread_limit(options));
   pattern.check(s.nq, s.nk, s.hq);
   refuse_selection_on_cuda(q, pattern);
   run_forward(q, k, v, out, lse, dtype, scale, pattern, s);
@@ -431,6 +440,7 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
   check_output(dk, "dk", {s.b, s.nk, s.hkv, s.d}, "[B, Nk, Hkv, D]", q, dtype);
   check_output(dv, "dv", {s.b, s.nk, s.hkv, s.dv}, "[B, Nk, Hkv, Dv]", q, dtype);
   const float scale = resolve_scale(options.scale, s.d);
+  const cpu::ThreadLimit limit(thread_limit(options));
   pattern.check(s.nq, s.nk, s.hq);
   refuse_selection_on_cuda(q, pattern);
   run_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, pattern, s);
@@ -560,6 +570,7 @@ void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTe
   std::vector<int64_t> cq, ck;
   read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
   const float scale = resolve_scale(options.scale, t.d);
+  const cpu::ThreadLimit limit(thread_limit(options));
   check_pattern_varlen(pattern, cq, ck, t.hq);
 
   for (size_t b = 0; b + 1 < cq.size(); ++b) {
@@ -590,6 +601,7 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
   std::vector<int64_t> cq, ck;
   read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
   const float scale = resolve_scale(options.scale, t.d);
+  const cpu::ThreadLimit limit(thread_limit(options));
   check_pattern_varlen(pattern, cq, ck, t.hq);
 
   // One sequence after another (see attention_forward_varlen). Every row of dq, dk and dv

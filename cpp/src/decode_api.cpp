@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/decode_cpu.hpp"
+#include "cpu/thread_pool.hpp"
 #include "spattn/spattn.hpp"
 
 namespace spattn {
@@ -222,6 +223,10 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   }
   const float scale =
       options.scale == 0.0 ? float(1.0 / std::sqrt(double(D))) : float(options.scale);
+  if (options.num_threads < 0)
+    throw ValueError("num_threads: expected 0 (all) or a positive count, got " +
+                     std::to_string(options.num_threads));
+  const cpu::ThreadLimit limit(options.num_threads);
 
   TensorView pooled;
   if (pooled_keys_) {

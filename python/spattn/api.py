@@ -40,6 +40,17 @@ def _wants_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
 
 
+def _threads(x) -> int:
+    """The CPU thread budget of the caller's framework: torch's get_num_threads() for torch
+    tensors (so that torch.set_num_threads, and data-loader workers limited to one thread, hold
+    for spattn too and the two never oversubscribe the cores), else 0: spattn's whole pool."""
+    if type(x).__module__.split(".")[0] != "torch":
+        return 0
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def _offsets(x, name):
     """One cu_seqlens argument for the core: a DLPack array as it is (int32, or int64), a
     Python sequence of ints as an int64 numpy array. The core checks the values."""
@@ -94,7 +105,8 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
         o, lse = attention_with_grad(q, k, v, pattern, scale, cu)
         return (o, lse) if return_lse else o
     cu_q, cu_k = cu if cu is not None else (None, None)
-    o, lse = _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), return_lse, cu_q, cu_k)
+    o, lse = _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), return_lse, cu_q, cu_k,
+                           _threads(q))
     o = out if out is not None else to_framework(o, q)
     return (o, to_framework(lse, q)) if return_lse else o
 
@@ -105,7 +117,7 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     pattern, scale = _pattern(pattern), _scale(scale)
     cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
     cu_q, cu_k = cu if cu is not None else (None, None)
-    dq, dk, dv = _core.backward(*map(_plain, (dout, q, k, v, out, lse)), pattern._core(), scale, cu_q, cu_k)
+    dq, dk, dv = _core.backward(*map(_plain, (dout, q, k, v, out, lse)), pattern._core(), scale, cu_q, cu_k, _threads(q))
     return to_framework(dq, q), to_framework(dk, k), to_framework(dv, v)
 
 
@@ -156,7 +168,8 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
     bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
     pk = None if pooled_keys is None else _plain(pooled_keys)
-    o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse, pk)
+    o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse, pk,
+                          _threads(q))
     o = to_framework(o, q)
     return (o, to_framework(lse, q)) if return_lse else o
 

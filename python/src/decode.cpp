@@ -14,8 +14,9 @@ namespace {
 
 py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
                  const Pattern& pattern, py::handle block_table, py::handle scale,
-                 bool want_lse, py::handle pooled_keys) {
+                 bool want_lse, py::handle pooled_keys, int num_threads) {
   Options opt;
+  opt.num_threads = num_threads;
   if (!scale.is_none()) opt.scale = scale.cast<double>();
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k_cache");
@@ -90,7 +91,7 @@ void bind_decode(py::module_& m) {
   m.def("decode", &decode, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
         py::arg("cache_len"), py::arg("pattern"), py::arg("block_table") = py::none(),
         py::arg("scale") = py::none(), py::arg("want_lse") = false,
-        py::arg("pooled_keys") = py::none(),
+        py::arg("pooled_keys") = py::none(), py::arg("num_threads") = 0,
         "Decode over a KV cache: (out [B, Nq, Hq, Dv], lse [B, Hq, Nq] or None) holders.");
   m.def("pool_keys", &pool_keys, py::arg("k_cache"), py::arg("cache_len"), py::arg("block"),
         py::arg("block_table") = py::none(),

@@ -5,11 +5,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "capsule.hpp"
+#include "cpu/thread_pool.hpp"
 #include "spattn/cuda/allocate.hpp"
 #include "spattn/cuda/backend_info.hpp"
 #include "spattn/spattn.hpp"
@@ -94,9 +98,10 @@ Offsets import_offsets(py::handle cu_q, py::handle cu_k) {
 
 py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& pattern,
                   py::handle scale, py::handle out, bool want_lse, py::handle cu_q,
-                  py::handle cu_k) {
+                  py::handle cu_k, int num_threads) {
   Options opt;
   opt.scale = parse_scale(scale);
+  opt.num_threads = num_threads;
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k");
   ManagedTensor mv = import_array(v, "v");
@@ -142,9 +147,10 @@ py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& patte
 
 py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py::handle out,
                    py::handle lse, const Pattern& pattern, py::handle scale, py::handle cu_q,
-                   py::handle cu_k) {
+                   py::handle cu_k, int num_threads) {
   Options opt;
   opt.scale = parse_scale(scale);
+  opt.num_threads = num_threads;
   ManagedTensor mdout = import_array(dout, "dout");
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k");
@@ -178,14 +184,33 @@ void bind_ops(py::module_& m) {
   m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pattern"),
         py::arg("scale") = py::none(), py::arg("out") = py::none(), py::arg("want_lse") = true,
         py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
+        py::arg("num_threads") = 0,
         "Attention forward: returns (out, lse or None); out is `out` itself when given, else a "
         "DLPackTensor of q's dtype [B, Nq, Hq, Dv] (varlen: [Tq, Hq, Dv]); lse float32 "
         "[B, Hq, Nq] (varlen: [Hq, Tq]).");
   m.def("backward", &backward, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("lse"), py::arg("pattern"), py::arg("scale") = py::none(),
         py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
+        py::arg("num_threads") = 0,
         "Attention backward: returns (dq, dk, dv) as DLPackTensor holders shaped like q, k, v.");
   m.def("info", &spattn::info, "Build and runtime facts, as a dict of strings.");
+  m.def(
+      "_threads_used",
+      [](int64_t tasks, int limit) {
+        // Test hook: how many distinct pool threads ran `tasks` short sleeping tasks under a
+        // ThreadLimit of `limit` (0: none).
+        py::gil_scoped_release nogil;
+        const cpu::ThreadLimit scope(limit);
+        std::vector<std::atomic<int>> seen(256);
+        cpu::parallel_for(tasks, [&](int64_t, int thread) {
+          seen[size_t(thread) % seen.size()].store(1);
+          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        });
+        int n = 0;
+        for (auto& s : seen) n += s.load();
+        return n;
+      },
+      py::arg("tasks"), py::arg("limit"));
   m.def("version", []() { return std::string(spattn::version()); });
 }
 

@@ -81,3 +81,28 @@ def test_info_is_str_dict():
     i = _core.info()
     assert isinstance(i, dict) and "version" in i
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in i.items())
+
+
+def test_thread_limit_is_honoured():
+    from spattn import _core
+
+    if _core.info()["cpu_threads"] == "1":
+        pytest.skip("one CPU thread: nothing to limit")
+    assert _core._threads_used(64, 1) == 1
+    assert _core._threads_used(64, 0) >= 2  # 64 tasks of 2 ms: every thread takes some
+
+
+def test_torch_thread_budget_reaches_spattn():
+    torch = pytest.importorskip("torch")
+    import spattn
+
+    q = torch.randn(1, 64, 2, 16)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = spattn.attention(q, q, q, spattn.Causal())
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, spattn.attention(q, q, q, spattn.Causal()))  # same bits either way
+    with pytest.raises(ValueError, match="num_threads"):
+        spattn._core.forward(q, q, q, spattn.Causal()._core(), None, None, True, None, None, -1)

@@ -38,6 +38,7 @@ int configured_threads() {
 }
 
 thread_local bool t_inside_task = false;
+thread_local int t_limit = 0;  // ThreadLimit of the calling thread (0: none)
 
 class Pool {
  public:
@@ -47,10 +48,13 @@ class Pool {
   }
   int size() const { return size_; }
 
-  void run(int64_t n, const std::function<void(int64_t, int)>& fn) {
+  // Workers 1 .. active - 1 take tasks with the caller (thread 0); the others wake and go back
+  // to sleep at once, so thread ids stay below `active`.
+  void run(int64_t n, const std::function<void(int64_t, int)>& fn, int active) {
     std::lock_guard<std::mutex> call(call_mutex_);  // one job at a time
     {
       std::lock_guard<std::mutex> lk(mutex_);
+      active_ = active;
       fn_ = &fn;
       count_ = n;
       next_.store(0, std::memory_order_relaxed);
@@ -96,7 +100,7 @@ class Pool {
         start_.wait(lk, [&] { return generation_ != seen; });
         seen = generation_;
       }
-      work(thread);
+      if (thread < active_) work(thread);
       std::lock_guard<std::mutex> lk(mutex_);
       if (--busy_ == 0) done_.notify_all();
     }
@@ -111,6 +115,7 @@ class Pool {
   int64_t count_ = 0;
   std::atomic<int64_t> next_{0};
   int busy_ = 0;
+  int active_ = 1;
   std::exception_ptr error_;
 };
 
@@ -144,11 +149,18 @@ Pool& pool() {
 
 }  // namespace
 
-int num_threads() { return pool().size(); }
+int num_threads() {
+  const int n = pool().size();
+  return t_limit > 0 && t_limit < n ? t_limit : n;
+}
+
+ThreadLimit::ThreadLimit(int n) : prev_(t_limit) { t_limit = n > 0 ? n : 0; }
+ThreadLimit::~ThreadLimit() { t_limit = prev_; }
 
 void parallel_for(int64_t n, const std::function<void(int64_t task, int thread)>& fn) {
   if (n <= 0) return;
-  if (t_inside_task || n == 1 || num_threads() == 1) {
+  const int active = num_threads();
+  if (t_inside_task || n == 1 || active == 1) {
     // Nested (or trivial) call: run inline on this thread, as thread 0 of this call.
     const bool outer = t_inside_task;
     t_inside_task = true;
@@ -161,7 +173,7 @@ void parallel_for(int64_t n, const std::function<void(int64_t task, int thread)>
     t_inside_task = outer;
     return;
   }
-  pool().run(n, fn);
+  pool().run(n, fn, active);
 }
 
 namespace {

@@ -7,8 +7,24 @@
 
 namespace spattn::cpu {
 
-// Number of threads parallel_for uses (the caller included).
+// Number of threads parallel_for uses (the caller included): the pool's size, or less while a
+// ThreadLimit is in force on the calling thread.
 int num_threads();
+
+// While alive, parallel_for calls made by this thread use at most n threads (n <= 0: no limit).
+// One call, one limit: a framework that runs spattn inside its own thread budget (torch's
+// set_num_threads, a data-loader worker with one thread) passes it down, so the two never
+// oversubscribe the cores between them. Nestable; restores the previous limit on destruction.
+class ThreadLimit {
+ public:
+  explicit ThreadLimit(int n);
+  ~ThreadLimit();
+  ThreadLimit(const ThreadLimit&) = delete;
+  ThreadLimit& operator=(const ThreadLimit&) = delete;
+
+ private:
+  int prev_;
+};
 
 // Run fn(task) for task in [0, n) on the pool, tasks handed out dynamically (an atomic
 // counter), the calling thread taking part. Returns when all are done. An exception thrown by
