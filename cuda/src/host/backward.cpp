@@ -35,25 +35,10 @@ using namespace launch;
 BackwardTile backward_tile(int64_t, int64_t) { return {kBwdBlockM, kBwdBlockN}; }
 
 bool supports_backward(DType dtype, int64_t d, int64_t dv) {
-  const ArchFns* a = any_arch();
-  if (!a || d != dv || d <= 0 || d > 4096) return false;
-  if (dtype != DType::Float16 && dtype != DType::BFloat16) return false;
-  return a->backward_supported(kernel_dtype(dtype), int(d));
+  return has_kernel(&ArchFns::backward_supported, dtype, d, dv);
 }
 
-std::string backward_kernels() {
-  const ArchFns* a = any_arch();
-  if (!a) return {};
-  std::string r;
-  for (DType t : {DType::Float16, DType::BFloat16}) {
-    std::string dims;
-    for (int d : {32, 64, 96, 128, 160, 192, 224, 256})
-      if (a->backward_supported(kernel_dtype(t), d))
-        dims += (dims.empty() ? "" : ",") + std::to_string(d);
-    if (!dims.empty()) r += (r.empty() ? "" : ";") + std::string(dtype_name(t)) + ":" + dims;
-  }
-  return r;
-}
+std::string backward_kernels() { return kernel_list(&ArchFns::backward_supported); }
 
 void attention_backward(const BackwardProblem& p) {
   if (p.dtype != DType::Float16 && p.dtype != DType::BFloat16)

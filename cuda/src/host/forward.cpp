@@ -29,24 +29,10 @@ using namespace launch;
 ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
 
 bool supports(DType dtype, int64_t d, int64_t dv) {
-  const ArchFns* a = any_arch();
-  if (!a || d != dv || d <= 0 || d > 4096) return false;
-  if (dtype != DType::Float16 && dtype != DType::BFloat16) return false;
-  return a->supported(kernel_dtype(dtype), int(d));
+  return has_kernel(&ArchFns::supported, dtype, d, dv);
 }
 
-std::string forward_kernels() {
-  const ArchFns* a = any_arch();
-  if (!a) return {};
-  std::string r;
-  for (DType t : {DType::Float16, DType::BFloat16}) {
-    std::string dims;
-    for (int d : {32, 64, 96, 128, 160, 192, 224, 256})
-      if (a->supported(kernel_dtype(t), d)) dims += (dims.empty() ? "" : ",") + std::to_string(d);
-    if (!dims.empty()) r += (r.empty() ? "" : ";") + std::string(dtype_name(t)) + ":" + dims;
-  }
-  return r;
-}
+std::string forward_kernels() { return kernel_list(&ArchFns::supported); }
 
 void attention_forward(const ForwardProblem& p) {
   if (p.dtype != DType::Float16 && p.dtype != DType::BFloat16)

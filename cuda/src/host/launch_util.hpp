@@ -80,6 +80,27 @@ inline KernelDType kernel_dtype(DType t) {
                                 : KernelDType::Float32;
 }
 
+// Whether a kernel table (ArchFns::supported or ::backward_supported; every architecture
+// compiles the same set) has a kernel for dtype with D == Dv == d.
+inline bool has_kernel(SupportedFn ArchFns::*table, DType dtype, int64_t d, int64_t dv) {
+  const ArchFns* a = any_arch();
+  if (!a || d != dv || d <= 0 || d > 4096) return false;
+  if (dtype != DType::Float16 && dtype != DType::BFloat16) return false;
+  return (a->*table)(kernel_dtype(dtype), int(d));
+}
+
+// The kernels of a table as "float16:64,128;bfloat16:64,128" (empty without CUDA).
+inline std::string kernel_list(SupportedFn ArchFns::*table) {
+  std::string r;
+  for (DType t : {DType::Float16, DType::BFloat16}) {
+    std::string dims;
+    for (int d : {32, 64, 96, 128, 160, 192, 224, 256})
+      if (has_kernel(table, t, d, d)) dims += (dims.empty() ? "" : ",") + std::to_string(d);
+    if (!dims.empty()) r += (r.empty() ? "" : ";") + std::string(dtype_name(t)) + ":" + dims;
+  }
+  return r;
+}
+
 inline void check(cudaError_t e, const std::string& what) {
   if (e == cudaSuccess) return;
   (void)cudaGetLastError();  // clear a non-sticky error so the next call starts clean
