@@ -9,6 +9,7 @@
 
 #include "cpu/attention_cpu.hpp"
 #include "cpu/thread_pool.hpp"
+#include "large_buffers.hpp"
 #include "plan/residue.hpp"
 #include "select/topk.hpp"
 #include "spattn/cuda/backend_info.hpp"
@@ -677,6 +678,7 @@ std::map<std::string, std::string> info() {
   r["cpu_tile"] = std::to_string(cpu::cpu_tile_size().bq) + "x" +
                   std::to_string(cpu::cpu_tile_size().bk);
   r["cpu_blocking"] = cpu::blocking_desc();
+  r["cpu_buffer_cache"] = detail::buffer_cache_desc();
   r["cuda_compiled"] = cuda::compiled() ? "yes" : "no";
   r["cuda_archs"] = cuda::compiled() ? cuda::compiled_archs() : "";
   r["cuda_kernels"] = cuda::compiled() ? cuda::forward_kernels() : "";

@@ -1,7 +1,7 @@
 // TensorView checks and ManagedTensor ownership (tensor.hpp). Plain C++17: no Python here.
 #include "spattn/tensor.hpp"
 
-#include "huge_pages.hpp"
+#include "large_buffers.hpp"
 
 #include <atomic>
 #include <climits>
@@ -181,11 +181,12 @@ struct CpuBlock {
   int64_t shape[kMaxDims];
   int64_t strides[kMaxDims];
   void* data;
+  size_t bytes;  // what alloc_large was asked for
 };
 
 void cpu_block_deleter(DLManagedTensorVersioned* self) {
   auto* block = static_cast<CpuBlock*>(self->manager_ctx);
-  std::free(block->data);
+  detail::free_large(block->data, block->bytes);
   delete block;
   detail::g_live_cpu_allocations.fetch_sub(1);
 }
@@ -235,12 +236,12 @@ ManagedTensor ManagedTensor::allocate_cpu(DType dtype, const std::vector<int64_t
   if (mul_overflows(numel, int64_t(dtype_size(dtype)), &bytes) ||
       bytes > (int64_t(1) << 62))
     throw ValueError("allocate: the tensor is too large");
-  // Round up to the alignment (aligned_alloc requires a multiple); never allocate 0 bytes,
-  // so even an empty tensor has a valid, unique data pointer.
-  const size_t padded = size_t((bytes + 63) / 64 * 64) + (bytes == 0 ? 64 : 0);
+  // Never 0 bytes, so even an empty tensor has a valid, unique data pointer.
+  const size_t want = bytes == 0 ? 64 : size_t(bytes);
 
   auto* block = new CpuBlock();  // value-initialised: zeros
-  block->data = detail::alloc_large(padded);
+  block->data = detail::alloc_large(want);
+  block->bytes = want;
   if (block->data == nullptr) {
     delete block;
     throw std::bad_alloc();

@@ -106,3 +106,36 @@ def test_torch_thread_budget_reaches_spattn():
     assert torch.equal(one, spattn.attention(q, q, q, spattn.Causal()))  # same bits either way
     with pytest.raises(ValueError, match="num_threads"):
         spattn._core.forward(q, q, q, spattn.Causal()._core(), None, None, True, None, None, -1)
+
+
+def test_large_outputs_reuse_cached_memory_within_the_limit():
+    from _helpers import run_isolated
+
+    code = """
+import numpy as np, spattn
+q = np.random.default_rng(0).standard_normal((1, 2048, 8, 64)).astype(np.float32)  # out: 4 MB
+def addr(a):
+    return a.__array_interface__["data"][0]
+o = spattn.attention(q, q, q, spattn.SlidingWindow(7, 0))
+first = addr(o)
+del o
+o = spattn.attention(q, q, q, spattn.SlidingWindow(7, 0))
+print(addr(o) == first, spattn.info()["cpu_buffer_cache"])
+outs = [spattn.attention(q, q, q, spattn.SlidingWindow(7, 0)) for _ in range(4)]
+del outs, o
+print(spattn.info()["cpu_buffer_cache"])
+"""
+    import os
+
+    rc, out, err = run_isolated(code)
+    assert rc == 0, err
+    reused, cached = out.strip().splitlines()
+    assert reused.startswith("True"), out  # the freed block came back, already faulted in
+    assert cached.startswith("20 MB in 5 blocks"), out  # five 4 MB outputs (rounded to 2 MB)
+    os.environ["SPATTN_CPU_CACHE_MB"] = "9"
+    try:
+        rc, out, err = run_isolated(code)
+    finally:
+        del os.environ["SPATTN_CPU_CACHE_MB"]
+    assert rc == 0, err
+    assert out.strip().splitlines()[1].startswith("8 MB in 2 blocks (limit 9 MB)"), out

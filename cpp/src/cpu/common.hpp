@@ -8,21 +8,23 @@
 
 #include "cpu/attention_cpu.hpp"
 #include "cpu/kernel_api.hpp"
-#include "huge_pages.hpp"
+#include "large_buffers.hpp"
 
 namespace spattn::cpu::detail {
 
-// 64-byte aligned float scratch, freed on scope exit.
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
+// 64-byte aligned float scratch, released on scope exit (large ones to the buffer cache,
+// large_buffers.hpp: the backward's dK/dV blocks come back already faulted in).
+struct LargeFree {
+  size_t bytes;
+  void operator()(float* p) const { spattn::detail::free_large(p, bytes); }
 };
-using Scratch = std::unique_ptr<float[], AlignedFree>;
+using Scratch = std::unique_ptr<float[], LargeFree>;
 
 inline Scratch alloc_floats(int64_t n) {
-  const size_t bytes = (size_t(n > 0 ? n : 1) * sizeof(float) + 63) & ~size_t(63);
-  void* p = spattn::detail::alloc_large(bytes);  // huge pages when large (huge_pages.hpp)
+  const size_t bytes = size_t(n > 0 ? n : 1) * sizeof(float);
+  void* p = spattn::detail::alloc_large(bytes);
   if (!p) throw std::bad_alloc();
-  return Scratch(static_cast<float*>(p));
+  return Scratch(static_cast<float*>(p), LargeFree{bytes});
 }
 
 inline int code_of(DType t) {
