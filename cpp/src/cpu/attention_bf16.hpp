@@ -89,6 +89,21 @@ inline void gemm_bf(int M, int N, int K2, const uint16_t* A, int64_t sam, int64_
   }
 }
 
+// 2^x as exp2v, with a degree-4 polynomial (relative error 3e-6): for the probabilities that
+// are rounded to bfloat16 (relative step 4e-3) right after, where exp2v's degree 6 buys
+// nothing. Two FMAs fewer per score.
+SP_INLINE vf exp2v_bf(vf x) {
+  const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-125.f), _CMP_GE_OQ);
+  const __m512 n = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf f = x - (vf)n;
+  vf p = splat(9.6003953e-03f);
+  p = fma(p, f, splat(5.5916894e-02f));
+  p = fma(p, f, splat(2.4023719e-01f));
+  p = fma(p, f, splat(6.9312197e-01f));
+  p = fma(p, f, splat(1.f));
+  return (vf)_mm512_maskz_scalef_ps(keep, (__m512)p, n);
+}
+
 // r (<= MRB) rows, ng (<= 4) groups of 16 columns.
 template <bool ACC>
 inline void micro_bf_rows(int r, int ng, int K2, const uint16_t* A, int64_t sam, int64_t sak,
@@ -334,8 +349,8 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
       vf sum{};
       for (int j = 0; j < nk2; ++j) {
         const int k = 2 * j;
-        const vf e0 = exp2v(fma(load(w.st + k * kTile + q), vsc, nmu));
-        const vf e1 = k + 1 < nk ? exp2v(fma(load(w.st + (k + 1) * kTile + q), vsc, nmu)) : vf{};
+        const vf e0 = exp2v_bf(fma(load(w.st + k * kTile + q), vsc, nmu));
+        const vf e1 = k + 1 < nk ? exp2v_bf(fma(load(w.st + (k + 1) * kTile + q), vsc, nmu)) : vf{};
         const __m512i pr = (__m512i)_mm512_cvtne2ps_pbh((__m512)e1, (__m512)e0);
         const __m512i wd = _mm512_permutexvar_epi16(perm, pr);
         _mm512_storeu_si512(w.pp + j * kTile + q, wd);
