@@ -48,4 +48,7 @@ ManagedTensor allocate(DType, const std::vector<int64_t>&, int) {
   throw RuntimeError("cuda allocate: this spattn was built without CUDA");
 }
 
+// Without CUDA no result lives on a device, so there is never anything to order.
+void order_after_spattn(intptr_t, int) {}
+
 }  // namespace spattn::cuda

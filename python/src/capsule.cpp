@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 
+#include "spattn/cuda/allocate.hpp"
 #include "spattn/error.hpp"
 
 namespace spattn {
@@ -206,10 +207,11 @@ py::capsule DLPackTensor::dlpack(py::object stream, py::object max_version, py::
                              describe(DLDevice{static_cast<DLDeviceType>(type), id}) +
                              ") is not supported");
   }
-  // stream: the data of a holder is complete when the holder is returned (the CPU computes
-  // synchronously), so there is nothing to order. HOOK (CUDA issue): for CUDA data, make the
-  // consumer's `stream` wait for the stream spattn computed on (event record + wait).
-  (void)stream;
+  // stream: CPU data is complete when the holder is returned (the CPU computes synchronously).
+  // CUDA data was computed on the legacy default stream: a consumer on another stream waits
+  // for that work (an event, cuda/allocate.hpp); None means the legacy default stream itself.
+  if (device_.device_type == kDLCUDA && !stream.is_none())
+    cuda::order_after_spattn(intptr_t(py::int_(stream).cast<long long>()), device_.device_id);
 
   bool want_versioned = false;
   uint32_t minor = DLPACK_MINOR_VERSION;

@@ -146,3 +146,19 @@ def test_matches_cpu_backend(cuda):
     diff = (out_gpu.float().cpu() - out_cpu.float()).abs().max().item()
     assert diff <= 2.0**-6, f"GPU and CPU outputs differ by {diff}"
     assert torch.allclose(lse_gpu.cpu(), lse_cpu, rtol=1e-4, atol=1e-4, equal_nan=False)
+
+
+def test_results_are_ordered_for_a_consumer_on_another_stream(cuda):
+    # spattn computes on the legacy default stream; inputs made on a side stream, and the result
+    # taken there (torch.from_dlpack passes that stream), must see each other's work.
+    torch = cuda
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        q = torch.randn(1, 4096, 4, 128, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, 4096, 2, 128, device="cuda", dtype=torch.bfloat16)
+        out = spattn.attention(q, k, k, pattern=spattn.SlidingWindow(255, 0))
+        total = out.float().sum()  # queued on `side` right behind the result
+    torch.cuda.synchronize()
+    ref = spattn.attention(q.cpu(), k.cpu(), k.cpu(), pattern=spattn.SlidingWindow(255, 0))
+    assert torch.allclose(out.cpu().float(), ref.float(), atol=2e-2)
+    assert abs(total.item() - ref.float().sum().item()) <= 1e-2 * ref.float().abs().sum().item()

@@ -82,4 +82,20 @@ ManagedTensor allocate(DType dtype, const std::vector<int64_t>& shape, int devic
   return ManagedTensor::adopt(&m);
 }
 
+void order_after_spattn(intptr_t stream, int device) {
+  if (stream == 1 || stream == -1) return;
+  int prev = 0;
+  check(cudaGetDevice(&prev), "cudaGetDevice");
+  check(cudaSetDevice(device), "cudaSetDevice");
+  cudaEvent_t ev = nullptr;
+  cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+  if (e == cudaSuccess) e = cudaEventRecord(ev, cudaStreamLegacy);
+  const cudaStream_t consumer =
+      stream == 2 ? cudaStreamPerThread : reinterpret_cast<cudaStream_t>(stream);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(consumer, ev, 0);
+  if (ev != nullptr) (void)cudaEventDestroy(ev);  // released once the wait is done
+  (void)cudaSetDevice(prev);
+  check(e, "ordering the consumer's stream after spattn's work");
+}
+
 }  // namespace spattn::cuda
