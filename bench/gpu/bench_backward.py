@@ -15,13 +15,12 @@ to DIR/bench_bwd.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_forward import flex_block_mask, kept_pairs, median_ms  # noqa: E402
+from common import Rows, compiled_flex, flex_block_mask, header, kept_pairs, random_layout  # noqa: E402
 
 
 def main() -> None:
@@ -37,24 +36,10 @@ def main() -> None:
 
     import spattn
 
-    if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device")
-    dev = torch.cuda.get_device_name(0)
-    info = spattn.info()
-    print(f"# {dev}, torch {torch.__version__}, spattn {info.get('version')} "
-          f"(cuda archs {info.get('cuda_archs')}, backward kernels {info.get('cuda_backward_kernels')}), "
-          f"{time.strftime('%Y-%m-%d')}", flush=True)
+    dev, info = header(torch, spattn, "cuda_backward_kernels")
     B, H, D = 1, 16, 128
     dt = torch.bfloat16
-
-    flex = None
-    if not args.no_flex:
-        try:
-            from torch.nn.attention.flex_attention import flex_attention
-
-            flex = torch.compile(flex_attention, dynamic=False)
-        except Exception as e:  # reported, not fatal
-            print(f"# FlexAttention unavailable: {e}", flush=True)
+    flex = compiled_flex(torch, args.no_flex)
 
     def inputs(n, seed=0):
         g = torch.Generator(device="cuda").manual_seed(seed)
@@ -77,30 +62,15 @@ def main() -> None:
     def gdiff(ga, gb):
         return " ".join(f"{n}:{(a.float() - b.float()).abs().max().item():.2e}" for n, a, b in zip(("dq", "dk", "dv"), ga, gb))
 
-    rows = []
-
-    def add(system, pname, n, pairs, fn, check=""):
-        try:
-            fn()
-            torch.cuda.synchronize()
-            ms = median_ms(torch, fn, args.repeats_ms)
-            tf = 3.5 * 4.0 * D * pairs / (ms * 1e-3) / 1e12  # pairs already summed over heads
-            rows.append(dict(system=system, pattern=pname, n=n, ms=ms, tflops=tf, check=check))
-            print(f"  {system:28s} {pname:34s} N={n:6d} {ms:9.3f} ms {tf:7.1f} TFLOP/s {check}", flush=True)
-        except Exception as e:
-            msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-            rows.append(dict(system=system, pattern=pname, n=n, ms=None, tflops=None, check="unavailable: " + msg))
-            print(f"  {system:28s} {pname:34s} N={n:6d} unavailable: {msg}", flush=True)
+    rows = Rows(torch, 3.5 * 4.0 * D, args.repeats_ms)  # forward + backward: 3.5x the forward
+    add = rows.add
 
     # ---- sparse patterns: spattn vs FlexAttention
     W, n = 1024, 16384
-    gen = np.random.default_rng(0)
-    layout = gen.random((H, n // 128, n // 128)) < 0.1
-    lay_t = torch.from_numpy(layout).cuda()
+    layout, bs_mod = random_layout(np, torch, H, n)
     cases = [
         ("causal sliding window 1024", spattn.SlidingWindow(W - 1, 0), lambda b, h, qi, ki: (qi >= ki) & (qi - ki < W)),
-        ("random block-sparse 10% 128x128 per head", spattn.BlockSparse(layout, block_size=128),
-         lambda b, h, qi, ki: lay_t[h, qi // 128, ki // 128]),
+        ("random block-sparse 10% 128x128 per head", spattn.BlockSparse(layout, block_size=128), bs_mod),
     ]
     for pname, pattern, mask_mod in cases:
         print(f"# {pname}, N={n}, forward+backward", flush=True)
@@ -151,32 +121,8 @@ def main() -> None:
         add("torch SDPA flash (FA2)", pname, n, pairs, sdpa(SDPBackend.FLASH_ATTENTION))
         add("torch SDPA cuDNN", pname, n, pairs, sdpa(SDPBackend.CUDNN_ATTENTION))
 
-    # ---- table
-    def ratio(r):
-        if not r["ms"] or r["system"] != "spattn":
-            return ""
-        other = next((x for x in rows if x["pattern"] == r["pattern"] and x["n"] == r["n"] and x["ms"]
-                      and x["system"] in ("FlexAttention", "torch SDPA flash (FA2)")), None)
-        return f"{r['tflops'] / other['tflops']:.2f}x {other['system'].split()[0]}" if other else ""
-
-    lines = [f"GPU forward+backward, {dev}, bf16, B={B}, H={H}, D={D}, {time.strftime('%Y-%m-%d')}",
-             "",
-             "| system | pattern | N | ms | useful TFLOP/s | spattn vs |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        ms = f"{r['ms']:.3f}" if r["ms"] else "-"
-        tf = f"{r['tflops']:.0f}" if r["tflops"] else r["check"]
-        lines.append(f"| {r['system']} | {r['pattern']} | {r['n'] // 1024}K | {ms} | {tf} | {ratio(r)} |")
-    table = "\n".join(lines)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "table_bwd.md"), "w") as fh:
-        fh.write(table + "\n")
-    with open(os.path.join(args.out, "bench_bwd.json"), "w") as fh:
-        json.dump(dict(device=dev, torch=torch.__version__, info=info, rows=rows), fh, indent=1)
-    print(table, flush=True)
-    if any(r["system"] == "spattn" and not r["ms"] for r in rows):
-        sys.exit(1)
-
+    rows.finish(f"GPU forward+backward, {dev}, bf16, B={B}, H={H}, D={D}", args.out, "table_bwd.md",
+                "bench_bwd.json", dict(device=dev, torch=torch.__version__, info=info))
 
 if __name__ == "__main__":
     main()
