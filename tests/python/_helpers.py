@@ -387,6 +387,66 @@ def assert_lse(actual, ref):
 
 
 # --------------------------------------------------------------------------------------------
+# CUDA tests (tests/python/test_cuda_*.py): what the build holds, skipping without a GPU
+# --------------------------------------------------------------------------------------------
+
+
+def compiled_cuda_kernels(info_key: str):
+    """[(dtype, D)] listed by spattn.info()[info_key] ("float16:64,128;bfloat16:64,128",
+    info_key "cuda_kernels" or "cuda_backward_kernels"); bfloat16 D=128 (in every CUDA build)
+    if unparseable."""
+    import spattn
+
+    out = []
+    for part in str(spattn.info().get(info_key, "")).split(";"):
+        name, _, dims = part.partition(":")
+        if name.strip() in ("float16", "bfloat16") and dims:
+            for d in dims.split(","):
+                if d.strip().isdigit():
+                    out.append((name.strip(), int(d)))
+    return out or [("bfloat16", 128)]
+
+
+def cuda_torch_or_skip(info_key: str):
+    """torch, once a CUDA device and a CUDA build of spattn with kernels under info_key are
+    there; skips the test otherwise. Asked inside a test, never at import or collection."""
+    import pytest
+
+    import spattn
+
+    torch = pytest.importorskip("torch")
+    info = spattn.info()
+    if info.get("cuda_compiled") != "yes":
+        pytest.skip("spattn was built without CUDA")
+    if not info.get(info_key):
+        pytest.skip(f"this spattn build has no {info_key} (see spattn.info())")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch
+
+
+def cuda_test_patterns(nq: int, nk: int, hq: int) -> dict:
+    """The patterns the CUDA tests compare against the reference, by name."""
+    import spattn
+
+    rng = np.random.default_rng(nq * 7 + nk)
+    lay64 = rng.random((hq, -(-nq // 64), -(-nk // 64))) < 0.3
+    lay128 = rng.random((hq, -(-nq // 128), -(-nk // 128))) < 0.3
+    return {
+        "causal": spattn.Causal(),
+        "window(255,0)": spattn.SlidingWindow(255, 0),
+        "window(100,20)": spattn.SlidingWindow(100, 20),
+        "dense": spattn.Dense(),
+        "blocksparse64 per head": spattn.BlockSparse(lay64, block_size=64),
+        "blocksparse128 per head": spattn.BlockSparse(lay128, block_size=128),
+        "sink(4)|window(127,0)": spattn.Sink(4) | spattn.SlidingWindow(127, 0),
+        "global": spattn.Global([0, 5, min(nk, nq) - 1]),
+        "bigbird": spattn.BigBird(64, 3, 1, 2, seed=3),
+        "dilated(32,0,3)": spattn.Dilated(32, 0, 3),
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # isolated execution
 # --------------------------------------------------------------------------------------------
 

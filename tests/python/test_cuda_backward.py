@@ -19,53 +19,12 @@ import numpy as np
 import pytest
 
 import spattn
-from _helpers import as64, assert_close, naive_backward, ref_backward
-
-
-def _compiled_kernels():
-    """[(dtype, D)] the CUDA build has backward kernels for, from
-    spattn.info()['cuda_backward_kernels'] ("float16:64,128;bfloat16:64,128")."""
-    text = str(spattn.info().get("cuda_backward_kernels", ""))
-    out = []
-    for part in text.split(";"):
-        name, _, dims = part.partition(":")
-        if name.strip() in ("float16", "bfloat16") and dims:
-            for d in dims.split(","):
-                if d.strip().isdigit():
-                    out.append((name.strip(), int(d)))
-    return out or [("bfloat16", 128)]
+from _helpers import as64, assert_close, compiled_cuda_kernels, cuda_test_patterns, cuda_torch_or_skip, naive_backward, ref_backward
 
 
 @pytest.fixture
 def cuda():
-    """torch, once a CUDA device and a CUDA build of spattn with the backward are known."""
-    torch = pytest.importorskip("torch")
-    info = spattn.info()
-    if info.get("cuda_compiled") != "yes":
-        pytest.skip("spattn was built without CUDA")
-    if not info.get("cuda_backward_kernels"):
-        pytest.skip("this spattn build does not run the backward on CUDA (no cuda_backward_kernels in info())")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    return torch
-
-
-def _patterns(nq, nk, hq):
-    rng = np.random.default_rng(nq * 7 + nk)
-    lay64 = rng.random((hq, -(-nq // 64), -(-nk // 64))) < 0.3
-    lay128 = rng.random((hq, -(-nq // 128), -(-nk // 128))) < 0.3
-    return {
-        "causal": spattn.Causal(),
-        "window(255,0)": spattn.SlidingWindow(255, 0),
-        "window(100,20)": spattn.SlidingWindow(100, 20),
-        "dense": spattn.Dense(),
-        "blocksparse64 per head": spattn.BlockSparse(lay64, block_size=64),
-        "blocksparse128 per head": spattn.BlockSparse(lay128, block_size=128),
-        "sink(4)|window(127,0)": spattn.Sink(4) | spattn.SlidingWindow(127, 0),
-        "global": spattn.Global([0, 5, min(nk, nq) - 1]),
-        "bigbird": spattn.BigBird(64, 3, 1, 2, seed=3),
-        "dilated(32,0,3)": spattn.Dilated(32, 0, 3),
-    }
+    return cuda_torch_or_skip("cuda_backward_kernels")
 
 
 def _data(b, nq, nk, hq, hkv, d, seed):
@@ -100,12 +59,12 @@ def _check(torch, q64, k64, v64, do64, pattern, dtype, scale=None, views=None):
     return dq, dk, dv
 
 
-@pytest.mark.parametrize("name", list(_patterns(300, 300, 4)))
+@pytest.mark.parametrize("name", list(cuda_test_patterns(300, 300, 4)))
 def test_patterns_each_compiled_kernel(cuda, name):
-    for dtype, d in _compiled_kernels():
+    for dtype, d in compiled_cuda_kernels("cuda_backward_kernels"):
         nq, nk, hq, hkv = 257, 385, 4, 2
         q, k, v, do = _data(2, nq, nk, hq, hkv, d, seed=d)
-        _check(cuda, q, k, v, do, _patterns(nq, nk, hq)[name], dtype)
+        _check(cuda, q, k, v, do, cuda_test_patterns(nq, nk, hq)[name], dtype)
 
 
 @pytest.mark.parametrize("nq,nk", [(1025, 1025), (97, 1100), (600, 130), (128, 64), (1, 255), (70, 1)])
@@ -123,7 +82,7 @@ def test_sizes_and_empty_rows(cuda, nq, nk):
 
 
 def test_mqa_and_scale(cuda):
-    for dtype, d in _compiled_kernels():
+    for dtype, d in compiled_cuda_kernels("cuda_backward_kernels"):
         q, k, v, do = _data(1, 333, 333, 8, 1, d, seed=5)
         _check(cuda, q, k, v, do, spattn.SlidingWindow(63, 0), dtype, scale=0.05)
         _check(cuda, q, k, v, do, spattn.Causal(), dtype, scale=-0.08)

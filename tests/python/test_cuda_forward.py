@@ -15,50 +15,12 @@ import numpy as np
 import pytest
 
 import spattn
-from _helpers import as64, assert_close, assert_lse, naive_forward
-
-
-def _compiled_kernels():
-    """[(dtype, D)] the CUDA build has forward kernels for, from spattn.info()['cuda_kernels']
-    ("float16:64,128;bfloat16:64,128"); bfloat16 D=128 (in every CUDA build) if unparseable."""
-    text = str(spattn.info().get("cuda_kernels", ""))
-    out = []
-    for part in text.split(";"):
-        name, _, dims = part.partition(":")
-        if name.strip() in ("float16", "bfloat16") and dims:
-            for d in dims.split(","):
-                if d.strip().isdigit():
-                    out.append((name.strip(), int(d)))
-    return out or [("bfloat16", 128)]
+from _helpers import as64, assert_close, assert_lse, compiled_cuda_kernels, cuda_test_patterns, cuda_torch_or_skip, naive_forward
 
 
 @pytest.fixture
 def cuda():
-    """torch, once a CUDA device and a CUDA build of spattn are known to be there."""
-    torch = pytest.importorskip("torch")
-    if spattn.info().get("cuda_compiled") != "yes":
-        pytest.skip("spattn was built without CUDA")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    return torch
-
-
-def _patterns(nq, nk, hq):
-    rng = np.random.default_rng(nq * 7 + nk)
-    lay64 = rng.random((hq, -(-nq // 64), -(-nk // 64))) < 0.3
-    lay128 = rng.random((hq, -(-nq // 128), -(-nk // 128))) < 0.3
-    return {
-        "causal": spattn.Causal(),
-        "window(255,0)": spattn.SlidingWindow(255, 0),
-        "window(100,20)": spattn.SlidingWindow(100, 20),
-        "dense": spattn.Dense(),
-        "blocksparse64 per head": spattn.BlockSparse(lay64, block_size=64),
-        "blocksparse128 per head": spattn.BlockSparse(lay128, block_size=128),
-        "sink(4)|window(127,0)": spattn.Sink(4) | spattn.SlidingWindow(127, 0),
-        "global": spattn.Global([0, 5, min(nk, nq) - 1]),
-        "bigbird": spattn.BigBird(64, 3, 1, 2, seed=3),
-        "dilated(32,0,3)": spattn.Dilated(32, 0, 3),
-    }
+    return cuda_torch_or_skip("cuda_kernels")
 
 
 def _run(torch, q64, k64, v64, pattern, dtype, scale=None, views=None):
@@ -93,12 +55,12 @@ def _qkv(b, nq, nk, hq, hkv, d, seed):
             rng.standard_normal((b, nk, hkv, d)))
 
 
-@pytest.mark.parametrize("name", list(_patterns(300, 300, 4)))
+@pytest.mark.parametrize("name", list(cuda_test_patterns(300, 300, 4)))
 def test_patterns_each_compiled_kernel(cuda, name):
-    for dtype, d in _compiled_kernels():
+    for dtype, d in compiled_cuda_kernels("cuda_kernels"):
         nq, nk, hq, hkv = 257, 385, 4, 2
         q, k, v = _qkv(2, nq, nk, hq, hkv, d, seed=d)
-        _run(cuda, q, k, v, _patterns(nq, nk, hq)[name], dtype)
+        _run(cuda, q, k, v, cuda_test_patterns(nq, nk, hq)[name], dtype)
 
 
 @pytest.mark.parametrize("nq,nk", [(1025, 1025), (97, 1100), (600, 130), (128, 64), (1, 255)])
@@ -111,7 +73,7 @@ def test_sizes_and_empty_rows(cuda, nq, nk):
 
 
 def test_mqa_and_scale(cuda):
-    for dtype, d in _compiled_kernels():
+    for dtype, d in compiled_cuda_kernels("cuda_kernels"):
         q, k, v = _qkv(1, 333, 333, 8, 1, d, seed=5)
         _run(cuda, q, k, v, spattn.SlidingWindow(63, 0), dtype, scale=0.05)
         _run(cuda, q, k, v, spattn.Causal(), dtype, scale=-0.08)
@@ -138,7 +100,7 @@ def test_strided_and_misaligned_views(cuda):
 def test_matches_cpu_backend(cuda):
     """The same bf16 inputs on the CPU backend and on the GPU agree to rounding."""
     torch = cuda
-    dtype, d = ("bfloat16", 128)
+    d = 128
     q, k, v = (torch.from_numpy(x).to(torch.bfloat16) for x in _qkv(1, 513, 700, 4, 2, d, seed=3))
     pattern = spattn.Sink(2) | spattn.SlidingWindow(200, 0)
     out_cpu, lse_cpu = spattn.attention(q, k, v, pattern=pattern, return_lse=True)
