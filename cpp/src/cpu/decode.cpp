@@ -11,13 +11,13 @@
 // decode_rows.hpp) and leaves an unnormalised partial (m, l, acc). A second pass merges the
 // chunks of each (sequence, kv head) exactly (decode_finish) into out and lse.
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <sstream>
 #include <utility>
 #include <vector>
 
+#include "cpu/common.hpp"
 #include "cpu/decode_cpu.hpp"
 #include "cpu/decode_kernel_api.hpp"
 #include "cpu/kernel_api.hpp"
@@ -49,22 +49,13 @@ const DecodeKernels* decode_kernels() {
 
 namespace {
 
+using detail::alloc_floats;  // scratch, large blocks from the buffer cache (cpu/common.hpp)
+using detail::code_of;
+using detail::Scratch;
+
 constexpr int64_t kContigBlock = 64;   // key block of contiguous caches
 constexpr int64_t kMinChunkKeys = 512;  // below this a chunk costs more to merge than it saves
 constexpr int64_t kTasksPerThread = 4;
-
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
-};
-using Scratch = std::unique_ptr<float[], AlignedFree>;
-Scratch alloc_floats(int64_t n) {
-  const size_t bytes = (size_t(n > 0 ? n : 1) * sizeof(float) + 63) & ~size_t(63);
-  void* p = std::aligned_alloc(64, bytes);
-  if (!p) throw std::bad_alloc();
-  return Scratch(static_cast<float*>(p));
-}
-
-int code_of(DType t) { return t == DType::Float32 ? kF32 : t == DType::Float16 ? kF16 : kBF16; }
 
 struct Seq {
   int64_t nk = 0;
