@@ -11,9 +11,12 @@
 # and carry ".gl"; or set CUTLASS_INCLUDE_DIR. torch, triton, pytest, scikit-build-core and
 # pybind11 are taken from the machine's Python (nothing is installed from an index).
 #
-# Environment: OUT (results folder), PYTHON (default python3), SPATTN_CUDA_ARCHS (default: the
+# Environment: SPATTN_WHEEL (a wheel built beforehand, e.g. on a machine without a GPU with
+#   SPATTN_CUDA=ON SPATTN_CUDA_ARCHS=90a python3.12 -m pip wheel --no-deps -w .whl .
+# and carried in .whl: installed instead of building here), OUT (results folder), PYTHON (default python3), SPATTN_CUDA_ARCHS (default: the
 # GPU's own, 90a on Hopper, 80 on Ampere/Ada), BENCH_ARGS (extra arguments for
-# bench_forward.py, e.g. "--quick" or "--no-flex"), BENCH_BWD_ARGS (extra arguments for
+# bench_forward.py, e.g. "--quick" or "--no-flex"), BENCH_PLANNER_ARGS (for bench_planner.py,
+# e.g. "--skip-1m"), BENCH_BWD_ARGS (extra arguments for
 # bench_backward.py, e.g. "--no-flex"), SKIP_BUILD=1 (reuse an installed build), SKIP_TESTS=1,
 # SKIP_BWD=1 (no backward tests or timings).
 set -uo pipefail
@@ -41,18 +44,23 @@ fi
 export SPATTN_CUDA=ON SPATTN_CUDA_ARCHS SPATTN_CUDA_REDUCED=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
 
-if [ -z "${CUTLASS_INCLUDE_DIR:-}" ]; then
-  for c in "$ROOT/.gl/cutlass/include" "$ROOT"/build-*/_deps/nvidia-cutlass-*/unpacked/cutlass_library/source/include; do
-    if [ -f "$c/cute/tensor.hpp" ]; then export CUTLASS_INCLUDE_DIR="$c"; break; fi
-  done
-fi
-if [ -z "${CUTLASS_INCLUDE_DIR:-}" ]; then
-  echo "error: no CuTe/CUTLASS headers: copy them to .gl/cutlass/include (see the top of this script)" >&2
-  exit 2
-fi
-echo "CUTLASS_INCLUDE_DIR=$CUTLASS_INCLUDE_DIR"
 
-if [ "${SKIP_BUILD:-0}" != "1" ]; then
+if [ -n "${SPATTN_WHEEL:-}" ]; then
+  # A wheel built elsewhere (saves the device machine's time): installed into a private folder.
+  stamp "install $SPATTN_WHEEL"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/spattn-site "$SPATTN_WHEEL" || exit 1
+  export PYTHONPATH="/tmp/spattn-site${PYTHONPATH:+:$PYTHONPATH}"
+elif [ "${SKIP_BUILD:-0}" != "1" ]; then
+  if [ -z "${CUTLASS_INCLUDE_DIR:-}" ]; then
+    for c in "$ROOT/.gl/cutlass/include" "$ROOT"/build-*/_deps/nvidia-cutlass-*/unpacked/cutlass_library/source/include; do
+      if [ -f "$c/cute/tensor.hpp" ]; then export CUTLASS_INCLUDE_DIR="$c"; break; fi
+    done
+  fi
+  if [ -z "${CUTLASS_INCLUDE_DIR:-}" ]; then
+    echo "error: no CuTe/CUTLASS headers: copy them to .gl/cutlass/include (see the top of this script)" >&2
+    exit 2
+  fi
+  echo "CUTLASS_INCLUDE_DIR=$CUTLASS_INCLUDE_DIR"
   stamp "build (SPATTN_CUDA_ARCHS=$SPATTN_CUDA_ARCHS, $CMAKE_BUILD_PARALLEL_LEVEL jobs)"
   # No build isolation and no dependencies: the machine cannot reach an index; the build
   # requirements (scikit-build-core, pybind11, cmake, ninja) are already installed there.
@@ -68,10 +76,14 @@ cd "$OUT"  # import the installed package, not the source tree's python/ folder
 
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
   stamp "GPU tests"
-  tests=("$ROOT/tests/python/test_cuda_forward.py")
-  [ "${SKIP_BWD:-0}" != "1" ] && tests+=("$ROOT/tests/python/test_cuda_backward.py")
-  SPATTN_CUDA_SYNC=1 "$PY" -m pytest -q -x -p no:cacheprovider "${tests[@]}" \
-      2>&1 | tee "$OUT/tests.log" | tail -25
+  # Every GPU test file (test_cuda_*.py), without -x: one failure must not hide the others.
+  tests=()
+  for f in "$ROOT"/tests/python/test_cuda_*.py; do
+    case "$f" in *backward*) [ "${SKIP_BWD:-0}" = "1" ] && continue ;; esac
+    tests+=("$f")
+  done
+  SPATTN_CUDA_SYNC=1 "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" \
+      2>&1 | tee "$OUT/tests.log" | grep -E "passed|failed|FAILED|Error" | tail -25
   if command -v compute-sanitizer > /dev/null 2>&1; then
     stamp "compute-sanitizer memcheck (small run)"
     compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" - > "$OUT/memcheck.log" 2>&1 <<'EOF'
@@ -90,6 +102,9 @@ EOF
   fi
 fi
 
+stamp "benchmark: planner (host overhead, block-sparse end to end, dilated/strided)"
+# shellcheck disable=SC2086
+"$PY" "$ROOT/bench/gpu/bench_planner.py" --out "$OUT" ${BENCH_PLANNER_ARGS:-} 2>&1 | tee "$OUT/bench_planner.log" | grep -v '^|' | tail -5
 stamp "benchmark"
 # shellcheck disable=SC2086
 "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|' | tail -20
@@ -99,6 +114,8 @@ if [ "${SKIP_BWD:-0}" != "1" ]; then
   "$PY" "$ROOT/bench/gpu/bench_backward.py" --out "$OUT" ${BENCH_BWD_ARGS:-} 2>&1 | tee "$OUT/bench_bwd.log" | grep -v '^|' | tail -20
 fi
 stamp "done"
+cat "$OUT/table_planner.md" 2>/dev/null
+echo
 cat "$OUT/table.md" 2>/dev/null
 echo
 cat "$OUT/table_bwd.md" 2>/dev/null

@@ -1,20 +1,25 @@
-// The C++ entry points: every argument is checked here, once, before anything is written; then
-// the pattern is compiled for the backend's tile size and the backend runs.
+// The planner: every C++ entry point checks its arguments here, once (plan/checks.hpp), before
+// anything is written; then it plans the call in device-neutral terms and hands the pieces to
+// the backend of the tensors' device (backend/backend.hpp). What the planner does, for every
+// device alike:
+//   - the compiled pattern comes from the pattern's cache (Pattern::compiled), so a repeated
+//     call does no work proportional to N on the host;
+//   - dilated and strided patterns run as residue classes (plan/residue.hpp): ordinary windows
+//     on row-strided views;
+//   - a window | dilated/strided union runs as disjoint parts merged exactly by their lse;
+//   - TopKBlocks chooses each batch element's blocks, then runs the concrete pattern;
+//   - a variable-length batch runs each sequence as its own problem on sub-views.
 #include "spattn/spattn.hpp"
 
-#include <cmath>
 #include <optional>
 #include <sstream>
 #include <vector>
 
-#include "cpu/attention_cpu.hpp"
-#include "cpu/thread_pool.hpp"
-#include "large_buffers.hpp"
+#include "backend/backend.hpp"
+#include "cpu/thread_pool.hpp"  // the host thread budget of the call (selection, CPU kernels)
+#include "plan/checks.hpp"
 #include "plan/residue.hpp"
 #include "select/topk.hpp"
-#include "spattn/cuda/backend_info.hpp"
-#include "spattn/cuda/backward.hpp"
-#include "spattn/cuda/forward.hpp"
 #include "spattn/select.hpp"
 
 #ifndef SPATTN_VERSION
@@ -25,237 +30,21 @@ namespace spattn {
 
 namespace {
 
-constexpr int64_t kMaxHeadDim = 256;
+using backend::Attention;
+using backend::Backend;
+using backend::Call;
+using backend::Dims;
+using backend::Gradients;
+using backend::Op;
 
-std::string dims(const TensorView& t) { return t.shape_str(); }
-
-void expect_rank(const TensorView& t, const char* name, int rank, const char* layout) {
-  if (t.ndim != rank) {
-    std::ostringstream m;
-    m << name << ": expected " << rank << " dimensions " << layout << ", got " << t.ndim
-      << " with shape " << dims(t);
-    throw ValueError(m.str());
-  }
-}
-
-void expect_shape(const TensorView& t, const char* name, std::initializer_list<int64_t> want,
-                  const char* layout) {
-  expect_rank(t, name, int(want.size()), layout);
-  int d = 0;
-  for (int64_t w : want) {
-    if (t.shape[d] != w) {
-      std::ostringstream m;
-      m << name << ": expected shape [";
-      int e = 0;
-      for (int64_t x : want) m << (e++ ? ", " : "") << x;
-      m << "] " << layout << ", got " << dims(t);
-      throw ValueError(m.str());
-    }
-    ++d;
-  }
-}
-
-void expect_dtype(const TensorView& t, const char* name, DType want, const char* ref) {
-  const DType got = float_dtype(t, name);
-  if (got != want) {
-    std::ostringstream m;
-    m << name << ": dtype " << dtype_name(got) << " does not match " << ref << "'s "
-      << dtype_name(want);
-    throw TypeError(m.str());
-  }
-}
-
-void expect_same_device(const TensorView& t, const char* name, const TensorView& q) {
-  if (t.device.device_type != q.device.device_type || t.device.device_id != q.device.device_id) {
-    std::ostringstream m;
-    m << name << ": on device " << describe(t.device) << ", but q is on "
-      << describe(q.device) << "; all tensors must be on one device";
-    throw ValueError(m.str());
-  }
-}
-
-// Outputs must not have two elements at one address (a stride of 0 on a dimension of size > 1).
-void expect_writable_layout(const TensorView& t, const char* name) {
-  for (int d = 0; d < t.ndim; ++d)
-    if (t.shape[d] > 1 && t.strides[d] == 0) {
-      std::ostringstream m;
-      m << name << ": dimension " << d << " has stride 0 (a broadcast view); an output needs "
-        << "one element per address";
-      throw ValueError(m.str());
-    }
-}
-
-bool on_cuda(const TensorView& t) { return t.device.device_type == kDLCUDA; }
-
-// The tensors' device must have a backend for this call: the CPU always; CUDA for the forward
-// and backward of a dense batch (cuda_what == nullptr) when this build has CUDA kernels, else
-// RuntimeError naming what is missing (cuda_what: the call that has no CUDA version yet).
-void expect_backend(const TensorView& q, const char* cuda_what) {
-  const auto type = q.device.device_type;
-  if (type == kDLCPU || type == kDLCUDAHost) return;
-  std::ostringstream m;
-  if (type == kDLCUDA || type == kDLCUDAManaged) {
-    m << "q: tensors are on " << describe(q.device) << ", but ";
-    if (!cuda::compiled())
-      m << "this spattn was built without CUDA; rebuild with SPATTN_CUDA=ON or pass CPU "
-           "tensors";
-    else if (cuda_what != nullptr)
-      m << cuda_what << " runs on the CPU only in this version (the CUDA kernels cover the "
-        << "forward and backward of dense batches); pass CPU tensors";
-    else if (type == kDLCUDAManaged)
-      m << "the CUDA kernels take device memory (kDLCUDA), not managed memory; pass device or "
-           "CPU tensors";
-    else
-      return;
-  } else {
-    m << "q: no spattn backend for device " << describe(q.device) << "; pass CPU tensors";
-  }
-  throw RuntimeError(m.str());
-}
-
-// The CPU thread limit of one call (Options::num_threads), checked.
-int thread_limit(const Options& o) {
-  if (o.num_threads < 0)
-    throw ValueError("num_threads: expected 0 (all) or a positive count, got " +
-                     std::to_string(o.num_threads));
-  return o.num_threads;
-}
-
-// TopKBlocks reads q and k on the host to choose its blocks.
-void refuse_selection_on_cuda(const TensorView& q, const Pattern& pattern) {
-  if (on_cuda(q) && pattern.data_dependent())
-    throw RuntimeError("pattern: TopKBlocks' selection runs on the CPU only in this version; "
-                       "pass CPU tensors, or select on the CPU and pass the selected pattern");
-}
-
-float resolve_scale(double scale, int64_t d) {
-  if (!std::isfinite(scale)) {
-    std::ostringstream m;
-    m << "scale: expected a finite number, got " << scale;
-    throw ValueError(m.str());
-  }
-  return scale == 0.0 ? float(1.0 / std::sqrt(double(d))) : float(scale);
-}
-
-// The problem's sizes, read from q, k, v and checked against each other.
-struct Dims {
-  int64_t b, nq, nk, hq, hkv, d, dv;
+// One planned call: the backend and the context every piece of it runs in.
+struct Plan {
+  Backend& be;
+  Call call;
 };
 
-// varlen: q [Tq, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv] (no batch dimension; b = 1, nq = Tq,
-// nk = Tk in the result).
-//
-// cuda_what: nullptr when the call has a CUDA version, else its name for the message;
-// backward: the CUDA kernels it needs are the backward's.
-Dims check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, DType* dtype,
-               bool varlen, const char* cuda_what, bool backward = false) {
-  const int r = varlen ? 3 : 4, o = varlen ? 0 : 1;  // rank; index of the sequence dimension
-  expect_rank(q, "q", r, varlen ? "[Tq, Hq, D]" : "[B, Nq, Hq, D]");
-  expect_rank(k, "k", r, varlen ? "[Tk, Hkv, D]" : "[B, Nk, Hkv, D]");
-  expect_rank(v, "v", r, varlen ? "[Tk, Hkv, Dv]" : "[B, Nk, Hkv, Dv]");
-  *dtype = float_dtype(q, "q");
-  expect_dtype(k, "k", *dtype, "q");
-  expect_dtype(v, "v", *dtype, "q");
-  expect_same_device(k, "k", q);
-  expect_same_device(v, "v", q);
-  Dims s{varlen ? 1 : q.shape[0], q.shape[o],     k.shape[o],    q.shape[o + 1],
-         k.shape[o + 1],          q.shape[o + 2], v.shape[o + 2]};
-  std::ostringstream m;
-  if (!varlen && (k.shape[0] != s.b || v.shape[0] != s.b))
-    m << "k, v: batch sizes " << k.shape[0] << " and " << v.shape[0] << " must equal q's "
-      << s.b << " (q " << dims(q) << ", k " << dims(k) << ", v " << dims(v) << ")";
-  else if (v.shape[o] != s.nk)
-    m << "v: expected " << (varlen ? "Tk=" : "Nk=") << s.nk << " keys like k " << dims(k)
-      << ", got " << dims(v);
-  else if (v.shape[o + 1] != s.hkv)
-    m << "v: expected Hkv=" << s.hkv << " heads like k " << dims(k) << ", got " << dims(v);
-  else if (k.shape[o + 2] != s.d)
-    m << "k: head dim " << k.shape[3] << " must equal q's D=" << s.d << " (q " << dims(q)
-      << ", k " << dims(k) << ")";
-  else if (s.hq < 1 || s.hkv < 1)
-    m << "q, k: expected at least one head, got Hq=" << s.hq << ", Hkv=" << s.hkv;
-  else if (s.hq % s.hkv != 0)
-    m << "q, k: Hq=" << s.hq << " query heads must be a multiple of Hkv=" << s.hkv
-      << " key/value heads (GQA)";
-  else if (s.d < 1 || s.d > kMaxHeadDim)
-    m << "q: head dim D=" << s.d << " is outside 1.." << kMaxHeadDim;
-  else if (s.dv < 1 || s.dv > kMaxHeadDim)
-    m << "v: head dim Dv=" << s.dv << " is outside 1.." << kMaxHeadDim;
-  if (!m.str().empty()) throw ValueError(m.str());
-  expect_backend(q, cuda_what);
-  if (on_cuda(q) && !(backward ? cuda::supports_backward(*dtype, s.d, s.dv)
-                                : cuda::supports(*dtype, s.d, s.dv))) {
-    std::ostringstream c;
-    c << "q: no CUDA " << (backward ? "backward" : "forward") << " kernel for "
-      << dtype_name(*dtype) << " with D=" << s.d << ", Dv=" << s.dv
-      << " in this build (compiled dtype:head dims: "
-      << (backward ? cuda::backward_kernels() : cuda::forward_kernels())
-      << "); pass CPU tensors";
-    throw RuntimeError(c.str());
-  }
-  return s;
-}
-
-// An input that must match q's dtype and device and have the given shape.
-void check_input(const TensorView& t, const char* name, std::initializer_list<int64_t> shape,
-                 const char* layout, const TensorView& q, DType dtype) {
-  expect_shape(t, name, shape, layout);
-  expect_dtype(t, name, dtype, "q");
-  expect_same_device(t, name, q);
-}
-
-// An output: an input that is also written, so no two of its elements may share an address.
-void check_output(const TensorView& t, const char* name, std::initializer_list<int64_t> shape,
-                  const char* layout, const TensorView& q, DType dtype) {
-  check_input(t, name, shape, layout, q, dtype);
-  expect_writable_layout(t, name);
-}
-
-void check_lse(const TensorView& t, const char* name, const Dims& s, const TensorView& q) {
-  expect_shape(t, name, {s.b, s.hq, s.nq}, "[B, Hq, Nq]");
-  if (!(t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.dtype.lanes == 1))
-    throw TypeError(std::string(name) + ": expected float32, got " + describe(t.dtype));
-  expect_same_device(t, name, q);
-}
-
-// Run one dense-batch problem ([B, Nq, Hq, D] views, already checked, pattern.check passed):
-// compile the pattern for (nq, nk, hq) and run the backend. Shared by the batched and the
-// varlen entry points (varlen calls it once per sequence on sub-views).
-void walk_forward(const TensorView& q, const TensorView& k, const TensorView& v,
-                  const TensorView& out, const TensorView& lse, DType dtype, float scale,
-                  const Pattern& pattern, const Dims& s) {
-  const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
-  if (on_cuda(q)) {  // asynchronous on the legacy default stream; layout copied before return
-    const cuda::ForwardTile t = cuda::forward_tile(s.d, s.dv);
-    const BlockLayout layout = cp.layout(t.bq, t.bk);
-    cuda::attention_forward(cuda::forward_problem(q, k, v, out, lse, dtype, scale, layout,
-                                                  cp.predicate(), /*stream=*/nullptr));
-    return;
-  }
-  const cpu::TileSize tile = cpu::cpu_tile_size();
-  const BlockLayout layout = cp.layout(tile.bq, tile.bk);
-  cpu::ForwardArgs a{q, k, v, out, lse, dtype, scale, &layout, cp.predicate()};
-  cpu::forward(a);
-}
-
-void walk_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
-                   const TensorView& v, const TensorView& out, const TensorView& lse,
-                   const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
-                   float scale, const Pattern& pattern, const Dims& s, bool rows_complete) {
-  const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
-  if (on_cuda(q)) {  // asynchronous on the legacy default stream, like the forward
-    const cuda::BackwardTile t = cuda::backward_tile(s.d, s.dv);
-    const BlockLayout layout = cp.layout(t.bq, t.bk);
-    cuda::attention_backward(cuda::backward_problem(dout, q, k, v, out, lse, dq, dk, dv, dtype,
-                                                    scale, layout, cp.predicate(),
-                                                    /*stream=*/nullptr));
-    return;
-  }
-  const cpu::TileSize tile = cpu::cpu_tile_size();
-  const BlockLayout layout = cp.layout(tile.bq, tile.bk);
-  cpu::BackwardArgs a{dout, q,  k,  v,     out,   lse,     dq,
-                      dk,   dv, dtype, scale, &layout, cp.predicate(), rows_complete};
-  cpu::backward(a);
+void check_lse(const TensorView& t, const Dims& s, const TensorView& q) {
+  plan::expect_float32(t, "lse", {s.b, s.hq, s.nq}, "[B, Hq, Nq]", q);
 }
 
 // How a pattern runs: one or more parts with disjoint kept pairs. A part is a pattern walked over
@@ -263,11 +52,11 @@ void walk_backward(const TensorView& dout, const TensorView& q, const TensorView
 // on row-strided views with disjoint outputs and gradients). Several parts are computed into
 // temporaries and merged exactly through their logsumexps; gradients of disjoint parts add.
 struct Part {
-  Pattern walk;                                   // when residue is empty
+  Pattern walk;  // when residue is empty
   std::optional<plan::ResidueWindow> residue;
 };
 
-std::vector<Part> make_plan(const Pattern& pattern, const Dims& s) {
+std::vector<Part> make_parts(const Pattern& pattern, const Dims& s) {
   const std::optional<plan::ResidueWindow> rw = plan::residue_form(pattern);
   if (rw && plan::residue_split_pays(*rw, s.nq)) return {Part{pattern, rw}};
   if (const auto u = plan::window_residue_union(pattern)) {
@@ -282,42 +71,46 @@ std::vector<Part> make_plan(const Pattern& pattern, const Dims& s) {
   return {Part{pattern, std::nullopt}};
 }
 
-// Dims of one residue class.
-Dims class_dims(Dims s, const plan::ResidueClass& c) {
-  s.nq = c.nq;
-  s.nk = c.nk;
-  return s;
+// One walk of a pattern's block layout by the backend.
+void walk_forward(const Plan& pl, const Attention& a, const Pattern& pattern) {
+  pl.be.forward(a, *pattern.compiled(a.s.nq, a.s.nk, a.s.hq), pl.call);
 }
 
-void forward_part(const Part& part, const TensorView& q, const TensorView& k, const TensorView& v,
-                  const TensorView& out, const TensorView& lse, DType dtype, float scale,
-                  const Dims& s) {
-  if (!part.residue) return walk_forward(q, k, v, out, lse, dtype, scale, part.walk, s);
-  const int64_t d = part.residue->d;
-  for (const plan::ResidueClass& c : plan::residue_classes(*part.residue, s.nq, s.nk)) {
+void walk_backward(const Plan& pl, const Attention& a, const Gradients& g, const Pattern& pattern) {
+  pl.be.backward(a, g, *pattern.compiled(a.s.nq, a.s.nk, a.s.hq), pl.call);
+}
+
+// Attention restricted to one residue class (its rows of every tensor, as views).
+Attention class_view(const Attention& a, const plan::ResidueClass& c, int64_t d) {
+  Attention r = a;
+  r.q = plan::strided_rows(a.q, 1, c.q0, c.nq, d);
+  r.k = plan::strided_rows(a.k, 1, c.k0, c.nk, d);
+  r.v = plan::strided_rows(a.v, 1, c.k0, c.nk, d);
+  r.out = plan::strided_rows(a.out, 1, c.q0, c.nq, d);
+  if (a.lse.data) r.lse = plan::strided_rows(a.lse, 2, c.q0, c.nq, d);
+  r.s.nq = c.nq;
+  r.s.nk = c.nk;
+  return r;
+}
+
+void forward_part(const Plan& pl, const Part& part, const Attention& a) {
+  if (!part.residue) return walk_forward(pl, a, part.walk);
+  for (const plan::ResidueClass& c : plan::residue_classes(*part.residue, a.s.nq, a.s.nk)) {
     if (c.nq == 0) continue;  // keys no query sees: nothing to compute in the forward
-    const TensorView lse_c = lse.data ? plan::strided_rows(lse, 2, c.q0, c.nq, d) : lse;
-    walk_forward(plan::strided_rows(q, 1, c.q0, c.nq, d), plan::strided_rows(k, 1, c.k0, c.nk, d),
-                 plan::strided_rows(v, 1, c.k0, c.nk, d), plan::strided_rows(out, 1, c.q0, c.nq, d),
-                 lse_c, dtype, scale, c.window, class_dims(s, c));
+    walk_forward(pl, class_view(a, c, part.residue->d), c.window);
   }
 }
 
-void backward_part(const Part& part, const TensorView& dout, const TensorView& q,
-                   const TensorView& k, const TensorView& v, const TensorView& out,
-                   const TensorView& lse, const TensorView& dq, const TensorView& dk,
-                   const TensorView& dv, DType dtype, float scale, const Dims& s,
-                   bool rows_complete) {
-  if (!part.residue)
-    return walk_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, part.walk, s,
-                         rows_complete);
+void backward_part(const Plan& pl, const Part& part, const Attention& a, const Gradients& g) {
+  if (!part.residue) return walk_backward(pl, a, g, part.walk);
   const int64_t d = part.residue->d;
-  for (const plan::ResidueClass& c : plan::residue_classes(*part.residue, s.nq, s.nk)) {
+  for (const plan::ResidueClass& c : plan::residue_classes(*part.residue, a.s.nq, a.s.nk)) {
     auto rows_q = [&](const TensorView& t) { return plan::strided_rows(t, 1, c.q0, c.nq, d); };
     auto rows_k = [&](const TensorView& t) { return plan::strided_rows(t, 1, c.k0, c.nk, d); };
-    walk_backward(rows_q(dout), rows_q(q), rows_k(k), rows_k(v), rows_q(out),
-                  plan::strided_rows(lse, 2, c.q0, c.nq, d), rows_q(dq), rows_k(dk), rows_k(dv),
-                  dtype, scale, c.window, class_dims(s, c), rows_complete);
+    walk_backward(pl, class_view(a, c, d),
+                  Gradients{rows_q(g.dout), rows_q(g.dq), rows_k(g.dk), rows_k(g.dv),
+                            g.rows_complete},
+                  c.window);
   }
 }
 
@@ -333,118 +126,143 @@ TensorView batch_view(const TensorView& t, int64_t b) {
 // concrete pattern. The choice is deterministic, so the backward pass, choosing again from the
 // same q and k, computes the gradients of exactly the forward's pattern.
 template <class Run>
-void per_batch_selection(const Pattern& pattern, const TensorView& q, const TensorView& k,
-                         DType dtype, const Dims& s, Run run) {
-  for (int64_t b = 0; b < s.b; ++b) {
-    BlockMask chosen = select::choose(pattern, select::batch_rows(q, b, dtype),
-                                      select::batch_rows(k, b, dtype));
-    Dims one = s;
-    one.b = 1;
-    run(b, select::concrete(pattern, std::move(chosen)), one);
+void per_batch_selection(const Pattern& pattern, const Attention& a, Run run) {
+  for (int64_t b = 0; b < a.s.b; ++b) {
+    BlockMask chosen = select::choose(pattern, select::batch_rows(a.q, b, a.dtype),
+                                      select::batch_rows(a.k, b, a.dtype));
+    run(b, select::concrete(pattern, std::move(chosen)));
   }
 }
 
-void run_forward(const TensorView& q, const TensorView& k, const TensorView& v,
-                 const TensorView& out, const TensorView& lse, DType dtype, float scale,
-                 const Pattern& pattern, const Dims& s) {
-  // CUDA: one walk over the whole pattern (exact for any rule; the residue split and the merge
-  // of parts run on the CPU only so far).
-  if (on_cuda(q)) return walk_forward(q, k, v, out, lse, dtype, scale, pattern, s);
+Attention batch_of(const Attention& a, int64_t b) {
+  Attention r = a;
+  r.q = batch_view(a.q, b);
+  r.k = batch_view(a.k, b);
+  r.v = batch_view(a.v, b);
+  r.out = batch_view(a.out, b);
+  r.lse = batch_view(a.lse, b);
+  r.s.b = 1;
+  return r;
+}
+
+void run_forward(const Plan& pl, const Attention& a, const Pattern& pattern) {
   if (pattern.data_dependent())
-    return per_batch_selection(pattern, q, k, dtype, s, [&](int64_t b, const Pattern& p, const Dims& one) {
-      run_forward(batch_view(q, b), batch_view(k, b), batch_view(v, b), batch_view(out, b),
-                  batch_view(lse, b), dtype, scale, p, one);
+    return per_batch_selection(pattern, a, [&](int64_t b, const Pattern& p) {
+      run_forward(pl, batch_of(a, b), p);
     });
-  const std::vector<Part> parts = make_plan(pattern, s);
-  if (parts.size() == 1) return forward_part(parts[0], q, k, v, out, lse, dtype, scale, s);
+  const std::vector<Part> parts = make_parts(pattern, a.s);
+  if (parts.size() == 1) return forward_part(pl, parts[0], a);
   std::vector<ManagedTensor> owned;
   std::vector<TensorView> outs, lses;
   for (const Part& part : parts) {
-    owned.push_back(ManagedTensor::allocate_cpu(dtype, {s.b, s.nq, s.hq, s.dv}));
-    outs.push_back(owned.back().view("out"));
-    owned.push_back(ManagedTensor::allocate_cpu(DType::Float32, {s.b, s.hq, s.nq}));
-    lses.push_back(owned.back().view("lse"));
-    forward_part(part, q, k, v, outs.back(), lses.back(), dtype, scale, s);
+    Attention pa = a;
+    owned.push_back(pl.be.allocate(a.dtype, {a.s.b, a.s.nq, a.s.hq, a.s.dv}, pl.call));
+    pa.out = owned.back().view("out");
+    owned.push_back(pl.be.allocate(DType::Float32, {a.s.b, a.s.hq, a.s.nq}, pl.call));
+    pa.lse = owned.back().view("lse");
+    outs.push_back(pa.out);
+    lses.push_back(pa.lse);
+    forward_part(pl, part, pa);
   }
-  cpu::merge(cpu::MergeArgs{outs.data(), lses.data(), int(parts.size()), out, lse, dtype});
+  pl.be.merge(outs.data(), lses.data(), int(parts.size()), a.out, a.lse, a.dtype, pl.call);
 }
 
-void run_backward(const TensorView& dout, const TensorView& q, const TensorView& k,
-                  const TensorView& v, const TensorView& out, const TensorView& lse,
-                  const TensorView& dq, const TensorView& dk, const TensorView& dv, DType dtype,
-                  float scale, const Pattern& pattern, const Dims& s) {
-  if (on_cuda(q))  // one walk over the whole pattern, as the forward
-    return walk_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, pattern, s, true);
+void run_backward(const Plan& pl, const Attention& a, const Gradients& g, const Pattern& pattern) {
   if (pattern.data_dependent())
-    return per_batch_selection(pattern, q, k, dtype, s, [&](int64_t b, const Pattern& p, const Dims& one) {
+    return per_batch_selection(pattern, a, [&](int64_t b, const Pattern& p) {
       auto bv = [b](const TensorView& t) { return batch_view(t, b); };
-      run_backward(bv(dout), bv(q), bv(k), bv(v), bv(out), bv(lse), bv(dq), bv(dk), bv(dv), dtype,
-                   scale, p, one);
+      run_backward(pl, batch_of(a, b), Gradients{bv(g.dout), bv(g.dq), bv(g.dk), bv(g.dv), true},
+                   p);
     });
-  const std::vector<Part> parts = make_plan(pattern, s);
-  if (parts.size() == 1)
-    return backward_part(parts[0], dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, s, true);
+  const std::vector<Part> parts = make_parts(pattern, a.s);
+  if (parts.size() == 1) return backward_part(pl, parts[0], a, g);
   // Each part's gradient uses the whole attention's out and lse, so the parts' sum is exact.
   std::vector<ManagedTensor> owned;
   std::vector<TensorView> dqs, dks, dvs;
+  const Dims& s = a.s;
   for (const Part& part : parts) {
-    owned.push_back(ManagedTensor::allocate_cpu(dtype, {s.b, s.nq, s.hq, s.d}));
+    owned.push_back(pl.be.allocate(a.dtype, {s.b, s.nq, s.hq, s.d}, pl.call));
     dqs.push_back(owned.back().view("dq"));
-    owned.push_back(ManagedTensor::allocate_cpu(dtype, {s.b, s.nk, s.hkv, s.d}));
+    owned.push_back(pl.be.allocate(a.dtype, {s.b, s.nk, s.hkv, s.d}, pl.call));
     dks.push_back(owned.back().view("dk"));
-    owned.push_back(ManagedTensor::allocate_cpu(dtype, {s.b, s.nk, s.hkv, s.dv}));
+    owned.push_back(pl.be.allocate(a.dtype, {s.b, s.nk, s.hkv, s.dv}, pl.call));
     dvs.push_back(owned.back().view("dv"));
-    backward_part(part, dout, q, k, v, out, lse, dqs.back(), dks.back(), dvs.back(), dtype, scale,
-                  s, /*rows_complete=*/false);
+    backward_part(pl, part, a, Gradients{g.dout, dqs.back(), dks.back(), dvs.back(), false});
   }
-  cpu::sum(dq, dqs.data(), int(parts.size()), dtype);
-  cpu::sum(dk, dks.data(), int(parts.size()), dtype);
-  cpu::sum(dv, dvs.data(), int(parts.size()), dtype);
+  pl.be.sum(g.dq, dqs.data(), int(parts.size()), a.dtype, pl.call);
+  pl.be.sum(g.dk, dks.data(), int(parts.size()), a.dtype, pl.call);
+  pl.be.sum(g.dv, dvs.data(), int(parts.size()), a.dtype, pl.call);
 }
+
+// The backend for attention on q's device: TopKBlocks' selection must run there too.
+Backend& attention_backend(const TensorView& q, Op op, DType dtype, const Dims& s,
+                           const Pattern& pattern, const Options& o, Call* call) {
+  Backend& be = plan::backend_for(q, op, dtype, s.d, s.dv, o, call);
+  if (pattern.data_dependent()) {
+    const std::string why = be.unsupported(Op::Select, dtype, s.d, s.dv, *call);
+    if (!why.empty()) throw RuntimeError("pattern: " + why);
+  }
+  return be;
+}
+
 }  // namespace
 
 void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
                        const Pattern& pattern, const DLTensor& out_, const DLTensor* lse_,
                        const Options& options) {
-  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
-  DType dtype;
-  const Dims s = check_qkv(q, k, v, &dtype, false, nullptr);
-  const TensorView out = view_of(out_, "out");
-  check_output(out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype);
-  TensorView lse;
+  Attention a;
+  a.q = view_of(q_, "q");
+  a.k = view_of(k_, "k");
+  a.v = view_of(v_, "v");
+  a.s = plan::check_qkv(a.q, a.k, a.v, &a.dtype, false);
+  const Dims& s = a.s;
+  a.out = view_of(out_, "out");
+  plan::check_output(a.out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", a.q, a.dtype);
   if (lse_) {
-    lse = view_of(*lse_, "lse");
-    check_lse(lse, "lse", s, q);
-    expect_writable_layout(lse, "lse");
+    a.lse = view_of(*lse_, "lse");
+    check_lse(a.lse, s, a.q);
+    plan::expect_writable_layout(a.lse, "lse");
   }
-  const float scale = resolve_scale(options.scale, s.d);
-  const cpu::ThreadLimit limit(thread_limit(options));
+  const plan::CallOptions o = plan::resolve(options, s.d);
+  a.scale = o.scale;
+  Call call;
+  Backend& be = attention_backend(a.q, Op::Forward, a.dtype, s, pattern, options, &call);
   pattern.check(s.nq, s.nk, s.hq);
-  refuse_selection_on_cuda(q, pattern);
-  run_forward(q, k, v, out, lse, dtype, scale, pattern, s);
+  const cpu::ThreadLimit limit(o.num_threads);
+  run_forward(Plan{be, call}, a, pattern);
 }
 
 void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTensor& k_,
                         const DLTensor& v_, const DLTensor& out_, const DLTensor& lse_,
                         const Pattern& pattern, const DLTensor& dq_, const DLTensor& dk_,
                         const DLTensor& dv_, const Options& options) {
-  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
-  DType dtype;
-  const Dims s = check_qkv(q, k, v, &dtype, false, nullptr, /*backward=*/true);
-  const TensorView dout = view_of(dout_, "dout"), out = view_of(out_, "out");
-  const TensorView lse = view_of(lse_, "lse");
-  check_input(dout, "dout", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype);
-  check_input(out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", q, dtype);
-  check_lse(lse, "lse", s, q);
-  const TensorView dq = view_of(dq_, "dq"), dk = view_of(dk_, "dk"), dv = view_of(dv_, "dv");
-  check_output(dq, "dq", {s.b, s.nq, s.hq, s.d}, "[B, Nq, Hq, D]", q, dtype);
-  check_output(dk, "dk", {s.b, s.nk, s.hkv, s.d}, "[B, Nk, Hkv, D]", q, dtype);
-  check_output(dv, "dv", {s.b, s.nk, s.hkv, s.dv}, "[B, Nk, Hkv, Dv]", q, dtype);
-  const float scale = resolve_scale(options.scale, s.d);
-  const cpu::ThreadLimit limit(thread_limit(options));
+  Attention a;
+  Gradients g;
+  a.q = view_of(q_, "q");
+  a.k = view_of(k_, "k");
+  a.v = view_of(v_, "v");
+  a.s = plan::check_qkv(a.q, a.k, a.v, &a.dtype, false);
+  const Dims& s = a.s;
+  const DType dt = a.dtype;
+  g.dout = view_of(dout_, "dout");
+  a.out = view_of(out_, "out");
+  a.lse = view_of(lse_, "lse");
+  plan::check_input(g.dout, "dout", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", a.q, dt);
+  plan::check_input(a.out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", a.q, dt);
+  check_lse(a.lse, s, a.q);
+  g.dq = view_of(dq_, "dq");
+  g.dk = view_of(dk_, "dk");
+  g.dv = view_of(dv_, "dv");
+  plan::check_output(g.dq, "dq", {s.b, s.nq, s.hq, s.d}, "[B, Nq, Hq, D]", a.q, dt);
+  plan::check_output(g.dk, "dk", {s.b, s.nk, s.hkv, s.d}, "[B, Nk, Hkv, D]", a.q, dt);
+  plan::check_output(g.dv, "dv", {s.b, s.nk, s.hkv, s.dv}, "[B, Nk, Hkv, Dv]", a.q, dt);
+  const plan::CallOptions o = plan::resolve(options, s.d);
+  a.scale = o.scale;
+  Call call;
+  Backend& be = attention_backend(a.q, Op::Backward, dt, s, pattern, options, &call);
   pattern.check(s.nq, s.nk, s.hq);
-  refuse_selection_on_cuda(q, pattern);
-  run_backward(dout, q, k, v, out, lse, dq, dk, dv, dtype, scale, pattern, s);
+  const cpu::ThreadLimit limit(o.num_threads);
+  run_backward(Plan{be, call}, a, g, pattern);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,27 +274,37 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
 namespace {
 
 // The offsets of a cu_seqlens argument, read on the host: int32 (int64 accepted) [B+1] with
-// B >= 0, on q's device, first 0, non-decreasing, last == total (the rows of q or k).
-std::vector<int64_t> read_cu_seqlens(const DLTensor& t_, const char* name, int64_t total,
-                                     const char* total_name, const TensorView& q) {
+// B >= 0, first 0, non-decreasing, last == total (the rows of q or k). On the CPU, or on q's
+// device (then copied to the host: one synchronisation of the call's stream; pass them on the
+// CPU to avoid it, as FlashAttention's max_seqlen is passed on the host).
+std::vector<int64_t> read_cu_seqlens(const Plan& pl, const DLTensor& t_, const char* name,
+                                     int64_t total, const char* total_name, const TensorView& q) {
   const TensorView t = view_of(t_, name);
-  const DLDataType dt = t.dtype;
   std::ostringstream m;
-  if (!(dt.code == kDLInt && (dt.bits == 32 || dt.bits == 64) && dt.lanes == 1)) {
-    m << name << ": expected int32 offsets [B+1], got dtype " << describe(dt);
+  if (!plan::is_index_dtype(t)) {
+    m << name << ": expected int32 offsets [B+1], got dtype " << describe(t.dtype);
     throw TypeError(m.str());
   }
   if (t.ndim != 1 || t.shape[0] < 1) {
     m << name << ": expected 1 dimension [B+1] holding at least one offset, got shape "
-      << dims(t);
+      << t.shape_str();
     throw ValueError(m.str());
   }
-  expect_same_device(t, name, q);
-  const int64_t n = t.shape[0];
+  const bool on_host = t.device.device_type == kDLCPU || t.device.device_type == kDLCUDAHost;
+  if (!on_host) plan::expect_same_device(t, name, q);
+  const int64_t n = t.shape[0], es = t.dtype.bits / 8, step = t.strides[0];
+  if (step < 0) throw ValueError(std::string(name) + ": negative strides are not supported");
+  std::vector<unsigned char> raw;
+  const unsigned char* base = static_cast<const unsigned char*>(t.data);
+  if (!on_host) {
+    raw.resize(size_t(((n - 1) * step + 1) * es));
+    pl.be.read_to_host(t, raw.data(), raw.size(), pl.call);
+    base = raw.data();
+  }
   std::vector<int64_t> c(size_t(n), 0);
   for (int64_t i = 0; i < n; ++i)
-    c[size_t(i)] = dt.bits == 32 ? int64_t(t.ptr<const int32_t>()[i * t.strides[0]])
-                                 : t.ptr<const int64_t>()[i * t.strides[0]];
+    c[size_t(i)] = es == 4 ? int64_t(reinterpret_cast<const int32_t*>(base)[i * step])
+                           : reinterpret_cast<const int64_t*>(base)[i * step];
   if (c[0] != 0)
     m << name << ": the first offset must be 0, got " << c[0];
   for (int64_t i = 0; i + 1 < n && m.str().empty(); ++i)
@@ -493,11 +321,11 @@ std::vector<int64_t> read_cu_seqlens(const DLTensor& t_, const char* name, int64
 }
 
 // Both offset arrays, checked against each other: the same number of sequences.
-void read_both_cu_seqlens(const DLTensor& cu_q, const DLTensor& cu_k, const Dims& t,
-                          const TensorView& q, std::vector<int64_t>* cq,
+void read_both_cu_seqlens(const Plan& pl, const DLTensor& cu_q, const DLTensor& cu_k,
+                          const Dims& t, const TensorView& q, std::vector<int64_t>* cq,
                           std::vector<int64_t>* ck) {
-  *cq = read_cu_seqlens(cu_q, "cu_seqlens_q", t.nq, "Tq", q);
-  *ck = read_cu_seqlens(cu_k, "cu_seqlens_k", t.nk, "Tk", q);
+  *cq = read_cu_seqlens(pl, cu_q, "cu_seqlens_q", t.nq, "Tq", q);
+  *ck = read_cu_seqlens(pl, cu_k, "cu_seqlens_k", t.nk, "Tk", q);
   if (cq->size() != ck->size()) {
     std::ostringstream m;
     m << "cu_seqlens_q, cu_seqlens_k: expected the same number of offsets (B+1 for B "
@@ -506,12 +334,8 @@ void read_both_cu_seqlens(const DLTensor& cu_q, const DLTensor& cu_k, const Dims
   }
 }
 
-// The varlen lse [Hq, Tq] float32.
 void check_lse_varlen(const TensorView& t, const Dims& s, const TensorView& q) {
-  expect_shape(t, "lse", {s.hq, s.nq}, "[Hq, Tq]");
-  if (!(t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.dtype.lanes == 1))
-    throw TypeError("lse: expected float32, got " + describe(t.dtype));
-  expect_same_device(t, "lse", q);
+  plan::expect_float32(t, "lse", {s.hq, s.nq}, "[Hq, Tq]", q);
 }
 
 // pattern.check for every sequence, before anything runs; the message names the sequence.
@@ -547,39 +371,51 @@ TensorView seq_view(const TensorView& t, int dim, int64_t start, int64_t len) {
   return r;
 }
 
+// Sequence b of a varlen problem as a batch of one.
+Attention sequence(const Attention& t, const std::vector<int64_t>& cq,
+                   const std::vector<int64_t>& ck, size_t b) {
+  const int64_t q0 = cq[b], nq = cq[b + 1] - q0, k0 = ck[b], nk = ck[b + 1] - k0;
+  Attention a = t;
+  a.q = seq_view(t.q, 0, q0, nq);
+  a.k = seq_view(t.k, 0, k0, nk);
+  a.v = seq_view(t.v, 0, k0, nk);
+  a.out = seq_view(t.out, 0, q0, nq);
+  a.lse = seq_view(t.lse, 1, q0, nq);
+  a.s = Dims{1, nq, nk, t.s.hq, t.s.hkv, t.s.d, t.s.dv};
+  return a;
+}
+
 }  // namespace
 
-// Parallelism: sequences run one after another, each using all threads (the kernels
+// Parallelism: sequences run one after another, each using the whole device (the kernels
 // parallelise over heads and query tiles inside a problem). Fine for long sequences; many
 // short ones would be better served by one task list over (sequence, head, tile).
 void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
                               const DLTensor& cu_seqlens_q, const DLTensor& cu_seqlens_k,
                               const Pattern& pattern, const DLTensor& out_, const DLTensor* lse_,
                               const Options& options) {
-  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
-  DType dtype;
-  const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true,  // t.nq = Tq, t.nk = Tk
-                           "attention on a variable-length batch");
-  const TensorView out = view_of(out_, "out");
-  check_output(out, "out", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype);
-  TensorView lse;
+  Attention t;  // the whole packed batch: t.s.nq = Tq, t.s.nk = Tk
+  t.q = view_of(q_, "q");
+  t.k = view_of(k_, "k");
+  t.v = view_of(v_, "v");
+  t.s = plan::check_qkv(t.q, t.k, t.v, &t.dtype, /*varlen=*/true);
+  t.out = view_of(out_, "out");
+  plan::check_output(t.out, "out", {t.s.nq, t.s.hq, t.s.dv}, "[Tq, Hq, Dv]", t.q, t.dtype);
   if (lse_) {
-    lse = view_of(*lse_, "lse");
-    check_lse_varlen(lse, t, q);
-    expect_writable_layout(lse, "lse");
+    t.lse = view_of(*lse_, "lse");
+    check_lse_varlen(t.lse, t.s, t.q);
+    plan::expect_writable_layout(t.lse, "lse");
   }
+  const plan::CallOptions o = plan::resolve(options, t.s.d);
+  t.scale = o.scale;
+  Call call;
+  Backend& be = attention_backend(t.q, Op::Forward, t.dtype, t.s, pattern, options, &call);
+  const Plan pl{be, call};
   std::vector<int64_t> cq, ck;
-  read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
-  const float scale = resolve_scale(options.scale, t.d);
-  const cpu::ThreadLimit limit(thread_limit(options));
-  check_pattern_varlen(pattern, cq, ck, t.hq);
-
-  for (size_t b = 0; b + 1 < cq.size(); ++b) {
-    const int64_t q0 = cq[b], nq = cq[b + 1] - q0, k0 = ck[b], nk = ck[b + 1] - k0;
-    const Dims s{1, nq, nk, t.hq, t.hkv, t.d, t.dv};
-    run_forward(seq_view(q, 0, q0, nq), seq_view(k, 0, k0, nk), seq_view(v, 0, k0, nk),
-                seq_view(out, 0, q0, nq), seq_view(lse, 1, q0, nq), dtype, scale, pattern, s);
-  }
+  read_both_cu_seqlens(pl, cu_seqlens_q, cu_seqlens_k, t.s, t.q, &cq, &ck);
+  check_pattern_varlen(pattern, cq, ck, t.s.hq);
+  const cpu::ThreadLimit limit(o.num_threads);
+  for (size_t b = 0; b + 1 < cq.size(); ++b) run_forward(pl, sequence(t, cq, ck, b), pattern);
 }
 
 void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const DLTensor& k_,
@@ -587,33 +423,41 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
                                const DLTensor& cu_seqlens_q, const DLTensor& cu_seqlens_k,
                                const Pattern& pattern, const DLTensor& dq_, const DLTensor& dk_,
                                const DLTensor& dv_, const Options& options) {
-  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k"), v = view_of(v_, "v");
-  DType dtype;
-  const Dims t = check_qkv(q, k, v, &dtype, /*varlen=*/true, "the backward pass");
-  const TensorView dout = view_of(dout_, "dout"), out = view_of(out_, "out");
-  const TensorView lse = view_of(lse_, "lse");
-  check_input(dout, "dout", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype);
-  check_input(out, "out", {t.nq, t.hq, t.dv}, "[Tq, Hq, Dv]", q, dtype);
-  check_lse_varlen(lse, t, q);
-  const TensorView dq = view_of(dq_, "dq"), dk = view_of(dk_, "dk"), dv = view_of(dv_, "dv");
-  check_output(dq, "dq", {t.nq, t.hq, t.d}, "[Tq, Hq, D]", q, dtype);
-  check_output(dk, "dk", {t.nk, t.hkv, t.d}, "[Tk, Hkv, D]", q, dtype);
-  check_output(dv, "dv", {t.nk, t.hkv, t.dv}, "[Tk, Hkv, Dv]", q, dtype);
+  Attention t;
+  Gradients g;
+  t.q = view_of(q_, "q");
+  t.k = view_of(k_, "k");
+  t.v = view_of(v_, "v");
+  t.s = plan::check_qkv(t.q, t.k, t.v, &t.dtype, /*varlen=*/true);
+  const DType dt = t.dtype;
+  g.dout = view_of(dout_, "dout");
+  t.out = view_of(out_, "out");
+  t.lse = view_of(lse_, "lse");
+  plan::check_input(g.dout, "dout", {t.s.nq, t.s.hq, t.s.dv}, "[Tq, Hq, Dv]", t.q, dt);
+  plan::check_input(t.out, "out", {t.s.nq, t.s.hq, t.s.dv}, "[Tq, Hq, Dv]", t.q, dt);
+  check_lse_varlen(t.lse, t.s, t.q);
+  g.dq = view_of(dq_, "dq");
+  g.dk = view_of(dk_, "dk");
+  g.dv = view_of(dv_, "dv");
+  plan::check_output(g.dq, "dq", {t.s.nq, t.s.hq, t.s.d}, "[Tq, Hq, D]", t.q, dt);
+  plan::check_output(g.dk, "dk", {t.s.nk, t.s.hkv, t.s.d}, "[Tk, Hkv, D]", t.q, dt);
+  plan::check_output(g.dv, "dv", {t.s.nk, t.s.hkv, t.s.dv}, "[Tk, Hkv, Dv]", t.q, dt);
+  const plan::CallOptions o = plan::resolve(options, t.s.d);
+  t.scale = o.scale;
+  Call call;
+  Backend& be = attention_backend(t.q, Op::Backward, dt, t.s, pattern, options, &call);
+  const Plan pl{be, call};
   std::vector<int64_t> cq, ck;
-  read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
-  const float scale = resolve_scale(options.scale, t.d);
-  const cpu::ThreadLimit limit(thread_limit(options));
-  check_pattern_varlen(pattern, cq, ck, t.hq);
-
-  // One sequence after another (see attention_forward_varlen). Every row of dq, dk and dv
-  // belongs to exactly one sequence (the offsets cover 0..T), so all of them are written.
+  read_both_cu_seqlens(pl, cu_seqlens_q, cu_seqlens_k, t.s, t.q, &cq, &ck);
+  check_pattern_varlen(pattern, cq, ck, t.s.hq);
+  const cpu::ThreadLimit limit(o.num_threads);
+  // One sequence after another. Every row of dq, dk and dv belongs to exactly one sequence (the
+  // offsets cover 0..T), so all of them are written.
   for (size_t b = 0; b + 1 < cq.size(); ++b) {
     const int64_t q0 = cq[b], nq = cq[b + 1] - q0, k0 = ck[b], nk = ck[b + 1] - k0;
-    const Dims s{1, nq, nk, t.hq, t.hkv, t.d, t.dv};
-    run_backward(seq_view(dout, 0, q0, nq), seq_view(q, 0, q0, nq), seq_view(k, 0, k0, nk),
-                 seq_view(v, 0, k0, nk), seq_view(out, 0, q0, nq), seq_view(lse, 1, q0, nq),
-                 seq_view(dq, 0, q0, nq), seq_view(dk, 0, k0, nk), seq_view(dv, 0, k0, nk),
-                 dtype, scale, pattern, s);
+    const Gradients gb{seq_view(g.dout, 0, q0, nq), seq_view(g.dq, 0, q0, nq),
+                       seq_view(g.dk, 0, k0, nk), seq_view(g.dv, 0, k0, nk), true};
+    run_backward(pl, sequence(t, cq, ck, b), gb, pattern);
   }
 }
 
@@ -627,13 +471,20 @@ void expect_topk(const Pattern& p) {
     throw ValueError("pattern: select needs a TopKBlocks pattern, got " +
                      (p.valid() ? p.describe() : std::string("an empty pattern")));
 }
+
+// The selection reads q and k on the host: their device's backend must run it.
+void expect_selection_backend(const TensorView& q, DType dtype, const Dims& s) {
+  Call call;
+  plan::backend_for(q, Op::Select, dtype, s.d, s.dv, Options{}, &call);
+}
 }  // namespace
 
 std::vector<BlockMask> select_blocks(const DLTensor& q_, const DLTensor& k_, const Pattern& topk) {
   expect_topk(topk);
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k");
   DType dtype;
-  const Dims s = check_qkv(q, k, k, &dtype, false, "TopKBlocks' selection");
+  const Dims s = plan::check_qkv(q, k, k, &dtype, false);
+  expect_selection_backend(q, dtype, s);
   topk.check(s.nq, s.nk, s.hq);
   std::vector<BlockMask> r;
   for (int64_t b = 0; b < s.b; ++b)
@@ -647,9 +498,11 @@ std::vector<BlockMask> select_blocks_varlen(const DLTensor& q_, const DLTensor& 
   expect_topk(topk);
   const TensorView q = view_of(q_, "q"), k = view_of(k_, "k");
   DType dtype;
-  const Dims t = check_qkv(q, k, k, &dtype, /*varlen=*/true, "TopKBlocks' selection");
+  const Dims t = plan::check_qkv(q, k, k, &dtype, /*varlen=*/true);
+  expect_selection_backend(q, dtype, t);
+  const Plan pl{backend::for_device(q.device, "q"), Call{q.device, nullptr, nullptr}};
   std::vector<int64_t> cq, ck;
-  read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
+  read_both_cu_seqlens(pl, cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
   check_pattern_varlen(topk, cq, ck, t.hq);
   std::vector<BlockMask> r;
   for (size_t b = 0; b + 1 < cq.size(); ++b) {
@@ -671,18 +524,17 @@ const char* version() { return SPATTN_VERSION; }
 std::map<std::string, std::string> info() {
   std::map<std::string, std::string> r;
   r["version"] = SPATTN_VERSION;
-  r["backends"] = cuda::compiled() ? "cpu,cuda" : "cpu";
-  r["cpu_simd"] = cpu::simd_level();
-  r["cpu_threads"] = std::to_string(cpu::num_threads());
-  r["cpu_cache"] = cpu::cache_desc();
-  r["cpu_tile"] = std::to_string(cpu::cpu_tile_size().bq) + "x" +
-                  std::to_string(cpu::cpu_tile_size().bk);
-  r["cpu_blocking"] = cpu::blocking_desc();
-  r["cpu_buffer_cache"] = detail::buffer_cache_desc();
-  r["cuda_compiled"] = cuda::compiled() ? "yes" : "no";
-  r["cuda_archs"] = cuda::compiled() ? cuda::compiled_archs() : "";
-  r["cuda_kernels"] = cuda::compiled() ? cuda::forward_kernels() : "";
-  r["cuda_backward_kernels"] = cuda::compiled() ? cuda::backward_kernels() : "";
+  std::string names;
+  for (Backend* b : backend::all()) {
+    names += (names.empty() ? "" : ",") + std::string(b->name());
+    b->describe(r);
+  }
+  r["backends"] = names;
+  // Present whether or not CUDA was compiled, so that callers can test one key.
+  r.emplace("cuda_compiled", "no");
+  r.emplace("cuda_archs", "");
+  r.emplace("cuda_kernels", "");
+  r.emplace("cuda_backward_kernels", "");
   return r;
 }
 

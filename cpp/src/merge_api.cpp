@@ -1,7 +1,8 @@
-// merge_partials: checks, then the CPU merge (cpu/merge.cpp).
+// merge_partials: checks, then the merge of the backend of the tensors' device.
 #include <sstream>
 
-#include "cpu/attention_cpu.hpp"
+#include "backend/backend.hpp"
+#include "plan/checks.hpp"
 #include "spattn/error.hpp"
 #include "spattn/merge.hpp"
 #include "spattn/tensor.hpp"
@@ -38,7 +39,7 @@ void expect(bool ok, const std::string& name, const std::string& what, const Ten
 }  // namespace
 
 void merge_partials(const std::vector<DLTensor>& outs, const std::vector<DLTensor>& lses,
-                    const DLTensor& out_, const DLTensor* lse_) {
+                    const DLTensor& out_, const DLTensor* lse_, const Options& options) {
   if (outs.empty()) throw ValueError("outs: expected at least one partial result, got none");
   if (outs.size() != lses.size()) {
     std::ostringstream m;
@@ -65,13 +66,13 @@ void merge_partials(const std::vector<DLTensor>& outs, const std::vector<DLTenso
     expect(same_shape(t, want_lse), name, lse_shape, t);
     if (!(t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.dtype.lanes == 1))
       throw TypeError(name + ": expected float32, got " + describe(t.dtype));
-    if (t.device.device_type != kDLCPU) throw RuntimeError(name + ": merge runs on the CPU only");
+    plan::expect_same_device(t, name.c_str(), first, "outs[0]");
   };
   auto check_out = [&](const TensorView& t, const std::string& name) {
     expect(same_shape(t, first), name, "the shape of outs[0] " + first.shape_str(), t);
     if (float_dtype(t, name.c_str()) != dtype)
       throw TypeError(name + ": dtype does not match outs[0]'s " + dtype_name(dtype));
-    if (t.device.device_type != kDLCPU) throw RuntimeError(name + ": merge runs on the CPU only");
+    plan::expect_same_device(t, name.c_str(), first, "outs[0]");
   };
   for (size_t k = 0; k < outs.size(); ++k) {
     const std::string on = indexed("outs", k), ln = indexed("lses", k);
@@ -88,9 +89,15 @@ void merge_partials(const std::vector<DLTensor>& outs, const std::vector<DLTenso
     lse = view_of(*lse_, "lse");
     check_lse(lse, "lse");
   }
-  cpu::MergeArgs a{o.data(), l.data(), int(o.size()), varlen ? with_batch(out) : out,
-                   lse_ ? (varlen ? with_batch(lse) : lse) : TensorView{}, dtype};
-  cpu::merge(a);
+  plan::expect_writable_layout(out, "out");
+  if (lse_) plan::expect_writable_layout(lse, "lse");
+  backend::Call call;
+  backend::Backend& be = backend::for_device(first.device, "outs[0]");
+  call.device = first.device;
+  call.stream = options.stream;
+  call.allocator = options.allocator;
+  be.merge(o.data(), l.data(), int(o.size()), varlen ? with_batch(out) : out,
+           lse_ ? (varlen ? with_batch(lse) : lse) : TensorView{}, dtype, call);
 }
 
 }  // namespace spattn

@@ -17,6 +17,31 @@ namespace spattn::cuda {
 // Element types of the kernels, as passed through the host API.
 enum class KernelDType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
+// Parameters of the merge and sum kernels (kernels/merge_sum.cu): at most kMergeMaxParts parts
+// per launch (the host merges more in rounds). Shapes [B, N, H, D]; lse [B, H, N]; strides in
+// elements.
+constexpr int kMergeMaxParts = 8;
+struct MergeParams {
+  int n = 0;
+  int64_t shape[4] = {0, 0, 0, 0};
+  const void* outs[kMergeMaxParts] = {};
+  int64_t out_part_strides[kMergeMaxParts][4] = {};
+  const float* lses[kMergeMaxParts] = {};
+  int64_t lse_strides[kMergeMaxParts][3] = {};
+  void* out = nullptr;
+  int64_t out_strides[4] = {0, 0, 0, 0};
+  float* lse = nullptr;  // null: not written
+  int64_t lse_out_strides[3] = {0, 0, 0};
+};
+struct SumParams {
+  int n = 0;
+  int64_t shape[4] = {0, 0, 0, 0};
+  const void* srcs[kMergeMaxParts] = {};
+  int64_t src_strides[kMergeMaxParts][4] = {};
+  void* dst = nullptr;
+  int64_t dst_strides[4] = {0, 0, 0, 0};
+};
+
 }  // namespace spattn::cuda
 
 #define SPATTN_CUDA_DECLARE_ARCH_API(ns)                                                       \
@@ -36,6 +61,9 @@ enum class KernelDType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
   cudaError_t backward(const BwdParams& p, KernelDType dtype, cudaStream_t stream);            \
   bool backward_supported(KernelDType dtype, int head_dim);                                    \
   /* dst[i0,i1,i2,i3] = src[...] for 2-byte elements, strides in elements (copy_strided.cu). */ \
+  /* Exact merge of partial results, and the sum of gradients (kernels/merge_sum.cu).       */ \
+  cudaError_t merge(const MergeParams& p, KernelDType dtype, cudaStream_t stream);             \
+  cudaError_t sum(const SumParams& p, KernelDType dtype, cudaStream_t stream);                 \
   cudaError_t copy_strided_4d(const void* src, const int64_t* src_strides, void* dst,          \
                               const int64_t* dst_strides, const int64_t* shape, int elem_bytes, \
                               cudaStream_t stream);                                            \

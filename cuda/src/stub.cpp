@@ -1,12 +1,18 @@
-// spattn/cuda/backend_info.hpp, spattn/cuda/forward.hpp and spattn/cuda/backward.hpp for a CPU-only build
-// (SPATTN_WITH_CUDA=0): no kernels, no devices, and no CUDA runtime linked.
+// The CUDA side of a CPU-only build (SPATTN_WITH_CUDA=0): no backend registered, no kernels, no
+// devices, and no CUDA runtime linked. spattn/cuda/backend_info.hpp and allocate.hpp answer so
+// that callers need no #if.
+#include "backend/backend.hpp"
 #include "spattn/cuda/allocate.hpp"
 #include "spattn/cuda/backend_info.hpp"
 #include "spattn/cuda/backward.hpp"
-#include "spattn/cuda/backward_logic.hpp"
 #include "spattn/cuda/forward.hpp"
-#include "spattn/cuda/forward_logic.hpp"
 #include "spattn/error.hpp"
+
+namespace spattn::backend {
+
+Backend* cuda_backend() { return nullptr; }
+
+}  // namespace spattn::backend
 
 namespace spattn::cuda {
 
@@ -18,30 +24,18 @@ int device_count() noexcept { return 0; }
 
 std::string selftest(int) { return "not compiled: spattn was built without CUDA (SPATTN_CUDA=OFF or no nvcc)"; }
 
-// The tile the CUDA kernel would use, so that callers can be written without #if.
+// The kernels' tiles and kernel lists, so that host-side tests need no #if.
 ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
-
 bool supports(DType, int64_t, int64_t) { return false; }
-
 std::string forward_kernels() { return {}; }
-
 void attention_forward(const ForwardProblem&) {
-  throw RuntimeError(
-      "cuda attention: this spattn was built without CUDA; rebuild with SPATTN_CUDA=ON or pass "
-      "CPU tensors");
+  throw RuntimeError("cuda attention: this spattn was built without CUDA");
 }
-
-// The backward's tile, so that callers can be written without #if.
 BackwardTile backward_tile(int64_t, int64_t) { return {kBwdBlockM, kBwdBlockN}; }
-
 bool supports_backward(DType, int64_t, int64_t) { return false; }
-
 std::string backward_kernels() { return {}; }
-
 void attention_backward(const BackwardProblem&) {
-  throw RuntimeError(
-      "cuda attention backward: this spattn was built without CUDA; rebuild with SPATTN_CUDA=ON "
-      "or pass CPU tensors");
+  throw RuntimeError("cuda attention backward: this spattn was built without CUDA");
 }
 
 ManagedTensor allocate(DType, const std::vector<int64_t>&, int) {

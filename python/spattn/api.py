@@ -5,6 +5,7 @@ import math
 import numbers
 
 from . import _core
+from ._device import cuda_call
 from ._interop import detached as _plain, to_framework
 from .patterns import Dense, Pattern
 
@@ -83,6 +84,39 @@ def _cu_seqlens(cu_seqlens_q, cu_seqlens_k):
     return _offsets(cu_seqlens_q, "cu_seqlens_q"), _offsets(cu_seqlens_k, "cu_seqlens_k")
 
 
+def _forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads):
+    """The core's forward on plain arrays: (out, lse or None) as the core returns them
+    (framework arrays for torch and cupy on CUDA, allocated here; else DLPack holders, or `out`
+    itself when given)."""
+    cc = cuda_call(q)
+    if cc is None:
+        return _core.forward(q, k, v, pattern._core(), scale, out, want_lse, cu_q, cu_k, threads)
+    if out is None:
+        out = cc.empty(tuple(q.shape[:-1]) + (v.shape[-1],))
+    lse = None
+    if want_lse:
+        lse_shape = (q.shape[1], q.shape[0]) if q.ndim == 3 else (q.shape[0], q.shape[2], q.shape[1])
+        lse = cc.empty(lse_shape, "float32")
+    return _core.forward(q, k, v, pattern._core(), scale, out, want_lse, cu_q, cu_k, threads, lse_out=lse,
+                         stream=cc.stream, workspace=cc.workspace)
+
+
+def _backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads):
+    """The core's backward on plain arrays: (dq, dk, dv), framework arrays for torch and cupy on
+    CUDA (allocated here), else DLPack holders."""
+    cc = cuda_call(q)
+    if cc is None:
+        return _core.backward(dout, q, k, v, out, lse, pattern._core(), scale, cu_q, cu_k, threads)
+    return _core.backward(dout, q, k, v, out, lse, pattern._core(), scale, cu_q, cu_k, threads,
+                          dq=cc.empty(tuple(q.shape)), dk=cc.empty(tuple(k.shape)), dv=cc.empty(tuple(v.shape)),
+                          stream=cc.stream, workspace=cc.workspace)
+
+
+def _result(x, like):
+    """A core result in like's framework (framework arrays pass through)."""
+    return x if type(x).__module__.partition(".")[0] == type(like).__module__.partition(".")[0] else to_framework(x, like)
+
+
 def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=None, cu_seqlens_q=None, cu_seqlens_k=None):
     """Attention on the (query, key) pairs `pattern` keeps.
 
@@ -105,10 +139,9 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
         o, lse = attention_with_grad(q, k, v, pattern, scale, cu)
         return (o, lse) if return_lse else o
     cu_q, cu_k = cu if cu is not None else (None, None)
-    o, lse = _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), return_lse, cu_q, cu_k,
-                           _threads(q))
-    o = out if out is not None else to_framework(o, q)
-    return (o, to_framework(lse, q)) if return_lse else o
+    o, lse = _forward(_plain(q), _plain(k), _plain(v), pattern, scale, _plain(out), return_lse, cu_q, cu_k, _threads(q))
+    o = out if out is not None else _result(o, q)
+    return (o, _result(lse, q)) if return_lse else o
 
 
 def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seqlens_q=None, cu_seqlens_k=None):
@@ -117,8 +150,8 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     pattern, scale = _pattern(pattern), _scale(scale)
     cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
     cu_q, cu_k = cu if cu is not None else (None, None)
-    dq, dk, dv = _core.backward(*map(_plain, (dout, q, k, v, out, lse)), pattern._core(), scale, cu_q, cu_k, _threads(q))
-    return to_framework(dq, q), to_framework(dk, k), to_framework(dv, v)
+    dq, dk, dv = _backward(*map(_plain, (dout, q, k, v, out, lse)), pattern, scale, cu_q, cu_k, _threads(q))
+    return _result(dq, q), _result(dk, k), _result(dv, v)
 
 
 def _int_array(x, name, what):

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from . import _core
+from .api import _backward, _forward
+
+
+def _as_torch(x):
+    return x if isinstance(x, torch.Tensor) else torch.from_dlpack(x)
 
 
 class _Attention(torch.autograd.Function):
@@ -12,9 +16,8 @@ class _Attention(torch.autograd.Function):
         # cu: None, or (cu_seqlens_q, cu_seqlens_k) of a variable-length batch
         cu_q, cu_k = cu if cu is not None else (None, None)
         threads = torch.get_num_threads()  # torch's thread budget holds for spattn too
-        out, lse = _core.forward(q.detach(), k.detach(), v.detach(), pattern._core(), scale, None, True, cu_q, cu_k,
-                                 threads)
-        out, lse = torch.from_dlpack(out), torch.from_dlpack(lse)
+        out, lse = _forward(q.detach(), k.detach(), v.detach(), pattern, scale, None, True, cu_q, cu_k, threads)
+        out, lse = _as_torch(out), _as_torch(lse)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.pattern, ctx.scale, ctx.cu = pattern, scale, cu
         ctx.mark_non_differentiable(lse)
@@ -25,8 +28,8 @@ class _Attention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         args = (dout.detach(), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach())
         cu_q, cu_k = ctx.cu if ctx.cu is not None else (None, None)
-        grads = _core.backward(*args, ctx.pattern._core(), ctx.scale, cu_q, cu_k, torch.get_num_threads())
-        dq, dk, dv = (torch.from_dlpack(g) for g in grads)
+        grads = _backward(*args, ctx.pattern, ctx.scale, cu_q, cu_k, torch.get_num_threads())
+        dq, dk, dv = (_as_torch(g) for g in grads)
         return dq, dk, dv, None, None, None
 
 

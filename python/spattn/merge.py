@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import _core
+from ._device import cuda_call
 from ._interop import detached, to_framework
 
 __all__ = ["merge"]
@@ -21,6 +22,7 @@ def merge(outs, lses):
     if isinstance(lses, (str, bytes)) or not hasattr(lses, "__len__"):
         raise TypeError(f"lses: expected a list of arrays, got {type(lses).__name__}")
     outs, lses = list(outs), list(lses)
-    o, l = _core.merge([detached(x) for x in outs], [detached(x) for x in lses])
+    cc = cuda_call(outs[0]) if outs else None
+    o, l = _core.merge([detached(x) for x in outs], [detached(x) for x in lses], None if cc is None else cc.stream)
     return to_framework(o, outs[0]), to_framework(l, outs[0])
 

@@ -5,6 +5,8 @@
 // and from then on the consumer's owner (ManagedTensor here) calls the deleter, exactly once.
 #include "capsule.hpp"
 
+#include "call_context.hpp"
+
 #include <cstring>
 #include <string>
 
@@ -49,18 +51,15 @@ DLDevice producer_device(py::handle obj) {
 // CPU: none. The array API requires stream to be None (or absent) for CPU data, and some
 // producers reject the keyword altogether, so it is not passed.
 //
-// HOOK (CUDA issue): for kDLCUDA / kDLROCM data, pass stream=<the stream spattn will run on>
-// (an int: 1 = legacy default stream, 2 = per-thread default, else a cudaStream_t), so that
-// the producer makes its pending work visible to that stream before handing the data over.
-// Until then no stream is passed, which the protocol reads as "synchronise with the legacy
-// default stream" for CUDA producers.
+// CUDA: the stream spattn will run on (ImportStream, set by the call: an int, 1 = legacy
+// default stream, else a cudaStream_t), so that the producer makes its pending work visible to
+// that stream before handing the data over. No stream set: none is passed, which the protocol
+// reads as "synchronise with the legacy default stream" for CUDA producers.
 py::dict dlpack_kwargs(const DLDevice& device) {
   py::dict kw;
-  switch (device.device_type) {
-    case kDLCPU:
-    default:
-      break;
-  }
+  const py::handle stream = ImportStream::current();
+  if ((device.device_type == kDLCUDA || device.device_type == kDLCUDAManaged) && stream)
+    kw["stream"] = stream;
   return kw;
 }
 

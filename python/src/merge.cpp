@@ -2,7 +2,9 @@
 #include <string>
 #include <vector>
 
+#include "call_context.hpp"
 #include "capsule.hpp"
+#include "spattn/cuda/allocate.hpp"
 #include "spattn/spattn.hpp"
 
 namespace spattn {
@@ -19,7 +21,8 @@ std::vector<ManagedTensor> import_all(const py::sequence& arrays, const char* na
   return r;
 }
 
-py::tuple merge(py::sequence outs, py::sequence lses) {
+py::tuple merge(py::sequence outs, py::sequence lses, py::handle stream) {
+  CallContext call(py::none(), 0, stream, py::none());
   std::vector<ManagedTensor> mo = import_all(outs, "outs"), ml = import_all(lses, "lses");
   if (mo.empty()) throw ValueError("outs: expected at least one partial result, got none");
   if (ml.empty()) throw ValueError("lses: expected one lse per output, got none");
@@ -27,15 +30,17 @@ py::tuple merge(py::sequence outs, py::sequence lses) {
   for (auto& t : mo) o.push_back(t.dl());
   for (auto& t : ml) l.push_back(t.dl());
   const TensorView o0 = mo[0].view("outs[0]"), l0 = ml[0].view("lses[0]");
-  if (o0.device.device_type != kDLCPU || l0.device.device_type != kDLCPU)
-    throw RuntimeError("outs: merge runs on the CPU only in this version; pass CPU arrays");
-  ManagedTensor out = ManagedTensor::allocate_cpu(
-      float_dtype(o0, "outs[0]"), std::vector<int64_t>(o0.shape, o0.shape + o0.ndim));
-  ManagedTensor lse = ManagedTensor::allocate_cpu(
-      DType::Float32, std::vector<int64_t>(l0.shape, l0.shape + l0.ndim));
+  // Results on the device of outs[0] (the core checks that every array is there).
+  auto allocate = [&](DType dt, const TensorView& like) {
+    std::vector<int64_t> shape(like.shape, like.shape + like.ndim);
+    if (o0.device.device_type == kDLCUDA) return cuda::allocate(dt, shape, o0.device.device_id);
+    return ManagedTensor::allocate_cpu(dt, shape);
+  };
+  ManagedTensor out = allocate(float_dtype(o0, "outs[0]"), o0);
+  ManagedTensor lse = allocate(DType::Float32, l0);
   {
     py::gil_scoped_release nogil;
-    merge_partials(o, l, out.dl(), &lse.dl());
+    merge_partials(o, l, out.dl(), &lse.dl(), call.options());
   }
   return py::make_tuple(make_holder(std::move(out)), make_holder(std::move(lse)));
 }
@@ -43,7 +48,7 @@ py::tuple merge(py::sequence outs, py::sequence lses) {
 }  // namespace
 
 void bind_merge(py::module_& m) {
-  m.def("merge", &merge, py::arg("outs"), py::arg("lses"),
+  m.def("merge", &merge, py::arg("outs"), py::arg("lses"), py::arg("stream") = py::none(),
         "Exact merge of partial attention results over disjoint key sets: (out, lse) holders.");
 }
 

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "call_context.hpp"
 #include "capsule.hpp"
 #include "cpu/thread_pool.hpp"
 #include "spattn/cuda/allocate.hpp"
@@ -23,35 +24,9 @@ namespace python {
 
 namespace {
 
-double parse_scale(py::handle scale) {
-  if (scale.is_none()) return 0.0;  // Options: 0 means 1/sqrt(D)
-  PyObject* f = PyNumber_Float(scale.ptr());
-  if (f == nullptr) {
-    PyErr_Clear();
-    throw TypeError("scale: expected a float or None, got " +
-                    std::string(Py_TYPE(scale.ptr())->tp_name));
-  }
-  const double s = PyFloat_AsDouble(f);
-  Py_DECREF(f);
-  if (!std::isfinite(s) || s == 0.0)
-    throw ValueError("scale: expected a finite, nonzero float (None for 1/sqrt(D)), got " +
-                     py::repr(py::float_(s)).cast<std::string>());
-  return s;
-}
-
-// Results are allocated on the device of q: host memory, or CUDA device memory for the calls
-// that run there (the forward). Anything else is refused here with the core's kind of message.
-void require_cpu(const TensorView& q, const char* what) {
-  if (q.device.device_type == kDLCPU) return;
-  if (q.device.device_type == kDLCUDA && !cuda::compiled())
-    throw RuntimeError("q: the array is on " + describe(q.device) +
-                       ", but this spattn was built without CUDA; rebuild with SPATTN_CUDA=ON "
-                       "or pass CPU arrays");
-  throw RuntimeError("q: the array is on " + describe(q.device) + ", but " + what +
-                     " runs on the CPU only in this version (spattn.info() tells what was "
-                     "compiled); pass CPU arrays");
-}
-
+// Results spattn allocates itself (when the Python layer passes none): host memory, or CUDA
+// device memory (cudaMalloc) for arrays on a CUDA device. The Python layer allocates them through
+// the framework instead for torch and cupy (its caching allocator, its stream).
 ManagedTensor allocate_on(const TensorView& like, DType dtype, const std::vector<int64_t>& shape) {
   if (like.device.device_type == kDLCUDA) {
     const int n = cuda::device_count();
@@ -96,61 +71,66 @@ Offsets import_offsets(py::handle cu_q, py::handle cu_k) {
   return o;
 }
 
+// An output the caller may pass (None: allocate one shaped `shape` on q's device).
+ManagedTensor output(py::handle given, const char* name, const TensorView& like, DType dtype,
+                     const std::vector<int64_t>& shape) {
+  if (given.is_none()) return allocate_on(like, dtype, shape);
+  ManagedTensor t = import_array(given, name);
+  if (t.read_only()) throw ValueError(std::string(name) + ": the array is read-only");
+  return t;
+}
+
 py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& pattern,
                   py::handle scale, py::handle out, bool want_lse, py::handle cu_q,
-                  py::handle cu_k, int num_threads) {
-  Options opt;
-  opt.scale = parse_scale(scale);
-  opt.num_threads = num_threads;
+                  py::handle cu_k, int num_threads, py::handle lse_out, py::handle stream,
+                  py::handle workspace) {
+  CallContext call(scale, num_threads, stream, workspace);
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k");
   ManagedTensor mv = import_array(v, "v");
   Offsets cu = import_offsets(cu_q, cu_k);
   const TensorView vq = mq.view("q");
-
+  const bool varlen = cu.varlen();
   ManagedTensor mout, mlse;
-  if (!out.is_none()) {
-    mout = import_array(out, "out");
-    if (mout.read_only()) throw ValueError("out: the array is read-only");
+  if (out.is_none() || (want_lse && lse_out.is_none())) {
+    require_rank(vq, "q", varlen, "[B, Nq, Hq, D]", "[Tq, Hq, D]");
+    const TensorView vv = mv.view("v");
+    require_rank(vv, "v", varlen, "[B, Nk, Hkv, Dv]", "[Tk, Hkv, Dv]");
   }
-  if (out.is_none() || want_lse) {
-    const DType dt = float_dtype(vq, "q");
-    if (vq.device.device_type != kDLCUDA || !cuda::compiled() || cu.varlen())
-      require_cpu(vq, cu.varlen() ? "attention on a variable-length batch" : "attention");
-    require_rank(vq, "q", cu.varlen(), "[B, Nq, Hq, D]", "[Tq, Hq, D]");
-    if (out.is_none()) {  // out: q's shape with v's last dimension
-      const TensorView vv = mv.view("v");
-      require_rank(vv, "v", cu.varlen(), "[B, Nk, Hkv, Dv]", "[Tk, Hkv, Dv]");
-      std::vector<int64_t> shape(vq.shape, vq.shape + vq.ndim);
-      shape.back() = vv.shape[vv.ndim - 1];
-      mout = allocate_on(vq, dt, shape);
-    }
-    if (want_lse)  // [B, Hq, Nq], or [Hq, Tq] for a variable-length batch
-      mlse = allocate_on(vq, DType::Float32,
-                         cu.varlen() ? std::vector<int64_t>{vq.shape[1], vq.shape[0]}
-                                     : std::vector<int64_t>{vq.shape[0], vq.shape[2], vq.shape[1]});
+  if (out.is_none()) {  // out: q's shape with v's last dimension
+    const TensorView vv = mv.view("v");
+    std::vector<int64_t> shape(vq.shape, vq.shape + vq.ndim);
+    shape.back() = vv.shape[vv.ndim - 1];
+    mout = allocate_on(vq, float_dtype(vq, "q"), shape);
+  } else {
+    mout = output(out, "out", vq, DType::Float32, {});
   }
+  if (want_lse)  // [B, Hq, Nq], or [Hq, Tq] for a variable-length batch
+    mlse = output(lse_out, "lse", vq, DType::Float32,
+                  varlen ? std::vector<int64_t>{vq.shape[1], vq.shape[0]}
+                         : std::vector<int64_t>{vq.shape[0], vq.shape[2], vq.shape[1]});
   {
     py::gil_scoped_release nogil;
     const DLTensor* lse = want_lse ? &mlse.dl() : nullptr;
-    if (cu.varlen())
+    if (varlen)
       attention_forward_varlen(mq.dl(), mk.dl(), mv.dl(), cu.q.dl(), cu.k.dl(), pattern,
-                               mout.dl(), lse, opt);
+                               mout.dl(), lse, call.options());
     else
-      attention_forward(mq.dl(), mk.dl(), mv.dl(), pattern, mout.dl(), lse, opt);
+      attention_forward(mq.dl(), mk.dl(), mv.dl(), pattern, mout.dl(), lse, call.options());
   }
   py::object out_obj =
       out.is_none() ? make_holder(std::move(mout)) : py::reinterpret_borrow<py::object>(out);
-  py::object lse_obj = want_lse ? make_holder(std::move(mlse)) : py::none();
+  py::object lse_obj = !want_lse ? py::none()
+                       : lse_out.is_none() ? make_holder(std::move(mlse))
+                                           : py::reinterpret_borrow<py::object>(lse_out);
   return py::make_tuple(out_obj, lse_obj);
 }
 
 py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py::handle out,
                    py::handle lse, const Pattern& pattern, py::handle scale, py::handle cu_q,
-                   py::handle cu_k, int num_threads) {
-  Options opt;
-  opt.scale = parse_scale(scale);
-  opt.num_threads = num_threads;
+                   py::handle cu_k, int num_threads, py::handle dq_out, py::handle dk_out,
+                   py::handle dv_out, py::handle stream, py::handle workspace) {
+  CallContext call(scale, num_threads, stream, workspace);
   ManagedTensor mdout = import_array(dout, "dout");
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k");
@@ -160,22 +140,24 @@ py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py
   Offsets cu = import_offsets(cu_q, cu_k);
   const TensorView vq = mq.view("q");
   const DType dt = float_dtype(vq, "q");
-  if (vq.device.device_type != kDLCUDA || !cuda::compiled() || cu.varlen())
-    require_cpu(vq, cu.varlen() ? "the backward pass of a variable-length batch" : "the backward pass");
-  ManagedTensor dq = allocate_like(vq, dt, vq);
-  ManagedTensor dk = allocate_like(vq, dt, mk.view("k"));
-  ManagedTensor dv = allocate_like(vq, dt, mv.view("v"));
+  const TensorView vk = mk.view("k"), vv = mv.view("v");
+  ManagedTensor dq = output(dq_out, "dq", vq, dt, std::vector<int64_t>(vq.shape, vq.shape + vq.ndim));
+  ManagedTensor dk = output(dk_out, "dk", vq, dt, std::vector<int64_t>(vk.shape, vk.shape + vk.ndim));
+  ManagedTensor dv = output(dv_out, "dv", vq, dt, std::vector<int64_t>(vv.shape, vv.shape + vv.ndim));
   {
     py::gil_scoped_release nogil;
     if (cu.varlen())
       attention_backward_varlen(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(),
-                                cu.q.dl(), cu.k.dl(), pattern, dq.dl(), dk.dl(), dv.dl(), opt);
+                                cu.q.dl(), cu.k.dl(), pattern, dq.dl(), dk.dl(), dv.dl(),
+                                call.options());
     else
       attention_backward(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(), pattern,
-                         dq.dl(), dk.dl(), dv.dl(), opt);
+                         dq.dl(), dk.dl(), dv.dl(), call.options());
   }
-  return py::make_tuple(make_holder(std::move(dq)), make_holder(std::move(dk)),
-                        make_holder(std::move(dv)));
+  auto result = [](ManagedTensor& t, py::handle given) {
+    return given.is_none() ? make_holder(std::move(t)) : py::reinterpret_borrow<py::object>(given);
+  };
+  return py::make_tuple(result(dq, dq_out), result(dk, dk_out), result(dv, dv_out));
 }
 
 }  // namespace
@@ -184,14 +166,17 @@ void bind_ops(py::module_& m) {
   m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pattern"),
         py::arg("scale") = py::none(), py::arg("out") = py::none(), py::arg("want_lse") = true,
         py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
-        py::arg("num_threads") = 0,
+        py::arg("num_threads") = 0, py::arg("lse_out") = py::none(),
+        py::arg("stream") = py::none(), py::arg("workspace") = py::none(),
         "Attention forward: returns (out, lse or None); out is `out` itself when given, else a "
         "DLPackTensor of q's dtype [B, Nq, Hq, Dv] (varlen: [Tq, Hq, Dv]); lse float32 "
         "[B, Hq, Nq] (varlen: [Hq, Tq]).");
   m.def("backward", &backward, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("lse"), py::arg("pattern"), py::arg("scale") = py::none(),
         py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
-        py::arg("num_threads") = 0,
+        py::arg("num_threads") = 0, py::arg("dq") = py::none(), py::arg("dk") = py::none(),
+        py::arg("dv") = py::none(), py::arg("stream") = py::none(),
+        py::arg("workspace") = py::none(),
         "Attention backward: returns (dq, dk, dv) as DLPackTensor holders shaped like q, k, v.");
   m.def("info", &spattn::info, "Build and runtime facts, as a dict of strings.");
   m.def(

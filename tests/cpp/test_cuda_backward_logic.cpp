@@ -673,8 +673,9 @@ void test_launcher_without_gpu() {
         bp.dq_strides[i] = bp.dk_strides[i] = bp.dv_strides[i] = s[i];
   bp.lse_strides[0] = 128, bp.lse_strides[1] = 128, bp.lse_strides[2] = 1;
   bp.scale = 0.1f;
-  bp.layout = &layout;
-  bp.pred = cp.predicate();
+  const cuda::StagedBackward st = cuda::stage_backward(layout, cp.predicate(), 128, 128, 1, 1);
+  bp.staged = &st;
+  bp.staged_dev = st.blob.data();
   std::string msg;
   try {
     cuda::attention_backward(bp);

@@ -463,8 +463,9 @@ void test_launcher_without_gpu() {
   for (int i = 0; i < 4; ++i) fp.q_strides[i] = fp.k_strides[i] = fp.v_strides[i] = fp.out_strides[i] = s[i];
   fp.lse_strides[0] = 128, fp.lse_strides[1] = 128, fp.lse_strides[2] = 1;
   fp.scale = 0.1f;
-  fp.layout = &layout;
-  fp.pred = cp.predicate();
+  const cuda::StagedForward st = cuda::stage_forward(layout, cp.predicate(), 128, 128, 1);
+  fp.staged = &st;
+  fp.staged_dev = st.blob.data();
   std::string msg;
   try {
     cuda::attention_forward(fp);

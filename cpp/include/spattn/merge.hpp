@@ -7,12 +7,14 @@
 #include <vector>
 
 #include "spattn/dlpack.hpp"
+#include "spattn/options.hpp"
 
 namespace spattn {
 
 // outs[k]: [B, N, H, Dv] (or varlen [T, H, Dv]); lses[k]: [B, H, N] (or [H, T]) float32.
-// out has the shape and dtype of outs[0]; lse (optional) that of lses[0]. Any strides.
+// out has the shape and dtype of outs[0]; lse (optional) that of lses[0]. Any strides. All on
+// one device (CPU or CUDA; on CUDA, queued on options.stream).
 void merge_partials(const std::vector<DLTensor>& outs, const std::vector<DLTensor>& lses,
-                    const DLTensor& out, const DLTensor* lse);
+                    const DLTensor& out, const DLTensor* lse, const Options& options = {});
 
 }  // namespace spattn

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,12 @@ struct BlockMask {
 
 class CompiledPattern;
 struct PatternNode;
+
+namespace detail {
+// The compiled forms of one pattern node, per problem size (pattern/cache.cpp).
+struct CompileCache;
+std::shared_ptr<CompileCache> new_compile_cache();
+}  // namespace detail
 
 class Pattern {
  public:
@@ -106,6 +113,11 @@ class Pattern {
   void check(int64_t nq, int64_t nk, int64_t hq) const;
   // Everything an Nq x Nk problem with Hq heads needs (checks first).
   CompiledPattern compile(int64_t nq, int64_t nk, int64_t hq) const;
+  // The same, made once and kept with the pattern (the last few problem sizes it was used
+  // with), together with the layouts and device copies derived from it: a call on a pattern
+  // seen before with these sizes does no work proportional to N on the host. Checks first.
+  // Thread-safe.
+  std::shared_ptr<const CompiledPattern> compiled(int64_t nq, int64_t nk, int64_t hq) const;
   // The dense mask [heads, Nq, Nk] as 0/1 bytes: the definition every backend is tested
   // against. Quadratic by nature; for tests and pictures.
   std::vector<uint8_t> mask(int64_t nq, int64_t nk, int64_t heads) const;
@@ -130,14 +142,17 @@ struct PatternNode {
   std::vector<Pattern> children;           // Union, Intersection, PerHead
   bool head_dependent = false;             // some head differs from another
   int64_t head_count = 1;                  // heads it was made for (1 when shared)
+  // Pattern::compiled()'s cache: logically not part of the (immutable) pattern.
+  std::shared_ptr<detail::CompileCache> cache = detail::new_compile_cache();
 };
 
 // A pattern compiled for one Nq x Nk problem with Hq heads: owns the predicate program and all
 // generated data. Move-only; predicate() points into it, so keep it alive while using that.
 class CompiledPattern {
  public:
-  CompiledPattern(CompiledPattern&&) = default;
-  CompiledPattern& operator=(CompiledPattern&&) = default;
+  CompiledPattern(CompiledPattern&&) noexcept;
+  CompiledPattern& operator=(CompiledPattern&&) noexcept;
+  ~CompiledPattern();
   CompiledPattern(const CompiledPattern&) = delete;
   CompiledPattern& operator=(const CompiledPattern&) = delete;
 
@@ -154,6 +169,15 @@ class CompiledPattern {
   // Kept (query, key) pairs summed over all Hq heads.
   double kept_pairs() const;
 
+  // layout(bq, bk), computed on first use and kept (thread-safe; the reference stays valid as
+  // long as this object).
+  const BlockLayout& layout_for(int64_t bq, int64_t bk) const;
+  // Data a backend derives from this compiled pattern (a staged or device copy of a layout,
+  // say), made by `make` on the first request for `key` and kept as long as this object, which
+  // then destroys it. Thread-safe; `make` runs under a lock and must not call back here.
+  std::shared_ptr<void> attachment(const std::string& key,
+                                   const std::function<std::shared_ptr<void>()>& make) const;
+
   struct BigBirdData {
     int64_t block, globals, wlo, whi, doff, randoms, nbq, nbk;
     std::vector<int32_t> rnd;  // [nbq, randoms], sorted per row, -1 padding
@@ -161,13 +185,15 @@ class CompiledPattern {
   const BigBirdData* bigbird(const PatternNode* n) const;
 
  private:
-  CompiledPattern() = default;
+  CompiledPattern();
   friend class Pattern;
   Pattern pattern_;
   int64_t nq_ = 0, nk_ = 0, hq_ = 1, heads_ = 1;
   std::vector<PredNode> nodes_;
   std::vector<int32_t> head_begin_, head_end_;
   std::vector<std::pair<const PatternNode*, std::unique_ptr<BigBirdData>>> bigbird_;
+  struct Derived;  // layout_for and attachment caches (pattern/cache.cpp)
+  std::unique_ptr<Derived> derived_;
 };
 
 }  // namespace spattn

@@ -15,21 +15,12 @@
 #include "spattn/error.hpp"
 #include "spattn/layout.hpp"
 #include "spattn/merge.hpp"
+#include "spattn/options.hpp"
 #include "spattn/pattern.hpp"
 #include "spattn/select.hpp"
 #include "spattn/tensor.hpp"
 
 namespace spattn {
-
-struct Options {
-  // Softmax scale; 0 means 1/sqrt(D).
-  double scale = 0.0;
-  // CPU threads for this call: 0 means the whole pool (SPATTN_NUM_THREADS, else every CPU the
-  // process may use), n > 0 at most n. A caller inside another library's thread budget (the
-  // Python layer passes torch.get_num_threads() for torch tensors) sets it so that the two
-  // never oversubscribe the cores. Negative: ValueError.
-  int num_threads = 0;
-};
 
 // out (and lse when not null) are written; nothing else is.
 void attention_forward(const DLTensor& q, const DLTensor& k, const DLTensor& v,

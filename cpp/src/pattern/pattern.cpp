@@ -3,6 +3,8 @@
 #include "spattn/pattern.hpp"
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "spattn/error.hpp"
@@ -58,12 +60,25 @@ Pattern Pattern::sliding_window(int64_t left, int64_t right) {
       << ", right=" << bound_str(right) << "; expected left >= -right";
     throw ValueError(m.str());
   }
-  auto n = std::make_shared<PatternNode>();
-  n->kind = kWindow;
-  n->a = left;
-  n->b = right;
+  // Windows are interned: every SlidingWindow(left, right) alive in the process is one node, so
+  // they share one compile cache (pattern/cache.cpp). That is what lets the planner's own
+  // windows (residue classes, made anew on every call) and a `Causal()` written inline in a
+  // model's forward find their layouts already compiled and uploaded.
+  static std::mutex intern_mutex;
+  static std::map<std::pair<int64_t, int64_t>, std::weak_ptr<const PatternNode>> interned;
+  std::lock_guard<std::mutex> lock(intern_mutex);
+  std::weak_ptr<const PatternNode>& slot = interned[{left, right}];
+  std::shared_ptr<const PatternNode> found = slot.lock();
+  if (!found) {
+    auto n = std::make_shared<PatternNode>();
+    n->kind = kWindow;
+    n->a = left;
+    n->b = right;
+    found = std::move(n);
+    slot = found;
+  }
   Pattern p;
-  p.node_ = std::move(n);
+  p.node_ = std::move(found);
   return p;
 }
 

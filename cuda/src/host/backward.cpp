@@ -2,10 +2,11 @@
 // kernels. Plain C++ compiled by the host compiler into the core, like forward.cpp, with which
 // it shares the per-arch table, the checks and the scratch allocation (launch_util.hpp).
 //
-// Per call: check the problem; transpose the layout and stage it with the backward schedule
-// and the predicate program into one blob (backward_logic.hpp: stage_backward); allocate one
-// device buffer (stream-ordered where the device has memory pools) for the blob, the fp32 dq
-// workspace, lse2, delta and any repacked tensor; copy; zero the dq workspace; launch
+// Per call: check the problem; bind the transposed layout, backward schedule and predicate
+// staged on the device beforehand (backward_logic.hpp: stage_backward; cuda_backend.cpp keeps
+// it with the compiled pattern); allocate one workspace (the caller's allocator, else
+// stream-ordered) for the fp32 dq accumulator, lse2, delta and any repacked tensor; zero the dq
+// accumulator; launch
 // preprocess, main kernel and dq conversion on the caller's stream; copy repacked dk / dv back;
 // free asynchronously. No device-wide synchronisation; every CUDA return code is checked and
 // turned into RuntimeError.
@@ -49,7 +50,8 @@ void attention_backward(const BackwardProblem& p) {
                        std::string(dtype_name(p.dtype)) + " with D=" + std::to_string(p.d) +
                        ", Dv=" + std::to_string(p.dv_dim) + " in this build (compiled: " +
                        backward_kernels() + "; D must equal Dv)");
-  if (p.layout == nullptr) throw ValueError("cuda attention backward: no block layout given");
+  if (p.staged == nullptr || p.staged_dev == nullptr)
+    throw ValueError("cuda attention backward: no staged block layout given");
   if (p.b < 0 || p.nq < 0 || p.nk < 0 || p.hq < 1 || p.hkv < 1 || p.hq % p.hkv != 0)
     throw ValueError("cuda attention backward: bad sizes (B=" + std::to_string(p.b) + ", Nq=" +
                      std::to_string(p.nq) + ", Nk=" + std::to_string(p.nk) + ", Hq=" +
@@ -62,18 +64,12 @@ void attention_backward(const BackwardProblem& p) {
   const int64_t k_shape[4] = {p.b, p.nk, p.hkv, p.d};
   const int64_t v_shape[4] = {p.b, p.nk, p.hkv, p.dv_dim};
   const int64_t o_shape[4] = {p.b, p.nq, p.hq, p.dv_dim};
-  // The transposed layout, the schedule and the predicate (validates the layout).
-  StagedBackward st = stage_backward(*p.layout, p.pred, p.nq, p.nk, p.hq, p.hkv);
+  const StagedBackward& st = *p.staged;
   const int64_t nq_pad = st.nqb * kBwdBlockM;
 
   DeviceGuard guard(p.device);
-  cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, p.device), "cudaGetDeviceProperties");
-  const ArchFns* arch = arch_for(prop.major, prop.minor);
-  if (!arch)
-    throw RuntimeError(std::string("cuda attention backward: no kernels for ") + prop.name +
-                       " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) +
-                       "); this spattn was compiled for " + SPATTN_CUDA_ARCHS_STR);
+  const DeviceInfo& dev = device_info(p.device);
+  const ArchFns* arch = &arch_of(p.device, "cuda attention backward");
   const bool have_q = p.nq > 0, have_k = p.nk > 0;
   if (have_q) {
     expect_device_pointer(p.dout, "dout", p.device);
@@ -90,11 +86,8 @@ void attention_backward(const BackwardProblem& p) {
   }
 
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  int pools = 0;
-  check(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, p.device),
-        "cudaDeviceGetAttribute(MemoryPoolsSupported)");
 
-  // Layout of the one scratch buffer: blob | dq_accum | lse2 | delta | repacked tensors.
+  // Layout of the one scratch buffer: dq_accum | lse2 | delta | repacked tensors.
   const int es = dtype_size(p.dtype);
   auto numel = [](const int64_t* s) { return s[0] * s[1] * s[2] * s[3]; };
   const bool rq = have_q && !kernel_readable(p.q, p.q_strides, q_shape);
@@ -104,7 +97,7 @@ void attention_backward(const BackwardProblem& p) {
   const bool rdk = have_k && !kernel_readable(p.dk, p.dk_strides, k_shape);
   const bool rdv = have_k && !kernel_readable(p.dv, p.dv_strides, v_shape);
   const size_t stat_elems = size_t(p.b * p.hq * nq_pad);
-  size_t at = align16(st.blob.size());
+  size_t at = 0;
   const size_t acc_at = at;
   at += align16(stat_elems * size_t(p.d) * sizeof(float));
   const size_t lse2_at = at;
@@ -123,17 +116,14 @@ void attention_backward(const BackwardProblem& p) {
   const size_t dk_at = reserve(rdk, k_shape);
   const size_t dv_at = reserve(rdv, v_shape);
 
-  DeviceScratch buf(at, stream, pools != 0);
+  DeviceScratch buf(at, stream, dev.pools, p.allocator, p.device);
   unsigned char* base = static_cast<unsigned char*>(buf.p);
-  st.relocate_nodes(base);
-  check(cudaMemcpyAsync(base, st.blob.data(), st.blob.size(), cudaMemcpyHostToDevice, stream),
-        "cudaMemcpyAsync (layout and pattern upload)");
   if (stat_elems > 0)
     check(cudaMemsetAsync(base + acc_at, 0, stat_elems * size_t(p.d) * sizeof(float), stream),
           "cudaMemsetAsync (dq workspace)");
 
   BwdParams bp;
-  st.bind(base, &bp);
+  st.bind(const_cast<void*>(p.staged_dev), &bp);
   auto compact = [](const int64_t* s, int64_t* out) {
     out[3] = 1;
     out[2] = s[3];

@@ -2,11 +2,11 @@
 // Plain C++ compiled by the host compiler into the core; it reaches the kernels through the
 // per-architecture entry points of arch_api.hpp and picks one by the device's capability.
 //
-// Per call: check the problem, stage the layout CSR, the schedule and the predicate program
-// (with its data) into one blob (forward_logic.hpp: stage_forward), allocate one device buffer
-// for it and for any repacked tensor (stream-ordered, cudaMallocAsync, when the device has
-// memory pools), copy, launch on the caller's stream, free asynchronously. No device-wide
-// synchronisation; every CUDA return code is checked and turned into RuntimeError.
+// Per call: check the problem, bind the layout staged on the device beforehand (the CUDA
+// backend keeps it with the compiled pattern), allocate workspace only for tensors that must be
+// repacked (through the caller's allocator, else stream-ordered), launch on the caller's stream.
+// No synchronisation and no host-to-device copy; every CUDA return code is checked and turned
+// into RuntimeError.
 #include "spattn/cuda/forward.hpp"
 
 #include <cmath>
@@ -42,7 +42,8 @@ void attention_forward(const ForwardProblem& p) {
     throw RuntimeError("cuda attention: no CUDA kernel for " + std::string(dtype_name(p.dtype)) +
                        " with D=" + std::to_string(p.d) + ", Dv=" + std::to_string(p.dv) +
                        " in this build (compiled: " + forward_kernels() + "; D must equal Dv)");
-  if (p.layout == nullptr) throw ValueError("cuda attention: no block layout given");
+  if (p.staged == nullptr || p.staged_dev == nullptr)
+    throw ValueError("cuda attention: no staged block layout given");
   if (p.b < 0 || p.nq < 0 || p.nk < 0 || p.hq < 1 || p.hkv < 1 || p.hq % p.hkv != 0)
     throw ValueError("cuda attention: bad sizes (B=" + std::to_string(p.b) + ", Nq=" +
                      std::to_string(p.nq) + ", Nk=" + std::to_string(p.nk) + ", Hq=" +
@@ -55,17 +56,9 @@ void attention_forward(const ForwardProblem& p) {
   const int64_t k_shape[4] = {p.b, p.nk, p.hkv, p.d};
   const int64_t v_shape[4] = {p.b, p.nk, p.hkv, p.dv};
   const int64_t o_shape[4] = {p.b, p.nq, p.hq, p.dv};
-  // Everything the kernel needs besides q, k, v (validates the layout against the problem).
-  StagedForward st = stage_forward(*p.layout, p.pred, p.nq, p.nk, p.hq);
-
   DeviceGuard guard(p.device);
-  cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, p.device), "cudaGetDeviceProperties");
-  const ArchFns* arch = arch_for(prop.major, prop.minor);
-  if (!arch)
-    throw RuntimeError(std::string("cuda attention: no kernels for ") + prop.name + " (sm_" +
-                       std::to_string(prop.major) + std::to_string(prop.minor) +
-                       "); this spattn was compiled for " + SPATTN_CUDA_ARCHS_STR);
+  const DeviceInfo& dev = device_info(p.device);
+  const ArchFns* arch = &arch_of(p.device, "cuda attention");
   const bool have_k = p.nk > 0;
   expect_device_pointer(p.q, "q", p.device);
   expect_device_pointer(p.out, "out", p.device);
@@ -76,9 +69,6 @@ void attention_forward(const ForwardProblem& p) {
   if (p.lse) expect_device_pointer(p.lse, "lse", p.device);
 
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  int pools = 0;
-  check(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, p.device),
-        "cudaDeviceGetAttribute(MemoryPoolsSupported)");
 
   // Tensors the kernel cannot read (or write) as they are go through compact copies.
   const int es = dtype_size(p.dtype);
@@ -87,7 +77,7 @@ void attention_forward(const ForwardProblem& p) {
   const bool rv = have_k && !kernel_readable(p.v, p.v_strides, v_shape);
   const bool ro = !kernel_readable(p.out, p.out_strides, o_shape);
   auto numel = [](const int64_t* s) { return s[0] * s[1] * s[2] * s[3]; };
-  size_t at = align16(st.blob.size());
+  size_t at = 0;
   const size_t q_at = at;
   at += rq ? align16(size_t(numel(q_shape)) * es) : 0;
   const size_t k_at = at;
@@ -97,14 +87,11 @@ void attention_forward(const ForwardProblem& p) {
   const size_t o_at = at;
   at += ro ? align16(size_t(numel(o_shape)) * es) : 0;
 
-  DeviceScratch buf(at, stream, pools != 0);
+  DeviceScratch buf(at, stream, dev.pools, p.allocator, p.device);
   unsigned char* base = static_cast<unsigned char*>(buf.p);
-  st.relocate_nodes(base);
-  check(cudaMemcpyAsync(base, st.blob.data(), st.blob.size(), cudaMemcpyHostToDevice, stream),
-        "cudaMemcpyAsync (layout and pattern upload)");
 
   FwdParams fp;
-  st.bind(base, &fp);
+  p.staged->bind(const_cast<void*>(p.staged_dev), &fp);
   auto compact = [](const int64_t* s, int64_t* out) {
     out[3] = 1;
     out[2] = s[3];

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include <cuda_runtime_api.h>
 
@@ -15,6 +16,7 @@
 #include "spattn/cuda/backward_logic.hpp"
 #include "spattn/cuda/forward_logic.hpp"
 #include "spattn/error.hpp"
+#include "spattn/options.hpp"
 #include "spattn/tensor.hpp"
 
 #ifndef SPATTN_CUDA_HAS_SM80
@@ -32,6 +34,9 @@ using SupportedFn = bool (*)(KernelDType, int);
 using CopyFn = cudaError_t (*)(const void*, const int64_t*, void*, const int64_t*, const int64_t*,
                                int, cudaStream_t);
 
+using MergeFn = cudaError_t (*)(const MergeParams&, KernelDType, cudaStream_t);
+using SumFn = cudaError_t (*)(const SumParams&, KernelDType, cudaStream_t);
+
 struct ArchFns {
   const char* name;
   ForwardFn forward;
@@ -39,15 +44,19 @@ struct ArchFns {
   CopyFn copy;
   BackwardFn backward;
   SupportedFn backward_supported;
+  MergeFn merge;
+  SumFn sum;
 };
 
 #if SPATTN_CUDA_HAS_SM80
 inline const ArchFns kSm80{"sm_80",          &sm80::forward,  &sm80::forward_supported,
-                           &sm80::copy_strided_4d, &sm80::backward, &sm80::backward_supported};
+                           &sm80::copy_strided_4d, &sm80::backward, &sm80::backward_supported,
+                           &sm80::merge,           &sm80::sum};
 #endif
 #if SPATTN_CUDA_HAS_SM90A
 inline const ArchFns kSm90a{"sm_90a",          &sm90a::forward,  &sm90a::forward_supported,
-                            &sm90a::copy_strided_4d, &sm90a::backward, &sm90a::backward_supported};
+                            &sm90a::copy_strided_4d, &sm90a::backward, &sm90a::backward_supported,
+                            &sm90a::merge,           &sm90a::sum};
 #endif
 
 // The kernels compiled for every architecture are the same set: any arch answers supports().
@@ -123,29 +132,76 @@ struct DeviceGuard {
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 };
 
-// One device allocation, freed on every way out: stream-ordered when the device supports it
-// (no synchronisation), else cudaFree.
+// One device allocation, freed on every way out, in stream order: through the caller's
+// Allocator when there is one (torch's caching allocator, say), else cudaMallocAsync where the
+// device has memory pools, else cudaMalloc.
 struct DeviceScratch {
   void* p = nullptr;
+  size_t bytes = 0;
   cudaStream_t stream = nullptr;
+  const Allocator* alloc = nullptr;
+  int device = 0;
   bool async = false;
-  DeviceScratch(size_t bytes, cudaStream_t s, bool use_async) : stream(s), async(use_async) {
+  DeviceScratch(size_t n, cudaStream_t s, bool use_async, const Allocator* a = nullptr, int dev = 0)
+      : bytes(n), stream(s), alloc(a), device(dev), async(use_async) {
     if (bytes == 0) return;
-    if (async)
+    if (alloc != nullptr && alloc->allocate != nullptr) {
+      p = alloc->allocate(alloc->ctx, bytes, DLDevice{kDLCUDA, device}, stream);
+      if (p == nullptr)
+        throw RuntimeError("cuda attention: the caller's allocator returned no memory for " +
+                           std::to_string(bytes) + " bytes of workspace");
+    } else if (async) {
       check(cudaMallocAsync(&p, bytes, stream), "cudaMallocAsync(" + std::to_string(bytes) + " bytes)");
-    else
+    } else {
       check(cudaMalloc(&p, bytes), "cudaMalloc(" + std::to_string(bytes) + " bytes)");
+    }
   }
   ~DeviceScratch() {
     if (!p) return;
-    if (async)
+    if (alloc != nullptr && alloc->allocate != nullptr) {
+      if (alloc->deallocate) alloc->deallocate(alloc->ctx, p, bytes, DLDevice{kDLCUDA, device}, stream);
+    } else if (async) {
       (void)cudaFreeAsync(p, stream);
-    else
+    } else {
       (void)cudaFree(p);
+    }
   }
   DeviceScratch(const DeviceScratch&) = delete;
   DeviceScratch& operator=(const DeviceScratch&) = delete;
 };
+
+// What a call needs to know about its device, read once per device and kept: the kernel table
+// for its architecture (nullptr: none compiled for it), memory pools, the name for messages.
+// cudaGetDeviceProperties costs far more than a kernel launch, so it is never called per call.
+struct DeviceInfo {
+  const ArchFns* arch = nullptr;
+  bool pools = false;
+  int major = 0, minor = 0, sms = 0;
+  std::string name;
+};
+const DeviceInfo& device_info(int device);
+
+// The arch table of `device`, or RuntimeError naming `what` and the compiled architectures.
+const ArchFns& arch_of(int device, const char* what);
+
+// A staged blob (layout CSR, schedule, predicate program and its data) copied to the device
+// once and kept (as a CompiledPattern attachment) for every later call: no host work, no
+// pageable copy and no synchronisation per call. The upload is queued on `stream` from pinned
+// memory; when `stream` is being captured into a CUDA graph it goes through a private stream
+// instead and is waited for, so that the data exists outside the graph too.
+struct DeviceBlob {
+  void* dev = nullptr;
+  void* pinned = nullptr;
+  int device = 0;
+  DeviceBlob() = default;
+  DeviceBlob(const DeviceBlob&) = delete;
+  DeviceBlob& operator=(const DeviceBlob&) = delete;
+  ~DeviceBlob();
+};
+// Allocates out.dev (bytes, on out.device, persistent: cudaMalloc, allowed during a capture).
+void allocate_blob(DeviceBlob& out, size_t bytes);
+// Copies `blob` (already relocated for out.dev) to out.dev, as described above.
+void upload_blob(DeviceBlob& out, const std::vector<unsigned char>& blob, cudaStream_t stream);
 
 // A device pointer of this device (or managed memory), for a clear error instead of a fault.
 inline void expect_device_pointer(const void* ptr, const char* name, int device) {

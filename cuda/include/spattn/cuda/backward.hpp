@@ -3,17 +3,17 @@
 // (supports_backward() is false there and attention_backward() throws RuntimeError), so
 // callers need no #if. Host code only: no CUDA header is needed to include this.
 //
-// Use (the layout is compiled for the BACKWARD's tile, which differs from the forward's):
-//   const cuda::BackwardTile t = cuda::backward_tile(D, Dv);
-//   const BlockLayout layout = compiled.layout(t.bq, t.bk);
-//   cuda::attention_backward(cuda::backward_problem(dout, q, k, v, out, lse, dq, dk, dv, dtype,
-//                                                   scale, layout, compiled.predicate(), stream));
+// Used by the CUDA backend (cuda/src/host/cuda_backend.cpp). The layout is compiled for the
+// BACKWARD's tile (backward_tile), which differs from the forward's, staged with
+// stage_backward and uploaded once per compiled pattern.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
+#include "spattn/cuda/backward_logic.hpp"
 #include "spattn/layout.hpp"
+#include "spattn/options.hpp"
 #include "spattn/predicate.hpp"
 #include "spattn/tensor.hpp"
 
@@ -62,10 +62,14 @@ struct BackwardProblem {
   int64_t dk_strides[4] = {0, 0, 0, 0};
   int64_t dv_strides[4] = {0, 0, 0, 0};
   float scale = 1.f;                    // already resolved (1/sqrt(D) by default)
-  const BlockLayout* layout = nullptr;  // compiled with backward_tile(d, dv); 1 or Hq heads
-  Predicate pred;                       // CompiledPattern::predicate(): host pointers
+  // The transposed layout (from one compiled with backward_tile(d, dv)), schedule and
+  // predicate, staged by stage_backward and copied to the device (staged_dev, relocated for
+  // it): cuda_backend.cpp keeps both with the compiled pattern.
+  const StagedBackward* staged = nullptr;
+  const void* staged_dev = nullptr;
   void* stream = nullptr;               // cudaStream_t; nullptr: the legacy default stream
   int device = 0;                       // the device the tensors live on
+  const Allocator* allocator = nullptr;  // workspace (dq accumulator, repacks); nullptr: own
 };
 
 // Runs the backward on `p.stream` (asynchronously: returns once the work is queued; the layout
@@ -84,7 +88,6 @@ inline BackwardProblem backward_problem(const TensorView& dout, const TensorView
                                         const TensorView& out, const TensorView& lse,
                                         const TensorView& dq, const TensorView& dk,
                                         const TensorView& dv, DType dtype, float scale,
-                                        const BlockLayout& layout, const Predicate& pred,
                                         void* stream) {
   BackwardProblem p;
   p.dtype = dtype;
@@ -116,8 +119,6 @@ inline BackwardProblem backward_problem(const TensorView& dout, const TensorView
   }
   for (int i = 0; i < 3; ++i) p.lse_strides[i] = lse.strides[i];
   p.scale = scale;
-  p.layout = &layout;
-  p.pred = pred;
   p.stream = stream;
   p.device = q.device.device_id;
   return p;

@@ -3,17 +3,16 @@
 // (supports() is false there and attention_forward() throws RuntimeError), so callers need no
 // #if. Host code only: no CUDA header is needed to include this.
 //
-// Use:
-//   const cuda::ForwardTile t = cuda::forward_tile(D, Dv);
-//   const BlockLayout layout = compiled.layout(t.bq, t.bk);
-//   cuda::attention_forward(cuda::forward_problem(q, k, v, out, lse, dtype, scale, layout,
-//                                                 compiled.predicate(), stream));
+// Used by the CUDA backend (cuda/src/host/cuda_backend.cpp), which stages and uploads the
+// layout once per compiled pattern and fills ForwardProblem::staged / staged_dev.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
+#include "spattn/cuda/forward_logic.hpp"
 #include "spattn/layout.hpp"
+#include "spattn/options.hpp"
 #include "spattn/predicate.hpp"
 #include "spattn/tensor.hpp"
 
@@ -53,14 +52,18 @@ struct ForwardProblem {
   int64_t out_strides[4] = {0, 0, 0, 0};
   int64_t lse_strides[3] = {0, 0, 0};
   float scale = 1.f;                    // already resolved (1/sqrt(D) by default)
-  const BlockLayout* layout = nullptr;  // compiled with forward_tile(d, dv); 1 or Hq heads
-  Predicate pred;                       // CompiledPattern::predicate(): host pointers
+  // The layout (compiled with forward_tile(d, dv); 1 or Hq heads), schedule and predicate,
+  // staged by stage_forward and copied to the device (staged_dev, relocated for it): see
+  // cuda_backend.cpp, which keeps both with the compiled pattern.
+  const StagedForward* staged = nullptr;
+  const void* staged_dev = nullptr;
   void* stream = nullptr;               // cudaStream_t; nullptr: the legacy default stream
   int device = 0;                       // the device the tensors live on
+  const Allocator* allocator = nullptr;  // workspace (repacked tensors); nullptr: spattn's own
 };
 
-// Runs the forward on `p.stream` (asynchronously: returns once the work is queued; the
-// layout and predicate are copied first, so they may be freed on return). Throws
+// Runs the forward on `p.stream` (asynchronously: returns once the work is queued; the staged
+// layout must stay alive on the device until the work is done). Throws
 // RuntimeError for an unavailable backend (no CUDA, no device, no kernel for the device's
 // architecture or for the dtype / head dims, pointers not on the device) and for any CUDA
 // error, ValueError for a layout that does not fit the problem. Set SPATTN_CUDA_SYNC=1 to
@@ -71,7 +74,6 @@ void attention_forward(const ForwardProblem& p);
 inline ForwardProblem forward_problem(const TensorView& q, const TensorView& k,
                                       const TensorView& v, const TensorView& out,
                                       const TensorView& lse, DType dtype, float scale,
-                                      const BlockLayout& layout, const Predicate& pred,
                                       void* stream) {
   ForwardProblem p;
   p.dtype = dtype;
@@ -96,8 +98,6 @@ inline ForwardProblem forward_problem(const TensorView& q, const TensorView& k,
   if (lse.data)
     for (int i = 0; i < 3; ++i) p.lse_strides[i] = lse.strides[i];
   p.scale = scale;
-  p.layout = &layout;
-  p.pred = pred;
   p.stream = stream;
   p.device = q.device.device_id;
   return p;

@@ -1,0 +1,137 @@
+// The seam between the planner (cpp/src/api.cpp and friends: checks, pattern cache, residue
+// split, union parts, TopKBlocks, varlen) and the code that runs on one kind of device.
+//
+// The planner never names a device: it describes a problem in device-neutral terms (checked
+// TensorViews, dtype, resolved scale, a cached CompiledPattern) and hands it to the Backend of
+// the tensors' device. A backend is one folder (cpp/src/cpu/, cuda/src/host/) with one class
+// implementing this interface, and one line in registry.cpp.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "spattn/layout.hpp"
+#include "spattn/options.hpp"
+#include "spattn/pattern.hpp"
+#include "spattn/tensor.hpp"
+
+namespace spattn::backend {
+
+// The sizes of one problem, read from q, k, v and checked against each other.
+struct Dims {
+  int64_t b, nq, nk, hq, hkv, d, dv;
+};
+
+// The context of one call, the same for every operation it queues: the stream and allocator of
+// Options, the CPU thread limit, and the device of the tensors.
+struct Call {
+  DLDevice device{kDLCPU, 0};
+  void* stream = nullptr;
+  const Allocator* allocator = nullptr;
+  int num_threads = 0;
+};
+
+// One dense-batch attention problem ([B, N, H, D] views, any strides), already checked.
+struct Attention {
+  TensorView q, k, v, out;
+  TensorView lse;  // data == nullptr: not wanted (forward only; the backward always has it)
+  DType dtype = DType::Float32;
+  float scale = 1.f;
+  Dims s{};
+};
+
+// What the backward adds: dout in, gradients out (overwritten), same shapes as out, q, k, v.
+struct Gradients {
+  TensorView dout, dq, dk, dv;
+  // The pattern holds every key its rows see (false for one part of a union run in parts): the
+  // low-precision backward may then recompute delta = rowsum(dO * O) exactly from P and dP.
+  bool rows_complete = true;
+};
+
+// A decode call (SPEC §3), checked by decode_api.cpp: q [B, Nq, Hq, D]; k/v contiguous
+// [B, Ncap, Hkv, D/Dv] or paged [pages, page_size, Hkv, D/Dv] with table [B, max_pages] (int32
+// or int64); cache_len[b] in [0, capacity], read on the host; out [B, Nq, Hq, Dv]; lse
+// [B, Hq, Nq] float32 or data null. The backend checks the pattern per sequence and every table
+// entry it visits before anything is computed.
+struct Decode {
+  TensorView q, k, v, out, lse;
+  TensorView table;  // data null (paged false): contiguous caches
+  bool paged = false;
+  const int64_t* cache_len = nullptr;  // B values, host memory
+  DType dtype = DType::Float32;
+  float scale = 1.f;
+  const Pattern* pattern = nullptr;
+  TensorView pooled;  // TopKBlocks only: float32 [B, blocks, Hkv, D] mean keys (data null: none)
+};
+
+// The mean key of every block of `block` keys of each sequence (pool_keys, SPEC §3).
+struct PoolKeys {
+  TensorView k, table, out;
+  bool paged = false;
+  const int64_t* cache_len = nullptr;
+  DType dtype = DType::Float32;
+  int64_t block = 1;
+};
+
+// The query x key tile a kernel walks a block layout with: layouts are compiled for it.
+struct Tile {
+  int64_t bq, bk;
+};
+
+enum class Op { Forward, Backward, Decode, PoolKeys, Select };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // "cpu", "cuda": for messages and `spattn info`.
+  virtual const char* name() const = 0;
+  // Empty when `op` runs here for (dtype, D, Dv); else the reason, which the planner raises as
+  // RuntimeError after "q: ".
+  virtual std::string unsupported(Op op, DType dtype, int64_t d, int64_t dv,
+                                  const Call& call) const = 0;
+  // The tile the op's kernel walks layouts with, for these sizes on call.device.
+  virtual Tile tile(Op op, const Dims& s, DType dtype, const Call& call) const = 0;
+
+  // out (and lse) = attention over the pairs cp keeps. cp was compiled for (s.nq, s.nk, s.hq);
+  // its cached layouts and attachments (CompiledPattern::layout_for / attachment) are the
+  // backend's to use, so a call on a pattern seen before does no O(N) host work.
+  virtual void forward(const Attention& a, const CompiledPattern& cp, const Call& call) = 0;
+  virtual void backward(const Attention& a, const Gradients& g, const CompiledPattern& cp,
+                        const Call& call) = 0;
+  virtual void decode(const Decode& d, const Call& call) = 0;
+  virtual void pool_keys(const PoolKeys& p, const Call& call) = 0;
+
+  // A compact row-major tensor on call.device (through call.allocator where given), owned by
+  // the result; freed in stream order. Contents undefined.
+  virtual ManagedTensor allocate(DType dtype, const std::vector<int64_t>& shape,
+                                 const Call& call) = 0;
+  // Exact merge of partial results over disjoint key sets: outs[i] [B, N, H, Dv] with lses[i]
+  // [B, H, N] float32 -> out, lse (lse data null: not wanted). Rows no part saw: 0 and -inf.
+  virtual void merge(const TensorView* outs, const TensorView* lses, int n, const TensorView& out,
+                     const TensorView& lse, DType dtype, const Call& call) = 0;
+  // dst = sum of srcs[0..n), all [B, N, H, D] of one dtype, any strides (float32 accumulation).
+  virtual void sum(const TensorView& dst, const TensorView* srcs, int n, DType dtype,
+                   const Call& call) = 0;
+  // Copies `bytes` bytes starting at t.data (on call.device) to host memory; waits for them.
+  virtual void read_to_host(const TensorView& t, void* host, size_t bytes, const Call& call) = 0;
+
+  // Build and runtime facts for spattn::info(), keys prefixed by the backend's name.
+  virtual void describe(std::map<std::string, std::string>& info) const = 0;
+};
+
+// The backend of a device type; nullptr when this build has none for it.
+Backend* find(DLDeviceType type);
+// The backend of the device the tensors live on, or RuntimeError naming `what` (the argument,
+// usually "q") and why there is none (an unknown device, a build without CUDA, ...).
+Backend& for_device(const DLDevice& device, const char* what);
+// Every backend of this build, in registration order (for info()).
+const std::vector<Backend*>& all();
+
+// The registered backends. Each is defined in its own folder; a build without CUDA links
+// cuda/src/stub.cpp, whose cuda_backend() returns nullptr.
+Backend* cpu_backend();
+Backend* cuda_backend();
+
+}  // namespace spattn::backend

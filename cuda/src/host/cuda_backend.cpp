@@ -1,0 +1,337 @@
+// The CUDA backend (backend/backend.hpp): the planner's operations on CUDA device memory.
+//
+// Per compiled pattern and device, the layout is staged (schedule, predicate program and data
+// in one blob) and copied to the device ONCE, kept as a CompiledPattern attachment: a later
+// call with the same pattern and sizes only binds pointers and launches, on the caller's stream,
+// with workspaces from the caller's allocator. Head dims without a kernel of their own run on
+// the next larger compiled one, zero-padded (pad.cpp): D != Dv included.
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include <cuda_runtime_api.h>
+
+#include "backend/backend.hpp"
+#include "launch_util.hpp"
+#include "pad.hpp"
+#include "spattn/cuda/backend_info.hpp"
+#include "spattn/cuda/backward.hpp"
+#include "spattn/cuda/forward.hpp"
+#include "spattn/error.hpp"
+
+namespace spattn::backend {
+
+namespace {
+
+using namespace spattn::cuda::launch;
+
+// A layout staged for one kernel and uploaded to one device.
+template <class Staged>
+struct OnDevice {
+  Staged staged;  // host description (offsets into the blob) for bind()
+  DeviceBlob blob;
+};
+
+template <class Staged>
+std::shared_ptr<OnDevice<Staged>> upload(Staged staged, const Call& call) {
+  auto r = std::make_shared<OnDevice<Staged>>();
+  r->staged = std::move(staged);
+  r->blob.device = call.device.device_id;
+  allocate_blob(r->blob, r->staged.blob.size());
+  r->staged.relocate_nodes(r->blob.dev);
+  upload_blob(r->blob, r->staged.blob, static_cast<cudaStream_t>(call.stream));
+  return r;
+}
+
+std::string key_of(const char* what, const Call& call, const Tile& t, int64_t extra) {
+  return std::string(what) + ":" + std::to_string(call.device.device_id) + ":" +
+         std::to_string(t.bq) + "x" + std::to_string(t.bk) + ":" + std::to_string(extra);
+}
+
+void copy_strides(const TensorView& t, int64_t* s, int n) {
+  for (int i = 0; i < n; ++i) s[i] = t.strides[i];
+}
+
+// A ManagedTensor over memory from the caller's Allocator, returned to it when released.
+struct AllocatorBlock {
+  DLManagedTensorVersioned managed;
+  int64_t shape[kMaxDims];
+  int64_t strides[kMaxDims];
+  Allocator alloc;
+  size_t bytes;
+  void* stream;
+};
+
+void allocator_deleter(DLManagedTensorVersioned* self) {
+  auto* b = static_cast<AllocatorBlock*>(self->manager_ctx);
+  if (b->alloc.deallocate)
+    b->alloc.deallocate(b->alloc.ctx, self->dl_tensor.data, b->bytes, self->dl_tensor.device,
+                        b->stream);
+  delete b;
+}
+
+// Stream-ordered device memory (cudaMallocAsync), freed on the same stream: for workspaces.
+struct AsyncBlock {
+  DLManagedTensorVersioned managed;
+  int64_t shape[kMaxDims];
+  int64_t strides[kMaxDims];
+  cudaStream_t stream;
+  int device;
+  bool async;
+};
+
+void async_deleter(DLManagedTensorVersioned* self) {
+  auto* b = static_cast<AsyncBlock*>(self->manager_ctx);
+  int prev = -1;
+  const bool restore = cudaGetDevice(&prev) == cudaSuccess && prev != b->device;
+  if (restore) (void)cudaSetDevice(b->device);
+  if (b->async)
+    (void)cudaFreeAsync(self->dl_tensor.data, b->stream);
+  else
+    (void)cudaFree(self->dl_tensor.data);
+  if (restore) (void)cudaSetDevice(prev);
+  (void)cudaGetLastError();
+  delete b;
+}
+
+template <class Block>
+void fill_compact(Block* b, DLManagedTensorVersioned* m, void* data, DType dtype,
+                  const std::vector<int64_t>& shape, DLDevice device) {
+  const int nd = int(shape.size());
+  int64_t stride = 1;
+  for (int i = nd - 1; i >= 0; --i) {
+    b->shape[i] = shape[size_t(i)];
+    b->strides[i] = stride;
+    stride *= shape[size_t(i)] > 0 ? shape[size_t(i)] : 1;
+  }
+  m->version = DLPackVersion{1, 1};
+  m->manager_ctx = b;
+  m->flags = 0;
+  m->dl_tensor.data = data;
+  m->dl_tensor.device = device;
+  m->dl_tensor.ndim = nd;
+  m->dl_tensor.dtype = to_dl(dtype);
+  m->dl_tensor.shape = b->shape;
+  m->dl_tensor.strides = b->strides;
+  m->dl_tensor.byte_offset = 0;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  const char* name() const override { return "cuda"; }
+
+  std::string unsupported(Op op, DType dtype, int64_t d, int64_t dv, const Call&) const override {
+    switch (op) {
+      case Op::Forward:
+      case Op::Backward: {
+        const bool fwd = op == Op::Forward;
+        if (dtype != DType::Float16 && dtype != DType::BFloat16)
+          return std::string("the CUDA kernels take float16 or bfloat16, got ") + dtype_name(dtype);
+        if (cuda::padded_head_dim(dtype, d, dv, fwd) == 0)
+          return std::string("no CUDA ") + (fwd ? "forward" : "backward") + " kernel for " +
+                 dtype_name(dtype) + " with D=" + std::to_string(d) + ", Dv=" +
+                 std::to_string(dv) + " in this build (compiled dtype:head dims: " +
+                 (fwd ? cuda::forward_kernels() : cuda::backward_kernels()) +
+                 "; smaller head dims run padded to a compiled one); pass CPU tensors";
+        return {};
+      }
+      case Op::Decode:
+        return "decode runs on the CPU only in this version (no CUDA decode kernel yet); pass CPU "
+               "tensors";
+      case Op::PoolKeys:
+        return "pool_keys runs on the CPU only in this version; pass CPU tensors";
+      case Op::Select:
+        return "TopKBlocks' selection runs on the CPU only in this version; pass CPU tensors, or "
+               "select on the CPU and pass the selected pattern";
+    }
+    return "unknown operation";
+  }
+
+  Tile tile(Op op, const Dims& s, DType, const Call&) const override {
+    if (op == Op::Backward) {
+      const cuda::BackwardTile t = cuda::backward_tile(s.d, s.dv);
+      return {t.bq, t.bk};
+    }
+    const cuda::ForwardTile t = cuda::forward_tile(s.d, s.dv);
+    return {t.bq, t.bk};
+  }
+
+  void forward(const Attention& a, const CompiledPattern& cp, const Call& call) override {
+    if (a.s.b == 0 || a.s.nq == 0) return;
+    const Tile t = tile(Op::Forward, a.s, a.dtype, call);
+    const BlockLayout& layout = cp.layout_for(t.bq, t.bk);
+    auto dev = std::static_pointer_cast<OnDevice<cuda::StagedForward>>(
+        cp.attachment(key_of("cuda-fwd", call, t, 0), [&]() -> std::shared_ptr<void> {
+          return upload(cuda::stage_forward(layout, cp.predicate(), a.s.nq, a.s.nk, a.s.hq), call);
+        }));
+    cuda::PaddedForward padded(a, call);  // the kernel's head dim, and temporaries if it differs
+    cuda::ForwardProblem p = cuda::forward_problem(padded.q, padded.k, padded.v, padded.out,
+                                                   a.lse, a.dtype, a.scale, call.stream);
+    p.staged = &dev->staged;
+    p.staged_dev = dev->blob.dev;
+    p.allocator = call.allocator;
+    p.device = call.device.device_id;
+    cuda::attention_forward(p);
+    padded.finish();
+  }
+
+  void backward(const Attention& a, const Gradients& g, const CompiledPattern& cp,
+                const Call& call) override {
+    if (a.s.b == 0 || (a.s.nq == 0 && a.s.nk == 0)) return;
+    const Tile t = tile(Op::Backward, a.s, a.dtype, call);
+    const BlockLayout& layout = cp.layout_for(t.bq, t.bk);
+    auto dev = std::static_pointer_cast<OnDevice<cuda::StagedBackward>>(
+        cp.attachment(key_of("cuda-bwd", call, t, a.s.hkv), [&]() -> std::shared_ptr<void> {
+          return upload(
+              cuda::stage_backward(layout, cp.predicate(), a.s.nq, a.s.nk, a.s.hq, a.s.hkv), call);
+        }));
+    cuda::PaddedBackward padded(a, g, call);
+    cuda::BackwardProblem p = cuda::backward_problem(
+        padded.dout, padded.q, padded.k, padded.v, padded.out, a.lse, padded.dq, padded.dk,
+        padded.dv, a.dtype, a.scale, call.stream);
+    p.staged = &dev->staged;
+    p.staged_dev = dev->blob.dev;
+    p.allocator = call.allocator;
+    p.device = call.device.device_id;
+    cuda::attention_backward(p);
+    padded.finish();
+  }
+
+  void decode(const Decode&, const Call& call) override {
+    throw RuntimeError("q: " + unsupported(Op::Decode, DType::BFloat16, 0, 0, call));
+  }
+  void pool_keys(const PoolKeys&, const Call& call) override {
+    throw RuntimeError("k_cache: " + unsupported(Op::PoolKeys, DType::BFloat16, 0, 0, call));
+  }
+
+  ManagedTensor allocate(DType dtype, const std::vector<int64_t>& shape,
+                         const Call& call) override {
+    int64_t numel = 1;
+    for (int64_t n : shape) numel *= n;
+    const size_t bytes = size_t(numel) * size_t(dtype_size(dtype));
+    const size_t asked = bytes == 0 ? 256 : bytes;  // a unique valid pointer
+    if (call.allocator && call.allocator->allocate) {
+      void* data = call.allocator->allocate(call.allocator->ctx, asked, call.device, call.stream);
+      if (data == nullptr)
+        throw RuntimeError("the caller's allocator returned no memory for " +
+                           std::to_string(asked) + " bytes on " + spattn::describe(call.device));
+      auto* b = new AllocatorBlock();
+      b->alloc = *call.allocator;
+      b->bytes = asked;
+      b->stream = call.stream;
+      b->managed.deleter = &allocator_deleter;
+      fill_compact(b, &b->managed, data, dtype, shape, call.device);
+      return ManagedTensor::adopt(&b->managed);
+    }
+    DeviceGuard guard(call.device.device_id);
+    const DeviceInfo& info = device_info(call.device.device_id);
+    const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
+    void* data = nullptr;
+    if (info.pools)
+      check(cudaMallocAsync(&data, asked, stream), "cudaMallocAsync(" + std::to_string(asked) + ")");
+    else
+      check(cudaMalloc(&data, asked), "cudaMalloc(" + std::to_string(asked) + ")");
+    auto* b = new AsyncBlock();
+    b->stream = stream;
+    b->device = call.device.device_id;
+    b->async = info.pools;
+    b->managed.deleter = &async_deleter;
+    fill_compact(b, &b->managed, data, dtype, shape, call.device);
+    return ManagedTensor::adopt(&b->managed);
+  }
+
+  void merge(const TensorView* outs, const TensorView* lses, int n, const TensorView& out,
+             const TensorView& lse, DType dtype, const Call& call) override {
+    DeviceGuard guard(call.device.device_id);
+    const ArchFns& arch = arch_of(call.device.device_id, "merge");
+    const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
+    // More parts than one launch takes: merge the first ones into out / a temporary lse, then
+    // merge that with the next ones (exact: a merge of merges is the merge of all).
+    ManagedTensor tmp_lse;
+    TensorView acc_out, acc_lse;
+    int done = 0;
+    while (done < n) {
+      cuda::MergeParams p;
+      int k = 0;
+      if (done > 0) {
+        p.outs[k] = acc_out.data;
+        copy_strides(acc_out, p.out_part_strides[k], 4);
+        p.lses[k] = acc_lse.ptr<const float>();
+        copy_strides(acc_lse, p.lse_strides[k], 3);
+        ++k;
+      }
+      for (; k < cuda::kMergeMaxParts && done < n; ++k, ++done) {
+        p.outs[k] = outs[done].data;
+        copy_strides(outs[done], p.out_part_strides[k], 4);
+        p.lses[k] = lses[done].ptr<const float>();
+        copy_strides(lses[done], p.lse_strides[k], 3);
+      }
+      p.n = k;
+      for (int i = 0; i < 4; ++i) p.shape[i] = out.shape[i];
+      p.out = out.data;
+      copy_strides(out, p.out_strides, 4);
+      TensorView lse_dst = lse;
+      if (done < n && lse.data == nullptr) {  // rounds need the lse of the merged part
+        if (tmp_lse.empty())
+          tmp_lse = allocate(DType::Float32, {out.shape[0], out.shape[2], out.shape[1]}, call);
+        lse_dst = tmp_lse.view("lse");
+      }
+      p.lse = lse_dst.ptr<float>();
+      if (lse_dst.data) copy_strides(lse_dst, p.lse_out_strides, 3);
+      check(arch.merge(p, cuda::launch::kernel_dtype(dtype), stream), "launching the merge kernel");
+      acc_out = out;
+      acc_lse = lse_dst;
+    }
+  }
+
+  void sum(const TensorView& dst, const TensorView* srcs, int n, DType dtype,
+           const Call& call) override {
+    DeviceGuard guard(call.device.device_id);
+    const ArchFns& arch = arch_of(call.device.device_id, "sum");
+    const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
+    int done = 0;
+    while (done < n) {
+      cuda::SumParams p;
+      int k = 0;
+      if (done > 0) {  // dst holds the sum so far: each thread reads its element, then writes it
+        p.srcs[k] = dst.data;
+        copy_strides(dst, p.src_strides[k], 4);
+        ++k;
+      }
+      for (; k < cuda::kMergeMaxParts && done < n; ++k, ++done) {
+        p.srcs[k] = srcs[done].data;
+        copy_strides(srcs[done], p.src_strides[k], 4);
+      }
+      p.n = k;
+      for (int i = 0; i < 4; ++i) p.shape[i] = dst.shape[i];
+      p.dst = dst.data;
+      copy_strides(dst, p.dst_strides, 4);
+      check(arch.sum(p, cuda::launch::kernel_dtype(dtype), stream), "launching the sum kernel");
+    }
+  }
+
+  void read_to_host(const TensorView& t, void* host, size_t bytes, const Call& call) override {
+    if (bytes == 0) return;
+    DeviceGuard guard(call.device.device_id);
+    const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
+    check(cudaMemcpyAsync(host, t.data, bytes, cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (reading offsets to the host)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (reading offsets to the host)");
+  }
+
+  void describe(std::map<std::string, std::string>& info) const override {
+    info["cuda_compiled"] = "yes";
+    info["cuda_archs"] = cuda::compiled_archs();
+    info["cuda_kernels"] = cuda::forward_kernels();
+    info["cuda_backward_kernels"] = cuda::backward_kernels();
+  }
+};
+
+}  // namespace
+
+Backend* cuda_backend() {
+  static CudaBackend b;
+  return &b;
+}
+
+}  // namespace spattn::backend

@@ -1,0 +1,65 @@
+"""The device side of one call, for CUDA arrays of torch or cupy: the framework's current stream
+(spattn queues its work there, so it is ordered with the caller's, and can be captured in a CUDA
+graph), and the framework's allocator for results and workspaces (torch's or cupy's caching
+allocator: visible to `torch.cuda.memory_allocated`, reused, captured with the graph).
+
+Everything else (CPU arrays, other frameworks) gets `None`: spattn then allocates results itself
+and runs CUDA work on the legacy default stream, as the DLPack protocol assumes by default.
+Never imports a framework the caller does not already use.
+"""
+from __future__ import annotations
+
+
+class CudaCall:
+    """stream: the cudaStream_t as an int (0: the legacy default stream); empty(shape, dtype):
+    a new framework array on the device (dtype: 'like' for q's dtype, or 'float32');
+    workspace(nbytes) -> (device pointer, owner)."""
+
+    __slots__ = ("stream", "empty", "workspace")
+
+    def __init__(self, stream, empty, workspace):
+        self.stream, self.empty, self.workspace = stream, empty, workspace
+
+
+def _torch_call(x):
+    import torch
+
+    dev = x.device
+    like = x.dtype
+
+    def empty(shape, dtype="like"):
+        return torch.empty(shape, dtype=like if dtype == "like" else torch.float32, device=dev)
+
+    def workspace(nbytes):
+        t = torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=dev)
+        return t.data_ptr(), t
+
+    return CudaCall(int(torch.cuda.current_stream(dev).cuda_stream), empty, workspace)
+
+
+def _cupy_call(x):
+    import cupy
+
+    like = x.dtype
+
+    def empty(shape, dtype="like"):
+        with x.device:
+            return cupy.empty(shape, dtype=like if dtype == "like" else cupy.float32)
+
+    def workspace(nbytes):
+        with x.device:
+            a = cupy.empty(max(int(nbytes), 1), dtype=cupy.uint8)
+        return int(a.data.ptr), a
+
+    return CudaCall(int(cupy.cuda.get_current_stream().ptr), empty, workspace)
+
+
+def cuda_call(x):
+    """A CudaCall for a CUDA array of torch or cupy, else None."""
+    package = (getattr(type(x), "__module__", None) or "").partition(".")[0]
+    if package == "torch":
+        if getattr(x, "is_cuda", False):
+            return _torch_call(x)
+    elif package in ("cupy", "cupyx"):
+        return _cupy_call(x)
+    return None
