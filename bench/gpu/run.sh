@@ -18,7 +18,8 @@
 # bench_forward.py, e.g. "--quick" or "--no-flex"), BENCH_PLANNER_ARGS (for bench_planner.py,
 # e.g. "--skip-1m"), BENCH_BWD_ARGS (extra arguments for
 # bench_backward.py, e.g. "--no-flex"), SKIP_BUILD=1 (reuse an installed build), SKIP_TESTS=1,
-# SKIP_BWD=1 (no backward tests or timings).
+# SKIP_BWD=1 (no backward tests or timings), SKIP_BWD_BENCH=1 (backward tests, no timings),
+# SKIP_BENCH=1 (tests only).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -102,13 +103,14 @@ EOF
   fi
 fi
 
+if [ "${SKIP_BENCH:-0}" = "1" ]; then stamp "done (SKIP_BENCH)"; exit 0; fi
 stamp "benchmark: planner (host overhead, block-sparse end to end, dilated/strided)"
 # shellcheck disable=SC2086
 "$PY" "$ROOT/bench/gpu/bench_planner.py" --out "$OUT" ${BENCH_PLANNER_ARGS:-} 2>&1 | tee "$OUT/bench_planner.log" | grep -v '^|' | tail -5
 stamp "benchmark"
 # shellcheck disable=SC2086
 "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|' | tail -20
-if [ "${SKIP_BWD:-0}" != "1" ]; then
+if [ "${SKIP_BWD:-0}" != "1" ] && [ "${SKIP_BWD_BENCH:-0}" != "1" ]; then
   stamp "benchmark forward+backward"
   # shellcheck disable=SC2086
   "$PY" "$ROOT/bench/gpu/bench_backward.py" --out "$OUT" ${BENCH_BWD_ARGS:-} 2>&1 | tee "$OUT/bench_bwd.log" | grep -v '^|' | tail -20

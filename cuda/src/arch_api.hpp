@@ -9,13 +9,15 @@
 
 #include <cuda_runtime_api.h>
 
+#include "spattn/tensor.hpp"  // DType
+
 #include "spattn/cuda/backward_logic.hpp"  // BwdParams
 #include "spattn/cuda/forward_logic.hpp"   // FwdParams
 
 namespace spattn::cuda {
 
-// Element types of the kernels, as passed through the host API.
-enum class KernelDType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+// Element types of the kernels: the library's one dtype enum (spattn/tensor.hpp).
+using KernelDType = ::spattn::DType;
 
 // Parameters of the merge and sum kernels (kernels/merge_sum.cu): at most kMergeMaxParts parts
 // per launch (the host merges more in rounds). Shapes [B, N, H, D]; lse [B, H, N]; strides in

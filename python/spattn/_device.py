@@ -21,6 +21,15 @@ class CudaCall:
         self.stream, self.empty, self.workspace = stream, empty, workspace
 
 
+def _current_stream(torch, dev):
+    """torch's current stream on dev as an int: the C accessor when torch has it (a tenth of the
+    cost of torch.cuda.current_stream), else the public one."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        return int(raw(dev.index if dev.index is not None else torch.cuda.current_device()))
+    return int(torch.cuda.current_stream(dev).cuda_stream)
+
+
 def _torch_call(x):
     import torch
 
@@ -34,7 +43,7 @@ def _torch_call(x):
         t = torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=dev)
         return t.data_ptr(), t
 
-    return CudaCall(int(torch.cuda.current_stream(dev).cuda_stream), empty, workspace)
+    return CudaCall(_current_stream(torch, dev), empty, workspace)
 
 
 def _cupy_call(x):

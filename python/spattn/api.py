@@ -6,7 +6,7 @@ import numbers
 
 from . import _core
 from ._device import cuda_call
-from ._interop import detached as _plain, to_framework
+from ._interop import detached, plain as _plain, to_framework
 from .patterns import Dense, Pattern
 
 __all__ = ["attention", "attention_backward", "decode", "pool_keys", "info"]
@@ -56,7 +56,7 @@ def _offsets(x, name):
     """One cu_seqlens argument for the core: a DLPack array as it is (int32, or int64), a
     Python sequence of ints as an int64 numpy array. The core checks the values."""
     if hasattr(x, "__dlpack__"):
-        return _plain(x)
+        return detached(x)  # not a one-shot capsule: autograd's backward reads the offsets again
     if isinstance(x, (list, tuple, range)):
         import numpy as np
 
@@ -85,31 +85,36 @@ def _cu_seqlens(cu_seqlens_q, cu_seqlens_k):
 
 
 def _forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads):
-    """The core's forward on plain arrays: (out, lse or None) as the core returns them
-    (framework arrays for torch and cupy on CUDA, allocated here; else DLPack holders, or `out`
+    """The core's forward: (out, lse or None) as the core returns them (framework arrays for
+    torch and cupy on CUDA, allocated here through the framework; else DLPack holders, or `out`
     itself when given)."""
     cc = cuda_call(q)
     if cc is None:
-        return _core.forward(q, k, v, pattern._core(), scale, out, want_lse, cu_q, cu_k, threads)
+        return _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), want_lse, cu_q,
+                             cu_k, threads)
+    given = out
     if out is None:
         out = cc.empty(tuple(q.shape[:-1]) + (v.shape[-1],))
     lse = None
     if want_lse:
         lse_shape = (q.shape[1], q.shape[0]) if q.ndim == 3 else (q.shape[0], q.shape[2], q.shape[1])
         lse = cc.empty(lse_shape, "float32")
-    return _core.forward(q, k, v, pattern._core(), scale, out, want_lse, cu_q, cu_k, threads, lse_out=lse,
-                         stream=cc.stream, workspace=cc.workspace)
+    _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), want_lse, cu_q, cu_k, threads,
+                  lse_out=None if lse is None else _plain(lse), stream=cc.stream, workspace=cc.workspace)
+    return (given if given is not None else out), lse
 
 
 def _backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads):
-    """The core's backward on plain arrays: (dq, dk, dv), framework arrays for torch and cupy on
-    CUDA (allocated here), else DLPack holders."""
+    """The core's backward: (dq, dk, dv), framework arrays for torch and cupy on CUDA (allocated
+    here through the framework), else DLPack holders."""
     cc = cuda_call(q)
+    args = [_plain(x) for x in (dout, q, k, v, out, lse)]
     if cc is None:
-        return _core.backward(dout, q, k, v, out, lse, pattern._core(), scale, cu_q, cu_k, threads)
-    return _core.backward(dout, q, k, v, out, lse, pattern._core(), scale, cu_q, cu_k, threads,
-                          dq=cc.empty(tuple(q.shape)), dk=cc.empty(tuple(k.shape)), dv=cc.empty(tuple(v.shape)),
-                          stream=cc.stream, workspace=cc.workspace)
+        return _core.backward(*args, pattern._core(), scale, cu_q, cu_k, threads)
+    grads = cc.empty(tuple(q.shape)), cc.empty(tuple(k.shape)), cc.empty(tuple(v.shape))
+    _core.backward(*args, pattern._core(), scale, cu_q, cu_k, threads, dq=_plain(grads[0]), dk=_plain(grads[1]),
+                   dv=_plain(grads[2]), stream=cc.stream, workspace=cc.workspace)
+    return grads
 
 
 def _result(x, like):
@@ -139,7 +144,7 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
         o, lse = attention_with_grad(q, k, v, pattern, scale, cu)
         return (o, lse) if return_lse else o
     cu_q, cu_k = cu if cu is not None else (None, None)
-    o, lse = _forward(_plain(q), _plain(k), _plain(v), pattern, scale, _plain(out), return_lse, cu_q, cu_k, _threads(q))
+    o, lse = _forward(q, k, v, pattern, scale, out, return_lse, cu_q, cu_k, _threads(q))
     o = out if out is not None else _result(o, q)
     return (o, _result(lse, q)) if return_lse else o
 
@@ -150,7 +155,7 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     pattern, scale = _pattern(pattern), _scale(scale)
     cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
     cu_q, cu_k = cu if cu is not None else (None, None)
-    dq, dk, dv = _backward(*map(_plain, (dout, q, k, v, out, lse)), pattern, scale, cu_q, cu_k, _threads(q))
+    dq, dk, dv = _backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, _threads(q))
     return _result(dq, q), _result(dk, k), _result(dv, v)
 
 

@@ -126,11 +126,17 @@ void copy_strided(const TensorView& src, char* dst, int64_t esize) {
 
 ManagedTensor import_array(py::handle obj, const char* name, bool* versioned) {
   const std::string arg = name ? name : "array";
-  if (!py::hasattr(obj, "__dlpack__"))
+  // A capsule made by the Python layer itself (spattn._interop.plain: torch's C exporter, which
+  // costs a tenth of torch's Python __dlpack__): consumed as a producer's capsule would be.
+  // Only unused capsules of the two DLPack names are taken; anything else is refused below.
+  const bool capsule_given = PyCapsule_CheckExact(obj.ptr()) != 0;
+  if (!capsule_given && !py::hasattr(obj, "__dlpack__"))
     throw TypeError(arg + ": expected an array with __dlpack__ (numpy, torch, cupy, jax, ...), got " +
                     type_name(obj));
   py::object cap;
-  try {
+  if (capsule_given) {
+    cap = py::reinterpret_borrow<py::object>(obj);
+  } else try {
     const DLDevice device = producer_device(obj);
     py::object fn = obj.attr("__dlpack__");
     py::dict kw = dlpack_kwargs(device);

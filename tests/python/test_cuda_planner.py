@@ -216,7 +216,7 @@ def test_graph_capture_of_a_pattern_never_run(cuda):
 def test_cache_across_sizes(cuda):
     """One pattern object used at more sizes than its cache keeps, and back: always right."""
     torch = cuda
-    pattern = spattn.BlockSparse(np.random.default_rng(0).random((4, 40, 40)) < 0.3, block_size=64)
+    pattern = spattn.BigBird(64, 3, 1, 2, seed=5)  # generated per problem size: a real cache key
     for n in [2560, 2000, 1700, 2560, 1300, 999, 700, 500, 300, 2560, 2000]:
         q = _to(torch, _rand((1, n, 4, 64), n))
         k = _to(torch, _rand((1, n, 4, 64), n + 1))
@@ -226,6 +226,8 @@ def test_cache_across_sizes(cuda):
 
 def test_cupy_arrays(cuda):
     cupy = pytest.importorskip("cupy")
+    if "float16" not in spattn.info()["cuda_kernels"]:
+        pytest.skip("no float16 kernel in this build (cupy has no bfloat16)")
     q, k, v = (cupy.asarray(_rand((1, 512, 4, 64), 50 + i)).astype(cupy.float16) for i in range(3))
     out = spattn.attention(q, k, v, pattern=spattn.Causal())
     assert isinstance(out, cupy.ndarray)

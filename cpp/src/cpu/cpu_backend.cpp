@@ -42,34 +42,9 @@ class CpuBackend final : public Backend {
     cpu::backward(b);
   }
 
-  void decode(const Decode& d, const Call&) override {
-    cpu::DecodeArgs a;
-    a.q = d.q;
-    a.k = d.k;
-    a.v = d.v;
-    a.out = d.out;
-    a.lse = d.lse;
-    a.table = d.table;
-    a.paged = d.paged;
-    a.cache_len = d.cache_len;
-    a.dtype = d.dtype;
-    a.scale = d.scale;
-    a.pattern = d.pattern;
-    a.pooled = d.pooled;
-    cpu::decode(a);
-  }
+  void decode(const Decode& d, const Call&) override { cpu::decode(d); }
 
-  void pool_keys(const PoolKeys& p, const Call&) override {
-    cpu::PoolKeysArgs a;
-    a.k = p.k;
-    a.table = p.table;
-    a.out = p.out;
-    a.paged = p.paged;
-    a.cache_len = p.cache_len;
-    a.dtype = p.dtype;
-    a.block = p.block;
-    cpu::pool_keys(a);
-  }
+  void pool_keys(const PoolKeys& p, const Call&) override { cpu::pool_keys(p); }
 
   ManagedTensor allocate(DType dtype, const std::vector<int64_t>& shape, const Call&) override {
     return ManagedTensor::allocate_cpu(dtype, shape);

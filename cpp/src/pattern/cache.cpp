@@ -21,7 +21,7 @@ namespace spattn {
 namespace detail {
 
 struct CompileCache {
-  static constexpr size_t kEntries = 8;
+  static constexpr size_t kEntries = 32;
   struct Entry {
     int64_t nq, nk, hq;
     std::shared_ptr<const CompiledPattern> cp;

@@ -67,6 +67,9 @@ Pattern Pattern::sliding_window(int64_t left, int64_t right) {
   static std::mutex intern_mutex;
   static std::map<std::pair<int64_t, int64_t>, std::weak_ptr<const PatternNode>> interned;
   std::lock_guard<std::mutex> lock(intern_mutex);
+  if (interned.size() > 4096)  // drop the windows nobody holds any more
+    for (auto it = interned.begin(); it != interned.end();)
+      it = it->second.expired() ? interned.erase(it) : std::next(it);
   std::weak_ptr<const PatternNode>& slot = interned[{left, right}];
   std::shared_ptr<const PatternNode> found = slot.lock();
   if (!found) {

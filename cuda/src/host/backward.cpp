@@ -194,7 +194,7 @@ void attention_backward(const BackwardProblem& p) {
             ", k " + dims_str(k_shape, 4) + ")");
   if (rdk) check(arch->copy(dk, dks, p.dk, p.dk_strides, k_shape, es, stream), "writing dk back");
   if (rdv) check(arch->copy(dv, dvs, p.dv, p.dv_strides, v_shape, es, stream), "writing dv back");
-  if (sync_after_launch())
+  if (sync_after_launch(stream))
     check(cudaStreamSynchronize(stream), "the backward kernels (SPATTN_CUDA_SYNC)");
 }
 

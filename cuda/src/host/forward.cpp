@@ -146,7 +146,7 @@ void attention_forward(const ForwardProblem& p) {
         std::string("launching the ") + arch->name + " forward kernel (" + dtype_name(p.dtype) +
             ", D=" + std::to_string(p.d) + ", q " + dims_str(q_shape, 4) + ")");
   if (ro) check(arch->copy(o, os, p.out, p.out_strides, o_shape, es, stream), "writing out back");
-  if (sync_after_launch()) check(cudaStreamSynchronize(stream), "the forward kernel (SPATTN_CUDA_SYNC)");
+  if (sync_after_launch(stream)) check(cudaStreamSynchronize(stream), "the forward kernel (SPATTN_CUDA_SYNC)");
 }
 
 }  // namespace spattn::cuda

@@ -83,11 +83,8 @@ inline const ArchFns* arch_for(int major, int minor) {
   return nullptr;
 }
 
-inline KernelDType kernel_dtype(DType t) {
-  return t == DType::Float16 ? KernelDType::Float16
-         : t == DType::BFloat16 ? KernelDType::BFloat16
-                                : KernelDType::Float32;
-}
+// The kernels take the library's DType itself (arch_api.hpp); kept as a name for the call sites.
+inline KernelDType kernel_dtype(DType t) { return t; }
 
 // Whether a kernel table (ArchFns::supported or ::backward_supported; every architecture
 // compiles the same set) has a kernel for dtype with D == Dv == d.
@@ -228,12 +225,16 @@ inline bool kernel_readable(const void* ptr, const int64_t* strides, const int64
 
 inline size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
 
-inline bool sync_after_launch() {
+// SPATTN_CUDA_SYNC=1: synchronise after each launch to report a kernel's own errors there (for
+// debugging). Never while `stream` is being captured into a graph, where it is not allowed.
+inline bool sync_after_launch(cudaStream_t stream) {
   static const bool on = [] {
     const char* e = std::getenv("SPATTN_CUDA_SYNC");
     return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
   }();
-  return on;
+  if (!on) return false;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(stream, &status) == cudaSuccess && status == cudaStreamCaptureStatusNone;
 }
 
 inline std::string dims_str(const int64_t* s, int n) {
