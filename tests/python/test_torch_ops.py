@@ -174,7 +174,7 @@ def test_two_layer_model_compiles_with_fullgraph_and_no_graph_break(device):
         return out, grads
 
     eager_out, eager_grads = run(model)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True)  # inductor: the custom ops stay calls
     out, grads = run(compiled)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out, eager_out, rtol=tol, atol=tol)
