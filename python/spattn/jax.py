@@ -5,11 +5,13 @@ under `jax.jit`, `jax.grad` and `jax.vmap`.
     out = spattn.jax.attention(q, k, v, pattern=spattn.SlidingWindow(255, 0))
     dq = jax.grad(lambda q: spattn.jax.attention(q, k, v, pattern=p).sum())(q)
 
-How it runs today: the core is called from a `jax.pure_callback` on the host (CPU arrays,
-handed across without copies where the dtype allows). It is not yet an XLA FFI custom call, so
-arrays on a GPU are copied to the host and back, and XLA cannot fuse around the call.
-bfloat16 has no numpy DLPack form: bfloat16 arrays are computed in float32 on the host and the
-result rounded back to bfloat16.
+How it runs (`backend()` tells): on the CPU, as XLA FFI custom calls (`spattn_forward`,
+`spattn_backward`, `spattn_decode`, `spattn_decode_paged`) registered from spattn's C++
+library, built with the FFI headers jaxlib ships (`SPATTN_JAX=ON pip install .`, see the
+README). A build without those headers, or a JAX whose default backend is not the CPU, falls
+back to calling the core from a `jax.pure_callback` on the host: arrays on a GPU are then copied
+to the host and back, and bfloat16 (which numpy cannot hand over through DLPack) is computed in
+float32 there and rounded back. No CUDA FFI targets exist yet.
 
 Shapes and patterns as in `spattn.attention` / `spattn.decode` (SPEC §1-3): q [B, Nq, Hq, D],
 k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv] -> out [B, Nq, Hq, Dv] (and lse [B, Hq, Nq] float32 with
@@ -23,9 +25,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _core
 from . import api as _api
 
-__all__ = ["attention", "decode"]
+__all__ = ["attention", "decode", "backend"]
+
+_registered = None  # None: not yet asked; then True when the FFI targets are registered with JAX
+
+
+def _ffi_targets() -> bool:
+    global _registered
+    if _registered is None:
+        targets = dict(_core.xla_ffi_targets())
+        for name, capsule in targets.items():
+            jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+        _registered = bool(targets)
+    return _registered
+
+
+def backend() -> str:
+    """"xla_ffi" when calls run as XLA FFI custom calls, else "pure_callback" (see above)."""
+    return "xla_ffi" if _ffi_targets() and jax.default_backend() == "cpu" else "pure_callback"
+
+
+def _ffi_attrs(pattern, scale) -> dict:
+    pid = getattr(pattern, "_xla_ffi_id", None)
+    if pid is None:  # the C++ side keeps the pattern; the custom call names it by index
+        pid = _core.register_ffi_pattern(pattern._core())
+        pattern._xla_ffi_id = pid
+    return {"pattern": np.int64(pid), "scale": np.float64(0.0 if scale is None else scale)}
 
 
 def _host(x):
@@ -38,6 +66,9 @@ def _forward_call(q, k, v, pattern, scale):
     b, nq, hq, _ = q.shape
     shapes = (jax.ShapeDtypeStruct((b, nq, hq, v.shape[-1]), q.dtype),
               jax.ShapeDtypeStruct((b, hq, nq), jnp.float32))
+    if backend() == "xla_ffi":
+        call = jax.ffi.ffi_call("spattn_forward", shapes, vmap_method="sequential")
+        return call(q, k, v, **_ffi_attrs(pattern, scale))
 
     def run(q, k, v):
         out, lse = _api._forward(_host(q), _host(k), _host(v), pattern, scale, None, True, None)
@@ -48,6 +79,9 @@ def _forward_call(q, k, v, pattern, scale):
 
 def _backward_call(dout, q, k, v, out, lse, pattern, scale):
     shapes = tuple(jax.ShapeDtypeStruct(t.shape, q.dtype) for t in (q, k, v))
+    if backend() == "xla_ffi":
+        call = jax.ffi.ffi_call("spattn_backward", shapes, vmap_method="sequential")
+        return call(dout, q, k, v, out, lse, **_ffi_attrs(pattern, scale))
 
     def run(dout, q, k, v, out, lse):
         grads = _api._backward(_host(dout), _host(q), _host(k), _host(v), _host(out), _host(lse), pattern, scale,
@@ -103,6 +137,12 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     b, nq, hq, _ = q.shape
     shapes = (jax.ShapeDtypeStruct((b, nq, hq, v_cache.shape[-1]), q.dtype),
               jax.ShapeDtypeStruct((b, hq, nq), jnp.float32))
+    if backend() == "xla_ffi":
+        args = (q, k_cache, v_cache, cache_len) + (() if block_table is None else (jnp.asarray(block_table),))
+        name = "spattn_decode" if block_table is None else "spattn_decode_paged"
+        call = jax.ffi.ffi_call(name, shapes, vmap_method="sequential")
+        out, lse = call(*(jax.lax.stop_gradient(a) for a in args), **_ffi_attrs(pattern, scale))
+        return (out, lse) if return_lse else out
 
     def run(q, k_cache, v_cache, cache_len, *table):
         bt = np.asarray(table[0]) if table else None

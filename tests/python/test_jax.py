@@ -72,3 +72,30 @@ def test_decode_matches_attention_on_each_sequence():
     for b, n in enumerate([50, 23]):
         want = _ref(q[b : b + 1], k[b : b + 1, :n], v[b : b + 1, :n], pattern)
         np.testing.assert_allclose(out[b : b + 1], want, rtol=1e-5, atol=2e-6)
+
+
+def test_runs_as_xla_ffi_custom_calls():
+    from spattn import _core
+
+    if not _core.xla_ffi_targets():
+        pytest.skip("this spattn was built without jaxlib's FFI headers (SPATTN_JAX=ON pip install .)")
+    assert sj.backend() == "xla_ffi"
+    q, k, v = _qkv()
+    fn = jax.grad(lambda q, k, v: sj.attention(q, k, v, pattern=spattn.Causal()).sum(), argnums=(0, 1, 2))
+    hlo = jax.jit(fn).lower(q, k, v).as_text()
+    assert "spattn_forward" in hlo and "spattn_backward" in hlo
+    # the core's own checks come back as errors naming the argument
+    with pytest.raises(RuntimeError, match="Hkv"):  # JaxRuntimeError, the core's message
+        jax.block_until_ready(sj.attention(q, k[:, :, :1].repeat(3, axis=2), v))
+
+
+def test_decode_paged_matches_contiguous():
+    q, k, v = _qkv(nq=1, nk=48)
+    pages_k = k.reshape(2 * 6, 8, 2, 16)  # sequence b's keys in pages 6b .. 6b+5
+    pages_v = v.reshape(2 * 6, 8, 2, 16)
+    table = jnp.arange(12, dtype=jnp.int32).reshape(2, 6)
+    cache_len = jnp.array([48, 30], dtype=jnp.int32)
+    want = sj.decode(q, k, v, cache_len, pattern=spattn.SlidingWindow(15, 0))
+    got = jax.jit(lambda *a: sj.decode(*a[:4], block_table=a[4], pattern=spattn.SlidingWindow(15, 0)))(
+        q, pages_k, pages_v, cache_len, table)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
