@@ -145,7 +145,9 @@ class _Layer(torch.nn.Module):
     def forward(self, x):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).unbind(2)
-        o = spattn.attention(q, k, v, pattern=self.pattern)
+        # a pattern given as None is made here, inside the traced function, as users write it
+        pattern = self.pattern if self.pattern is not None else spattn.Global([1, 5]) | spattn.Strided(4)
+        o = spattn.attention(q, k, v, pattern=pattern, scale=0.25)
         return x + self.proj(o.reshape(b, n, -1))
 
 
@@ -155,11 +157,12 @@ def _model(dim):
     return torch.nn.Sequential(
         _Layer(dim, 4, spattn.Sink(2) | spattn.SlidingWindow(15, 0)),
         _Layer(dim, 4, spattn.BlockSparse(layout, block_size=16) | spattn.Global([0, 7])),
+        _Layer(dim, 4, None),
     )
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_two_layer_model_compiles_with_fullgraph_and_no_graph_break(device):
+def test_model_compiles_with_fullgraph_and_no_graph_break(device):
     _need(device, "cuda_backward_kernels")
     # CUDA: head dim 64 (a compiled one), bfloat16
     dtype, dim = (torch.float32, 32) if device == "cpu" else (torch.bfloat16, 256)
