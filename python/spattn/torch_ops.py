@@ -10,7 +10,9 @@ the calls.
   (`api._forward`, ...), so the core decides what runs where (CPU, CUDA).
 - A pattern crosses the operator boundary as a hashable text in the pattern syntax
   (`pattern_syntax`) plus a list of tensors for its data: ``layout(@0, 64, 64)`` for a
-  BlockSparse layout, ``global(@1)`` for Global positions, ``topk(...)`` for TopKBlocks. The
+  BlockSparse layout, ``global(@1)`` for Global positions, ``topk(...)`` for TopKBlocks; a
+  pattern without a text form (a user's own Pattern subclass) as ``#n``, the index of the object
+  kept in this process (it then holds its data itself). The
   text of a pattern object is made once and kept on it; the pattern an implementation needs is
   found again in a small cache (the caller's own object, whose compiled layouts the core
   keeps), so the eager path pays a dictionary lookup, not a parse.
@@ -18,6 +20,7 @@ the calls.
 Imported only by callers that already use torch.
 """
 import collections
+import threading
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -78,15 +81,18 @@ def _encode(p, data: list) -> str:
         bq, bk = p.block_size
         always = "none" if p.always is None else _encode(p.always, data)
         return f"topk({p.k},{bq},{bk},causal={_flag_text(p.causal)},always={always})"
-    raise TypeError(
-        f"pattern: {t.__name__} has no text form, so it cannot cross spattn's torch operators; "
-        "use the spattn pattern classes (Dense, SlidingWindow, BlockSparse, ...) and their combinations"
-    )
+    raise _NoText(t.__name__)
+
+
+class _NoText(Exception):
+    """A pattern (or a part of one) that the text syntax cannot write."""
 
 
 _CACHE_SIZE = 128
 # text -> pattern, or (text, data keys) -> (pattern, data): the patterns the implementations use.
 _patterns: "collections.OrderedDict" = collections.OrderedDict()
+_kept: list = []  # patterns named "#n" (no text form), kept for the life of the process
+_lock = threading.Lock()  # calls from several threads share the cache
 
 
 def _data_key(data) -> tuple:
@@ -96,10 +102,11 @@ def _data_key(data) -> tuple:
 
 
 def _remember(key, value):
-    _patterns[key] = value
-    _patterns.move_to_end(key)
-    while len(_patterns) > _CACHE_SIZE:
-        _patterns.popitem(last=False)
+    with _lock:
+        _patterns[key] = value
+        _patterns.move_to_end(key)
+        while len(_patterns) > _CACHE_SIZE:
+            _patterns.popitem(last=False)
 
 
 def pattern_spec(pattern) -> Tuple[str, List[Tensor]]:
@@ -108,7 +115,12 @@ def pattern_spec(pattern) -> Tuple[str, List[Tensor]]:
     if cached is not None:
         return cached
     data: list = []
-    spec = _encode(pattern, data)
+    try:
+        spec = _encode(pattern, data)
+    except _NoText:  # a user's own Pattern subclass somewhere inside: the object, by index
+        with _lock:
+            _kept.append(pattern)
+            spec, data = f"#{len(_kept) - 1}", []
     if not torch.compiler.is_compiling():  # tracing only reads; eager calls keep the result
         pattern._torch_op_spec = (spec, data)
         _remember((spec, _data_key(data)) if data else spec, (pattern, tuple(data)))
@@ -117,11 +129,14 @@ def pattern_spec(pattern) -> Tuple[str, List[Tensor]]:
 
 def _pattern_of(spec: str, data: List[Tensor]):
     """The pattern object for (spec, data), from the cache or parsed (then cached)."""
+    if spec.startswith("#"):
+        return _kept[int(spec[1:])]
     key = (spec, _data_key(data)) if data else spec
-    hit = _patterns.get(key)
-    if hit is not None:
-        _patterns.move_to_end(key)
-        return hit[0]
+    with _lock:
+        hit = _patterns.get(key)
+        if hit is not None:
+            _patterns.move_to_end(key)
+            return hit[0]
     arrays = [t.detach().cpu().numpy() for t in data]
     pattern = _parse(spec, data=arrays)
     _remember(key, (pattern, tuple(data)))

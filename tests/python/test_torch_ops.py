@@ -195,3 +195,19 @@ def test_meta_tensors_get_shapes_from_the_fake_implementation():
     assert lse.dtype == torch.float32
     with pytest.raises(ValueError, match="q: expected 4 dimensions"):
         spattn.attention(q[0], k, v)
+
+
+def test_a_pattern_without_text_form_crosses_by_index():
+    class Mine(spattn.Pattern):  # a user's own pattern class: no text form
+        def _build(self):
+            return spattn.SlidingWindow(6, 0)._core()
+
+    pattern = Mine() | spattn.Sink(1)
+    spec, data = torch_ops.pattern_spec(pattern)
+    assert spec.startswith("#") and data == []
+    q, k, v = _qkv(torch.float32, "cpu")
+    out = spattn.attention(q, k, v, pattern=pattern)
+    ref = spattn.attention(q.detach(), k.detach(), v.detach(), pattern=spattn.SlidingWindow(6, 0) | spattn.Sink(1))
+    assert torch.equal(out.detach(), ref)
+    out.sum().backward()
+    assert q.grad is not None
