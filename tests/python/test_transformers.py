@@ -121,3 +121,14 @@ def test_holes_in_the_padding_are_refused_clearly():
     mask[0, 7] = 0
     with pytest.raises(ValueError, match="contiguous"):
         _model("llama", "spattn")(ids, attention_mask=mask)
+
+
+@pytest.mark.parametrize("name", ["gemma3"])
+def test_greedy_generation_with_a_static_cache(name):
+    ids, mask = _batch()
+    out = {}
+    for impl in ("eager", "spattn"):
+        model = _model(name, impl).eval()
+        out[impl] = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                                   cache_implementation="static")
+    assert torch.equal(out["spattn"], out["eager"])

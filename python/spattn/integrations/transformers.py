@@ -39,6 +39,13 @@ class SpattnMask:
 
     __slots__ = ("causal", "window", "padding", "q_length", "kv_length", "q_offset", "kv_offset")
 
+    # Generation with a static (compileable) cache prepares masks before the forward pass and
+    # hands them back in as attention_mask: a prepared mask is 4-D there, and made contiguous.
+    ndim = 4
+
+    def contiguous(self):
+        return self
+
     def __init__(self, causal, window, padding, q_length, kv_length, q_offset, kv_offset):
         self.causal, self.window, self.padding = causal, window, padding
         self.q_length, self.kv_length, self.q_offset, self.kv_offset = q_length, kv_length, q_offset, kv_offset
@@ -80,6 +87,8 @@ def mask_interface(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mas
     """transformers' mask interface for "spattn": a SpattnMask instead of a dense mask."""
     from transformers import masking_utils as mu
 
+    if isinstance(attention_mask, SpattnMask):  # prepared by generate() for this very step
+        return attention_mask
     kind = _kind(mask_function if mask_function is not None else mu.causal_mask_function)
     if kind is None:
         name = getattr(mask_function, "__qualname__", type(mask_function).__name__)
@@ -159,7 +168,11 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
             k, v = k[:, :valid], v[:, :valid]
             padding = None if padding is None else padding[:, :valid]
     if padding is not None:
-        return _padded(q, k, v, padding, pattern, scaling), None
+        # Prefill (or training): the queries are the keys' own tokens, and a padded key is a padded
+        # query. With a cache the new queries are real tokens (a static cache may list slots after
+        # them that its padding mask marks empty).
+        prefill = mask is not None and int(mask.q_offset) == 0 and nq == k.shape[1]
+        return _padded(q, k, v, padding, pattern, scaling, prefill), None
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if nq <= _DECODE_MAX_QUERIES and not wants_grad and q.device.type == "cpu" and causal:
         cache_len = torch.full((q.shape[0],), k.shape[1], dtype=torch.int32)
@@ -167,8 +180,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     return spattn.attention(q, k, v, pattern=pattern, scale=scaling), None
 
 
-def _padded(q, k, v, padding, pattern, scale):
-    """Padding as a variable-length batch: each row's real tokens are one sequence."""
+def _padded(q, k, v, padding, pattern, scale, prefill):
+    """Padding as a variable-length batch: each row's real tokens are one sequence, the
+    queries aligned with its newest keys."""
     b, nq, hq, _ = q.shape
     nk = k.shape[1]
     if padding.shape != (b, nk):
@@ -178,7 +192,7 @@ def _padded(q, k, v, padding, pattern, scale):
             "attention_mask: spattn needs each row's real tokens to be one contiguous run (left or right "
             "padding); this mask has padding between real tokens"
         )
-    qvalid = padding[:, nk - nq :]
+    qvalid = padding[:, nk - nq :] if prefill else torch.ones((b, nq), dtype=torch.bool, device=padding.device)
     offsets = lambda m: torch.nn.functional.pad(m.sum(1).cumsum(0), (1, 0)).to(torch.int32)  # noqa: E731
     out = spattn.attention(q[qvalid], k[padding], v[padding], pattern=pattern, scale=scale,
                            cu_seqlens_q=offsets(qvalid), cu_seqlens_k=offsets(padding))
