@@ -50,6 +50,7 @@ def test_forward_and_gradients_under_jit_match_jnp(name):
 
 
 def test_lse_vmap_bfloat16_and_errors():
+    assert spattn.jax is sj  # reachable without importing the submodule
     q, k, v = _qkv()
     out, lse = sj.attention(q, k, v, pattern=spattn.Causal(), return_lse=True)
     assert out.shape == (2, 37, 4, 16) and lse.shape == (2, 4, 37) and lse.dtype == jnp.float32

@@ -56,6 +56,7 @@ def _batch(left_padding=True):
 def test_registered_in_both_interfaces():
     from transformers import AttentionInterface, AttentionMaskInterface
 
+    assert spattn.integrations.transformers is st  # reachable without importing the submodule
     assert AttentionInterface()["spattn"] is st.attention_forward
     assert AttentionMaskInterface()["spattn"] is st.mask_interface
     assert _model("llama", "spattn").config._attn_implementation == "spattn"
