@@ -296,9 +296,12 @@ def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None):
 
 
 def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None):
+    """(dq, dk, dv) through spattn::attention_backward; the gradients carry no gradient
+    themselves (no double backward), as on the direct path."""
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
-    return _attention_backward(dout, q, k, v, out, lse, spec, data, scale, cu_q, cu_k)
+    args = [t.detach() for t in (dout, q, k, v, out, lse)]
+    return _attention_backward(*args, spec, data, scale, cu_q, cu_k)
 
 
 def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys):
