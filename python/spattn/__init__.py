@@ -29,6 +29,16 @@ from .reference import reference_attention
 
 __version__ = info()["version"]
 
+
+def __getattr__(name):
+    # spattn.jax, spattn.torch_ops and spattn.integrations import their framework, so they are
+    # loaded on first use (`spattn.jax.attention(...)` works without `import spattn.jax`).
+    if name in ("jax", "torch_ops", "integrations"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'spattn' has no attribute {name!r}")
+
 __all__ = [
     "attention",
     "attention_backward",

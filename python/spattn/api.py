@@ -41,6 +41,12 @@ def _wants_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
 
 
+def _all_torch(*arrays) -> bool:
+    """True when every given array is a torch tensor: then the call goes through spattn's torch
+    operators (spattn.torch_ops), which torch.compile traces. Never imports torch by itself."""
+    return all(type(a).__module__.split(".")[0] == "torch" for a in arrays if a is not None)
+
+
 def _threads(x) -> int:
     """The CPU thread budget of the caller's framework: torch's get_num_threads() for torch
     tensors (so that torch.set_num_threads, and data-loader workers limited to one thread, hold
@@ -84,7 +90,7 @@ def _cu_seqlens(cu_seqlens_q, cu_seqlens_k):
     return _offsets(cu_seqlens_q, "cu_seqlens_q"), _offsets(cu_seqlens_k, "cu_seqlens_k")
 
 
-def _forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads):
+def _core_forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads):
     """The core's forward: (out, lse or None) as the core returns them (framework arrays for
     torch and cupy on CUDA, allocated here through the framework; else DLPack holders, or `out`
     itself when given)."""
@@ -104,7 +110,7 @@ def _forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads):
     return (given if given is not None else out), lse
 
 
-def _backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads):
+def _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads):
     """The core's backward: (dq, dk, dv), framework arrays for torch and cupy on CUDA (allocated
     here through the framework), else DLPack holders."""
     cc = cuda_call(q)
@@ -135,16 +141,22 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
     the pattern applied inside it. out is [Tq, Hq, Dv], lse [Hq, Tq].
     """
     pattern, scale = _pattern(pattern), _scale(scale)
-    cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
-    if _wants_grad(q, k, v):
-        if out is not None:
-            raise ValueError("out: not supported when autograd records the call (inputs require grad)")
-        from .autograd import attention_with_grad
+    if out is None and _all_torch(q, k, v):
+        from . import torch_ops  # the spattn::attention_forward operator, with autograd
 
-        o, lse = attention_with_grad(q, k, v, pattern, scale, cu)
+        o, lse = torch_ops.attention(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k)
         return (o, lse) if return_lse else o
+    cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
+    if out is not None and _wants_grad(q, k, v):
+        raise ValueError("out: not supported when autograd records the call (inputs require grad)")
+    return _forward(q, k, v, pattern, scale, out, return_lse, cu)
+
+
+def _forward(q, k, v, pattern, scale, out, return_lse, cu):
+    """The core's forward on checked arguments (`cu`: None or the two offset arrays); the torch
+    operator's implementation calls it too."""
     cu_q, cu_k = cu if cu is not None else (None, None)
-    o, lse = _forward(q, k, v, pattern, scale, out, return_lse, cu_q, cu_k, _threads(q))
+    o, lse = _core_forward(q, k, v, pattern, scale, out, return_lse, cu_q, cu_k, _threads(q))
     o = out if out is not None else _result(o, q)
     return (o, _result(lse, q)) if return_lse else o
 
@@ -153,9 +165,17 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     """Gradients (dq, dk, dv) of attention, given dout and the forward's out and lse (with
     cu_seqlens_q / cu_seqlens_k: of a variable-length batch, shapes as in `attention`)."""
     pattern, scale = _pattern(pattern), _scale(scale)
-    cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
+    if _all_torch(dout, q, k, v, out, lse):
+        from . import torch_ops  # the spattn::attention_backward operator
+
+        return torch_ops.attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q, cu_seqlens_k)
+    return _backward(dout, q, k, v, out, lse, pattern, scale, _cu_seqlens(cu_seqlens_q, cu_seqlens_k))
+
+
+def _backward(dout, q, k, v, out, lse, pattern, scale, cu):
+    """The core's backward on checked arguments; the torch operator's implementation calls it."""
     cu_q, cu_k = cu if cu is not None else (None, None)
-    dq, dk, dv = _backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, _threads(q))
+    dq, dk, dv = _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, _threads(q))
     return _result(dq, q), _result(dk, k), _result(dv, v)
 
 
@@ -203,6 +223,16 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     block is full, so a serving loop updates one entry per ``bk`` new tokens.
     """
     pattern, scale = _pattern(pattern), _scale(scale)
+    if _all_torch(q, k_cache, v_cache, pooled_keys):
+        from . import torch_ops  # the spattn::decode operator
+
+        o, lse = torch_ops.decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys)
+        return (o, lse) if return_lse else o
+    return _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys)
+
+
+def _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys):
+    """The core's decode on checked pattern and scale; the torch operator's implementation calls it."""
     cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
     bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
     pk = None if pooled_keys is None else _plain(pooled_keys)

@@ -22,6 +22,16 @@ def merge(outs, lses):
     if isinstance(lses, (str, bytes)) or not hasattr(lses, "__len__"):
         raise TypeError(f"lses: expected a list of arrays, got {type(lses).__name__}")
     outs, lses = list(outs), list(lses)
+    if outs and lses and all(type(x).__module__.split(".")[0] == "torch" for x in outs + lses):
+        from . import torch_ops  # the spattn::merge operator
+
+        return torch_ops.merge(outs, lses)
+    return _merge(outs, lses)
+
+
+def _merge(outs, lses):
+    """The core's merge; the torch operator's implementation calls it too. CUDA arrays of torch
+    or cupy merge on the framework's current stream."""
     cc = cuda_call(outs[0]) if outs else None
     o, l = _core.merge([detached(x) for x in outs], [detached(x) for x in lses], None if cc is None else cc.stream)
     return to_framework(o, outs[0]), to_framework(l, outs[0])

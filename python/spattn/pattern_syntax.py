@@ -5,6 +5,8 @@
     parse("causal & (strided(64) | window(63,0))")
     parse("perhead(causal; window(127,0))")    # head h uses the h-th pattern
     parse("blocksparse(random=0.1, block=128)", n=4096)   # drawn for the problem size
+    parse("topk(8, 64, 64, always=sink(4))")   # TopKBlocks
+    parse("layout(@0, 64, 64) | global(@1)", data=[layout, positions])   # data by reference
 
 Grammar (a recursive-descent parser; nothing is evaluated as Python)::
 
@@ -13,7 +15,9 @@ Grammar (a recursive-descent parser; nothing is evaluated as Python)::
     factor  := '(' expr ')' | NAME [ '(' [args] ')' ]
     args    := arg ((',' | ';') arg)*
     arg     := [NAME '='] value
-    value   := INT | FLOAT | none | true | false | expr   (expr only inside perhead)
+    value   := INT | FLOAT | none | true | false | REF | expr
+               (expr only inside perhead and as topk's `always`; REF is @i, the i-th array of
+               `data`: how torch's custom ops pass a pattern's arrays beside its text)
 
 Names are case-insensitive; see `SYNTAX_HELP` (printed by `spattn show --help`) for the list.
 """
@@ -97,6 +101,18 @@ _SPECS: dict[str, _Spec] = {
         "PerHead", [], "perhead(p0; p1; ...): head h uses p_h", variadic="pattern",
         aliases=["per_head"],
     ),
+    "topk": _Spec(
+        "TopKBlocks",
+        [("k", _REQUIRED, "int"), ("bq", 64, "int"), ("bk", None, "optint"), ("causal", True, "bool"),
+         ("always", None, "pattern")],
+        "topk(k, bq=64, bk=bq, causal=true, always=none): TopKBlocks, the k best key blocks per query block",
+        aliases=["topkblocks", "topk_blocks"],
+    ),
+    "layout": _Spec(
+        "BlockSparse",
+        [("layout", _REQUIRED, "ref"), ("bq", 64, "int"), ("bk", None, "optint")],
+        "layout(@i, bq=64, bk=bq): BlockSparse on the i-th array of `data` (parse(..., data=[...]))",
+    ),
 }
 _ALIASES = {a: name for name, s in _SPECS.items() for a in s.aliases}
 KNOWN_NAMES = tuple(_SPECS)
@@ -109,13 +125,24 @@ pattern syntax (names are case-insensitive; rel = (i + Nk - Nq) - j, see SPEC §
 examples:
   'window(511,0)'   'sink(4) | window(1023,0)'   'causal & (strided(128) | window(127,0))'
   'bigbird(64,3,2,3,seed=1)'   'perhead(causal; window(255,0))'
-  'blocksparse(random=0.1,block=128,seed=0,heads=8)'"""
+  'blocksparse(random=0.1,block=128,seed=0,heads=8)'   'topk(8,64,always=sink(4)|window(255))'"""
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<ref>@\d+)"
     r"|(?P<op>[()|&,;=]))"
 )
+
+
+@dataclass(frozen=True, repr=False)
+class _Ref:
+    """@i in the text: the i-th array of `data`."""
+    index: int
+    pos: int
+
+    def __repr__(self) -> str:
+        return f"@{self.index}"
 
 
 @dataclass
@@ -142,8 +169,8 @@ def _tokenize(text: str) -> list[_Tok]:
 
 
 class _Parser:
-    def __init__(self, text: str, n, nk):
-        self.text, self.n, self.nk = text, n, nk
+    def __init__(self, text: str, n, nk, data=None):
+        self.text, self.n, self.nk, self.data = text, n, nk, data
         self.toks = _tokenize(text)
         self.i = 0
 
@@ -246,16 +273,24 @@ class _Parser:
                 self.error(f"{key}(): argument {tok.text!r} given twice")
             self.i += 2
             vpos = self.tok.pos
-            keywords[tok.text.lower()] = (self.value(spec, key), vpos)
+            kind = next(k for n, _, k in spec.params if n == tok.text.lower())
+            keywords[tok.text.lower()] = (self.value(spec, key, kind), vpos)
             return
         if keywords:
             self.error(f"{key}(): a positional argument after a keyword argument")
-        positional.append((self.value(spec, key), tok.pos))
+        kind = spec.params[len(positional)][2] if len(positional) < len(spec.params) else None
+        positional.append((self.value(spec, key, kind), tok.pos))
 
-    def value(self, spec: _Spec, key: str):
+    def value(self, spec: _Spec, key: str, kind: str | None = None):
         tok = self.tok
-        if spec.variadic == "pattern":
+        if spec.variadic == "pattern" or kind == "pattern":
+            if tok.kind == "name" and tok.text.lower() == "none" and kind == "pattern":
+                self.i += 1
+                return None
             return self.expr()
+        if tok.kind == "ref":
+            self.i += 1
+            return _Ref(int(tok.text[1:]), tok.pos)
         if tok.kind == "num":
             self.i += 1
             text = tok.text
@@ -265,7 +300,7 @@ class _Parser:
         if tok.kind == "name" and tok.text.lower() in ("none", "inf", "true", "false"):
             self.i += 1
             return {"none": None, "inf": None, "true": True, "false": False}[tok.text.lower()]
-        self.error(f"expected a number, none, true or false as an argument of {key}(...), "
+        self.error(f"expected a number, none, true, false or @i as an argument of {key}(...), "
                    f"found {self.describe(tok)}")
 
     # -- construction -------------------------------------------------------------------------
@@ -275,10 +310,12 @@ class _Parser:
             "optint": value is None or (isinstance(value, int) and not isinstance(value, bool)),
             "bool": isinstance(value, bool),
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "ref": isinstance(value, _Ref),
+            "pattern": value is None or isinstance(value, _patterns.Pattern),
         }[kind]
         if not ok:
             want = {"int": "an integer", "optint": "an integer or none", "bool": "true or false",
-                    "float": "a number"}[kind]
+                    "float": "a number", "ref": "an array reference @i", "pattern": "a pattern or none"}[kind]
             self.error(f"{what}: expected {want}, got {value!r}", pos)
         return float(value) if kind == "float" else value
 
@@ -291,6 +328,8 @@ class _Parser:
             if not positional:
                 self.error(f"{key}() needs at least one argument", pos)
             if spec.variadic == "int":
+                if len(positional) == 1 and isinstance(positional[0][0], _Ref):
+                    return self.construct(cls, key, pos, self.resolve(*positional[0]))
                 values = [self.coerce(v, "int", f"{key}() position", p) for v, p in positional]
                 return self.construct(cls, key, pos, values)
             return self.construct(cls, key, pos, [v for v, _ in positional])
@@ -314,7 +353,21 @@ class _Parser:
             args.setdefault(n, d)
         if key == "blocksparse":
             return self.blocksparse(cls, pos, **args)
+        if key == "layout":
+            bk = args["bq"] if args["bk"] is None else args["bk"]
+            return self.construct(cls, key, pos, self.resolve(args["layout"], args["layout"].pos), (args["bq"], bk))
+        if key == "topk":
+            bk = args["bq"] if args["bk"] is None else args["bk"]
+            return self.construct(cls, key, pos, args["k"], (args["bq"], bk), args["causal"], args["always"])
         return self.construct(cls, key, pos, *[args[n] for n, _, _ in spec.params])
+
+    def resolve(self, ref: _Ref, pos: int):
+        """The array that @i names (numpy, or anything numpy can read)."""
+        if not self.data:
+            self.error(f"@{ref.index} refers to an array, but no data was given (parse(text, data=[...]))", pos)
+        if not 0 <= ref.index < len(self.data):
+            self.error(f"@{ref.index} refers to array {ref.index}, but data holds {len(self.data)}", pos)
+        return self.data[ref.index]
 
     def construct(self, cls_name: str, key: str, pos: int, *args):
         cls = getattr(_patterns, cls_name, None)
@@ -351,13 +404,14 @@ class _Parser:
         return self.construct(cls, "blocksparse", pos, layout, (block, block))
 
 
-def parse(text: str, n: int | None = None, nk: int | None = None):
+def parse(text: str, n: int | None = None, nk: int | None = None, data=None):
     """The pattern that `text` describes (see the module docstring for the syntax).
 
     `n` (and `nk`, default `n`) is the problem size, needed only by `blocksparse(random=...)`,
-    whose layout is drawn for it. Raises ValueError (a PatternSyntaxError, with `.pos`) for
-    text that is not a valid pattern.
+    whose layout is drawn for it. `data` is a sequence of arrays that `@i` in the text refers
+    to (`layout(@0, 64)`: a BlockSparse on data[0]; `global(@1)`: Global on data[1]). Raises
+    ValueError (a PatternSyntaxError, with `.pos`) for text that is not a valid pattern.
     """
     if not isinstance(text, str):
         raise TypeError(f"pattern text: expected a str, got {type(text).__name__}")
-    return _Parser(text, n, nk).parse()
+    return _Parser(text, n, nk, None if data is None else list(data)).parse()

@@ -6,6 +6,7 @@ Each class is a thin description; the meaning lives in C++ (`spattn::Pattern`), 
 from __future__ import annotations
 
 import operator
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -152,10 +153,24 @@ class BlockLayout:
         )
 
 
+def _tracing() -> bool:
+    """True while torch.compile traces (torch is never imported here: if the caller has not
+    imported it, nothing is being traced)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
+
+
 class Pattern:
     """Base class. Subclasses build their C++ pattern in `_build()`."""
 
     _compiled: _core.Pattern | None = None
+
+    def _check(self) -> None:
+        # Constructors check their arguments at once by building the C++ pattern; a pattern
+        # made inside a function torch.compile traces is checked when its operator runs
+        # instead (the tracer cannot follow the C++ call).
+        if not _tracing():
+            self._core()
 
     def _build(self) -> _core.Pattern:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -235,7 +250,7 @@ class SlidingWindow(Pattern):
     def __init__(self, left: int | None, right: int | None = 0):
         self.left = _bound(_index(left, "SlidingWindow: left", allow_none=True))
         self.right = _bound(_index(right, "SlidingWindow: right", allow_none=True))
-        self._core()  # check the arguments now, not at the first call
+        self._check()  # check the arguments now, not at the first call
 
     def _build(self):
         return _core.Pattern.sliding_window(self.left, self.right)
@@ -250,7 +265,7 @@ class BlockSparse(Pattern):
         self.block_size = _pair(block_size, "BlockSparse: block_size")
         arr = _layout_array(layout)
         self.layout = arr
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.block_sparse(self.layout, *self.block_size)
@@ -308,7 +323,7 @@ class Dilated(Pattern):
             raise ValueError(f"Dilated: right must be >= 0 or None, got {right}")
         self.left, self.right = _bound(left), _bound(right)
         self.dilation = _positive(dilation, "Dilated: dilation")
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.dilated(self.left, self.right, self.dilation)
@@ -320,7 +335,7 @@ class Strided(Pattern):
     def __init__(self, stride: int, causal: bool = True):
         self.stride = _positive(stride, "Strided: stride")
         self.causal = _flag(causal, "Strided: causal")
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.strided(self.stride, self.causal)
@@ -337,7 +352,7 @@ class Fixed(Pattern):
         if not 1 <= self.summary <= self.block:
             raise ValueError(f"Fixed: summary must be in 1..block={self.block}, got {self.summary}")
         self.causal = _flag(causal, "Fixed: causal")
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.fixed(self.block, self.summary, self.causal)
@@ -364,7 +379,7 @@ class Global(Pattern):
                 raise ValueError(f"Global: position {v} is too large")
             out.append(v)
         self.positions = tuple(out)
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.global_(list(self.positions))
@@ -375,7 +390,7 @@ class Sink(Pattern):
 
     def __init__(self, n: int):
         self.n = min(_nonneg(n, "Sink: n"), _UNBOUNDED)
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.sink(self.n)
@@ -405,7 +420,7 @@ class BigBird(Pattern):
         for name in ("block", "window", "globals", "randoms"):
             if getattr(self, name) >= 1 << 40:
                 raise ValueError(f"BigBird: {name} is too large")
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.bigbird(self.block, self.window, self.globals, self.randoms, self.seed)
@@ -434,7 +449,7 @@ class Union(Pattern):
         for p in _parts(parts, "Union"):
             flat.extend(p.parts if type(p) is Union else [p])
         self.parts = tuple(flat)
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.union([p._core() for p in self.parts])
@@ -448,7 +463,7 @@ class Intersection(Pattern):
         for p in _parts(parts, "Intersection"):
             flat.extend(p.parts if type(p) is Intersection else [p])
         self.parts = tuple(flat)
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.intersection([p._core() for p in self.parts])
@@ -465,7 +480,7 @@ class PerHead(Pattern):
             self.parts = tuple(_parts(patterns, "PerHead"))
         except ValueError:
             raise ValueError("PerHead: expected a list of patterns, one per query head, got an empty list") from None
-        self._core()
+        self._check()
 
     def _build(self):
         return _core.Pattern.per_head([p._core() for p in self.parts])
@@ -504,7 +519,7 @@ class TopKBlocks(Pattern):
         if isinstance(always, TopKBlocks):
             raise ValueError("TopKBlocks: always must be a fixed pattern (Sink, SlidingWindow, ...), got TopKBlocks")
         self.always = always
-        self._core()
+        self._check()
 
     def _build(self):
         bq, bk = self.block_size

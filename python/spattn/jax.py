@@ -1,0 +1,156 @@
+"""spattn for JAX: `attention` (with gradients through `jax.custom_vjp`) and `decode`, usable
+under `jax.jit`, `jax.grad` and `jax.vmap`.
+
+    import spattn.jax
+    out = spattn.jax.attention(q, k, v, pattern=spattn.SlidingWindow(255, 0))
+    dq = jax.grad(lambda q: spattn.jax.attention(q, k, v, pattern=p).sum())(q)
+
+How it runs (`backend()` tells): on the CPU, as XLA FFI custom calls (`spattn_forward`,
+`spattn_backward`, `spattn_decode`, `spattn_decode_paged`) registered from spattn's C++
+library, built with the FFI headers jaxlib ships (`SPATTN_JAX=ON pip install .`, see the
+README). A build without those headers, or a JAX whose default backend is not the CPU, falls
+back to calling the core from a `jax.pure_callback` on the host: arrays on a GPU are then copied
+to the host and back, and bfloat16 (which numpy cannot hand over through DLPack) is computed in
+float32 there and rounded back. No CUDA FFI targets exist yet.
+
+Shapes and patterns as in `spattn.attention` / `spattn.decode` (SPEC §1-3): q [B, Nq, Hq, D],
+k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv] -> out [B, Nq, Hq, Dv] (and lse [B, Hq, Nq] float32 with
+`return_lse`, which carries no gradient).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _core
+from . import api as _api
+
+__all__ = ["attention", "decode", "backend"]
+
+_registered = None  # None: not yet asked; then True when the FFI targets are registered with JAX
+
+
+def _ffi_targets() -> bool:
+    global _registered
+    if _registered is None:
+        targets = dict(_core.xla_ffi_targets())
+        for name, capsule in targets.items():
+            jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+        _registered = bool(targets)
+    return _registered
+
+
+def backend() -> str:
+    """"xla_ffi" when calls run as XLA FFI custom calls, else "pure_callback" (see above)."""
+    return "xla_ffi" if _ffi_targets() and jax.default_backend() == "cpu" else "pure_callback"
+
+
+def _ffi_attrs(pattern, scale) -> dict:
+    pid = getattr(pattern, "_xla_ffi_id", None)
+    if pid is None:  # the C++ side keeps the pattern; the custom call names it by index
+        pid = _core.register_ffi_pattern(pattern._core())
+        pattern._xla_ffi_id = pid
+    return {"pattern": np.int64(pid), "scale": np.float64(0.0 if scale is None else scale)}
+
+
+def _host(x):
+    """A callback argument as an array the core reads (float32 in place of bfloat16)."""
+    x = np.asarray(x)
+    return x.astype(np.float32) if x.dtype == jnp.bfloat16 else x
+
+
+def _forward_call(q, k, v, pattern, scale):
+    b, nq, hq, _ = q.shape
+    shapes = (jax.ShapeDtypeStruct((b, nq, hq, v.shape[-1]), q.dtype),
+              jax.ShapeDtypeStruct((b, hq, nq), jnp.float32))
+    if backend() == "xla_ffi":
+        call = jax.ffi.ffi_call("spattn_forward", shapes, vmap_method="sequential")
+        return call(q, k, v, **_ffi_attrs(pattern, scale))
+
+    def run(q, k, v):
+        out, lse = _api._forward(_host(q), _host(k), _host(v), pattern, scale, None, True, None)
+        return np.asarray(out).astype(shapes[0].dtype, copy=False), np.asarray(lse)
+
+    return jax.pure_callback(run, shapes, q, k, v, vmap_method="sequential")
+
+
+def _backward_call(dout, q, k, v, out, lse, pattern, scale):
+    shapes = tuple(jax.ShapeDtypeStruct(t.shape, q.dtype) for t in (q, k, v))
+    if backend() == "xla_ffi":
+        call = jax.ffi.ffi_call("spattn_backward", shapes, vmap_method="sequential")
+        return call(dout, q, k, v, out, lse, **_ffi_attrs(pattern, scale))
+
+    def run(dout, q, k, v, out, lse):
+        grads = _api._backward(_host(dout), _host(q), _host(k), _host(v), _host(out), _host(lse), pattern, scale,
+                               None)
+        return tuple(np.asarray(g).astype(s.dtype, copy=False) for g, s in zip(grads, shapes))
+
+    return jax.pure_callback(run, shapes, dout, q, k, v, out, lse, vmap_method="sequential")
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _attention(q, k, v, pattern, scale):
+    return _forward_call(q, k, v, pattern, scale)
+
+
+def _attention_fwd(q, k, v, pattern, scale):
+    out, lse = _forward_call(q, k, v, pattern, scale)
+    return (out, lse), (q, k, v, out, lse)
+
+
+def _attention_bwd(pattern, scale, residuals, cotangents):
+    q, k, v, out, lse = residuals
+    dout, _ = cotangents  # lse carries no gradient (as in FlashAttention)
+    dq, dk, dv = _backward_call(dout, q, k, v, out, lse, pattern, scale)
+    return dq, dk, dv
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _check(name, x):
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name}: expected a JAX array, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected 4 dimensions, got shape {tuple(x.shape)}")
+
+
+def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False):
+    """Attention on the pairs `pattern` keeps, differentiable with `jax.grad` (lse has no
+    gradient); works under `jax.jit` and `jax.vmap`."""
+    pattern, scale = _api._pattern(pattern), _api._scale(scale)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check(name, x)
+    out, lse = _attention(q, k, v, pattern, scale)
+    return (out, jax.lax.stop_gradient(lse)) if return_lse else out
+
+
+def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False):
+    """`spattn.decode` for JAX arrays (no gradient: decoding is inference); works under `jax.jit`."""
+    pattern, scale = _api._pattern(pattern), _api._scale(scale)
+    for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _check(name, x)
+    cache_len = jnp.asarray(cache_len)
+    b, nq, hq, _ = q.shape
+    shapes = (jax.ShapeDtypeStruct((b, nq, hq, v_cache.shape[-1]), q.dtype),
+              jax.ShapeDtypeStruct((b, hq, nq), jnp.float32))
+    if backend() == "xla_ffi":
+        args = (q, k_cache, v_cache, cache_len) + (() if block_table is None else (jnp.asarray(block_table),))
+        name = "spattn_decode" if block_table is None else "spattn_decode_paged"
+        call = jax.ffi.ffi_call(name, shapes, vmap_method="sequential")
+        out, lse = call(*(jax.lax.stop_gradient(a) for a in args), **_ffi_attrs(pattern, scale))
+        return (out, lse) if return_lse else out
+
+    def run(q, k_cache, v_cache, cache_len, *table):
+        bt = np.asarray(table[0]) if table else None
+        out, lse = _api._decode(_host(q), _host(k_cache), _host(v_cache), np.asarray(cache_len), pattern, bt, scale,
+                                True, None)
+        return np.asarray(out).astype(shapes[0].dtype, copy=False), np.asarray(lse)
+
+    args = (q, k_cache, v_cache, cache_len) + (() if block_table is None else (jnp.asarray(block_table),))
+    args = tuple(jax.lax.stop_gradient(a) for a in args)
+    out, lse = jax.pure_callback(run, shapes, *args, vmap_method="sequential")
+    return (out, lse) if return_lse else out

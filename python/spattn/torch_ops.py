@@ -1,0 +1,324 @@
+"""spattn as torch operators (torch.library): what `spattn.attention`, `attention_backward`,
+`decode` and `merge` call on torch tensors, so that `torch.compile(fullgraph=True)` traces a
+model that uses spattn without a graph break, and autograd, FakeTensor and AOT dispatch know
+the calls.
+
+- ``spattn::attention_forward`` -> (out, lse), with registered autograd whose backward is
+  ``spattn::attention_backward`` -> (dq, dk, dv); ``spattn::decode`` -> (out, lse);
+  ``spattn::merge`` -> (out, lse). Each has a fake (meta) implementation, and one real
+  implementation for every device: it calls the same internal functions as the direct path
+  (`api._forward`, ...), so the core decides what runs where (CPU, CUDA).
+- A pattern crosses the operator boundary as a hashable text in the pattern syntax
+  (`pattern_syntax`) plus a list of tensors for its data: ``layout(@0, 64, 64)`` for a
+  BlockSparse layout, ``global(@1)`` for Global positions, ``topk(...)`` for TopKBlocks; a
+  pattern without a text form (a user's own Pattern subclass) as ``#n``, the index of the object
+  kept in this process (it then holds its data itself). The
+  text of a pattern object is made once and kept on it; the pattern an implementation needs is
+  found again in a small cache (the caller's own object, whose compiled layouts the core
+  keeps), so the eager path pays a dictionary lookup, not a parse.
+
+Imported only by callers that already use torch.
+"""
+import collections
+import threading
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import api as _api
+from .merge import _merge as _merge_impl
+from . import patterns as _p
+from .pattern_syntax import parse as _parse
+
+__all__ = ["pattern_spec", "attention", "attention_backward", "decode", "merge"]
+
+
+# -- patterns across the boundary -------------------------------------------------------------------
+
+
+def _int_text(x) -> str:
+    return "none" if x is None else str(int(x))
+
+
+def _flag_text(x: bool) -> str:
+    return "true" if x else "false"
+
+
+def _encode(p, data: list) -> str:
+    """The text of pattern `p`; arrays it holds are appended to `data` and named @i."""
+    t = type(p)
+    if t is _p.Dense:
+        return "dense"
+    if t is _p.Causal:
+        return "causal"
+    if t is _p.SlidingWindow:
+        return f"window({_int_text(p.left)},{_int_text(p.right)})"
+    if t is _p.Dilated:
+        return f"dilated({_int_text(p.left)},{_int_text(p.right)},{p.dilation})"
+    if t is _p.Strided:
+        return f"strided({p.stride},causal={_flag_text(p.causal)})"
+    if t is _p.Fixed:
+        return f"fixed({p.block},{p.summary},causal={_flag_text(p.causal)})"
+    if t is _p.Sink:
+        return f"sink({p.n})"
+    if t is _p.BigBird:
+        return f"bigbird({p.block},{p.window},{p.globals},{p.randoms},seed={p.seed})"
+    if t is _p.Global:
+        data.append(torch.tensor(p.positions, dtype=torch.int64))
+        return f"global(@{len(data) - 1})"
+    if t is _p.BlockSparse:
+        data.append(torch.from_numpy(p.layout))
+        bq, bk = p.block_size
+        return f"layout(@{len(data) - 1},{bq},{bk})"
+    if t is _p.Union or t is _p.Intersection:
+        op = "|" if t is _p.Union else "&"
+        return "(" + op.join("(" + _encode(part, data) + ")" for part in p.parts) + ")"
+    if t is _p.PerHead:
+        return "perhead(" + ";".join(_encode(part, data) for part in p.parts) + ")"
+    if t is _p.TopKBlocks:
+        bq, bk = p.block_size
+        always = "none" if p.always is None else _encode(p.always, data)
+        return f"topk({p.k},{bq},{bk},causal={_flag_text(p.causal)},always={always})"
+    raise _NoText(t.__name__)
+
+
+class _NoText(Exception):
+    """A pattern (or a part of one) that the text syntax cannot write."""
+
+
+_CACHE_SIZE = 128
+# text -> pattern, or (text, data keys) -> (pattern, data): the patterns the implementations use.
+_patterns: "collections.OrderedDict" = collections.OrderedDict()
+_kept: list = []  # patterns named "#n" (no text form), kept for the life of the process
+_lock = threading.Lock()  # calls from several threads share the cache
+
+
+def _data_key(data) -> tuple:
+    # The entry keeps its tensors alive, so no other tensor can take their memory while it is
+    # cached; the version counter catches writes into them.
+    return tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape), tuple(t.stride()), str(t.device)) for t in data)
+
+
+def _remember(key, value):
+    with _lock:
+        _patterns[key] = value
+        _patterns.move_to_end(key)
+        while len(_patterns) > _CACHE_SIZE:
+            _patterns.popitem(last=False)
+
+
+def pattern_spec(pattern) -> Tuple[str, List[Tensor]]:
+    """(text, data tensors) of a spattn pattern: how it crosses the torch operators."""
+    cached = getattr(pattern, "_torch_op_spec", None)
+    if cached is not None:
+        return cached
+    data: list = []
+    try:
+        spec = _encode(pattern, data)
+    except _NoText:  # a user's own Pattern subclass somewhere inside: the object, by index
+        with _lock:
+            _kept.append(pattern)
+            spec, data = f"#{len(_kept) - 1}", []
+    if not torch.compiler.is_compiling():  # tracing only reads; eager calls keep the result
+        pattern._torch_op_spec = (spec, data)
+        _remember((spec, _data_key(data)) if data else spec, (pattern, tuple(data)))
+    return spec, data
+
+
+def _pattern_of(spec: str, data: List[Tensor]):
+    """The pattern object for (spec, data), from the cache or parsed (then cached)."""
+    if spec.startswith("#"):
+        return _kept[int(spec[1:])]
+    key = (spec, _data_key(data)) if data else spec
+    with _lock:
+        hit = _patterns.get(key)
+        if hit is not None:
+            _patterns.move_to_end(key)
+            return hit[0]
+    arrays = [t.detach().cpu().numpy() for t in data]
+    pattern = _parse(spec, data=arrays)
+    _remember(key, (pattern, tuple(data)))
+    return pattern
+
+
+def _as_torch(x):
+    """An index array the public function accepted (torch, numpy, any DLPack array) as a tensor."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    return torch.from_dlpack(x)
+
+
+def _cu(cu):
+    return (None, None) if cu is None else (_as_torch(cu[0]), _as_torch(cu[1]))
+
+
+# -- the operators ----------------------------------------------------------------------------------
+
+
+def _varlen(cu_seqlens_q, cu_seqlens_k) -> Optional[tuple]:
+    return None if cu_seqlens_q is None else (cu_seqlens_q, cu_seqlens_k)
+
+
+@torch.library.custom_op("spattn::attention_forward", mutates_args=())
+def _attention_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern: str,
+    pattern_data: List[Tensor],
+    scale: Optional[float],
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    p = _pattern_of(pattern, pattern_data)
+    return _api._forward(q, k, v, p, scale, None, True, _varlen(cu_seqlens_q, cu_seqlens_k))
+
+
+def _same_device(q, **others):
+    # Mixed devices reach the fake implementation when one of them is 'meta'; the real one
+    # refuses them in the core.
+    for name, t in others.items():
+        if t is not None and t.device != q.device:
+            raise RuntimeError(f"{name}: expected a tensor on q's device ({q.device}), got one on {t.device}")
+
+
+def _check_rank(t, name, want, shape):
+    if t.dim() != want:
+        raise ValueError(f"{name}: expected {want} dimensions {shape}, got shape {list(t.shape)}")
+
+
+@_attention_forward.register_fake
+def _(q, k, v, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k):
+    _same_device(q, k=k, v=v)
+    if cu_seqlens_q is None:
+        _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
+        _check_rank(v, "v", 4, "[B, Nk, Hkv, Dv]")
+        lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    else:
+        _check_rank(q, "q", 3, "[Tq, Hq, D] (variable-length batch)")
+        _check_rank(v, "v", 3, "[Tk, Hkv, Dv] (variable-length batch)")
+        lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    return q.new_empty((*q.shape[:-1], v.shape[-1])), lse
+
+
+@torch.library.custom_op("spattn::attention_backward", mutates_args=())
+def _attention_backward(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    pattern: str,
+    pattern_data: List[Tensor],
+    scale: Optional[float],
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor]:
+    p = _pattern_of(pattern, pattern_data)
+    return _api._backward(dout, q, k, v, out, lse, p, scale, _varlen(cu_seqlens_q, cu_seqlens_k))
+
+
+@_attention_backward.register_fake
+def _(dout, q, k, v, out, lse, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k):
+    _same_device(q, dout=dout, k=k, v=v, out=out, lse=lse)
+    return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, pattern, pattern_data, scale, cu_q, cu_k = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, *pattern_data)
+    ctx.pattern, ctx.scale = pattern, scale
+    ctx.mark_non_differentiable(lse)  # as in FlashAttention: lse carries no gradient
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, cu_q, cu_k, *pattern_data = ctx.saved_tensors
+    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, ctx.pattern, pattern_data, ctx.scale, cu_q, cu_k)
+    # one None per input that gets no gradient; the pattern's tensors are a list input
+    return dq, dk, dv, None, [None] * len(pattern_data), None, None, None
+
+
+_attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("spattn::decode", mutates_args=())
+def _decode(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    cache_len: Tensor,
+    pattern: str,
+    pattern_data: List[Tensor],
+    block_table: Optional[Tensor],
+    scale: Optional[float],
+    pooled_keys: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    p = _pattern_of(pattern, pattern_data)
+    return _api._decode(q, k_cache, v_cache, cache_len, p, block_table, scale, True, pooled_keys)
+
+
+@_decode.register_fake
+def _(q, k_cache, v_cache, cache_len, pattern, pattern_data, block_table, scale, pooled_keys):
+    _same_device(q, k_cache=k_cache, v_cache=v_cache, pooled_keys=pooled_keys)
+    _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
+    _check_rank(v_cache, "v_cache", 4, "[B, Ncap, Hkv, Dv] or [pages, page_size, Hkv, Dv]")
+    B, Nq, Hq = q.shape[0], q.shape[1], q.shape[2]
+    return q.new_empty((B, Nq, Hq, v_cache.shape[-1])), q.new_empty((B, Hq, Nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("spattn::merge", mutates_args=())
+def _merge_op(outs: List[Tensor], lses: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    return _merge_impl(outs, lses)
+
+
+@_merge_op.register_fake
+def _(outs, lses):
+    if not outs or not lses:
+        raise ValueError("outs, lses: expected at least one partial result each, got none")
+    return outs[0].new_empty(outs[0].shape), lses[0].new_empty(lses[0].shape, dtype=torch.float32)
+
+
+# -- what the public functions call on torch tensors ------------------------------------------------
+
+
+def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None):
+    """(out, lse) through spattn::attention_forward (autograd included). `pattern` and `scale`
+    are already checked by `spattn.attention`."""
+    spec, data = pattern_spec(pattern)
+    cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
+    return _attention_forward(q, k, v, spec, data, scale, cu_q, cu_k)
+
+
+def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None):
+    """(dq, dk, dv) through spattn::attention_backward; the gradients carry no gradient
+    themselves (no double backward), as on the direct path."""
+    spec, data = pattern_spec(pattern)
+    cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
+    args = [t.detach() for t in (dout, q, k, v, out, lse)]
+    return _attention_backward(*args, spec, data, scale, cu_q, cu_k)
+
+
+def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys):
+    """(out, lse) through spattn::decode; decode passes no gradient (inference)."""
+    spec, data = pattern_spec(pattern)
+    cl = _as_torch(_api._int_array(cache_len, "cache_len", "int32 lengths [B]"))
+    bt = None if block_table is None else _as_torch(
+        _api._int_array(block_table, "block_table", "int32 page indices [B, max_pages]"))
+    q, k_cache, v_cache = q.detach(), k_cache.detach(), v_cache.detach()
+    pk = None if pooled_keys is None else pooled_keys.detach()
+    return _decode(q, k_cache, v_cache, cl, spec, data, bt, scale, pk)
+
+
+def merge(outs, lses):
+    """(out, lse) through spattn::merge (no gradient, as on the direct path)."""
+    if not outs:
+        raise ValueError("outs: expected at least one partial result, got none")
+    if not lses:
+        raise ValueError("lses: expected one lse per output, got none")
+    return _merge_op([o.detach() for o in outs], [x.detach() for x in lses])

@@ -1,0 +1,217 @@
+// XLA FFI custom-call targets for spattn.jax (CPU): attention forward, backward and decode.
+//
+// Compiled with the FFI headers jaxlib ships (xla/ffi/api/ffi.h) when the build finds them
+// (python/CMakeLists.txt defines SPATTN_XLA_FFI); otherwise _core.xla_ffi_targets() is empty
+// and spattn.jax says so. XLA hands each handler dense row-major buffers; they are viewed as
+// DLTensors and passed to the same C++ entry points as every other caller. Patterns cannot be
+// FFI attributes, so Python registers each core Pattern once (_core.register_ffi_pattern) and
+// passes its index as the attribute `pattern`.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "spattn/error.hpp"
+#include "spattn/spattn.hpp"
+
+#if SPATTN_XLA_FFI
+#include "xla/ffi/api/ffi.h"
+#endif
+
+namespace spattn {
+namespace python {
+
+namespace py = pybind11;
+
+namespace {
+
+// The patterns JAX calls refer to, by index. Kept for the life of the process: a jitted
+// function may run again at any time with the index it was traced with.
+std::mutex g_patterns_mutex;
+std::vector<Pattern> g_patterns;
+
+int64_t register_pattern(const Pattern& p) {
+  std::lock_guard<std::mutex> lock(g_patterns_mutex);
+  g_patterns.push_back(p);
+  return int64_t(g_patterns.size()) - 1;
+}
+
+#if SPATTN_XLA_FFI
+namespace ffi = xla::ffi;
+
+Pattern pattern_at(int64_t id) {
+  std::lock_guard<std::mutex> lock(g_patterns_mutex);
+  if (id < 0 || id >= int64_t(g_patterns.size()))
+    throw ValueError("pattern: no registered pattern " + std::to_string(id));
+  return g_patterns[size_t(id)];
+}
+
+// A DLTensor view of an XLA buffer (dense, row-major, on the host). `strides` must outlive it.
+DLTensor view(const ffi::AnyBuffer& b, std::vector<int64_t>& strides, const char* name) {
+  DLTensor t{};
+  t.data = b.untyped_data();
+  t.device = {kDLCPU, 0};
+  const auto dims = b.dimensions();
+  t.ndim = int(dims.size());
+  switch (b.element_type()) {
+    case ffi::DataType::F32: t.dtype = {kDLFloat, 32, 1}; break;
+    case ffi::DataType::F16: t.dtype = {kDLFloat, 16, 1}; break;
+    case ffi::DataType::BF16: t.dtype = {kDLBfloat, 16, 1}; break;
+    case ffi::DataType::S32: t.dtype = {kDLInt, 32, 1}; break;
+    case ffi::DataType::S64: t.dtype = {kDLInt, 64, 1}; break;
+    default:
+      throw TypeError(std::string(name) + ": expected float32, float16, bfloat16 (or int32/int64 "
+                      "indices), got XLA data type " + std::to_string(int(b.element_type())));
+  }
+  strides.assign(size_t(t.ndim), 1);
+  for (int d = t.ndim - 2; d >= 0; --d) strides[size_t(d)] = strides[size_t(d) + 1] * dims[size_t(d) + 1];
+  t.shape = t.ndim ? const_cast<int64_t*>(&dims[0]) : nullptr;
+  t.strides = strides.data();
+  return t;
+}
+
+// spattn's exceptions become FFI errors; JAX raises them with the message.
+template <class F>
+ffi::Error guarded(F&& f) {
+  try {
+    f();
+    return ffi::Error::Success();
+  } catch (const ValueError& e) {
+    return ffi::Error::InvalidArgument(e.what());
+  } catch (const TypeError& e) {
+    return ffi::Error::InvalidArgument(e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(e.what());
+  }
+}
+
+Options options(double scale) {
+  Options o;
+  o.scale = scale;  // 0: 1/sqrt(D)
+  return o;
+}
+
+ffi::Error forward_impl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, int64_t pattern,
+                        double scale, ffi::Result<ffi::AnyBuffer> out,
+                        ffi::Result<ffi::AnyBuffer> lse) {
+  return guarded([&] {
+    std::vector<int64_t> s[5];
+    const DLTensor tq = view(q, s[0], "q"), tk = view(k, s[1], "k"), tv = view(v, s[2], "v");
+    const DLTensor to = view(*out, s[3], "out"), tl = view(*lse, s[4], "lse");
+    attention_forward(tq, tk, tv, pattern_at(pattern), to, &tl, options(scale));
+  });
+}
+
+ffi::Error backward_impl(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k,
+                         ffi::AnyBuffer v, ffi::AnyBuffer out, ffi::AnyBuffer lse,
+                         int64_t pattern, double scale, ffi::Result<ffi::AnyBuffer> dq,
+                         ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv) {
+  return guarded([&] {
+    std::vector<int64_t> s[9];
+    const DLTensor tdo = view(dout, s[0], "dout"), tq = view(q, s[1], "q"), tk = view(k, s[2], "k");
+    const DLTensor tv = view(v, s[3], "v"), to = view(out, s[4], "out"), tl = view(lse, s[5], "lse");
+    const DLTensor gq = view(*dq, s[6], "dq"), gk = view(*dk, s[7], "dk"), gv = view(*dv, s[8], "dv");
+    attention_backward(tdo, tq, tk, tv, to, tl, pattern_at(pattern), gq, gk, gv, options(scale));
+  });
+}
+
+ffi::Error decode_impl(ffi::AnyBuffer q, ffi::AnyBuffer k_cache, ffi::AnyBuffer v_cache,
+                       ffi::AnyBuffer cache_len, int64_t pattern, double scale,
+                       ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse) {
+  return guarded([&] {
+    std::vector<int64_t> s[6];
+    const DLTensor tq = view(q, s[0], "q"), tk = view(k_cache, s[1], "k_cache");
+    const DLTensor tv = view(v_cache, s[2], "v_cache"), tn = view(cache_len, s[3], "cache_len");
+    const DLTensor to = view(*out, s[4], "out"), tl = view(*lse, s[5], "lse");
+    decode(tq, tk, tv, tn, pattern_at(pattern), nullptr, to, &tl, options(scale));
+  });
+}
+
+ffi::Error decode_paged_impl(ffi::AnyBuffer q, ffi::AnyBuffer k_pages, ffi::AnyBuffer v_pages,
+                             ffi::AnyBuffer cache_len, ffi::AnyBuffer block_table,
+                             int64_t pattern, double scale, ffi::Result<ffi::AnyBuffer> out,
+                             ffi::Result<ffi::AnyBuffer> lse) {
+  return guarded([&] {
+    std::vector<int64_t> s[7];
+    const DLTensor tq = view(q, s[0], "q"), tk = view(k_pages, s[1], "k_cache");
+    const DLTensor tv = view(v_pages, s[2], "v_cache"), tn = view(cache_len, s[3], "cache_len");
+    const DLTensor tb = view(block_table, s[4], "block_table");
+    const DLTensor to = view(*out, s[5], "out"), tl = view(*lse, s[6], "lse");
+    decode(tq, tk, tv, tn, pattern_at(pattern), &tb, to, &tl, options(scale));
+  });
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_forward, forward_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("pattern")
+                                  .Attr<double>("scale")
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_backward, backward_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("pattern")
+                                  .Attr<double>("scale")
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_decode, decode_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("pattern")
+                                  .Attr<double>("scale")
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_decode_paged, decode_paged_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("pattern")
+                                  .Attr<double>("scale")
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+#endif  // SPATTN_XLA_FFI
+
+py::dict targets() {
+  py::dict d;
+#if SPATTN_XLA_FFI
+  auto capsule = [](XLA_FFI_Handler* fn) { return py::capsule(reinterpret_cast<void*>(fn)); };
+  d["spattn_forward"] = capsule(spattn_xla_forward);
+  d["spattn_backward"] = capsule(spattn_xla_backward);
+  d["spattn_decode"] = capsule(spattn_xla_decode);
+  d["spattn_decode_paged"] = capsule(spattn_xla_decode_paged);
+#endif
+  return d;
+}
+
+}  // namespace
+
+void bind_jax_ffi(py::module_& m) {
+  m.def("xla_ffi_targets", &targets,
+        "XLA FFI handlers (CPU) by target name, as PyCapsules for jax.ffi.register_ffi_target; "
+        "empty when this build did not find jaxlib's FFI headers.");
+  m.def("register_ffi_pattern", &register_pattern, py::arg("pattern"),
+        "Keep a pattern for the XLA FFI handlers; returns the index they take as `pattern`.");
+}
+
+}  // namespace python
+}  // namespace spattn
