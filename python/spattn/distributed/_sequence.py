@@ -1,0 +1,160 @@
+"""Sequence mode: each rank keeps its queries, fetches only the keys its plan names (a halo
+for a window, the earlier shards for causal, gathered global keys), runs one attention call per
+(query piece, key piece) and merges the parts exactly through their logsumexps. The backward
+reuses the forward's out and lse, so each part's gradients are exact partial sums; dK/dV of
+fetched keys go back to their owners."""
+from __future__ import annotations
+
+import torch
+
+from .. import api as _api
+from ..merge import merge as _merge
+from ._comm import Exchange
+
+
+class Runner:
+    """Runs one plan on this rank's tensors (4-D, [Bt, n, H, D]; varlen problems as Bt = 1)."""
+
+    def __init__(self, plan, group, scale, timeout, refetch=frozenset()):
+        # refetch: the ranks that keep no fetched K/V for the backward and fetch it again
+        self.plan, self.group, self.scale, self.timeout = plan, group, scale, timeout
+        self.refetch = refetch
+        me = plan.pieces[plan.rank]
+        self._piece_of = lambda row: next(i for i, p in enumerate(me) if p.local <= row < p.local + p.length)
+
+    # ---- K/V exchange -------------------------------------------------------------------
+
+    def _pack(self, k, v, rows):
+        parts = [k[:, a:a + n].reshape(-1) for a, n in rows] + [v[:, a:a + n].reshape(-1) for a, n in rows]
+        return torch.cat(parts)
+
+    def _unpack(self, buf, like_k, like_v, rows):
+        b, _, hk, d = like_k.shape
+        dv = like_v.shape[3]
+        nk = b * rows * hk * d
+        kk = buf[:nk].view(b, rows, hk, d)
+        vv = buf[nk:].view(b, rows, hk, dv)
+        return kk, vv
+
+    def exchange_kv(self, k, v, again=False):
+        """Starts sending this rank's halos and receiving the others'. Returns get(src).
+        again: the backward's second fetch, only to and from the ranks in self.refetch."""
+        plan = self.plan
+        b, _, hk, d = k.shape
+        dv = v.shape[3]
+        to = [dst for dst in plan.send if not again or dst in self.refetch]
+        sends = {dst: self._pack(k, v, plan.send[dst]) for dst in to}
+        take = not again or plan.rank in self.refetch
+        recvs = {src: (b * plan.recv_rows(src) * hk * (d + dv), k.dtype) for src in plan.recv if take}
+        ex = Exchange(self.group, sends, recvs, k.device, self.timeout, "backward" if again else "forward")
+        cache = {}
+
+        def get(src):
+            if src == plan.rank:
+                return k, v
+            if src not in cache:
+                cache[src] = self._unpack(ex.get(src), k, v, plan.recv_rows(src))
+            return cache[src]
+
+        return ex, get
+
+    @staticmethod
+    def _keys(kbuf, vbuf, sub):
+        kk, vv = kbuf[:, sub.k_row:sub.k_row + sub.nk], vbuf[:, sub.k_row:sub.k_row + sub.nk]
+        if sub.pad:
+            kk = torch.cat([kk, kk.new_zeros(kk.shape[0], sub.pad, *kk.shape[2:])], dim=1)
+            vv = torch.cat([vv, vv.new_zeros(vv.shape[0], sub.pad, *vv.shape[2:])], dim=1)
+        return kk, vv
+
+    # ---- forward ------------------------------------------------------------------------
+
+    def forward(self, q, k, v):
+        """out (q's dtype), lse float32 [Bt, Hq, n], and the fetched K/V (src -> (k, v))."""
+        b, n, hq, _ = q.shape
+        dv = v.shape[3]
+        ex, get = self.exchange_kv(k, v)
+        out = torch.zeros(b, n, hq, dv, dtype=torch.float32, device=q.device)
+        lse = torch.full((b, hq, n), float("-inf"), dtype=torch.float32, device=q.device)
+        touched = set()
+        for sub in self.plan.subs:
+            kk, vv = self._keys(*get(sub.src), sub)
+            r0, r1 = sub.q_row, sub.q_row + sub.nq
+            o, l = _api.attention(q[:, r0:r1], kk, vv, pattern=sub.pattern, scale=self.scale, return_lse=True)
+            piece = self._piece_of(r0)
+            if sub.whole_piece and piece not in touched:
+                out[:, r0:r1] = o
+                lse[:, :, r0:r1] = l
+            else:
+                mo, ml = _merge([out[:, r0:r1], o.float()], [lse[:, :, r0:r1], l])
+                out[:, r0:r1] = mo
+                lse[:, :, r0:r1] = ml
+            touched.add(piece)
+        ex.finish()
+        fetched = {src: get(src) for src in self.plan.recv}
+        return out.to(q.dtype), lse, fetched
+
+    # ---- backward -----------------------------------------------------------------------
+
+    def backward(self, dout, q, k, v, out, lse, fetched):
+        """dq, dk, dv for this rank's tensors. `fetched`: the forward's K/V from other ranks,
+        or None to fetch them again."""
+        plan = self.plan
+        ex = None
+        if plan.rank in self.refetch or any(dst in self.refetch for dst in plan.send):
+            # Sends to the ranks that fetch again, and receives when this rank is one of them.
+            ex, get = self.exchange_kv(k, v, again=True)
+        if plan.rank not in self.refetch:
+            get = lambda src: (k, v) if src == plan.rank else fetched[src]  # noqa: E731
+        f32 = torch.float32
+        dq = torch.zeros(q.shape, dtype=f32, device=q.device)
+        dk = torch.zeros(k.shape, dtype=f32, device=k.device)
+        dvv = torch.zeros(v.shape, dtype=f32, device=v.device)
+        b, _, hk, d = k.shape
+        dv_dim = v.shape[3]
+        partial = {src: (torch.zeros(b, plan.recv_rows(src), hk, d, dtype=f32, device=k.device),
+                         torch.zeros(b, plan.recv_rows(src), hk, dv_dim, dtype=f32, device=k.device))
+                   for src in plan.recv}
+        for sub in plan.subs:
+            kk, vv = self._keys(*get(sub.src), sub)
+            r0, r1 = sub.q_row, sub.q_row + sub.nq
+            gq, gk, gv = _api.attention_backward(dout[:, r0:r1], q[:, r0:r1], kk, vv, out[:, r0:r1], lse[:, :, r0:r1],
+                                                 pattern=sub.pattern, scale=self.scale)
+            dq[:, r0:r1] += gq
+            tk, tv = (dk, dvv) if sub.src == plan.rank else partial[sub.src]
+            tk[:, sub.k_row:sub.k_row + sub.nk] += gk[:, :sub.nk]
+            tv[:, sub.k_row:sub.k_row + sub.nk] += gv[:, :sub.nk]
+        if ex is not None:
+            ex.finish()
+        # dK/dV of fetched keys go back to their owners (the reverse of the forward's messages).
+        sends = {src: torch.cat([gk.to(k.dtype).reshape(-1), gv.to(v.dtype).reshape(-1)])
+                 for src, (gk, gv) in partial.items()}
+        recvs = {dst: (b * plan.send_rows(dst) * hk * (d + dv_dim), k.dtype) for dst in plan.send}
+        back = Exchange(self.group, sends, recvs, k.device, self.timeout, "backward")
+        for dst, rows in sorted(plan.send.items()):
+            total = plan.send_rows(dst)
+            gk, gv = self._unpack(back.get(dst), k, v, total)
+            o = 0
+            for a, n in rows:
+                dk[:, a:a + n] += gk[:, o:o + n]
+                dvv[:, a:a + n] += gv[:, o:o + n]
+                o += n
+        back.finish()
+        return dq.to(q.dtype), dk.to(k.dtype), dvv.to(v.dtype)
+
+
+class SequenceAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, runner, keep_fetched):
+        out, lse, fetched = runner.forward(q.detach(), k.detach(), v.detach())
+        ctx.runner = runner
+        ctx.fetched = fetched if keep_fetched else None
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.runner.backward(dout.contiguous(), q.detach(), k.detach(), v.detach(), out, lse, ctx.fetched)
+        ctx.fetched = None
+        return dq, dk, dv, None, None

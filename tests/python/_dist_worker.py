@@ -1,0 +1,191 @@
+"""Checks that run inside gloo ranks spawned by test_distributed.py (one spawn runs many
+checks: starting processes is the slow part). Every rank builds the same global inputs from a
+seed, takes its shard, calls spattn.distributed.attention and compares its rows, and the
+gradients, with a single-process spattn.attention on the whole tensors."""
+from __future__ import annotations
+
+import datetime
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import spattn
+import spattn.distributed as sd
+
+TOL = 1e-5
+
+
+def _rel(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _inputs(seed, b, n, hq, hkv, d, dv, varlen=False):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n,) if varlen else (b, n)
+    q = torch.randn(*shape, hq, d, generator=g)
+    k = torch.randn(*shape, hkv, d, generator=g)
+    v = torch.randn(*shape, hkv, dv, generator=g)
+    dout = torch.randn(*shape, hq, dv, generator=g)
+    return q, k, v, dout
+
+
+def _split(n, lengths):
+    out, o = [], 0
+    for m in lengths:
+        out.append((o, o + m))
+        o += m
+    return out
+
+
+def check(pattern, lengths, *, b=1, hq=4, hkv=2, d=16, dv=16, seed=0, mode="auto", layout="contiguous", cu=None):
+    """Forward (out and lse) and backward of this rank's shard against the single-process call."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = sum(lengths)
+    q, k, v, dout = _inputs(seed, b, n, hq, hkv, d, dv, varlen=cu is not None)
+    dim = 0 if cu is not None else 1
+    qr, kr, vr = (x.clone().requires_grad_() for x in (q, k, v))
+    kw = {} if cu is None else dict(cu_seqlens_q=torch.tensor(cu, dtype=torch.int32), cu_seqlens_k=torch.tensor(cu, dtype=torch.int32))
+    ref, ref_lse = spattn.attention(qr, kr, vr, pattern=pattern, return_lse=True, **kw)
+    ref.backward(dout)
+    if layout == "zigzag":
+        take = lambda x: sd.shard(x, layout="zigzag", dim=dim)  # noqa: E731
+    else:
+        a, e = _split(n, lengths)[rank]
+        take = lambda x: x.narrow(dim, a, e - a)  # noqa: E731
+    qs, ks, vs = (take(x).detach().clone().requires_grad_() for x in (q, k, v))
+    out, lse = sd.attention(qs, ks, vs, pattern=pattern, return_lse=True, mode=mode, layout=layout, cu_seqlens=cu,
+                            timeout=60)
+    out.backward(take(dout))
+    want_lse = take(ref_lse.transpose(-1, -2)).transpose(-1, -2)
+    fin = torch.isfinite(want_lse)
+    assert torch.equal(torch.isfinite(lse), fin), "rows that see no key differ"
+    errs = {
+        "out": _rel(out, take(ref)),
+        "lse": _rel(lse[fin], want_lse[fin]) if fin.any() else 0.0,
+        "dq": _rel(qs.grad, take(qr.grad)),
+        "dk": _rel(ks.grad, take(kr.grad)),
+        "dv": _rel(vs.grad, take(vr.grad)),
+    }
+    bad = {key: val for key, val in errs.items() if not val <= TOL}
+    assert not bad, f"rank {rank}/{world} {pattern!r} lengths={lengths} mode={mode} layout={layout}: {bad}"
+    return out
+
+
+def check_halo_bytes(window, n_per_rank, hkv, d, dv):
+    """A causal window of `window` keys: each rank but the first receives window - 1 keys from
+    its left neighbour, and the bytes sent must stay within 1.1x of W * Hkv * (D + Dv) * 4."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = n_per_rank * world
+    q, k, v, _ = _inputs(7, 1, n, hkv, hkv, d, dv)
+    a = rank * n_per_rank
+    sl = lambda x: x[:, a:a + n_per_rank]  # noqa: E731
+    sd.reset_stats()
+    out = sd.attention(sl(q), sl(k), sl(v), pattern=spattn.SlidingWindow(window - 1, 0), timeout=60)
+    st = sd.stats()
+    halo = window * hkv * (d + dv) * 4
+    exact = (window - 1) * hkv * (d + dv) * 4 if rank < world - 1 else 0  # rank r sends to r + 1
+    assert st["forward_bytes"] == exact, (rank, st, exact)
+    assert st["bytes_sent"] <= 1.1 * halo, (rank, st, halo)
+    ref = spattn.attention(q, k, v, pattern=spattn.SlidingWindow(window - 1, 0))
+    assert _rel(out, sl(ref)) <= TOL
+
+
+def check_causal_skips():
+    """Causal: a rank sends its shard only to later ranks (no pair with the earlier ones)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    q, k, v, _ = _inputs(3, 1, 16 * world, 2, 2, 8, 8)
+    sl = lambda x: x[:, 16 * rank:16 * rank + 16]  # noqa: E731
+    sd.reset_stats()
+    sd.attention(sl(q), sl(k), sl(v), pattern=spattn.Causal(), mode="sequence", timeout=60)
+    assert sd.stats()["forward_bytes"] == (world - 1 - rank) * 16 * 2 * 16 * 4, (rank, sd.stats())
+
+
+def expect_error_everywhere(fn, kind, words):
+    try:
+        fn()
+    except kind as e:
+        msg = str(e)
+        assert all(w in msg for w in words), msg
+        return
+    raise AssertionError(f"rank {dist.get_rank()}: no {kind.__name__} raised")
+
+
+def check_errors():
+    rank, world = dist.get_rank(), dist.get_world_size()
+    q, k, v, _ = _inputs(1, 1, 24, 2, 2, 8, 8)
+    # One rank passes a wrong head dim: every rank raises, naming that rank.
+    bad_k = k[:, :, :, :4] if rank == world - 1 else k
+    expect_error_everywhere(lambda: sd.attention(q, bad_k, v, pattern=spattn.Causal(), timeout=30), ValueError,
+                            [f"rank {world - 1}", "k"])
+    # The ranks disagree on the pattern.
+    pat = spattn.SlidingWindow(3 + (rank == 0), 0)
+    expect_error_everywhere(lambda: sd.attention(q, k, v, pattern=pat, timeout=30), ValueError, ["pattern", "disagree"])
+    # Zigzag shards whose lengths are not the zigzag split.
+    qq = q[:, : 5 + 3 * rank]
+    expect_error_everywhere(lambda: sd.attention(qq, k[:, : 5 + 3 * rank], v[:, : 5 + 3 * rank], pattern=spattn.Causal(),
+                                                 layout="zigzag", timeout=30), ValueError, ["zigzag"])
+    # A per-head pattern sized for other heads fails the same check as a single-process call.
+    expect_error_everywhere(lambda: sd.attention(q, k, v, pattern=spattn.PerHead([spattn.Causal()] * 3), timeout=30),
+                            ValueError, ["PerHead"])
+    # Head mode that cannot split the heads.
+    q3 = q.repeat_interleave(3, dim=2)[:, :, : 2 * world + 1]
+    expect_error_everywhere(lambda: sd.attention(q3, k[:, :, :1], v[:, :, :1], mode="heads", timeout=30), ValueError,
+                            ["heads"])
+    # A non-tensor on one rank only: TypeError everywhere.
+    qn = q.numpy() if rank == 0 else q
+    expect_error_everywhere(lambda: sd.attention(qn, k, v, timeout=30), TypeError, ["rank 0", "torch"])
+
+
+def main(rank, world, port, suite):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        SUITES[suite](world)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def suite_patterns(world):
+    S = spattn
+    uneven = [37, 23, 41, 19][:world] if world == 4 else [53, 44]
+    n = sum(uneven)
+    rng = np.random.default_rng(5)
+    nb = -(-n // 16)
+    layout = rng.random((4, nb, nb)) < 0.25
+    check(S.SlidingWindow(15, 0), uneven)
+    check(S.SlidingWindow(30, 9), uneven, b=2, hq=4, hkv=1, dv=24)
+    check(S.Causal(), uneven)
+    check(S.Causal(), [n // world] * world if n % world == 0 else None or _even(n, world), layout="zigzag")
+    check(S.Dilated(6, 0, 3), uneven)
+    check(S.Global([0, 7, n - 5]) | S.SlidingWindow(11, 0), uneven)
+    check(S.Sink(4) | S.SlidingWindow(11, 0), uneven)
+    check(S.BlockSparse(layout, 16), uneven, mode="sequence")
+    check(S.BlockSparse(layout, 16), uneven, mode="heads")
+    check(S.PerHead([S.SlidingWindow(7, 0), S.Causal(), S.Dilated(4, 0, 2), S.Sink(2) | S.SlidingWindow(3, 3)]), uneven)
+    cu = [0, 30, 31, n - 20, n]
+    check(S.SlidingWindow(9, 0), uneven, cu=cu)
+    check(S.Causal(), uneven, cu=cu, mode="heads")
+    check(S.Dense(), uneven, hq=4, hkv=2, mode="heads")
+    check(S.Dense(), uneven, mode="sequence")
+
+
+def _even(n, world):
+    from spattn.distributed._plan import zigzag_bounds
+
+    b = zigzag_bounds(n, world)
+    return [(b[r + 1] - b[r]) + (b[2 * world - r] - b[2 * world - 1 - r]) for r in range(world)]
+
+
+def suite_bytes_and_errors(world):
+    check_halo_bytes(4096, 6144, 1, 16, 16)
+    check_causal_skips()
+    check_errors()
+
+
+SUITES = {"patterns": suite_patterns, "bytes_and_errors": suite_bytes_and_errors}
