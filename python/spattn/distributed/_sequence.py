@@ -10,6 +10,7 @@ import torch
 from .. import api as _api
 from ..merge import merge as _merge
 from ._comm import Exchange
+from ._rows import Coverage, SumRows
 
 
 class Runner:
@@ -19,8 +20,6 @@ class Runner:
         # refetch: the ranks that keep no fetched K/V for the backward and fetch it again
         self.plan, self.group, self.scale, self.timeout = plan, group, scale, timeout
         self.refetch = refetch
-        me = plan.pieces[plan.rank]
-        self._piece_of = lambda row: next(i for i, p in enumerate(me) if p.local <= row < p.local + p.length)
 
     # ---- K/V exchange -------------------------------------------------------------------
 
@@ -73,31 +72,39 @@ class Runner:
         b, n, hq, _ = q.shape
         dv = v.shape[3]
         ex, get = self.exchange_kv(k, v)
-        out = torch.zeros(b, n, hq, dv, dtype=torch.float32, device=q.device)
+        out = torch.zeros(b, n, hq, dv, dtype=q.dtype, device=q.device)
         lse = torch.full((b, hq, n), float("-inf"), dtype=torch.float32, device=q.device)
-        touched = set()
-        for sub in self.plan.subs:
+        subs = self.plan.subs
+        cov = Coverage(n, [(s.q_row, s.q_row + s.nq) for s in subs])
+        # Rows several parts cover are merged in float32, then written once.
+        acc = [(torch.zeros(b, r1 - r0, hq, dv, dtype=torch.float32, device=q.device),
+                torch.full((b, hq, r1 - r0), float("-inf"), dtype=torch.float32, device=q.device)) for r0, r1 in cov.multi]
+        for sub in subs:
             kk, vv = self._keys(*get(sub.src), sub)
-            r0, r1 = sub.q_row, sub.q_row + sub.nq
-            o, l = _api.attention(q[:, r0:r1], kk, vv, pattern=sub.pattern, scale=self.scale, return_lse=True)
-            piece = self._piece_of(r0)
-            if sub.whole_piece and piece not in touched:
-                out[:, r0:r1] = o
-                lse[:, :, r0:r1] = l
-            else:
-                mo, ml = _merge([out[:, r0:r1], o.float()], [lse[:, :, r0:r1], l])
-                out[:, r0:r1] = mo
-                lse[:, :, r0:r1] = ml
-            touched.add(piece)
+            r0 = sub.q_row
+            o, l = _api.attention(q[:, r0:r0 + sub.nq], kk, vv, pattern=sub.pattern, scale=self.scale, return_lse=True)
+            for a, e, run in cov.split(r0, r0 + sub.nq):
+                if run is None:
+                    out[:, a:e] = o[:, a - r0:e - r0]
+                    lse[:, :, a:e] = l[:, :, a - r0:e - r0]
+                    continue
+                ao, al = acc[run]
+                m0 = cov.multi[run][0]
+                mo, ml = _merge([ao[:, a - m0:e - m0], o[:, a - r0:e - r0].float()], [al[:, :, a - m0:e - m0], l[:, :, a - r0:e - r0]])
+                ao[:, a - m0:e - m0] = mo
+                al[:, :, a - m0:e - m0] = ml
+        for (r0, r1), (ao, al) in zip(cov.multi, acc):
+            out[:, r0:r1] = ao
+            lse[:, :, r0:r1] = al
         ex.finish()
         fetched = {src: get(src) for src in self.plan.recv}
-        return out.to(q.dtype), lse, fetched
+        return out, lse, fetched
 
     # ---- backward -----------------------------------------------------------------------
 
     def backward(self, dout, q, k, v, out, lse, fetched):
-        """dq, dk, dv for this rank's tensors. `fetched`: the forward's K/V from other ranks,
-        or None to fetch them again."""
+        """dq, dk, dv for this rank's tensors. `fetched`: the forward's K/V from other ranks
+        (None on a rank in self.refetch: it fetches them again)."""
         plan = self.plan
         ex = None
         if plan.rank in self.refetch or any(dst in self.refetch for dst in plan.send):
@@ -105,41 +112,43 @@ class Runner:
             ex, get = self.exchange_kv(k, v, again=True)
         if plan.rank not in self.refetch:
             get = lambda src: (k, v) if src == plan.rank else fetched[src]  # noqa: E731
-        f32 = torch.float32
-        dq = torch.zeros(q.shape, dtype=f32, device=q.device)
-        dk = torch.zeros(k.shape, dtype=f32, device=k.device)
-        dvv = torch.zeros(v.shape, dtype=f32, device=v.device)
         b, _, hk, d = k.shape
         dv_dim = v.shape[3]
-        partial = {src: (torch.zeros(b, plan.recv_rows(src), hk, d, dtype=f32, device=k.device),
-                         torch.zeros(b, plan.recv_rows(src), hk, dv_dim, dtype=f32, device=k.device))
-                   for src in plan.recv}
-        for sub in plan.subs:
+        subs = plan.subs
+        own = [(s.k_row, s.k_row + s.nk) for s in subs if s.src == plan.rank]
+        incoming = [(a, a + m) for rows in plan.send.values() for a, m in rows]
+        dq = SumRows(torch.zeros_like(q), [(s.q_row, s.q_row + s.nq) for s in subs])
+        dk = SumRows(torch.zeros_like(k), own + incoming)
+        dvv = SumRows(torch.zeros_like(v), own + incoming)
+        partial = {}
+        for src in plan.recv:
+            ranges = [(s.k_row, s.k_row + s.nk) for s in subs if s.src == src]
+            rows = plan.recv_rows(src)
+            partial[src] = (SumRows(k.new_zeros(b, rows, hk, d), ranges), SumRows(v.new_zeros(b, rows, hk, dv_dim), ranges))
+        for sub in subs:
             kk, vv = self._keys(*get(sub.src), sub)
             r0, r1 = sub.q_row, sub.q_row + sub.nq
             gq, gk, gv = _api.attention_backward(dout[:, r0:r1], q[:, r0:r1], kk, vv, out[:, r0:r1], lse[:, :, r0:r1],
                                                  pattern=sub.pattern, scale=self.scale)
-            dq[:, r0:r1] += gq
+            dq.add(r0, gq)
             tk, tv = (dk, dvv) if sub.src == plan.rank else partial[sub.src]
-            tk[:, sub.k_row:sub.k_row + sub.nk] += gk[:, :sub.nk]
-            tv[:, sub.k_row:sub.k_row + sub.nk] += gv[:, :sub.nk]
+            tk.add(sub.k_row, gk[:, :sub.nk])
+            tv.add(sub.k_row, gv[:, :sub.nk])
         if ex is not None:
             ex.finish()
         # dK/dV of fetched keys go back to their owners (the reverse of the forward's messages).
-        sends = {src: torch.cat([gk.to(k.dtype).reshape(-1), gv.to(v.dtype).reshape(-1)])
-                 for src, (gk, gv) in partial.items()}
+        sends = {src: torch.cat([gk.finish().reshape(-1), gv.finish().reshape(-1)]) for src, (gk, gv) in partial.items()}
         recvs = {dst: (b * plan.send_rows(dst) * hk * (d + dv_dim), k.dtype) for dst in plan.send}
         back = Exchange(self.group, sends, recvs, k.device, self.timeout, "backward")
         for dst, rows in sorted(plan.send.items()):
-            total = plan.send_rows(dst)
-            gk, gv = self._unpack(back.get(dst), k, v, total)
+            gk, gv = self._unpack(back.get(dst), k, v, plan.send_rows(dst))
             o = 0
-            for a, n in rows:
-                dk[:, a:a + n] += gk[:, o:o + n]
-                dvv[:, a:a + n] += gv[:, o:o + n]
-                o += n
+            for a, m in rows:
+                dk.add(a, gk[:, o:o + m])
+                dvv.add(a, gv[:, o:o + m])
+                o += m
         back.finish()
-        return dq.to(q.dtype), dk.to(k.dtype), dvv.to(v.dtype)
+        return dq.finish(), dk.finish(), dvv.finish()
 
 
 class SequenceAttention(torch.autograd.Function):

@@ -1,0 +1,158 @@
+"""spattn.distributed's plan without processes: shifted sub-problem patterns against the global
+mask, the closed-form key / query reach against the mask, and whole plans run rank by rank in
+one process (the messages replaced by slices) against a single call."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import spattn  # noqa: E402
+from spattn.distributed._plan import Planner, contiguous_pieces, zigzag_pieces  # noqa: E402
+from spattn.distributed._reach import Unsupported, check_supported, keys_of, queries_of  # noqa: E402
+from spattn.distributed._sequence import Runner  # noqa: E402
+from spattn.distributed._shift import key_padding, shifted  # noqa: E402
+
+S = spattn
+N = 150
+_LAYOUT = np.random.default_rng(0).random((3, 10, 10)) < 0.3
+
+PATTERNS = {
+    "window": S.SlidingWindow(20, 0),
+    "window_both": S.SlidingWindow(13, 9),
+    "window_future": S.SlidingWindow(-2, 7),
+    "causal": S.Causal(),
+    "dense": S.Dense(),
+    "dilated": S.Dilated(6, 0, 3),
+    "dilated_both": S.Dilated(4, 3, 5),
+    "strided": S.Strided(7),
+    "strided_bidir": S.Strided(4, causal=False),
+    "global_window": S.Global([0, 9, 101]) | S.SlidingWindow(10, 0),
+    "sink_window": S.Sink(3) | S.SlidingWindow(10, 0),
+    "block_sparse": S.BlockSparse(_LAYOUT, 16),
+    "per_head": S.PerHead([S.SlidingWindow(5, 0), S.Dilated(3, 1, 2), S.Sink(2) | S.Causal()]),
+    "intersection": S.Causal() & S.Dilated(None, None, 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_shifted_sub_problems_keep_the_global_pairs(name):
+    pattern = PATTERNS[name]
+    whole = pattern.mask(N, N, heads=3)
+    rng = np.random.default_rng(1)
+    for _ in range(25):
+        j0, k0 = (int(x) for x in rng.integers(0, N - 1, 2))
+        nq, nk = int(rng.integers(1, N - j0 + 1)), int(rng.integers(1, N - k0 + 1))
+        pad = key_padding(pattern, j0, nq, k0, nk)
+        sub = shifted(pattern, j0, nq, k0, nk, pad)
+        want = whole[:, j0:j0 + nq, k0:k0 + nk]
+        got = np.zeros_like(want) if sub is None else np.broadcast_to(sub.mask(nq, nk + pad, heads=3)[:, :, :nk], want.shape)
+        assert np.array_equal(got, want), (name, j0, nq, k0, nk, pad, sub)
+        if sub is not None and pad:
+            assert not sub.mask(nq, nk + pad, heads=3)[:, :, nk:].any()
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_reach_holds_every_kept_pair(name):
+    pattern = PATTERNS[name]
+    kept = pattern.mask(N, N, heads=3).any(axis=0)
+    rng = np.random.default_rng(2)
+    for _ in range(25):
+        a = int(rng.integers(0, N - 1))
+        b = int(rng.integers(a + 1, N + 1))
+        keys = np.zeros(N, bool)
+        for lo, hi in keys_of(pattern, a, b, N):
+            keys[lo:hi] = True
+        assert not (kept[a:b].any(axis=0) & ~keys).any(), (name, a, b)
+        queries = np.zeros(N, bool)
+        for lo, hi in queries_of(pattern, a, b, N):
+            queries[lo:hi] = True
+        assert not (kept[:, a:b].any(axis=1) & ~queries).any(), (name, a, b)
+
+
+def test_window_reach_is_exact():
+    assert keys_of(S.SlidingWindow(4095, 0), 10000, 20000, 1 << 20) == [(10000 - 4095, 20000)]
+    assert queries_of(S.SlidingWindow(4095, 0), 0, 100, 1 << 20) == [(0, 100 + 4095)]
+
+
+def test_unsupported_patterns_name_head_mode():
+    for p in (S.BigBird(16), S.Fixed(16, 2), S.TopKBlocks(2, 16), S.Causal() | S.Fixed(8, 1)):
+        with pytest.raises(Unsupported, match="mode='heads'"):
+            check_supported(p)
+
+
+class _LocalRunner(Runner):
+    """A Runner whose messages are slices of the other ranks' tensors (no processes)."""
+
+    def __init__(self, plan, shards):
+        super().__init__(plan, None, None, None)
+        self.shards = shards
+
+    def exchange_kv(self, k, v, again=False):
+        plan, shards = self.plan, self.shards
+
+        class Done:
+            def finish(self):
+                pass
+
+        def get(src):
+            if src == plan.rank:
+                return k, v
+            ks, vs = shards[src]
+            rows = plan.recv[src]
+            return torch.cat([ks[:, a:a + n] for a, n in rows], 1), torch.cat([vs[:, a:a + n] for a, n in rows], 1)
+
+        return Done(), get
+
+
+def _run_plan(pattern, lengths, layout="contiguous", cu=None, dtype=torch.float32):
+    g = torch.Generator().manual_seed(3)
+    n = sum(lengths)
+    q, k, v = (torch.randn(1, n, h, 16, generator=g).to(dtype) for h in (3, 1, 1))
+    seqs = [n] if cu is None else [b - a for a, b in zip(cu, cu[1:])]
+    starts = np.concatenate(([0], np.cumsum(seqs)))
+    if cu is None:
+        ref, ref_lse = S.attention(q, k, v, pattern=pattern, return_lse=True)
+    else:
+        ref, ref_lse = S.attention(q[0], k[0], v[0], pattern=pattern, return_lse=True, cu_seqlens_q=cu, cu_seqlens_k=cu)
+        ref, ref_lse = ref[None], ref_lse[None]
+    world = len(lengths)
+    pieces = contiguous_pieces(lengths, seqs if cu else None) if layout == "contiguous" else zigzag_pieces(n, world)
+    rows = [torch.tensor([int(starts[p.seq]) + i for p in ps for i in range(p.start, p.end)], dtype=torch.long)
+            for ps in pieces]
+    shards = [(k[:, r], v[:, r]) for r in rows]
+    planner = Planner(pattern, pieces, seqs)
+    for r in range(world):
+        out, lse, _ = _LocalRunner(planner.plan(r), shards).forward(q[:, rows[r]], *shards[r])
+        want, want_lse = ref[:, rows[r]], ref_lse[:, :, rows[r]]
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        assert (out.float() - want.float()).abs().max() <= tol * want.float().abs().max()
+        fin = torch.isfinite(want_lse)
+        assert torch.equal(torch.isfinite(lse), fin)
+        assert (lse[fin] - want_lse[fin]).abs().max() <= 1e-4
+    return planner
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_plan_rank_by_rank_equals_single_call(name):
+    _run_plan(PATTERNS[name], [40, 31, 50, 29])
+
+
+def test_plan_zigzag_varlen_and_bfloat16():
+    planner = _run_plan(S.Causal(), [38, 37, 37, 38], layout="zigzag")
+    # Zigzag gives every rank the same causal work (kept pairs), up to rounding of the chunks.
+    work = [sum(p + 1 for pc in ps for p in range(pc.start, pc.end)) for ps in planner.pieces]
+    assert max(work) - min(work) <= 0.05 * max(work), work
+    plain = [sum(p + 1 for pc in ps for p in range(pc.start, pc.end)) for ps in contiguous_pieces([38, 37, 37, 38])]
+    assert max(plain) > 3 * min(plain)
+    _run_plan(S.Sink(2) | S.SlidingWindow(12, 0), [40, 31, 50, 29], cu=[0, 25, 26, 100, 150])
+    _run_plan(S.SlidingWindow(20, 3), [40, 31, 50, 29], dtype=torch.bfloat16)
+
+
+def test_window_halo_is_the_window_and_causal_skips_later_ranks():
+    pieces = contiguous_pieces([1000] * 4)
+    planner = Planner(S.SlidingWindow(255, 0), pieces, [4000])
+    assert [planner.received_rows(r) for r in range(4)] == [0, 255, 255, 255]
+    assert planner.need(2, 1) == [(0, 1745, 2000)] and planner.need(2, 0) == [] and planner.need(1, 2) == []
+    causal = Planner(S.Causal(), pieces, [4000])
+    assert [causal.received_rows(r) for r in range(4)] == [0, 1000, 2000, 3000]
+    assert all(causal.need(r, s) == [] for r in range(4) for s in range(r + 1, 4))
