@@ -19,6 +19,9 @@ TOL = 1e-5
 
 def _rel(a, b):
     a, b = a.detach(), b.detach()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    if b.numel() == 0:
+        return 0.0
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
@@ -40,9 +43,10 @@ def _split(n, lengths):
     return out
 
 
-def check(pattern, lengths, *, b=1, hq=4, hkv=2, d=16, dv=16, seed=0, mode="auto", layout="contiguous", cu=None):
+def check(pattern, lengths, *, b=1, hq=4, hkv=2, d=16, dv=16, seed=0, mode="auto", layout="contiguous", cu=None,
+          group=None):
     """Forward (out and lse) and backward of this rank's shard against the single-process call."""
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
     n = sum(lengths)
     q, k, v, dout = _inputs(seed, b, n, hq, hkv, d, dv, varlen=cu is not None)
     dim = 0 if cu is not None else 1
@@ -51,13 +55,13 @@ def check(pattern, lengths, *, b=1, hq=4, hkv=2, d=16, dv=16, seed=0, mode="auto
     ref, ref_lse = spattn.attention(qr, kr, vr, pattern=pattern, return_lse=True, **kw)
     ref.backward(dout)
     if layout == "zigzag":
-        take = lambda x: sd.shard(x, layout="zigzag", dim=dim)  # noqa: E731
+        take = lambda x: sd.shard(x, group=group, layout="zigzag", dim=dim)  # noqa: E731
     else:
         a, e = _split(n, lengths)[rank]
         take = lambda x: x.narrow(dim, a, e - a)  # noqa: E731
     qs, ks, vs = (take(x).detach().clone().requires_grad_() for x in (q, k, v))
-    out, lse = sd.attention(qs, ks, vs, pattern=pattern, return_lse=True, mode=mode, layout=layout, cu_seqlens=cu,
-                            timeout=60)
+    out, lse = sd.attention(qs, ks, vs, pattern=pattern, group=group, return_lse=True, mode=mode, layout=layout,
+                            cu_seqlens=cu, timeout=60)
     out.backward(take(dout))
     want_lse = take(ref_lse.transpose(-1, -2)).transpose(-1, -2)
     fin = torch.isfinite(want_lse)
@@ -173,6 +177,17 @@ def suite_patterns(world):
     check(S.Causal(), uneven, cu=cu, mode="heads")
     check(S.Dense(), uneven, hq=4, hkv=2, mode="heads")
     check(S.Dense(), uneven, mode="sequence")
+    # An empty shard: the halo of the rank after it comes from further left.
+    check(S.SlidingWindow(40, 0), [30, 0] + [25] * (world - 2) if world > 2 else [45, 0])
+    # A subgroup (ranks 1 and 3 of 4, or rank 1 alone of 2): group ranks map to global ranks.
+    members = [1, 3] if world == 4 else [1]
+    sub = dist.new_group(members)
+    if rank_in(members):
+        check(S.SlidingWindow(9, 2) | S.Sink(1), [30, 25][: len(members)], group=sub)
+
+
+def rank_in(members):
+    return dist.get_rank() in members
 
 
 def _even(n, world):
