@@ -101,6 +101,7 @@ class Planner:
     def __init__(self, pattern, pieces, seq_lengths):
         self.pattern, self.pieces, self.seq_lengths = pattern, pieces, seq_lengths
         self._keys = {}
+        self._plans = {}
 
     def _keys_of(self, piece: Piece):
         key = (piece.seq, piece.start, piece.length)
@@ -118,6 +119,12 @@ class Planner:
         return out
 
     def plan(self, me: int) -> Plan:
+        """This rank's plan (computed once: its shifted patterns stay compiled in the core)."""
+        if me not in self._plans:
+            self._plans[me] = self._make(me)
+        return self._plans[me]
+
+    def _make(self, me: int) -> Plan:
         world = len(self.pieces)
         plan = Plan(me, world, self.pieces)
         for s in range(world):

@@ -7,6 +7,12 @@ import numpy as np
 import torch
 
 
+def _runs(mask):
+    m = np.concatenate(([False], mask, [False]))
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+
+
 class Coverage:
     """Which rows of [0, n) are covered by more than one of the registered ranges."""
 
@@ -15,9 +21,9 @@ class Coverage:
         for r0, r1 in ranges:
             cov[r0] += 1
             cov[r1] -= 1
-        multi = np.concatenate(([False], np.cumsum(cov[:-1]) >= 2, [False]))
-        edges = np.flatnonzero(multi[1:] != multi[:-1])
-        self.multi = [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+        depth = np.cumsum(cov[:-1])
+        self.multi = _runs(depth >= 2)
+        self.uncovered = _runs(depth == 0)
 
     def split(self, r0: int, r1: int):
         """[(a, b, run index or None)]: the pieces of [r0, r1), with the multi-covered run each

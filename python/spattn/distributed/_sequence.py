@@ -72,25 +72,28 @@ class Runner:
         b, n, hq, _ = q.shape
         dv = v.shape[3]
         ex, get = self.exchange_kv(k, v)
-        out = torch.zeros(b, n, hq, dv, dtype=q.dtype, device=q.device)
-        lse = torch.full((b, hq, n), float("-inf"), dtype=torch.float32, device=q.device)
         subs = self.plan.subs
         cov = Coverage(n, [(s.q_row, s.q_row + s.nq) for s in subs])
-        # Rows several parts cover are merged in float32, then written once.
+        out = torch.empty(b, n, hq, dv, dtype=q.dtype, device=q.device)
+        lse = torch.full((b, hq, n), float("-inf"), dtype=torch.float32, device=q.device)
+        for r0, r1 in cov.uncovered:  # rows that see no key: out 0, lse -inf
+            out[:, r0:r1] = 0
+        # Every part writes its rows straight into out; rows several parts cover are then
+        # merged in float32 accumulators and written once at the end.
         acc = [(torch.zeros(b, r1 - r0, hq, dv, dtype=torch.float32, device=q.device),
                 torch.full((b, hq, r1 - r0), float("-inf"), dtype=torch.float32, device=q.device)) for r0, r1 in cov.multi]
         for sub in subs:
             kk, vv = self._keys(*get(sub.src), sub)
-            r0 = sub.q_row
-            o, l = _api.attention(q[:, r0:r0 + sub.nq], kk, vv, pattern=sub.pattern, scale=self.scale, return_lse=True)
-            for a, e, run in cov.split(r0, r0 + sub.nq):
+            r0, r1 = sub.q_row, sub.q_row + sub.nq
+            _, l = _api.attention(q[:, r0:r1], kk, vv, pattern=sub.pattern, scale=self.scale, return_lse=True,
+                                  out=out[:, r0:r1])
+            lse[:, :, r0:r1] = l
+            for a, e, run in cov.split(r0, r1):
                 if run is None:
-                    out[:, a:e] = o[:, a - r0:e - r0]
-                    lse[:, :, a:e] = l[:, :, a - r0:e - r0]
                     continue
                 ao, al = acc[run]
                 m0 = cov.multi[run][0]
-                mo, ml = _merge([ao[:, a - m0:e - m0], o[:, a - r0:e - r0].float()], [al[:, :, a - m0:e - m0], l[:, :, a - r0:e - r0]])
+                mo, ml = _merge([ao[:, a - m0:e - m0], out[:, a:e].float()], [al[:, :, a - m0:e - m0], lse[:, :, a:e]])
                 ao[:, a - m0:e - m0] = mo
                 al[:, :, a - m0:e - m0] = ml
         for (r0, r1), (ao, al) in zip(cov.multi, acc):
