@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 
 import numpy as np
 import torch
@@ -143,14 +144,24 @@ def check_errors():
     expect_error_everywhere(lambda: sd.attention(qn, k, v, timeout=30), TypeError, ["rank 0", "torch"])
 
 
+def check_timeout():
+    """A rank that never calls: the others raise a RuntimeError after the timeout, no hang.
+    (Last in its suite: the group is not usable afterwards.)"""
+    q, k, v, _ = _inputs(1, 1, 8, 1, 1, 8, 8)
+    if dist.get_rank() == 0:
+        expect_error_everywhere(lambda: sd.attention(q, k, v, timeout=2), RuntimeError, ["timed out"])
+    else:
+        time.sleep(6)  # stays connected, but never calls
+
+
 def main(rank, world, port, suite):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
-        SUITES[suite](world)
-        dist.barrier()
+        if SUITES[suite](world) != "no barrier":
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -201,6 +212,9 @@ def suite_bytes_and_errors(world):
     check_halo_bytes(4096, 6144, 1, 16, 16)
     check_causal_skips()
     check_errors()
+    dist.barrier()
+    check_timeout()
+    return "no barrier"
 
 
 SUITES = {"patterns": suite_patterns, "bytes_and_errors": suite_bytes_and_errors}

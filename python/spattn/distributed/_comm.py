@@ -41,10 +41,23 @@ def global_rank(group, r: int) -> int:
 
 
 def _wait(work, timeout):
-    if timeout is None:
-        work.wait()
-    else:
-        work.wait(timeout)
+    try:
+        if timeout is None:
+            work.wait()
+        else:
+            work.wait(timeout)
+    except RuntimeError as e:
+        text = str(e).lower()
+        if "timed out" in text or "timeout" in text:
+            what = f"timed out after {timeout or 'the group timeout'} waiting for another rank of the group"
+        elif "connection" in text:
+            what = "another rank of the group closed its connection"
+        else:
+            raise
+        raise RuntimeError(
+            f"spattn.distributed: {what} (a rank that does not make the same call, or failed before it); "
+            f"torch.distributed said: {e}"
+        ) from e
 
 
 class Exchange:
