@@ -108,6 +108,28 @@ def check_causal_skips():
     assert sd.stats()["forward_bytes"] == (world - 1 - rank) * 16 * 2 * 16 * 4, (rank, sd.stats())
 
 
+def check_global_row_bytes():
+    """Global([0]) | window: the global row travels to the keys (its q row out, partial results
+    back) instead of every key travelling to rank 0; each rank sends far less than a shard."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n, hq, hkv, d = 256, 2, 2, 8
+    q, k, v, dout = _inputs(4, 1, n * world, hq, hkv, d, d)
+    sl = lambda x: x[:, n * rank:n * rank + n]  # noqa: E731
+    pattern = spattn.Global([0]) | spattn.SlidingWindow(7, 0)
+    qs, ks, vs = (sl(x).clone().requires_grad_() for x in (q, k, v))
+    sd.reset_stats()
+    out = sd.attention(qs, ks, vs, pattern=pattern, timeout=60)
+    out.backward(sl(dout))
+    st = sd.stats()
+    shard_bytes = n * hkv * 2 * d * 4
+    assert st["forward_bytes"] < shard_bytes / 4 and st["backward_bytes"] < shard_bytes / 4, (rank, st)
+    qr, kr, vr = (x.clone().requires_grad_() for x in (q, k, v))
+    ref = spattn.attention(qr, kr, vr, pattern=pattern)
+    ref.backward(dout)
+    for got, want in ((out, ref), (qs.grad, qr.grad), (ks.grad, kr.grad), (vs.grad, vr.grad)):
+        assert _rel(got, sl(want)) <= TOL
+
+
 def expect_error_everywhere(fn, kind, words):
     try:
         fn()
@@ -211,6 +233,7 @@ def _even(n, world):
 def suite_bytes_and_errors(world):
     check_halo_bytes(4096, 6144, 1, 16, 16)
     check_causal_skips()
+    check_global_row_bytes()
     check_errors()
     dist.barrier()
     check_timeout()

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import _intervals as iv
-from ._reach import keys_of, queries_of
+from . import _global_rows
+from ._reach import global_rows, keys_of, queries_of
 from ._shift import key_padding, shifted
 
 # Key intervals closer than this are sent (and computed) as one piece: fewer messages parts and
@@ -89,6 +90,7 @@ class Plan:
     recv: dict = field(default_factory=dict)  # src -> [(local key row at src, length)], in order
     send: dict = field(default_factory=dict)  # dst -> [(local key row here, length)], in order
     subs: list = field(default_factory=list)  # own sources first, then by source rank
+    global_rows: object = None  # _global_rows.GlobalRows when the pattern has Global positions
 
     def recv_rows(self, src: int) -> int:
         return sum(n for _, n in self.recv.get(src, ()))
@@ -102,11 +104,15 @@ class Planner:
         self.pattern, self.pieces, self.seq_lengths = pattern, pieces, seq_lengths
         self._keys = {}
         self._plans = {}
+        # Global query rows are computed apart (_global_rows), so the other rows' plan leaves
+        # out what they see.
+        self.global_positions = global_rows(pattern)
+        self.apart = bool(self.global_positions)
 
     def _keys_of(self, piece: Piece):
         key = (piece.seq, piece.start, piece.length)
         if key not in self._keys:
-            self._keys[key] = keys_of(self.pattern, piece.start, piece.end, self.seq_lengths[piece.seq])
+            self._keys[key] = keys_of(self.pattern, piece.start, piece.end, self.seq_lengths[piece.seq], self.apart)
         return self._keys[key]
 
     def need(self, r: int, s: int):
@@ -127,6 +133,8 @@ class Planner:
     def _make(self, me: int) -> Plan:
         world = len(self.pieces)
         plan = Plan(me, world, self.pieces)
+        if self.apart:
+            plan.global_rows = _global_rows.make(self.pattern, self.pieces, self.seq_lengths, self.global_positions, me)
         for s in range(world):
             if s == me:
                 continue
@@ -155,7 +163,7 @@ class Planner:
         if kh is None:
             return
         u, v = kh
-        qh = iv.hull(iv.clip(queries_of(self.pattern, u, v, n), qp.start, qp.end))
+        qh = iv.hull(iv.clip(queries_of(self.pattern, u, v, n, self.apart), qp.start, qp.end))
         if qh is None:
             return
         a, b = qh

@@ -58,8 +58,16 @@ def _points(positions, lo: int, hi: int) -> iv.Intervals:
     return iv.normalize([(x, x + 1) for x in positions if lo <= x < hi])
 
 
-def keys_of(pattern, a: int, b: int, n: int) -> iv.Intervals:
-    """Keys (in [0, n)) that some query in [a, b) may see."""
+def global_rows(pattern) -> set:
+    """The positions of every Global leaf: query rows that may see every key."""
+    if isinstance(pattern, (P.Union, P.Intersection, P.PerHead)):
+        return set().union(*(global_rows(p) for p in pattern.parts))
+    return set(pattern.positions) if isinstance(pattern, P.Global) else set()
+
+
+def keys_of(pattern, a: int, b: int, n: int, rows_apart: bool = False) -> iv.Intervals:
+    """Keys (in [0, n)) that some query in [a, b) may see. rows_apart: leave out what the
+    global_rows see (they are computed apart, against every rank's keys)."""
     if a >= b:
         return []
     bd = _bounds(pattern)
@@ -73,7 +81,7 @@ def keys_of(pattern, a: int, b: int, n: int) -> iv.Intervals:
     if isinstance(pattern, P.Sink):
         return iv.clip([(0, pattern.n)], 0, n)
     if isinstance(pattern, P.Global):
-        if any(a <= x < b for x in pattern.positions):
+        if not rows_apart and any(a <= x < b for x in pattern.positions):
             return [(0, n)] if n else []
         return _points(pattern.positions, 0, n)
     if isinstance(pattern, P.BlockSparse):
@@ -81,18 +89,18 @@ def keys_of(pattern, a: int, b: int, n: int) -> iv.Intervals:
         rows = pattern.layout[:, a // bq : (b - 1) // bq + 1, :]
         return iv.clip(_runs(rows.any(axis=(0, 1)), bk, n), 0, n)
     if isinstance(pattern, (P.Union, P.PerHead)):
-        return iv.union(*(keys_of(p, a, b, n) for p in pattern.parts))
+        return iv.union(*(keys_of(p, a, b, n, rows_apart) for p in pattern.parts))
     if isinstance(pattern, P.Intersection):
-        out = keys_of(pattern.parts[0], a, b, n)
+        out = keys_of(pattern.parts[0], a, b, n, rows_apart)
         for p in pattern.parts[1:]:
-            out = iv.intersect(out, keys_of(p, a, b, n))
+            out = iv.intersect(out, keys_of(p, a, b, n, rows_apart))
         return out
     check_supported(pattern)
     raise AssertionError(type(pattern))  # pragma: no cover
 
 
-def queries_of(pattern, c: int, d: int, n: int) -> iv.Intervals:
-    """Queries (in [0, n)) that may see some key in [c, d)."""
+def queries_of(pattern, c: int, d: int, n: int, rows_apart: bool = False) -> iv.Intervals:
+    """Queries (in [0, n)) that may see some key in [c, d) (rows_apart: as in keys_of)."""
     if c >= d:
         return []
     bd = _bounds(pattern)
@@ -108,17 +116,17 @@ def queries_of(pattern, c: int, d: int, n: int) -> iv.Intervals:
     if isinstance(pattern, P.Global):
         if any(c <= x < d for x in pattern.positions):
             return [(0, n)] if n else []
-        return _points(pattern.positions, 0, n)
+        return [] if rows_apart else _points(pattern.positions, 0, n)
     if isinstance(pattern, P.BlockSparse):
         bq, bk = pattern.block_size
         cols = pattern.layout[:, :, c // bk : (d - 1) // bk + 1]
         return iv.clip(_runs(cols.any(axis=(0, 2)), bq, n), 0, n)
     if isinstance(pattern, (P.Union, P.PerHead)):
-        return iv.union(*(queries_of(p, c, d, n) for p in pattern.parts))
+        return iv.union(*(queries_of(p, c, d, n, rows_apart) for p in pattern.parts))
     if isinstance(pattern, P.Intersection):
-        out = queries_of(pattern.parts[0], c, d, n)
+        out = queries_of(pattern.parts[0], c, d, n, rows_apart)
         for p in pattern.parts[1:]:
-            out = iv.intersect(out, queries_of(p, c, d, n))
+            out = iv.intersect(out, queries_of(p, c, d, n, rows_apart))
         return out
     check_supported(pattern)
     raise AssertionError(type(pattern))  # pragma: no cover

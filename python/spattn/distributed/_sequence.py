@@ -10,6 +10,7 @@ import torch
 from .. import api as _api
 from ..merge import merge as _merge
 from ._comm import Exchange
+from ._global_rows import GlobalRowRunner
 from ._rows import Coverage, SumRows
 
 
@@ -20,6 +21,7 @@ class Runner:
         # refetch: the ranks that keep no fetched K/V for the backward and fetch it again
         self.plan, self.group, self.scale, self.timeout = plan, group, scale, timeout
         self.refetch = refetch
+        self.rows = None if plan.global_rows is None else GlobalRowRunner(plan.global_rows, group, scale, timeout)
 
     # ---- K/V exchange -------------------------------------------------------------------
 
@@ -100,6 +102,8 @@ class Runner:
             out[:, r0:r1] = ao
             lse[:, :, r0:r1] = al
         ex.finish()
+        if self.rows is not None:
+            self.rows.forward(q, k, v, out, lse)
         fetched = {src: get(src) for src in self.plan.recv}
         return out, lse, fetched
 
@@ -120,9 +124,20 @@ class Runner:
         subs = plan.subs
         own = [(s.k_row, s.k_row + s.nk) for s in subs if s.src == plan.rank]
         incoming = [(a, a + m) for rows in plan.send.values() for a, m in rows]
-        dq = SumRows(torch.zeros_like(q), [(s.q_row, s.q_row + s.nq) for s in subs])
-        dk = SumRows(torch.zeros_like(k), own + incoming)
-        dvv = SumRows(torch.zeros_like(v), own + incoming)
+        extra_q, extra_k = [], []
+        if self.rows is not None:
+            # Global rows: their gradients come from the helpers; the plan's parts see dout 0 there.
+            owned = [self.rows.g.rows[h][3] for h in self.rows.g.owned()]
+            extra_q = [(r, r + 1) for r in owned] * 2
+            extra_k = self.rows.key_ranges()
+            if owned:
+                dout_rows = dout
+                dout = dout.clone()
+                for r in owned:
+                    dout[:, r] = 0
+        dq = SumRows(torch.zeros_like(q), [(s.q_row, s.q_row + s.nq) for s in subs] + extra_q)
+        dk = SumRows(torch.zeros_like(k), own + incoming + extra_k)
+        dvv = SumRows(torch.zeros_like(v), own + incoming + extra_k)
         partial = {}
         for src in plan.recv:
             ranges = [(s.k_row, s.k_row + s.nk) for s in subs if s.src == src]
@@ -139,6 +154,8 @@ class Runner:
             tv.add(sub.k_row, gv[:, :sub.nk])
         if ex is not None:
             ex.finish()
+        if self.rows is not None:
+            self.rows.backward(dout_rows if extra_q else dout, out, lse, k, v, dq, dk, dvv)
         # dK/dV of fetched keys go back to their owners (the reverse of the forward's messages).
         sends = {src: torch.cat([gk.finish().reshape(-1), gv.finish().reshape(-1)]) for src, (gk, gv) in partial.items()}
         recvs = {dst: (b * plan.send_rows(dst) * hk * (d + dv_dim), k.dtype) for dst in plan.send}
