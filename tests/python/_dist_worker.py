@@ -202,6 +202,8 @@ def suite_patterns(world):
     check(S.Dilated(6, 0, 3), uneven)
     check(S.Global([0, 7, n - 5]) | S.SlidingWindow(11, 0), uneven)
     check(S.Sink(4) | S.SlidingWindow(11, 0), uneven)
+    # Two key intervals from one rank (sink and halo apart), batch of 2: a message of parts.
+    check(S.Sink(2) | S.SlidingWindow(5, 0), [100, 60, 50, 40][:world], b=2)
     check(S.BlockSparse(layout, 16), uneven, mode="sequence")
     check(S.BlockSparse(layout, 16), uneven, mode="heads")
     check(S.PerHead([S.SlidingWindow(7, 0), S.Causal(), S.Dilated(4, 0, 2), S.Sink(2) | S.SlidingWindow(3, 3)]), uneven)

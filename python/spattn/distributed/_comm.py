@@ -61,55 +61,98 @@ def _wait(work, timeout):
 
 
 class Exchange:
-    """One round of messages: `sends` {dst rank in group: 1-D tensor}, `recvs` {src: (numel,
-    dtype)}. Receives are posted at once; get(src) waits for one, so work on what has arrived
-    overlaps what is still in flight."""
+    """One round of messages. sends: {dst rank in group: tensor or list of tensors} (each part
+    one message; contiguous slices of the caller's tensors are sent without a copy). recvs:
+    {src: (part sizes, dtype)}: the parts land one after another in one flat buffer. get(src)
+    waits for one source, so work on what has arrived overlaps what is still in flight.
 
-    def __init__(self, group, sends: dict, recvs: dict, device, timeout, phase: str):
-        self.timeout = timeout
-        self._recv = {}
-        self._send = []
-        self._bufs = []  # send buffers stay alive until finish()
-        posted = []  # (kind, key, buffer, peer)
-        for src in sorted(recvs):
-            numel, dtype = recvs[src]
-            buf = torch.empty(numel, dtype=dtype, device=device)
-            self._recv[src] = [buf, len(posted)]
-            posted.append(("recv", buf, global_rank(group, src)))
+    depth: on gloo, at most this many sources are being received at a time (the next is posted
+    when one is taken), so a rank that takes every earlier shard (causal) holds a few at once,
+    as in a ring; None posts all. NCCL posts a round as one group."""
+
+    def __init__(self, group, sends: dict, recvs: dict, device, timeout, phase: str, depth=None):
+        self.group, self.timeout = group, timeout
+        self.nccl = dist.get_backend(group) == "nccl"
+        self._order = sorted(recvs)
+        self._recv = {}  # src -> [buffer, [works] or None (done)]
+        self._spec = {src: recvs[src] for src in self._order}
+        self._device = device
+        self._depth = None if self.nccl else depth
+        self._posted = 0
+        self._sends = []  # (tensor, work)
+        parts = []
         for dst in sorted(sends):
-            t = sends[dst].contiguous()
-            count(t.numel() * t.element_size(), phase)
-            self._send.append(len(posted))
-            self._bufs.append(t)
-            posted.append(("send", t, global_rank(group, dst)))
-        if not posted:
-            self._works = []
-        elif dist.get_backend(group) == "nccl":
+            msg = sends[dst] if isinstance(sends[dst], (list, tuple)) else [sends[dst]]
+            for t in msg:
+                t = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+                count(t.numel() * t.element_size(), phase)
+                parts.append((t, global_rank(group, dst)))
+        if self.nccl:
             # NCCL needs a round's sends and receives grouped (two ranks that both receive first
             # would wait on each other); it may return one work for the whole group.
             c10d = dist.distributed_c10d
-            ops = [dist.P2POp(c10d.irecv if kind == "recv" else c10d.isend, t, peer, group) for kind, t, peer in posted]
-            works = dist.batch_isend_irecv(ops)
-            self._works = works if len(works) == len(ops) else [_All(works)] * len(ops)
+            ops, where = [], []
+            for src in self._order:
+                buf, views = self._alloc(src)
+                self._recv[src] = [buf, []]
+                for v in views:
+                    where.append(src)
+                    ops.append(dist.P2POp(c10d.irecv, v, global_rank(group, src), group))
+            for t, peer in parts:
+                where.append(t)
+                ops.append(dist.P2POp(c10d.isend, t, peer, group))
+            works = dist.batch_isend_irecv(ops) if ops else []
+            if len(works) != len(ops):
+                works = [_All(works)] * len(ops)
+            for w, key in zip(works, where):
+                if isinstance(key, torch.Tensor):
+                    self._sends.append((key, w))
+                else:
+                    self._recv[key][1].append(w)
+            self._posted = len(self._order)
         else:
-            # gloo: plain isend / irecv (receives are posted first; nothing blocks).
-            self._works = [(dist.irecv(t, src=peer, group=group) if kind == "recv" else dist.isend(t, dst=peer, group=group))
-                           for kind, t, peer in posted]
+            # gloo: plain irecv / isend; receives first, then sends (nothing blocks).
+            self._post(self._depth or len(self._order))
+            self._sends = [(t, dist.isend(t, dst=peer, group=group)) for t, peer in parts]
+
+    def _alloc(self, src):
+        sizes, dtype = self._spec[src]
+        sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+        buf = torch.empty(sum(sizes), dtype=dtype, device=self._device)
+        return buf, list(buf.split(sizes)) if sizes else []
+
+    def _post(self, count_: int):
+        while self._posted < len(self._order) and count_ > 0:
+            src = self._order[self._posted]
+            buf, views = self._alloc(src)
+            peer = global_rank(self.group, src)
+            self._recv[src] = [buf, [dist.irecv(v, src=peer, group=self.group) for v in views]]
+            self._posted += 1
+            count_ -= 1
 
     def get(self, src: int) -> torch.Tensor:
-        buf, i = self._recv[src]
-        if i is not None:
-            _wait(self._works[i], self.timeout)
+        if src not in self._recv:
+            self._post(self._order.index(src) + 1 - self._posted)
+        buf, works = self._recv[src]
+        if works is not None:
+            for w in works:
+                _wait(w, self.timeout)
             self._recv[src][1] = None
+            self._post(1)
         return buf
 
+    def release(self, src: int) -> None:
+        """Drops this exchange's reference to a received buffer (taken and no longer needed)."""
+        self.get(src)
+        self._recv[src][0] = None
+
     def finish(self) -> None:
-        for src in list(self._recv):
-            self.get(src)
-        for i in self._send:
-            _wait(self._works[i], self.timeout)
-        self._send = []
-        self._bufs = []
+        for src in self._order:
+            if src not in self._recv or self._recv[src][1] is not None:
+                self.get(src)
+        for _, w in self._sends:
+            _wait(w, self.timeout)
+        self._sends = []
 
 
 class _All:

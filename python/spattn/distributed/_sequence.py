@@ -25,17 +25,26 @@ class Runner:
 
     # ---- K/V exchange -------------------------------------------------------------------
 
-    def _pack(self, k, v, rows):
-        parts = [k[:, a:a + n].reshape(-1) for a, n in rows] + [v[:, a:a + n].reshape(-1) for a, n in rows]
-        return torch.cat(parts)
+    @staticmethod
+    def _parts(k, v, rows):
+        """The K rows, then the V rows, as separate message parts (no copy when contiguous)."""
+        return [k[:, a:a + n] for a, n in rows] + [v[:, a:a + n] for a, n in rows]
 
-    def _unpack(self, buf, like_k, like_v, rows):
+    @staticmethod
+    def _unpack(buf, like_k, like_v, rows):
+        """Inverse of the layout [K rows of each part] + [V rows of each part] (or, rows an
+        int, one [B, rows, Hkv, D] K block and one V block)."""
         b, _, hk, d = like_k.shape
         dv = like_v.shape[3]
-        nk = b * rows * hk * d
-        kk = buf[:nk].view(b, rows, hk, d)
-        vv = buf[nk:].view(b, rows, hk, dv)
-        return kk, vv
+        counts = [rows] if isinstance(rows, int) else [n for _, n in rows]
+        total = sum(counts)
+        nk = b * total * hk * d
+        if len(counts) == 1 or b == 1:  # parts are consecutive rows already
+            return buf[:nk].view(b, total, hk, d), buf[nk:].view(b, total, hk, dv)
+        ks = buf[:nk].split([b * n * hk * d for n in counts])
+        vs = buf[nk:].split([b * n * hk * dv for n in counts])
+        return (torch.cat([x.view(b, n, hk, d) for x, n in zip(ks, counts)], dim=1),
+                torch.cat([x.view(b, n, hk, dv) for x, n in zip(vs, counts)], dim=1))
 
     def exchange_kv(self, k, v, again=False):
         """Starts sending this rank's halos and receiving the others'. Returns get(src).
@@ -44,19 +53,27 @@ class Runner:
         b, _, hk, d = k.shape
         dv = v.shape[3]
         to = [dst for dst in plan.send if not again or dst in self.refetch]
-        sends = {dst: self._pack(k, v, plan.send[dst]) for dst in to}
+        sends = {dst: self._parts(k, v, plan.send[dst]) for dst in to}
         take = not again or plan.rank in self.refetch
-        recvs = {src: (b * plan.recv_rows(src) * hk * (d + dv), k.dtype) for src in plan.recv if take}
-        ex = Exchange(self.group, sends, recvs, k.device, self.timeout, "backward" if again else "forward")
+        recvs = {src: ([b * n * hk * d for _, n in plan.recv[src]] + [b * n * hk * dv for _, n in plan.recv[src]], k.dtype)
+                 for src in plan.recv if take}
+        # At most two sources in flight (gloo): the last rank of a causal problem holds a few
+        # earlier shards at a time, not all of them.
+        ex = Exchange(self.group, sends, recvs, k.device, self.timeout, "backward" if again else "forward", depth=2)
         cache = {}
 
         def get(src):
             if src == plan.rank:
                 return k, v
             if src not in cache:
-                cache[src] = self._unpack(ex.get(src), k, v, plan.recv_rows(src))
+                cache[src] = self._unpack(ex.get(src), k, v, plan.recv[src])
             return cache[src]
 
+        def drop(src):
+            cache.pop(src, None)
+            ex.release(src)
+
+        get.drop = drop
         return ex, get
 
     @staticmethod
@@ -69,8 +86,9 @@ class Runner:
 
     # ---- forward ------------------------------------------------------------------------
 
-    def forward(self, q, k, v):
-        """out (q's dtype), lse float32 [Bt, Hq, n], and the fetched K/V (src -> (k, v))."""
+    def forward(self, q, k, v, keep=False):
+        """out (q's dtype), lse float32 [Bt, Hq, n], and (keep) the fetched K/V (src -> (k, v))
+        for the backward; without keep each source's K/V is dropped once its parts ran."""
         b, n, hq, _ = q.shape
         dv = v.shape[3]
         ex, get = self.exchange_kv(k, v)
@@ -84,7 +102,8 @@ class Runner:
         # merged in float32 accumulators and written once at the end.
         acc = [(torch.zeros(b, r1 - r0, hq, dv, dtype=torch.float32, device=q.device),
                 torch.full((b, hq, r1 - r0), float("-inf"), dtype=torch.float32, device=q.device)) for r0, r1 in cov.multi]
-        for sub in subs:
+        last = {sub.src: i for i, sub in enumerate(subs)}
+        for i, sub in enumerate(subs):
             kk, vv = self._keys(*get(sub.src), sub)
             r0, r1 = sub.q_row, sub.q_row + sub.nq
             _, l = _api.attention(q[:, r0:r1], kk, vv, pattern=sub.pattern, scale=self.scale, return_lse=True,
@@ -98,13 +117,15 @@ class Runner:
                 mo, ml = _merge([ao[:, a - m0:e - m0], out[:, a:e].float()], [al[:, :, a - m0:e - m0], lse[:, :, a:e]])
                 ao[:, a - m0:e - m0] = mo
                 al[:, :, a - m0:e - m0] = ml
+            if not keep and sub.src != self.plan.rank and last[sub.src] == i:
+                get.drop(sub.src)
         for (r0, r1), (ao, al) in zip(cov.multi, acc):
             out[:, r0:r1] = ao
             lse[:, :, r0:r1] = al
         ex.finish()
         if self.rows is not None:
             self.rows.forward(q, k, v, out, lse)
-        fetched = {src: get(src) for src in self.plan.recv}
+        fetched = {src: get(src) for src in self.plan.recv} if keep else None
         return out, lse, fetched
 
     # ---- backward -----------------------------------------------------------------------
@@ -174,9 +195,9 @@ class Runner:
 class SequenceAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, runner, keep_fetched):
-        out, lse, fetched = runner.forward(q.detach(), k.detach(), v.detach())
+        out, lse, fetched = runner.forward(q.detach(), k.detach(), v.detach(), keep_fetched)
         ctx.runner = runner
-        ctx.fetched = fetched if keep_fetched else None
+        ctx.fetched = fetched
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mark_non_differentiable(lse)
         return out, lse
