@@ -164,7 +164,8 @@ class Runner:
             ranges = [(s.k_row, s.k_row + s.nk) for s in subs if s.src == src]
             rows = plan.recv_rows(src)
             partial[src] = (SumRows(k.new_zeros(b, rows, hk, d), ranges), SumRows(v.new_zeros(b, rows, hk, dv_dim), ranges))
-        for sub in subs:
+        last = {sub.src: i for i, sub in enumerate(subs)}
+        for i, sub in enumerate(subs):
             kk, vv = self._keys(*get(sub.src), sub)
             r0, r1 = sub.q_row, sub.q_row + sub.nq
             gq, gk, gv = _api.attention_backward(dout[:, r0:r1], q[:, r0:r1], kk, vv, out[:, r0:r1], lse[:, :, r0:r1],
@@ -173,6 +174,8 @@ class Runner:
             tk, tv = (dk, dvv) if sub.src == plan.rank else partial[sub.src]
             tk.add(sub.k_row, gk[:, :sub.nk])
             tv.add(sub.k_row, gv[:, :sub.nk])
+            if plan.rank in self.refetch and sub.src != plan.rank and last[sub.src] == i:
+                get.drop(sub.src)
         if ex is not None:
             ex.finish()
         if self.rows is not None:
