@@ -211,6 +211,8 @@ def suite_patterns(world):
     check(S.SlidingWindow(9, 0), uneven, cu=cu)
     check(S.Causal(), uneven, cu=cu, mode="heads")
     check(S.Dense(), uneven, hq=4, hkv=2, mode="heads")
+    # A learned pattern has no sequence plan: auto runs it in head mode.
+    check(S.TopKBlocks(2, 16, always=S.Sink(1)), uneven)
     check(S.Dense(), uneven, mode="sequence")
     # An empty shard: the halo of the rank after it comes from further left.
     check(S.SlidingWindow(40, 0), [30, 0] + [25] * (world - 2) if world > 2 else [45, 0])

@@ -104,6 +104,7 @@ class Planner:
         self.pattern, self.pieces, self.seq_lengths = pattern, pieces, seq_lengths
         self._keys = {}
         self._plans = {}
+        self._need = {}
         # Global query rows are computed apart (_global_rows), so the other rows' plan leaves
         # out what they see.
         self.global_positions = global_rows(pattern)
@@ -117,6 +118,11 @@ class Planner:
 
     def need(self, r: int, s: int):
         """[(piece index at s, lo, hi)]: the keys rank r needs from rank s, in sequence positions."""
+        if (r, s) not in self._need:
+            self._need[(r, s)] = self._need_of(r, s)
+        return self._need[(r, s)]
+
+    def _need_of(self, r: int, s: int):
         out = []
         for pi, kp in enumerate(self.pieces[s]):
             parts = [self._keys_of(qp) for qp in self.pieces[r] if qp.seq == kp.seq]
