@@ -13,6 +13,11 @@ slowest rank's). One rank is the plain single-process spattn.attention on the wh
 Printed per row: ms per call, speedup over one rank, bytes sent per rank per call (the largest
 over ranks, read from spattn.distributed.stats()) and the halo the window needs,
 (W - 1) x Hkv x (D + Dv) x element size.
+
+--rank-work (CPU) also times, in this one process and one thread, the single call and each
+rank's share of the work (its plan, with the messages replaced by slices), alternating them:
+the speedup the ranks would reach on otherwise idle cores, without transfers. On a machine
+whose cores are busy with other work, that is the figure the process timing cannot show.
 """
 from __future__ import annotations
 
@@ -93,11 +98,9 @@ def _worker(rank, world, port, args, out_path):
             if args.backward:
                 out.backward(torch.ones_like(out))
 
-        call()
         sd.reset_stats()
-        call()
-        sent = sd.stats()["bytes_sent"]
         t = _time(torch, call, args.repeats, sync, dist.barrier)
+        sent = sd.stats()["bytes_sent"] // (args.repeats + 1)  # per call (warm-up included)
         ts = torch.tensor([t, float(sent)], dtype=torch.float64, device=device)
         dist.all_reduce(ts, op=dist.ReduceOp.MAX)
         if rank == 0:
@@ -105,6 +108,57 @@ def _worker(rank, world, port, args, out_path):
                 f.write(f"{ts[0].item()} {int(ts[1].item())}\n")
     finally:
         dist.destroy_process_group()
+
+
+def _rank_work(args):
+    """Best times of the whole call and of each rank's share, in one process, alternating."""
+    import torch
+
+    import spattn
+    from spattn.distributed._plan import Planner, contiguous_pieces
+    from spattn.distributed._sequence import Runner
+
+    torch.set_num_threads(args.threads)
+    pattern = spattn.SlidingWindow(args.window - 1, 0)
+    q, k, v = _inputs(torch, 0, args.n, args, torch.device("cpu"), False)
+    rows = [(args.n * r // max(args.ranks), args.n * (r + 1) // max(args.ranks)) for r in range(max(args.ranks))]
+    planner = Planner(pattern, contiguous_pieces([b - a for a, b in rows]), [args.n])
+
+    class Local(Runner):
+        def exchange_kv(self, kk, vv, again=False):
+            plan = self.plan
+
+            class Done:
+                def finish(self):
+                    pass
+
+            def get(src):
+                if src == plan.rank:
+                    return kk, vv
+                a = rows[src][0]
+                parts = plan.recv[src]
+                return (torch.cat([k[:, a + x:a + x + m] for x, m in parts], 1),
+                        torch.cat([v[:, a + x:a + x + m] for x, m in parts], 1))
+
+            get.drop = lambda src: None
+            return Done(), get
+
+    jobs = {"whole": lambda: spattn.attention(q, k, v, pattern=pattern)}
+    for r, (a, b) in enumerate(rows):
+        run = Local(planner.plan(r), None, None, None)
+        jobs[f"rank {r}"] = (lambda run=run, a=a, b=b: run.forward(q[:, a:b], k[:, a:b], v[:, a:b]))
+    best = {name: float("inf") for name in jobs}
+    for fn in jobs.values():
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in jobs.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    slowest = max(t for name, t in best.items() if name != "whole")
+    print(f"rank work in one process ({max(args.ranks)} ranks): whole call {best['whole'] * 1e3:.1f} ms, "
+          + ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in best.items() if name != "whole")
+          + f"; whole / slowest rank = {best['whole'] / slowest:.2f}x")
 
 
 def main():
@@ -120,6 +174,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backward", action="store_true", help="time forward + backward")
     ap.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
+    ap.add_argument("--rank-work", action="store_true", help="also time each rank's share in one process (CPU)")
     args = ap.parse_args()
     args.kv_heads = args.kv_heads or args.heads
 
@@ -148,6 +203,8 @@ def main():
         base = base or (t if world == 1 else None)
         speed = f"{base / t:.2f}x" if base else "-"
         print(f"| {world} | {t * 1e3:.1f} | {speed} | {sent:,} | {halo if world > 1 else 0:,} |", flush=True)
+    if args.rank_work:
+        _rank_work(args)
 
 
 if __name__ == "__main__":
