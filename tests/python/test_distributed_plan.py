@@ -162,3 +162,22 @@ def test_window_halo_is_the_window_and_causal_skips_later_ranks():
     causal = Planner(S.Causal(), pieces, [4000])
     assert [causal.received_rows(r) for r in range(4)] == [0, 1000, 2000, 3000]
     assert all(causal.need(r, s) == [] for r in range(4) for s in range(r + 1, 4))
+
+
+def test_torch_merge_equals_spattn_merge():
+    """The merge used on devices where spattn.merge does not run (CUDA), checked on the CPU."""
+    from spattn.distributed._merge import torch_merge
+
+    g = torch.Generator().manual_seed(4)
+    outs = [torch.randn(2, 7, 3, 5, generator=g) for _ in range(3)]
+    lses = [torch.randn(2, 3, 7, generator=g) for _ in range(3)]
+    for l in lses:
+        l[0, 1, 2] = float("-inf")  # a row no part saw
+    lses[1][1, 0, 0] = float("-inf")
+    want_o, want_l = S.merge(outs, lses)
+    got_o, got_l = torch_merge(outs, lses)
+    assert (got_o - want_o).abs().max() <= 1e-6
+    assert torch.equal(torch.isneginf(got_l), torch.isneginf(want_l))
+    fin = torch.isfinite(want_l)
+    assert (got_l[fin] - want_l[fin]).abs().max() <= 1e-6
+    assert torch.all(got_o[0, 2, 1] == 0)

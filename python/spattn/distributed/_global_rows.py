@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import api as _api
-from ..merge import merge as _merge
+from ._merge import merge as _merge
 from ._comm import Exchange
 from ._shift import key_padding, shifted
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import api as _api
-from ..merge import merge as _merge
+from ._merge import merge as _merge
 from ._comm import Exchange
 from ._global_rows import GlobalRowRunner
 from ._rows import Coverage, SumRows
