@@ -9,8 +9,9 @@ torch = pytest.importorskip("torch")
 import spattn  # noqa: E402
 from spattn.distributed._plan import Planner, contiguous_pieces, zigzag_pieces  # noqa: E402
 from spattn.distributed._reach import Unsupported, check_supported, keys_of, queries_of  # noqa: E402
-from spattn.distributed._sequence import Runner  # noqa: E402
 from spattn.distributed._shift import key_padding, shifted  # noqa: E402
+
+from _dist_worker import run_plan  # noqa: E402
 
 S = spattn
 N = 150
@@ -80,78 +81,20 @@ def test_unsupported_patterns_name_head_mode():
             check_supported(p)
 
 
-class _LocalRunner(Runner):
-    """A Runner whose messages are slices of the other ranks' tensors (no processes). Global
-    query rows, which travel to every rank and back, are checked by test_distributed.py."""
-
-    def __init__(self, plan, shards):
-        super().__init__(plan, None, None, None)
-        self.shards = shards
-        self.rows = None
-
-    def exchange_kv(self, k, v, again=False):
-        plan, shards = self.plan, self.shards
-
-        class Done:
-            def finish(self):
-                pass
-
-        def get(src):
-            if src == plan.rank:
-                return k, v
-            ks, vs = shards[src]
-            rows = plan.recv[src]
-            return torch.cat([ks[:, a:a + n] for a, n in rows], 1), torch.cat([vs[:, a:a + n] for a, n in rows], 1)
-
-        get.drop = lambda src: None
-        return Done(), get
-
-
-def _run_plan(pattern, lengths, layout="contiguous", cu=None, dtype=torch.float32):
-    g = torch.Generator().manual_seed(3)
-    n = sum(lengths)
-    q, k, v = (torch.randn(1, n, h, 16, generator=g).to(dtype) for h in (3, 1, 1))
-    seqs = [n] if cu is None else [b - a for a, b in zip(cu, cu[1:])]
-    starts = np.concatenate(([0], np.cumsum(seqs)))
-    if cu is None:
-        ref, ref_lse = S.attention(q, k, v, pattern=pattern, return_lse=True)
-    else:
-        ref, ref_lse = S.attention(q[0], k[0], v[0], pattern=pattern, return_lse=True, cu_seqlens_q=cu, cu_seqlens_k=cu)
-        ref, ref_lse = ref[None], ref_lse[None]
-    world = len(lengths)
-    pieces = contiguous_pieces(lengths, seqs if cu else None) if layout == "contiguous" else zigzag_pieces(n, world)
-    rows = [torch.tensor([int(starts[p.seq]) + i for p in ps for i in range(p.start, p.end)], dtype=torch.long)
-            for ps in pieces]
-    shards = [(k[:, r], v[:, r]) for r in rows]
-    planner = Planner(pattern, pieces, seqs)
-    for r in range(world):
-        out, lse, _ = _LocalRunner(planner.plan(r), shards).forward(q[:, rows[r]], *shards[r])
-        want, want_lse = ref[:, rows[r]], ref_lse[:, :, rows[r]]
-        keep = torch.tensor([i - int(starts[np.searchsorted(starts, i, side="right") - 1])
-                             not in planner.global_positions for i in rows[r].tolist()], dtype=torch.bool)
-        out, lse, want, want_lse = out[:, keep], lse[:, :, keep], want[:, keep], want_lse[:, :, keep]
-        tol = 1e-5 if dtype == torch.float32 else 2e-2
-        assert (out.float() - want.float()).abs().max() <= tol * want.float().abs().max()
-        fin = torch.isfinite(want_lse)
-        assert torch.equal(torch.isfinite(lse), fin)
-        assert (lse[fin] - want_lse[fin]).abs().max() <= 1e-4
-    return planner
-
-
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_plan_rank_by_rank_equals_single_call(name):
-    _run_plan(PATTERNS[name], [40, 31, 50, 29])
+    run_plan(PATTERNS[name], [40, 31, 50, 29])
 
 
 def test_plan_zigzag_varlen_and_bfloat16():
-    planner = _run_plan(S.Causal(), [38, 37, 37, 38], layout="zigzag")
+    planner = run_plan(S.Causal(), [38, 37, 37, 38], layout="zigzag")
     # Zigzag gives every rank the same causal work (kept pairs), up to rounding of the chunks.
     work = [sum(p + 1 for pc in ps for p in range(pc.start, pc.end)) for ps in planner.pieces]
     assert max(work) - min(work) <= 0.05 * max(work), work
     plain = [sum(p + 1 for pc in ps for p in range(pc.start, pc.end)) for ps in contiguous_pieces([38, 37, 37, 38])]
     assert max(plain) > 3 * min(plain)
-    _run_plan(S.Sink(2) | S.SlidingWindow(12, 0), [40, 31, 50, 29], cu=[0, 25, 26, 100, 150])
-    _run_plan(S.SlidingWindow(20, 3), [40, 31, 50, 29], dtype=torch.bfloat16)
+    run_plan(S.Sink(2) | S.SlidingWindow(12, 0), [40, 31, 50, 29], cu=[0, 25, 26, 100, 150])
+    run_plan(S.SlidingWindow(20, 3), [40, 31, 50, 29], dtype=torch.bfloat16)
 
 
 def test_window_halo_is_the_window_and_causal_skips_later_ranks():
