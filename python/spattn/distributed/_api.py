@@ -70,7 +70,7 @@ def _cu_list(cu):
     return vals
 
 
-def _local_meta(q, k, v, pattern, scale, cu, mode, layout):
+def _local_meta(q, k, v, pattern, scale, cu, mode, layout, nccl):
     """This rank's facts for the cross-rank check; raises for what is wrong locally."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -91,6 +91,9 @@ def _local_meta(q, k, v, pattern, scale, cu, mode, layout):
         raise ValueError(f"q, k: expected Hq a multiple of Hkv and one head dim D, got q {list(q.shape)}, k {list(k.shape)}")
     if not (k4.device == q4.device and v4.device == q4.device):
         raise ValueError(f"q, k, v: expected one device, got {q.device}, {k.device}, {v.device}")
+    if nccl != q4.is_cuda:
+        raise ValueError(f"group: its backend is {'NCCL' if nccl else 'not NCCL'}, but q is on {q.device}; use a gloo "
+                         f"group for CPU tensors and an NCCL group for CUDA tensors")
     b, n, hq, d = q4.shape
     scale_bits = 0 if scale is None else struct.unpack("<q", struct.pack("<d", scale))[0]
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
@@ -219,6 +222,7 @@ def attention(q, k, v, pattern=None, group=None, scale=None, return_lse: bool = 
     world = dist.get_world_size(group)
     timeout = _timeout(timeout)
     err, local = None, None
+    nccl = dist.get_backend(group) == "nccl"
     try:
         if mode not in _MODES:
             raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
@@ -229,10 +233,9 @@ def attention(q, k, v, pattern=None, group=None, scale=None, return_lse: bool = 
         cu = _cu_list(cu_seqlens)
         if cu is not None and layout != "contiguous":
             raise ValueError("layout: a variable-length batch (cu_seqlens) is sharded contiguously; got layout='zigzag'")
-        local = _local_meta(q, k, v, pattern, scale, cu, mode, layout)
+        local = _local_meta(q, k, v, pattern, scale, cu, mode, layout, nccl)
     except (TypeError, ValueError) as e:
         err = e
-    nccl = dist.get_backend(group) == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     rows = _exchange_meta(local, err, group, device, timeout)
     lengths = [row[1] for row in rows]
