@@ -47,7 +47,7 @@ def _split(n, lengths):
 
 
 def check(pattern, lengths, *, b=1, hq=4, hkv=2, d=16, dv=16, seed=0, mode="auto", layout="contiguous", cu=None,
-          group=None):
+          group=None, cu_pair=False):
     """Forward (out and lse) and backward of this rank's shard against the single-process call."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     n = sum(lengths)
@@ -63,8 +63,9 @@ def check(pattern, lengths, *, b=1, hq=4, hkv=2, d=16, dv=16, seed=0, mode="auto
         a, e = _split(n, lengths)[rank]
         take = lambda x: x.narrow(dim, a, e - a)  # noqa: E731
     qs, ks, vs = (take(x).detach().clone().requires_grad_() for x in (q, k, v))
+    cu_kw = dict(cu_seqlens_q=torch.tensor(cu, dtype=torch.int32), cu_seqlens_k=list(cu)) if cu_pair else dict(cu_seqlens=cu)
     out, lse = sd.attention(qs, ks, vs, pattern=pattern, group=group, return_lse=True, mode=mode, layout=layout,
-                            cu_seqlens=cu, timeout=60)
+                            timeout=60, **cu_kw)
     out.backward(take(dout))
     want_lse = take(ref_lse.transpose(-1, -2)).transpose(-1, -2)
     fin = torch.isfinite(want_lse)
@@ -270,7 +271,7 @@ def suite_patterns(world):
     check(S.PerHead([S.SlidingWindow(7, 0), S.Causal(), S.Dilated(4, 0, 2), S.Sink(2) | S.SlidingWindow(3, 3)]), uneven)
     cu = [0, 30, 31, n - 20, n]
     check(S.SlidingWindow(9, 0), uneven, cu=cu)
-    check(S.Causal(), uneven, cu=cu, mode="heads")
+    check(S.Causal(), uneven, cu=cu, mode="heads", cu_pair=True)
     check(S.Dense(), uneven, hq=4, hkv=2, mode="heads")
     # A learned pattern has no sequence plan: auto runs it in head mode.
     check(S.TopKBlocks(2, 16, always=S.Sink(1)), uneven)

@@ -70,6 +70,18 @@ def _cu_list(cu):
     return vals
 
 
+def _one_cu(cu, cu_q, cu_k):
+    """The one offsets array of a sharded self-attention, from cu_seqlens or the q / k pair."""
+    if cu_q is None and cu_k is None:
+        return cu
+    given = [x for x in (cu, cu_q, cu_k) if x is not None]
+    lists = [_cu_list(x) for x in given]
+    if cu_q is None or cu_k is None or any(x != lists[0] for x in lists):
+        raise ValueError("cu_seqlens_q, cu_seqlens_k: a sharded self-attention takes one set of global offsets; pass "
+                         "cu_seqlens (or equal cu_seqlens_q and cu_seqlens_k)")
+    return lists[0]
+
+
 def _local_meta(q, k, v, pattern, scale, cu, mode, layout, nccl):
     """This rank's facts for the cross-rank check; raises for what is wrong locally."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -196,7 +208,7 @@ def _planner(key, pattern, pieces, seq_lengths):
 
 
 def attention(q, k, v, pattern=None, group=None, scale=None, return_lse: bool = False, *, mode: str = "auto",
-              layout: str = "contiguous", cu_seqlens=None, timeout=None):
+              layout: str = "contiguous", cu_seqlens=None, timeout=None, cu_seqlens_q=None, cu_seqlens_k=None):
     """Attention over a sequence sharded across the ranks of a torch.distributed group.
 
     Each rank passes its shard q [B, N_r, Hq, D], k [B, N_r, Hkv, D], v [B, N_r, Hkv, Dv]
@@ -211,7 +223,8 @@ def attention(q, k, v, pattern=None, group=None, scale=None, return_lse: bool = 
     shards for causal, merged by logsumexp); 'heads' runs an all-to-all over heads (any pattern,
     Hq divisible by the group size); 'auto' takes the one that sends fewer bytes.
     cu_seqlens: global offsets [B+1] of a variable-length batch packed over all ranks (q is then
-    [T_r, Hq, D]; sequences may cross shard borders). timeout: seconds (or a timedelta) to wait
+    [T_r, Hq, D]; sequences may cross shard borders); cu_seqlens_q / cu_seqlens_k, as in
+    spattn.attention, are accepted too and must then be equal (self-attention). timeout: seconds (or a timedelta) to wait
     for any message before raising. torch autograd works through the call.
     """
     if not dist.is_available() or not dist.is_initialized():
@@ -230,7 +243,7 @@ def attention(q, k, v, pattern=None, group=None, scale=None, return_lse: bool = 
             raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
         pattern = _api._pattern(pattern)
         scale = _api._scale(scale)
-        cu = _cu_list(cu_seqlens)
+        cu = _cu_list(_one_cu(cu_seqlens, cu_seqlens_q, cu_seqlens_k))
         if cu is not None and layout != "contiguous":
             raise ValueError("layout: a variable-length batch (cu_seqlens) is sharded contiguously; got layout='zigzag'")
         local = _local_meta(q, k, v, pattern, scale, cu, mode, layout, nccl)
