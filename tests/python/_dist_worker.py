@@ -158,6 +158,13 @@ def check_halo_bytes(window, n_per_rank, hkv, d, dv):
     assert st["bytes_sent"] <= 1.1 * halo, (rank, st, halo)
     ref = spattn.attention(q, k, v, pattern=spattn.SlidingWindow(window - 1, 0))
     assert _rel(out, sl(ref)) <= TOL
+    # The backward returns the halo's dK/dV to its owner: the same bytes, the other way.
+    qs, ks, vs = (sl(x).clone().requires_grad_() for x in (q, k, v))
+    sd.reset_stats()
+    sd.attention(qs, ks, vs, pattern=spattn.SlidingWindow(window - 1, 0), timeout=60).sum().backward()
+    st = sd.stats()
+    back = (window - 1) * hkv * (d + dv) * 4 if rank > 0 else 0
+    assert st["forward_bytes"] == exact and st["backward_bytes"] == back, (rank, st, exact, back)
 
 
 def check_causal_skips():
