@@ -275,6 +275,19 @@ def suite_patterns(world):
     check(S.Sink(2) | S.SlidingWindow(5, 0), [100, 60, 50, 40][:world], b=2)
     check(S.BlockSparse(layout, 16), uneven, mode="sequence")
     check(S.BlockSparse(layout, 16), uneven, mode="heads")
+    # Shard borders that cut the blocks need a refined layout; when some rank's would be too
+    # large, every rank learns it from the plan and auto runs head mode (no rank left waiting).
+    import spattn.distributed._shift as shift
+
+    limit, shift.MAX_REFINED_LAYOUT = shift.MAX_REFINED_LAYOUT, 64
+    try:
+        check(S.BlockSparse(~layout, 16), uneven)
+        a, e = _split(n, uneven)[dist.get_rank()]
+        shards = [x[:, a:e] for x in _inputs(0, 1, n, 4, 2, 16, 16)[:3]]
+        expect_error_everywhere(lambda: sd.attention(*shards, pattern=S.BlockSparse(layout[:, ::-1], 16), mode="sequence",
+                                                     timeout=30), ValueError, ["layout", "heads"])
+    finally:
+        shift.MAX_REFINED_LAYOUT = limit
     check(S.PerHead([S.SlidingWindow(7, 0), S.Causal(), S.Dilated(4, 0, 2), S.Sink(2) | S.SlidingWindow(3, 3)]), uneven)
     cu = [0, 30, 31, n - 20, n]
     check(S.SlidingWindow(9, 0), uneven, cu=cu)

@@ -170,15 +170,36 @@ def _head_bytes(lengths, hq, hkv, d, dv):
     return max(n * (world - 1) // world * (hq * d + hk * (d + dv) + hq * dv) for n in lengths)
 
 
+def _has_block_sparse(p) -> bool:
+    if isinstance(p, (P.Union, P.Intersection, P.PerHead)):
+        return any(_has_block_sparse(x) for x in p.parts)
+    return isinstance(p, P.BlockSparse)
+
+
+def _sequence_plan_ok(pattern, planner_fn, world):
+    """Unsupported unless every rank can plan: a BlockSparse layout whose blocks the shard
+    borders cut finely may be too large to refine on some rank, and every rank must know it
+    (else some would wait for the others)."""
+    check_supported(pattern)
+    if _has_block_sparse(pattern):
+        planner = planner_fn()
+        for r in range(world):
+            planner.plan(r)
+
+
 def _choose(mode, pattern, planner_fn, lengths, hq, hkv, d, dv, layout):
     heads_ok = hq % len(lengths) == 0 and layout == "contiguous"
-    try:
-        check_supported(pattern)
-        seq_ok = True
-    except Unsupported:
+    if mode == "heads":
         seq_ok = False
+    else:
+        try:
+            _sequence_plan_ok(pattern, planner_fn, len(lengths))
+            seq_ok = True
+        except Unsupported:
+            if mode == "sequence":
+                raise
+            seq_ok = False
     if mode == "sequence":
-        check_supported(pattern)
         return "sequence"
     if mode == "heads":
         if not heads_ok:
