@@ -226,7 +226,7 @@ void walk_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                   const Pattern& pattern, const Dims& s) {
   const CompiledPattern cp = pattern.compile(s.nq, s.nk, s.hq);
   if (on_cuda(q)) {  // asynchronous on the legacy default stream; layout copied before return
-    const cuda::ForwardTile t = cuda::forward_tile(s.d, s.dv);
+    const cuda::ForwardTile t = cuda::forward_tile(s.d, s.dv, q.device.device_id, dtype);
     const BlockLayout layout = cp.layout(t.bq, t.bk);
     cuda::attention_forward(cuda::forward_problem(q, k, v, out, lse, dtype, scale, layout,
                                                   cp.predicate(), /*stream=*/nullptr));
@@ -682,6 +682,7 @@ std::map<std::string, std::string> info() {
   r["cuda_compiled"] = cuda::compiled() ? "yes" : "no";
   r["cuda_archs"] = cuda::compiled() ? cuda::compiled_archs() : "";
   r["cuda_kernels"] = cuda::compiled() ? cuda::forward_kernels() : "";
+  r["cuda_sm90a_kernels"] = cuda::compiled() ? cuda::forward_kernels_sm90a() : "";
   r["cuda_backward_kernels"] = cuda::compiled() ? cuda::backward_kernels() : "";
   return r;
 }

@@ -20,10 +20,12 @@ std::string selftest(int) { return "not compiled: spattn was built without CUDA 
 
 // The tile the CUDA kernel would use, so that callers can be written without #if.
 ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
+ForwardTile forward_tile(int64_t, int64_t, int, DType) { return {kFwdBlockM, kFwdBlockN}; }
 
 bool supports(DType, int64_t, int64_t) { return false; }
 
 std::string forward_kernels() { return {}; }
+std::string forward_kernels_sm90a() { return {}; }
 
 void attention_forward(const ForwardProblem&) {
   throw RuntimeError(
