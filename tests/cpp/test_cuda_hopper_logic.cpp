@@ -161,15 +161,52 @@ struct Producer {
   }
 };
 
-// One consumer warp (4 per warpgroup, 2 warpgroups) following consumer(); the warp of thread
-// 0 issues the O store and arrives on q_empty after the named barrier of all 8 warps.
+// The consumer's sequence of barrier operations, generated exactly as consumer() walks its
+// items: per item, wait Q; K(0); then per block n but the last, K(n+1) before V(n) (the next
+// score product is issued before this block's P V), K(n+1) released before V(n); the last
+// block's V; the epilogue.
+struct Op {
+  enum Kind { WaitQ, WaitK, WaitV, RelK, RelV, Epilogue } kind;
+  int stage;
+  uint32_t parity;
+  int64_t tag;  // the (item, block) the buffer must hold
+};
+std::vector<Op> consumer_ops(const std::vector<std::vector<int64_t>>& items, int stages) {
+  std::vector<Op> ops;
+  PipeState kv;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const int64_t m = int64_t(items[i].size());
+    auto tag = [&](int64_t n) { return int64_t(i) * 1000000 + n; };
+    ops.push_back({Op::WaitQ, 0, 0, int64_t(i)});
+    if (m > 0) {
+      ops.push_back({Op::WaitK, kv.stage, kv.consumer_wait_parity(), tag(0)});
+      ops.push_back({Op::RelK, kv.stage, 0, tag(0)});
+    }
+    for (int64_t n = 0; n + 1 < m; ++n) {
+      PipeState next = kv;
+      next.advance(stages);
+      ops.push_back({Op::WaitK, next.stage, next.consumer_wait_parity(), tag(n + 1)});
+      ops.push_back({Op::WaitV, kv.stage, kv.consumer_wait_parity(), tag(n)});
+      ops.push_back({Op::RelK, next.stage, 0, tag(n + 1)});
+      ops.push_back({Op::RelV, kv.stage, 0, tag(n)});
+      kv = next;
+    }
+    if (m > 0) {
+      ops.push_back({Op::WaitV, kv.stage, kv.consumer_wait_parity(), tag(m - 1)});
+      ops.push_back({Op::RelV, kv.stage, 0, tag(m - 1)});
+      kv.advance(stages);
+    }
+    ops.push_back({Op::Epilogue, 0, 0, int64_t(i)});
+  }
+  return ops;
+}
+
+// One consumer warp (4 per warpgroup, 2 warpgroups) running those operations; the warp of
+// thread 0 issues the O store and arrives on q_empty after the named barrier of all 8 warps.
 struct ConsumerWarp {
   int id;
-  PipeState kv;
+  size_t pc = 0;
   uint32_t q_phase = 0;
-  size_t item = 0, blk = 0;
-  int step = 0;  // 0 wait q_full; 1 wait k_full, read, release; 2 wait v_full, read, release;
-                 // 3 at the epilogue's named barrier
   bool done = false;
   int64_t epi_gen = 0;
   bool at_barrier = false;
@@ -180,68 +217,70 @@ struct NamedBarrier {
   int64_t gen = 0;
 };
 
-bool consumer_step(Model& m, ConsumerWarp& w, NamedBarrier& nb) {
+bool consumer_step(Model& m, const std::vector<Op>& ops, ConsumerWarp& w, NamedBarrier& nb) {
   if (w.done) return false;
-  if (w.step == 0) {
-    if (w.item >= m.items.size()) {
-      w.done = true;
-      return true;
-    }
-    if (!m.q_full.passes(w.q_phase)) return false;
-    if (m.qbuf != int64_t(w.item))
-      m.error = "consumer read Q of item " + std::to_string(m.qbuf) + " for item " +
-                std::to_string(w.item);
-    w.q_phase ^= 1u;
-    w.blk = 0;
-    w.step = m.items[w.item].empty() ? 3 : 1;
+  if (w.pc == ops.size()) {
+    w.done = true;
     return true;
   }
-  if (w.step == 1 || w.step == 2) {
-    const int s = w.kv.stage;
-    const int64_t want = int64_t(w.item) * 1000000 + int64_t(w.blk);
-    MBarrier& full = w.step == 1 ? m.k_full[size_t(s)] : m.v_full[size_t(s)];
-    if (!full.passes(w.kv.consumer_wait_parity())) return false;
-    const int64_t got = w.step == 1 ? m.kbuf[size_t(s)] : m.vbuf[size_t(s)];
-    if (got != want)
-      m.error = "warp " + std::to_string(w.id) + " read " + std::to_string(got) + " for " +
-                std::to_string(want) + (w.step == 1 ? " (K)" : " (V)");
-    if (m.qbuf != int64_t(w.item)) m.error = "Q replaced while item in use";
-    ++m.reads;
-    (w.step == 1 ? m.k_empty[size_t(s)] : m.v_empty[size_t(s)]).arrive();
-    if (w.step == 1) {
-      w.step = 2;
-    } else {
-      w.kv.advance(m.stages);
-      w.step = ++w.blk == m.items[w.item].size() ? 3 : 1;
+  const Op& op = ops[w.pc];
+  auto held = [&](const std::vector<int64_t>& buf, const char* what) {
+    if (buf[size_t(op.stage)] != op.tag)
+      m.error = "warp " + std::to_string(w.id) + " found " +
+                std::to_string(buf[size_t(op.stage)]) + " in " + what + " stage " +
+                std::to_string(op.stage) + ", wanted " + std::to_string(op.tag);
+  };
+  switch (op.kind) {
+    case Op::WaitQ:
+      if (!m.q_full.passes(w.q_phase)) return false;
+      if (m.qbuf != op.tag) m.error = "consumer read Q of another item";
+      w.q_phase ^= 1u;
+      break;
+    case Op::WaitK:
+    case Op::WaitV: {
+      MBarrier& full = op.kind == Op::WaitK ? m.k_full[size_t(op.stage)] : m.v_full[size_t(op.stage)];
+      if (!full.passes(op.parity)) return false;
+      held(op.kind == Op::WaitK ? m.kbuf : m.vbuf, op.kind == Op::WaitK ? "K" : "V");
+      if (m.qbuf != op.tag / 1000000) m.error = "Q replaced while its item is in use";
+      ++m.reads;
+      break;
     }
-    return true;
+    case Op::RelK:  // the buffer must still hold the block until it is released
+      held(m.kbuf, "K (at release)");
+      m.k_empty[size_t(op.stage)].arrive();
+      break;
+    case Op::RelV:
+      held(m.vbuf, "V (at release)");
+      m.v_empty[size_t(op.stage)].arrive();
+      break;
+    case Op::Epilogue:
+      // bar.sync among the 8 warps, then warp 0 stores O (reads Q's buffer), waits for the
+      // store's read, and frees Q.
+      if (!w.at_barrier) {
+        if (m.qbuf != op.tag) m.error = "Q replaced before O was staged";
+        w.at_barrier = true;
+        w.epi_gen = nb.gen + 1;
+        if (++nb.arrived == 8) {
+          nb.arrived = 0;
+          ++nb.gen;
+        }
+        return true;
+      }
+      if (nb.gen < w.epi_gen) return false;  // waiting at the barrier
+      w.at_barrier = false;
+      if (w.id == 0) m.q_empty.arrive();
+      break;
   }
-  // Epilogue: bar.sync among the 8 warps, then warp 0 stores O (reads Q's buffer), waits for
-  // the store's read, and frees Q.
-  if (!w.at_barrier) {
-    if (m.qbuf != int64_t(w.item)) m.error = "Q replaced before O was staged";
-    w.at_barrier = true;
-    w.epi_gen = nb.gen + 1;
-    if (++nb.arrived == 8) {
-      nb.arrived = 0;
-      ++nb.gen;
-    }
-    return true;
-  }
-  if (nb.gen < w.epi_gen) return false;  // waiting at the barrier
-  w.at_barrier = false;
-  if (w.id == 0) m.q_empty.arrive();
-  ++w.item;
-  w.step = 0;
+  ++w.pc;
   return true;
 }
 
-// Runs the model under one random interleaving; returns the error ("" when clean).
 // Sabotage 1: empty barriers that complete after 4 warps (one warpgroup); 2: a producer that
 // waits the consumers' parity on empty barriers.
 std::string run_model(int stages, const std::vector<std::vector<int64_t>>& items,
                       uint32_t seed, int sabotage = 0) {
   Model m(stages, items, sabotage == 1 ? 4 : 8);
+  const std::vector<Op> ops = consumer_ops(items, stages);
   Producer prod;
   prod.wrong_parity = sabotage == 2;
   std::vector<ConsumerWarp> warps(8);
@@ -260,7 +299,7 @@ std::string run_model(int stages, const std::vector<std::vector<int64_t>>& items
       if (a == 0) {
         progressed = prod.try_step(m);
       } else if (a <= 8) {
-        progressed = consumer_step(m, warps[size_t(a - 1)], nb);
+        progressed = consumer_step(m, ops, warps[size_t(a - 1)], nb);
       } else if (!m.inflight.empty()) {
         std::uniform_int_distribution<size_t> which(0, m.inflight.size() - 1);
         const size_t x = which(rng);
@@ -283,7 +322,7 @@ std::string run_model(int stages, const std::vector<std::vector<int64_t>>& items
     if (!progressed) {
       // Try every agent once in order before declaring a deadlock.
       progressed = prod.try_step(m);
-      for (auto& w : warps) progressed = consumer_step(m, w, nb) || progressed;
+      for (auto& w : warps) progressed = consumer_step(m, ops, w, nb) || progressed;
       if (!m.inflight.empty()) continue;
       if (!progressed) return "deadlock";
     }

@@ -10,11 +10,13 @@
 //     ring of kStages (K, V) buffers, each with a full (TMA transaction) and an empty
 //     (consumer release) mbarrier.
 //   warpgroups 1 and 2, consumers (setmaxnreg 240): query rows 0-63 and 64-127 of the tile.
-//     Per key block: mask bits (before the scores, so their registers do not compete with the
-//     accumulators) ─ wait K ─ S = Q K^T (wgmma, both operands in shared memory) ─ release K ─
-//     online softmax (base 2, -inf safe) ─ P to the input dtype, in registers ─ wait V ─
-//     O += P V (wgmma, P from registers) ─ release V. The two warpgroups run unsynchronised on
-//     the same ring, so one's softmax overlaps the other's products.
+//     Per key block n, with P(n) (the probabilities, input dtype) in registers: mask bits of
+//     block n+1 (before its scores, so they never compete with the accumulators) ─ wait K(n+1)
+//     ─ issue S(n+1) = Q K(n+1)^T (wgmma, both operands in shared memory) ─ wait V(n) ─ issue
+//     O += P(n) V(n) (wgmma, P from registers) ─ wait for S(n+1), release K(n+1) ─ online
+//     softmax of S(n+1) (base 2, -inf safe) while P(n) V(n) runs ─ wait, release V(n) ─
+//     rescale O ─ P(n+1). The two warpgroups run unsynchronised on the same ring, so one's
+//     softmax also overlaps the other's products.
 //   Epilogue per item: O normalised, lse written (natural log; -inf and out 0 for rows that
 //     see nothing), O converted into Q's buffer (each warpgroup overwrites only its own Q
 //     rows), fence.proxy.async, a named barrier of the 256 consumer threads, one TMA store of
@@ -143,8 +145,10 @@ __device__ __forceinline__ float quad_sum90(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// One warpgroup product acc (=|+=) A B over the k mode, issued and waited for.
-template <bool kZeroInit, class Mma, class TA, class TB, class TC>
+// One warpgroup product acc (=|+=) A B over the k mode, issued and committed as one group;
+// kWait >= 0 then waits until at most kWait groups are in flight, -1 returns at once (the
+// caller waits later with warpgroup_wait and fences the accumulator then).
+template <bool kZeroInit, int kWait, class Mma, class TA, class TB, class TC>
 __device__ __forceinline__ void wg_gemm(Mma& mma, TA const& a, TB const& b, TC& c) {
   // A from registers (P) or from shared memory (GMMA descriptors, never fenced).
   constexpr bool kARegs =
@@ -159,9 +163,11 @@ __device__ __forceinline__ void wg_gemm(Mma& mma, TA const& a, TB const& b, TC& 
     mma.accumulate_ = GMMA::ScaleOut::One;
   }
   warpgroup_commit_batch();
-  warpgroup_wait<0>();
-  warpgroup_fence_operand(c);
-  if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(a));
+  if constexpr (kWait >= 0) {
+    warpgroup_wait<kWait>();
+    warpgroup_fence_operand(c);
+    if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(a));
+  }
 }
 
 // The 256 consumer threads' named barrier (id 1; 0 is __syncthreads).
@@ -277,51 +283,44 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
     wait_barrier(S.q_full, q_phase);
     q_phase ^= 1u;
 
-    RowWalk walk(p, w.h, w.a);
-    int64_t c = 0;
-    bool partial = false;
-    while (walk.next(p, &c, &partial)) {
-      // Mask bits (bit r * kCols + x), computed before the scores exist.
-      const bool masked = block_needs_mask_n(p.nk, kBlockN, partial, c);
-      uint64_t keep = ~uint64_t(0);
-      if (masked) {
-        const int64_t j0 = c * kBlockN;
-        keep = 0;
-        if (mask_by_interval(partial, rule_exact)) {
+    // Mask bits of a block (bit r * kCols + x), computed before its scores exist so that they
+    // never compete with the accumulators for registers.
+    auto block_mask = [&](int64_t c, bool partial) -> uint64_t {
+      if (!block_needs_mask_n(p.nk, kBlockN, partial, c)) return ~uint64_t(0);
+      const int64_t j0 = c * kBlockN;
+      uint64_t keep = 0;
+      if (mask_by_interval(partial, rule_exact)) {
+        CUTE_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+          int64_t lo, hi;
+          row_interval(p, partial, w.h, i0 + get<0>(tScS_rc(r, 0)), &lo, &hi);
+          lo -= j0;
+          hi -= j0;
           CUTE_UNROLL
-          for (int r = 0; r < kRows; ++r) {
-            int64_t lo, hi;
-            row_interval(p, partial, w.h, i0 + get<0>(tScS_rc(r, 0)), &lo, &hi);
-            lo -= j0;
-            hi -= j0;
-            CUTE_UNROLL
-            for (int x = 0; x < kCols; ++x) {
-              const int64_t jj = get<1>(tScS_rc(r, x));
-              if (jj >= lo && jj <= hi) keep |= uint64_t(1) << (r * kCols + x);
-            }
-          }
-        } else {
-          // keeps() is a small interpreter: a rolled loop keeps it out of the accumulators'
-          // registers.
-#pragma unroll 1
-          for (int e = 0; e < kRows * kCols; ++e) {
-            const int r = e / kCols, x = e - (e / kCols) * kCols;
-            if (element_kept(p, true, w.h, i0 + get<0>(tScS_rc(r, x)),
-                             j0 + get<1>(tScS_rc(r, x))))
-              keep |= uint64_t(1) << e;
+          for (int x = 0; x < kCols; ++x) {
+            const int64_t jj = get<1>(tScS_rc(r, x));
+            if (jj >= lo && jj <= hi) keep |= uint64_t(1) << (r * kCols + x);
           }
         }
+      } else {
+        // keeps() is a small interpreter: a rolled loop keeps it out of the accumulators'
+        // registers.
+#pragma unroll 1
+        for (int e = 0; e < kRows * kCols; ++e) {
+          const int r = e / kCols, x = e - (e / kCols) * kCols;
+          if (element_kept(p, true, w.h, i0 + get<0>(tScS_rc(r, x)), j0 + get<1>(tScS_rc(r, x))))
+            keep |= uint64_t(1) << e;
+        }
       }
+      return keep;
+    };
 
-      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-      wait_barrier(S.k_full[kv.stage], kv.consumer_wait_parity());
-      wg_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, kv.stage), acc_s);
-      __syncwarp();
-      if (lane == 0) arrive_barrier(S.k_empty[kv.stage]);
-
-      // Online softmax, base 2, rescaling O by each row's change of max.
-      Tensor s = make_tensor(acc_s.data(), rows_cols90(acc_s.layout()));
-      Tensor o = make_tensor(acc_o.data(), rows_cols90(acc_o.layout()));
+    // Online softmax of one score tile, base 2: new row maxima, exponentials in place, row
+    // sums; alpha[r] is the factor O must be rescaled by before this tile's P V is added (O
+    // itself is not touched here: the previous block's P V may still be in flight).
+    float alpha[kRows];
+    auto softmax_step = [&](auto& acc, uint64_t keep) {
+      Tensor s = make_tensor(acc.data(), rows_cols90(acc.layout()));
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
         float mx = row_m[r];
@@ -331,7 +330,7 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
           mx = fmax_(mx, s(r, x));
         }
         mx = quad_max90(mx);
-        const float alpha = softmax_rescale(row_m[r], mx);
+        alpha[r] = softmax_rescale(row_m[r], mx);
         const float ms = softmax_max_safe(mx);
         row_m[r] = mx;
         float sum = 0.f;
@@ -340,18 +339,76 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
           s(r, x) = softmax_p(s(r, x), ms);
           sum += s(r, x);
         }
-        row_l[r] = row_l[r] * alpha + sum;  // this thread's part of the row
-        CUTE_UNROLL
-        for (int x = 0; x < size<1>(o); ++x) o(r, x) *= alpha;
+        row_l[r] = row_l[r] * alpha[r] + sum;  // this thread's part of the row
       }
-      // P in the input precision, as the register A operand of O += P V.
-      Tensor rP = make_tensor<T>(acc_s.layout());
+    };
+    auto rescale_o = [&]() {
+      Tensor o = make_tensor(acc_o.data(), rows_cols90(acc_o.layout()));
       CUTE_UNROLL
-      for (int x = 0; x < size(acc_s); ++x) rP(x) = static_cast<T>(acc_s(x));
-      Tensor tOrP = make_tensor(rP.data(), acc_as_a90(rP.layout()));
+      for (int r = 0; r < kRows; ++r) {
+        CUTE_UNROLL
+        for (int x = 0; x < size<1>(o); ++x) o(r, x) *= alpha[r];
+      }
+    };
 
+    // P of the current block in the input dtype: the register A operand of O += P V, and the
+    // one value carried from block to block (the score tile is new in every iteration, so
+    // the next block's product never writes registers an instruction still reads).
+    Tensor rP = make_tensor<T>(
+        partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{}).layout());
+    Tensor tOrP = make_tensor(rP.data(), acc_as_a90(rP.layout()));
+    auto to_p = [&](auto const& acc) {
+      CUTE_UNROLL
+      for (int x = 0; x < size(acc); ++x) rP(x) = static_cast<T>(acc(x));
+    };
+
+    // Per block n, with P(n) in registers:
+    //   issue S(n+1) = Q K(n+1)^T ─ issue O += P(n) V(n) ─ wait S(n+1), release K(n+1),
+    //   softmax of S(n+1) while P(n) V(n) runs ─ wait, release V(n) ─ rescale O ─ P(n+1).
+    // So one block's exponentials overlap the other block's products within the warpgroup,
+    // besides the overlap between the two warpgroups.
+    RowWalk walk(p, w.h, w.a);
+    int64_t c = 0;
+    bool partial = false;
+    bool have = walk.next(p, &c, &partial);
+    if (have) {
+      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      const uint64_t keep = block_mask(c, partial);
+      wait_barrier(S.k_full[kv.stage], kv.consumer_wait_parity());
+      wg_gemm<true, 0>(mma_qk, tSrQ, tSrK(_, _, _, kv.stage), acc_s);
+      __syncwarp();
+      if (lane == 0) arrive_barrier(S.k_empty[kv.stage]);
+      softmax_step(acc_s, keep);  // O is still 0: no rescale
+      to_p(acc_s);
+    }
+    // Every block but the last: its successor's S overlaps its P V (no branch inside the
+    // loop, so the compiler can keep both products in flight).
+    while (have && walk.next(p, &c, &partial)) {
+      PipeState kv_next = kv;
+      kv_next.advance(kStages);
+      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      const uint64_t keep_next = block_mask(c, partial);
+      wait_barrier(S.k_full[kv_next.stage], kv_next.consumer_wait_parity());
+      wg_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, kv_next.stage), acc_s);
       wait_barrier(S.v_full[kv.stage], kv.consumer_wait_parity());
-      wg_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, kv.stage), acc_o);
+      wg_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, kv.stage), acc_o);
+      warpgroup_wait<1>();  // S(n+1) done (groups complete in order); P V still runs
+      warpgroup_fence_operand(acc_s);
+      __syncwarp();
+      if (lane == 0) arrive_barrier(S.k_empty[kv_next.stage]);
+      softmax_step(acc_s, keep_next);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_o);
+      warpgroup_fence_operand(rP);
+      __syncwarp();
+      if (lane == 0) arrive_barrier(S.v_empty[kv.stage]);
+      rescale_o();
+      to_p(acc_s);
+      kv = kv_next;
+    }
+    if (have) {  // the last block's P V
+      wait_barrier(S.v_full[kv.stage], kv.consumer_wait_parity());
+      wg_gemm<false, 0>(mma_pv, tOrP, tOrV(_, _, _, kv.stage), acc_o);
       __syncwarp();
       if (lane == 0) arrive_barrier(S.v_empty[kv.stage]);
       kv.advance(kStages);
