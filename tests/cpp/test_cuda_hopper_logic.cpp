@@ -92,11 +92,13 @@ struct Model {
   std::vector<Tx> inflight;  // TMA loads issued, not yet landed
   std::string error;
   int64_t reads = 0;
+  bool separate_o = false;
+  int64_t store_pending = -1;  // the item whose O store still reads shared memory
 
-  explicit Model(int s, std::vector<std::vector<int64_t>> it, int empty_count = 8)
-      : stages(s), items(std::move(it)) {
+  explicit Model(int s, std::vector<std::vector<int64_t>> it, bool sep_o, int empty_count = 8)
+      : stages(s), items(std::move(it)), separate_o(sep_o) {
     q_full.init(1);
-    q_empty.init(1);
+    q_empty.init(sep_o ? 8 : 1);
     k_full.resize(size_t(s));
     k_empty.resize(size_t(s));
     v_full.resize(size_t(s));
@@ -163,21 +165,24 @@ struct Producer {
 
 // The consumer's sequence of barrier operations, generated exactly as consumer() walks its
 // items: per item, wait Q; K(0); then per block n but the last, K(n+1) before V(n) (the next
-// score product is issued before this block's P V), K(n+1) released before V(n); the last
-// block's V; the epilogue.
+// score product is issued before this block's P V), K(n+1) released before V(n); with a
+// separate O buffer, Q released by every warp after the last score product; the last block's
+// V; the epilogue (named barriers, O written to shared memory, the TMA store of warp 0).
 struct Op {
-  enum Kind { WaitQ, WaitK, WaitV, RelK, RelV, Epilogue } kind;
+  enum Kind { WaitQ, WaitK, WaitV, RelK, RelV, RelQ, Bar, StoreWait, WriteO, StoreIssue } kind;
   int stage;
   uint32_t parity;
-  int64_t tag;  // the (item, block) the buffer must hold
+  int64_t tag;        // the (item, block) the buffer must hold, or the item
+  bool warp0 = false;  // only the warp of consumer thread 0 runs it
 };
-std::vector<Op> consumer_ops(const std::vector<std::vector<int64_t>>& items, int stages) {
+std::vector<Op> consumer_ops(const std::vector<std::vector<int64_t>>& items, int stages,
+                             bool separate_o) {
   std::vector<Op> ops;
   PipeState kv;
   for (size_t i = 0; i < items.size(); ++i) {
-    const int64_t m = int64_t(items[i].size());
-    auto tag = [&](int64_t n) { return int64_t(i) * 1000000 + n; };
-    ops.push_back({Op::WaitQ, 0, 0, int64_t(i)});
+    const int64_t m = int64_t(items[i].size()), it = int64_t(i);
+    auto tag = [&](int64_t n) { return it * 1000000 + n; };
+    ops.push_back({Op::WaitQ, 0, 0, it});
     if (m > 0) {
       ops.push_back({Op::WaitK, kv.stage, kv.consumer_wait_parity(), tag(0)});
       ops.push_back({Op::RelK, kv.stage, 0, tag(0)});
@@ -191,24 +196,37 @@ std::vector<Op> consumer_ops(const std::vector<std::vector<int64_t>>& items, int
       ops.push_back({Op::RelV, kv.stage, 0, tag(n)});
       kv = next;
     }
+    if (separate_o) ops.push_back({Op::RelQ, 0, 0, it});
     if (m > 0) {
       ops.push_back({Op::WaitV, kv.stage, kv.consumer_wait_parity(), tag(m - 1)});
       ops.push_back({Op::RelV, kv.stage, 0, tag(m - 1)});
       kv.advance(stages);
     }
-    ops.push_back({Op::Epilogue, 0, 0, int64_t(i)});
+    if (separate_o) {
+      ops.push_back({Op::StoreWait, 0, 0, it, true});
+      ops.push_back({Op::Bar, 0, 0, it});
+      ops.push_back({Op::WriteO, 0, 0, it});
+      ops.push_back({Op::Bar, 0, 0, it});
+      ops.push_back({Op::StoreIssue, 0, 0, it, true});
+    } else {
+      ops.push_back({Op::WriteO, 0, 0, it});
+      ops.push_back({Op::Bar, 0, 0, it});
+      ops.push_back({Op::StoreIssue, 0, 0, it, true});
+      ops.push_back({Op::StoreWait, 0, 0, it, true});
+      ops.push_back({Op::RelQ, 0, 0, it, true});
+    }
   }
+  ops.push_back({Op::StoreWait, 0, 0, -1, true});
   return ops;
 }
 
-// One consumer warp (4 per warpgroup, 2 warpgroups) running those operations; the warp of
-// thread 0 issues the O store and arrives on q_empty after the named barrier of all 8 warps.
+// One consumer warp (4 per warpgroup, 2 warpgroups) running those operations.
 struct ConsumerWarp {
   int id;
   size_t pc = 0;
   uint32_t q_phase = 0;
   bool done = false;
-  int64_t epi_gen = 0;
+  int64_t bar_gen = 0;
   bool at_barrier = false;
 };
 
@@ -224,6 +242,10 @@ bool consumer_step(Model& m, const std::vector<Op>& ops, ConsumerWarp& w, NamedB
     return true;
   }
   const Op& op = ops[w.pc];
+  if (op.warp0 && w.id != 0) {
+    ++w.pc;
+    return true;
+  }
   auto held = [&](const std::vector<int64_t>& buf, const char* what) {
     if (buf[size_t(op.stage)] != op.tag)
       m.error = "warp " + std::to_string(w.id) + " found " +
@@ -241,7 +263,8 @@ bool consumer_step(Model& m, const std::vector<Op>& ops, ConsumerWarp& w, NamedB
       MBarrier& full = op.kind == Op::WaitK ? m.k_full[size_t(op.stage)] : m.v_full[size_t(op.stage)];
       if (!full.passes(op.parity)) return false;
       held(op.kind == Op::WaitK ? m.kbuf : m.vbuf, op.kind == Op::WaitK ? "K" : "V");
-      if (m.qbuf != op.tag / 1000000) m.error = "Q replaced while its item is in use";
+      if (op.kind == Op::WaitK && m.qbuf != op.tag / 1000000)
+        m.error = "Q replaced while its item's scores are computed";
       ++m.reads;
       break;
     }
@@ -253,22 +276,31 @@ bool consumer_step(Model& m, const std::vector<Op>& ops, ConsumerWarp& w, NamedB
       held(m.vbuf, "V (at release)");
       m.v_empty[size_t(op.stage)].arrive();
       break;
-    case Op::Epilogue:
-      // bar.sync among the 8 warps, then warp 0 stores O (reads Q's buffer), waits for the
-      // store's read, and frees Q.
+    case Op::RelQ:
+      m.q_empty.arrive();
+      break;
+    case Op::Bar:
       if (!w.at_barrier) {
-        if (m.qbuf != op.tag) m.error = "Q replaced before O was staged";
         w.at_barrier = true;
-        w.epi_gen = nb.gen + 1;
+        w.bar_gen = nb.gen + 1;
         if (++nb.arrived == 8) {
           nb.arrived = 0;
           ++nb.gen;
         }
         return true;
       }
-      if (nb.gen < w.epi_gen) return false;  // waiting at the barrier
+      if (nb.gen < w.bar_gen) return false;
       w.at_barrier = false;
-      if (w.id == 0) m.q_empty.arrive();
+      break;
+    case Op::StoreWait:
+      if (m.store_pending >= 0) return false;  // cp.async.bulk.wait_group.read 0
+      break;
+    case Op::WriteO:
+      if (m.store_pending >= 0) m.error = "O written while the last store still reads it";
+      if (!m.separate_o && m.qbuf != op.tag) m.error = "Q replaced before O was staged in it";
+      break;
+    case Op::StoreIssue:
+      m.store_pending = op.tag;
       break;
   }
   ++w.pc;
@@ -276,11 +308,16 @@ bool consumer_step(Model& m, const std::vector<Op>& ops, ConsumerWarp& w, NamedB
 }
 
 // Sabotage 1: empty barriers that complete after 4 warps (one warpgroup); 2: a producer that
-// waits the consumers' parity on empty barriers.
-std::string run_model(int stages, const std::vector<std::vector<int64_t>>& items,
-                      uint32_t seed, int sabotage = 0) {
-  Model m(stages, items, sabotage == 1 ? 4 : 8);
-  const std::vector<Op> ops = consumer_ops(items, stages);
+// waits the consumers' parity on empty barriers; 3: no wait for the O store's read.
+std::string run_model(int stages, bool separate_o,
+                      const std::vector<std::vector<int64_t>>& items, uint32_t seed,
+                      int sabotage = 0) {
+  Model m(stages, items, separate_o, sabotage == 1 ? 4 : 8);
+  std::vector<Op> ops = consumer_ops(items, stages, separate_o);
+  if (sabotage == 3)  // O written before the previous store has read the buffer
+    ops.erase(std::remove_if(ops.begin(), ops.end(),
+                             [](const Op& o) { return o.kind == Op::StoreWait && o.tag >= 0; }),
+              ops.end());
   Producer prod;
   prod.wrong_parity = sabotage == 2;
   std::vector<ConsumerWarp> warps(8);
@@ -289,7 +326,7 @@ std::string run_model(int stages, const std::vector<std::vector<int64_t>>& items
   std::mt19937 rng(seed);
   for (int64_t iter = 0; iter < 10000000; ++iter) {
     // Agents: 0 producer, 1..8 warps, 9 a TMA landing.
-    bool all_done = prod.done && m.inflight.empty();
+    bool all_done = prod.done && m.inflight.empty() && m.store_pending < 0;
     for (auto& w : warps) all_done = all_done && w.done;
     if (all_done) break;
     std::uniform_int_distribution<int> pick(0, 9);
@@ -300,12 +337,17 @@ std::string run_model(int stages, const std::vector<std::vector<int64_t>>& items
         progressed = prod.try_step(m);
       } else if (a <= 8) {
         progressed = consumer_step(m, ops, warps[size_t(a - 1)], nb);
+      } else if (m.store_pending >= 0 && (rng() % 2)) {
+        m.store_pending = -1;  // the O store has read shared memory
+        progressed = true;
       } else if (!m.inflight.empty()) {
         std::uniform_int_distribution<size_t> which(0, m.inflight.size() - 1);
         const size_t x = which(rng);
         const Model::Tx t = m.inflight[x];
         m.inflight.erase(m.inflight.begin() + long(x));
         if (t.kind == 0) {
+          if (!m.separate_o && m.store_pending >= 0)
+            return "Q refilled while the O store still reads its buffer";
           m.qbuf = t.tag;
           m.q_full.complete_tx(1);
         } else if (t.kind == 1) {
@@ -323,7 +365,7 @@ std::string run_model(int stages, const std::vector<std::vector<int64_t>>& items
       // Try every agent once in order before declaring a deadlock.
       progressed = prod.try_step(m);
       for (auto& w : warps) progressed = consumer_step(m, ops, w, nb) || progressed;
-      if (!m.inflight.empty()) continue;
+      if (!m.inflight.empty() || m.store_pending >= 0) continue;
       if (!progressed) return "deadlock";
     }
   }
@@ -337,7 +379,8 @@ std::string run_model(int stages, const std::vector<std::vector<int64_t>>& items
 
 void test_protocol() {
   std::mt19937 rng(7);
-  for (int stages : {1, 2, 3, 4}) {
+  for (int stages : {1, 2, 3, 4})
+  for (bool separate_o : {true, false}) {
     for (int trial = 0; trial < 60; ++trial) {
       std::vector<std::vector<int64_t>> items;
       const int n = 1 + int(rng() % 5);
@@ -346,9 +389,10 @@ void test_protocol() {
         for (auto& c : b) c = int64_t(rng() % 100);
         items.push_back(b);
       }
-      const std::string e = run_model(stages, items, uint32_t(rng()));
-      check(e.empty(), "protocol, " + std::to_string(stages) + " stages, trial " +
-                           std::to_string(trial) + ": " + e);
+      const std::string e = run_model(stages, separate_o, items, uint32_t(rng()));
+      check(e.empty(), "protocol, " + std::to_string(stages) + " stages, separate O " +
+                           std::to_string(separate_o) + ", trial " + std::to_string(trial) +
+                           ": " + e);
     }
   }
   // PipeState: stage wraps, parity flips on each wrap; producer waits the other parity.
@@ -361,14 +405,17 @@ void test_protocol() {
   check(s.stage == 1 && s.phase == 1, "PipeState: 10 steps of 3 = 3 wraps + 1");
   // Sabotage: the model catches a ring released by one warpgroup only and a producer waiting
   // for the wrong parity (the checks above can fail).
-  for (int sab : {1, 2}) {
-    bool caught = false;
-    for (uint32_t seed = 0; seed < 50 && !caught; ++seed)
-      caught = !run_model(2, {{1, 2, 3, 4, 5, 6}, {7, 8, 9}}, seed, sab).empty();
-    check(caught, "protocol sabotage " + std::to_string(sab) + " is caught");
-  }
+  for (bool separate_o : {true, false})
+    for (int sab : {1, 2, 3}) {
+      bool caught = false;
+      for (uint32_t seed = 0; seed < 200 && !caught; ++seed)
+        caught = !run_model(2, separate_o, {{1, 2, 3, 4, 5, 6}, {7, 8, 9}, {}, {1}}, seed, sab)
+                      .empty();
+      check(caught, "protocol sabotage " + std::to_string(sab) + " is caught (separate O " +
+                        std::to_string(separate_o) + ")");
+    }
   {
-    Model m(2, {{1, 2, 3, 4, 5}});
+    Model m(2, {{1, 2, 3, 4, 5}}, true);
     // Fill stage 0 twice without any release: the second fill must not pass the empty wait.
     Producer p;
     check(p.try_step(m), "sabotage setup: Q issued");

@@ -18,10 +18,13 @@
 //     rescale O ─ P(n+1). The two warpgroups run unsynchronised on the same ring, so one's
 //     softmax also overlaps the other's products.
 //   Epilogue per item: O normalised, lse written (natural log; -inf and out 0 for rows that
-//     see nothing), O converted into Q's buffer (each warpgroup overwrites only its own Q
-//     rows), fence.proxy.async, a named barrier of the 256 consumer threads, one TMA store of
-//     the tile (rows past Nq are clipped by the TMA unit), and, once the store has read shared
-//     memory, the Q-empty barrier lets the producer load the next item's Q.
+//     see nothing), O converted into shared memory, fence.proxy.async, a named barrier of the
+//     256 consumer threads, one TMA store of the tile (rows past Nq are clipped by the TMA
+//     unit). D <= 128: O has a buffer of its own (free again once the previous store has read
+//     it), and Q's buffer is released by every consumer warp right after its item's last
+//     score product, so the next item's Q and first K/V load during this item's last P V and
+//     epilogue. D = 256 (no room): O is staged in Q's buffer (each warpgroup overwrites only
+//     its own Q rows) and Q is released once the store has read it.
 //
 // Full key blocks skip the mask unless they stick out past Nk (TMA zero-fills keys past Nk,
 // the mask drops them); partial blocks use row_interval() (one window) or element_kept() ->
@@ -82,8 +85,10 @@ struct Traits90 {
   static constexpr uint32_t kQBytes = uint32_t(kBlockM * kD * sizeof(T));
   static constexpr uint32_t kKVBytes = uint32_t(kBlockN * kD * sizeof(T));
 
+  static constexpr bool kSeparateO = hopper_separate_o(kD);
   struct Smem {
     cute::array_aligned<T, cute::cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<T, kSeparateO ? cute::cosize_v<SmemLayoutQ> : 8, 1024> o;
     cute::array_aligned<T, cute::cosize_v<SmemLayoutKV>, 1024> k;
     cute::array_aligned<T, cute::cosize_v<SmemLayoutKV>, 1024> v;
     uint64_t q_full, q_empty;
@@ -91,6 +96,8 @@ struct Traits90 {
   };
   static constexpr size_t kSmemBytes = sizeof(Smem);
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one Hopper CTA");
+  static_assert(kSmemBytes >= size_t(hopper_smem_bytes(kD, int(sizeof(T)))),
+                "hopper_smem_bytes() counts every buffer");
 
   // Global tensors as TMA sees them: (n, d, head, batch), strides in elements.
   using GShape = Shape<int32_t, int32_t, int32_t, int32_t>;
@@ -261,7 +268,8 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
   constexpr int kCols = decltype(size<1>(tScS_rc))::value;
   static_assert(kRows * kCols <= 64, "one mask bit per score in a uint64_t");
 
-  Tensor sO = make_tensor(make_smem_ptr(S.q.data()), typename Tr::SmemLayoutQ{});
+  Tensor sO = make_tensor(make_smem_ptr(Tr::kSeparateO ? S.o.data() : S.q.data()),
+                          typename Tr::SmemLayoutQ{});
   auto sts_o = make_tiled_copy_C(Copy_Atom<UniversalCopy<cute::uint32_t>, T>{}, mma_pv);
   auto sts_o_thr = sts_o.get_thread_slice(ctid);
   Tensor tOsO = sts_o_thr.partition_D(sO);
@@ -406,6 +414,11 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
       to_p(acc_s);
       kv = kv_next;
     }
+    if constexpr (Tr::kSeparateO) {
+      // Every score product of this item is done: Q's buffer may take the next item's Q.
+      __syncwarp();
+      if (lane == 0) arrive_barrier(S.q_empty);
+    }
     if (have) {  // the last block's P V
       wait_barrier(S.v_full[kv.stage], kv.consumer_wait_parity());
       wg_gemm<false, 0>(mma_pv, tOrP, tOrV(_, _, _, kv.stage), acc_o);
@@ -429,8 +442,13 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
     Tensor rO = make_tensor<T>(acc_o.layout());
     CUTE_UNROLL
     for (int x = 0; x < size(acc_o); ++x) rO(x) = static_cast<T>(acc_o(x));
-    // This warpgroup's own rows of Q's buffer: its last product has completed (wg_gemm
-    // waits), and the other warpgroup never reads them.
+    if constexpr (Tr::kSeparateO) {
+      // O's own buffer: free once the last item's store has read it.
+      if (ctid == 0) tma_store_wait<0>();
+      consumers_sync(Tr::kConsumerThreads);
+    }
+    // With O in Q's buffer, each warpgroup writes only its own rows of it: its last product
+    // has completed (wg_gemm waits), and the other warpgroup never reads them.
     copy(sts_o, sts_o_thr.retile_S(rO), tOsO);
     tma_store_fence();  // the generic-proxy writes, visible to the TMA unit
     consumers_sync(Tr::kConsumerThreads);
@@ -443,8 +461,10 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
                                           group_modes<0, 2>(gO));
       copy(P.tma_o, tOsO_t, tOgO);
       tma_store_arrive();
-      tma_store_wait<0>();  // shared memory read: Q's buffer may be refilled
-      arrive_barrier(S.q_empty);
+      if constexpr (!Tr::kSeparateO) {
+        tma_store_wait<0>();  // shared memory read: Q's buffer may be refilled
+        arrive_barrier(S.q_empty);
+      }
     }
   }
   if (ctid == 0) tma_store_wait<0>();
@@ -465,7 +485,9 @@ __global__ void __launch_bounds__(Traits90<T, kD>::kThreads, 1)
     prefetch_tma_descriptor(P.tma_v.get_tma_descriptor());
     prefetch_tma_descriptor(P.tma_o.get_tma_descriptor());
     initialize_barrier(S.q_full, 1);
-    initialize_barrier(S.q_empty, 1);
+    // Q is released by every consumer warp after its last score product (separate O), or by
+    // the thread that stored O from Q's buffer.
+    initialize_barrier(S.q_empty, Tr::kSeparateO ? Tr::kConsumerWarps : 1);
     for (int s = 0; s < Tr::kStages; ++s) {
       initialize_barrier(S.k_full[s], 1);
       initialize_barrier(S.v_full[s], 1);

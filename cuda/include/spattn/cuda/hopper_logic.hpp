@@ -25,13 +25,19 @@ constexpr int kHopperBlockM = 128;
 // accumulator alone is 128 registers per thread, so the key tile halves.
 SPATTN_HD constexpr int hopper_block_n(int d) { return d <= 128 ? 128 : 64; }
 
-// K/V ring depth: as many (K, V) stages as fit beside Q in 227 KB of shared memory, at most 4.
-// Bytes per stage: 2 * block_n * d * 2; Q: 128 * d * 2 (O is staged in Q's buffer).
-SPATTN_HD constexpr int hopper_stages(int d) {
-  return d <= 64 ? 4 : 2;  // d=64: 16 KB Q + 4 x 32 KB; d=128: 32 + 2 x 64; d=256: 64 + 2 x 64
-}
+// K/V ring depth: (K, V) stages beside Q (and O) in 227 KB of shared memory, at most 4.
+// Bytes per stage: 2 * block_n * d * 2; Q and O: 128 * d * 2 each.
+//   d = 64: 16 KB Q + 16 KB O + 4 x 32 KB;  d = 128: 32 + 32 + 2 x 64;  d = 256: 64 + 2 x 64.
+SPATTN_HD constexpr int hopper_stages(int d) { return d <= 64 ? 4 : 2; }
+
+// Whether O is staged for its TMA store in a buffer of its own (d <= 128), so that Q's buffer
+// is released as soon as the last score product of an item is done and the next item's Q
+// loads during this item's last P V and epilogue; at d = 256 it does not fit, and O is
+// staged in Q's buffer (released once the store has read it).
+SPATTN_HD constexpr bool hopper_separate_o(int d) { return d <= 128; }
+
 SPATTN_HD constexpr int64_t hopper_smem_bytes(int d, int elem_bytes) {
-  return int64_t(kHopperBlockM) * d * elem_bytes +
+  return int64_t(kHopperBlockM) * d * elem_bytes * (hopper_separate_o(d) ? 2 : 1) +
          int64_t(hopper_stages(d)) * 2 * hopper_block_n(d) * d * elem_bytes;
 }
 
