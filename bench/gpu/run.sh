@@ -68,7 +68,7 @@ cd "$OUT"  # import the installed package, not the source tree's python/ folder
 
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
   stamp "GPU tests"
-  tests=("$ROOT/tests/python/test_cuda_forward.py")
+  tests=("$ROOT/tests/python/test_cuda_forward.py" "$ROOT/tests/python/test_cuda_sm90_forward.py")
   [ "${SKIP_BWD:-0}" != "1" ] && tests+=("$ROOT/tests/python/test_cuda_backward.py")
   SPATTN_CUDA_SYNC=1 "$PY" -m pytest -q -x -p no:cacheprovider "${tests[@]}" \
       2>&1 | tee "$OUT/tests.log" | tail -25

@@ -34,12 +34,14 @@ ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
 
 namespace {
 
+#if SPATTN_CUDA_HAS_SM90A
 // SPATTN_CUDA_FORWARD=sm80 forces the sm80-style kernel on Hopper (read on every call, so a
 // test can run both kernels in one process).
 bool forced_sm80() {
   const char* e = std::getenv("SPATTN_CUDA_FORWARD");
   return e != nullptr && std::strcmp(e, "sm80") == 0;
 }
+#endif
 
 // Whether the sm90a kernel runs (dtype, d == dv) on a device of capability major.minor.
 bool hopper_runs(int major, int minor, DType dtype, int64_t d, int64_t dv) {
