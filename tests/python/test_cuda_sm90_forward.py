@@ -10,6 +10,8 @@ nothing here touches the GPU at import or collection.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -107,8 +109,6 @@ def test_kernels_agree(hopper):
     dt = getattr(torch, dtype)
     q, k, v = (torch.from_numpy(x).to(dt).cuda() for x in _qkv(1, 1000, 1000, 4, 4, d, seed=8))
     pattern = spattn.Sink(2) | spattn.SlidingWindow(300, 0)
-    import os
-
     old = os.environ.pop("SPATTN_CUDA_FORWARD", None)
     try:
         o90, l90 = spattn.attention(q, k, v, pattern=pattern, return_lse=True)
