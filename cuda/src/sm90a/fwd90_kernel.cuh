@@ -36,6 +36,7 @@
 #include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/arch/mma_sm90.hpp>
 #include <cute/atom/copy_atom.hpp>
+#include <cute/atom/copy_traits_sm90.hpp>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
@@ -270,7 +271,8 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
 
   Tensor sO = make_tensor(make_smem_ptr(Tr::kSeparateO ? S.o.data() : S.q.data()),
                           typename Tr::SmemLayoutQ{});
-  auto sts_o = make_tiled_copy_C(Copy_Atom<UniversalCopy<cute::uint32_t>, T>{}, mma_pv);
+  // stmatrix: 8 x 8 tiles of 16-bit values per instruction, into the swizzled rows.
+  auto sts_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, T>{}, mma_pv);
   auto sts_o_thr = sts_o.get_thread_slice(ctid);
   Tensor tOsO = sts_o_thr.partition_D(sO);
 
