@@ -208,7 +208,8 @@ __device__ __forceinline__ void producer(const Params90<T, kD>& P,
                            make_coord(w.a, _0{}));
     auto [tQgQ, tQsQ] = tma_partition(P.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ),
                                       group_modes<0, 2>(gQ));
-    // Q's buffer is free once the last item's O store has read it.
+    // Q's buffer is free once every consumer warp's last score product of the last item is
+    // done (D <= 128), or once that item's O store has read it (D = 256: O staged in Q).
     wait_barrier(S.q_empty, q_phase ^ 1u);
     set_barrier_transaction_bytes(S.q_full, Tr::kQBytes);
     copy(P.tma_q.with(S.q_full), tQgQ, tQsQ);
