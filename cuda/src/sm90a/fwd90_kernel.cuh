@@ -514,6 +514,20 @@ __global__ void __launch_bounds__(Traits90<T, kD>::kThreads, 1)
 // in the tensor, so it gets one that satisfies the unit (never used to step).
 inline int64_t tma_stride(int64_t stride, int64_t extent) { return extent > 1 ? stride : 8; }
 
+// What cuTensorMapEncodeTiled accepts (the launcher repacks other tensors; checked again here
+// because a refused descriptor would only be reported on stderr): a 16-byte aligned base and,
+// for every dimension of extent > 1, a positive stride of a multiple of 16 bytes below 2^40.
+template <class T>
+bool tma_ok(const void* ptr, const int64_t (&strides)[3], const int64_t (&extents)[3]) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+  for (int i = 0; i < 3; ++i) {
+    const int64_t bytes = strides[i] * int64_t(sizeof(T));
+    if (extents[i] > 1 && (bytes <= 0 || bytes % 16 != 0 || bytes >= (int64_t(1) << 40)))
+      return false;
+  }
+  return true;
+}
+
 // Launches the persistent kernel on `stream`; p.d == p.dv == kD, pointers 16-byte aligned,
 // strides of extent > 1 positive multiples of 8 elements (the launcher checks).
 template <class T, int kD>
@@ -527,6 +541,12 @@ cudaError_t run90(const FwdParams& p, cudaStream_t stream) {
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (e != cudaSuccess) return e;
   const int64_t grid = persistent_grid(items, sms);
+
+  if (!tma_ok<T>(p.q, {p.q_sn, p.q_sh, p.q_sb}, {p.nq, p.hq, p.b}) ||
+      !tma_ok<T>(p.o, {p.o_sn, p.o_sh, p.o_sb}, {p.nq, p.hq, p.b}) ||
+      (p.nk > 0 && (!tma_ok<T>(p.k, {p.k_sn, p.k_sh, p.k_sb}, {p.nk, p.hkv, p.b}) ||
+                    !tma_ok<T>(p.v, {p.v_sn, p.v_sh, p.v_sb}, {p.nk, p.hkv, p.b}))))
+    return cudaErrorInvalidValue;
 
   Params90<T, kD> P;
   P.p = p;
