@@ -69,11 +69,13 @@ bool tma_readable(const int64_t* strides, const int64_t* shape, int elem_bytes) 
 ForwardTile forward_tile(int64_t d, int64_t dv, int device, DType dtype) {
   if (device >= 0) {
     int major = 0, minor = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
-        hopper_runs(major, minor, dtype, d, dv))
-      return {kHopperBlockM, hopper_block_n(int(d))};
-    (void)cudaGetLastError();
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+      // No such device: clear the error this call made; attention_forward reports it.
+      (void)cudaGetLastError();
+      return forward_tile(d, dv);
+    }
+    if (hopper_runs(major, minor, dtype, d, dv)) return {kHopperBlockM, hopper_block_n(int(d))};
   }
   return forward_tile(d, dv);
 }
