@@ -212,7 +212,9 @@ __device__ __forceinline__ void producer(const Params90<T, kD>& P,
     // done (D <= 128), or once that item's O store has read it (D = 256: O staged in Q).
     wait_barrier(S.q_empty, q_phase ^ 1u);
     set_barrier_transaction_bytes(S.q_full, Tr::kQBytes);
-    copy(P.tma_q.with(S.q_full), tQgQ, tQsQ);
+    // L2 policy: a Q tile is read once, K and V blocks by every query tile of the head (and
+    // of its GQA group) that lists them.
+    copy(P.tma_q.with(S.q_full, 0, TMA::CacheHintSm90::EVICT_FIRST), tQgQ, tQsQ);
     q_phase ^= 1u;
 
     // (bn, D, key block) views: key block c is rows [c * kBlockN, (c + 1) * kBlockN), wherever
@@ -231,10 +233,12 @@ __device__ __forceinline__ void producer(const Params90<T, kD>& P,
     while (walk.next(p, &c, &partial)) {
       wait_barrier(S.k_empty[kv.stage], kv.producer_wait_parity());
       set_barrier_transaction_bytes(S.k_full[kv.stage], Tr::kKVBytes);
-      copy(P.tma_k.with(S.k_full[kv.stage]), tKgK(_, c), tKsK(_, kv.stage));
+      copy(P.tma_k.with(S.k_full[kv.stage], 0, TMA::CacheHintSm90::EVICT_LAST), tKgK(_, c),
+           tKsK(_, kv.stage));
       wait_barrier(S.v_empty[kv.stage], kv.producer_wait_parity());
       set_barrier_transaction_bytes(S.v_full[kv.stage], Tr::kKVBytes);
-      copy(P.tma_v.with(S.v_full[kv.stage]), tVgV(_, c), tVsV(_, kv.stage));
+      copy(P.tma_v.with(S.v_full[kv.stage], 0, TMA::CacheHintSm90::EVICT_LAST), tVgV(_, c),
+           tVsV(_, kv.stage));
       kv.advance(kStages);
     }
   }
