@@ -581,6 +581,7 @@ std::map<std::string, std::string> info() {
   r.emplace("cuda_compiled", "no");
   r.emplace("cuda_archs", "");
   r.emplace("cuda_kernels", "");
+  r.emplace("cuda_sm90a_kernels", "");
   r.emplace("cuda_backward_kernels", "");
   return r;
 }

@@ -26,8 +26,10 @@ std::string selftest(int) { return "not compiled: spattn was built without CUDA 
 
 // The kernels' tiles and kernel lists, so that host-side tests need no #if.
 ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
+ForwardTile forward_tile(int64_t, int64_t, int, DType) { return {kFwdBlockM, kFwdBlockN}; }
 bool supports(DType, int64_t, int64_t) { return false; }
 std::string forward_kernels() { return {}; }
+std::string forward_kernels_sm90a() { return {}; }
 void attention_forward(const ForwardProblem&) {
   throw RuntimeError("cuda attention: this spattn was built without CUDA");
 }

@@ -147,12 +147,16 @@ class CudaBackend final : public Backend {
     return "unknown operation";
   }
 
-  Tile tile(Op op, const Dims& s, DType, const Call&) const override {
+  Tile tile(Op op, const Dims& s, DType dtype, const Call& call) const override {
     if (op == Op::Backward) {
       const cuda::BackwardTile t = cuda::backward_tile(s.d, s.dv);
       return {t.bq, t.bk};
     }
-    const cuda::ForwardTile t = cuda::forward_tile(s.d, s.dv);
+    // The kernel runs at the padded head dim (pad.hpp); on Hopper its tile is the sm90a
+    // kernel's where that exists for (dtype, D).
+    const int64_t pd = cuda::padded_head_dim(dtype, s.d, s.dv, true);
+    const cuda::ForwardTile t =
+        pd ? cuda::forward_tile(pd, pd, call.device.device_id, dtype) : cuda::forward_tile(s.d, s.dv);
     return {t.bq, t.bk};
   }
 
@@ -162,7 +166,8 @@ class CudaBackend final : public Backend {
     const BlockLayout& layout = cp.layout_for(t.bq, t.bk);
     auto dev = std::static_pointer_cast<OnDevice<cuda::StagedForward>>(
         cp.attachment(key_of("cuda-fwd", call, t, 0), [&]() -> std::shared_ptr<void> {
-          return upload(cuda::stage_forward(layout, cp.predicate(), a.s.nq, a.s.nk, a.s.hq), call);
+          return upload(cuda::stage_forward(layout, cp.predicate(), a.s.nq, a.s.nk, a.s.hq, t.bq, t.bk),
+                        call);
         }));
     cuda::PaddedForward padded(a, call);  // the kernel's head dim, and temporaries if it differs
     cuda::ForwardProblem p = cuda::forward_problem(padded.q, padded.k, padded.v, padded.out,
@@ -323,6 +328,7 @@ class CudaBackend final : public Backend {
     info["cuda_compiled"] = "yes";
     info["cuda_archs"] = cuda::compiled_archs();
     info["cuda_kernels"] = cuda::forward_kernels();
+    info["cuda_sm90a_kernels"] = cuda::forward_kernels_sm90a();
     info["cuda_backward_kernels"] = cuda::backward_kernels();
   }
 };

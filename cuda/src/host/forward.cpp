@@ -20,7 +20,11 @@
 #include "arch_api.hpp"
 #include "launch_util.hpp"
 #include "spattn/cuda/forward_logic.hpp"
+#include "spattn/cuda/hopper_logic.hpp"
 #include "spattn/error.hpp"
+#if SPATTN_CUDA_HAS_SM90A
+#include "sm90a/fwd90_api.hpp"
+#endif
 
 namespace spattn::cuda {
 
@@ -28,11 +32,67 @@ using namespace launch;
 
 ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
 
+namespace {
+
+#if SPATTN_CUDA_HAS_SM90A
+// SPATTN_CUDA_FORWARD=sm80 forces the sm80-style kernel on Hopper (read on every call, so a
+// test can run both kernels in one process).
+bool forced_sm80() {
+  const char* e = std::getenv("SPATTN_CUDA_FORWARD");
+  return e != nullptr && std::strcmp(e, "sm80") == 0;
+}
+#endif
+
+// Whether the sm90a kernel runs (dtype, d == dv) on a device of capability major.minor.
+bool hopper_runs(int major, int minor, DType dtype, int64_t d, int64_t dv) {
+#if SPATTN_CUDA_HAS_SM90A
+  if (major != 9 || minor != 0 || d != dv || forced_sm80()) return false;
+  if (dtype != DType::Float16 && dtype != DType::BFloat16) return false;
+  return d <= 4096 && sm90a::forward90_supported(kernel_dtype(dtype), int(d));
+#else
+  (void)major, (void)minor, (void)dtype, (void)d, (void)dv;
+  return false;
+#endif
+}
+
+// TMA descriptors take strides that are positive multiples of 16 bytes below 2^40 bytes; a
+// tensor the 16-byte copies can read may still have a zero (broadcast) stride.
+bool tma_readable(const int64_t* strides, const int64_t* shape, int elem_bytes) {
+  for (int i = 0; i < 3; ++i)
+    if (shape[i] > 1 && (strides[i] <= 0 || strides[i] * elem_bytes >= (int64_t(1) << 40)))
+      return false;
+  return true;
+}
+
+}  // namespace
+
+ForwardTile forward_tile(int64_t d, int64_t dv, int device, DType dtype) {
+  if (device >= 0) {
+    const DeviceInfo& dev = device_info(device);  // read once per device
+    if (hopper_runs(dev.major, dev.minor, dtype, d, dv)) return {kHopperBlockM, hopper_block_n(int(d))};
+  }
+  return forward_tile(d, dv);
+}
+
 bool supports(DType dtype, int64_t d, int64_t dv) {
   return has_kernel(&ArchFns::supported, dtype, d, dv);
 }
 
 std::string forward_kernels() { return kernel_list(&ArchFns::supported); }
+
+std::string forward_kernels_sm90a() {
+  std::string r;
+#if SPATTN_CUDA_HAS_SM90A
+  for (DType t : {DType::Float16, DType::BFloat16}) {
+    std::string dims;
+    for (int d : {32, 64, 96, 128, 256})
+      if (sm90a::forward90_supported(kernel_dtype(t), d))
+        dims += (dims.empty() ? "" : ",") + std::to_string(d);
+    if (!dims.empty()) r += (r.empty() ? "" : ";") + std::string(dtype_name(t)) + ":" + dims;
+  }
+#endif
+  return r;
+}
 
 void attention_forward(const ForwardProblem& p) {
   if (p.dtype != DType::Float16 && p.dtype != DType::BFloat16)
@@ -59,6 +119,10 @@ void attention_forward(const ForwardProblem& p) {
   DeviceGuard guard(p.device);
   const DeviceInfo& dev = device_info(p.device);
   const ArchFns* arch = &arch_of(p.device, "cuda attention");
+  // The sm90a kernel when the device and build have it and the staged layout has its tile (a
+  // layout compiled with forward_tile(d, dv, device, dtype)); else the sm80-style kernel.
+  const bool hopper = hopper_runs(dev.major, dev.minor, p.dtype, p.d, p.dv) &&
+                      p.staged->bq == kHopperBlockM && p.staged->bk == hopper_block_n(int(p.d));
   const bool have_k = p.nk > 0;
   expect_device_pointer(p.q, "q", p.device);
   expect_device_pointer(p.out, "out", p.device);
@@ -72,10 +136,13 @@ void attention_forward(const ForwardProblem& p) {
 
   // Tensors the kernel cannot read (or write) as they are go through compact copies.
   const int es = dtype_size(p.dtype);
-  const bool rq = !kernel_readable(p.q, p.q_strides, q_shape);
-  const bool rk = have_k && !kernel_readable(p.k, p.k_strides, k_shape);
-  const bool rv = have_k && !kernel_readable(p.v, p.v_strides, v_shape);
-  const bool ro = !kernel_readable(p.out, p.out_strides, o_shape);
+  auto readable = [&](const void* ptr, const int64_t* strides, const int64_t* shape) {
+    return kernel_readable(ptr, strides, shape) && (!hopper || tma_readable(strides, shape, es));
+  };
+  const bool rq = !readable(p.q, p.q_strides, q_shape);
+  const bool rk = have_k && !readable(p.k, p.k_strides, k_shape);
+  const bool rv = have_k && !readable(p.v, p.v_strides, v_shape);
+  const bool ro = !readable(p.out, p.out_strides, o_shape);
   auto numel = [](const int64_t* s) { return s[0] * s[1] * s[2] * s[3]; };
   size_t at = 0;
   const size_t q_at = at;
@@ -142,8 +209,13 @@ void attention_forward(const ForwardProblem& p) {
   fp.scale = p.scale;
   fp.scale_log2 = p.scale * 1.4426950408889634f;
 
-  check(arch->forward(fp, kernel_dtype(p.dtype), stream),
-        std::string("launching the ") + arch->name + " forward kernel (" + dtype_name(p.dtype) +
+  cudaError_t launched = cudaErrorNotSupported;
+#if SPATTN_CUDA_HAS_SM90A
+  if (hopper) launched = sm90a::forward90(fp, kernel_dtype(p.dtype), stream);
+#endif
+  if (!hopper) launched = arch->forward(fp, kernel_dtype(p.dtype), stream);
+  check(launched, std::string("launching the ") + (hopper ? "sm_90a wgmma" : arch->name) +
+                      " forward kernel (" + dtype_name(p.dtype) +
             ", D=" + std::to_string(p.d) + ", q " + dims_str(q_shape, 4) + ")");
   if (ro) check(arch->copy(o, os, p.out, p.out_strides, o_shape, es, stream), "writing out back");
   if (sync_after_launch(stream)) check(cudaStreamSynchronize(stream), "the forward kernel (SPATTN_CUDA_SYNC)");

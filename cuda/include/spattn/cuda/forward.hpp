@@ -23,7 +23,13 @@ namespace spattn::cuda {
 struct ForwardTile {
   int64_t bq, bk;
 };
+// The sm80-style kernel's tile (it runs on every supported device).
 ForwardTile forward_tile(int64_t d, int64_t dv);
+// The tile of the kernel attention_forward() will pick for (dtype, D) on `device`: the sm90a
+// kernel's (128 x hopper_block_n(D)) on a compute-capability 9.0 device when this build has it
+// for (dtype, D), else the sm80-style kernel's. SPATTN_CUDA_FORWARD=sm80 in the environment
+// (read on every call) forces the sm80-style kernel (tests run both on a Hopper GPU).
+ForwardTile forward_tile(int64_t d, int64_t dv, int device, DType dtype);
 
 // Whether this build has a forward kernel for the dtype and head dims (float16 / bfloat16,
 // D == Dv, one of the compiled head dims). Needs no device.
@@ -32,6 +38,9 @@ bool supports(DType dtype, int64_t d, int64_t dv);
 // The compiled (dtype, head dim) pairs, e.g. "bfloat16:128" or "float16:64,128;bfloat16:64,128";
 // empty without CUDA.
 std::string forward_kernels();
+// The (dtype, head dim) pairs of the sm90a wgmma/TMA forward kernel in this build, same format
+// (empty without it); compute-capability 9.0 devices run it, others the kernels above.
+std::string forward_kernels_sm90a();
 
 // One attention forward on device memory. Pointers are device pointers on `device`; strides
 // are in elements, any values (the last one of q, k, v, out must be 1; a layout the kernel

@@ -434,6 +434,7 @@ struct StagedForward {
   size_t sched = 0;
   StagedPredicate pred;
   int64_t lheads = 1, nqb = 0, nkb = 0, sched_len = 0;
+  int64_t bq = kFwdBlockM, bk = kFwdBlockN;  // the tile the layout was compiled for
 
   // Points p's layout, schedule and predicate fields into a copy of the blob at `base` (the
   // device allocation; in tests, the host blob itself). Node data pointers inside the blob
@@ -452,13 +453,17 @@ struct StagedForward {
   void relocate_nodes(const void* base) { pred.relocate(blob, base); }
 };
 
-// Stages a layout (compiled for kFwdBlockM x kFwdBlockN, 1 or hq heads) and a predicate (host
-// pointers, CompiledPattern::predicate()) for a problem with hq query heads. Throws ValueError
-// when the layout does not fit (nq, nk, hq).
+// Stages a layout (compiled for the kernel's (bq, bk) tiles: kFwdBlockM x kFwdBlockN for the
+// sm80-style kernel, hopper_logic.hpp's tile for the sm90a one; 1 or hq heads) and a predicate
+// (host pointers, CompiledPattern::predicate()) for a problem with hq query heads. Throws
+// ValueError when the layout does not fit (nq, nk, hq, tile).
 inline StagedForward stage_forward(const BlockLayout& L, const Predicate& pred, int64_t nq,
-                                   int64_t nk, int64_t hq) {
-  check_layout_fits(L, pred, kFwdBlockM, kFwdBlockN, nq, nk, hq, "cuda attention");
+                                   int64_t nk, int64_t hq, int64_t bq = kFwdBlockM,
+                                   int64_t bk = kFwdBlockN) {
+  check_layout_fits(L, pred, bq, bk, nq, nk, hq, "cuda attention");
   StagedForward s;
+  s.bq = bq;
+  s.bk = bk;
   s.lheads = L.heads;
   s.nqb = L.nqb;
   s.nkb = L.nkb;
