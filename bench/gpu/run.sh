@@ -19,7 +19,10 @@
 # e.g. "--skip-1m"), BENCH_BWD_ARGS (extra arguments for
 # bench_backward.py, e.g. "--no-flex"), SKIP_BUILD=1 (reuse an installed build), SKIP_TESTS=1,
 # SKIP_BWD=1 (no backward tests or timings), SKIP_BWD_BENCH=1 (backward tests, no timings),
-# SKIP_BENCH=1 (tests only).
+# SKIP_BENCH=1 (tests only), SPATTN_TEST_KERNELS (e.g. "bfloat16:128,float16:64": the
+# (dtype, D) the per-kernel tests loop over), EXTRA_TESTS, TEST_TIMEOUT (default 300 s),
+# BENCH_TIMEOUT (per benchmark, default 240 s), COMPARE_SM80=1 (also the forward benchmark with
+# the sm80-style kernel on a Hopper GPU).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -83,8 +86,20 @@ if [ "${SKIP_TESTS:-0}" != "1" ]; then
     case "$f" in *backward*) [ "${SKIP_BWD:-0}" = "1" ] && continue ;; esac
     tests+=("$f")
   done
-  SPATTN_CUDA_SYNC=1 "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" \
-      2>&1 | tee "$OUT/tests.log" | grep -E "passed|failed|FAILED|Error" | tail -25
+  # More GPU tests than test_cuda_*.py: EXTRA_TESTS (paths or pytest arguments).
+  # shellcheck disable=SC2206
+  extra=(${EXTRA_TESTS:-})
+  # A hung kernel must not take the whole session: the tests get TEST_TIMEOUT seconds; past
+  # it the benchmarks run with the sm80-style forward (SPATTN_CUDA_FORWARD=sm80).
+  SPATTN_CUDA_SYNC=1 timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" "${extra[@]}" \
+      > "$OUT/tests.log" 2>&1
+  trc=$?
+  grep -E "passed|failed|FAILED|Error|error" "$OUT/tests.log" | tail -25
+  if [ "$trc" = 124 ]; then
+    echo "error: the GPU tests ran past ${TEST_TIMEOUT:-300} s (a hang?); benchmarks use the sm80-style forward"
+    tail -5 "$OUT/tests.log"
+    export SPATTN_CUDA_FORWARD=sm80
+  fi
   if command -v compute-sanitizer > /dev/null 2>&1; then
     stamp "compute-sanitizer memcheck (small run)"
     compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" - > "$OUT/memcheck.log" 2>&1 <<'EOF'
@@ -106,14 +121,21 @@ fi
 if [ "${SKIP_BENCH:-0}" = "1" ]; then stamp "done (SKIP_BENCH)"; exit 0; fi
 stamp "benchmark: planner (host overhead, block-sparse end to end, dilated/strided)"
 # shellcheck disable=SC2086
-"$PY" "$ROOT/bench/gpu/bench_planner.py" --out "$OUT" ${BENCH_PLANNER_ARGS:-} 2>&1 | tee "$OUT/bench_planner.log" | grep -v '^|' | tail -5
+timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_planner.py" --out "$OUT" ${BENCH_PLANNER_ARGS:-} 2>&1 | tee "$OUT/bench_planner.log" | grep -v '^|' | tail -5
 stamp "benchmark"
 # shellcheck disable=SC2086
-"$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|' | tail -20
+timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|' | tail -20
+if [ "${COMPARE_SM80:-0}" = "1" ]; then
+  stamp "benchmark (the sm80-style forward, for comparison)"
+  mkdir -p "$OUT/sm80"
+  # shellcheck disable=SC2086
+  SPATTN_CUDA_FORWARD=sm80 timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT/sm80" --quick --no-flex \
+      2>&1 | grep "^  spattn" | tail -8
+fi
 if [ "${SKIP_BWD:-0}" != "1" ] && [ "${SKIP_BWD_BENCH:-0}" != "1" ]; then
   stamp "benchmark forward+backward"
   # shellcheck disable=SC2086
-  "$PY" "$ROOT/bench/gpu/bench_backward.py" --out "$OUT" ${BENCH_BWD_ARGS:-} 2>&1 | tee "$OUT/bench_bwd.log" | grep -v '^|' | tail -20
+  timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_backward.py" --out "$OUT" ${BENCH_BWD_ARGS:-} 2>&1 | tee "$OUT/bench_bwd.log" | grep -v '^|' | tail -20
 fi
 stamp "done"
 cat "$OUT/table_planner.md" 2>/dev/null

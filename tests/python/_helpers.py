@@ -404,6 +404,12 @@ def compiled_cuda_kernels(info_key: str):
             for d in dims.split(","):
                 if d.strip().isdigit():
                     out.append((name.strip(), int(d)))
+    # SPATTN_TEST_KERNELS="bfloat16:128,float16:64" narrows the list (a short GPU session tests
+    # a sample of a full build's kernels; bench/gpu/run.sh sets it).
+    only = os.environ.get("SPATTN_TEST_KERNELS", "").strip()
+    if only:
+        keep = {(n.strip(), int(d)) for n, _, d in (x.partition(":") for x in only.split(",")) if d.strip().isdigit()}
+        out = [x for x in out if x in keep]
     return out or [("bfloat16", 128)]
 
 
