@@ -24,13 +24,13 @@ struct Dims {
   int64_t b, nq, nk, hq, hkv, d, dv;
 };
 
-// The context of one call, the same for every operation it queues: the stream and allocator of
-// Options, the CPU thread limit, and the device of the tensors.
+// The context of one call, the same for every operation it queues: the device of the tensors
+// and the stream and allocator of Options. (The host thread budget, Options::num_threads, holds
+// for the whole call: the planner sets it once, cpu/thread_pool.hpp.)
 struct Call {
   DLDevice device{kDLCPU, 0};
   void* stream = nullptr;
   const Allocator* allocator = nullptr;
-  int num_threads = 0;
 };
 
 // One dense-batch attention problem ([B, N, H, D] views, any strides), already checked.

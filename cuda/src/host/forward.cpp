@@ -108,8 +108,6 @@ void attention_forward(const ForwardProblem& p) {
     throw ValueError("cuda attention: bad sizes (B=" + std::to_string(p.b) + ", Nq=" +
                      std::to_string(p.nq) + ", Nk=" + std::to_string(p.nk) + ", Hq=" +
                      std::to_string(p.hq) + ", Hkv=" + std::to_string(p.hkv) + ")");
-  if (!std::isfinite(p.scale) || p.scale == 0.f)
-    throw ValueError("cuda attention: scale must be finite and nonzero");
   if (p.b == 0 || p.nq == 0) return;  // nothing to write
 
   const int64_t q_shape[4] = {p.b, p.nq, p.hq, p.d};
