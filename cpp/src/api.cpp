@@ -74,15 +74,10 @@ void expect_same_device(const TensorView& t, const char* name, const TensorView&
   }
 }
 
-// Outputs must not have two elements at one address (a stride of 0 on a dimension of size > 1).
+// Outputs must not have two elements at one address (tensor.hpp: broadcast views, overlapping
+// strides; empty outputs pass).
 void expect_writable_layout(const TensorView& t, const char* name) {
-  for (int d = 0; d < t.ndim; ++d)
-    if (t.shape[d] > 1 && t.strides[d] == 0) {
-      std::ostringstream m;
-      m << name << ": dimension " << d << " has stride 0 (a broadcast view); an output needs "
-        << "one element per address";
-      throw ValueError(m.str());
-    }
+  expect_no_self_overlap(t, name);
 }
 
 bool on_cuda(const TensorView& t) { return t.device.device_type == kDLCUDA; }
@@ -417,6 +412,7 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
     check_lse(lse, "lse", s, q);
     expect_writable_layout(lse, "lse");
   }
+  expect_disjoint_outputs({{&out, "out"}, {&lse, "lse"}}, {{&q, "q"}, {&k, "k"}, {&v, "v"}});
   const float scale = resolve_scale(options.scale, s.d);
   const cpu::ThreadLimit limit(thread_limit(options));
   pattern.check(s.nq, s.nk, s.hq);
@@ -440,6 +436,8 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
   check_output(dq, "dq", {s.b, s.nq, s.hq, s.d}, "[B, Nq, Hq, D]", q, dtype);
   check_output(dk, "dk", {s.b, s.nk, s.hkv, s.d}, "[B, Nk, Hkv, D]", q, dtype);
   check_output(dv, "dv", {s.b, s.nk, s.hkv, s.dv}, "[B, Nk, Hkv, Dv]", q, dtype);
+  expect_disjoint_outputs({{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}},
+                          {{&dout, "dout"}, {&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}, {&lse, "lse"}});
   const float scale = resolve_scale(options.scale, s.d);
   const cpu::ThreadLimit limit(thread_limit(options));
   pattern.check(s.nq, s.nk, s.hq);
@@ -473,6 +471,10 @@ std::vector<int64_t> read_cu_seqlens(const DLTensor& t_, const char* name, int64
   }
   expect_same_device(t, name, q);
   const int64_t n = t.shape[0];
+  if (n > (int64_t(1) << 31)) {  // int32 offsets: at most 2^31 - 1 sequences (a broadcast view
+    m << name << ": expected at most 2^31 offsets, got " << n;  // could claim any count)
+    throw ValueError(m.str());
+  }
   std::vector<int64_t> c(size_t(n), 0);
   for (int64_t i = 0; i < n; ++i)
     c[size_t(i)] = dt.bits == 32 ? int64_t(t.ptr<const int32_t>()[i * t.strides[0]])
@@ -568,6 +570,7 @@ void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTe
     check_lse_varlen(lse, t, q);
     expect_writable_layout(lse, "lse");
   }
+  expect_disjoint_outputs({{&out, "out"}, {&lse, "lse"}}, {{&q, "q"}, {&k, "k"}, {&v, "v"}});
   std::vector<int64_t> cq, ck;
   read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
   const float scale = resolve_scale(options.scale, t.d);
@@ -599,6 +602,8 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
   check_output(dq, "dq", {t.nq, t.hq, t.d}, "[Tq, Hq, D]", q, dtype);
   check_output(dk, "dk", {t.nk, t.hkv, t.d}, "[Tk, Hkv, D]", q, dtype);
   check_output(dv, "dv", {t.nk, t.hkv, t.dv}, "[Tk, Hkv, Dv]", q, dtype);
+  expect_disjoint_outputs({{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}},
+                          {{&dout, "dout"}, {&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}, {&lse, "lse"}});
   std::vector<int64_t> cq, ck;
   read_both_cu_seqlens(cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
   const float scale = resolve_scale(options.scale, t.d);

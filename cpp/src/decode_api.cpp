@@ -64,11 +64,7 @@ bool is_int(const TensorView& t) {
 }
 
 void writable(const TensorView& t, const char* name) {
-  for (int d = 0; d < t.ndim; ++d)
-    if (t.shape[d] > 1 && t.strides[d] == 0)
-      throw ValueError(std::string(name) + ": dimension " + std::to_string(d) +
-                       " has stride 0 (a broadcast view); an output needs one element per "
-                       "address");
+  expect_no_self_overlap(t, name);  // tensor.hpp: broadcast or overlapping strides; empty passes
 }
 
 void shape_is(const TensorView& t, const char* name, std::vector<int64_t> want,
@@ -236,6 +232,9 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
     pooled = view_of(*pooled_keys_, "pooled_keys");
     check_pooled(pooled, "pooled_keys", B, hkv, D, q, "q");
   }
+  expect_disjoint_outputs({{&out, "out"}, {&lse, "lse"}},
+                          {{&q, "q"}, {&k, "k_cache"}, {&v, "v_cache"}, {&table, "block_table"},
+                           {&pooled, "pooled_keys"}});
 
   cpu::DecodeArgs a;
   a.pooled = pooled;
@@ -276,6 +275,7 @@ void pool_keys(const DLTensor& k_, const DLTensor& cache_len_, int64_t block,
   const TensorView out = view_of(out_, "out");
   check_pooled(out, "out", B, k.shape[2], k.shape[3], k, "k_cache");
   writable(out, "out");
+  expect_disjoint_outputs({{&out, "out"}}, {{&k, "k_cache"}, {&table, "block_table"}});
   for (int64_t b = 0; b < B; ++b)
     if (out.shape[1] * block < lens[size_t(b)]) {
       std::ostringstream m;

@@ -88,6 +88,14 @@ void merge_partials(const std::vector<DLTensor>& outs, const std::vector<DLTenso
     lse = view_of(*lse_, "lse");
     check_lse(lse, "lse");
   }
+  {  // outputs: one element per address, no memory shared with any part
+    std::vector<std::string> names;
+    for (size_t k = 0; k < outs.size(); ++k) names.push_back(indexed("outs", k)), names.push_back(indexed("lses", k));
+    std::vector<NamedView> parts;
+    for (size_t k = 0; k < outs.size(); ++k)
+      parts.push_back({&o[k], names[2 * k].c_str()}), parts.push_back({&l[k], names[2 * k + 1].c_str()});
+    expect_disjoint_outputs({{&out, "out"}, {&lse, "lse"}}, parts);
+  }
   cpu::MergeArgs a{o.data(), l.data(), int(o.size()), varlen ? with_batch(out) : out,
                    lse_ ? (varlen ? with_batch(lse) : lse) : TensorView{}, dtype};
   cpu::merge(a);

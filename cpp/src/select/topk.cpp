@@ -104,8 +104,8 @@ BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k, const Pooled
   m.heads = hq;
   m.bq = bq;
   m.bk = bk;
-  m.nbq = (nq + bq - 1) / bq;
-  m.nbk = (nk + bk - 1) / bk;
+  m.nbq = nq <= 0 ? 0 : 1 + (nq - 1) / bq;  // no nq + bq: block sizes may be huge
+  m.nbk = nk <= 0 ? 0 : 1 + (nk - 1) / bk;
   const int64_t nqb = m.nbq, nkb = m.nbk;
   m.bits.assign(size_t(hq * nqb * nkb), 0);
   if (nq == 0 || nk == 0) return m;
