@@ -67,12 +67,31 @@ py::dict dlpack_kwargs(const DLDevice& device) {
 // A producer's error (torch: "Can't export tensors that require gradient", "Unknown device type
 // meta", ...) raised again with the argument's name in front, as the same builtin exception
 // class (cause: the original). Exceptions of other classes pass unchanged.
+//
+// A producer's BufferError becomes spattn._core.DLPackExportError, a subclass of both
+// BufferError (what the producer said) and TypeError (SPEC §3: an argument of the wrong kind),
+// so that every bad argument reaches the caller as ValueError, TypeError or RuntimeError.
+PyObject* export_error_type() {
+  static PyObject* t = [] {
+    PyObject* bases = PyTuple_Pack(2, PyExc_BufferError, PyExc_TypeError);
+    PyObject* r = PyErr_NewExceptionWithDoc(
+        "spattn._core.DLPackExportError",
+        "An argument's producer could not export it through DLPack (a BufferError that is "
+        "also a TypeError).",
+        bases, nullptr);
+    Py_XDECREF(bases);
+    return r;  // kept for the life of the process
+  }();
+  return t;
+}
+
 [[noreturn]] void rethrow_named(py::error_already_set& e, const std::string& arg, py::handle obj) {
   for (PyObject* base : {PyExc_BufferError, PyExc_TypeError, PyExc_ValueError, PyExc_RuntimeError}) {
     if (e.matches(base)) {
       const std::string msg = arg + ": " + type_name(obj) + " could not be exported through " +
                               "DLPack: " + py::str(e.value()).cast<std::string>();
-      py::raise_from(e, base, msg.c_str());
+      PyObject* as = base == PyExc_BufferError && export_error_type() ? export_error_type() : base;
+      py::raise_from(e, as, msg.c_str());
       throw py::error_already_set();
     }
   }
@@ -292,6 +311,7 @@ py::object make_holder(ManagedTensor t) { return py::cast(DLPackTensor(std::move
 // ------------------------------------------------------------------------------------------
 
 void bind_dlpack(py::module_& m) {
+  if (PyObject* t = export_error_type()) m.attr("DLPackExportError") = py::handle(t);
   py::class_<DLPackTensor>(m, "DLPackTensor",
                            "A result of spattn, handed to an array library through DLPack once "
                            "(np.from_dlpack, torch.from_dlpack, ...), without a copy.")

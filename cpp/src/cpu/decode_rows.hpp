@@ -200,6 +200,7 @@ inline void decode_chunk(const DecodeChunk& c, float* ws) {
               if (lo > hi) continue;
             }
             float mt = -__builtin_inff();
+            bool nan = false;
             for (int jj = 0; jj < KT; ++jj) {
               const int64_t j = js + jj;
               float x = -__builtin_inff();
@@ -208,6 +209,12 @@ inline void decode_chunk(const DecodeChunk& c, float* ws) {
                 x = dot(qr, kt + jj * Dp, Dp);
               s[jj] = x;
               mt = x > mt ? x : mt;
+              nan |= x != x;
+            }
+            if (nan) {  // a NaN score: the row's result is NaN (README, NaN and Inf)
+              c.l[r] = __builtin_nanf("");
+              if (c.m[r] == -__builtin_inff()) c.m[r] = 0.f;  // so that the merge keeps it
+              continue;
             }
             if (mt == -__builtin_inff()) continue;
             const float mo = c.m[r];
