@@ -113,6 +113,13 @@ TensorView view_of(const DLTensor& t, const char* name, bool read_only) {
   if (t.ndim > 0 && t.shape == nullptr)
     throw ValueError(arg + ": the DLPack tensor has " + std::to_string(t.ndim) +
                      " dimensions but no shape");
+  // The device type as the integer the producer wrote: DLDeviceType may only hold values of
+  // its range (0..31), so anything else is refused before it is read as the enum.
+  int32_t device_type = 0;
+  static_assert(sizeof(t.device.device_type) == sizeof(int32_t), "DLDeviceType is an int");
+  std::memcpy(&device_type, &t.device.device_type, sizeof(device_type));
+  if (device_type < 0 || device_type > 31)
+    throw ValueError(arg + ": unknown DLPack device type " + std::to_string(device_type));
   TensorView v;
   v.dtype = t.dtype;
   v.device = t.device;

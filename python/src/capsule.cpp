@@ -40,7 +40,10 @@ DLDevice producer_device(py::handle obj) {
   if (!py::hasattr(obj, "__dlpack_device__")) return DLDevice{kDLCPU, 0};
   py::tuple d = obj.attr("__dlpack_device__")();
   if (d.size() != 2) throw py::value_error("__dlpack_device__ must return (device_type, device_id)");
-  return DLDevice{static_cast<DLDeviceType>(py::int_(d[0]).cast<int>()),
+  // An enum may only hold values of its range (0..31 for DLDeviceType); any other number
+  // is a device spattn does not know (view_of refuses it by its number later).
+  const long long type = py::int_(d[0]).cast<long long>();
+  return DLDevice{type >= 0 && type < 32 ? static_cast<DLDeviceType>(type) : kDLExtDev,
                   py::int_(d[1]).cast<int32_t>()};
 }
 
@@ -223,7 +226,9 @@ py::capsule DLPackTensor::dlpack(py::object stream, py::object max_version, py::
     if (type != int(device_.device_type) || id != int(device_.device_id))
       throw py::buffer_error("DLPackTensor: the data is on " + describe(device_) +
                              "; export to another device (" +
-                             describe(DLDevice{static_cast<DLDeviceType>(type), id}) +
+                             (type >= 0 && type < 32  // enum range; else the number
+                                  ? describe(DLDevice{static_cast<DLDeviceType>(type), id})
+                                  : "device type " + std::to_string(type)) +
                              ") is not supported");
   }
   // stream: CPU data is complete when the holder is returned (the CPU computes synchronously).

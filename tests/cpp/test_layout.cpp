@@ -15,10 +15,10 @@
 // Sanitizer builds (RELIABILITY.md) run many times slower; their time limits are scaled. The
 // plain build keeps the real limits, which are what guard the closed-form compile.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr double kSlowdown = 20;
+constexpr double kSlowdown = 50;
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr double kSlowdown = 20;
+constexpr double kSlowdown = 50;
 #else
 constexpr double kSlowdown = 1;
 #endif

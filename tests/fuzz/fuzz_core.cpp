@@ -278,10 +278,15 @@ void mutate(FuzzedDataProvider& f, Tensor& t, Arena& a) {
       t.dl.dtype = DLDataType{f.ConsumeIntegral<uint8_t>(), f.ConsumeIntegral<uint8_t>(),
                               f.ConsumeIntegralInRange<uint16_t>(0, 4)};
       break;
-    case 6:
+    case 6: {
       t.dl.device = DLDevice{static_cast<DLDeviceType>(f.ConsumeIntegralInRange<int>(0, 18)),
                              f.ConsumeIntegralInRange<int32_t>(-1, 3)};
+      if (f.ConsumeBool()) {  // any int a producer may write, in or out of the enum's range
+        const int32_t raw = f.ConsumeIntegral<int32_t>();
+        std::memcpy(&t.dl.device.device_type, &raw, sizeof(raw));
+      }
       break;
+    }
     case 7: t.dl.byte_offset = uint64_t(edge_int(f, 0, 256)); break;
     case 8: t.dl.data = nullptr; break;
     case 9:  // misaligned (integer arithmetic: the pointer may be null)

@@ -98,6 +98,12 @@ cases = {
     "dense mask": lambda: spattn.Causal().mask(2**24, 2**24),
     "merge out": lambda: spattn.merge([huge, huge], [np.broadcast_to(np.zeros((1, 1, 1), np.float32), (1, 1, 2**36))] * 2),
 }
+import os
+if "asan" in os.environ.get("LD_PRELOAD", ""):
+    # Under AddressSanitizer (tests/reliability/sanitize.sh) operator new of 2^48 bytes is a
+    # sanitizer report rather than std::bad_alloc; the outputs' allocations (malloc) still fail
+    # cleanly and are checked.
+    del cases["dense mask"]
 for name, f in cases.items():
     try:
         f()
