@@ -81,7 +81,9 @@ void pool(const Rows& rows, int64_t bs, int64_t nb, int64_t dp, float* dst) {
 
 Rows batch_rows(const TensorView& t, int64_t b, DType dtype) {
   Rows r;
-  r.base = static_cast<const char*>(t.data) + b * t.strides[0] * dtype_size(dtype);
+  // An empty tensor may have a null data pointer: no offset is applied to it.
+  r.base = t.data == nullptr ? nullptr
+                             : static_cast<const char*>(t.data) + b * t.strides[0] * dtype_size(dtype);
   r.n = t.shape[1];
   r.heads = t.shape[2];
   r.d = t.shape[3];
