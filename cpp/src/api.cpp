@@ -270,6 +270,7 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
     check_lse(a.lse, s, a.q);
     plan::expect_writable_layout(a.lse, "lse");
   }
+  expect_disjoint_outputs({{&a.out, "out"}, {&a.lse, "lse"}}, {{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}});
   const plan::CallOptions o = plan::resolve(options, s.d);
   a.scale = o.scale;
   Call call;
@@ -303,6 +304,9 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
   plan::check_output(g.dq, "dq", {s.b, s.nq, s.hq, s.d}, "[B, Nq, Hq, D]", a.q, dt);
   plan::check_output(g.dk, "dk", {s.b, s.nk, s.hkv, s.d}, "[B, Nk, Hkv, D]", a.q, dt);
   plan::check_output(g.dv, "dv", {s.b, s.nk, s.hkv, s.dv}, "[B, Nk, Hkv, Dv]", a.q, dt);
+  expect_disjoint_outputs({{&g.dq, "dq"}, {&g.dk, "dk"}, {&g.dv, "dv"}},
+                          {{&g.dout, "dout"}, {&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"},
+                           {&a.lse, "lse"}});
   const plan::CallOptions o = plan::resolve(options, s.d);
   a.scale = o.scale;
   Call call;
@@ -340,6 +344,10 @@ std::vector<int64_t> read_cu_seqlens(const Plan& pl, const DLTensor& t_, const c
   const bool on_host = t.device.device_type == kDLCPU || t.device.device_type == kDLCUDAHost;
   if (!on_host) plan::expect_same_device(t, name, q);
   const int64_t n = t.shape[0], es = t.dtype.bits / 8, step = t.strides[0];
+  if (n > (int64_t(1) << 31)) {  // at most 2^31 - 1 sequences (a broadcast view could claim any
+    m << name << ": expected at most 2^31 offsets, got " << n;  // count)
+    throw ValueError(m.str());
+  }
   if (step < 0) throw ValueError(std::string(name) + ": negative strides are not supported");
   std::vector<unsigned char> raw;
   const unsigned char* base = static_cast<const unsigned char*>(t.data);
@@ -453,6 +461,7 @@ void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTe
     check_lse_varlen(t.lse, t.s, t.q);
     plan::expect_writable_layout(t.lse, "lse");
   }
+  expect_disjoint_outputs({{&t.out, "out"}, {&t.lse, "lse"}}, {{&t.q, "q"}, {&t.k, "k"}, {&t.v, "v"}});
   const plan::CallOptions o = plan::resolve(options, t.s.d);
   t.scale = o.scale;
   Call call;
@@ -489,6 +498,9 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
   plan::check_output(g.dq, "dq", {t.s.nq, t.s.hq, t.s.d}, "[Tq, Hq, D]", t.q, dt);
   plan::check_output(g.dk, "dk", {t.s.nk, t.s.hkv, t.s.d}, "[Tk, Hkv, D]", t.q, dt);
   plan::check_output(g.dv, "dv", {t.s.nk, t.s.hkv, t.s.dv}, "[Tk, Hkv, Dv]", t.q, dt);
+  expect_disjoint_outputs({{&g.dq, "dq"}, {&g.dk, "dk"}, {&g.dv, "dv"}},
+                          {{&g.dout, "dout"}, {&t.q, "q"}, {&t.k, "k"}, {&t.v, "v"}, {&t.out, "out"},
+                           {&t.lse, "lse"}});
   const plan::CallOptions o = plan::resolve(options, t.s.d);
   t.scale = o.scale;
   Call call;

@@ -179,6 +179,9 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
     pooled = view_of(*pooled_keys_, "pooled_keys");
     check_pooled(pooled, "pooled_keys", B, hkv, D, q, "q");
   }
+  expect_disjoint_outputs({{&out, "out"}, {&lse, "lse"}},
+                          {{&q, "q"}, {&k, "k_cache"}, {&v, "v_cache"}, {&table, "block_table"},
+                           {&pooled, "pooled_keys"}});
   const cpu::ThreadLimit limit(o.num_threads);
   backend::Decode a;
   a.q = q;
@@ -219,6 +222,7 @@ void pool_keys(const DLTensor& k_, const DLTensor& cache_len_, int64_t block,
   const TensorView out = view_of(out_, "out");
   check_pooled(out, "out", B, k.shape[2], k.shape[3], k, "k_cache");
   plan::expect_writable_layout(out, "out");
+  expect_disjoint_outputs({{&out, "out"}}, {{&k, "k_cache"}, {&table, "block_table"}});
   for (int64_t b = 0; b < B; ++b)
     if (out.shape[1] * block < lens[size_t(b)]) {
       std::ostringstream m;

@@ -91,6 +91,14 @@ void merge_partials(const std::vector<DLTensor>& outs, const std::vector<DLTenso
   }
   plan::expect_writable_layout(out, "out");
   if (lse_) plan::expect_writable_layout(lse, "lse");
+  {  // outputs: one element per address, no memory shared with any part
+    std::vector<std::string> names;
+    for (size_t k = 0; k < outs.size(); ++k) names.push_back(indexed("outs", k)), names.push_back(indexed("lses", k));
+    std::vector<NamedView> parts;
+    for (size_t k = 0; k < outs.size(); ++k)
+      parts.push_back({&o[k], names[2 * k].c_str()}), parts.push_back({&l[k], names[2 * k + 1].c_str()});
+    expect_disjoint_outputs({{&out, "out"}, {&lse, "lse"}}, parts);
+  }
   backend::Call call;
   backend::Backend& be = backend::for_device(first.device, "outs[0]");
   call.device = first.device;

@@ -3,6 +3,7 @@
 
 #include "large_buffers.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdlib>
@@ -112,6 +113,13 @@ TensorView view_of(const DLTensor& t, const char* name, bool read_only) {
   if (t.ndim > 0 && t.shape == nullptr)
     throw ValueError(arg + ": the DLPack tensor has " + std::to_string(t.ndim) +
                      " dimensions but no shape");
+  // The device type as the integer the producer wrote: DLDeviceType may only hold values of
+  // its range (0..31), so anything else is refused before it is read as the enum.
+  int32_t device_type = 0;
+  static_assert(sizeof(t.device.device_type) == sizeof(int32_t), "DLDeviceType is an int");
+  std::memcpy(&device_type, &t.device.device_type, sizeof(device_type));
+  if (device_type < 0 || device_type > 31)
+    throw ValueError(arg + ": unknown DLPack device type " + std::to_string(device_type));
   TensorView v;
   v.dtype = t.dtype;
   v.device = t.device;
@@ -147,9 +155,110 @@ TensorView view_of(const DLTensor& t, const char* name, bool read_only) {
   if (t.data == nullptr && numel > 0)
     throw ValueError(arg + ": null data pointer on a non-empty tensor of shape " +
                      v.shape_str());
-  v.data = t.data == nullptr ? nullptr
-                             : static_cast<void*>(static_cast<char*>(t.data) + t.byte_offset);
+  if (numel > 0) {
+    // A dimension of size 1 never steps, so DLPack allows any stride there; a wild one would
+    // only overflow offset arithmetic downstream (block * stride). It gets the compact stride.
+    int64_t compact = 1;
+    for (int i = t.ndim - 1; i >= 0; --i) {
+      if (v.shape[i] == 1) v.strides[i] = compact;
+      compact = mul_overflows(compact, v.shape[i], &compact) ? INT64_MAX : compact;
+    }
+    // Strides whose span exceeds any address space describe no real memory; refusing them
+    // keeps every offset computed from them inside int64.
+    constexpr __int128 kLimit = __int128(1) << 62;
+    __int128 span = 0;  // stays below 2^63 * 2^62: each term is bounded before it is added
+    for (int i = 0; i < t.ndim && span <= kLimit; ++i) {
+      const __int128 st = v.strides[i] < 0 ? -__int128(v.strides[i]) : __int128(v.strides[i]);
+      span += st * (v.shape[i] - 1);
+    }
+    if (span > kLimit ||
+        (span + 1) * std::max<int64_t>(1, (t.dtype.bits * std::max<int>(1, t.dtype.lanes) + 7) / 8) >
+            kLimit)
+      throw ValueError(arg + ": strides of shape " + v.shape_str() +
+                       " span more than 2^62 bytes; no tensor in memory has them");
+  }
+  // data + byte_offset in integers: an offset that runs past the address space is refused
+  // (as pointer arithmetic it would be undefined).
+  const uintptr_t base = reinterpret_cast<uintptr_t>(t.data);
+  if (t.data != nullptr && t.byte_offset > uint64_t(UINTPTR_MAX - base))
+    throw ValueError(arg + ": byte_offset " + std::to_string(t.byte_offset) +
+                     " runs past the end of the address space");
+  v.data = t.data == nullptr ? nullptr : reinterpret_cast<void*>(base + uintptr_t(t.byte_offset));
+  // Elements must be aligned to their size (a power of two up to 16 bytes); every producer's
+  // allocations are, and a misaligned float read is undefined behaviour in C++.
+  const int64_t es = (int64_t(t.dtype.bits) * std::max<int64_t>(1, t.dtype.lanes) + 7) / 8;
+  if (numel > 0 && es > 1 && es <= 16 && (es & (es - 1)) == 0 &&
+      reinterpret_cast<uintptr_t>(v.data) % uintptr_t(es) != 0)
+    throw ValueError(arg + ": data pointer (byte_offset included) is not aligned to its " +
+                     std::to_string(es) + "-byte " + describe(t.dtype) + " elements");
   return v;
+}
+
+namespace {
+
+int64_t element_bytes(const TensorView& t) {
+  return std::max<int64_t>(1, (int64_t(t.dtype.bits) * std::max<int64_t>(1, t.dtype.lanes) + 7) / 8);
+}
+
+// [lo, hi): the bytes a non-empty view touches, as integers (no pointer arithmetic overflow).
+void byte_range(const TensorView& t, __int128* lo, __int128* hi) {
+  __int128 neg = 0, pos = 0;
+  for (int d = 0; d < t.ndim; ++d) {
+    const __int128 span = __int128(t.strides[d]) * (t.shape[d] - 1);
+    (span < 0 ? neg : pos) += span;
+  }
+  const __int128 base = __int128(reinterpret_cast<uintptr_t>(t.data));
+  const int64_t es = element_bytes(t);
+  *lo = base + neg * es;
+  *hi = base + (pos + 1) * es;
+}
+
+bool has_elements(const TensorView& t) { return t.data != nullptr && t.numel() > 0; }
+
+}  // namespace
+
+void expect_no_self_overlap(const TensorView& t, const char* name) {
+  if (!has_elements(t)) return;
+  // Dimensions of size > 1 by |stride|; each must step past everything the previous span.
+  int dims[kMaxDims];
+  int n = 0;
+  for (int d = 0; d < t.ndim; ++d)
+    if (t.shape[d] > 1) dims[n++] = d;
+  std::sort(dims, dims + n, [&](int a, int b) {
+    return std::abs(t.strides[a]) < std::abs(t.strides[b]);
+  });
+  __int128 span = 0;  // elements covered by the smaller dimensions, minus one
+  for (int i = 0; i < n; ++i) {
+    const int d = dims[i];
+    const __int128 s = t.strides[d] < 0 ? -__int128(t.strides[d]) : __int128(t.strides[d]);
+    if (s <= span) {
+      std::string m = std::string(name) + ": dimension " + std::to_string(d) + " has stride " +
+                      std::to_string(t.strides[d]);
+      m += s == 0 ? " (a broadcast view)" : " and overlaps the dimensions with smaller strides";
+      throw ValueError(m + "; an output needs one element per address, shape " + t.shape_str());
+    }
+    span += s * (t.shape[d] - 1);
+  }
+}
+
+void expect_disjoint_outputs(const std::vector<NamedView>& outputs,
+                             const std::vector<NamedView>& inputs) {
+  for (const NamedView& o : outputs) {
+    expect_no_self_overlap(*o.view, o.name);
+    if (!has_elements(*o.view)) continue;
+    __int128 olo, ohi;
+    byte_range(*o.view, &olo, &ohi);
+    auto check = [&](const NamedView& x) {
+      if (x.view == o.view || !has_elements(*x.view)) return;
+      __int128 lo, hi;
+      byte_range(*x.view, &lo, &hi);
+      if (lo < ohi && olo < hi)
+        throw ValueError(std::string(o.name) + ": its memory overlaps " + x.name +
+                         "'s; an output must not share memory with an input or another output");
+    };
+    for (const NamedView& x : inputs) check(x);
+    for (const NamedView& x : outputs) check(x);
+  }
 }
 
 DType float_dtype(const TensorView& t, const char* name) {
@@ -244,7 +353,12 @@ ManagedTensor ManagedTensor::allocate_cpu(DType dtype, const std::vector<int64_t
   block->bytes = want;
   if (block->data == nullptr) {
     delete block;
-    throw std::bad_alloc();
+    // A clear error (RuntimeError in Python, as torch reports a failed CPU allocation); the
+    // call that asked stops here and nothing else is changed, so the process goes on.
+    std::string dims = "[";
+    for (size_t i = 0; i < shape.size(); ++i) dims += (i ? ", " : "") + std::to_string(shape[i]);
+    throw RuntimeError("spattn: out of memory: cannot allocate " + std::to_string(want >> 20) +
+                       " MiB for a " + dtype_name(dtype) + " tensor of shape " + dims + "]");
   }
   const int nd = int(shape.size());
   int64_t stride = 1;

@@ -42,7 +42,10 @@ DLDevice producer_device(py::handle obj) {
   if (!py::hasattr(obj, "__dlpack_device__")) return DLDevice{kDLCPU, 0};
   py::tuple d = obj.attr("__dlpack_device__")();
   if (d.size() != 2) throw py::value_error("__dlpack_device__ must return (device_type, device_id)");
-  return DLDevice{static_cast<DLDeviceType>(py::int_(d[0]).cast<int>()),
+  // An enum may only hold values of its range (0..31 for DLDeviceType); any other number
+  // is a device spattn does not know (view_of refuses it by its number later).
+  const long long type = py::int_(d[0]).cast<long long>();
+  return DLDevice{type >= 0 && type < 32 ? static_cast<DLDeviceType>(type) : kDLExtDev,
                   py::int_(d[1]).cast<int32_t>()};
 }
 
@@ -66,12 +69,31 @@ py::dict dlpack_kwargs(const DLDevice& device) {
 // A producer's error (torch: "Can't export tensors that require gradient", "Unknown device type
 // meta", ...) raised again with the argument's name in front, as the same builtin exception
 // class (cause: the original). Exceptions of other classes pass unchanged.
+//
+// A producer's BufferError becomes spattn._core.DLPackExportError, a subclass of both
+// BufferError (what the producer said) and TypeError (SPEC §3: an argument of the wrong kind),
+// so that every bad argument reaches the caller as ValueError, TypeError or RuntimeError.
+PyObject* export_error_type() {
+  static PyObject* t = [] {
+    PyObject* bases = PyTuple_Pack(2, PyExc_BufferError, PyExc_TypeError);
+    PyObject* r = PyErr_NewExceptionWithDoc(
+        "spattn._core.DLPackExportError",
+        "An argument's producer could not export it through DLPack (a BufferError that is "
+        "also a TypeError).",
+        bases, nullptr);
+    Py_XDECREF(bases);
+    return r;  // kept for the life of the process
+  }();
+  return t;
+}
+
 [[noreturn]] void rethrow_named(py::error_already_set& e, const std::string& arg, py::handle obj) {
   for (PyObject* base : {PyExc_BufferError, PyExc_TypeError, PyExc_ValueError, PyExc_RuntimeError}) {
     if (e.matches(base)) {
       const std::string msg = arg + ": " + type_name(obj) + " could not be exported through " +
                               "DLPack: " + py::str(e.value()).cast<std::string>();
-      py::raise_from(e, base, msg.c_str());
+      PyObject* as = base == PyExc_BufferError && export_error_type() ? export_error_type() : base;
+      py::raise_from(e, as, msg.c_str());
       throw py::error_already_set();
     }
   }
@@ -209,7 +231,9 @@ py::capsule DLPackTensor::dlpack(py::object stream, py::object max_version, py::
     if (type != int(device_.device_type) || id != int(device_.device_id))
       throw py::buffer_error("DLPackTensor: the data is on " + describe(device_) +
                              "; export to another device (" +
-                             describe(DLDevice{static_cast<DLDeviceType>(type), id}) +
+                             (type >= 0 && type < 32  // enum range; else the number
+                                  ? describe(DLDevice{static_cast<DLDeviceType>(type), id})
+                                  : "device type " + std::to_string(type)) +
                              ") is not supported");
   }
   // stream: CPU data is complete when the holder is returned (the CPU computes synchronously).
@@ -297,6 +321,7 @@ py::object make_holder(ManagedTensor t) { return py::cast(DLPackTensor(std::move
 // ------------------------------------------------------------------------------------------
 
 void bind_dlpack(py::module_& m) {
+  if (PyObject* t = export_error_type()) m.attr("DLPackExportError") = py::handle(t);
   py::class_<DLPackTensor>(m, "DLPackTensor",
                            "A result of spattn, handed to an array library through DLPack once "
                            "(np.from_dlpack, torch.from_dlpack, ...), without a copy.")

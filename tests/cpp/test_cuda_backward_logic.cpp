@@ -123,7 +123,8 @@ void emulate(const BwdParams& p, Sabotage sab, std::vector<Visit>* visits) {
         acc += o[o_offset(f, b, i, h) + x * p.o_sd] * dout[do_offset(p, b, i, h) + x];
     check(row == stat_offset(p, b, h, i), "preprocess row == stat_offset");
     p.delta[row] = real ? (sab == Sabotage::NoDelta ? 0.f : acc) : 0.f;
-    const float l = f.lse[lse_offset(f, b, h, i)];
+    // lse is read for real rows only, as the kernel does (padding rows lie past its end).
+    const float l = real ? f.lse[lse_offset(f, b, h, i)] : 0.f;
     p.lse2[row] = real ? (sab == Sabotage::NoLseGuard ? l * 1.4426950408889634f : bwd_lse2(l))
                        : INFINITY;
   }

@@ -120,7 +120,9 @@ def test_varlen(cuda, offsets_on):
         qs, ks = slice(cqh[b], cqh[b + 1]), slice(ckh[b], ckh[b + 1])
         qb, kb, vb = (x.detach()[None, s].clone().requires_grad_() for x, s in ((q, qs), (k, ks), (v, ks)))
         spattn.attention(qb, kb, vb, pattern=pattern).float().square().sum().backward()
-        torch.testing.assert_close(qg.grad[qs], qb.grad[0], rtol=0, atol=0)
+        # dq is summed with float32 atomics, in an order that varies from run to run: equal up
+        # to the rounding of that sum to bfloat16 (dk and dv are written once: exact).
+        torch.testing.assert_close(qg.grad[qs].float(), qb.grad[0].float(), rtol=1e-2, atol=1e-2)
         torch.testing.assert_close(kg.grad[ks], kb.grad[0], rtol=0, atol=0)
         torch.testing.assert_close(vg.grad[ks], vb.grad[0], rtol=0, atol=0)
 

@@ -44,12 +44,33 @@ struct TensorView {
 };
 
 // Check a DLTensor and view it. `name` is the argument name used in error messages.
-// Throws ValueError for more than kMaxDims dimensions, negative sizes or a null data pointer
-// on a non-empty tensor. Any dtype is accepted here; see float_dtype.
+// Throws ValueError for more than kMaxDims dimensions, negative sizes, a null data pointer
+// on a non-empty tensor, or a data pointer (byte_offset included) that is not a multiple of
+// the element size (misaligned elements cannot be read portably). Any dtype is accepted here;
+// see float_dtype.
 TensorView view_of(const DLTensor& t, const char* name, bool read_only = false);
 
 // The attention dtype of a view; TypeError naming `name` unless float32, float16 or bfloat16.
 DType float_dtype(const TensorView& t, const char* name);
+
+// A view and its argument name, for the checks below.
+struct NamedView {
+  const TensorView* view;
+  const char* name;
+};
+
+// ValueError naming `name` when two elements of an output share an address. Decided for the
+// layouts arrays have (sorted by stride, each stride steps over everything the smaller ones
+// span); a layout that interleaves its dimensions is refused too, as it cannot be proved
+// free of overlap cheaply. Empty tensors have no elements and always pass.
+void expect_no_self_overlap(const TensorView& t, const char* name);
+
+// ValueError unless every output is free of self-overlap and shares no byte of memory (its
+// range from lowest to highest address) with any input or any other output. Views with a
+// null data pointer or no elements are skipped. Writing an output while reading an input
+// that lies in the same memory would give wrong answers silently, so it is refused.
+void expect_disjoint_outputs(const std::vector<NamedView>& outputs,
+                             const std::vector<NamedView>& inputs);
 
 // Owns one DLPack managed tensor, in either the versioned (1.x) or the legacy (0.x) form, and
 // calls its deleter exactly once: when the owner is destroyed, or never if ownership was

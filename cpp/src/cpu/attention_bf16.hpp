@@ -93,7 +93,8 @@ inline void gemm_bf(int M, int N, int K2, const uint16_t* A, int64_t sam, int64_
 // are rounded to bfloat16 (relative step 4e-3) right after, where exp2v's degree 6 buys
 // nothing. Two FMAs fewer per score.
 SP_INLINE vf exp2v_bf(vf x) {
-  const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-125.f), _CMP_GE_OQ);
+  // not-less-than, unordered: NaN lanes are kept and come out NaN (as exp2v).
+  const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-125.f), _CMP_NLT_UQ);
   const __m512 n = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const vf f = x - (vf)n;
   vf p = splat(9.6003953e-03f);
@@ -391,10 +392,10 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
   for (int q = 0; q < mq; ++q) {
     const float l = w.l[q];
     store_row(at_mut(p.o, 2, b, i0 + q, h), p.dtype, p.o.s[3], Dv, w.o + q * Dvp,
-              l > 0.f ? 1.f / l : 0.f);
+              l == 0.f ? 0.f : 1.f / l);
     if (p.lse)
       p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]] =
-          l > 0.f ? (w.m[q] + __builtin_log2f(l)) * kLn2 : -kInf;
+          l == 0.f ? -kInf : (w.m[q] + __builtin_log2f(l)) * kLn2;
   }
 }
 

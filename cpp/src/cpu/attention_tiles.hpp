@@ -290,10 +290,10 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
   for (int q = 0; q < mq; ++q) {
     const float l = w.l[q];
     store_row(at_mut(p.o, es, b, i0 + q, h), p.dtype, p.o.s[3], Dv, w.o + q * Dvp,
-              l > 0.f ? 1.f / l : 0.f);
+              l == 0.f ? 0.f : 1.f / l);
     if (p.lse)
       p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]] =
-          l > 0.f ? (w.m[q] + __builtin_log2f(l)) * kLn2 : -kInf;
+          l == 0.f ? -kInf : (w.m[q] + __builtin_log2f(l)) * kLn2;
   }
 }
 

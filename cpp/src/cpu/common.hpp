@@ -1,6 +1,10 @@
 // Shared by forward.cpp and backward.cpp (default target only; never include from isa_*.cpp).
 #pragma once
 
+#include <string>
+
+#include "spattn/error.hpp"
+
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -23,7 +27,9 @@ using Scratch = std::unique_ptr<float[], LargeFree>;
 inline Scratch alloc_floats(int64_t n) {
   const size_t bytes = size_t(n > 0 ? n : 1) * sizeof(float);
   void* p = spattn::detail::alloc_large(bytes);
-  if (!p) throw std::bad_alloc();
+  if (!p)  // a clear error, the same as an output that cannot be allocated (tensor.cpp)
+    throw spattn::RuntimeError("spattn: out of memory: cannot allocate " +
+                               std::to_string(bytes >> 20) + " MiB of scratch");
   return Scratch(static_cast<float*>(p), LargeFree{bytes});
 }
 

@@ -10,8 +10,13 @@
 #include "cpu/decode_kernel_api.hpp"
 #include "cpu/kernel_api.hpp"
 
+// GCC and clang spell "compile what follows for these instructions" differently.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,fma,bmi,bmi2"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,fma,bmi,bmi2")
+#endif
 
 #define SPATTN_ISA decode_avx512
 #define SPATTN_VEC_BYTES 64
@@ -20,6 +25,10 @@
 
 SPATTN_DEFINE_DECODE_KERNELS(decode_kernels_avx512, "avx512")
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #endif

@@ -200,6 +200,7 @@ inline void decode_chunk(const DecodeChunk& c, float* ws) {
               if (lo > hi) continue;
             }
             float mt = -__builtin_inff();
+            bool nan = false;
             for (int jj = 0; jj < KT; ++jj) {
               const int64_t j = js + jj;
               float x = -__builtin_inff();
@@ -208,6 +209,12 @@ inline void decode_chunk(const DecodeChunk& c, float* ws) {
                 x = dot(qr, kt + jj * Dp, Dp);
               s[jj] = x;
               mt = x > mt ? x : mt;
+              nan |= x != x;
+            }
+            if (nan) {  // a NaN score: the row's result is NaN (README, NaN and Inf)
+              c.l[r] = __builtin_nanf("");
+              if (c.m[r] == -__builtin_inff()) c.m[r] = 0.f;  // so that the merge keeps it
+              continue;
             }
             if (mt == -__builtin_inff()) continue;
             const float mo = c.m[r];
@@ -254,7 +261,7 @@ inline void decode_finish(const DecodeFinish& f, float* ws) {
           const float* a = f.acc[t] + r * f.Dvp;
           for (int64_t d = 0; d < f.Dvp; d += W) store(ws + d, fma(splat(w), load(a + d), load(ws + d)));
         }
-      const float inv = L > 0.f ? 1.f / L : 0.f;
+      const float inv = L == 0.f ? 0.f : 1.f / L;  // NaN (a NaN score) stays NaN
       char* o = static_cast<char*>(f.out) + (i * f.out_si + hh * f.out_sh) * es;
       for (int64_t d = 0; d < f.Dv; ++d) {
         const float x = ws[d] * inv;
@@ -265,7 +272,7 @@ inline void decode_finish(const DecodeFinish& f, float* ws) {
       }
       if (f.lse)
         f.lse[hh * f.lse_sh + i * f.lse_si] =
-            L > 0.f ? (M + __builtin_log2f(L)) * 0.6931471805599453f : ninf;
+            L == 0.f ? ninf : (M + __builtin_log2f(L)) * 0.6931471805599453f;
     }
 }
 

@@ -5,6 +5,10 @@
 #include <cstring>
 #include <string>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
 #include "cpu/attention_cpu.hpp"
 #include "cpu/kernel_api.hpp"
 #include "cpu/thread_pool.hpp"
@@ -61,12 +65,26 @@ bool allowed(const char* level) {
   return c < 0 || l <= c;
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+// F16C and AVX512_BF16 read from CPUID directly: clang's __builtin_cpu_supports (14 and older)
+// knows neither name. Both are used only on top of AVX2 / AVX-512, which
+// __builtin_cpu_supports confirms together with the OS's support for their registers.
+bool cpuid_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
+}
+bool cpuid_avx512bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5)) != 0;
+}
+#endif
+
 const KernelTable* choose() {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   // The avx2 level also converts float16 with F16C (every AVX2 CPU made has it).
   const bool avx2 = __builtin_cpu_supports("avx") && __builtin_cpu_supports("avx2") &&
-                    __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+                    __builtin_cpu_supports("fma") && cpuid_f16c() &&
                     __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
@@ -80,7 +98,7 @@ const KernelTable* choose() {
 // The bfloat16 table: AVX512_BF16 on top of the AVX-512 level (null: none).
 const KernelTable* choose_bf16(const KernelTable* base) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (base == kernels_avx512() && __builtin_cpu_supports("avx512bf16") && allowed("avx512bf16"))
+  if (base == kernels_avx512() && cpuid_avx512bf16() && allowed("avx512bf16"))
     return kernels_avx512bf16();
 #else
   (void)base;

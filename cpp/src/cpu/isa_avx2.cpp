@@ -8,8 +8,13 @@
 
 #include "cpu/kernel_api.hpp"
 
+// GCC and clang spell "compile what follows for these instructions" differently.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,avx,fma,f16c,bmi,bmi2"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,avx,fma,f16c,bmi,bmi2")
+#endif
 
 #define SPATTN_ISA avx2
 #define SPATTN_VEC_BYTES 32
@@ -21,6 +26,10 @@
 
 SPATTN_DEFINE_KERNEL_TABLE(kernels_avx2, "avx2")
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #endif

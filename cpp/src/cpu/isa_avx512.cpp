@@ -8,8 +8,13 @@
 
 #include "cpu/kernel_api.hpp"
 
+// GCC and clang spell "compile what follows for these instructions" differently.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,fma,bmi,bmi2"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,fma,bmi,bmi2")
+#endif
 
 #define SPATTN_ISA avx512
 #define SPATTN_VEC_BYTES 64
@@ -22,6 +27,10 @@
 
 SPATTN_DEFINE_KERNEL_TABLE(kernels_avx512, "avx512")
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #endif

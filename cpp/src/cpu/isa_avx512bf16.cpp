@@ -8,8 +8,13 @@
 
 #include "cpu/kernel_api.hpp"
 
+// GCC and clang spell "compile what follows for these instructions" differently.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,avx,fma,bmi,bmi2"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,avx,fma,bmi,bmi2")
+#endif
 
 #define SPATTN_ISA avx512bf16
 #define SPATTN_VEC_BYTES 64
@@ -30,6 +35,10 @@ const KernelTable* kernels_avx512bf16() {
 }
 }  // namespace spattn::cpu
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #endif

@@ -45,7 +45,7 @@ void merge(const MergeArgs& a) {
                            (b * o.strides[0] + i * o.strides[1] + h * o.strides[2]) * es;
           src_stride[size_t(k)] = o.strides[3];
         }
-        for (int k = 0; k < K; ++k) w[size_t(k)] = total > 0.f ? w[size_t(k)] / total : 0.f;
+        for (int k = 0; k < K; ++k) w[size_t(k)] = total == 0.f ? 0.f : w[size_t(k)] / total;  // NaN lse: NaN row
         const TensorView& o = a.out;
         void* dst = static_cast<char*>(o.data) +
                     (b * o.strides[0] + i * o.strides[1] + h * o.strides[2]) * es;
@@ -54,7 +54,7 @@ void merge(const MergeArgs& a) {
         if (a.lse.data) {
           const TensorView& l = a.lse;
           l.ptr<float>()[b * l.strides[0] + h * l.strides[1] + i * l.strides[2]] =
-              total > 0.f ? m + std::log(total) : -INFINITY;
+              total == 0.f ? -INFINITY : m + std::log(total);
         }
       }
   });

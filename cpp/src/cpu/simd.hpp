@@ -40,7 +40,8 @@ SP_INLINE vf fma(vf a, vf b, vf c) { return SPATTN_FMA(a, b, c); }  // a * b + c
 SP_INLINE float as_float(uint32_t u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
 SP_INLINE uint32_t as_uint(float f) { uint32_t u; __builtin_memcpy(&u, &f, 4); return u; }
 
-// 2^x for x < 128; exactly 0 below -125 (also for -inf), exactly 1 at 0. Round to nearest
+// 2^x for x < 128; exactly 0 below -125 (also for -inf), exactly 1 at 0, NaN for NaN (so that a
+// NaN score reaches the softmax sums and the row's result, never vanishes as a 0 weight). Round to nearest
 // integer n with the 1.5 * 2^23 trick (whose bits then hold n), 2^(x-n) by a degree-6
 // near-minimax polynomial on [-1/2, 1/2] (relative error 2e-9 before rounding; about 1.6 ulp
 // evaluated in float32), scaled through the exponent bits.
@@ -49,7 +50,8 @@ SP_INLINE uint32_t as_uint(float f) { uint32_t u; __builtin_memcpy(&u, &f, 4); r
 // below -125 (and -inf) are zeroed by the mask of vscalefps. 10 instructions instead of 14.
 SP_INLINE vf exp2v(vf x) {
   const __m512 xv = (__m512)x;
-  const __mmask16 keep = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-125.f), _CMP_GE_OQ);
+  // not-less-than, unordered: NaN lanes are kept and come out NaN.
+  const __mmask16 keep = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-125.f), _CMP_NLT_UQ);
   const __m512 n = _mm512_mask_roundscale_ps(xv, __mmask16(0xffff), xv,
                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const vf f = x - (vf)n;
@@ -64,7 +66,7 @@ SP_INLINE vf exp2v(vf x) {
 }
 #else
 SP_INLINE vf exp2v(vf x) {
-  const vf xc = vmax(x, splat(-126.f));
+  const vf xc = x < splat(-126.f) ? splat(-126.f) : x;  // NaN passes (and is kept below)
   const vf magic = splat(12582912.f);
   const vf t = xc + magic;
   const vf f = xc - (t - magic);
@@ -76,7 +78,7 @@ SP_INLINE vf exp2v(vf x) {
   p = fma(p, f, splat(6.9314718246e-01f));
   p = fma(p, f, splat(1.f));
   const vf r = (vf)((vi)p + (((vi)t - (vi)magic) << 23));
-  return x < splat(-125.f) ? vf{} : r;
+  return x < splat(-125.f) ? vf{} : (x != x ? x : r);
 }
 #endif
 

@@ -64,7 +64,13 @@ std::shared_ptr<const CompiledPattern> Pattern::compiled(int64_t nq, int64_t nk,
   }
   // Compile outside the lock: other sizes of this pattern need not wait. Two threads compiling
   // the same size at once both succeed; the second insert finds the first and uses it.
-  auto cp = std::make_shared<const CompiledPattern>(compile(nq, nk, hq));
+  CompiledPattern made = compile(nq, nk, hq);
+  // The cache lives in this pattern's node, and a compiled pattern holds its pattern: an owning
+  // reference would be a cycle (node -> cache -> compiled -> node) that is never freed. The
+  // cached one refers to the node without owning it; every user of it holds the pattern.
+  made.pattern_.node_ = std::shared_ptr<const PatternNode>(std::shared_ptr<const PatternNode>(),
+                                                           node_.get());
+  auto cp = std::make_shared<const CompiledPattern>(std::move(made));
   std::lock_guard<std::mutex> lock(c.m);
   for (const auto& e : c.entries)
     if (e.nq == nq && e.nk == nk && e.hq == hq) return e.cp;

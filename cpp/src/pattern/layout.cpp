@@ -46,7 +46,9 @@ namespace {
 
 using detail::floor_div;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// (a + b - 1) / b for b >= 1, without forming a + b when a > 0 (b may be as large as int64
+// allows).
+int64_t ceil_div(int64_t a, int64_t b) { return a > 0 ? 1 + (a - 1) / b : (a + b - 1) / b; }
 
 enum : uint8_t { kPartial = 0, kFull = 1, kAmbiguous = 2 };
 

@@ -18,7 +18,9 @@ int64_t clamp_bound(int64_t x) { return std::min(x, kUnbounded); }
 
 std::string bound_str(int64_t x) { return x >= kUnbounded ? "None" : std::to_string(x); }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// (a + b - 1) / b for b >= 1, without forming a + b when a > 0 (b may be as large as int64
+// allows).
+int64_t ceil_div(int64_t a, int64_t b) { return a > 0 ? 1 + (a - 1) / b : (a + b - 1) / b; }
 
 [[noreturn]] void bad(const std::string& what) { throw ValueError(what); }
 
@@ -447,11 +449,11 @@ struct Compiler {
         break;
       case Pattern::Kind::Dilated:
         x.kind = PredKind::Dilated;
-        x.a = n.a >= kUnbounded ? kUnbounded : std::min(kUnbounded, n.a * n.c);
-        x.b = n.b >= kUnbounded ? kUnbounded : std::min(kUnbounded, n.b * n.c);
+        // Bounds in keys, saturating at kUnbounded; checked before multiplying (a huge
+        // dilation times a bound would overflow int64).
+        x.a = n.a >= kUnbounded / n.c ? kUnbounded : n.a * n.c;
+        x.b = n.b >= kUnbounded / n.c ? kUnbounded : n.b * n.c;
         x.c = n.c;
-        if (n.a >= kUnbounded / n.c) x.a = kUnbounded;
-        if (n.b >= kUnbounded / n.c) x.b = kUnbounded;
         break;
       case Pattern::Kind::Strided:
         x.kind = PredKind::Dilated;
@@ -533,10 +535,12 @@ std::unique_ptr<CompiledPattern::BigBirdData> make_bigbird(const PatternNode& n,
   g->wlo = (n.b - 1) >= 0 ? (n.b - 1) / 2 : -1;  // Python's (window - 1) // 2
   g->whi = n.b / 2;
   g->doff = detail::floor_div(nk - nq, B);
-  g->randoms = n.d;
   g->nbq = ceil_div(nq, B);
   g->nbk = ceil_div(nk, B);
-  const int64_t R = n.d, nbk = g->nbk;
+  // A row draws at most nbk distinct blocks: more randoms change nothing but the table's
+  // size (randoms = 2^24 on a small problem would ask for gigabytes and loop over them).
+  g->randoms = std::min(n.d, g->nbk);
+  const int64_t R = g->randoms, nbk = g->nbk;
   g->rnd.assign(size_t(g->nbq * R), -1);
   std::vector<int64_t> pick, avail;
   for (int64_t u = 0; u < g->nbq && R > 0; ++u) {

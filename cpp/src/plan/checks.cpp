@@ -51,13 +51,7 @@ void expect_same_device(const TensorView& t, const char* name, const TensorView&
 }
 
 void expect_writable_layout(const TensorView& t, const char* name) {
-  for (int d = 0; d < t.ndim; ++d)
-    if (t.shape[d] > 1 && t.strides[d] == 0) {
-      std::ostringstream m;
-      m << name << ": dimension " << d << " has stride 0 (a broadcast view); an output needs "
-        << "one element per address";
-      throw ValueError(m.str());
-    }
+  expect_no_self_overlap(t, name);  // tensor.hpp: no two elements at one address
 }
 
 void expect_float32(const TensorView& t, const char* name, const std::vector<int64_t>& shape,

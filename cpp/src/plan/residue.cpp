@@ -58,7 +58,7 @@ std::optional<WindowResidueUnion> window_residue_union(const Pattern& p) {
 
 bool residue_split_pays(const ResidueWindow& rw, int64_t nq) {
   constexpr int64_t kMinQueriesPerClass = 32;  // half a 64-row tile
-  return nq >= kMinQueriesPerClass * rw.d;
+  return nq / kMinQueriesPerClass >= rw.d;  // nq >= 32 d, without overflow for a huge d
 }
 
 std::vector<ResidueClass> residue_classes(const ResidueWindow& rw, int64_t nq, int64_t nk) {

@@ -81,7 +81,9 @@ void pool(const Rows& rows, int64_t bs, int64_t nb, int64_t dp, float* dst) {
 
 Rows batch_rows(const TensorView& t, int64_t b, DType dtype) {
   Rows r;
-  r.base = static_cast<const char*>(t.data) + b * t.strides[0] * dtype_size(dtype);
+  // An empty tensor may have a null data pointer: no offset is applied to it.
+  r.base = t.data == nullptr ? nullptr
+                             : static_cast<const char*>(t.data) + b * t.strides[0] * dtype_size(dtype);
   r.n = t.shape[1];
   r.heads = t.shape[2];
   r.d = t.shape[3];
@@ -104,8 +106,8 @@ BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k, const Pooled
   m.heads = hq;
   m.bq = bq;
   m.bk = bk;
-  m.nbq = (nq + bq - 1) / bq;
-  m.nbk = (nk + bk - 1) / bk;
+  m.nbq = nq <= 0 ? 0 : 1 + (nq - 1) / bq;  // no nq + bq: block sizes may be huge
+  m.nbk = nk <= 0 ? 0 : 1 + (nk - 1) / bk;
   const int64_t nqb = m.nbq, nkb = m.nbk;
   m.bits.assign(size_t(hq * nqb * nkb), 0);
   if (nq == 0 || nk == 0) return m;

@@ -1,0 +1,237 @@
+"""Random problems for the differential fuzz tests (test_fuzz_differential.py): pattern trees
+with a SPEC §2 mask written out independently of the library, inputs in every layout DLPack
+can carry, and the budget knob of the longer campaign.
+
+A pattern is drawn as a plain tree of tuples, then turned into a spattn pattern (`build`) and,
+separately, into its dense mask (`spec_mask`) from the SPEC rows. Only BigBird's random blocks
+are taken from the library (its generator is the definition); its window and global blocks are
+checked against the SPEC in test_pattern_family.py.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from hypothesis import strategies as st
+
+import spattn
+from _helpers import block_mask, window_mask
+
+# The longer campaign multiplies every test's example count (tests/reliability/campaign.sh).
+SCALE = max(1, int(os.environ.get("SPATTN_FUZZ_SCALE", "1")))
+
+
+def examples(n: int) -> int:
+    return n * SCALE
+
+
+# ------------------------------------------------------------------------------------------
+# SPEC §2, row by row
+
+def _grid(nq, nk):
+    i = np.arange(nq, dtype=np.int64)[:, None]
+    j = np.arange(nk, dtype=np.int64)[None, :]
+    p = i + (nk - nq)
+    return j, p, p - j
+
+
+def _leaf_mask(leaf, nq, nk):
+    kind, a = leaf[0], leaf[1:]
+    j, p, rel = _grid(nq, nk)
+    full = np.ones((nq, nk), bool)
+    if kind == "dense":
+        return full
+    if kind == "causal":
+        return full & (rel >= 0)
+    if kind == "window":
+        return window_mask(nq, nk, a[0], a[1])
+    if kind == "dilated":
+        left, right, d = a
+        m = full & (rel % d == 0)
+        if left is not None:
+            m &= rel <= left * d
+        if right is not None:
+            m &= rel >= -right * d
+        return m
+    if kind == "strided":
+        s, causal = a
+        m = full & (rel % s == 0)
+        return m & (rel >= 0) if causal else m
+    if kind == "fixed":
+        b, s, causal = a
+        m = (p // b == j // b) | (j % b >= b - s)
+        m = full & m
+        return m & (rel >= 0) if causal else m
+    if kind == "global":
+        pos = np.asarray(sorted(set(a[0])), dtype=np.int64)
+        return full & (np.isin(j, pos) | np.isin(p, pos))
+    if kind == "sink":
+        return full & (j < a[0])
+    raise AssertionError(kind)
+
+
+def build(tree):
+    """The spattn pattern of a drawn tree."""
+    kind = tree[0]
+    if kind == "dense":
+        return spattn.Dense()
+    if kind == "causal":
+        return spattn.Causal()
+    if kind == "window":
+        return spattn.SlidingWindow(tree[1], tree[2])
+    if kind == "dilated":
+        return spattn.Dilated(*tree[1:])
+    if kind == "strided":
+        return spattn.Strided(tree[1], causal=tree[2])
+    if kind == "fixed":
+        return spattn.Fixed(tree[1], tree[2], causal=tree[3])
+    if kind == "global":
+        return spattn.Global(list(tree[1]))
+    if kind == "sink":
+        return spattn.Sink(tree[1])
+    if kind == "bigbird":
+        return spattn.BigBird(*tree[1:5], seed=tree[5])
+    if kind == "blocksparse":
+        return spattn.BlockSparse(tree[1], block_size=tree[2])
+    if kind == "or":
+        return spattn.Union([build(c) for c in tree[1]])
+    if kind == "and":
+        return spattn.Intersection([build(c) for c in tree[1]])
+    if kind == "perhead":
+        return spattn.PerHead([build(c) for c in tree[1]])
+    raise AssertionError(kind)
+
+
+def spec_mask(tree, nq, nk, hq):
+    """[Hq, Nq, Nk] bool: the SPEC's answer for the drawn tree."""
+    kind = tree[0]
+    if kind == "bigbird":
+        return np.broadcast_to(build(tree).mask(nq, nk, heads=1), (hq, nq, nk))
+    if kind == "blocksparse":
+        layout, (bq, bk) = tree[1], tree[2]
+        return np.broadcast_to(block_mask(layout, bq, bk, nq, nk), (hq, nq, nk))
+    if kind in ("or", "and"):
+        parts = [spec_mask(c, nq, nk, hq) for c in tree[1]]
+        return (np.logical_or if kind == "or" else np.logical_and).reduce(parts)
+    if kind == "perhead":
+        return np.stack([spec_mask(c, nq, nk, 1)[0] for c in tree[1]])
+    return np.broadcast_to(_leaf_mask(tree, nq, nk), (hq, nq, nk))
+
+
+# ------------------------------------------------------------------------------------------
+# Strategies
+
+_bound = st.one_of(st.none(), st.integers(0, 40))
+
+
+@st.composite
+def _window(draw):
+    left = draw(st.one_of(st.none(), st.integers(-8, 40)))
+    lo = -8 if left is None else max(-left, -8)
+    right = draw(st.one_of(st.none(), st.integers(lo, 40)))
+    if left is not None and right is not None and left < -right:
+        right = -left
+    return ("window", left, right)
+
+
+def leaves(nq, nk, hq, per_head_layouts=True, globals_ok=True, block_layouts=True):
+    opts = [
+        st.just(("dense",)),
+        st.just(("causal",)),
+        _window(),
+        st.tuples(st.just("dilated"), _bound, _bound, st.integers(1, 6)),
+        st.tuples(st.just("strided"), st.integers(1, 9), st.booleans()),
+        st.integers(1, 12).flatmap(
+            lambda b: st.tuples(st.just("fixed"), st.just(b), st.integers(1, b), st.booleans())),
+        st.tuples(st.just("sink"), st.integers(0, 50)),
+        st.tuples(st.just("bigbird"), st.integers(1, 16), st.integers(0, 5), st.integers(0, 3),
+                  st.integers(0, 3), st.integers(0, 2**32)),
+    ]
+    if globals_ok and nk > 0:
+        opts.append(st.tuples(st.just("global"), st.lists(st.integers(0, nk - 1), max_size=4)))
+    if block_layouts:
+        opts.append(_block_sparse(nq, nk, hq if per_head_layouts else 1))
+    return st.one_of(opts)
+
+
+@st.composite
+def _block_sparse(draw, nq, nk, heads):
+    bq, bk = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    h = draw(st.sampled_from([1, heads]))
+    density = draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+    seed = draw(st.integers(0, 2**32))
+    layout = np.random.default_rng(seed).random((h, -(-nq // bq), -(-nk // bk))) < density
+    return ("blocksparse", layout, (bq, bk))
+
+
+def trees(nq, nk, hq, per_head=True, **kw):
+    """Random pattern trees: every leaf kind, unions, intersections and (top level) PerHead."""
+    base = st.recursive(
+        leaves(nq, nk, hq, **kw),
+        lambda kids: st.tuples(st.sampled_from(["or", "and"]), st.lists(kids, min_size=1, max_size=3)),
+        max_leaves=5,
+    )
+    if not per_head:
+        return base
+    shared = st.recursive(
+        leaves(nq, nk, hq, per_head_layouts=False, **kw),
+        lambda kids: st.tuples(st.sampled_from(["or", "and"]), st.lists(kids, min_size=1, max_size=2)),
+        max_leaves=3,
+    )
+    return st.one_of(base, base, base, st.tuples(st.just("perhead"), st.lists(shared, min_size=hq, max_size=hq)))
+
+
+def describe(tree) -> str:
+    """A short, readable form of a drawn tree for failure messages (layouts summarised)."""
+    kind = tree[0]
+    if kind == "blocksparse":
+        return f"blocksparse(shape={tree[1].shape}, block={tree[2]}, kept={int(tree[1].sum())})"
+    if kind in ("or", "and", "perhead"):
+        return f"{kind}(" + ", ".join(describe(c) for c in tree[1]) + ")"
+    return f"{kind}{tuple(tree[1:])}"
+
+
+# ------------------------------------------------------------------------------------------
+# Input layouts: the same values in memory laid out many ways
+
+LAYOUTS = ["contiguous", "bhnd_view", "row_slice", "flip_rows", "flip_heads", "flip_dim",
+           "padded_dim", "broadcast_batch"]
+
+
+def lay_out(x64, kind, dtype, framework, rng):
+    """x64 [B, N, H, D] (float64, already rounded to dtype) as an array of `framework` whose
+    values are x64 but whose memory layout is `kind`. Returns (array, values it holds)."""
+    import torch
+
+    def conv(a):
+        a = np.ascontiguousarray(a)
+        if framework == "numpy":
+            return a.astype(dtype)
+        return torch.from_numpy(a).to(getattr(torch, dtype))
+
+    if kind == "contiguous":
+        return conv(x64), x64
+    if kind == "bhnd_view":
+        buf = conv(x64.transpose(0, 2, 1, 3))
+        return (buf.transpose(0, 2, 1, 3) if framework == "numpy" else buf.transpose(1, 2)), x64
+    if kind == "row_slice":  # every other row of a twice-as-long buffer
+        b, n, h, d = x64.shape
+        big = np.zeros((b, 2 * n, h, d))
+        big[:, ::2] = x64
+        buf = conv(big)
+        return buf[:, ::2], x64
+    if kind == "padded_dim":  # the last dimension is a slice of a wider one
+        b, n, h, d = x64.shape
+        big = np.zeros((b, n, h, d + 3))
+        big[..., 1:d + 1] = x64
+        return conv(big)[..., 1:d + 1], x64
+    if kind == "broadcast_batch":  # stride 0 on the batch dimension: every batch row equal
+        one = x64[:1]
+        vals = np.broadcast_to(one, x64.shape)
+        if framework == "numpy":
+            return np.broadcast_to(conv(one), x64.shape), vals
+        return conv(one).expand(*x64.shape), vals
+    if framework != "numpy":  # torch has no negative strides; numpy exports them
+        return conv(x64), x64
+    axis = {"flip_rows": 1, "flip_heads": 2, "flip_dim": 3}[kind]
+    return np.flip(conv(np.flip(x64, axis)), axis), x64
