@@ -50,11 +50,6 @@ void require_rank(const TensorView& t, const char* name, bool varlen, const char
                      ", got shape " + t.shape_str());
 }
 
-// A new tensor shaped like t, on the device of `device_of`.
-ManagedTensor allocate_like(const TensorView& device_of, DType dtype, const TensorView& t) {
-  return allocate_on(device_of, dtype, std::vector<int64_t>(t.shape, t.shape + t.ndim));
-}
-
 // Offsets of a variable-length batch: both given or neither (the Python layer checks that).
 struct Offsets {
   ManagedTensor q, k;
@@ -71,13 +66,17 @@ Offsets import_offsets(py::handle cu_q, py::handle cu_k) {
   return o;
 }
 
-// An output the caller may pass (None: allocate one shaped `shape` on q's device).
-ManagedTensor output(py::handle given, const char* name, const TensorView& like, DType dtype,
-                     const std::vector<int64_t>& shape) {
-  if (given.is_none()) return allocate_on(like, dtype, shape);
+// An output the caller passed, imported for writing.
+ManagedTensor given_output(py::handle given, const char* name) {
   ManagedTensor t = import_array(given, name);
   if (t.read_only()) throw ValueError(std::string(name) + ": the array is read-only");
   return t;
+}
+
+// An output the caller may pass (None: allocate one shaped `shape` on q's device).
+ManagedTensor output(py::handle given, const char* name, const TensorView& like, DType dtype,
+                     const std::vector<int64_t>& shape) {
+  return given.is_none() ? allocate_on(like, dtype, shape) : given_output(given, name);
 }
 
 py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& pattern,
@@ -103,7 +102,7 @@ py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& patte
     shape.back() = vv.shape[vv.ndim - 1];
     mout = allocate_on(vq, float_dtype(vq, "q"), shape);
   } else {
-    mout = output(out, "out", vq, DType::Float32, {});
+    mout = given_output(out, "out");
   }
   if (want_lse)  // [B, Hq, Nq], or [Hq, Tq] for a variable-length batch
     mlse = output(lse_out, "lse", vq, DType::Float32,
