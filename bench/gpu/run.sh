@@ -91,10 +91,13 @@ if [ "${SKIP_TESTS:-0}" != "1" ]; then
   extra=(${EXTRA_TESTS:-})
   # A hung kernel must not take the whole session: the tests get TEST_TIMEOUT seconds; past
   # it the benchmarks run with the sm80-style forward (SPATTN_CUDA_FORWARD=sm80).
-  SPATTN_CUDA_SYNC=1 timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" "${extra[@]}" \
+  # -v: one line per test in tests.log, so that a run cut short by the time limit still says
+  # which tests passed and which failed (pytest prints its summary only at the end).
+  SPATTN_CUDA_SYNC=1 timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest -v -rfE -p no:cacheprovider "${tests[@]}" "${extra[@]}" \
       > "$OUT/tests.log" 2>&1
   trc=$?
-  grep -E "passed|failed|FAILED|Error|error" "$OUT/tests.log" | tail -25
+  echo "$(grep -c " PASSED" "$OUT/tests.log") passed, $(grep -c " SKIPPED" "$OUT/tests.log") skipped, $(grep -c " FAILED\| ERROR" "$OUT/tests.log") failed or errors"
+  grep -iE "^(FAILED|ERROR)|error:|passed|failed" "$OUT/tests.log" | grep -v " PASSED\| SKIPPED" | tail -25
   if [ "$trc" = 124 ]; then
     echo "error: the GPU tests ran past ${TEST_TIMEOUT:-300} s (a hang?); benchmarks use the sm80-style forward"
     tail -5 "$OUT/tests.log"
