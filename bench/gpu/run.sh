@@ -89,6 +89,9 @@ if [ "${SKIP_TESTS:-0}" != "1" ]; then
   # More GPU tests than test_cuda_*.py: EXTRA_TESTS (paths or pytest arguments).
   # shellcheck disable=SC2206
   extra=(${EXTRA_TESTS:-})
+  for i in "${!extra[@]}"; do  # paths relative to the repository root (the tests run from $OUT)
+    [ -e "$ROOT/${extra[$i]}" ] && extra[$i]="$ROOT/${extra[$i]}"
+  done
   # A hung kernel must not take the whole session: the tests get TEST_TIMEOUT seconds; past
   # it the benchmarks run with the sm80-style forward (SPATTN_CUDA_FORWARD=sm80).
   # -v: one line per test in tests.log, so that a run cut short by the time limit still says
