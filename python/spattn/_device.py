@@ -9,6 +9,8 @@ Never imports a framework the caller does not already use.
 """
 from __future__ import annotations
 
+from ._interop import package_of
+
 
 class CudaCall:
     """stream: the cudaStream_t as an int (0: the legacy default stream); empty(shape, dtype):
@@ -65,7 +67,7 @@ def _cupy_call(x):
 
 def cuda_call(x):
     """A CudaCall for a CUDA array of torch or cupy, else None."""
-    package = (getattr(type(x), "__module__", None) or "").partition(".")[0]
+    package = package_of(x)
     if package == "torch":
         if getattr(x, "is_cuda", False):
             return _torch_call(x)

@@ -48,10 +48,14 @@ _BY_PACKAGE = {
 }
 
 
+def package_of(x) -> str:
+    """The top-level package of x's type: "numpy", "torch", "cupy", "jax", ... ("" if none)."""
+    return (getattr(type(x), "__module__", None) or "").partition(".")[0]
+
+
 def to_framework(holder, like):
     """`holder` as the same kind of array as `like` (numpy for anything unknown)."""
-    package = (getattr(type(like), "__module__", None) or "").partition(".")[0]
-    return _BY_PACKAGE.get(package, _from_numpy)(holder)
+    return _BY_PACKAGE.get(package_of(like), _from_numpy)(holder)
 
 
 def is_array(x) -> bool:
@@ -70,7 +74,7 @@ def plain(x):
     tensor, several times a whole call's budget on a GPU. No stream handling is lost: spattn
     runs CUDA work on torch's current stream, the stream the tensors are ready on. Anything
     else (other frameworks, other torch devices, whose errors the core words) passes as it is."""
-    if type(x).__module__.partition(".")[0] == "torch" and getattr(x, "device", None) is not None:
+    if package_of(x) == "torch" and getattr(x, "device", None) is not None:
         if x.device.type in ("cpu", "cuda") and _TO_DLPACK is not None:
             if x.requires_grad:
                 x = x.detach()

@@ -6,7 +6,7 @@ import numbers
 
 from . import _core
 from ._device import cuda_call
-from ._interop import detached, plain as _plain, to_framework
+from ._interop import detached, package_of, plain as _plain, to_framework
 from .patterns import Dense, Pattern
 
 __all__ = ["attention", "attention_backward", "decode", "pool_keys", "info"]
@@ -34,7 +34,7 @@ def _scale(scale):
 def _wants_grad(*tensors) -> bool:
     """True when torch autograd must record this call (never imports torch by itself)."""
     first = tensors[0]
-    if type(first).__module__.split(".")[0] != "torch":
+    if package_of(first) != "torch":
         return False
     import torch
 
@@ -44,14 +44,14 @@ def _wants_grad(*tensors) -> bool:
 def _all_torch(*arrays) -> bool:
     """True when every given array is a torch tensor: then the call goes through spattn's torch
     operators (spattn.torch_ops), which torch.compile traces. Never imports torch by itself."""
-    return all(type(a).__module__.split(".")[0] == "torch" for a in arrays if a is not None)
+    return all(package_of(a) == "torch" for a in arrays if a is not None)
 
 
 def _threads(x) -> int:
     """The CPU thread budget of the caller's framework: torch's get_num_threads() for torch
     tensors (so that torch.set_num_threads, and data-loader workers limited to one thread, hold
     for spattn too and the two never oversubscribe the cores), else 0: spattn's whole pool."""
-    if type(x).__module__.split(".")[0] != "torch":
+    if package_of(x) != "torch":
         return 0
     import torch
 
@@ -125,7 +125,7 @@ def _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads)
 
 def _result(x, like):
     """A core result in like's framework (framework arrays pass through)."""
-    return x if type(x).__module__.partition(".")[0] == type(like).__module__.partition(".")[0] else to_framework(x, like)
+    return x if package_of(x) == package_of(like) else to_framework(x, like)
 
 
 def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=None, cu_seqlens_q=None, cu_seqlens_k=None):

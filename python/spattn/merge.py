@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import _core
 from ._device import cuda_call
-from ._interop import detached, to_framework
+from ._interop import detached, package_of, to_framework
 
 __all__ = ["merge"]
 
@@ -22,7 +22,7 @@ def merge(outs, lses):
     if isinstance(lses, (str, bytes)) or not hasattr(lses, "__len__"):
         raise TypeError(f"lses: expected a list of arrays, got {type(lses).__name__}")
     outs, lses = list(outs), list(lses)
-    if outs and lses and all(type(x).__module__.split(".")[0] == "torch" for x in outs + lses):
+    if outs and lses and all(package_of(x) == "torch" for x in outs + lses):
         from . import torch_ops  # the spattn::merge operator
 
         return torch_ops.merge(outs, lses)
