@@ -1,11 +1,15 @@
 """GPU forward benchmark: spattn against torch SDPA (flash and cuDNN backends) and FlexAttention.
 
     python bench/gpu/bench_forward.py [--out DIR] [--quick] [--no-flex] [--repeats-ms 200]
+                                      [--dims 64,256] [--long 1M,12M]
 
 bf16, B=1, H=16, D=128 (the rows of shared/ANCHORS.md and issue #4's bar):
   causal sliding window 1024 at N = 16K and 64K, random 10% block-sparse 128x128 per head at 16K
   (spattn and FlexAttention, whose BlockMask is built from the same kv blocks, no Nq x Nk work),
-  dense and causal at 16K (spattn and torch SDPA flash / cuDNN).
+  dense and causal at 16K (spattn and torch SDPA flash / cuDNN);
+  the window and dense rows again at D=64 and D=256 (--dims);
+  a causal window 4096 at 1M and 12M tokens, H=8 (--long), with FlexAttention beside it where
+  its BlockMask tables fit in the GPU's free memory.
 Useful TFLOP/s = 4 * D * H * kept pairs / time. Times are medians of CUDA-event timed runs
 (triton.testing.do_bench when triton is installed). Before timing, each spattn result is
 checked against FlexAttention or SDPA on the same inputs (max |diff|, printed). The table is
@@ -19,7 +23,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Rows, compiled_flex, flex_block_mask, header, kept_pairs, random_layout  # noqa: E402
+from common import (Rows, compiled_flex, flex_block_mask, flex_mask_bytes, header,  # noqa: E402
+                    kept_pairs, random_layout)
 
 
 def main() -> None:
@@ -28,6 +33,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only the 16K rows")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--repeats-ms", type=float, default=200.0, help="timing budget per row (ms)")
+    ap.add_argument("--dims", default="64,256",
+                    help="other head dims for the window and dense rows ('' for none; --quick: none)")
+    ap.add_argument("--long", default="1M,12M",
+                    help="token counts of the window-4096 H=8 rows ('' for none; --quick: none)")
     args = ap.parse_args()
 
     import numpy as np
@@ -41,10 +50,10 @@ def main() -> None:
     dt = torch.bfloat16
     flex = compiled_flex(torch, args.no_flex)
 
-    def inputs(n, seed=0):
+    def inputs(n, seed=0, h=H, d=D):
         g = torch.Generator(device="cuda").manual_seed(seed)
         # torch's native [B, H, N, D]; spattn reads the same memory as [B, N, H, D] views.
-        return [torch.randn(B, H, n, D, device="cuda", dtype=dt, generator=g) for _ in range(3)]
+        return [torch.randn(B, h, n, d, device="cuda", dtype=dt, generator=g) for _ in range(3)]
 
     rows = Rows(torch, 4.0 * D, args.repeats_ms)
     add = rows.add
@@ -120,6 +129,74 @@ def main() -> None:
                 with sdpa_kernel([backend]):
                     F.scaled_dot_product_attention(q, k, v, is_causal=causal)
             add(label, pname, n, pairs, f)
+
+    del q, k, v
+    torch.cuda.empty_cache()
+
+    # ---- other head dims: the window row (vs FlexAttention) and the dense row (vs SDPA)
+    dims = [] if args.quick else [int(x) for x in args.dims.split(",") if x.strip()]
+    for d in dims:
+        n = 16384
+        q, k, v = inputs(n, seed=2, d=d)
+        pname = f"causal sliding window 1024, D={d}"
+        pattern = spattn.SlidingWindow(W - 1, 0)
+        pairs = kept_pairs(pattern, n, H)
+        print(f"# {pname}, N={n}", flush=True)
+        add("spattn", pname, n, pairs, spattn_fn(q, k, v, pattern), flops_per_pair=4.0 * d)
+        if flex is not None:
+            try:
+                bm = flex_block_mask(torch, pattern, n, H, 128, cases[0][3])
+                add("FlexAttention", pname, n, pairs, lambda: flex(q, k, v, block_mask=bm),
+                    flops_per_pair=4.0 * d)
+            except Exception as e:
+                print(f"  FlexAttention failed: {str(e).splitlines()[0][:200]}", flush=True)
+        pname = f"dense, D={d}"
+        pairs = kept_pairs(spattn.Dense(), n, H)
+        print(f"# {pname}, N={n}", flush=True)
+        add("spattn", pname, n, pairs, spattn_fn(q, k, v, spattn.Dense()), flops_per_pair=4.0 * d)
+        for label, backend in (("torch SDPA flash (FA2)", SDPBackend.FLASH_ATTENTION),
+                               ("torch SDPA cuDNN", SDPBackend.CUDNN_ATTENTION)):
+            def f(backend=backend):
+                with sdpa_kernel([backend]):
+                    F.scaled_dot_product_attention(q, k, v)
+            add(label, pname, n, pairs, f, flops_per_pair=4.0 * d)
+        del q, k, v
+        torch.cuda.empty_cache()
+
+    # ---- long contexts: causal window 4096, H=8 (FlexAttention where its BlockMask fits)
+    longs = [] if args.quick else [int(float(x[:-1]) * (1 << 20)) if x.upper().endswith("M") else int(x)
+                                   for x in args.long.split(",") if x.strip()]
+    for n in longs:
+        h, w = 8, 4096
+        pname = "causal sliding window 4096, H=8"
+        pattern = spattn.SlidingWindow(w - 1, 0)
+        print(f"# {pname}, N={n}", flush=True)
+        try:
+            q, k, v = inputs(n, seed=3, h=h)
+        except torch.OutOfMemoryError:
+            print("  inputs do not fit in GPU memory", flush=True)
+            continue
+        pairs = kept_pairs(pattern, n, h)
+        add("spattn", pname, n, pairs, spattn_fn(q, k, v, pattern))
+        if flex is not None:
+            free, _ = torch.cuda.mem_get_info()
+            need = flex_mask_bytes(n, 128, 1)
+            # the host builds the same tables first (numpy), and the kernel needs its output
+            if need + q.numel() * q.element_size() > free:
+                print(f"  FlexAttention skipped: its BlockMask tables need {need / 2**30:.1f} GiB, "
+                      f"{free / 2**30:.1f} GiB free", flush=True)
+                rows.rows.append(dict(system="FlexAttention", pattern=pname, n=n, ms=None, tflops=None,
+                                      check=f"does not fit ({need / 2**30:.0f} GiB BlockMask)"))
+            else:
+                try:
+                    bm = flex_block_mask(torch, pattern, n, 1, 128,
+                                         lambda b, hh, qi, ki: (qi >= ki) & (qi - ki < w))
+                    add("FlexAttention", pname, n, pairs, lambda: flex(q, k, v, block_mask=bm))
+                    del bm
+                except Exception as e:
+                    print(f"  FlexAttention failed: {str(e).splitlines()[0][:200]}", flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
 
     rows.finish(f"GPU forward, {dev}, bf16, B={B}, H={H}, D={D}", args.out, "table.md", "bench.json",
                 dict(device=dev, torch=torch.__version__, info=info))

@@ -58,6 +58,13 @@ def flex_block_mask(torch, pattern, n, heads, block, mask_mod):
     return BlockMask.from_kv_blocks(pnum, pidx, fnum, fidx, BLOCK_SIZE=block, mask_mod=mask_mod)
 
 
+def flex_mask_bytes(n: int, block: int, mask_heads: int) -> int:
+    """Device bytes of the BlockMask flex_block_mask builds: two [mask_heads, n/block, n/block]
+    int32 index tables (partial and full kv blocks), as wide as the number of key blocks."""
+    nb = -(-n // block)
+    return 2 * mask_heads * nb * nb * 4
+
+
 def header(torch, spattn, kernels_key: str) -> tuple[str, dict]:
     """(device name, spattn.info()) after printing the run's header line; exits without CUDA."""
     if not torch.cuda.is_available():
@@ -98,12 +105,13 @@ class Rows:
         self.torch, self.flops_per_pair, self.repeats_ms = torch, flops_per_pair, repeats_ms
         self.rows = []  # dicts: system, pattern, n, ms, tflops, check
 
-    def add(self, system, pname, n, pairs, fn, check=""):
+    def add(self, system, pname, n, pairs, fn, check="", flops_per_pair=None):
+        """flops_per_pair: for rows whose head dim differs from the run's (default: the run's)."""
         try:
             fn()
             self.torch.cuda.synchronize()
             ms = median_ms(self.torch, fn, self.repeats_ms)
-            tf = self.flops_per_pair * pairs / (ms * 1e-3) / 1e12
+            tf = (flops_per_pair or self.flops_per_pair) * pairs / (ms * 1e-3) / 1e12
             self.rows.append(dict(system=system, pattern=pname, n=n, ms=ms, tflops=tf, check=check))
             print(f"  {system:28s} {pname:34s} N={n:6d} {ms:9.3f} ms {tf:7.1f} TFLOP/s {check}", flush=True)
         except Exception as e:
@@ -112,11 +120,17 @@ class Rows:
             print(f"  {system:28s} {pname:34s} N={n:6d} unavailable: {msg}", flush=True)
 
     def _ratio(self, r):
+        """spattn against each peer timed on the same row: FlexAttention, SDPA flash, cuDNN."""
         if not r["ms"] or r["system"] != "spattn":
             return ""
-        other = next((x for x in self.rows if x["pattern"] == r["pattern"] and x["n"] == r["n"] and x["ms"]
-                      and x["system"] in ("FlexAttention", "torch SDPA flash (FA2)")), None)
-        return f"{r['tflops'] / other['tflops']:.2f}x {other['system'].split()[0]}" if other else ""
+        out = []
+        for system, short in (("FlexAttention", "Flex"), ("torch SDPA flash (FA2)", "FA2"),
+                              ("torch SDPA cuDNN", "cuDNN")):
+            other = next((x for x in self.rows if x["pattern"] == r["pattern"] and x["n"] == r["n"]
+                          and x["ms"] and x["system"] == system), None)
+            if other:
+                out.append(f"{r['tflops'] / other['tflops']:.2f}x {short}")
+        return ", ".join(out)
 
     def finish(self, title: str, out_dir: str, table_name: str, json_name: str, meta: dict):
         """Print the table last, write it and the raw rows, exit 1 if a spattn row failed."""
@@ -127,7 +141,8 @@ class Rows:
         for r in self.rows:
             ms = f"{r['ms']:.3f}" if r["ms"] else "-"
             tf = f"{r['tflops']:.0f}" if r["tflops"] else r["check"]
-            lines.append(f"| {r['system']} | {r['pattern']} | {r['n'] // 1024}K | {ms} | {tf} | {self._ratio(r)} |")
+            n = f"{r['n'] >> 20}M" if r["n"] >= 1 << 20 else f"{r['n'] // 1024}K"
+            lines.append(f"| {r['system']} | {r['pattern']} | {n} | {ms} | {tf} | {self._ratio(r)} |")
         table = "\n".join(lines)
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, table_name), "w") as fh:

@@ -4,6 +4,9 @@
 # and FlexAttention, print the tables last.
 #
 #   bash bench/gpu/run.sh            # from anywhere; results and logs under $OUT (or ./gpu-out)
+#   bash bench/gpu/run.sh --profile  # also a short Nsight Compute summary of spattn's kernels
+#                                    # (bench/gpu/profile.py: speed of light, occupancy, warp
+#                                    # stalls, spills), printed last and in $OUT/profile.md
 #
 # The device machines of this workplace have no network: the CuTe/CUTLASS headers must come
 # with the tree. Put them at .gl/cutlass/include (gitignored) before the call, e.g.
@@ -21,9 +24,17 @@
 # SKIP_BWD=1 (no backward tests or timings), SKIP_BWD_BENCH=1 (backward tests, no timings),
 # SKIP_BENCH=1 (tests only), SPATTN_TEST_KERNELS (e.g. "bfloat16:128,float16:64": the
 # (dtype, D) the per-kernel tests loop over), EXTRA_TESTS, TEST_TIMEOUT (default 300 s),
-# BENCH_TIMEOUT (per benchmark, default 240 s), COMPARE_SM80=1 (also the forward benchmark with
+# BENCH_TIMEOUT (per benchmark, default 240 s; FWD_TIMEOUT for the forward one, default 420 s:
+# it also has the D=64/256 and 1M/12M rows, BENCH_ARGS="--dims '' --long ''" drops them), COMPARE_SM80=1 (also the forward benchmark with
 # the sm80-style kernel on a Hopper GPU).
 set -uo pipefail
+PROFILE="${PROFILE:-0}"
+for arg in "$@"; do
+  case "$arg" in
+    --profile) PROFILE=1 ;;
+    *) echo "usage: bash bench/gpu/run.sh [--profile]  (settings through the environment: see the top of this file)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -124,24 +135,35 @@ EOF
   fi
 fi
 
-if [ "${SKIP_BENCH:-0}" = "1" ]; then stamp "done (SKIP_BENCH)"; exit 0; fi
-stamp "benchmark: planner (host overhead, block-sparse end to end, dilated/strided)"
-# shellcheck disable=SC2086
-timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_planner.py" --out "$OUT" ${BENCH_PLANNER_ARGS:-} 2>&1 | tee "$OUT/bench_planner.log" | grep -v '^|' | tail -5
-stamp "benchmark"
-# shellcheck disable=SC2086
-timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|' | tail -20
-if [ "${COMPARE_SM80:-0}" = "1" ]; then
-  stamp "benchmark (the sm80-style forward, for comparison)"
-  mkdir -p "$OUT/sm80"
+if [ "${SKIP_BENCH:-0}" = "1" ] && [ "$PROFILE" != "1" ]; then stamp "done (SKIP_BENCH)"; exit 0; fi
+if [ "${SKIP_BENCH:-0}" != "1" ]; then
+  stamp "benchmark: planner (host overhead, block-sparse end to end, dilated/strided)"
   # shellcheck disable=SC2086
-  SPATTN_CUDA_FORWARD=sm80 timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT/sm80" --quick --no-flex \
-      2>&1 | grep "^  spattn" | tail -8
-fi
-if [ "${SKIP_BWD:-0}" != "1" ] && [ "${SKIP_BWD_BENCH:-0}" != "1" ]; then
-  stamp "benchmark forward+backward"
+  timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_planner.py" --out "$OUT" ${BENCH_PLANNER_ARGS:-} 2>&1 | tee "$OUT/bench_planner.log" | grep -v '^|' | tail -5
+  stamp "benchmark"
   # shellcheck disable=SC2086
-  timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_backward.py" --out "$OUT" ${BENCH_BWD_ARGS:-} 2>&1 | tee "$OUT/bench_bwd.log" | grep -v '^|' | tail -20
+  timeout "${FWD_TIMEOUT:-420}" "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|' | tail -20
+  if [ "${COMPARE_SM80:-0}" = "1" ]; then
+    stamp "benchmark (the sm80-style forward, for comparison)"
+    mkdir -p "$OUT/sm80"
+    # shellcheck disable=SC2086
+    SPATTN_CUDA_FORWARD=sm80 timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT/sm80" --quick --no-flex \
+        2>&1 | grep "^  spattn" | tail -8
+  fi
+  if [ "${SKIP_BWD:-0}" != "1" ] && [ "${SKIP_BWD_BENCH:-0}" != "1" ]; then
+    stamp "benchmark forward+backward"
+    # shellcheck disable=SC2086
+    timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_backward.py" --out "$OUT" ${BENCH_BWD_ARGS:-} 2>&1 | tee "$OUT/bench_bwd.log" | grep -v '^|' | tail -20
+  fi
+fi  # SKIP_BENCH
+if [ "$PROFILE" = "1" ]; then
+  stamp "profile (Nsight Compute)"
+  if command -v ncu > /dev/null 2>&1; then
+    timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/profile.py" --out "$OUT" > "$OUT/profile_run.log" 2>&1 \
+      || { echo "profile failed:"; tail -5 "$OUT/profile_run.log"; }
+  else
+    echo "no ncu on this machine: no profile"
+  fi
 fi
 stamp "done"
 cat "$OUT/table_planner.md" 2>/dev/null
@@ -149,3 +171,4 @@ echo
 cat "$OUT/table.md" 2>/dev/null
 echo
 cat "$OUT/table_bwd.md" 2>/dev/null
+if [ "$PROFILE" = "1" ]; then echo; cat "$OUT/profile.md" 2>/dev/null; fi
