@@ -14,7 +14,8 @@ def merge(outs, lses):
     lse = log(sum_k exp(lse_k)), out = sum_k exp(lse_k - lse) * out_k.
 
     Shapes: outs [B, N, H, Dv] with lses [B, H, N] float32 (or varlen [T, H, Dv] with [H, T]);
-    any strides, float32/float16/bfloat16 outs; results are of the kind of outs[0]. Rows that
+    any strides, float32/float16/bfloat16 outs, or float64 outs with float64 lses (CPU only);
+    results are of the kind of outs[0]. Rows that
     no part saw (every lse = -inf) give out = 0, lse = -inf.
     """
     if isinstance(outs, (str, bytes)) or not hasattr(outs, "__len__"):
