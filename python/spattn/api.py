@@ -47,6 +47,24 @@ def _all_torch(*arrays) -> bool:
     return all(package_of(a) == "torch" for a in arrays if a is not None)
 
 
+class _Module:
+    mod = None
+
+
+_TORCH_OPS = _Module()
+
+
+def _torch_ops():
+    """spattn.torch_ops (the eager fast path and the torch operators), imported on the first
+    call on torch tensors and kept: an import statement in the call path costs about 1 us."""
+    mod = _TORCH_OPS.mod
+    if mod is None:
+        from . import torch_ops as mod
+
+        _TORCH_OPS.mod = mod
+    return mod
+
+
 def _threads(x) -> int:
     """The CPU thread budget of the caller's framework: torch's get_num_threads() for torch
     tensors (so that torch.set_num_threads, and data-loader workers limited to one thread, hold
@@ -144,9 +162,7 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
     """
     pattern, scale = _pattern(pattern), _scale(scale)
     if out is None and _all_torch(q, k, v):
-        from . import torch_ops  # the spattn::attention_forward operator, with autograd
-
-        return torch_ops.attention(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, return_lse)
+        return _torch_ops().attention(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, return_lse)
     cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
     if out is not None and _wants_grad(q, k, v):
         raise ValueError("out: not supported when autograd records the call (inputs require grad)")
@@ -167,9 +183,7 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     cu_seqlens_q / cu_seqlens_k: of a variable-length batch, shapes as in `attention`)."""
     pattern, scale = _pattern(pattern), _scale(scale)
     if _all_torch(dout, q, k, v, out, lse):
-        from . import torch_ops  # the spattn::attention_backward operator
-
-        return torch_ops.attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q, cu_seqlens_k)
+        return _torch_ops().attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q, cu_seqlens_k)
     return _backward(dout, q, k, v, out, lse, pattern, scale, _cu_seqlens(cu_seqlens_q, cu_seqlens_k))
 
 
@@ -226,9 +240,7 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     """
     pattern, scale = _pattern(pattern), _scale(scale)
     if _all_torch(q, k_cache, v_cache, pooled_keys):
-        from . import torch_ops  # the spattn::decode operator
-
-        o, lse = torch_ops.decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys)
+        o, lse = _torch_ops().decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys)
         return (o, lse) if return_lse else o
     return _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from . import _core
 from ._device import cuda_call
 from ._interop import detached, package_of, to_framework
+from .api import _torch_ops
 
 __all__ = ["merge"]
 
@@ -24,9 +25,7 @@ def merge(outs, lses):
         raise TypeError(f"lses: expected a list of arrays, got {type(lses).__name__}")
     outs, lses = list(outs), list(lses)
     if outs and lses and all(package_of(x) == "torch" for x in outs + lses):
-        from . import torch_ops  # the spattn::merge operator
-
-        return torch_ops.merge(outs, lses)
+        return _torch_ops().merge(outs, lses)  # the eager fast path, or the spattn::merge operator
     return _merge(outs, lses)
 
 
