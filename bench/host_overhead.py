@@ -1,11 +1,12 @@
 """Host (Python and dispatch) cost per call of spattn on torch tensors, against the bare core.
 
     python bench/host_overhead.py [--sizes 64:16 4096:512] [--heads 8] [--dim 64]
-                                  [--rounds 15] [--calls 0]
+                                  [--rounds 15] [--calls 0] [--threads 0]
 
 One process, the same tensors; the paths alternate batch by batch so that machine load falls on
-all alike. Each figure is the median over --rounds batches of the time per call (a batch is
---calls calls; 0: enough calls for about 20 ms). CPU tensors only: the GPU's host figure (issue
+all alike. Each figure is the time per call of the fastest of --rounds batches (a batch is
+--calls calls; 0: enough calls for about 20 ms): on a shared machine the fastest batch is the
+one least disturbed by other processes. CPU tensors only: the GPU's host figure (issue
 11's bar, <= 30 us per call) is NOT measured here.
 
 Paths (float32, B=1, causal window of `w` keys, SlidingWindow(w - 1, 0)):
@@ -21,10 +22,12 @@ Paths (float32, B=1, causal window of `w` keys, SlidingWindow(w - 1, 0)):
 - fwd+bwd rows: a forward and `.backward(dout)`: through spattn.attention, and through the core
   directly (forward with lse, then `_core.backward`).
 The ratio column is each row's time over the `core` row's (fwd+bwd rows: over `core fwd+bwd`).
+--threads 1 (torch.set_num_threads, which spattn follows) runs the kernels on the calling
+thread: no thread-pool wake-ups, so on a loaded machine the small rows show the host cost.
 """
 import argparse
+import gc
 import platform
-import statistics
 import time
 
 import torch
@@ -41,7 +44,7 @@ def _batch_time(fn, calls):
     return (time.perf_counter() - t0) / calls
 
 
-def _medians(fns, rounds, calls):
+def _fastest(fns, rounds, calls):
     for fn in fns.values():
         fn()  # warm-up: layouts compiled, buffers cached, operators registered
     if calls <= 0:  # about 20 ms per batch of the slowest path
@@ -50,8 +53,9 @@ def _medians(fns, rounds, calls):
     acc = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            gc.collect()  # each batch starts with no garbage of the previous one's autograd graphs
             acc[name].append(_batch_time(fn, calls))
-    return {name: statistics.median(t) for name, t in acc.items()}, calls
+    return {name: min(t) for name, t in acc.items()}, calls
 
 
 def _paths(n, window, heads, dim):
@@ -104,19 +108,22 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=0, help="calls per batch (0: about 20 ms per batch)")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's)")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     import spattn.torch_ops  # noqa: F401  (registers the operators before any timing)
 
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"spattn {spattn.__version__}, torch {torch.__version__}; CPU tensors (GPU host cost not measured)")
-    print(f"# float32, B=1, H={args.heads}, D={args.dim}, causal window; median of {args.rounds} "
+    print(f"# float32, B=1, H={args.heads}, D={args.dim}, causal window; fastest of {args.rounds} "
           f"alternating batches")
     print(f"{'N':>6} {'window':>6}  {'path':<20}{'us/call':>11}{'ratio':>8}")
     for size in args.sizes:
         n, window = (int(x) for x in size.split(":"))
         fwd, fb = _paths(n, window, args.heads, args.dim)
         for group, base in ((fwd, "core"), (fb, "core fwd+bwd")):
-            t, calls = _medians(group, args.rounds, args.calls)
+            t, calls = _fastest(group, args.rounds, args.calls)
             for name, s in t.items():
                 print(f"{n:>6} {window:>6}  {name:<20}{s * 1e6:>11.1f}{s / t[base]:>8.3f}")
             print(f"{'':>14}({calls} calls per batch)")

@@ -332,11 +332,14 @@ class _EagerAttention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.pattern, ctx.scale, ctx.cu = pattern, scale, cu
         ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # no zero tensor for lse's (never used) gradient
         return out, lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # as the operator: no double backward
     def backward(ctx, dout, _dlse):
+        if dout is None:  # out took no part in what is differentiated
+            return None, None, None, None, None, None
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = _api._backward(dout, q, k, v, out, lse, ctx.pattern, ctx.scale, ctx.cu)
         return dq, dk, dv, None, None, None
