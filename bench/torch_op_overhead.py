@@ -9,8 +9,10 @@ machine load falls on both alike; each is timed as the median of --rounds calls.
 - direct: the core through `spattn.api._forward` (what `spattn.attention` did for torch tensors
   before the operators: `_core.forward` without lse), and for forward+backward a plain
   `torch.autograd.Function` over `api._forward` / `api._backward` (the former autograd path);
-- operator: `spattn.attention`, which goes through `torch.ops.spattn.attention_forward` (lse
-  always computed: autograd needs it) and its registered autograd.
+- operator: `torch.ops.spattn.attention_forward` called directly (lse always computed:
+  autograd needs it) and its registered autograd: what `spattn.attention` runs under
+  torch.compile and other tracing. (In plain eager mode `spattn.attention` now skips the
+  operators and calls the core, see torch_ops.py; bench/host_overhead.py times that path.)
 """
 import argparse
 import platform
@@ -20,6 +22,7 @@ import time
 import torch
 
 import spattn
+import spattn.torch_ops
 from spattn import api
 
 
@@ -68,8 +71,11 @@ def main(argv=None):
     def direct_fwd():
         return api._forward(q, k, v, pattern, None, None, False, None)
 
+    spec, data = spattn.torch_ops.pattern_spec(pattern)
+    op = torch.ops.spattn.attention_forward
+
     def op_fwd():
-        return spattn.attention(q, k, v, pattern=pattern)
+        return op(q, k, v, spec, data, None, None, None)[0]
 
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
     dout = torch.randn_like(q)
@@ -78,7 +84,7 @@ def main(argv=None):
         _Direct.apply(qg, kg, vg, pattern).backward(dout)
 
     def op_fb():
-        spattn.attention(qg, kg, vg, pattern=pattern).backward(dout)
+        op(qg, kg, vg, spec, data, None, None, None)[0].backward(dout)
 
     print(f"{'pass':<18}{'direct ms':>11}{'operator ms':>13}{'overhead':>10}")
     for name, a, b in (("forward", direct_fwd, op_fwd), ("forward+backward", direct_fb, op_fb)):

@@ -43,8 +43,8 @@ struct Plan {
   Call call;
 };
 
-void check_lse(const TensorView& t, const Dims& s, const TensorView& q) {
-  plan::expect_float32(t, "lse", {s.b, s.hq, s.nq}, "[B, Hq, Nq]", q);
+void check_lse(const TensorView& t, const Dims& s, const TensorView& q, DType dtype) {
+  plan::expect_lse(t, "lse", dtype, {s.b, s.hq, s.nq}, "[B, Hq, Nq]", q);
 }
 
 // How a pattern runs: one or more parts with disjoint kept pairs. A part is a pattern walked over
@@ -205,7 +205,7 @@ void run_forward(const Plan& pl, const Attention& a, const Pattern& pattern) {
     Attention pa = a;
     owned.push_back(pl.be.allocate(a.dtype, {a.s.b, a.s.nq, a.s.hq, a.s.dv}, pl.call));
     pa.out = owned.back().view("out");
-    owned.push_back(pl.be.allocate(DType::Float32, {a.s.b, a.s.hq, a.s.nq}, pl.call));
+    owned.push_back(pl.be.allocate(lse_dtype(a.dtype), {a.s.b, a.s.hq, a.s.nq}, pl.call));
     pa.lse = owned.back().view("lse");
     outs.push_back(pa.out);
     lses.push_back(pa.lse);
@@ -246,6 +246,7 @@ Backend& attention_backend(const TensorView& q, Op op, DType dtype, const Dims& 
                            const Pattern& pattern, const Options& o, Call* call) {
   Backend& be = plan::backend_for(q, op, dtype, s.d, s.dv, o, call);
   if (pattern.data_dependent()) {
+    select::expect_selectable(dtype, "q");
     const std::string why = be.unsupported(Op::Select, dtype, s.d, s.dv, *call);
     if (!why.empty()) throw RuntimeError("pattern: " + why);
   }
@@ -267,7 +268,7 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
   plan::check_output(a.out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", a.q, a.dtype);
   if (lse_) {
     a.lse = view_of(*lse_, "lse");
-    check_lse(a.lse, s, a.q);
+    check_lse(a.lse, s, a.q, a.dtype);
     plan::expect_writable_layout(a.lse, "lse");
   }
   expect_disjoint_outputs({{&a.out, "out"}, {&a.lse, "lse"}}, {{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}});
@@ -297,7 +298,7 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
   a.lse = view_of(lse_, "lse");
   plan::check_input(g.dout, "dout", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", a.q, dt);
   plan::check_input(a.out, "out", {s.b, s.nq, s.hq, s.dv}, "[B, Nq, Hq, Dv]", a.q, dt);
-  check_lse(a.lse, s, a.q);
+  check_lse(a.lse, s, a.q, a.dtype);
   g.dq = view_of(dq_, "dq");
   g.dk = view_of(dk_, "dk");
   g.dv = view_of(dv_, "dv");
@@ -389,8 +390,8 @@ void read_both_cu_seqlens(const Plan& pl, const DLTensor& cu_q, const DLTensor& 
   }
 }
 
-void check_lse_varlen(const TensorView& t, const Dims& s, const TensorView& q) {
-  plan::expect_float32(t, "lse", {s.hq, s.nq}, "[Hq, Tq]", q);
+void check_lse_varlen(const TensorView& t, const Dims& s, const TensorView& q, DType dtype) {
+  plan::expect_lse(t, "lse", dtype, {s.hq, s.nq}, "[Hq, Tq]", q);
 }
 
 // pattern.check for every sequence, before anything runs; the message names the sequence.
@@ -458,7 +459,7 @@ void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTe
   plan::check_output(t.out, "out", {t.s.nq, t.s.hq, t.s.dv}, "[Tq, Hq, Dv]", t.q, t.dtype);
   if (lse_) {
     t.lse = view_of(*lse_, "lse");
-    check_lse_varlen(t.lse, t.s, t.q);
+    check_lse_varlen(t.lse, t.s, t.q, t.dtype);
     plan::expect_writable_layout(t.lse, "lse");
   }
   expect_disjoint_outputs({{&t.out, "out"}, {&t.lse, "lse"}}, {{&t.q, "q"}, {&t.k, "k"}, {&t.v, "v"}});
@@ -491,7 +492,7 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
   t.lse = view_of(lse_, "lse");
   plan::check_input(g.dout, "dout", {t.s.nq, t.s.hq, t.s.dv}, "[Tq, Hq, Dv]", t.q, dt);
   plan::check_input(t.out, "out", {t.s.nq, t.s.hq, t.s.dv}, "[Tq, Hq, Dv]", t.q, dt);
-  check_lse_varlen(t.lse, t.s, t.q);
+  check_lse_varlen(t.lse, t.s, t.q, t.dtype);
   g.dq = view_of(dq_, "dq");
   g.dk = view_of(dk_, "dk");
   g.dv = view_of(dv_, "dv");
@@ -533,6 +534,7 @@ void expect_topk(const Pattern& p) {
 
 // The selection reads q and k on the host: their device's backend must run it.
 void expect_selection_backend(const TensorView& q, DType dtype, const Dims& s) {
+  select::expect_selectable(dtype, "q");
   Call call;
   plan::backend_for(q, Op::Select, dtype, s.d, s.dv, Options{}, &call);
 }

@@ -9,6 +9,7 @@
 #include "backend/backend.hpp"
 #include "cpu/thread_pool.hpp"  // the host thread budget of the call
 #include "plan/checks.hpp"
+#include "select/topk.hpp"
 #include "spattn/spattn.hpp"
 
 namespace spattn {
@@ -159,6 +160,7 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   const plan::CallOptions o = plan::resolve(options, D);
   backend::Call call;
   backend::Backend& be = plan::backend_for(q, backend::Op::Decode, dtype, D, Dv, options, &call);
+  if (pattern.data_dependent()) select::expect_selectable(dtype, "q");
 
   TensorView table;
   const std::vector<int64_t> lens = read_cache(be, call, q, k, cache_len_, block_table_, B, &table);
@@ -168,7 +170,7 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   TensorView lse;
   if (lse_) {
     lse = view_of(*lse_, "lse");
-    plan::expect_float32(lse, "lse", {B, hq, nq}, "[B, Hq, Nq]", q);
+    plan::expect_lse(lse, "lse", dtype, {B, hq, nq}, "[B, Hq, Nq]", q);
     plan::expect_writable_layout(lse, "lse");
   }
   TensorView pooled;
@@ -205,6 +207,7 @@ void pool_keys(const DLTensor& k_, const DLTensor& cache_len_, int64_t block,
   const TensorView k = view_of(k_, "k_cache");
   expect_rank(k, "k_cache", 4, paged ? "[pages, page_size, Hkv, D] (paged)" : "[B, Ncap, Hkv, D]");
   const DType dtype = float_dtype(k, "k_cache");
+  select::expect_selectable(dtype, "k_cache");  // pooled keys feed TopKBlocks' selection
   if (block < 1) throw ValueError("block: expected a block size >= 1, got " + std::to_string(block));
   if (paged && k.shape[1] < 1)
     throw ValueError("k_cache: paged caches need page_size >= 1, got shape " + k.shape_str());

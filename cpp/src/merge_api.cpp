@@ -64,8 +64,10 @@ void merge_partials(const std::vector<DLTensor>& outs, const std::vector<DLTenso
   const std::string lse_shape = want_lse.shape_str() + (varlen ? " [H, T]" : " [B, H, N]");
   auto check_lse = [&](const TensorView& t, const std::string& name) {
     expect(same_shape(t, want_lse), name, lse_shape, t);
-    if (!(t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.dtype.lanes == 1))
-      throw TypeError(name + ": expected float32, got " + describe(t.dtype));
+    const DLDataType w = to_dl(lse_dtype(dtype));  // float64 parts: float64 lse
+    if (!(t.dtype.code == w.code && t.dtype.bits == w.bits && t.dtype.lanes == 1))
+      throw TypeError(name + ": expected " + dtype_name(lse_dtype(dtype)) + ", got " +
+                      describe(t.dtype));
     plan::expect_same_device(t, name.c_str(), first, "outs[0]");
   };
   auto check_out = [&](const TensorView& t, const std::string& name) {

@@ -32,17 +32,21 @@ const char* dtype_name(DType t) {
     case DType::Float32: return "float32";
     case DType::Float16: return "float16";
     case DType::BFloat16: return "bfloat16";
+    case DType::Float64: return "float64";
   }
   return "?";
 }
 
-int dtype_size(DType t) { return t == DType::Float32 ? 4 : 2; }
+int dtype_size(DType t) { return t == DType::Float64 ? 8 : t == DType::Float32 ? 4 : 2; }
+
+DType lse_dtype(DType t) { return t == DType::Float64 ? DType::Float64 : DType::Float32; }
 
 DLDataType to_dl(DType t) {
   switch (t) {
     case DType::Float32: return DLDataType{kDLFloat, 32, 1};
     case DType::Float16: return DLDataType{kDLFloat, 16, 1};
     case DType::BFloat16: return DLDataType{kDLBfloat, 16, 1};
+    case DType::Float64: return DLDataType{kDLFloat, 64, 1};
   }
   return DLDataType{kDLFloat, 32, 1};
 }
@@ -267,9 +271,10 @@ DType float_dtype(const TensorView& t, const char* name) {
     if (d.code == kDLFloat && d.bits == 32) return DType::Float32;
     if (d.code == kDLFloat && d.bits == 16) return DType::Float16;
     if (d.code == kDLBfloat && d.bits == 16) return DType::BFloat16;
+    if (d.code == kDLFloat && d.bits == 64) return DType::Float64;
   }
   throw TypeError(std::string(name ? name : "tensor") +
-                  ": expected float32, float16 or bfloat16, got " + describe(d));
+                  ": expected float32, float16, bfloat16 or float64, got " + describe(d));
 }
 
 // ------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from ._interop import package_of
 
 class CudaCall:
     """stream: the cudaStream_t as an int (0: the legacy default stream); empty(shape, dtype):
-    a new framework array on the device (dtype: 'like' for q's dtype, or 'float32');
+    a new framework array on the device (dtype: 'like' for q's dtype, or 'lse' for the dtype of
+the lse of q: float32, float64 for float64 q);
     workspace(nbytes) -> (device pointer, owner)."""
 
     __slots__ = ("stream", "empty", "workspace")
@@ -38,8 +39,10 @@ def _torch_call(x):
     dev = x.device
     like = x.dtype
 
+    lse = torch.float64 if like == torch.float64 else torch.float32
+
     def empty(shape, dtype="like"):
-        return torch.empty(shape, dtype=like if dtype == "like" else torch.float32, device=dev)
+        return torch.empty(shape, dtype=like if dtype == "like" else lse, device=dev)
 
     def workspace(nbytes):
         t = torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=dev)
@@ -53,9 +56,11 @@ def _cupy_call(x):
 
     like = x.dtype
 
+    lse = cupy.float64 if like == cupy.float64 else cupy.float32
+
     def empty(shape, dtype="like"):
         with x.device:
-            return cupy.empty(shape, dtype=like if dtype == "like" else cupy.float32)
+            return cupy.empty(shape, dtype=like if dtype == "like" else lse)
 
     def workspace(nbytes):
         with x.device:

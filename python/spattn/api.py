@@ -47,6 +47,24 @@ def _all_torch(*arrays) -> bool:
     return all(package_of(a) == "torch" for a in arrays if a is not None)
 
 
+class _Module:
+    mod = None
+
+
+_TORCH_OPS = _Module()
+
+
+def _torch_ops():
+    """spattn.torch_ops (the eager fast path and the torch operators), imported on the first
+    call on torch tensors and kept: an import statement in the call path costs about 1 us."""
+    mod = _TORCH_OPS.mod
+    if mod is None:
+        from . import torch_ops as mod
+
+        _TORCH_OPS.mod = mod
+    return mod
+
+
 def _threads(x) -> int:
     """The CPU thread budget of the caller's framework: torch's get_num_threads() for torch
     tensors (so that torch.set_num_threads, and data-loader workers limited to one thread, hold
@@ -104,7 +122,7 @@ def _core_forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads):
     lse = None
     if want_lse:
         lse_shape = (q.shape[1], q.shape[0]) if q.ndim == 3 else (q.shape[0], q.shape[2], q.shape[1])
-        lse = cc.empty(lse_shape, "float32")
+        lse = cc.empty(lse_shape, "lse")
     _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), want_lse, cu_q, cu_k, threads,
                   lse_out=None if lse is None else _plain(lse), stream=cc.stream, workspace=cc.workspace)
     return (given if given is not None else out), lse
@@ -133,7 +151,9 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
 
     q [B, Nq, Hq, D], k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv], any strides, any DLPack array.
     Returns out [B, Nq, Hq, Dv] as the same kind of array as q, and with return_lse also
-    lse [B, Hq, Nq] float32. torch tensors that require grad get gradients (lse carries none).
+    lse [B, Hq, Nq] float32 (float64 for float64 inputs, which run on the CPU only: a plain
+    float64 kernel for gradient checks). torch tensors that require grad get gradients (lse
+    carries none).
 
     Variable-length batch (SPEC §1): with cu_seqlens_q and cu_seqlens_k (int32 [B+1] offsets,
     first 0, non-decreasing, last Tq / Tk), q is [Tq, Hq, D], k/v [Tk, Hkv, D/Dv], and sequence
@@ -142,10 +162,7 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
     """
     pattern, scale = _pattern(pattern), _scale(scale)
     if out is None and _all_torch(q, k, v):
-        from . import torch_ops  # the spattn::attention_forward operator, with autograd
-
-        o, lse = torch_ops.attention(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k)
-        return (o, lse) if return_lse else o
+        return _torch_ops().attention(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, return_lse)
     cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
     if out is not None and _wants_grad(q, k, v):
         raise ValueError("out: not supported when autograd records the call (inputs require grad)")
@@ -166,9 +183,7 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     cu_seqlens_q / cu_seqlens_k: of a variable-length batch, shapes as in `attention`)."""
     pattern, scale = _pattern(pattern), _scale(scale)
     if _all_torch(dout, q, k, v, out, lse):
-        from . import torch_ops  # the spattn::attention_backward operator
-
-        return torch_ops.attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q, cu_seqlens_k)
+        return _torch_ops().attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q, cu_seqlens_k)
     return _backward(dout, q, k, v, out, lse, pattern, scale, _cu_seqlens(cu_seqlens_q, cu_seqlens_k))
 
 
@@ -213,7 +228,8 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     usual bottom-right alignment. Only the pages the pattern visits are read (a window over a
     long cache reads the window's pages only), and the keys are split across all threads.
     Returns out [B, Nq, Hq, Dv] as the kind of array q is, and with return_lse also
-    lse [B, Hq, Nq] float32. No gradients (decode is for inference).
+    lse [B, Hq, Nq] float32 (float64 for float64 inputs, CPU only). No gradients (decode is for
+    inference).
 
     TopKBlocks chooses each sequence's blocks from its new queries and the mean key of every
     key block. By default the means are computed from the cache (every key the choice scores
@@ -224,9 +240,7 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     """
     pattern, scale = _pattern(pattern), _scale(scale)
     if _all_torch(q, k_cache, v_cache, pooled_keys):
-        from . import torch_ops  # the spattn::decode operator
-
-        o, lse = torch_ops.decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys)
+        o, lse = _torch_ops().decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys)
         return (o, lse) if return_lse else o
     return _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys)
 

@@ -64,8 +64,9 @@ def _host(x):
 
 def _forward_call(q, k, v, pattern, scale):
     b, nq, hq, _ = q.shape
+    lse_dtype = jnp.float64 if q.dtype == jnp.float64 else jnp.float32  # as the core's lse (x64 mode)
     shapes = (jax.ShapeDtypeStruct((b, nq, hq, v.shape[-1]), q.dtype),
-              jax.ShapeDtypeStruct((b, hq, nq), jnp.float32))
+              jax.ShapeDtypeStruct((b, hq, nq), lse_dtype))
     if backend() == "xla_ffi":
         call = jax.ffi.ffi_call("spattn_forward", shapes, vmap_method="sequential")
         return call(q, k, v, **_ffi_attrs(pattern, scale))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from . import _core
 from ._device import cuda_call
 from ._interop import detached, package_of, to_framework
+from .api import _torch_ops
 
 __all__ = ["merge"]
 
@@ -14,7 +15,8 @@ def merge(outs, lses):
     lse = log(sum_k exp(lse_k)), out = sum_k exp(lse_k - lse) * out_k.
 
     Shapes: outs [B, N, H, Dv] with lses [B, H, N] float32 (or varlen [T, H, Dv] with [H, T]);
-    any strides, float32/float16/bfloat16 outs; results are of the kind of outs[0]. Rows that
+    any strides, float32/float16/bfloat16 outs, or float64 outs with float64 lses (CPU only);
+    results are of the kind of outs[0]. Rows that
     no part saw (every lse = -inf) give out = 0, lse = -inf.
     """
     if isinstance(outs, (str, bytes)) or not hasattr(outs, "__len__"):
@@ -23,9 +25,7 @@ def merge(outs, lses):
         raise TypeError(f"lses: expected a list of arrays, got {type(lses).__name__}")
     outs, lses = list(outs), list(lses)
     if outs and lses and all(package_of(x) == "torch" for x in outs + lses):
-        from . import torch_ops  # the spattn::merge operator
-
-        return torch_ops.merge(outs, lses)
+        return _torch_ops().merge(outs, lses)  # the eager fast path, or the spattn::merge operator
     return _merge(outs, lses)
 
 

@@ -1,7 +1,9 @@
 """spattn as torch operators (torch.library): what `spattn.attention`, `attention_backward`,
-`decode` and `merge` call on torch tensors, so that `torch.compile(fullgraph=True)` traces a
-model that uses spattn without a graph break, and autograd, FakeTensor and AOT dispatch know
-the calls.
+`decode` and `merge` call on torch tensors whenever torch may be tracing or transforming the
+call, so that `torch.compile(fullgraph=True)` traces a model that uses spattn without a graph
+break, and autograd, FakeTensor and AOT dispatch know the calls. In plain eager mode the same
+functions call the core directly (see "the eager fast path" below): same results, less host
+time.
 
 - ``spattn::attention_forward`` -> (out, lse), with registered autograd whose backward is
   ``spattn::attention_backward`` -> (dq, dk, dv); ``spattn::decode`` -> (out, lse);
@@ -178,6 +180,12 @@ def _attention_forward(
     return _api._forward(q, k, v, p, scale, None, True, _varlen(cu_seqlens_q, cu_seqlens_k))
 
 
+def _lse_dtype(q):
+    """lse is float32, except for float64 inputs: float64 (SPEC §1), so that a float64 gradient
+    check sees an lse as exact as the output."""
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
 def _same_device(q, **others):
     # Mixed devices reach the fake implementation when one of them is 'meta'; the real one
     # refuses them in the core.
@@ -197,11 +205,11 @@ def _(q, k, v, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k):
     if cu_seqlens_q is None:
         _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
         _check_rank(v, "v", 4, "[B, Nk, Hkv, Dv]")
-        lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+        lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q))
     else:
         _check_rank(q, "q", 3, "[Tq, Hq, D] (variable-length batch)")
         _check_rank(v, "v", 3, "[Tk, Hkv, Dv] (variable-length batch)")
-        lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+        lse = q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q))
     return q.new_empty((*q.shape[:-1], v.shape[-1])), lse
 
 
@@ -269,7 +277,7 @@ def _(q, k_cache, v_cache, cache_len, pattern, pattern_data, block_table, scale,
     _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
     _check_rank(v_cache, "v_cache", 4, "[B, Ncap, Hkv, Dv] or [pages, page_size, Hkv, Dv]")
     B, Nq, Hq = q.shape[0], q.shape[1], q.shape[2]
-    return q.new_empty((B, Nq, Hq, v_cache.shape[-1])), q.new_empty((B, Hq, Nq), dtype=torch.float32)
+    return q.new_empty((B, Nq, Hq, v_cache.shape[-1])), q.new_empty((B, Hq, Nq), dtype=_lse_dtype(q))
 
 
 @torch.library.custom_op("spattn::merge", mutates_args=())
@@ -281,44 +289,114 @@ def _merge_op(outs: List[Tensor], lses: List[Tensor]) -> Tuple[Tensor, Tensor]:
 def _(outs, lses):
     if not outs or not lses:
         raise ValueError("outs, lses: expected at least one partial result each, got none")
-    return outs[0].new_empty(outs[0].shape), lses[0].new_empty(lses[0].shape, dtype=torch.float32)
+    return outs[0].new_empty(outs[0].shape), lses[0].new_empty(lses[0].shape, dtype=_lse_dtype(outs[0]))
+
+
+# -- the eager fast path ---------------------------------------------------------------------------
+#
+# In plain eager mode the operators' dispatch (torch.library's redispatch, the autograd wrapper,
+# the pattern's text and its cache lookup) costs tens of microseconds per call, several times
+# a small problem's work. There the public functions call the same internal functions the
+# operators' implementations call (api._forward, ...), directly, and gradients come from a plain
+# torch.autograd.Function over api._forward / api._backward. Results are the same bit for bit:
+# the same core calls on the same tensors. Whenever anything might be looking at the call
+# (torch.compile or export, a jit trace, FakeTensor, functionalization, make_fx, any other
+# dispatch or function mode, vmap and other functorch transforms, a tensor subclass, a device
+# other than the CPU and CUDA, such as meta), the registered operators run instead.
+
+_C = torch._C
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def _eager(*tensors) -> bool:
+    """True when a call may skip the operators (see above). torch.compile reads the first test
+    as True and never traces the rest."""
+    if torch.compiler.is_compiling():
+        return False
+    if (_C._len_torch_dispatch_stack() or _C._len_torch_function_stack() or _C._get_tracing_state() is not None
+            or _C._functorch.peek_interpreter_stack() is not None):
+        return False
+    for t in tensors:  # plain tensors on a device the core runs (meta: the fake implementation)
+        if t is not None and (type(t) not in _PLAIN_TYPES or not (t.is_cpu or t.is_cuda)):
+            return False
+    return True
+
+
+class _EagerAttention(torch.autograd.Function):
+    """spattn::attention_forward's autograd, without the operator: the same forward and the same
+    backward (api._backward on the saved out and lse); lse carries no gradient."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pattern, scale, cu):
+        out, lse = _api._forward(q, k, v, pattern, scale, None, True, cu)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.pattern, ctx.scale, ctx.cu = pattern, scale, cu
+        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # no zero tensor for lse's (never used) gradient
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # as the operator: no double backward
+    def backward(ctx, dout, _dlse):
+        if dout is None:  # out took no part in what is differentiated
+            return None, None, None, None, None, None
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _api._backward(dout, q, k, v, out, lse, ctx.pattern, ctx.scale, ctx.cu)
+        return dq, dk, dv, None, None, None
 
 
 # -- what the public functions call on torch tensors ------------------------------------------------
 
 
-def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None):
-    """(out, lse) through spattn::attention_forward (autograd included). `pattern` and `scale`
-    are already checked by `spattn.attention`."""
+def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None, return_lse=True):
+    """out, or (out, lse) with return_lse: eagerly through the core (autograd included), else
+    through spattn::attention_forward. `pattern` and `scale` are already checked by
+    `spattn.attention`."""
+    if _eager(q, k, v):
+        cu = _api._cu_seqlens(cu_seqlens_q, cu_seqlens_k)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            out, lse = _EagerAttention.apply(q, k, v, pattern, scale, cu)
+            return (out, lse) if return_lse else out
+        return _api._forward(q, k, v, pattern, scale, None, return_lse, cu)
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
-    return _attention_forward(q, k, v, spec, data, scale, cu_q, cu_k)
+    out, lse = _attention_forward(q, k, v, spec, data, scale, cu_q, cu_k)
+    return (out, lse) if return_lse else out
 
 
 def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None):
-    """(dq, dk, dv) through spattn::attention_backward; the gradients carry no gradient
-    themselves (no double backward), as on the direct path."""
+    """(dq, dk, dv), eagerly through the core, else through spattn::attention_backward; the
+    gradients carry no gradient themselves (no double backward), as on the direct path."""
+    args = [t.detach() for t in (dout, q, k, v, out, lse)]
+    if _eager(*args):
+        return _api._backward(*args, pattern, scale, _api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
-    args = [t.detach() for t in (dout, q, k, v, out, lse)]
     return _attention_backward(*args, spec, data, scale, cu_q, cu_k)
 
 
 def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys):
-    """(out, lse) through spattn::decode; decode passes no gradient (inference)."""
+    """(out, lse), eagerly through the core, else through spattn::decode; decode passes no
+    gradient (inference)."""
+    q, k_cache, v_cache = q.detach(), k_cache.detach(), v_cache.detach()
+    pk = None if pooled_keys is None else pooled_keys.detach()
+    if _eager(q, k_cache, v_cache, pk):
+        return _api._decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, True, pk)
     spec, data = pattern_spec(pattern)
     cl = _as_torch(_api._int_array(cache_len, "cache_len", "int32 lengths [B]"))
     bt = None if block_table is None else _as_torch(
         _api._int_array(block_table, "block_table", "int32 page indices [B, max_pages]"))
-    q, k_cache, v_cache = q.detach(), k_cache.detach(), v_cache.detach()
-    pk = None if pooled_keys is None else pooled_keys.detach()
     return _decode(q, k_cache, v_cache, cl, spec, data, bt, scale, pk)
 
 
 def merge(outs, lses):
-    """(out, lse) through spattn::merge (no gradient, as on the direct path)."""
+    """(out, lse), eagerly through the core, else through spattn::merge (no gradient, as on the
+    direct path)."""
     if not outs:
         raise ValueError("outs: expected at least one partial result, got none")
     if not lses:
         raise ValueError("lses: expected one lse per output, got none")
-    return _merge_op([o.detach() for o in outs], [x.detach() for x in lses])
+    outs, lses = [o.detach() for o in outs], [x.detach() for x in lses]
+    if _eager(*outs, *lses):
+        return _merge_impl(outs, lses)
+    return _merge_op(outs, lses)

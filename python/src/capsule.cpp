@@ -344,8 +344,9 @@ void bind_dlpack(py::module_& m) {
         DType dt = dtype == "float32"    ? DType::Float32
                    : dtype == "float16"  ? DType::Float16
                    : dtype == "bfloat16" ? DType::BFloat16
-                                         : throw TypeError("dtype: expected float32, float16 or "
-                                                           "bfloat16, got " + dtype);
+                   : dtype == "float64"  ? DType::Float64
+                                         : throw TypeError("dtype: expected float32, float16, "
+                                                           "bfloat16 or float64, got " + dtype);
         ManagedTensor t = ManagedTensor::allocate_cpu(dt, shape);
         const TensorView v = t.view("out");
         if (v.numel() > 0) std::memset(v.data, 0, size_t(v.numel() * dtype_size(dt)));

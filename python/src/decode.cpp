@@ -40,7 +40,7 @@ py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
       dt, {vq.shape[0], vq.shape[1], vq.shape[2], vv.shape[3]});
   ManagedTensor lse;
   if (want_lse)
-    lse = ManagedTensor::allocate_cpu(DType::Float32, {vq.shape[0], vq.shape[2], vq.shape[1]});
+    lse = ManagedTensor::allocate_cpu(lse_dtype(dt), {vq.shape[0], vq.shape[2], vq.shape[1]});
   {
     py::gil_scoped_release nogil;
     spattn::decode(mq.dl(), mk.dl(), mv.dl(), ml.dl(), pattern,

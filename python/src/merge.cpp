@@ -36,8 +36,9 @@ py::tuple merge(py::sequence outs, py::sequence lses, py::handle stream) {
     if (o0.device.device_type == kDLCUDA) return cuda::allocate(dt, shape, o0.device.device_id);
     return ManagedTensor::allocate_cpu(dt, shape);
   };
-  ManagedTensor out = allocate(float_dtype(o0, "outs[0]"), o0);
-  ManagedTensor lse = allocate(DType::Float32, l0);
+  const DType dt = float_dtype(o0, "outs[0]");
+  ManagedTensor out = allocate(dt, o0);
+  ManagedTensor lse = allocate(lse_dtype(dt), l0);
   {
     py::gil_scoped_release nogil;
     merge_partials(o, l, out.dl(), &lse.dl(), call.options());

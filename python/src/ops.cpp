@@ -105,7 +105,7 @@ py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& patte
     mout = given_output(out, "out");
   }
   if (want_lse)  // [B, Hq, Nq], or [Hq, Tq] for a variable-length batch
-    mlse = output(lse_out, "lse", vq, DType::Float32,
+    mlse = output(lse_out, "lse", vq, lse_dtype(float_dtype(vq, "q")),
                   varlen ? std::vector<int64_t>{vq.shape[1], vq.shape[0]}
                          : std::vector<int64_t>{vq.shape[0], vq.shape[2], vq.shape[1]});
   {

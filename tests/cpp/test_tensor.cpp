@@ -173,7 +173,7 @@ int main() {
     DLTensor t = tensor(shape2, 2);
     t.dtype = {kDLInt, 64, 1};
     CHECK(throws<TypeError>([&] { float_dtype(view_of(t, "q"), "q"); },
-                            "q: expected float32, float16 or bfloat16, got int64"));
+                            "q: expected float32, float16, bfloat16 or float64, got int64"));
     t.dtype = {kDLFloat, 32, 4};
     CHECK(throws<TypeError>([&] { float_dtype(view_of(t, "q"), "q"); }, "got float32x4"));
     t.dtype = {kDLBfloat, 16, 1};

@@ -242,7 +242,7 @@ def test_shape_and_dtype_errors():
     q, k, v, *_ = _small()
     with pytest.raises(ValueError, match="k_cache, v_cache: batch sizes"):
         spattn.decode(q, k[:1], v[:1], [3, 3])
-    with pytest.raises(TypeError, match="k_cache: expected float32, float16 or bfloat16, got float64"):
+    with pytest.raises(TypeError, match="k_cache: dtype float64 does not match q's float32"):
         spattn.decode(q, k.astype(np.float64), v, [3, 3])
     with pytest.raises(TypeError, match="v_cache: dtype float16 does not match q's float32"):
         spattn.decode(q, k, v.astype(np.float16), [3, 3])

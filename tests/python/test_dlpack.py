@@ -532,7 +532,7 @@ def test_forward_out_argument():
 
 def test_forward_argument_errors():
     q, k, v = _qkv()
-    with pytest.raises(TypeError, match=r"^q: expected float32, float16 or bfloat16, got int64$"):
+    with pytest.raises(TypeError, match=r"^q: expected float32, float16, bfloat16 or float64, got int64$"):
         _core.forward(q.astype(np.int64), k, v, _core.Pattern.dense())
     with pytest.raises(TypeError, match=r"^k: expected an array with __dlpack__"):
         _core.forward(q, k.tolist(), v, _core.Pattern.dense())

@@ -91,7 +91,9 @@ CASES = {
     "dtype_int32": ("q, k, v = qkv(dtype='int32')\nspattn.attention(q, k, v)", ("TypeError",), ("q",)),
     "dtype_int64_k": ("q, _, v = qkv()\n_, k, _ = qkv(dtype='int64')\nspattn.attention(q, k, v)",
                       ("TypeError",), ("k",)),
-    "dtype_float64": ("q, k, v = qkv(dtype='float64')\nspattn.attention(q, k, v)", ("TypeError",), ("q",)),
+    # float64 runs (CPU, for gradient checks); mixed with float32 it is refused like any mix
+    "dtype_mix_q64_k32": ("q, _, v = qkv(dtype='float64')\n_, k, _ = qkv()\nspattn.attention(q, k, v)",
+                          ("TypeError",), ("k", "q")),
     "dtype_bool": ("q, k, v = qkv(dtype='bool')\nspattn.attention(q, k, v)", ("TypeError",), ("q",)),
     "dtype_complex64": ("q, k, v = qkv(dtype='complex64')\nspattn.attention(q, k, v)", ("TypeError",), ("q",)),
     "dtype_uint8": ("q, k, v = qkv(dtype='uint8')\nspattn.attention(q, k, v)", ("TypeError",), ("q",)),

@@ -86,11 +86,13 @@ def test_opcheck_decode_and_merge():
 
 
 @pytest.mark.parametrize("name", list(_patterns(4)))
-def test_public_functions_go_through_the_operators_and_match_the_direct_path(name):
+def test_public_functions_match_the_direct_path(name):
+    # Eager calls take the fast path (torch_ops._eager); test_gradcheck.py checks it against the
+    # operators bit for bit, and the tests below run the operators under tracing.
     pattern = _patterns(4)[name]
     q, k, v = _qkv(torch.float32, "cpu")
     out, lse = spattn.attention(q, k, v, pattern=pattern, return_lse=True)
-    assert out.grad_fn is not None and "spattn_attention_forward" in type(out.grad_fn).__name__
+    assert out.grad_fn is not None and "EagerAttention" in type(out.grad_fn).__name__
     assert not lse.requires_grad  # lse carries no gradient (as in FlashAttention)
     ref_out, ref_lse = api._forward(q, k, v, pattern, None, None, True, None)
     assert torch.equal(out.detach(), ref_out) and torch.equal(lse, ref_lse)
@@ -122,17 +124,6 @@ def test_pattern_spec_round_trips_through_the_text_syntax():
     fresh[0] = ~fresh[0]  # a write bumps its version: the operator sees the new layout
     out2, _ = OPS.attention_forward(q, k, v, "layout(@0,16,16)", [fresh], None, None, None)
     assert torch.equal(out2, spattn.attention(q, k, v, pattern=spattn.BlockSparse(fresh.numpy().copy(), 16)))
-
-
-def test_gradcheck():
-    # The core computes in float32 and refuses float64 (SPEC), so gradcheck runs in float32
-    # with a step and tolerances that float32 resolves.
-    gen = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(1, 9, 2, 4, generator=gen).requires_grad_() for _ in range(3))
-    for pattern in (spattn.SlidingWindow(3, 0) | spattn.Sink(1), spattn.Strided(2, causal=False)):
-        fn = lambda q, k, v: spattn.attention(q, k, v, pattern=pattern)  # noqa: E731
-        with pytest.warns(UserWarning, match="double precision"):
-            assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-3, atol=2e-3, rtol=2e-3)
 
 
 class _Layer(torch.nn.Module):

@@ -11,7 +11,8 @@
 
 namespace spattn {
 
-// outs[k]: [B, N, H, Dv] (or varlen [T, H, Dv]); lses[k]: [B, H, N] (or [H, T]) float32.
+// outs[k]: [B, N, H, Dv] (or varlen [T, H, Dv]); lses[k]: [B, H, N] (or [H, T]) float32
+// (float64 with float64 outs).
 // out has the shape and dtype of outs[0]; lse (optional) that of lses[0]. Any strides. All on
 // one device (CPU or CUDA; on CUDA, queued on options.stream).
 void merge_partials(const std::vector<DLTensor>& outs, const std::vector<DLTensor>& lses,

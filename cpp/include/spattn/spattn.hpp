@@ -4,7 +4,8 @@
 //   out [B, Nq, Hq, Dv]    lse [B, Hq, Nq] float32 (natural-log logsumexp of scaled scores)
 //
 // Any strides; float32, float16 or bfloat16 (q, k, v, out, dout and the gradients share one
-// dtype); Hq % Hkv == 0. The tensors' device picks the backend. Errors are thrown as
+// dtype), or float64 on the CPU (a plain float64 kernel for gradient checks; its lse, here and
+// everywhere below, is float64 too); Hq % Hkv == 0. The tensors' device picks the backend. Errors are thrown as
 // spattn::ValueError / TypeError / RuntimeError (error.hpp) before anything is written.
 #pragma once
 

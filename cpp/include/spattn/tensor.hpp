@@ -12,10 +12,15 @@ namespace spattn {
 
 constexpr int kMaxDims = 8;
 
-enum class DType : uint8_t { Float32, Float16, BFloat16 };
+// Float64 runs on the CPU only (for gradient checking: a plain kernel computed in float64
+// throughout); the CUDA backend refuses it.
+enum class DType : uint8_t { Float32, Float16, BFloat16, Float64 };
 
-// "float32", "float16", "bfloat16".
+// "float32", "float16", "bfloat16", "float64".
 const char* dtype_name(DType t);
+// The dtype of the lse (logsumexp) of inputs of dtype t: float64 for float64 inputs (so that a
+// float64 gradient check sees an lse as exact as the output), float32 for the others.
+DType lse_dtype(DType t);
 // Size of one element in bytes.
 int dtype_size(DType t);
 // The DLPack description of a dtype.
@@ -50,7 +55,8 @@ struct TensorView {
 // see float_dtype.
 TensorView view_of(const DLTensor& t, const char* name, bool read_only = false);
 
-// The attention dtype of a view; TypeError naming `name` unless float32, float16 or bfloat16.
+// The attention dtype of a view; TypeError naming `name` unless float32, float16, bfloat16 or
+// float64.
 DType float_dtype(const TensorView& t, const char* name);
 
 // A view and its argument name, for the checks below.

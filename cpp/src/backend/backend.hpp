@@ -38,7 +38,7 @@ struct Attention {
   TensorView q, k, v, out;
   TensorView lse;  // data == nullptr: not wanted (forward only; the backward always has it)
   DType dtype = DType::Float32;
-  float scale = 1.f;
+  double scale = 1.0;  // resolved; float64 kernels use it as it is, the others round it to float
   Dims s{};
 };
 
@@ -61,7 +61,7 @@ struct Decode {
   bool paged = false;
   const int64_t* cache_len = nullptr;  // B values, host memory
   DType dtype = DType::Float32;
-  float scale = 1.f;
+  double scale = 1.0;  // resolved; float64 kernels use it as it is, the others round it to float
   const Pattern* pattern = nullptr;
   TensorView pooled;  // TopKBlocks only: float32 [B, blocks, Hkv, D] mean keys (data null: none)
 };

@@ -40,12 +40,13 @@ const Blocking& cpu_blocking();
 const char* blocking_desc();
 
 // Views are [B, Nq, Hq, D] (q), [B, Nk, Hkv, D] (k), [B, Nk, Hkv, Dv] (v), [B, Nq, Hq, Dv]
-// (out, dout), [B, Hq, Nq] float32 (lse), any strides. All float tensors share `dtype`.
+// (out, dout), [B, Hq, Nq] float32 (lse; float64 for float64 inputs), any strides. All other
+// float tensors share `dtype`. Float64 runs in attention_f64.cpp (the backend routes it there).
 struct ForwardArgs {
   TensorView q, k, v, out;
   TensorView lse;  // data == nullptr: not wanted
   DType dtype;
-  float scale;
+  double scale;               // the SIMD kernels round it to float
   const BlockLayout* layout;  // bq x bk == cpu_tile_size(); 1 or Hq heads
   Predicate pred;
 };
@@ -54,7 +55,7 @@ struct BackwardArgs {
   TensorView dout, q, k, v, out, lse;
   TensorView dq, dk, dv;  // written, same shapes and dtype as q, k, v
   DType dtype;
-  float scale;
+  double scale;
   const BlockLayout* layout;
   Predicate pred;
   // The layout holds every key its rows see (false for one part of a union run in parts): then,

@@ -34,7 +34,7 @@ inline Scratch alloc_floats(int64_t n) {
 }
 
 inline int code_of(DType t) {
-  return t == DType::Float32 ? kF32 : t == DType::Float16 ? kF16 : kBF16;
+  return t == DType::Float32 ? kF32 : t == DType::Float16 ? kF16 : t == DType::BFloat16 ? kBF16 : kF64;
 }
 
 inline T4 t4(const TensorView& v) {

@@ -5,6 +5,7 @@
 
 #include "backend/backend.hpp"
 #include "cpu/attention_cpu.hpp"
+#include "cpu/attention_f64.hpp"
 #include "cpu/decode_cpu.hpp"
 #include "cpu/thread_pool.hpp"
 #include "large_buffers.hpp"
@@ -18,7 +19,8 @@ class CpuBackend final : public Backend {
   const char* name() const override { return "cpu"; }
 
   std::string unsupported(Op, DType, int64_t, int64_t, const Call&) const override {
-    return {};  // every operation, dtype and head dim the planner accepts
+    return {};  // every operation, dtype and head dim the planner accepts (TopKBlocks' dtypes:
+                // select::expect_selectable)
   }
 
   Tile tile(Op, const Dims&, DType, const Call&) const override {
@@ -30,6 +32,7 @@ class CpuBackend final : public Backend {
     const Tile t = tile(Op::Forward, a.s, a.dtype, call);
     cpu::ForwardArgs f{a.q, a.k, a.v, a.out, a.lse, a.dtype, a.scale, &cp.layout_for(t.bq, t.bk),
                        cp.predicate()};
+    if (a.dtype == DType::Float64) return cpu::forward_f64(f);
     cpu::forward(f);
   }
 
@@ -39,6 +42,7 @@ class CpuBackend final : public Backend {
     cpu::BackwardArgs b{g.dout, a.q,  a.k,     a.v,   a.out,
                         a.lse,  g.dq, g.dk,    g.dv,  a.dtype,
                         a.scale, &cp.layout_for(t.bq, t.bk), cp.predicate(), g.rows_complete};
+    if (a.dtype == DType::Float64) return cpu::backward_f64(b);
     cpu::backward(b);
   }
 
@@ -52,10 +56,13 @@ class CpuBackend final : public Backend {
 
   void merge(const TensorView* outs, const TensorView* lses, int n, const TensorView& out,
              const TensorView& lse, DType dtype, const Call&) override {
-    cpu::merge(cpu::MergeArgs{outs, lses, n, out, lse, dtype});
+    const cpu::MergeArgs m{outs, lses, n, out, lse, dtype};
+    if (dtype == DType::Float64) return cpu::merge_f64(m);
+    cpu::merge(m);
   }
 
   void sum(const TensorView& dst, const TensorView* srcs, int n, DType dtype, const Call&) override {
+    if (dtype == DType::Float64) return cpu::sum_f64(dst, srcs, n);
     cpu::sum(dst, srcs, n, dtype);
   }
 

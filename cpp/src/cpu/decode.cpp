@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/attention_f64.hpp"
 #include "cpu/common.hpp"
 #include "cpu/decode_cpu.hpp"
 #include "cpu/decode_kernel_api.hpp"
@@ -208,6 +209,15 @@ void decode(const DecodeArgs& a) {
       for (int64_t g = 0; g < hkv; ++g)
         for (auto [lo, hi] : uni[size_t(b * hkv + g)])
           for (int64_t c = lo; c < hi; ++c) check_table_entry(k, a.table, b, c, seqs[size_t(b)].nk);
+
+  if (a.dtype == DType::Float64) {  // the plain float64 kernel (attention_f64.cpp)
+    std::vector<DecodeSeqF64> s64(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) {
+      const Seq& s = seqs[size_t(b)];
+      s64[size_t(b)] = {s.nk, s.nk ? &s.layout : nullptr, s.nk ? s.cp->predicate() : Predicate{}};
+    }
+    return decode_f64(a, s64);
+  }
 
   // 4. Split-K chunks.
   const int nthreads = num_threads();

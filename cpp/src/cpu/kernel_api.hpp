@@ -7,7 +7,7 @@
 
 namespace spattn::cpu {
 
-enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+enum : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3 };  // kF64: attention_f64.cpp only
 
 // A 4-d tensor: data at element [0,0,0,0], strides in elements (any sign).
 struct T4 {

@@ -54,12 +54,25 @@ void expect_writable_layout(const TensorView& t, const char* name) {
   expect_no_self_overlap(t, name);  // tensor.hpp: no two elements at one address
 }
 
-void expect_float32(const TensorView& t, const char* name, const std::vector<int64_t>& shape,
-                    const char* layout, const TensorView& ref, const char* ref_name) {
-  if (!(t.dtype.code == kDLFloat && t.dtype.bits == 32 && t.dtype.lanes == 1))
-    throw TypeError(std::string(name) + ": expected float32, got " + describe(t.dtype));
+void expect_typed(const TensorView& t, const char* name, DType want,
+                  const std::vector<int64_t>& shape, const char* layout, const TensorView& ref,
+                  const char* ref_name) {
+  const DLDataType w = to_dl(want);
+  if (!(t.dtype.code == w.code && t.dtype.bits == w.bits && t.dtype.lanes == 1))
+    throw TypeError(std::string(name) + ": expected " + dtype_name(want) + ", got " +
+                    describe(t.dtype));
   expect_shape(t, name, shape, layout);
   expect_same_device(t, name, ref, ref_name);
+}
+
+void expect_float32(const TensorView& t, const char* name, const std::vector<int64_t>& shape,
+                    const char* layout, const TensorView& ref, const char* ref_name) {
+  expect_typed(t, name, DType::Float32, shape, layout, ref, ref_name);
+}
+
+void expect_lse(const TensorView& t, const char* name, DType inputs,
+                const std::vector<int64_t>& shape, const char* layout, const TensorView& q) {
+  expect_typed(t, name, lse_dtype(inputs), shape, layout, q, "q");
 }
 
 bool is_index_dtype(const TensorView& t) {
@@ -129,7 +142,7 @@ CallOptions resolve(const Options& o, int64_t d) {
   if (o.num_threads < 0)
     throw ValueError("num_threads: expected 0 (all) or a positive count, got " +
                      std::to_string(o.num_threads));
-  const float scale = o.scale == 0.0 ? float(1.0 / std::sqrt(double(d))) : float(o.scale);
+  const double scale = o.scale == 0.0 ? 1.0 / std::sqrt(double(d)) : o.scale;
   return {scale, o.num_threads};
 }
 

@@ -25,9 +25,16 @@ void expect_same_device(const TensorView& t, const char* name, const TensorView&
                         const char* ref_name = "q");
 // Outputs: no two elements at one address (no stride 0 on a dimension longer than 1).
 void expect_writable_layout(const TensorView& t, const char* name);
-// A float32 tensor of the given shape on ref's device (lse, pooled keys).
+// A tensor of exactly dtype `want`, of the given shape, on ref's device.
+void expect_typed(const TensorView& t, const char* name, DType want,
+                  const std::vector<int64_t>& shape, const char* layout, const TensorView& ref,
+                  const char* ref_name = "q");
+// A float32 tensor of the given shape on ref's device (pooled keys).
 void expect_float32(const TensorView& t, const char* name, const std::vector<int64_t>& shape,
                     const char* layout, const TensorView& ref, const char* ref_name = "q");
+// The lse of inputs of dtype `inputs`: lse_dtype(inputs) (tensor.hpp), shape, q's device.
+void expect_lse(const TensorView& t, const char* name, DType inputs,
+                const std::vector<int64_t>& shape, const char* layout, const TensorView& q);
 bool is_index_dtype(const TensorView& t);  // int32 or int64 scalars
 
 // An input that must match q's shape-to-be, dtype and device; an output is also writable.
@@ -44,7 +51,7 @@ backend::Dims check_qkv(const TensorView& q, const TensorView& k, const TensorVi
 // The validated options of one call: the softmax scale resolved for head dim d (Options::scale
 // 0 means 1/sqrt(d)), and the thread limit. The only place either is checked.
 struct CallOptions {
-  float scale;
+  double scale;  // float64 kernels use it as it is; the others round it to float
   int num_threads;
 };
 CallOptions resolve(const Options& o, int64_t d);

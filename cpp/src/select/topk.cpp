@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "cpu/decode_kernel_api.hpp"
@@ -65,6 +66,12 @@ float dot(const float* a, const float* b, int64_t n) {
 }
 
 }  // namespace
+
+void expect_selectable(DType dtype, const char* name) {
+  if (dtype == DType::Float64)
+    throw TypeError(std::string(name) + ": expected float32, float16 or bfloat16, got float64 "
+                    "(TopKBlocks' selection does not take float64)");
+}
 
 const char* Rows::row(int64_t j, int64_t h) const {
   const int64_t es = dtype_size(dtype);

@@ -28,6 +28,11 @@ struct Rows {
   const char* row(int64_t j, int64_t h) const;
 };
 
+// TypeError naming `name` unless the selection reads this dtype: float32, float16 or bfloat16
+// (it pools and scores with the float32 SIMD row kernels; float64 is for gradient checks of
+// the other patterns).
+void expect_selectable(DType dtype, const char* name);
+
 // Rows of batch element b of a [B, N, H, D] tensor.
 Rows batch_rows(const TensorView& t, int64_t b, DType dtype);
 

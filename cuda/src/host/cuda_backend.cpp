@@ -116,11 +116,19 @@ void fill_compact(Block* b, DLManagedTensorVersioned* m, void* data, DType dtype
   m->dl_tensor.byte_offset = 0;
 }
 
+// float64 is for gradient checks on small problems: the CPU computes it in float64 throughout;
+// no CUDA kernel does.
+std::string float64_refused() {
+  return "float64 runs on the CPU only (a float64 kernel for gradient checks); the CUDA kernels "
+         "take float16 or bfloat16: move the tensors to the CPU (x.cpu()) or cast them";
+}
+
 class CudaBackend final : public Backend {
  public:
   const char* name() const override { return "cuda"; }
 
   std::string unsupported(Op op, DType dtype, int64_t d, int64_t dv, const Call&) const override {
+    if (dtype == DType::Float64) return float64_refused();
     switch (op) {
       case Op::Forward:
       case Op::Backward: {
@@ -247,6 +255,7 @@ class CudaBackend final : public Backend {
 
   void merge(const TensorView* outs, const TensorView* lses, int n, const TensorView& out,
              const TensorView& lse, DType dtype, const Call& call) override {
+    if (dtype == DType::Float64) throw RuntimeError("outs[0]: " + float64_refused());
     DeviceGuard guard(call.device.device_id);
     const ArchFns& arch = arch_of(call.device.device_id, "merge");
     const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
@@ -291,6 +300,7 @@ class CudaBackend final : public Backend {
 
   void sum(const TensorView& dst, const TensorView* srcs, int n, DType dtype,
            const Call& call) override {
+    if (dtype == DType::Float64) throw RuntimeError("q: " + float64_refused());
     DeviceGuard guard(call.device.device_id);
     const ArchFns& arch = arch_of(call.device.device_id, "sum");
     const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);

@@ -106,6 +106,7 @@ cudaError_t merge(const MergeParams& p, KernelDType dtype, cudaStream_t stream) 
     case KernelDType::Float32: merge_kernel<float><<<grid, 256, 0, stream>>>(p); break;
     case KernelDType::Float16: merge_kernel<__half><<<grid, 256, 0, stream>>>(p); break;
     case KernelDType::BFloat16: merge_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(p); break;
+    default: return cudaErrorNotSupported;  // float64: refused by the backend before this
   }
   return cudaGetLastError();
 }
@@ -119,6 +120,7 @@ cudaError_t sum(const SumParams& p, KernelDType dtype, cudaStream_t stream) {
     case KernelDType::Float32: sum_kernel<float><<<grid, 256, 0, stream>>>(p); break;
     case KernelDType::Float16: sum_kernel<__half><<<grid, 256, 0, stream>>>(p); break;
     case KernelDType::BFloat16: sum_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(p); break;
+    default: return cudaErrorNotSupported;  // float64: refused by the backend before this
   }
   return cudaGetLastError();
 }

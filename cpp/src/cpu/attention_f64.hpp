@@ -1,0 +1,36 @@
+// The CPU's float64 path: attention, its backward, decode, merge and sum computed in float64
+// throughout (scores, softmax, lse, accumulation), for gradient checks on small problems
+// (torch.autograd.gradcheck). A plain row-at-a-time kernel: it walks only the layout's kept
+// blocks (full blocks without a mask, partial ones through keeps()), parallel over independent
+// rows or heads, and shares nothing with the SIMD kernels of the other dtypes, which it
+// therefore cannot slow down.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/attention_cpu.hpp"
+#include "cpu/decode_cpu.hpp"
+
+namespace spattn::cpu {
+
+// As forward() / backward() (attention_cpu.hpp) for dtype float64; lse is float64 too.
+void forward_f64(const ForwardArgs& a);
+void backward_f64(const BackwardArgs& a);
+
+// One sequence of a decode call as decode.cpp planned it: its keys (cache_len), its compiled
+// layout (one query block of all Nq rows) and its element rule.
+struct DecodeSeqF64 {
+  int64_t nk = 0;
+  const BlockLayout* layout = nullptr;  // null when nk == 0
+  Predicate pred;
+};
+// Decode in float64; table entries of the visited pages are already checked.
+void decode_f64(const DecodeArgs& a, const std::vector<DecodeSeqF64>& seqs);
+
+// merge() and sum() (attention_cpu.hpp) for float64 outputs and lse.
+void merge_f64(const MergeArgs& a);
+void sum_f64(const TensorView& dst, const TensorView* srcs, int n);
+
+}  // namespace spattn::cpu
