@@ -35,7 +35,6 @@ void attention_forward(const ForwardProblem&) {
 }
 BackwardTile backward_tile(int64_t, int64_t) { return {kBwdBlockM, kBwdBlockN}; }
 BackwardTile backward_tile(int64_t, int64_t, int, DType) { return {kBwdBlockM, kBwdBlockN}; }
-bool backward_tile_deterministic(const BackwardTile&) { return false; }
 std::string backward_kernels_sm90a() { return {}; }
 bool supports_backward(DType, int64_t, int64_t) { return false; }
 std::string backward_kernels() { return {}; }

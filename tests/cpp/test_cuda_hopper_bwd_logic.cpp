@@ -246,7 +246,7 @@ void test_emulation(const Case& cs, int d, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   auto rnd = [&](int64_t n) {
-    std::vector<float> x(size_t(n));
+    std::vector<float> x(static_cast<size_t>(n));
     for (auto& y : x) y = nd(rng);
     return x;
   };
@@ -417,7 +417,7 @@ void test_emulation(const Case& cs, int d, uint32_t seed) {
     double mag = 1e-30, e = 0;
     for (double x : ref) mag = std::max(mag, std::fabs(x));
     for (size_t x = 0; x < ref.size(); ++x) {
-      if (!std::isfinite(got[x])) return INFINITY;
+      if (!std::isfinite(got[x])) return double(INFINITY);
       e = std::max(e, std::fabs(double(got[x]) - ref[x]));
     }
     return e / std::max(mag, 1.0);

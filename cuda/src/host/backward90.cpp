@@ -73,10 +73,6 @@ BackwardTile backward_tile(int64_t d, int64_t dv, int device, DType dtype) {
   return backward_tile(d, dv);
 }
 
-bool backward_tile_deterministic(const BackwardTile& t) {
-  return t.bq == kHopperBwdBlockM && t.bk == kHopperBwdBlockN;
-}
-
 std::string backward_kernels_sm90a() {
   std::string r;
   for (DType t : {DType::Float16, DType::BFloat16}) {

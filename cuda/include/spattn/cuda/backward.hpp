@@ -12,6 +12,7 @@
 #include <string>
 
 #include "spattn/cuda/backward_logic.hpp"
+#include "spattn/cuda/hopper_bwd_logic.hpp"
 #include "spattn/layout.hpp"
 #include "spattn/options.hpp"
 #include "spattn/predicate.hpp"
@@ -33,7 +34,9 @@ BackwardTile backward_tile(int64_t d, int64_t dv);
 BackwardTile backward_tile(int64_t d, int64_t dv, int device, DType dtype);
 // Whether the kernel of a tile gives bitwise reproducible gradients: the sm90a backward's
 // (every gradient tile written once, fixed order), not the sm80-style one (dq by atomics).
-bool backward_tile_deterministic(const BackwardTile& t);
+inline bool backward_tile_deterministic(const BackwardTile& t) {
+  return t.bq == kHopperBwdBlockM && t.bk == kHopperBwdBlockN;
+}
 // The compiled (dtype, head dim) pairs of the sm90a backward, e.g. "bfloat16:64,128".
 std::string backward_kernels_sm90a();
 

@@ -30,6 +30,15 @@
 #include <vector>
 #endif
 
+// Loop unrolling hints for the kernels (the host compilers do not know the pragma).
+#if defined(__CUDA_ARCH__)
+#define SPATTN_BWD90_UNROLL _Pragma("unroll")
+#define SPATTN_BWD90_ROLLED _Pragma("unroll 1")
+#else
+#define SPATTN_BWD90_UNROLL
+#define SPATTN_BWD90_ROLLED
+#endif
+
 namespace spattn::cuda {
 
 // The layout tile of the sm90a backward (both kernels walk the same layout).
@@ -94,11 +103,11 @@ SPATTN_HD uint32_t fragment_keep_bits(const FwdParams& p, bool partial, bool rul
   uint32_t keep = 0;
   if (mask_by_interval(partial, rule_exact)) {
     if constexpr (!kQueryCols) {
-#pragma unroll
+SPATTN_BWD90_UNROLL
       for (int r = 0; r < kRows; ++r) {
         int64_t lo, hi;
         row_interval(p, partial, h, q0 + row_of(r), &lo, &hi);
-#pragma unroll
+SPATTN_BWD90_UNROLL
         for (int x = 0; x < kCols; ++x) {
           const int64_t j = k0 + col_of(x);
           if (j >= lo && j <= hi) keep |= uint32_t(1) << (r * kCols + x);
@@ -107,11 +116,11 @@ SPATTN_HD uint32_t fragment_keep_bits(const FwdParams& p, bool partial, bool rul
     } else {
       // One interval per query column (16 per thread): a rolled loop, so that the interval
       // code is not replicated beside the dK and dV accumulators (128 registers at D = 128).
-#pragma unroll 1
+SPATTN_BWD90_ROLLED
       for (int x = 0; x < kCols; ++x) {
         int64_t lo, hi;
         row_interval(p, partial, h, q0 + col_of(x), &lo, &hi);
-#pragma unroll
+SPATTN_BWD90_UNROLL
         for (int r = 0; r < kRows; ++r) {
           const int64_t j = k0 + row_of(r);
           if (j >= lo && j <= hi) keep |= uint32_t(1) << (r * kCols + x);
@@ -119,7 +128,7 @@ SPATTN_HD uint32_t fragment_keep_bits(const FwdParams& p, bool partial, bool rul
       }
     }
   } else {
-#pragma unroll 1
+SPATTN_BWD90_ROLLED
     for (int e = 0; e < kRows * kCols; ++e) {
       const int r = e / kCols, x = e - (e / kCols) * kCols;
       const int64_t i = kQueryCols ? q0 + col_of(x) : q0 + row_of(r);
