@@ -597,6 +597,7 @@ std::map<std::string, std::string> info() {
   r.emplace("cuda_kernels", "");
   r.emplace("cuda_sm90a_kernels", "");
   r.emplace("cuda_backward_kernels", "");
+  r.emplace("cuda_sm90a_backward_kernels", "");
   return r;
 }
 

@@ -34,6 +34,8 @@ void attention_forward(const ForwardProblem&) {
   throw RuntimeError("cuda attention: this spattn was built without CUDA");
 }
 BackwardTile backward_tile(int64_t, int64_t) { return {kBwdBlockM, kBwdBlockN}; }
+BackwardTile backward_tile(int64_t, int64_t, int, DType) { return {kBwdBlockM, kBwdBlockN}; }
+std::string backward_kernels_sm90a() { return {}; }
 bool supports_backward(DType, int64_t, int64_t) { return false; }
 std::string backward_kernels() { return {}; }
 void attention_backward(const BackwardProblem&) {

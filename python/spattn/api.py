@@ -128,16 +128,19 @@ def _core_forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads):
     return (given if given is not None else out), lse
 
 
-def _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads):
+def _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads, deterministic=False):
     """The core's backward: (dq, dk, dv), framework arrays for torch and cupy on CUDA (allocated
     here through the framework), else DLPack holders."""
     cc = cuda_call(q)
     args = [_plain(x) for x in (dout, q, k, v, out, lse)]
+    # Positional arguments only: a call of this binding with keyword arguments was measured to
+    # keep about 53 bytes per call (tests/python/test_leaks.py), positional ones nothing.
     if cc is None:
-        return _core.backward(*args, pattern._core(), scale, cu_q, cu_k, threads)
+        return _core.backward(*args, pattern._core(), scale, cu_q, cu_k, threads, None, None, None, None, None,
+                              deterministic)
     grads = cc.empty(tuple(q.shape)), cc.empty(tuple(k.shape)), cc.empty(tuple(v.shape))
-    _core.backward(*args, pattern._core(), scale, cu_q, cu_k, threads, dq=_plain(grads[0]), dk=_plain(grads[1]),
-                   dv=_plain(grads[2]), stream=cc.stream, workspace=cc.workspace)
+    _core.backward(*args, pattern._core(), scale, cu_q, cu_k, threads, _plain(grads[0]), _plain(grads[1]),
+                   _plain(grads[2]), cc.stream, cc.workspace, deterministic)
     return grads
 
 
@@ -178,19 +181,33 @@ def _forward(q, k, v, pattern, scale, out, return_lse, cu):
     return (o, _result(lse, q)) if return_lse else o
 
 
-def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seqlens_q=None, cu_seqlens_k=None):
+def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                       deterministic: bool = False):
     """Gradients (dq, dk, dv) of attention, given dout and the forward's out and lse (with
-    cu_seqlens_q / cu_seqlens_k: of a variable-length batch, shapes as in `attention`)."""
+    cu_seqlens_q / cu_seqlens_k: of a variable-length batch, shapes as in `attention`).
+
+    deterministic=True: bitwise identical gradients on every run with the same inputs, device,
+    build and thread count, or RuntimeError where the kernel cannot give them. The CPU backward
+    is deterministic anyway (no atomics, fixed summation order; the thread count may change the
+    last bits of dk and dv), so on the CPU it costs nothing and changes no bit. On CUDA only the
+    sm90a backward is (compute capability 9.0, opt-in with SPATTN_CUDA_BACKWARD=sm90a): its
+    query-major dQ pass recomputes the scores and probabilities of every visited block a second
+    time (about 1.4x the products of a backward with dq atomics). The sm80-style backward (dq by
+    float32 atomics) raises RuntimeError. Through autograd, torch.use_deterministic_algorithms(True)
+    asks for it."""
     pattern, scale = _pattern(pattern), _scale(scale)
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic: expected True or False, got {type(deterministic).__name__}")
     if _all_torch(dout, q, k, v, out, lse):
-        return _torch_ops().attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q, cu_seqlens_k)
-    return _backward(dout, q, k, v, out, lse, pattern, scale, _cu_seqlens(cu_seqlens_q, cu_seqlens_k))
+        return _torch_ops().attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q, cu_seqlens_k,
+                                               deterministic)
+    return _backward(dout, q, k, v, out, lse, pattern, scale, _cu_seqlens(cu_seqlens_q, cu_seqlens_k), deterministic)
 
 
-def _backward(dout, q, k, v, out, lse, pattern, scale, cu):
+def _backward(dout, q, k, v, out, lse, pattern, scale, cu, deterministic=False):
     """The core's backward on checked arguments; the torch operator's implementation calls it."""
     cu_q, cu_k = cu if cu is not None else (None, None)
-    dq, dk, dv = _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, _threads(q))
+    dq, dk, dv = _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, _threads(q), deterministic)
     return _result(dq, q), _result(dk, k), _result(dv, v)
 
 

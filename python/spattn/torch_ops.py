@@ -226,13 +226,14 @@ def _attention_backward(
     scale: Optional[float],
     cu_seqlens_q: Optional[Tensor],
     cu_seqlens_k: Optional[Tensor],
+    deterministic: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     p = _pattern_of(pattern, pattern_data)
-    return _api._backward(dout, q, k, v, out, lse, p, scale, _varlen(cu_seqlens_q, cu_seqlens_k))
+    return _api._backward(dout, q, k, v, out, lse, p, scale, _varlen(cu_seqlens_q, cu_seqlens_k), deterministic)
 
 
 @_attention_backward.register_fake
-def _(dout, q, k, v, out, lse, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k):
+def _(dout, q, k, v, out, lse, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k, deterministic=False):
     _same_device(q, dout=dout, k=k, v=v, out=out, lse=lse)
     return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape)
 
@@ -245,9 +246,16 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)  # as in FlashAttention: lse carries no gradient
 
 
+def _deterministic_requested() -> bool:
+    """Autograd's backward is deterministic when torch is asked for deterministic algorithms
+    (torch.use_deterministic_algorithms(True), not warn_only)."""
+    return torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+
+
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, cu_q, cu_k, *pattern_data = ctx.saved_tensors
-    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, ctx.pattern, pattern_data, ctx.scale, cu_q, cu_k)
+    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, ctx.pattern, pattern_data, ctx.scale, cu_q, cu_k,
+                                     _deterministic_requested())
     # one None per input that gets no gradient; the pattern's tensors are a list input
     return dq, dk, dv, None, [None] * len(pattern_data), None, None, None
 
@@ -341,7 +349,8 @@ class _EagerAttention(torch.autograd.Function):
         if dout is None:  # out took no part in what is differentiated
             return None, None, None, None, None, None
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _api._backward(dout, q, k, v, out, lse, ctx.pattern, ctx.scale, ctx.cu)
+        dq, dk, dv = _api._backward(dout, q, k, v, out, lse, ctx.pattern, ctx.scale, ctx.cu,
+                                    _deterministic_requested())
         return dq, dk, dv, None, None, None
 
 
@@ -364,15 +373,16 @@ def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None, ret
     return (out, lse) if return_lse else out
 
 
-def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None):
+def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None,
+                       deterministic=False):
     """(dq, dk, dv), eagerly through the core, else through spattn::attention_backward; the
     gradients carry no gradient themselves (no double backward), as on the direct path."""
     args = [t.detach() for t in (dout, q, k, v, out, lse)]
     if _eager(*args):
-        return _api._backward(*args, pattern, scale, _api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
+        return _api._backward(*args, pattern, scale, _api._cu_seqlens(cu_seqlens_q, cu_seqlens_k), deterministic)
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
-    return _attention_backward(*args, spec, data, scale, cu_q, cu_k)
+    return _attention_backward(*args, spec, data, scale, cu_q, cu_k, deterministic)
 
 
 def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys):

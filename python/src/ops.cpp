@@ -128,8 +128,11 @@ py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& patte
 py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py::handle out,
                    py::handle lse, const Pattern& pattern, py::handle scale, py::handle cu_q,
                    py::handle cu_k, int num_threads, py::handle dq_out, py::handle dk_out,
-                   py::handle dv_out, py::handle stream, py::handle workspace) {
+                   py::handle dv_out, py::handle stream, py::handle workspace,
+                   bool deterministic) {
   CallContext call(scale, num_threads, stream, workspace);
+  Options options = call.options();
+  options.deterministic = deterministic;
   ManagedTensor mdout = import_array(dout, "dout");
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k");
@@ -148,10 +151,10 @@ py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py
     if (cu.varlen())
       attention_backward_varlen(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(),
                                 cu.q.dl(), cu.k.dl(), pattern, dq.dl(), dk.dl(), dv.dl(),
-                                call.options());
+                                options);
     else
       attention_backward(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(), pattern,
-                         dq.dl(), dk.dl(), dv.dl(), call.options());
+                         dq.dl(), dk.dl(), dv.dl(), options);
   }
   auto result = [](ManagedTensor& t, py::handle given) {
     return given.is_none() ? make_holder(std::move(t)) : py::reinterpret_borrow<py::object>(given);
@@ -175,8 +178,10 @@ void bind_ops(py::module_& m) {
         py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
         py::arg("num_threads") = 0, py::arg("dq") = py::none(), py::arg("dk") = py::none(),
         py::arg("dv") = py::none(), py::arg("stream") = py::none(),
-        py::arg("workspace") = py::none(),
-        "Attention backward: returns (dq, dk, dv) as DLPackTensor holders shaped like q, k, v.");
+        py::arg("workspace") = py::none(), py::arg("deterministic") = false,
+        "Attention backward: returns (dq, dk, dv) as DLPackTensor holders shaped like q, k, v. "
+        "deterministic: bitwise reproducible gradients, or RuntimeError where the backend's "
+        "kernel cannot give them (Options::deterministic).");
   m.def("info", &spattn::info, "Build and runtime facts, as a dict of strings.");
   m.def(
       "_threads_used",

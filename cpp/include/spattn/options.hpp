@@ -35,6 +35,12 @@ struct Options {
   // Device memory for results and workspaces; nullptr: spattn's own (stream-ordered pools where
   // the device has them). Host memory never goes through it.
   const Allocator* allocator = nullptr;
+  // Backward only: bitwise identical gradients from run to run (same inputs, device, build and
+  // thread count). The CPU backward always is (no atomics; sums in a fixed order); on CUDA the
+  // sm90a backward is (every gradient tile written once by one CTA), and the sm80-style backward
+  // is not (dq by float32 atomics): deterministic=true raises RuntimeError where it would run.
+  // Other entry points ignore it (their results are reproducible already).
+  bool deterministic = false;
 };
 
 }  // namespace spattn

@@ -31,6 +31,8 @@ struct Call {
   DLDevice device{kDLCPU, 0};
   void* stream = nullptr;
   const Allocator* allocator = nullptr;
+  // Options::deterministic: a backward whose gradients are not bitwise reproducible raises.
+  bool deterministic = false;
 };
 
 // One dense-batch attention problem ([B, N, H, D] views, any strides), already checked.

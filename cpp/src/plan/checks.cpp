@@ -152,6 +152,7 @@ backend::Backend& backend_for(const TensorView& q, backend::Op op, DType dtype, 
   call->device = q.device;
   call->stream = o.stream;
   call->allocator = o.allocator;
+  call->deterministic = o.deterministic;
   const std::string why = be.unsupported(op, dtype, d, dv, *call);
   if (!why.empty())
     throw RuntimeError("q: tensors are on " + describe(q.device) + ", but " + why);

@@ -25,6 +25,7 @@
 #include <cuda_runtime_api.h>
 
 #include "arch_api.hpp"
+#include "backward90.hpp"
 #include "launch_util.hpp"
 #include "spattn/cuda/backward_logic.hpp"
 #include "spattn/error.hpp"
@@ -57,6 +58,8 @@ void attention_backward(const BackwardProblem& p) {
                      std::to_string(p.nq) + ", Nk=" + std::to_string(p.nk) + ", Hq=" +
                      std::to_string(p.hq) + ", Hkv=" + std::to_string(p.hkv) + ")");
   if (p.b == 0 || (p.nq == 0 && p.nk == 0)) return;  // nothing to write
+  // A layout staged for the sm90a tile (backward_tile(d, dv, device, dtype) chose it).
+  if (p.staged->rows_staged) return attention_backward90(p);
 
   const int64_t q_shape[4] = {p.b, p.nq, p.hq, p.d};
   const int64_t k_shape[4] = {p.b, p.nk, p.hkv, p.d};

@@ -16,6 +16,7 @@
 #include "pad.hpp"
 #include "spattn/cuda/backend_info.hpp"
 #include "spattn/cuda/backward.hpp"
+#include "spattn/cuda/hopper_bwd_logic.hpp"
 #include "spattn/cuda/forward.hpp"
 #include "spattn/error.hpp"
 
@@ -157,7 +158,10 @@ class CudaBackend final : public Backend {
 
   Tile tile(Op op, const Dims& s, DType dtype, const Call& call) const override {
     if (op == Op::Backward) {
-      const cuda::BackwardTile t = cuda::backward_tile(s.d, s.dv);
+      // The sm90a backward's tile where it runs (opt-in), at the padded head dim (pad.hpp).
+      const int64_t pd = cuda::padded_head_dim(dtype, s.d, s.dv, false);
+      const cuda::BackwardTile t = pd ? cuda::backward_tile(pd, pd, call.device.device_id, dtype)
+                                      : cuda::backward_tile(s.d, s.dv);
       return {t.bq, t.bk};
     }
     // The kernel runs at the padded head dim (pad.hpp); on Hopper its tile is the sm90a
@@ -192,11 +196,23 @@ class CudaBackend final : public Backend {
                 const Call& call) override {
     if (a.s.b == 0 || (a.s.nq == 0 && a.s.nk == 0)) return;
     const Tile t = tile(Op::Backward, a.s, a.dtype, call);
+    const bool sm90a = cuda::backward_tile_deterministic({t.bq, t.bk});
+    if (call.deterministic && !sm90a)
+      throw RuntimeError(
+          "deterministic=True: the CUDA backward on this device accumulates dq with float32 "
+          "atomics (not bitwise reproducible); only the sm90a backward is deterministic "
+          "(compute capability 9.0, opt-in with SPATTN_CUDA_BACKWARD=sm90a, compiled for " +
+          (cuda::backward_kernels_sm90a().empty() ? std::string("no dtype:head dim in this build")
+                                                  : cuda::backward_kernels_sm90a()) +
+          "); or pass CPU tensors (the CPU backward is deterministic)");
     const BlockLayout& layout = cp.layout_for(t.bq, t.bk);
     auto dev = std::static_pointer_cast<OnDevice<cuda::StagedBackward>>(
         cp.attachment(key_of("cuda-bwd", call, t, a.s.hkv), [&]() -> std::shared_ptr<void> {
-          return upload(
-              cuda::stage_backward(layout, cp.predicate(), a.s.nq, a.s.nk, a.s.hq, a.s.hkv), call);
+          return upload(sm90a ? cuda::stage_backward90(layout, cp.predicate(), a.s.nq, a.s.nk,
+                                                       a.s.hq, a.s.hkv)
+                              : cuda::stage_backward(layout, cp.predicate(), a.s.nq, a.s.nk,
+                                                     a.s.hq, a.s.hkv),
+                        call);
         }));
     cuda::PaddedBackward padded(a, g, call);
     cuda::BackwardProblem p = cuda::backward_problem(
@@ -340,6 +356,13 @@ class CudaBackend final : public Backend {
     info["cuda_kernels"] = cuda::forward_kernels();
     info["cuda_sm90a_kernels"] = cuda::forward_kernels_sm90a();
     info["cuda_backward_kernels"] = cuda::backward_kernels();
+    // The sm90a backward: compiled, not yet run on a GPU, so opt-in (SPATTN_CUDA_BACKWARD=sm90a).
+    info["cuda_sm90a_backward_kernels"] = cuda::backward_kernels_sm90a();
+    info["cuda_sm90a_backward_default"] =
+        "no: opt-in with SPATTN_CUDA_BACKWARD=sm90a on compute capability 9.0 until it has run "
+        "correctly on a GPU; other head dims (256) use the sm80-style backward";
+    info["cuda_backward_deterministic"] =
+        "sm90a backward only (deterministic=True raises with the sm80-style backward)";
   }
 };
 

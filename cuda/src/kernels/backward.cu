@@ -90,6 +90,21 @@ bool backward_supported(KernelDType dtype, int head_dim) {
   return false;
 }
 
+// The preprocess alone (the sm90a backward, sm90a/bwd90_api.hpp, runs its own main kernels):
+// lse2 and delta for the nq_pad rows of p's workspaces.
+cudaError_t backward_preprocess(const BwdParams& p, KernelDType dtype, cudaStream_t stream) {
+  const int64_t stat_rows = p.f.b * p.f.hq * p.nq_pad;
+  if (stat_rows / (kRowThreads / 32) >= int64_t(INT32_MAX)) return cudaErrorInvalidConfiguration;
+  if (stat_rows == 0) return cudaSuccess;
+  if (dtype == KernelDType::Float16)
+    bwd_preprocess<cute::half_t><<<row_blocks(stat_rows), kRowThreads, 0, stream>>>(p);
+  else if (dtype == KernelDType::BFloat16)
+    bwd_preprocess<cute::bfloat16_t><<<row_blocks(stat_rows), kRowThreads, 0, stream>>>(p);
+  else
+    return cudaErrorNotSupported;
+  return cudaGetLastError();
+}
+
 cudaError_t backward(const BwdParams& p, KernelDType dtype, cudaStream_t stream) {
   if (p.f.d != p.f.dv) return cudaErrorNotSupported;
 #define SPATTN_X(T, K, D)                                 \

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "spattn/cuda/backward_logic.hpp"
+#include "spattn/cuda/hopper_bwd_logic.hpp"
 #include "spattn/layout.hpp"
 #include "spattn/options.hpp"
 #include "spattn/predicate.hpp"
@@ -26,6 +27,18 @@ struct BackwardTile {
   int64_t bq, bk;
 };
 BackwardTile backward_tile(int64_t d, int64_t dv);
+// The tile for a problem on `device`: the sm90a backward's 128 x 128 (hopper_bwd_logic.hpp;
+// stage the layout with stage_backward90) where it runs, else the sm80-style one. The sm90a
+// backward is opt-in until it has run on a GPU: SPATTN_CUDA_BACKWARD=sm90a on a compute
+// capability 9.0 device, for its compiled (dtype, D).
+BackwardTile backward_tile(int64_t d, int64_t dv, int device, DType dtype);
+// Whether the kernel of a tile gives bitwise reproducible gradients: the sm90a backward's
+// (every gradient tile written once, fixed order), not the sm80-style one (dq by atomics).
+inline bool backward_tile_deterministic(const BackwardTile& t) {
+  return t.bq == kHopperBwdBlockM && t.bk == kHopperBwdBlockN;
+}
+// The compiled (dtype, head dim) pairs of the sm90a backward, e.g. "bfloat16:64,128".
+std::string backward_kernels_sm90a();
 
 // Whether this build has a backward kernel for the dtype and head dims (float16 / bfloat16,
 // D == Dv, one of the compiled head dims). Needs no device.

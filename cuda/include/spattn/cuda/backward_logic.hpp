@@ -340,9 +340,16 @@ struct StagedBackward {
   size_t sched = 0;
   StagedPredicate pred;
   int64_t lheads = 1, nqb = 0, nkb = 0, sched_len = 0;
+  int64_t bq = kBwdBlockM, bk = kBwdBlockN;  // the tile the layout was compiled for
+  // The row layout and the forward's schedule, staged too for the sm90a backward's query-major
+  // dQ pass (hopper_bwd_logic.hpp); the sm80-style kernel reads the columns only.
+  bool rows_staged = false;
+  StagedRanges rows;
+  size_t row_sched = 0;
+  int64_t row_sched_len = 0;
 
-  // Points p's transposed layout, schedule and predicate into the blob copied to `base`
-  // (relocate_nodes(base) first), and sets nq_pad.
+  // Points p's transposed layout, schedule and predicate (and the row layout into p->f, when
+  // staged) into the blob copied to `base` (relocate_nodes(base) first), and sets nq_pad.
   void bind(void* base, BwdParams* p) const {
     unsigned char* b = static_cast<unsigned char*>(base);
     p->cols.lheads = lheads;
@@ -351,18 +358,29 @@ struct StagedBackward {
     cols.bind(b, &p->cols);
     p->sched = reinterpret_cast<const int32_t*>(b + sched);
     p->sched_len = sched_len;
-    p->nq_pad = nqb * kBwdBlockM;
+    p->nq_pad = nqb * bq;
     pred.bind(b, &p->f.pred);
+    if (rows_staged) {
+      p->f.lheads = lheads;
+      p->f.nqb = nqb;
+      p->f.nkb = nkb;
+      rows.bind(b, &p->f);
+      p->f.sched = reinterpret_cast<const int32_t*>(b + row_sched);
+      p->f.sched_len = row_sched_len;
+    }
   }
   void relocate_nodes(const void* base) { pred.relocate(blob, base); }
 };
 
-// Stages a row-major layout compiled for kBwdBlockM x kBwdBlockN (1 or hq heads) and the
-// predicate for a problem with hq query and hkv kv heads. Throws ValueError when the layout
-// does not fit.
+// Stages a row-major layout compiled for bq x bk (kBwdBlockM x kBwdBlockN for the sm80-style
+// kernel; 1 or hq heads) and the predicate for a problem with hq query and hkv kv heads; with
+// `with_rows` also the row layout and its forward schedule (the sm90a dQ pass). Throws
+// ValueError when the layout does not fit.
 inline StagedBackward stage_backward(const BlockLayout& L, const Predicate& pred, int64_t nq,
-                                     int64_t nk, int64_t hq, int64_t hkv) {
-  check_layout_fits(L, pred, kBwdBlockM, kBwdBlockN, nq, nk, hq, "cuda attention backward");
+                                     int64_t nk, int64_t hq, int64_t hkv,
+                                     int64_t bq = kBwdBlockM, int64_t bk = kBwdBlockN,
+                                     bool with_rows = false) {
+  check_layout_fits(L, pred, bq, bk, nq, nk, hq, "cuda attention backward");
   if (hkv < 1 || hq % hkv != 0)
     throw ValueError("cuda attention backward: Hq=" + std::to_string(hq) +
                      " must be a multiple of Hkv=" + std::to_string(hkv));
@@ -379,6 +397,15 @@ inline StagedBackward stage_backward(const BlockLayout& L, const Predicate& pred
   s.sched_len = int64_t(sched.size());
   s.sched = w.put(sched.data(), sched.size() * sizeof(int32_t));
   s.pred = stage_predicate(w, pred);
+  s.bq = bq;
+  s.bk = bk;
+  if (with_rows) {
+    s.rows_staged = true;
+    s.rows = stage_ranges(w, L);
+    const std::vector<int32_t> row_sched = make_schedule(L, hq);
+    s.row_sched_len = int64_t(row_sched.size());
+    s.row_sched = w.put(row_sched.data(), row_sched.size() * sizeof(int32_t));
+  }
   w.finish();
   s.blob = std::move(w.bytes);
   return s;
