@@ -9,6 +9,7 @@
 #include "backend/backend.hpp"
 #include "cpu/thread_pool.hpp"  // the host thread budget of the call
 #include "plan/checks.hpp"
+#include "plan/modifiers.hpp"
 #include "spattn/spattn.hpp"
 
 namespace spattn {
@@ -159,6 +160,8 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   const plan::CallOptions o = plan::resolve(options, D);
   backend::Call call;
   backend::Backend& be = plan::backend_for(q, backend::Op::Decode, dtype, D, Dv, options, &call);
+  const backend::ScoreMods mods = plan::check_modifiers(options.modifiers, q, hq, false, nullptr);
+  plan::expect_modifiers_supported(mods, be, backend::Op::Decode, call, q);
 
   TensorView table;
   const std::vector<int64_t> lens = read_cache(be, call, q, k, cache_len_, block_table_, B, &table);
@@ -196,6 +199,7 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   a.scale = o.scale;
   a.pattern = &pattern;
   a.pooled = pooled;
+  a.mods = mods;
   be.decode(a, call);
 }
 

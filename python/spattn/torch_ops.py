@@ -4,7 +4,7 @@ model that uses spattn without a graph break, and autograd, FakeTensor and AOT d
 the calls.
 
 - ``spattn::attention_forward`` -> (out, lse), with registered autograd whose backward is
-  ``spattn::attention_backward`` -> (dq, dk, dv); ``spattn::decode`` -> (out, lse);
+  ``spattn::attention_backward`` -> (dq, dk, dv, dsinks); ``spattn::decode`` -> (out, lse);
   ``spattn::merge`` -> (out, lse). Each has a fake (meta) implementation, and one real
   implementation for every device: it calls the same internal functions as the direct path
   (`api._forward`, ...), so the core decides what runs where (CPU, CUDA).
@@ -173,9 +173,13 @@ def _attention_forward(
     scale: Optional[float],
     cu_seqlens_q: Optional[Tensor],
     cu_seqlens_k: Optional[Tensor],
+    softcap: Optional[float] = None,
+    alibi_slopes: Optional[Tensor] = None,
+    sinks: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     p = _pattern_of(pattern, pattern_data)
-    return _api._forward(q, k, v, p, scale, None, True, _varlen(cu_seqlens_q, cu_seqlens_k))
+    return _api._forward(q, k, v, p, scale, None, True, _varlen(cu_seqlens_q, cu_seqlens_k),
+                         _api._Mods(softcap, alibi_slopes, sinks))
 
 
 def _same_device(q, **others):
@@ -191,9 +195,21 @@ def _check_rank(t, name, want, shape):
         raise ValueError(f"{name}: expected {want} dimensions {shape}, got shape {list(t.shape)}")
 
 
+def _check_per_head(t, name, hq):
+    """alibi_slopes / sinks in the fake implementations: float32 [Hq] (the core's checks)."""
+    if t is None:
+        return
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name}: expected float32 [Hq], got dtype {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != hq:
+        raise ValueError(f"{name}: expected shape [{hq}] (one per query head), got {list(t.shape)}")
+
+
 @_attention_forward.register_fake
-def _(q, k, v, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k):
-    _same_device(q, k=k, v=v)
+def _(q, k, v, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k, softcap=None, alibi_slopes=None, sinks=None):
+    _same_device(q, k=k, v=v, alibi_slopes=alibi_slopes, sinks=sinks)
+    _check_per_head(alibi_slopes, "alibi_slopes", q.shape[-2])
+    _check_per_head(sinks, "sinks", q.shape[-2])
     if cu_seqlens_q is None:
         _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
         _check_rank(v, "v", 4, "[B, Nk, Hkv, Dv]")
@@ -218,30 +234,44 @@ def _attention_backward(
     scale: Optional[float],
     cu_seqlens_q: Optional[Tensor],
     cu_seqlens_k: Optional[Tensor],
-) -> Tuple[Tensor, Tensor, Tensor]:
+    softcap: Optional[float] = None,
+    alibi_slopes: Optional[Tensor] = None,
+    sinks: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dsinks); dsinks is float32 [Hq] with sinks, else an empty float32 [0]."""
     p = _pattern_of(pattern, pattern_data)
-    return _api._backward(dout, q, k, v, out, lse, p, scale, _varlen(cu_seqlens_q, cu_seqlens_k))
+    r = _api._backward(dout, q, k, v, out, lse, p, scale, _varlen(cu_seqlens_q, cu_seqlens_k),
+                       _api._Mods(softcap, alibi_slopes, sinks))
+    return r if len(r) == 4 else r + (q.new_empty((0,), dtype=torch.float32),)
 
 
 @_attention_backward.register_fake
-def _(dout, q, k, v, out, lse, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k):
-    _same_device(q, dout=dout, k=k, v=v, out=out, lse=lse)
-    return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape)
+def _(dout, q, k, v, out, lse, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k, softcap=None,
+      alibi_slopes=None, sinks=None):
+    _same_device(q, dout=dout, k=k, v=v, out=out, lse=lse, alibi_slopes=alibi_slopes, sinks=sinks)
+    _check_per_head(alibi_slopes, "alibi_slopes", q.shape[-2])
+    _check_per_head(sinks, "sinks", q.shape[-2])
+    dsinks = q.new_empty((0,) if sinks is None else (q.shape[-2],), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape), dsinks
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, pattern, pattern_data, scale, cu_q, cu_k = inputs
+    q, k, v, pattern, pattern_data, scale, cu_q, cu_k, softcap, alibi_slopes, sinks = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, *pattern_data)
-    ctx.pattern, ctx.scale = pattern, scale
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi_slopes, sinks, *pattern_data)
+    ctx.pattern, ctx.scale, ctx.softcap = pattern, scale, softcap
     ctx.mark_non_differentiable(lse)  # as in FlashAttention: lse carries no gradient
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, cu_q, cu_k, *pattern_data = ctx.saved_tensors
-    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, ctx.pattern, pattern_data, ctx.scale, cu_q, cu_k)
-    # one None per input that gets no gradient; the pattern's tensors are a list input
-    return dq, dk, dv, None, [None] * len(pattern_data), None, None, None
+    q, k, v, out, lse, cu_q, cu_k, alibi_slopes, sinks, *pattern_data = ctx.saved_tensors
+    dq, dk, dv, dsinks = _attention_backward(dout, q, k, v, out, lse, ctx.pattern, pattern_data, ctx.scale, cu_q,
+                                             cu_k, ctx.softcap, alibi_slopes, sinks)
+    # one None per input that gets no gradient; the pattern's tensors are a list input; the
+    # softcap and the ALiBi slopes are constants, the sinks are learned
+    grads = (dq, dk, dv, None, [None] * len(pattern_data), None, None, None, None, None,
+             dsinks if sinks is not None else None)
+    return grads[:len(ctx.needs_input_grad)]  # as many as the call passed (the modifiers are optional)
 
 
 _attention_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -258,14 +288,22 @@ def _decode(
     block_table: Optional[Tensor],
     scale: Optional[float],
     pooled_keys: Optional[Tensor],
+    softcap: Optional[float] = None,
+    alibi_slopes: Optional[Tensor] = None,
+    sinks: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     p = _pattern_of(pattern, pattern_data)
-    return _api._decode(q, k_cache, v_cache, cache_len, p, block_table, scale, True, pooled_keys)
+    return _api._decode(q, k_cache, v_cache, cache_len, p, block_table, scale, True, pooled_keys,
+                        _api._Mods(softcap, alibi_slopes, sinks))
 
 
 @_decode.register_fake
-def _(q, k_cache, v_cache, cache_len, pattern, pattern_data, block_table, scale, pooled_keys):
-    _same_device(q, k_cache=k_cache, v_cache=v_cache, pooled_keys=pooled_keys)
+def _(q, k_cache, v_cache, cache_len, pattern, pattern_data, block_table, scale, pooled_keys, softcap=None,
+      alibi_slopes=None, sinks=None):
+    _same_device(q, k_cache=k_cache, v_cache=v_cache, pooled_keys=pooled_keys, alibi_slopes=alibi_slopes,
+                 sinks=sinks)
+    _check_per_head(alibi_slopes, "alibi_slopes", q.shape[-2])
+    _check_per_head(sinks, "sinks", q.shape[-2])
     _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
     _check_rank(v_cache, "v_cache", 4, "[B, Ncap, Hkv, Dv] or [pages, page_size, Hkv, Dv]")
     B, Nq, Hq = q.shape[0], q.shape[1], q.shape[2]
@@ -287,24 +325,50 @@ def _(outs, lses):
 # -- what the public functions call on torch tensors ------------------------------------------------
 
 
-def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None):
-    """(out, lse) through spattn::attention_forward (autograd included). `pattern` and `scale`
-    are already checked by `spattn.attention`."""
+def _mods(q, softcap, alibi_slopes, sinks, detach_sinks):
+    """The checked modifiers as the operators take them: float32 tensors on q's device (sinks
+    keep their autograd history through the cast unless detach_sinks)."""
+    def per_head(x, name):  # (isinstance only: torch.compile traces this)
+        if x is None:
+            return None
+        if isinstance(x, Tensor):
+            if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
+                raise TypeError(f"{name}: expected a float32 tensor [Hq], got dtype {x.dtype}")
+            return x.to(torch.float32)
+        return _as_torch(_api._per_head(x, name, q)).to(q.device)
+
+    alibi = per_head(alibi_slopes, "alibi_slopes")
+    s = per_head(sinks, "sinks")
+    if s is not None and detach_sinks:
+        s = s.detach()
+    return _api._softcap(softcap), None if alibi is None else alibi.detach(), s
+
+
+def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None, softcap=None, alibi_slopes=None,
+              sinks=None):
+    """(out, lse) through spattn::attention_forward (autograd included, for sinks too).
+    `pattern` and `scale` are already checked by `spattn.attention`."""
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
-    return _attention_forward(q, k, v, spec, data, scale, cu_q, cu_k)
+    if softcap is None and alibi_slopes is None and sinks is None:
+        return _attention_forward(q, k, v, spec, data, scale, cu_q, cu_k)
+    return _attention_forward(q, k, v, spec, data, scale, cu_q, cu_k, *_mods(q, softcap, alibi_slopes, sinks, False))
 
 
-def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None):
-    """(dq, dk, dv) through spattn::attention_backward; the gradients carry no gradient
-    themselves (no double backward), as on the direct path."""
+def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None, softcap=None,
+                       alibi_slopes=None, sinks=None):
+    """(dq, dk, dv), and dsinks float32 [Hq] with sinks, through spattn::attention_backward; the
+    gradients carry no gradient themselves (no double backward), as on the direct path."""
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
     args = [t.detach() for t in (dout, q, k, v, out, lse)]
-    return _attention_backward(*args, spec, data, scale, cu_q, cu_k)
+    cap, alibi, s = _mods(q, softcap, alibi_slopes, sinks, True)
+    dq, dk, dv, dsinks = _attention_backward(*args, spec, data, scale, cu_q, cu_k, cap, alibi, s)
+    return (dq, dk, dv) if s is None else (dq, dk, dv, dsinks)
 
 
-def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys):
+def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys, softcap=None, alibi_slopes=None,
+           sinks=None):
     """(out, lse) through spattn::decode; decode passes no gradient (inference)."""
     spec, data = pattern_spec(pattern)
     cl = _as_torch(_api._int_array(cache_len, "cache_len", "int32 lengths [B]"))
@@ -312,7 +376,7 @@ def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_k
         _api._int_array(block_table, "block_table", "int32 page indices [B, max_pages]"))
     q, k_cache, v_cache = q.detach(), k_cache.detach(), v_cache.detach()
     pk = None if pooled_keys is None else pooled_keys.detach()
-    return _decode(q, k_cache, v_cache, cl, spec, data, bt, scale, pk)
+    return _decode(q, k_cache, v_cache, cl, spec, data, bt, scale, pk, *_mods(q, softcap, alibi_slopes, sinks, True))
 
 
 def merge(outs, lses):

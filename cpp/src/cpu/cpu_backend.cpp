@@ -29,7 +29,7 @@ class CpuBackend final : public Backend {
   void forward(const Attention& a, const CompiledPattern& cp, const Call& call) override {
     const Tile t = tile(Op::Forward, a.s, a.dtype, call);
     cpu::ForwardArgs f{a.q, a.k, a.v, a.out, a.lse, a.dtype, a.scale, &cp.layout_for(t.bq, t.bk),
-                       cp.predicate()};
+                       cp.predicate(), a.mods};
     cpu::forward(f);
   }
 
@@ -38,8 +38,19 @@ class CpuBackend final : public Backend {
     const Tile t = tile(Op::Backward, a.s, a.dtype, call);
     cpu::BackwardArgs b{g.dout, a.q,  a.k,     a.v,   a.out,
                         a.lse,  g.dq, g.dk,    g.dv,  a.dtype,
-                        a.scale, &cp.layout_for(t.bq, t.bk), cp.predicate(), g.rows_complete};
+                        a.scale, &cp.layout_for(t.bq, t.bk), cp.predicate(), g.rows_complete,
+                        a.mods};
     cpu::backward(b);
+  }
+
+  std::string unsupported_modifiers(Op, const Call&) const override {
+    return {};  // softcap, ALiBi and sinks in every operation
+  }
+
+  void sink_grad(const TensorView& dout, const TensorView& out, const TensorView& lse,
+                 const ScoreMods& mods, const TensorView& dsinks, DType dtype,
+                 const Call&) override {
+    cpu::sink_grad(dout, out, lse, mods, dsinks, dtype);
   }
 
   void decode(const Decode& d, const Call&) override { cpu::decode(d); }
