@@ -409,3 +409,61 @@ def test_errors_name_the_argument():
                          sinks=torch.zeros(4, dtype=torch.complex64))
     with pytest.raises(ValueError, match="sinks"):
         spattn.decode(q[:, :1], q, q, [8], sinks=np.ones(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# merge, distributed, JAX
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_merge_counts_the_sinks_once(framework):
+    q, k, v, _, slopes, sinks = _case(b=1, nq=30, nk=80, hq=4, hkv=4, d=16, dv=16, seed=31)
+    f = lambda x: np.ascontiguousarray(x, np.float32)  # noqa: E731
+    q, k, v, sinks = f(q), f(k), f(v), f(sinks)
+    kw = dict(softcap=4.0, alibi_slopes=f(slopes))
+    full, full_lse = spattn.attention(q, k, v, return_lse=True, sinks=sinks, **kw)
+    # a caller's own split of the keys: ALiBi needs each part's keys at their global positions,
+    # so the parts here are computed over all keys with a pattern each (disjoint key sets)
+    parts = [spattn.BlockSparse(np.array([[[True, False]]]), block_size=(64, 40)),
+             spattn.BlockSparse(np.array([[[False, True]]]), block_size=(64, 40))]
+    outs, lses = zip(*(spattn.attention(q, k, v, pattern=p, return_lse=True, **kw) for p in parts))
+    conv = (lambda x: torch.from_numpy(np.asarray(x))) if framework == "torch" else np.asarray
+    o, lse = spattn.merge([conv(x) for x in outs], [conv(x) for x in lses], sinks=conv(sinks))
+    np.testing.assert_allclose(as64(o), full, atol=2e-6)
+    np.testing.assert_allclose(as64(lse), full_lse, atol=2e-6)
+    with pytest.raises(ValueError, match="sinks"):
+        spattn.merge([conv(x) for x in outs], [conv(x) for x in lses], sinks=conv(sinks[:3]))
+
+
+def test_distributed_refuses_modifiers_clearly():
+    from spattn import distributed
+
+    q = torch.zeros(1, 4, 2, 8)
+    with pytest.raises(ValueError, match="score modifiers"):
+        distributed.attention(q, q, q, sinks=torch.zeros(2))
+
+
+def test_jax_attention_and_decode_with_modifiers():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    import spattn.jax as sj
+
+    q, k, v, do, slopes, sinks = _case(b=1, nq=40, nk=40, hq=4, hkv=2, d=16, dv=16, seed=41)
+    f = lambda x: jnp.asarray(np.asarray(x, np.float32))  # noqa: E731
+    pattern = spattn.SlidingWindow(9, 0)
+    kw = dict(softcap=2.0, alibi_slopes=f(slopes))
+
+    def loss(q, k, v, s):
+        return (sj.attention(q, k, v, pattern, scale=0.3, sinks=s, **kw) * f(do)).sum()
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(f(q), f(k), f(v), f(sinks))
+    _, _, ref = ref_modified(*(np.asarray(x, np.float32) for x in (q, k, v)), pattern.mask(40, 40), 0.3, 2.0, slopes,
+                             np.asarray(sinks, np.float32), dout=do)
+    for g, r in zip(grads, ref):
+        np.testing.assert_allclose(np.asarray(g), r, atol=1e-4)
+    out = sj.decode(f(q[:, -2:]), f(k), f(v), jnp.array([40], jnp.int32), pattern, sinks=f(sinks), **kw)
+    want = spattn.attention(np.asarray(q[:, -2:], np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32),
+                            pattern=pattern, sinks=np.asarray(sinks, np.float32), softcap=2.0,
+                            alibi_slopes=np.asarray(slopes, np.float32))
+    np.testing.assert_allclose(np.asarray(out), want, atol=2e-6)

@@ -337,7 +337,7 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
     } else {
       gemm_bf<false>(nk, ncol, D2, ka, ldk, 2, w.qp, kTile, w.st, kTile);
     }
-    if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, sc, nullptr);
+    if (p.mods) modify_scores<true>(p, h, i0, ncol, j0, nk, w.st, sc, nullptr);
     if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
 
     // Online softmax down the columns (as in fwd_tile); P rounded to bfloat16 pairs of keys.
