@@ -244,6 +244,9 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
       CUTE_UNROLL
       for (int x = 0; x < kCols; ++x) {
         s(r, x) = score_scaled(s(r, x), p.scale_log2, (keep >> (r * kCols + x)) & 1u);
+        if (p.mods)  // softcap / ALiBi: a kernel parameter, the same branch in every thread
+          s(r, x) = modified_score(p, w.h, i0 + get<0>(tScS_rc(r, x)),
+                                   c * kBlockN + get<1>(tScS_rc(r, x)), s(r, x), nullptr);
         mx = fmax_(mx, s(r, x));
       }
       mx = quad_max(mx);
@@ -281,13 +284,15 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
   Tensor tOcO_rc = make_tensor(tOcO.data(), rows_cols(tOcO.layout()));
   CUTE_UNROLL
   for (int r = 0; r < kRows; ++r) {
-    const float l = quad_sum(row_l[r]);
-    const float inv = softmax_inv_l(l);
+    float l = quad_sum(row_l[r]);
+    float m = row_m[r];
+    const float keep_o = sink_finish(p, w.h, &m, &l);  // the sink joins the denominator
+    const float inv = softmax_inv_l(l) * keep_o;
     CUTE_UNROLL
     for (int x = 0; x < size<1>(o); ++x) o(r, x) *= inv;
     const int row = get<0>(tOcO_rc(r, 0));
     if (p.lse != nullptr && get<1>(tOcO_rc(r, 0)) == 0 && row < q_rows)
-      p.lse[lse_offset(p, w.b, w.h, i0 + row)] = softmax_lse(row_m[r], l);
+      p.lse[lse_offset(p, w.b, w.h, i0 + row)] = softmax_lse(m, l);
   }
   Tensor rO = make_tensor<T>(acc_o.layout());
   CUTE_UNROLL
