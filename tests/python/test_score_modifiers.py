@@ -467,3 +467,22 @@ def test_jax_attention_and_decode_with_modifiers():
                             pattern=pattern, sinks=np.asarray(sinks, np.float32), softcap=2.0,
                             alibi_slopes=np.asarray(slopes, np.float32))
     np.testing.assert_allclose(np.asarray(out), want, atol=2e-6)
+
+
+@pytest.mark.parametrize("pattern", [spattn.Dilated(6, 2, 5), spattn.Strided(7, causal=False),
+                                     spattn.SlidingWindow(10, 0) | spattn.Strided(7)],
+                         ids=["dilated", "strided", "window|strided"])
+def test_residue_classes_and_union_parts(pattern):
+    # Large enough that the planner runs residue classes (row-strided views: ALiBi's rel in the
+    # whole problem's coordinates) and, for the union, parts merged by lse (the sink counted once).
+    q, k, v, do, slopes, sinks = _case(b=1, nq=300, nk=333, hq=2, hkv=1, d=16, dv=16, seed=51)
+    f = lambda x: np.ascontiguousarray(x, np.float32)  # noqa: E731
+    kw = dict(softcap=1.5, alibi_slopes=f(slopes), sinks=f(sinks))
+    out, lse = spattn.attention(f(q), f(k), f(v), pattern=pattern, scale=0.5, return_lse=True, **kw)
+    g = spattn.attention_backward(f(do), f(q), f(k), f(v), out, lse, pattern=pattern, scale=0.5, **kw)
+    ro, rl, ref = ref_modified(f(q), f(k), f(v), pattern.mask(300, 333, heads=2), 0.5, 1.5, f(slopes), f(sinks),
+                               dout=f(do))
+    np.testing.assert_allclose(out, ro, atol=2e-5)
+    np.testing.assert_allclose(lse, rl, atol=2e-5)
+    for got, r in zip(g, ref):
+        np.testing.assert_allclose(np.asarray(got), r, atol=1e-4 * max(1, np.abs(r).max()))

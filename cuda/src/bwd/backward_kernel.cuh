@@ -319,14 +319,16 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads)
       // P (dP - delta) (1 - tanh^2).
       Tensor rP = make_tensor<T>(acc_s.layout());
       Tensor rp = make_tensor(rP.data(), rows_cols(rP.layout()));
+      const ScoreMod smod = score_mod(f, v.h);
+      const float rel0 = rel_of(f, i0, j0), rel_step = float(f.m.rel_step);
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
         CUTE_UNROLL
         for (int x = 0; x < kCols; ++x) {
           float dcap;
-          const float s2 = modified_score(
-              f, v.h, i0 + get<0>(cS_rc(r, x)), j0 + get<1>(cS_rc(r, x)),
-              score_scaled(pr(r, x), f.scale_log2, (keep >> (r * kCols + x)) & 1u), &dcap);
+          const float s2 = apply_mod(
+              smod, score_scaled(pr(r, x), f.scale_log2, (keep >> (r * kCols + x)) & 1u),
+              rel0 + rel_step * float(get<0>(cS_rc(r, x)) - get<1>(cS_rc(r, x))), &dcap);
           const float pv = fast_exp2(s2 - row_lse2[r]);
           rp(r, x) = static_cast<T>(pv);
           pr(r, x) = pv * dcap;

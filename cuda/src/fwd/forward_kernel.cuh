@@ -97,7 +97,9 @@ struct Traits {
   using StsC = Copy_Atom<UniversalCopy<cute::uint32_t>, T>;  // O registers -> shared
 };
 
-template <class T, int kD>
+// kMods: the score modifiers (softcap / ALiBi on the scores, sinks in the epilogue) are
+// compiled in; the plain instantiation is the kernel without them, register for register.
+template <class T, int kD, bool kMods>
 __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
     forward_kernel(const __grid_constant__ FwdParams p) {
   using Tr = Traits<T, kD>;
@@ -167,6 +169,7 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
   constexpr int kCols = decltype(size<1>(tScS_rc))::value;  // score columns per row
   static_assert(kRows * kCols <= 64, "one mask bit per score in a uint64_t");
   const bool rule_exact = range_is_exact(p.pred, w.h);
+  const ScoreMod smod = kMods ? score_mod(p, w.h) : ScoreMod{};
 
   float row_m[kRows], row_l[kRows];
   CUTE_UNROLL
@@ -238,15 +241,18 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
 
     // Online softmax on the scores (base 2, scaled), rescaling O by each row's change of max.
     Tensor o = make_tensor(acc_o.data(), rows_cols(acc_o.layout()));
+    const float rel0 = kMods ? rel_of(p, i0, c * kBlockN) : 0.f;  // ALiBi's rel at (i0, j0)
+    const float rel_step = float(p.m.rel_step);
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       float mx = row_m[r];
       CUTE_UNROLL
       for (int x = 0; x < kCols; ++x) {
         s(r, x) = score_scaled(s(r, x), p.scale_log2, (keep >> (r * kCols + x)) & 1u);
-        if (p.mods)  // softcap / ALiBi: a kernel parameter, the same branch in every thread
-          s(r, x) = modified_score(p, w.h, i0 + get<0>(tScS_rc(r, x)),
-                                   c * kBlockN + get<1>(tScS_rc(r, x)), s(r, x), nullptr);
+        if (kMods && p.mods)  // softcap / ALiBi: the same branch in every thread
+          s(r, x) = apply_mod(smod, s(r, x),
+                              rel0 + rel_step * float(get<0>(tScS_rc(r, x)) - get<1>(tScS_rc(r, x))),
+                              nullptr);
         mx = fmax_(mx, s(r, x));
       }
       mx = quad_max(mx);
@@ -286,7 +292,7 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
   for (int r = 0; r < kRows; ++r) {
     float l = quad_sum(row_l[r]);
     float m = row_m[r];
-    const float keep_o = sink_finish(p, w.h, &m, &l);  // the sink joins the denominator
+    const float keep_o = kMods ? sink_finish(p, w.h, &m, &l) : 1.f;  // the sink joins the denominator
     const float inv = softmax_inv_l(l) * keep_o;
     CUTE_UNROLL
     for (int x = 0; x < size<1>(o); ++x) o(r, x) *= inv;
@@ -328,7 +334,7 @@ cudaError_t run(const FwdParams& p, cudaStream_t stream) {
   const int64_t ctas = fwd_grid_size(p);
   if (ctas == 0) return cudaSuccess;
   if (ctas > int64_t(INT32_MAX)) return cudaErrorInvalidConfiguration;
-  auto kernel = &forward_kernel<T, kD>;
+  auto kernel = p.mods || p.m.sinks ? &forward_kernel<T, kD, true> : &forward_kernel<T, kD, false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        int(Tr::kSmemBytes));
   if (e != cudaSuccess) return e;

@@ -342,7 +342,10 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
         CUTE_UNROLL
         for (int x = 0; x < kCols; ++x) {
           s(r, x) = score_scaled(s(r, x), p.scale_log2, (keep >> (r * kCols + x)) & 1u);
-          if (p.mods)  // softcap / ALiBi: a kernel parameter, the same branch in every thread
+          // Softcap / ALiBi: a kernel parameter, the same branch in every thread. Everything is
+          // computed inside the branch: values kept live across the loop would cost registers
+          // (this kernel has 168, and the plain path shares the allocation).
+          if (p.mods)
             s(r, x) = modified_score(p, w.h, i0 + get<0>(tScS_rc(r, x)),
                                      c * kBlockN + get<1>(tScS_rc(r, x)), s(r, x), nullptr);
           mx = fmax_(mx, s(r, x));

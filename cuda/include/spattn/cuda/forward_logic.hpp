@@ -287,24 +287,54 @@ SPATTN_HD float softmax_lse(float m, float l) {
 // ---------------------------------------------------------------------------------------------
 // Score modifiers (FwdParams::mods, sinks), on scaled base-2 scores.
 
-// Score s2 (base 2, already scaled; -inf: masked) of row i, key j of head h with softcap, then
-// ALiBi. Masked scores stay -inf. With dcap, *dcap = the softcap's derivative 1 - tanh^2 (1
-// without softcap), for the backward's chain rule.
-SPATTN_HD float modified_score(const FwdParams& p, int64_t h, int64_t i, int64_t j, float s2,
-                               float* dcap) {
+// The modifiers of one head, read once per CTA: softcap (cap = softcap * log2 e, 0: none) and
+// the ALiBi slope in base-2 units (0: none).
+struct ScoreMod {
+  float cap = 0.f, inv_cap = 0.f, slope = 0.f;
+};
+SPATTN_HD ScoreMod score_mod(const FwdParams& p, int64_t h) {
+  ScoreMod r;
+  r.cap = p.m.softcap_log2;
+  r.inv_cap = r.cap != 0.f ? 1.f / r.cap : 0.f;
+  r.slope = p.m.alibi ? p.m.alibi[h * p.m.alibi_s] * 1.4426950408889634f : 0.f;
+  return r;
+}
+
+// rel of row i, key j (exact in float while |rel| < 2^24); the kernels form it as the block's
+// rel_of(i0, j0) plus rel_step * (r - x) for the element (i0 + r, j0 + x).
+SPATTN_HD float rel_of(const FwdParams& p, int64_t i, int64_t j) {
+  return float(p.m.rel_step * (i - j) + p.m.rel_base);
+}
+
+// tanh(y) = sign(y) (1 - e) / (1 + e), e = 2^(-2 log2(e) |y|): ex2.approx and a fast division on
+// the device (a few ulp), no overflow for any y.
+SPATTN_HD float tanh_fast(float y) {
+#if defined(__CUDA_ARCH__)
+  const float e = fast_exp2(-2.8853900817779268f * fabsf(y));
+  return copysignf(__fdividef(1.f - e, 1.f + e), y);
+#else
+  return std::tanh(y);
+#endif
+}
+
+// Score s2 (base 2, already scaled; -inf: masked) with softcap, then ALiBi at distance rel.
+// Masked scores stay -inf. With dcap, *dcap = the softcap's derivative 1 - tanh^2 (1 without
+// softcap), for the backward's chain rule.
+SPATTN_HD float apply_mod(const ScoreMod& m, float s2, float rel, float* dcap) {
   if (dcap) *dcap = 1.f;
   if (s2 == neg_inf()) return s2;
-  const ScoreModParams& m = p.m;
-  if (m.softcap_log2 != 0.f) {
-    const float t = tanhf(s2 / m.softcap_log2);
-    s2 = m.softcap_log2 * t;
+  if (m.cap != 0.f) {
+    const float t = tanh_fast(s2 * m.inv_cap);
+    s2 = m.cap * t;
     if (dcap) *dcap = 1.f - t * t;
   }
-  if (m.alibi) {
-    const int64_t rel = m.rel_step * (i - j) + m.rel_base;
-    s2 -= m.alibi[h * m.alibi_s] * 1.4426950408889634f * float(rel < 0 ? -rel : rel);
-  }
-  return s2;
+  return s2 - m.slope * fabsf(rel);
+}
+
+// The same for row i, key j of head h, from the parameters (host tests, simple callers).
+SPATTN_HD float modified_score(const FwdParams& p, int64_t h, int64_t i, int64_t j, float s2,
+                               float* dcap) {
+  return apply_mod(score_mod(p, h), s2, rel_of(p, i, j), dcap);
 }
 
 // The end of a row of head h with the sink (if any): m (base 2) and l (sum of exp2(s - m)) of
