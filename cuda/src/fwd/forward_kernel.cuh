@@ -17,6 +17,11 @@
 // through shared memory (reusing Q's buffer) for 16-byte row stores, and writes lse (natural
 // log) for rows < Nq. A row that sees no key gets out 0 and lse -inf.
 //
+// Score modifiers (FwdParams::m): the kMods instantiation applies softcap and ALiBi to every
+// kept score after scaling (apply_mod, forward_logic.hpp) and adds the sink to each row's
+// denominator in the epilogue (sink_finish: a row with no key gets out 0, lse = sink); the
+// plain instantiation has none of that code.
+//
 // Requirements checked by the host launcher: q, k, v, out 16-byte aligned with row, head and
 // batch strides multiples of 8 elements and unit last stride (otherwise it repacks), D == Dv ==
 // the instantiation's head dim.
