@@ -18,6 +18,7 @@
 #include "backend/backend.hpp"
 #include "cpu/thread_pool.hpp"  // the host thread budget of the call (selection, CPU kernels)
 #include "plan/checks.hpp"
+#include "plan/modifiers.hpp"
 #include "plan/residue.hpp"
 #include "select/topk.hpp"
 #include "spattn/select.hpp"
@@ -131,6 +132,14 @@ Attention class_view(const Attention& a, const ClassRun& run, int64_t b, int64_t
   r.s.b = run.count;
   r.s.nq = c.nq;
   r.s.nk = c.nk;
+  // ALiBi's rel in the class's rows: row i' is row q0 + d i' of a, key j' is key k0 + d j', so
+  // a's rel = step (i - j) + base becomes (step d) (i' - j') + step (q0 - k0) + base. (The
+  // classes of a run share q0 - k0.)
+  const int64_t step = a.mods.rel_shifted ? a.mods.rel_step : 1;
+  const int64_t base = a.mods.rel_shifted ? a.mods.rel_base : a.s.nk - a.s.nq;
+  r.mods.rel_shifted = true;
+  r.mods.rel_step = step * d;
+  r.mods.rel_base = step * (c.q0 - c.k0) + base;
   return r;
 }
 
@@ -203,6 +212,10 @@ void run_forward(const Plan& pl, const Attention& a, const Pattern& pattern) {
   std::vector<TensorView> outs, lses;
   for (const Part& part : parts) {
     Attention pa = a;
+    // The sinks join the first part only: a sink is one more term of the row's denominator, so
+    // part 0 becomes the partial result over its keys plus the sink, and the exact merge of
+    // the parts counts it once.
+    if (&part != &parts[0]) pa.mods.sinks = nullptr;
     owned.push_back(pl.be.allocate(a.dtype, {a.s.b, a.s.nq, a.s.hq, a.s.dv}, pl.call));
     pa.out = owned.back().view("out");
     owned.push_back(pl.be.allocate(lse_dtype(a.dtype), {a.s.b, a.s.hq, a.s.nq}, pl.call));
@@ -274,8 +287,10 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
   expect_disjoint_outputs({{&a.out, "out"}, {&a.lse, "lse"}}, {{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}});
   const plan::CallOptions o = plan::resolve(options, s.d);
   a.scale = o.scale;
+  a.mods = plan::check_modifiers(options.modifiers, a.q, s.hq, false, nullptr);
   Call call;
   Backend& be = attention_backend(a.q, Op::Forward, a.dtype, s, pattern, options, &call);
+  plan::expect_modifiers_supported(a.mods, be, Op::Forward, call, a.q);
   pattern.check(s.nq, s.nk, s.hq);
   const cpu::ThreadLimit limit(o.num_threads);
   run_forward(Plan{be, call}, a, pattern);
@@ -310,11 +325,19 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
                            {&a.lse, "lse"}});
   const plan::CallOptions o = plan::resolve(options, s.d);
   a.scale = o.scale;
+  TensorView dsinks;
+  a.mods = plan::check_modifiers(options.modifiers, a.q, s.hq, true, &dsinks);
+  expect_disjoint_outputs({{&dsinks, "dsinks"}},
+                          {{&g.dout, "dout"}, {&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"},
+                           {&a.out, "out"}, {&a.lse, "lse"}, {&g.dq, "dq"}, {&g.dk, "dk"},
+                           {&g.dv, "dv"}});
   Call call;
   Backend& be = attention_backend(a.q, Op::Backward, dt, s, pattern, options, &call);
+  plan::expect_modifiers_supported(a.mods, be, Op::Backward, call, a.q);
   pattern.check(s.nq, s.nk, s.hq);
   const cpu::ThreadLimit limit(o.num_threads);
   run_backward(Plan{be, call}, a, g, pattern);
+  if (dsinks.data) be.sink_grad(g.dout, a.out, a.lse, a.mods, dsinks, dt, call);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,8 +488,10 @@ void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTe
   expect_disjoint_outputs({{&t.out, "out"}, {&t.lse, "lse"}}, {{&t.q, "q"}, {&t.k, "k"}, {&t.v, "v"}});
   const plan::CallOptions o = plan::resolve(options, t.s.d);
   t.scale = o.scale;
+  t.mods = plan::check_modifiers(options.modifiers, t.q, t.s.hq, false, nullptr);
   Call call;
   Backend& be = attention_backend(t.q, Op::Forward, t.dtype, t.s, pattern, options, &call);
+  plan::expect_modifiers_supported(t.mods, be, Op::Forward, call, t.q);
   const Plan pl{be, call};
   std::vector<int64_t> cq, ck;
   read_both_cu_seqlens(pl, cu_seqlens_q, cu_seqlens_k, t.s, t.q, &cq, &ck);
@@ -504,8 +529,15 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
                            {&t.lse, "lse"}});
   const plan::CallOptions o = plan::resolve(options, t.s.d);
   t.scale = o.scale;
+  TensorView dsinks;
+  t.mods = plan::check_modifiers(options.modifiers, t.q, t.s.hq, true, &dsinks);
+  expect_disjoint_outputs({{&dsinks, "dsinks"}},
+                          {{&g.dout, "dout"}, {&t.q, "q"}, {&t.k, "k"}, {&t.v, "v"},
+                           {&t.out, "out"}, {&t.lse, "lse"}, {&g.dq, "dq"}, {&g.dk, "dk"},
+                           {&g.dv, "dv"}});
   Call call;
   Backend& be = attention_backend(t.q, Op::Backward, dt, t.s, pattern, options, &call);
+  plan::expect_modifiers_supported(t.mods, be, Op::Backward, call, t.q);
   const Plan pl{be, call};
   std::vector<int64_t> cq, ck;
   read_both_cu_seqlens(pl, cu_seqlens_q, cu_seqlens_k, t.s, t.q, &cq, &ck);
@@ -519,6 +551,10 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
                        seq_view(g.dk, 0, k0, nk), seq_view(g.dv, 0, k0, nk), true};
     run_backward(pl, sequence(t, cq, ck, b), gb, pattern);
   }
+  // The sinks' gradient sums over every row of every sequence: one pass over the packed batch.
+  if (dsinks.data)
+    be.sink_grad(seq_view(g.dout, 0, 0, t.s.nq), seq_view(t.out, 0, 0, t.s.nq),
+                 seq_view(t.lse, 1, 0, t.s.nq), t.mods, dsinks, dt, call);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 #include "cpu/thread_pool.hpp"  // the host thread budget of the call
 #include "plan/checks.hpp"
 #include "select/topk.hpp"
+#include "plan/modifiers.hpp"
 #include "spattn/spattn.hpp"
 
 namespace spattn {
@@ -161,6 +162,8 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   backend::Call call;
   backend::Backend& be = plan::backend_for(q, backend::Op::Decode, dtype, D, Dv, options, &call);
   if (pattern.data_dependent()) select::expect_selectable(dtype, "q");
+  const backend::ScoreMods mods = plan::check_modifiers(options.modifiers, q, hq, false, nullptr);
+  plan::expect_modifiers_supported(mods, be, backend::Op::Decode, call, q);
 
   TensorView table;
   const std::vector<int64_t> lens = read_cache(be, call, q, k, cache_len_, block_table_, B, &table);
@@ -198,6 +201,7 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   a.scale = o.scale;
   a.pattern = &pattern;
   a.pooled = pooled;
+  a.mods = mods;
   be.decode(a, call);
 }
 

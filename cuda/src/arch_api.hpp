@@ -44,6 +44,22 @@ struct SumParams {
   int64_t dst_strides[4] = {0, 0, 0, 0};
 };
 
+// The sinks' gradient (kernels/sink_grad.cu): dsinks[h] = -sum over (b, i) of
+// exp(sinks[h] - lse[b, h, i]) * sum_d dout[b, i, h, d] * out[b, i, h, d]. out / dout [b, n, h,
+// dv] of the dtype, lse [b, h, n] float32, sinks and dsinks [h] float32; strides in elements.
+struct SinkGradProblem {
+  const void* out = nullptr;
+  const void* dout = nullptr;
+  const float* lse = nullptr;
+  const float* sinks = nullptr;
+  float* dsinks = nullptr;
+  int64_t b = 0, n = 0, h = 0, dv = 0;
+  int64_t out_strides[4] = {0, 0, 0, 0};
+  int64_t dout_strides[4] = {0, 0, 0, 0};
+  int64_t lse_strides[3] = {0, 0, 0};
+  int64_t sinks_s = 1, dsinks_s = 1;
+};
+
 }  // namespace spattn::cuda
 
 #define SPATTN_CUDA_DECLARE_ARCH_API(ns)                                                       \
@@ -66,6 +82,8 @@ struct SumParams {
   /* Exact merge of partial results, and the sum of gradients (kernels/merge_sum.cu).       */ \
   cudaError_t merge(const MergeParams& p, KernelDType dtype, cudaStream_t stream);             \
   cudaError_t sum(const SumParams& p, KernelDType dtype, cudaStream_t stream);                 \
+  /* The sinks' gradient (kernels/sink_grad.cu): one block per head, deterministic.         */ \
+  cudaError_t sink_grad(const SinkGradProblem& p, KernelDType dtype, cudaStream_t stream);     \
   cudaError_t copy_strided_4d(const void* src, const int64_t* src_strides, void* dst,          \
                               const int64_t* dst_strides, const int64_t* shape, int elem_bytes, \
                               cudaStream_t stream);                                            \

@@ -31,6 +31,74 @@ def _scale(scale):
     return scale
 
 
+def _softcap(softcap):
+    """softcap: None, or a finite real number > 0."""
+    if softcap is None:
+        return None
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap: expected a real number > 0 or None, got {type(softcap).__name__}")
+    softcap = float(softcap)
+    if not math.isfinite(softcap) or softcap <= 0.0:
+        raise ValueError(f"softcap: expected a finite number > 0 (None: no softcap), got {softcap}")
+    return softcap
+
+
+def _per_head(x, name, q):
+    """alibi_slopes / sinks: None, or one float per query head as a float32 array the core takes:
+    a torch tensor as float32 (on its own device; the core refuses another device than q's),
+    a numpy array or a sequence of numbers as float32 numpy (on a CPU q), other DLPack arrays as
+    they are (the core wants float32). Shapes and values are the core's to check."""
+    if x is None:
+        return None
+    pkg = package_of(x)
+    if pkg == "torch":
+        import torch
+
+        if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{name}: expected a float32 array [Hq], got dtype {x.dtype}")
+        return x.to(torch.float32)
+    import numpy as np
+
+    if isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
+        a = np.asarray(x)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{name}: expected a float32 array [Hq], got dtype {a.dtype}")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        qpkg = package_of(q)
+        if qpkg == "torch":
+            import torch
+
+            return torch.from_numpy(a).to(q.device)
+        return a
+    if hasattr(x, "__dlpack__"):
+        return detached(x)
+    raise TypeError(f"{name}: expected a float32 array [Hq] (numpy, torch, any DLPack array) or a sequence of floats, "
+                    f"got {type(x).__name__}")
+
+
+class _Mods:
+    """The checked score modifiers of one call (see `attention`)."""
+
+    __slots__ = ("softcap", "alibi_slopes", "sinks")
+
+    def __init__(self, softcap=None, alibi_slopes=None, sinks=None):
+        self.softcap, self.alibi_slopes, self.sinks = softcap, alibi_slopes, sinks
+
+    @staticmethod
+    def of(q, softcap, alibi_slopes, sinks):
+        return _Mods(_softcap(softcap), _per_head(alibi_slopes, "alibi_slopes", q), _per_head(sinks, "sinks", q))
+
+    def any(self):
+        return self.softcap is not None or self.alibi_slopes is not None or self.sinks is not None
+
+    def core(self):
+        """Keyword arguments of _core.forward / backward / decode."""
+        return {"softcap": self.softcap, "alibi_slopes": _plain(self.alibi_slopes), "sinks": _plain(self.sinks)}
+
+
+_NO_MODS = _Mods()
+
+
 def _wants_grad(*tensors) -> bool:
     """True when torch autograd must record this call (never imports torch by itself)."""
     first = tensors[0]
@@ -108,14 +176,14 @@ def _cu_seqlens(cu_seqlens_q, cu_seqlens_k):
     return _offsets(cu_seqlens_q, "cu_seqlens_q"), _offsets(cu_seqlens_k, "cu_seqlens_k")
 
 
-def _core_forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads):
+def _core_forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads, mods=_NO_MODS):
     """The core's forward: (out, lse or None) as the core returns them (framework arrays for
     torch and cupy on CUDA, allocated here through the framework; else DLPack holders, or `out`
     itself when given)."""
     cc = cuda_call(q)
     if cc is None:
         return _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), want_lse, cu_q,
-                             cu_k, threads)
+                             cu_k, threads, **mods.core())
     given = out
     if out is None:
         out = cc.empty(tuple(q.shape[:-1]) + (v.shape[-1],))
@@ -124,23 +192,29 @@ def _core_forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads):
         lse_shape = (q.shape[1], q.shape[0]) if q.ndim == 3 else (q.shape[0], q.shape[2], q.shape[1])
         lse = cc.empty(lse_shape, "lse")
     _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), want_lse, cu_q, cu_k, threads,
-                  lse_out=None if lse is None else _plain(lse), stream=cc.stream, workspace=cc.workspace)
+                  lse_out=None if lse is None else _plain(lse), stream=cc.stream, workspace=cc.workspace,
+                  **mods.core())
     return (given if given is not None else out), lse
 
 
-def _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads, deterministic=False):
-    """The core's backward: (dq, dk, dv), framework arrays for torch and cupy on CUDA (allocated
-    here through the framework), else DLPack holders."""
+def _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads, mods=_NO_MODS, deterministic=False):
+    """The core's backward: (dq, dk, dv), and dsinks with sinks; framework arrays for torch and
+    cupy on CUDA (allocated here through the framework), else DLPack holders."""
     cc = cuda_call(q)
     args = [_plain(x) for x in (dout, q, k, v, out, lse)]
     # Positional arguments only: a call of this binding with keyword arguments was measured to
     # keep about 53 bytes per call (tests/python/test_leaks.py), positional ones nothing.
+    m = mods.core()
+    mod_args = (deterministic, m["softcap"], m["alibi_slopes"], m["sinks"])
     if cc is None:
         return _core.backward(*args, pattern._core(), scale, cu_q, cu_k, threads, None, None, None, None, None,
-                              deterministic)
+                              *mod_args, None)
     grads = cc.empty(tuple(q.shape)), cc.empty(tuple(k.shape)), cc.empty(tuple(v.shape))
+    if mods.sinks is not None:
+        grads += (cc.empty((q.shape[-2],), "float32"),)
     _core.backward(*args, pattern._core(), scale, cu_q, cu_k, threads, _plain(grads[0]), _plain(grads[1]),
-                   _plain(grads[2]), cc.stream, cc.workspace, deterministic)
+                   _plain(grads[2]), cc.stream, cc.workspace, *mod_args,
+                   _plain(grads[3]) if len(grads) > 3 else None)
     return grads
 
 
@@ -149,7 +223,29 @@ def _result(x, like):
     return x if package_of(x) == package_of(like) else to_framework(x, like)
 
 
-def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=None, cu_seqlens_q=None, cu_seqlens_k=None):
+_MODIFIERS_DOC = """
+    Score modifiers (keyword arguments; the same in `attention`, `attention_backward` and
+    `decode`). Every kept score of query row i of head h and key j becomes, in this order:
+
+    - ``s = scale * q_i . k_j``;
+    - ``softcap=c`` (c > 0): ``s = c * tanh(s / c)``, on the scaled score, as Gemma 2 does;
+    - ``alibi_slopes`` (one slope per query head, [Hq]): ``s = s - slope_h * |rel|``, with
+      ``rel = i + Nk - Nq - j`` (bottom-right alignment; per sequence in varlen and decode);
+    - ``sinks`` (one logit per query head, [Hq], learnable as in GPT-OSS): each row's softmax
+      gets one more term ``exp(sink_h)`` in its denominator, with no value row:
+      ``out_i = sum_j e^{s_ij} v_j / (e^{sink_h} + sum_j e^{s_ij})`` and
+      ``lse_i = log(e^{sink_h} + sum_j e^{s_ij})``.
+
+    Masked pairs stay masked. A row that keeps no key gets ``out = 0`` and ``lse = sink_h``
+    (``-inf`` without sinks). Slopes must be finite, sinks finite or -inf (no sink for that
+    head). The arrays are converted to float32 on q's device (any float dtype is accepted).
+    With torch tensors, autograd gives the gradient of ``sinks`` (cast back to its dtype);
+    ``softcap`` and ``alibi_slopes`` are constants and get none.
+"""
+
+
+def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=None, cu_seqlens_q=None, cu_seqlens_k=None,
+              *, softcap=None, alibi_slopes=None, sinks=None):
     """Attention on the (query, key) pairs `pattern` keeps.
 
     q [B, Nq, Hq, D], k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv], any strides, any DLPack array.
@@ -165,24 +261,29 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
     """
     pattern, scale = _pattern(pattern), _scale(scale)
     if out is None and _all_torch(q, k, v):
-        return _torch_ops().attention(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, return_lse)
+        return _torch_ops().attention(q, k, v, pattern, scale, cu_seqlens_q, cu_seqlens_k, return_lse,
+                                      softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks)
+    mods = _Mods.of(q, softcap, alibi_slopes, sinks)
     cu = _cu_seqlens(cu_seqlens_q, cu_seqlens_k)
-    if out is not None and _wants_grad(q, k, v):
+    if out is not None and _wants_grad(q, k, v, mods.sinks):
         raise ValueError("out: not supported when autograd records the call (inputs require grad)")
-    return _forward(q, k, v, pattern, scale, out, return_lse, cu)
+    return _forward(q, k, v, pattern, scale, out, return_lse, cu, mods)
 
 
-def _forward(q, k, v, pattern, scale, out, return_lse, cu):
-    """The core's forward on checked arguments (`cu`: None or the two offset arrays); the torch
-    operator's implementation calls it too."""
+attention.__doc__ += _MODIFIERS_DOC
+
+
+def _forward(q, k, v, pattern, scale, out, return_lse, cu, mods=_NO_MODS):
+    """The core's forward on checked arguments (`cu`: None or the two offset arrays; `mods`: the
+    checked modifiers); the torch operator's implementation calls it too."""
     cu_q, cu_k = cu if cu is not None else (None, None)
-    o, lse = _core_forward(q, k, v, pattern, scale, out, return_lse, cu_q, cu_k, _threads(q))
+    o, lse = _core_forward(q, k, v, pattern, scale, out, return_lse, cu_q, cu_k, _threads(q), mods)
     o = out if out is not None else _result(o, q)
     return (o, _result(lse, q)) if return_lse else o
 
 
 def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                       deterministic: bool = False):
+                       deterministic: bool = False, *, softcap=None, alibi_slopes=None, sinks=None):
     """Gradients (dq, dk, dv) of attention, given dout and the forward's out and lse (with
     cu_seqlens_q / cu_seqlens_k: of a variable-length batch, shapes as in `attention`).
 
@@ -194,21 +295,35 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     query-major dQ pass recomputes the scores and probabilities of every visited block a second
     time (about 1.4x the products of a backward with dq atomics). The sm80-style backward (dq by
     float32 atomics) raises RuntimeError. Through autograd, torch.use_deterministic_algorithms(True)
-    asks for it."""
+    asks for it.
+
+    With the forward's score modifiers, pass the same ones here. With ``sinks`` the result is
+    (dq, dk, dv, dsinks): dsinks float32 [Hq], the gradient of the sink logits,
+    ``dsinks[h] = -sum over rows of exp(sinks[h] - lse) * rowsum(dout * out)`` (over the batch
+    and every sequence of a varlen batch).
+    """
     pattern, scale = _pattern(pattern), _scale(scale)
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic: expected True or False, got {type(deterministic).__name__}")
     if _all_torch(dout, q, k, v, out, lse):
         return _torch_ops().attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q, cu_seqlens_k,
-                                               deterministic)
-    return _backward(dout, q, k, v, out, lse, pattern, scale, _cu_seqlens(cu_seqlens_q, cu_seqlens_k), deterministic)
+                                               deterministic, softcap=softcap, alibi_slopes=alibi_slopes,
+                                               sinks=sinks)
+    mods = _Mods.of(q, softcap, alibi_slopes, sinks)
+    return _backward(dout, q, k, v, out, lse, pattern, scale, _cu_seqlens(cu_seqlens_q, cu_seqlens_k), mods,
+                     deterministic)
 
 
-def _backward(dout, q, k, v, out, lse, pattern, scale, cu, deterministic=False):
-    """The core's backward on checked arguments; the torch operator's implementation calls it."""
+attention_backward.__doc__ += _MODIFIERS_DOC
+
+
+def _backward(dout, q, k, v, out, lse, pattern, scale, cu, mods=_NO_MODS, deterministic=False):
+    """The core's backward on checked arguments; the torch operator's implementation calls it.
+    (dq, dk, dv), and dsinks when mods has sinks."""
     cu_q, cu_k = cu if cu is not None else (None, None)
-    dq, dk, dv = _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, _threads(q), deterministic)
-    return _result(dq, q), _result(dk, k), _result(dv, v)
+    r = _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, _threads(q), mods, deterministic)
+    grads = _result(r[0], q), _result(r[1], k), _result(r[2], v)
+    return grads + (_result(r[3], q),) if len(r) > 3 else grads
 
 
 def _int_array(x, name, what):
@@ -233,7 +348,7 @@ def _int_array(x, name, what):
 
 
 def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False,
-           pooled_keys=None):
+           pooled_keys=None, *, softcap=None, alibi_slopes=None, sinks=None):
     """Attention of a few new queries against a KV cache (SPEC §3).
 
     q [B, Nq, Hq, D] (Nq <= 64: the newest tokens of each sequence); caches contiguous
@@ -257,18 +372,23 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     """
     pattern, scale = _pattern(pattern), _scale(scale)
     if _all_torch(q, k_cache, v_cache, pooled_keys):
-        o, lse = _torch_ops().decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys)
+        o, lse = _torch_ops().decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys,
+                                     softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks)
         return (o, lse) if return_lse else o
-    return _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys)
+    mods = _Mods.of(q, softcap, alibi_slopes, sinks)
+    return _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys, mods)
 
 
-def _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys):
+decode.__doc__ += _MODIFIERS_DOC
+
+
+def _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys, mods=_NO_MODS):
     """The core's decode on checked pattern and scale; the torch operator's implementation calls it."""
     cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
     bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
     pk = None if pooled_keys is None else _plain(pooled_keys)
     o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse, pk,
-                          _threads(q))
+                          _threads(q), **mods.core())
     o = to_framework(o, q)
     return (o, to_framework(lse, q)) if return_lse else o
 

@@ -112,6 +112,83 @@ def _attention_bwd(pattern, scale, residuals, cotangents):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+# Score modifiers (see spattn.attention): through a host callback into the same core calls
+# (the FFI targets take none), with a custom_vjp that also gives the sinks' gradient.
+
+
+def _mods(q, softcap, alibi_slopes, sinks):
+    softcap = _api._softcap(softcap)
+    hq = q.shape[2]
+
+    def per_head(x, name):
+        if x is None:
+            return None
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating) and not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"{name}: expected a float32 array [Hq], got dtype {x.dtype}")
+        if x.shape != (hq,):
+            raise ValueError(f"{name}: expected shape [{hq}] (one per query head, Hq={hq}), got {list(x.shape)}")
+        return x
+
+    return softcap, per_head(alibi_slopes, "alibi_slopes"), per_head(sinks, "sinks")
+
+
+def _f32(x):
+    return None if x is None else np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+
+
+def _mod_forward_call(q, k, v, alibi, sinks, pattern, scale, softcap):
+    b, nq, hq, _ = q.shape
+    shapes = (jax.ShapeDtypeStruct((b, nq, hq, v.shape[-1]), q.dtype),
+              jax.ShapeDtypeStruct((b, hq, nq), jnp.float32))
+    extra = tuple(x for x in (alibi, sinks) if x is not None)
+
+    def run(q, k, v, *extra):
+        it = iter(extra)
+        a = _f32(next(it)) if alibi is not None else None
+        s = _f32(next(it)) if sinks is not None else None
+        out, lse = _api._forward(_host(q), _host(k), _host(v), pattern, scale, None, True, None,
+                                 _api._Mods(softcap, a, s))
+        return np.asarray(out).astype(shapes[0].dtype, copy=False), np.asarray(lse)
+
+    return jax.pure_callback(run, shapes, q, k, v, *extra, vmap_method="sequential")
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _attention_mod(q, k, v, alibi, sinks, pattern, scale, softcap):
+    return _mod_forward_call(q, k, v, alibi, sinks, pattern, scale, softcap)
+
+
+def _attention_mod_fwd(q, k, v, alibi, sinks, pattern, scale, softcap):
+    out, lse = _mod_forward_call(q, k, v, alibi, sinks, pattern, scale, softcap)
+    return (out, lse), (q, k, v, alibi, sinks, out, lse)
+
+
+def _attention_mod_bwd(pattern, scale, softcap, residuals, cotangents):
+    q, k, v, alibi, sinks, out, lse = residuals
+    dout, _ = cotangents
+    shapes = tuple(jax.ShapeDtypeStruct(t.shape, q.dtype) for t in (q, k, v))
+    if sinks is not None:
+        shapes += (jax.ShapeDtypeStruct(sinks.shape, jnp.float32),)
+    extra = tuple(x for x in (alibi, sinks) if x is not None)
+
+    def run(dout, q, k, v, out, lse, *extra):
+        it = iter(extra)
+        a = _f32(next(it)) if alibi is not None else None
+        s = _f32(next(it)) if sinks is not None else None
+        grads = _api._backward(_host(dout), _host(q), _host(k), _host(v), _host(out), _host(lse), pattern, scale,
+                               None, _api._Mods(softcap, a, s))
+        return tuple(np.asarray(g).astype(sh.dtype, copy=False) for g, sh in zip(grads, shapes))
+
+    g = jax.pure_callback(run, shapes, dout, q, k, v, out, lse, *extra, vmap_method="sequential")
+    dalibi = None if alibi is None else jnp.zeros_like(alibi)  # slopes are constants
+    dsinks = None if sinks is None else g[3].astype(sinks.dtype)
+    return g[0], g[1], g[2], dalibi, dsinks
+
+
+_attention_mod.defvjp(_attention_mod_fwd, _attention_mod_bwd)
+
+
 def _check(name, x):
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name}: expected a JAX array, got {type(x).__name__}")
@@ -119,39 +196,54 @@ def _check(name, x):
         raise ValueError(f"{name}: expected 4 dimensions, got shape {tuple(x.shape)}")
 
 
-def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False):
+def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, *, softcap=None, alibi_slopes=None,
+              sinks=None):
     """Attention on the pairs `pattern` keeps, differentiable with `jax.grad` (lse has no
-    gradient); works under `jax.jit` and `jax.vmap`."""
+    gradient); works under `jax.jit` and `jax.vmap`. The score modifiers softcap, alibi_slopes
+    and sinks are those of `spattn.attention` (the sinks get a gradient; calls with modifiers
+    run through a host callback, not the FFI targets)."""
     pattern, scale = _api._pattern(pattern), _api._scale(scale)
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
-    out, lse = _attention(q, k, v, pattern, scale)
+    softcap, alibi, sinks = _mods(q, softcap, alibi_slopes, sinks)
+    if softcap is not None or alibi is not None or sinks is not None:
+        out, lse = _attention_mod(q, k, v, alibi, sinks, pattern, scale, softcap)
+    else:
+        out, lse = _attention(q, k, v, pattern, scale)
     return (out, jax.lax.stop_gradient(lse)) if return_lse else out
 
 
-def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False):
-    """`spattn.decode` for JAX arrays (no gradient: decoding is inference); works under `jax.jit`."""
+def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False, *,
+           softcap=None, alibi_slopes=None, sinks=None):
+    """`spattn.decode` for JAX arrays (no gradient: decoding is inference); works under `jax.jit`.
+    Score modifiers as in `attention` (through the host callback)."""
     pattern, scale = _api._pattern(pattern), _api._scale(scale)
     for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         _check(name, x)
+    softcap, alibi, sinks = _mods(q, softcap, alibi_slopes, sinks)
+    has_mods = softcap is not None or alibi is not None or sinks is not None
     cache_len = jnp.asarray(cache_len)
     b, nq, hq, _ = q.shape
     shapes = (jax.ShapeDtypeStruct((b, nq, hq, v_cache.shape[-1]), q.dtype),
               jax.ShapeDtypeStruct((b, hq, nq), jnp.float32))
-    if backend() == "xla_ffi":
+    if backend() == "xla_ffi" and not has_mods:
         args = (q, k_cache, v_cache, cache_len) + (() if block_table is None else (jnp.asarray(block_table),))
         name = "spattn_decode" if block_table is None else "spattn_decode_paged"
         call = jax.ffi.ffi_call(name, shapes, vmap_method="sequential")
         out, lse = call(*(jax.lax.stop_gradient(a) for a in args), **_ffi_attrs(pattern, scale))
         return (out, lse) if return_lse else out
 
-    def run(q, k_cache, v_cache, cache_len, *table):
-        bt = np.asarray(table[0]) if table else None
+    def run(q, k_cache, v_cache, cache_len, *rest):
+        rest = list(rest)
+        bt = np.asarray(rest.pop(0)) if block_table is not None else None
+        a = _f32(rest.pop(0)) if alibi is not None else None
+        s = _f32(rest.pop(0)) if sinks is not None else None
         out, lse = _api._decode(_host(q), _host(k_cache), _host(v_cache), np.asarray(cache_len), pattern, bt, scale,
-                                True, None)
+                                True, None, _api._Mods(softcap, a, s))
         return np.asarray(out).astype(shapes[0].dtype, copy=False), np.asarray(lse)
 
     args = (q, k_cache, v_cache, cache_len) + (() if block_table is None else (jnp.asarray(block_table),))
+    args += tuple(x for x in (alibi, sinks) if x is not None)
     args = tuple(jax.lax.stop_gradient(a) for a in args)
     out, lse = jax.pure_callback(run, shapes, *args, vmap_method="sequential")
     return (out, lse) if return_lse else out

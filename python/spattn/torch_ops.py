@@ -6,7 +6,7 @@ functions call the core directly (see "the eager fast path" below): same results
 time.
 
 - ``spattn::attention_forward`` -> (out, lse), with registered autograd whose backward is
-  ``spattn::attention_backward`` -> (dq, dk, dv); ``spattn::decode`` -> (out, lse);
+  ``spattn::attention_backward`` -> (dq, dk, dv, dsinks); ``spattn::decode`` -> (out, lse);
   ``spattn::merge`` -> (out, lse). Each has a fake (meta) implementation, and one real
   implementation for every device: it calls the same internal functions as the direct path
   (`api._forward`, ...), so the core decides what runs where (CPU, CUDA).
@@ -175,9 +175,13 @@ def _attention_forward(
     scale: Optional[float],
     cu_seqlens_q: Optional[Tensor],
     cu_seqlens_k: Optional[Tensor],
+    softcap: Optional[float] = None,
+    alibi_slopes: Optional[Tensor] = None,
+    sinks: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     p = _pattern_of(pattern, pattern_data)
-    return _api._forward(q, k, v, p, scale, None, True, _varlen(cu_seqlens_q, cu_seqlens_k))
+    return _api._forward(q, k, v, p, scale, None, True, _varlen(cu_seqlens_q, cu_seqlens_k),
+                         _api._Mods(softcap, alibi_slopes, sinks))
 
 
 def _lse_dtype(q):
@@ -199,9 +203,21 @@ def _check_rank(t, name, want, shape):
         raise ValueError(f"{name}: expected {want} dimensions {shape}, got shape {list(t.shape)}")
 
 
+def _check_per_head(t, name, hq):
+    """alibi_slopes / sinks in the fake implementations: float32 [Hq] (the core's checks)."""
+    if t is None:
+        return
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name}: expected float32 [Hq], got dtype {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != hq:
+        raise ValueError(f"{name}: expected shape [{hq}] (one per query head), got {list(t.shape)}")
+
+
 @_attention_forward.register_fake
-def _(q, k, v, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k):
-    _same_device(q, k=k, v=v)
+def _(q, k, v, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k, softcap=None, alibi_slopes=None, sinks=None):
+    _same_device(q, k=k, v=v, alibi_slopes=alibi_slopes, sinks=sinks)
+    _check_per_head(alibi_slopes, "alibi_slopes", q.shape[-2])
+    _check_per_head(sinks, "sinks", q.shape[-2])
     if cu_seqlens_q is None:
         _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
         _check_rank(v, "v", 4, "[B, Nk, Hkv, Dv]")
@@ -226,23 +242,33 @@ def _attention_backward(
     scale: Optional[float],
     cu_seqlens_q: Optional[Tensor],
     cu_seqlens_k: Optional[Tensor],
+    softcap: Optional[float] = None,
+    alibi_slopes: Optional[Tensor] = None,
+    sinks: Optional[Tensor] = None,
     deterministic: bool = False,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dsinks); dsinks is float32 [Hq] with sinks, else an empty float32 [0]."""
     p = _pattern_of(pattern, pattern_data)
-    return _api._backward(dout, q, k, v, out, lse, p, scale, _varlen(cu_seqlens_q, cu_seqlens_k), deterministic)
+    r = _api._backward(dout, q, k, v, out, lse, p, scale, _varlen(cu_seqlens_q, cu_seqlens_k),
+                       _api._Mods(softcap, alibi_slopes, sinks), deterministic)
+    return r if len(r) == 4 else r + (q.new_empty((0,), dtype=torch.float32),)
 
 
 @_attention_backward.register_fake
-def _(dout, q, k, v, out, lse, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k, deterministic=False):
-    _same_device(q, dout=dout, k=k, v=v, out=out, lse=lse)
-    return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape)
+def _(dout, q, k, v, out, lse, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k, softcap=None,
+      alibi_slopes=None, sinks=None, deterministic=False):
+    _same_device(q, dout=dout, k=k, v=v, out=out, lse=lse, alibi_slopes=alibi_slopes, sinks=sinks)
+    _check_per_head(alibi_slopes, "alibi_slopes", q.shape[-2])
+    _check_per_head(sinks, "sinks", q.shape[-2])
+    dsinks = q.new_empty((0,) if sinks is None else (q.shape[-2],), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape), dsinks
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, pattern, pattern_data, scale, cu_q, cu_k = inputs
+    q, k, v, pattern, pattern_data, scale, cu_q, cu_k, softcap, alibi_slopes, sinks = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, *pattern_data)
-    ctx.pattern, ctx.scale = pattern, scale
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi_slopes, sinks, *pattern_data)
+    ctx.pattern, ctx.scale, ctx.softcap = pattern, scale, softcap
     ctx.mark_non_differentiable(lse)  # as in FlashAttention: lse carries no gradient
 
 
@@ -253,11 +279,15 @@ def _deterministic_requested() -> bool:
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, cu_q, cu_k, *pattern_data = ctx.saved_tensors
-    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, ctx.pattern, pattern_data, ctx.scale, cu_q, cu_k,
-                                     _deterministic_requested())
-    # one None per input that gets no gradient; the pattern's tensors are a list input
-    return dq, dk, dv, None, [None] * len(pattern_data), None, None, None
+    q, k, v, out, lse, cu_q, cu_k, alibi_slopes, sinks, *pattern_data = ctx.saved_tensors
+    dq, dk, dv, dsinks = _attention_backward(dout, q, k, v, out, lse, ctx.pattern, pattern_data, ctx.scale, cu_q,
+                                             cu_k, ctx.softcap, alibi_slopes, sinks,
+                                             _deterministic_requested())
+    # one None per input that gets no gradient; the pattern's tensors are a list input; the
+    # softcap and the ALiBi slopes are constants, the sinks are learned
+    grads = (dq, dk, dv, None, [None] * len(pattern_data), None, None, None, None, None,
+             dsinks if sinks is not None else None)
+    return grads[:len(ctx.needs_input_grad)]  # as many as the call passed (the modifiers are optional)
 
 
 _attention_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -274,14 +304,22 @@ def _decode(
     block_table: Optional[Tensor],
     scale: Optional[float],
     pooled_keys: Optional[Tensor],
+    softcap: Optional[float] = None,
+    alibi_slopes: Optional[Tensor] = None,
+    sinks: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     p = _pattern_of(pattern, pattern_data)
-    return _api._decode(q, k_cache, v_cache, cache_len, p, block_table, scale, True, pooled_keys)
+    return _api._decode(q, k_cache, v_cache, cache_len, p, block_table, scale, True, pooled_keys,
+                        _api._Mods(softcap, alibi_slopes, sinks))
 
 
 @_decode.register_fake
-def _(q, k_cache, v_cache, cache_len, pattern, pattern_data, block_table, scale, pooled_keys):
-    _same_device(q, k_cache=k_cache, v_cache=v_cache, pooled_keys=pooled_keys)
+def _(q, k_cache, v_cache, cache_len, pattern, pattern_data, block_table, scale, pooled_keys, softcap=None,
+      alibi_slopes=None, sinks=None):
+    _same_device(q, k_cache=k_cache, v_cache=v_cache, pooled_keys=pooled_keys, alibi_slopes=alibi_slopes,
+                 sinks=sinks)
+    _check_per_head(alibi_slopes, "alibi_slopes", q.shape[-2])
+    _check_per_head(sinks, "sinks", q.shape[-2])
     _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
     _check_rank(v_cache, "v_cache", 4, "[B, Ncap, Hkv, Dv] or [pages, page_size, Hkv, Dv]")
     B, Nq, Hq = q.shape[0], q.shape[1], q.shape[2]
@@ -332,13 +370,16 @@ def _eager(*tensors) -> bool:
 
 class _EagerAttention(torch.autograd.Function):
     """spattn::attention_forward's autograd, without the operator: the same forward and the same
-    backward (api._backward on the saved out and lse); lse carries no gradient."""
+    backward (api._backward on the saved out and lse); lse carries no gradient, the sinks do
+    (softcap and the ALiBi slopes are constants)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, pattern, scale, cu):
-        out, lse = _api._forward(q, k, v, pattern, scale, None, True, cu)
+    def forward(ctx, q, k, v, sinks, pattern, scale, cu, softcap, alibi_slopes):
+        mods = (_api._NO_MODS if softcap is None and alibi_slopes is None and sinks is None
+                else _api._Mods(softcap, alibi_slopes, None if sinks is None else sinks.detach()))
+        out, lse = _api._forward(q, k, v, pattern, scale, None, True, cu, mods)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.pattern, ctx.scale, ctx.cu = pattern, scale, cu
+        ctx.pattern, ctx.scale, ctx.cu, ctx.mods = pattern, scale, cu, mods
         ctx.mark_non_differentiable(lse)
         ctx.set_materialize_grads(False)  # no zero tensor for lse's (never used) gradient
         return out, lse
@@ -347,56 +388,94 @@ class _EagerAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable  # as the operator: no double backward
     def backward(ctx, dout, _dlse):
         if dout is None:  # out took no part in what is differentiated
-            return None, None, None, None, None, None
+            return (None,) * 9
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _api._backward(dout, q, k, v, out, lse, ctx.pattern, ctx.scale, ctx.cu,
-                                    _deterministic_requested())
-        return dq, dk, dv, None, None, None
+        r = _api._backward(dout, q, k, v, out, lse, ctx.pattern, ctx.scale, ctx.cu, ctx.mods,
+                           _deterministic_requested())
+        dsinks = r[3] if len(r) > 3 and ctx.needs_input_grad[3] else None  # the sinks are learned
+        return r[0], r[1], r[2], dsinks, None, None, None, None, None
 
 
 # -- what the public functions call on torch tensors ------------------------------------------------
 
 
-def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None, return_lse=True):
-    """out, or (out, lse) with return_lse: eagerly through the core (autograd included), else
-    through spattn::attention_forward. `pattern` and `scale` are already checked by
+def _mods(q, softcap, alibi_slopes, sinks, detach_sinks):
+    """The checked modifiers as the operators take them: float32 tensors on q's device (sinks
+    keep their autograd history through the cast unless detach_sinks)."""
+    if softcap is None and alibi_slopes is None and sinks is None:
+        return None, None, None
+
+    def per_head(x, name):  # (isinstance only: torch.compile traces this)
+        if x is None:
+            return None
+        if isinstance(x, Tensor):
+            if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
+                raise TypeError(f"{name}: expected a float32 tensor [Hq], got dtype {x.dtype}")
+            return x.to(torch.float32)
+        return _as_torch(_api._per_head(x, name, q)).to(q.device)
+
+    alibi = per_head(alibi_slopes, "alibi_slopes")
+    s = per_head(sinks, "sinks")
+    if s is not None and detach_sinks:
+        s = s.detach()
+    return _api._softcap(softcap), None if alibi is None else alibi.detach(), s
+
+
+def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None, return_lse=True, softcap=None,
+              alibi_slopes=None, sinks=None):
+    """out, or (out, lse) with return_lse: eagerly through the core (autograd included, for sinks
+    too), else through spattn::attention_forward. `pattern` and `scale` are already checked by
     `spattn.attention`."""
-    if _eager(q, k, v):
+    cap, alibi, s = _mods(q, softcap, alibi_slopes, sinks, False)
+    if _eager(q, k, v, alibi, s):
         cu = _api._cu_seqlens(cu_seqlens_q, cu_seqlens_k)
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            out, lse = _EagerAttention.apply(q, k, v, pattern, scale, cu)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                        or (s is not None and s.requires_grad)):
+            out, lse = _EagerAttention.apply(q, k, v, s, pattern, scale, cu, cap, alibi)
             return (out, lse) if return_lse else out
-        return _api._forward(q, k, v, pattern, scale, None, return_lse, cu)
+        mods = _api._NO_MODS if cap is None and alibi is None and s is None else _api._Mods(cap, alibi, s)
+        return _api._forward(q, k, v, pattern, scale, None, return_lse, cu, mods)
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
-    out, lse = _attention_forward(q, k, v, spec, data, scale, cu_q, cu_k)
+    if cap is None and alibi is None and s is None:
+        out, lse = _attention_forward(q, k, v, spec, data, scale, cu_q, cu_k)
+    else:
+        out, lse = _attention_forward(q, k, v, spec, data, scale, cu_q, cu_k, cap, alibi, s)
     return (out, lse) if return_lse else out
 
 
 def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None,
-                       deterministic=False):
-    """(dq, dk, dv), eagerly through the core, else through spattn::attention_backward; the
-    gradients carry no gradient themselves (no double backward), as on the direct path."""
+                       deterministic=False, softcap=None, alibi_slopes=None, sinks=None):
+    """(dq, dk, dv), and dsinks float32 [Hq] with sinks, eagerly through the core, else through
+    spattn::attention_backward; the gradients carry no gradient themselves (no double backward),
+    as on the direct path."""
     args = [t.detach() for t in (dout, q, k, v, out, lse)]
-    if _eager(*args):
-        return _api._backward(*args, pattern, scale, _api._cu_seqlens(cu_seqlens_q, cu_seqlens_k), deterministic)
+    cap, alibi, s = _mods(q, softcap, alibi_slopes, sinks, True)
+    if _eager(*args, alibi, s):
+        mods = _api._NO_MODS if cap is None and alibi is None and s is None else _api._Mods(cap, alibi, s)
+        return _api._backward(*args, pattern, scale, _api._cu_seqlens(cu_seqlens_q, cu_seqlens_k), mods,
+                              deterministic)
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
-    return _attention_backward(*args, spec, data, scale, cu_q, cu_k, deterministic)
+    dq, dk, dv, dsinks = _attention_backward(*args, spec, data, scale, cu_q, cu_k, cap, alibi, s, deterministic)
+    return (dq, dk, dv) if s is None else (dq, dk, dv, dsinks)
 
 
-def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys):
+def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys, softcap=None, alibi_slopes=None,
+           sinks=None):
     """(out, lse), eagerly through the core, else through spattn::decode; decode passes no
     gradient (inference)."""
     q, k_cache, v_cache = q.detach(), k_cache.detach(), v_cache.detach()
     pk = None if pooled_keys is None else pooled_keys.detach()
-    if _eager(q, k_cache, v_cache, pk):
-        return _api._decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, True, pk)
+    cap, alibi, s = _mods(q, softcap, alibi_slopes, sinks, True)
+    if _eager(q, k_cache, v_cache, pk, alibi, s):
+        mods = _api._NO_MODS if cap is None and alibi is None and s is None else _api._Mods(cap, alibi, s)
+        return _api._decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, True, pk, mods)
     spec, data = pattern_spec(pattern)
     cl = _as_torch(_api._int_array(cache_len, "cache_len", "int32 lengths [B]"))
     bt = None if block_table is None else _as_torch(
         _api._int_array(block_table, "block_table", "int32 page indices [B, max_pages]"))
-    return _decode(q, k_cache, v_cache, cl, spec, data, bt, scale, pk)
+    return _decode(q, k_cache, v_cache, cl, spec, data, bt, scale, pk, cap, alibi, s)
 
 
 def merge(outs, lses):

@@ -14,10 +14,25 @@ namespace {
 
 py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
                  const Pattern& pattern, py::handle block_table, py::handle scale,
-                 bool want_lse, py::handle pooled_keys, int num_threads) {
+                 bool want_lse, py::handle pooled_keys, int num_threads, py::handle softcap,
+                 py::handle alibi_slopes, py::handle sinks) {
   Options opt;
   opt.num_threads = num_threads;
   if (!scale.is_none()) opt.scale = scale.cast<double>();
+  ManagedTensor ma, ms;  // score modifiers (options.hpp; checked by the core)
+  if (!softcap.is_none()) {
+    opt.modifiers.softcap = softcap.cast<double>();
+    if (opt.modifiers.softcap == 0.0)
+      throw ValueError("softcap: expected a finite number > 0 (None: no softcap), got 0.0");
+  }
+  if (!alibi_slopes.is_none()) {
+    ma = import_array(alibi_slopes, "alibi_slopes");
+    opt.modifiers.alibi_slopes = &ma.dl();
+  }
+  if (!sinks.is_none()) {
+    ms = import_array(sinks, "sinks");
+    opt.modifiers.sinks = &ms.dl();
+  }
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k_cache");
   ManagedTensor mv = import_array(v, "v_cache");
@@ -92,6 +107,8 @@ void bind_decode(py::module_& m) {
         py::arg("cache_len"), py::arg("pattern"), py::arg("block_table") = py::none(),
         py::arg("scale") = py::none(), py::arg("want_lse") = false,
         py::arg("pooled_keys") = py::none(), py::arg("num_threads") = 0,
+        py::arg("softcap") = py::none(), py::arg("alibi_slopes") = py::none(),
+        py::arg("sinks") = py::none(),
         "Decode over a KV cache: (out [B, Nq, Hq, Dv], lse [B, Hq, Nq] or None) holders.");
   m.def("pool_keys", &pool_keys, py::arg("k_cache"), py::arg("cache_len"), py::arg("block"),
         py::arg("block_table") = py::none(),

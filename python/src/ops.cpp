@@ -79,11 +79,37 @@ ManagedTensor output(py::handle given, const char* name, const TensorView& like,
   return given.is_none() ? allocate_on(like, dtype, shape) : given_output(given, name);
 }
 
+// The score modifiers of a call (Options::modifiers): softcap a float or None, alibi_slopes
+// and sinks arrays or None (imported and kept alive here; the core checks them).
+struct Modifiers {
+  ManagedTensor alibi, sinks;
+  spattn::Modifiers m;
+  Modifiers(py::handle softcap, py::handle alibi_slopes, py::handle sinks_) {
+    if (!softcap.is_none()) {
+      m.softcap = softcap.cast<double>();
+      if (m.softcap == 0.0)  // the core reads 0 as "none"; a caller's 0 is an error
+        throw ValueError("softcap: expected a finite number > 0 (None: no softcap), got 0.0");
+    }
+    if (!alibi_slopes.is_none()) {
+      alibi = import_array(alibi_slopes, "alibi_slopes");
+      m.alibi_slopes = &alibi.dl();
+    }
+    if (!sinks_.is_none()) {
+      sinks = import_array(sinks_, "sinks");
+      m.sinks = &sinks.dl();
+    }
+  }
+};
+
 py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& pattern,
                   py::handle scale, py::handle out, bool want_lse, py::handle cu_q,
                   py::handle cu_k, int num_threads, py::handle lse_out, py::handle stream,
-                  py::handle workspace) {
+                  py::handle workspace, py::handle softcap, py::handle alibi_slopes,
+                  py::handle sinks) {
   CallContext call(scale, num_threads, stream, workspace);
+  Modifiers mods(softcap, alibi_slopes, sinks);
+  Options opt = call.options();
+  opt.modifiers = mods.m;
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k");
   ManagedTensor mv = import_array(v, "v");
@@ -113,9 +139,9 @@ py::tuple forward(py::handle q, py::handle k, py::handle v, const Pattern& patte
     const DLTensor* lse = want_lse ? &mlse.dl() : nullptr;
     if (varlen)
       attention_forward_varlen(mq.dl(), mk.dl(), mv.dl(), cu.q.dl(), cu.k.dl(), pattern,
-                               mout.dl(), lse, call.options());
+                               mout.dl(), lse, opt);
     else
-      attention_forward(mq.dl(), mk.dl(), mv.dl(), pattern, mout.dl(), lse, call.options());
+      attention_forward(mq.dl(), mk.dl(), mv.dl(), pattern, mout.dl(), lse, opt);
   }
   py::object out_obj =
       out.is_none() ? make_holder(std::move(mout)) : py::reinterpret_borrow<py::object>(out);
@@ -129,10 +155,13 @@ py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py
                    py::handle lse, const Pattern& pattern, py::handle scale, py::handle cu_q,
                    py::handle cu_k, int num_threads, py::handle dq_out, py::handle dk_out,
                    py::handle dv_out, py::handle stream, py::handle workspace,
-                   bool deterministic) {
+                   bool deterministic, py::handle softcap, py::handle alibi_slopes,
+                   py::handle sinks, py::handle dsinks_out) {
   CallContext call(scale, num_threads, stream, workspace);
-  Options options = call.options();
-  options.deterministic = deterministic;
+  Modifiers mods(softcap, alibi_slopes, sinks);
+  Options opt = call.options();
+  opt.deterministic = deterministic;
+  opt.modifiers = mods.m;
   ManagedTensor mdout = import_array(dout, "dout");
   ManagedTensor mq = import_array(q, "q");
   ManagedTensor mk = import_array(k, "k");
@@ -146,20 +175,27 @@ py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py
   ManagedTensor dq = output(dq_out, "dq", vq, dt, std::vector<int64_t>(vq.shape, vq.shape + vq.ndim));
   ManagedTensor dk = output(dk_out, "dk", vq, dt, std::vector<int64_t>(vk.shape, vk.shape + vk.ndim));
   ManagedTensor dv = output(dv_out, "dv", vq, dt, std::vector<int64_t>(vv.shape, vv.shape + vv.ndim));
+  ManagedTensor dsinks;  // with sinks: float32 [Hq], on q's device
+  if (!sinks.is_none()) {
+    dsinks = output(dsinks_out, "dsinks", vq, DType::Float32, {vq.shape[vq.ndim - 2]});
+    opt.modifiers.dsinks = &dsinks.dl();
+  }
   {
     py::gil_scoped_release nogil;
     if (cu.varlen())
       attention_backward_varlen(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(),
-                                cu.q.dl(), cu.k.dl(), pattern, dq.dl(), dk.dl(), dv.dl(),
-                                options);
+                                cu.q.dl(), cu.k.dl(), pattern, dq.dl(), dk.dl(), dv.dl(), opt);
     else
       attention_backward(mdout.dl(), mq.dl(), mk.dl(), mv.dl(), mout.dl(), mlse.dl(), pattern,
-                         dq.dl(), dk.dl(), dv.dl(), options);
+                         dq.dl(), dk.dl(), dv.dl(), opt);
   }
   auto result = [](ManagedTensor& t, py::handle given) {
     return given.is_none() ? make_holder(std::move(t)) : py::reinterpret_borrow<py::object>(given);
   };
-  return py::make_tuple(result(dq, dq_out), result(dk, dk_out), result(dv, dv_out));
+  if (sinks.is_none())
+    return py::make_tuple(result(dq, dq_out), result(dk, dk_out), result(dv, dv_out));
+  return py::make_tuple(result(dq, dq_out), result(dk, dk_out), result(dv, dv_out),
+                        result(dsinks, dsinks_out));
 }
 
 }  // namespace
@@ -170,6 +206,8 @@ void bind_ops(py::module_& m) {
         py::arg("cu_seqlens_q") = py::none(), py::arg("cu_seqlens_k") = py::none(),
         py::arg("num_threads") = 0, py::arg("lse_out") = py::none(),
         py::arg("stream") = py::none(), py::arg("workspace") = py::none(),
+        py::arg("softcap") = py::none(), py::arg("alibi_slopes") = py::none(),
+        py::arg("sinks") = py::none(),
         "Attention forward: returns (out, lse or None); out is `out` itself when given, else a "
         "DLPackTensor of q's dtype [B, Nq, Hq, Dv] (varlen: [Tq, Hq, Dv]); lse float32 "
         "[B, Hq, Nq] (varlen: [Hq, Tq]).");
@@ -179,9 +217,11 @@ void bind_ops(py::module_& m) {
         py::arg("num_threads") = 0, py::arg("dq") = py::none(), py::arg("dk") = py::none(),
         py::arg("dv") = py::none(), py::arg("stream") = py::none(),
         py::arg("workspace") = py::none(), py::arg("deterministic") = false,
-        "Attention backward: returns (dq, dk, dv) as DLPackTensor holders shaped like q, k, v. "
-        "deterministic: bitwise reproducible gradients, or RuntimeError where the backend's "
-        "kernel cannot give them (Options::deterministic).");
+        py::arg("softcap") = py::none(), py::arg("alibi_slopes") = py::none(),
+        py::arg("sinks") = py::none(), py::arg("dsinks") = py::none(),
+        "Attention backward: returns (dq, dk, dv) as DLPackTensor holders shaped like q, k, v, "
+        "and with sinks also dsinks float32 [Hq]. deterministic: bitwise reproducible gradients, "
+        "or RuntimeError where the backend's kernel cannot give them (Options::deterministic).");
   m.def("info", &spattn::info, "Build and runtime facts, as a dict of strings.");
   m.def(
       "_threads_used",

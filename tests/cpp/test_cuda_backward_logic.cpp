@@ -187,6 +187,14 @@ void emulate(const BwdParams& p, Sabotage sab, std::vector<Visit>* visits) {
                                : bwd_prob(s, f.scale_log2, l2, keep[size_t(r * BN + x)]);
           P[size_t(r * BN + x)] = pr;
           dS[size_t(r * BN + x)] = bwd_ds(pr, dp, dl);
+          if (f.mods) {  // softcap / ALiBi, as the kernel's branch: dS = P (dP - delta) dcap
+            float dcap;
+            const float s2 = modified_score(f, t.h, i0 + r, j0 + x,
+                                            score_scaled(s, f.scale_log2, keep[size_t(r * BN + x)]), &dcap);
+            const float pm = fast_exp2(s2 - l2);
+            P[size_t(r * BN + x)] = pm;
+            dS[size_t(r * BN + x)] = bwd_ds(pm * dcap, dp, dl);
+          }
         }
       }
       for (int x = 0; x < BN; ++x) {
@@ -290,6 +298,9 @@ struct Case {
   Pattern pattern;
   int64_t b, nq, nk, hq, hkv, d;
   float scale;
+  // Score modifiers (empty: none): softcap (0: none), ALiBi slopes and sinks, one per head.
+  float softcap = 0.f;
+  std::vector<float> slopes, sinks;
 };
 
 double run_case(const Case& cs, Sabotage sab, uint32_t seed, bool verbose_checks) {
@@ -315,22 +326,30 @@ double run_case(const Case& cs, Sabotage sab, uint32_t seed, bool verbose_checks
     for (int64_t h = 0; h < Hq; ++h) {
       const int64_t g = h / group;
       for (int64_t i = 0; i < Nq; ++i) {
-        std::vector<double> s(size_t(Nk), -INFINITY), pr(size_t(Nk), 0.0);
+        std::vector<double> s(size_t(Nk), -INFINITY), pr(size_t(Nk), 0.0), dcap(size_t(Nk), 1.0);
         double mx = -INFINITY;
         for (int64_t j = 0; j < Nk; ++j) {
           if (!kept(h, i, j)) continue;
           double acc = 0;
           for (int64_t d = 0; d < D; ++d) acc += double(q.at(b, i, h, d)) * k.at(b, j, g, d);
           s[size_t(j)] = acc * cs.scale;
+          if (cs.softcap != 0.f) {  // the modifiers' definitions (spattn/options.hpp)
+            const double t = std::tanh(s[size_t(j)] / cs.softcap);
+            s[size_t(j)] = cs.softcap * t;
+            dcap[size_t(j)] = 1 - t * t;
+          }
+          if (!cs.slopes.empty()) s[size_t(j)] -= cs.slopes[size_t(h)] * double(std::llabs(i + Nk - Nq - j));
           mx = std::max(mx, s[size_t(j)]);
         }
+        const double sink = cs.sinks.empty() ? -INFINITY : double(cs.sinks[size_t(h)]);
+        mx = std::max(mx, sink);
         if (mx == -INFINITY) {
           empty_row[size_t((b * Hq + h) * Nq + i)] = 1;
           lse[size_t((b * Hq + h) * Nq + i)] = -INFINITY;
           for (int64_t d = 0; d < D; ++d) out.at(b, i, h, d) = 0.f;
           continue;
         }
-        double l = 0;
+        double l = std::exp(sink - mx);
         for (int64_t j = 0; j < Nk; ++j) l += std::exp(s[size_t(j)] - mx);
         lse[size_t((b * Hq + h) * Nq + i)] = float(mx + std::log(l));
         for (int64_t j = 0; j < Nk; ++j) pr[size_t(j)] = std::exp(s[size_t(j)] - mx) / l;
@@ -345,7 +364,7 @@ double run_case(const Case& cs, Sabotage sab, uint32_t seed, bool verbose_checks
           if (pr[size_t(j)] == 0.0) continue;
           double dp = 0;
           for (int64_t d = 0; d < D; ++d) dp += double(dout.at(b, i, h, d)) * v.at(b, j, g, d);
-          const double ds = pr[size_t(j)] * (dp - delta);
+          const double ds = pr[size_t(j)] * (dp - delta) * dcap[size_t(j)];
           for (int64_t d = 0; d < D; ++d) {
             rdq[size_t(((b * Nq + i) * Hq + h) * D + d)] += cs.scale * ds * k.at(b, j, g, d);
             rdk[size_t(((b * Nk + j) * Hkv + g) * D + d)] += cs.scale * ds * q.at(b, i, h, d);
@@ -413,6 +432,10 @@ double run_case(const Case& cs, Sabotage sab, uint32_t seed, bool verbose_checks
   f.group = group;
   f.scale = cs.scale;
   f.scale_log2 = cs.scale * 1.4426950408889634f;
+  f.m.softcap_log2 = cs.softcap * 1.4426950408889634f;
+  f.m.alibi = cs.slopes.empty() ? nullptr : cs.slopes.data();
+  f.m.rel_base = Nk - Nq;
+  f.mods = cs.softcap != 0.f || !cs.slopes.empty();  // sinks: only through lse
   p.dout = dout.ptr();
   p.do_sb = dout.strides[0], p.do_sn = dout.strides[1], p.do_sh = dout.strides[2];
   p.dq = dq.ptr();
@@ -714,6 +737,14 @@ int main() {
       {"bigbird", Pattern::bigbird(32, 3, 1, 2, 5), 1, 300, 300, 2, 1, 8, 0.3f},
       {"dilated(10,0,3)", Pattern::dilated(10, 0, 3), 1, 200, 200, 1, 1, 8, 0.3f},
       {"causal odd 97x1025, negative scale", Pattern::causal(), 1, 97, 1025, 1, 1, 8, -0.35f},
+      // score modifiers: the softcap's chain rule, ALiBi, sinks through lse
+      {"causal + softcap", Pattern::causal(), 1, 200, 260, 2, 1, 8, 0.9f, 1.5f},
+      {"window(40,3) + alibi GQA", Pattern::sliding_window(40, 3), 2, 150, 190, 4, 2, 8, 0.3f, 0.f,
+       {0.5f, 0.25f, 0.125f, 0.0625f}},
+      {"window(20,5) + sinks (empty rows)", Pattern::sliding_window(20, 5), 1, 333, 150, 2, 2, 8, 0.3f, 0.f,
+       {}, {0.7f, -1.2f}},
+      {"sink(5)|window(70,3) + all three", Pattern::union_of({Pattern::sink(5), Pattern::sliding_window(70, 3)}),
+       1, 261, 261, 2, 1, 8, 0.5f, 2.f, {0.1f, 0.3f}, {0.2f, -INFINITY}},
   };
   const double tol = 2e-5;
   uint32_t seed = 1;

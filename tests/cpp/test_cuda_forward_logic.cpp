@@ -150,6 +150,9 @@ void emulate(const FwdParams& p, Sabotage sab, std::vector<Visit>* visits) {
           float s = 0.f;
           for (int d = 0; d < D; ++d) s += Q[size_t(r * D + d)] * K[size_t(x * D + d)];
           S[size_t(r * kFwdBlockN + x)] = score_scaled(s, p.scale_log2, keep[size_t(r * kFwdBlockN + x)]);
+          if (p.mods)  // softcap / ALiBi, as the kernels apply them
+            S[size_t(r * kFwdBlockN + x)] =
+                modified_score(p, w.h, i0 + r, j0 + x, S[size_t(r * kFwdBlockN + x)], nullptr);
         }
         float mx = m[size_t(r)];
         for (int x = 0; x < kFwdBlockN; ++x) mx = fmax_(mx, S[size_t(r * kFwdBlockN + x)]);
@@ -172,9 +175,11 @@ void emulate(const FwdParams& p, Sabotage sab, std::vector<Visit>* visits) {
       }
     }
     for (int r = 0; r < rows; ++r) {
-      const float inv = softmax_inv_l(l[size_t(r)]);
+      float mr = m[size_t(r)], lr = l[size_t(r)];
+      const float keep_o = sink_finish(p, w.h, &mr, &lr);  // the epilogue's sink
+      const float inv = softmax_inv_l(lr) * keep_o;
       for (int d = 0; d < Dv; ++d) o[o_offset(p, w.b, i0 + r, w.h) + d] = O[size_t(r * Dv + d)] * inv;
-      if (p.lse) p.lse[lse_offset(p, w.b, w.h, i0 + r)] = softmax_lse(m[size_t(r)], l[size_t(r)]);
+      if (p.lse) p.lse[lse_offset(p, w.b, w.h, i0 + r)] = softmax_lse(mr, lr);
     }
   }
 }
@@ -184,6 +189,9 @@ struct Case {
   Pattern pattern;
   int64_t b, nq, nk, hq, hkv, d;
   float scale;
+  // Score modifiers (empty: none): softcap (0: none), ALiBi slopes and sinks, one per head.
+  float softcap = 0.f;
+  std::vector<float> slopes, sinks;
 };
 
 // Runs one case through staging + emulation; returns the max error against the reference
@@ -222,6 +230,11 @@ double run_case(const Case& cs, Sabotage sab, uint32_t seed) {
   p.group = Hq / Hkv;
   p.scale = cs.scale;
   p.scale_log2 = cs.scale * 1.4426950408889634f;
+  p.m.softcap_log2 = cs.softcap * 1.4426950408889634f;
+  p.m.alibi = cs.slopes.empty() ? nullptr : cs.slopes.data();
+  p.m.sinks = cs.sinks.empty() ? nullptr : cs.sinks.data();
+  p.m.rel_base = Nk - Nq;
+  p.mods = cs.softcap != 0.f || !cs.slopes.empty();
 
   std::vector<Visit> visits;
   emulate(p, sab, &visits);
@@ -329,15 +342,20 @@ double run_case(const Case& cs, Sabotage sab, uint32_t seed) {
           double acc = 0;
           for (int64_t d = 0; d < D; ++d) acc += double(q.at(b, i, h, d)) * k.at(b, j, g, d);
           s[size_t(j)] = acc * cs.scale;
+          // the modifiers' definitions (spattn/options.hpp): softcap, then ALiBi
+          if (cs.softcap != 0.f) s[size_t(j)] = cs.softcap * std::tanh(s[size_t(j)] / cs.softcap);
+          if (!cs.slopes.empty()) s[size_t(j)] -= cs.slopes[size_t(h)] * double(std::llabs(i + Nk - Nq - j));
           mx = std::max(mx, s[size_t(j)]);
         }
+        const double sink = cs.sinks.empty() ? -INFINITY : double(cs.sinks[size_t(h)]);
+        mx = std::max(mx, sink);
         const float got_lse = lse[size_t((b * Hq + h) * Nq + i)];
         if (mx == -INFINITY) {  // a row that sees nothing
           for (int64_t d = 0; d < D; ++d) exact_empty = exact_empty && out.at(b, i, h, d) == 0.f;
           exact_empty = exact_empty && got_lse == -INFINITY;
           continue;
         }
-        double l = 0;
+        double l = std::exp(sink - mx);
         for (int64_t j = 0; j < Nk; ++j) l += std::exp(s[size_t(j)] - mx);
         const double ref_lse = mx + std::log(l);
         if (!(std::fabs(got_lse - ref_lse) <= 1e30)) all_written = false;
@@ -503,6 +521,14 @@ int main() {
       {"bigbird", Pattern::bigbird(32, 3, 1, 2, 5), 1, 300, 300, 2, 1, 8, 0.3f},
       {"dilated(10,0,3)", Pattern::dilated(10, 0, 3), 1, 200, 200, 1, 1, 8, 0.3f},
       {"causal, negative scale", Pattern::causal(), 1, 140, 140, 1, 1, 8, -0.35f},
+      // score modifiers (softcap, ALiBi, sinks), alone and together
+      {"causal + softcap", Pattern::causal(), 1, 200, 260, 2, 1, 8, 0.9f, 1.5f},
+      {"window(40,3) + alibi GQA", Pattern::sliding_window(40, 3), 2, 150, 190, 4, 2, 8, 0.3f, 0.f,
+       {0.5f, 0.25f, 0.125f, 0.0625f}},
+      {"window(20,5) + sinks (empty rows: lse = sink)", Pattern::sliding_window(20, 5), 1, 333, 150, 2, 2, 8,
+       0.3f, 0.f, {}, {0.7f, -1.2f}},
+      {"sink(5)|window(70,3) + all three", Pattern::union_of({Pattern::sink(5), Pattern::sliding_window(70, 3)}),
+       1, 261, 261, 2, 1, 8, 0.5f, 2.f, {0.1f, 0.3f}, {0.2f, -INFINITY}},
   };
   const double tol = 2e-4;
   uint32_t seed = 1;

@@ -294,3 +294,14 @@ def test_float64_residue_classes_and_union_parts_match_dense_autograd(pattern):
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-13)
     for g, r in zip(grads, torch.autograd.grad(ref, (q, k, v), dout)):
         torch.testing.assert_close(g, r, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("mods", [dict(softcap=20.0), dict(alibi_slopes=[0.5, 0.25]), dict(sinks=[0.0, 1.0])])
+def test_float64_refuses_score_modifiers(mods):
+    """The float64 kernel has no score modifiers: a clear TypeError, not a silently plain result."""
+    q, k, v = (np.random.default_rng(0).standard_normal((1, 8, 2, 16)) for _ in range(3))
+    with pytest.raises(TypeError, match="float64 attention runs without score modifiers"):
+        spattn.attention(q, k, v, pattern=spattn.Causal(), **mods)
+    lens = np.array([8], dtype=np.int32)
+    with pytest.raises(TypeError, match="float64 attention runs without score modifiers"):
+        spattn.decode(q[:, :1], k, v, lens, pattern=spattn.Causal(), **mods)

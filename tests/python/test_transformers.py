@@ -19,16 +19,21 @@ def _configs():
     return {
         "llama": transformers.LlamaConfig(**COMMON),
         "mistral": transformers.MistralConfig(**COMMON, sliding_window=6),
-        # Gemma 2: alternating local and global layers; softcapping refused (test below), so off here
+        # Gemma 2: alternating local and global layers
         "gemma2": transformers.Gemma2Config(**COMMON, sliding_window=6, attn_logit_softcapping=None,
                                             final_logit_softcapping=30.0),
+        # ... with attention logit softcapping (q and k weights scaled up in _model, so that the
+        # scores reach the cap)
+        "gemma2-softcap": transformers.Gemma2Config(**COMMON, sliding_window=6, attn_logit_softcapping=2.0,
+                                                    final_logit_softcapping=30.0),
         "gemma3": transformers.Gemma3TextConfig(**COMMON, sliding_window=6,
                                                 layer_types=["sliding_attention", "full_attention"]),
     }
 
 
 # Gemma 2 has no "sdpa" in transformers; it is compared with "eager" only.
-IMPLS = {"llama": ("eager", "sdpa"), "mistral": ("eager", "sdpa"), "gemma2": ("eager",), "gemma3": ("eager", "sdpa")}
+IMPLS = {"llama": ("eager", "sdpa"), "mistral": ("eager", "sdpa"), "gemma2": ("eager",), "gemma2-softcap": ("eager",),
+         "gemma3": ("eager", "sdpa")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +44,13 @@ def registered():
 def _model(name, impl):
     torch.manual_seed(0)
     cfg = copy.deepcopy(_configs()[name])  # a model keeps its config object: one each
-    return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=impl)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=impl)
+    if name == "gemma2-softcap":  # random init gives scores of ~0.01: make them large enough to be capped
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.weight.mul_(30.0)
+                layer.self_attn.k_proj.weight.mul_(30.0)
+    return model
 
 
 def _batch(left_padding=True):
@@ -94,7 +105,7 @@ def test_greedy_generation_identical(name, monkeypatch):
     assert decoded
 
 
-@pytest.mark.parametrize("name", ["mistral", "gemma3"])
+@pytest.mark.parametrize("name", ["mistral", "gemma3", "gemma2-softcap"])
 def test_training_step_gradients_match_eager(name):
     ids, mask = _batch(left_padding=False)  # right padding, as in training
     labels = ids.masked_fill(mask == 0, -100)
@@ -108,13 +119,52 @@ def test_training_step_gradients_match_eager(name):
         torch.testing.assert_close(g, grads["eager"][n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_softcapping_is_refused_clearly():
-    cfg = copy.deepcopy(_configs()["gemma2"])
-    cfg.attn_logit_softcapping = 50.0
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="spattn")
-    ids, _ = _batch()
-    with pytest.raises(ValueError, match="softcap"):
-        model(ids)
+def test_softcapping_changes_the_result():
+    # the softcap reaches the kernels: the same weights without it give other logits
+    ids, mask = _batch()
+    with torch.no_grad():
+        capped = _model("gemma2-softcap", "spattn").eval()(ids, attention_mask=mask).logits
+        model = _model("gemma2-softcap", "spattn").eval()
+        for layer in model.model.layers:  # the same weights, no cap
+            layer.self_attn.attn_logit_softcapping = None
+        plain = model(ids, attention_mask=mask).logits
+    assert (capped - plain).abs().max() > 1e-2
+
+
+def _gpt_oss(impl):
+    # GPT-OSS: learned attention sinks (s_aux), alternating sliding and full layers, a tiny MoE.
+    if not hasattr(transformers, "GptOssConfig"):
+        pytest.skip(f"transformers {transformers.__version__} has no GPT-OSS")
+    torch.manual_seed(0)
+    cfg = transformers.GptOssConfig(**{**COMMON, "intermediate_size": 16}, num_local_experts=4, num_experts_per_tok=2,
+                                    sliding_window=6, layer_types=["sliding_attention", "full_attention"])
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=impl)
+    with torch.no_grad():  # sinks of both signs, large enough to matter
+        for layer in model.model.layers:
+            layer.self_attn.sinks.copy_(torch.linspace(-2.0, 2.0, layer.self_attn.sinks.numel()))
+    return model
+
+
+def test_gpt_oss_sinks_logits_generation_and_gradients():
+    ids, mask = _batch(left_padding=False)
+    with torch.no_grad():
+        got = _gpt_oss("spattn").eval()(ids, attention_mask=mask).logits
+        want = _gpt_oss("eager").eval()(ids, attention_mask=mask).logits
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1, :15], want[1, :15], rtol=1e-5, atol=1e-5)
+    out = {impl: _gpt_oss(impl).eval().generate(ids[:1], max_new_tokens=32, min_new_tokens=32, do_sample=False)
+           for impl in ("eager", "spattn")}
+    assert torch.equal(out["spattn"], out["eager"])
+    labels = ids.masked_fill(mask == 0, -100)
+    grads = {}
+    for impl in ("eager", "spattn"):
+        model = _gpt_oss(impl).train()
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+        grads[impl] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert any("sinks" in n for n in grads["spattn"])  # the sinks are learned through spattn
+    assert grads["spattn"].keys() == grads["eager"].keys()
+    for n, g in grads["spattn"].items():
+        torch.testing.assert_close(g, grads["eager"][n], rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_holes_in_the_padding_are_refused_clearly():

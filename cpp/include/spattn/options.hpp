@@ -20,6 +20,30 @@ struct Allocator {
   void* ctx = nullptr;
 };
 
+// Score modifiers (docs/: "Score modifiers"; README: "Choices where the contract is silent").
+// Every kept score of query row i (query head h) and key j becomes, in this order:
+//   s = scale * q_i . k_j
+//   s = softcap * tanh(s / softcap)           (softcap > 0; Gemma 2 caps the scaled score)
+//   s = s - alibi_slopes[h] * |rel|           (rel = i + Nk - Nq - j, SPEC §2)
+// and with sinks every row's softmax gets one more term exp(sinks[h]) in its denominator, with
+// no value row (GPT-OSS's learned sinks):
+//   out_i = sum_j e^{s_ij} v_j / (e^{sinks[h]} + sum_j e^{s_ij}),
+//   lse_i = log(e^{sinks[h]} + sum_j e^{s_ij}).
+// A row that keeps no key gets out = 0 and lse = sinks[h] (-inf without sinks). Masked pairs
+// stay masked: modifiers change kept scores only. The arrays are float32 [Hq] on q's device (for
+// a batch, varlen batch or decode alike); slopes must be finite, sinks finite or -inf (-inf: no
+// sink for that head). Empty (all defaults): plain attention, and the plain kernels run.
+struct Modifiers {
+  double softcap = 0.0;                     // 0: none; else finite and > 0
+  const DLTensor* alibi_slopes = nullptr;   // float32 [Hq], or none
+  const DLTensor* sinks = nullptr;          // float32 [Hq], or none
+  // Backward only, with sinks: written (overwritten) with dL/dsinks, float32 [Hq]:
+  //   dsinks[h] = -sum over rows (b, i) of exp(sinks[h] - lse[b, h, i]) * sum_d dout * out.
+  // Null: not wanted.
+  const DLTensor* dsinks = nullptr;
+  bool any() const { return softcap != 0.0 || alibi_slopes || sinks; }
+};
+
 struct Options {
   // Softmax scale; 0 means 1/sqrt(D).
   double scale = 0.0;
@@ -41,6 +65,9 @@ struct Options {
   // is not (dq by float32 atomics): deterministic=true raises RuntimeError where it would run.
   // Other entry points ignore it (their results are reproducible already).
   bool deterministic = false;
+  // Score modifiers of attention, its backward, their varlen forms and decode (ignored by
+  // merge and pool_keys).
+  Modifiers modifiers;
 };
 
 }  // namespace spattn

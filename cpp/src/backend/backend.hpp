@@ -35,6 +35,22 @@ struct Call {
   bool deterministic = false;
 };
 
+// The score modifiers of a call (Options::modifiers), checked, with pointers on q's device.
+// Keys are described in the problem's own coordinates: rel of row i and key j is
+// rel_step * (i - j) + rel_base, where rel_base is Nk - Nq of the problem unless rel_shifted
+// (the row-strided views of residue classes, whose rows are d rows of the whole problem apart).
+struct ScoreMods {
+  float softcap = 0.f;           // 0: none
+  const float* alibi = nullptr;  // [Hq] slopes, element stride alibi_stride; null: none
+  const float* sinks = nullptr;  // [Hq] logits, element stride sinks_stride; null: none
+  int64_t alibi_stride = 1, sinks_stride = 1;
+  bool rel_shifted = false;
+  int64_t rel_step = 1, rel_base = 0;
+  // Softcap or ALiBi: the scores change (sinks only change the normalisation).
+  bool scores() const { return softcap != 0.f || alibi != nullptr; }
+  bool any() const { return scores() || sinks != nullptr; }
+};
+
 // One dense-batch attention problem ([B, N, H, D] views, any strides), already checked.
 struct Attention {
   TensorView q, k, v, out;
@@ -42,6 +58,9 @@ struct Attention {
   DType dtype = DType::Float32;
   double scale = 1.0;  // resolved; float64 kernels use it as it is, the others round it to float
   Dims s{};
+  // Forward: all of them; backward: softcap and ALiBi (the sinks act through lse; their own
+  // gradient is sink_grad's).
+  ScoreMods mods;
 };
 
 // What the backward adds: dout in, gradients out (overwritten), same shapes as out, q, k, v.
@@ -66,6 +85,7 @@ struct Decode {
   double scale = 1.0;  // resolved; float64 kernels use it as it is, the others round it to float
   const Pattern* pattern = nullptr;
   TensorView pooled;  // TopKBlocks only: float32 [B, blocks, Hkv, D] mean keys (data null: none)
+  ScoreMods mods;     // rel_base per sequence: cache_len[b] - Nq
 };
 
 // The mean key of every block of `block` keys of each sequence (pool_keys, SPEC §3).
@@ -116,6 +136,21 @@ class Backend {
   // dst = sum of srcs[0..n), all [B, N, H, D] of one dtype, any strides (float32 accumulation).
   virtual void sum(const TensorView& dst, const TensorView* srcs, int n, DType dtype,
                    const Call& call) = 0;
+  // Empty when this backend runs the score modifiers (ScoreMods) for `op`; else the reason.
+  virtual std::string unsupported_modifiers(Op op, const Call& call) const {
+    (void)op;
+    (void)call;
+    return "the score modifiers (softcap, alibi_slopes, sinks) are not implemented on this "
+           "device in this version";
+  }
+  // The sinks' gradient: dsinks[h] = -sum over (b, i) of exp(sinks[h] - lse[b, h, i]) *
+  // sum_d dout[b, i, h, d] * out[b, i, h, d]; out/dout [B, N, H, Dv], lse [B, H, N], dsinks
+  // float32 [H] (overwritten). Only backends whose unsupported_modifiers is empty are asked.
+  virtual void sink_grad(const TensorView& dout, const TensorView& out, const TensorView& lse,
+                         const ScoreMods& mods, const TensorView& dsinks, DType dtype,
+                         const Call& call) {
+    (void)dout, (void)out, (void)lse, (void)mods, (void)dsinks, (void)dtype, (void)call;
+  }
   // Copies `bytes` bytes starting at t.data (on call.device) to host memory; waits for them.
   virtual void read_to_host(const TensorView& t, void* host, size_t bytes, const Call& call) = 0;
 

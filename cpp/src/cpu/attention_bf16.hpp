@@ -287,9 +287,11 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
   const int64_t g = h / p.group;
   const bool k_direct = p.k.s[3] == 1 && (D & 1) == 0;
   const float sc = p.scale2;
-  const vf vsc = splat(sc);
+  // With score modifiers, modify_scores applies the scale (and the modifiers) to each block
+  // before masking; the softmax below then reads finished scores.
+  const vf vsc = splat(p.mods ? 1.f : sc);
   // Masked scores must come out as -inf after scaling (the scale may be negative).
-  const float masked = sc > 0.f ? -kInf : kInf;
+  const float masked = p.mods || sc > 0.f ? -kInf : kInf;
 
   BlockWalk walk(p, h, a);
   prefetch_next(p, walk, b, g);
@@ -335,6 +337,7 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
     } else {
       gemm_bf<false>(nk, ncol, D2, ka, ldk, 2, w.qp, kTile, w.st, kTile);
     }
+    if (p.mods) modify_scores<true>(p, h, i0, ncol, j0, nk, w.st, sc, nullptr);
     if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
 
     // Online softmax down the columns (as in fwd_tile); P rounded to bfloat16 pairs of keys.
@@ -390,12 +393,10 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
   }
 
   for (int q = 0; q < mq; ++q) {
-    const float l = w.l[q];
-    store_row(at_mut(p.o, 2, b, i0 + q, h), p.dtype, p.o.s[3], Dv, w.o + q * Dvp,
-              l == 0.f ? 0.f : 1.f / l);
-    if (p.lse)
-      p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]] =
-          l == 0.f ? -kInf : (w.m[q] + __builtin_log2f(l)) * kLn2;
+    float mul, lse;
+    finish_row(p, h, w.m[q], w.l[q], &mul, &lse);
+    store_row(at_mut(p.o, 2, b, i0 + q, h), p.dtype, p.o.s[3], Dv, w.o + q * Dvp, mul);
+    if (p.lse) p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]] = lse;
   }
 }
 
@@ -405,7 +406,7 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
 // dQ (as FlashAttention does), with float32 accumulation everywhere.
 
 struct BwdBufsBf {
-  float *st, *dpt, *dq, *delta, *lse2, *tmp;
+  float *st, *dpt, *dcap, *dq, *delta, *lse2, *tmp;
   uint32_t *qp, *dop, *qpp, *dopp, *dsp, *kpp;
   uint16_t *pb, *dsb, *kp, *vp;
   int32_t *rlo, *rhi;
@@ -419,6 +420,7 @@ inline BwdBufsBf bwd_bufs_bf(const Problem& p, float* base) {
   const int64_t D2 = (p.D + 1) / 2, Dv2 = (p.Dv + 1) / 2;
   b.st = c.take(kTile * kTile);
   b.dpt = c.take(kTile * kTile);
+  b.dcap = c.take(p.softcap2 != 0.f ? kTile * kTile : 0);  // softcap's derivative
   b.dq = c.take(kTile * p.Dp);
   b.delta = c.take(kTile);
   b.lse2 = c.take(kTile);
@@ -470,8 +472,8 @@ inline void exact_delta_bf(const Problem& p, int64_t b, int64_t h, int64_t a, co
                            const int64_t* hi, const BwdBufsBf& w, int mq, int ncol) {
   const int64_t i0 = a * kTile, g = h / p.group;
   const int D2 = int((p.D + 1) / 2), Dv2 = int((p.Dv + 1) / 2);
-  const vf vsc = splat(p.scale2);
-  const float masked = p.scale2 > 0.f ? -kInf : kInf;
+  const vf vsc = splat(p.mods ? 1.f : p.scale2);  // modifiers: modify_scores scales
+  const float masked = p.mods || p.scale2 > 0.f ? -kInf : kInf;
   for (int q = 0; q < ncol; ++q) w.delta[q] = 0.f;
   BlockWalk walk(p, h, a);
   int64_t c;
@@ -483,6 +485,7 @@ inline void exact_delta_bf(const Problem& p, int64_t b, int64_t h, int64_t a, co
     const uint16_t* kb = rows_bf(p.k, b, j0, nk, g, int(p.D), w.kp, &ldk);
     const uint16_t* vb = rows_bf(p.v, b, j0, nk, g, int(p.Dv), w.vp, &ldv);
     gemm_bf<false>(nk, ncol, D2, kb, ldk, 2, w.qp, kTile, w.st, kTile);     // S^T (unscaled)
+    if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, p.scale2, w.dcap);
     if (partial) {
       if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
       apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
@@ -509,8 +512,8 @@ inline void bwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
   const int D2 = (D + 1) / 2, Dv2 = (Dv + 1) / 2;
   const int64_t g = h / p.group;
   const float sc = p.scale2;
-  const vf vsc = splat(sc);
-  const float masked = sc > 0.f ? -kInf : kInf;
+  const vf vsc = splat(p.mods ? 1.f : sc);  // modifiers: modify_scores scales
+  const float masked = p.mods || sc > 0.f ? -kInf : kInf;
   const __m512i perm = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
                                         24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
                                         16, 0);
@@ -551,11 +554,13 @@ inline void bwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
     pack_pairs(p.k, b, j0, nk, g, D, Dp, w.kpp);
 
     gemm_bf<false>(nk, ncol, D2, kb, ldk, 2, w.qp, kTile, w.st, kTile);     // S^T (unscaled)
+    if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, p.scale2, w.dcap);
     if (partial) {
       if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
       apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
     }
     gemm_bf<false>(nk, ncol, Dv2, vb, ldv, 2, w.dop, kTile, w.dpt, kTile);  // dP^T
+    if (p.softcap2 != 0.f) fold_softcap(nk, ncol, w.dcap, w.delta, w.dpt);
     for (int j = 0; j < nk2; ++j) {
       const int k = 2 * j;
       const bool two = k + 1 < nk;

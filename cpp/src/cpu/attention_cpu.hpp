@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "backend/backend.hpp"
 #include "spattn/layout.hpp"
 #include "spattn/predicate.hpp"
 #include "spattn/tensor.hpp"
@@ -49,6 +50,7 @@ struct ForwardArgs {
   double scale;               // the SIMD kernels round it to float
   const BlockLayout* layout;  // bq x bk == cpu_tile_size(); 1 or Hq heads
   Predicate pred;
+  backend::ScoreMods mods = {};  // host pointers
 };
 
 struct BackwardArgs {
@@ -62,10 +64,15 @@ struct BackwardArgs {
   // for float16/bfloat16, delta = rowsum(dO * O) is recomputed exactly from P and dP instead of
   // being read off the rounded `out` (see exact_delta in attention_tiles.hpp).
   bool rows_complete = true;
+  backend::ScoreMods mods = {};  // softcap and ALiBi (host pointers); sinks are ignored
 };
 
 void forward(const ForwardArgs& a);
 void backward(const BackwardArgs& a);
+
+// backend::Backend::sink_grad on host memory.
+void sink_grad(const TensorView& dout, const TensorView& out, const TensorView& lse,
+               const backend::ScoreMods& mods, const TensorView& dsinks, DType dtype);
 
 // The SIMD level the kernels run with on this CPU ("avx512 (+bf16)": AVX-512, and bfloat16
 // products on AVX512_BF16; "avx512", "avx2", "portable").

@@ -145,6 +145,122 @@ inline void apply_mask(const Problem& p, int64_t h, int64_t i0, int mq, int ncol
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Score modifiers (Problem::mods): softcap, then ALiBi, on a block of scores in base-2 units.
+
+SP_INLINE vf vabs(vf x) { return (vf)((vu)x & 0x7fffffffu); }
+
+// 1 / x: vrcp14ps and one Newton step on AVX-512 (relative error ~1e-9 before rounding),
+// else a division.
+SP_INLINE vf recip(vf x) {
+#if SPATTN_VEC_BYTES == 64
+  const vf r = (vf)_mm512_rcp14_ps((__m512)x);
+  return r * fma(-x, r, splat(2.f));
+#else
+  return splat(1.f) / x;
+#endif
+}
+
+// st[k * 64 + q] = mod(prescale * st[k * 64 + q]) for k < nk, q < ncol, of head h, rows i0 + q,
+// keys j0 + k. Runs before apply_mask, so masked scores still come out -inf. With dcap (softcap
+// only), also writes the softcap's derivative 1 - tanh^2 for the backward's chain rule.
+//
+// softcap: c tanh(x / c) = sign(x) c (1 - e) / (1 + e) with e = exp(-2 |x| / c) (no overflow for
+// any x); 1 - tanh^2 = 4 e / (1 + e)^2. ALiBi: x - slope |rel|, rel = rel_step (i - j) + rel_base.
+//
+// kFast (the bfloat16 forward, whose probabilities are rounded to bfloat16 right after): e from a
+// degree-4 polynomial (relative error 3e-6) and 1 / (1 + e) from vrcp14ps alone (6e-5): the
+// score's error stays below 1e-4 of its size, a few percent of a bfloat16 step of P.
+template <bool kCap, bool kAlibi, bool kFast = false>
+inline void modify_block(const Problem& p, int64_t h, int64_t i0, int ncol, int64_t j0, int nk,
+                         float* st, float prescale, float* dcap) {
+  const vf vpre = splat(prescale);
+  const float c2 = p.softcap2;
+  const vf vc = splat(c2), vk = splat(kCap ? -2.f * kLog2e / c2 : 0.f);
+  const vf vslope = splat(kAlibi ? -p.alibi2[h] : 0.f);
+  // rel of (row i0 + q, key j0 + k): exact in float while |rel| < 2^24.
+  const float step = float(p.rel_step);
+  const float r00 = float(p.rel_step * (i0 - j0) + p.rel_base);
+  vf lane{};
+  for (int i = 0; i < W; ++i) lane[i] = float(i) * step;
+  const vf vstep = splat(step * float(W));
+  for (int k = 0; k < nk; ++k) {
+    float* s = st + k * kTile;
+    float* dc = dcap ? dcap + k * kTile : nullptr;
+    vf rel = splat(r00 - step * float(k)) + lane;
+    for (int q = 0; q < ncol; q += W) {
+      vf x = load(s + q) * vpre;
+      if (kCap) {
+        vf e, r;
+#if SPATTN_VEC_BYTES == 64
+        if (kFast) {
+          // 2^y for y <= 0: y = n + f, f in [-1/2, 1/2]; below -125: 0.
+          const vf y = vabs(x) * vk;
+          const __m512 n = _mm512_roundscale_ps((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          const vf f = y - (vf)n;
+          vf pe = splat(9.6003953e-03f);
+          pe = fma(pe, f, splat(5.5916894e-02f));
+          pe = fma(pe, f, splat(2.4023719e-01f));
+          pe = fma(pe, f, splat(6.9312197e-01f));
+          pe = fma(pe, f, splat(1.f));
+          const __mmask16 keep = _mm512_cmp_ps_mask((__m512)y, _mm512_set1_ps(-125.f), _CMP_NLT_UQ);
+          e = (vf)_mm512_maskz_scalef_ps(keep, (__m512)pe, n);
+          r = (vf)_mm512_rcp14_ps((__m512)(splat(1.f) + e));
+        } else
+#endif
+        {
+          e = exp2v(vabs(x) * vk);
+          r = recip(splat(1.f) + e);
+        }
+        const vf ct = fma(-vc, e, vc) * r;                               // c tanh |x / c|
+        x = (vf)((vu)ct | ((vu)x & 0x80000000u));                        // with x's sign
+        if (dcap) store(dc + q, splat(4.f) * e * r * r);
+      }
+      if (kAlibi) {
+        x = fma(vslope, vabs(rel), x);
+        rel += vstep;
+      }
+      store(s + q, x);
+    }
+  }
+}
+
+template <bool kFast = false>
+inline void modify_scores(const Problem& p, int64_t h, int64_t i0, int ncol, int64_t j0, int nk,
+                          float* st, float prescale, float* dcap) {
+  const bool cap = p.softcap2 != 0.f, alibi = p.alibi2 != nullptr && p.alibi2[h] != 0.f;
+  if (cap && alibi) modify_block<true, true, kFast>(p, h, i0, ncol, j0, nk, st, prescale, dcap);
+  else if (cap) modify_block<true, false, kFast>(p, h, i0, ncol, j0, nk, st, prescale, dcap);
+  else if (alibi) modify_block<false, true>(p, h, i0, ncol, j0, nk, st, prescale, nullptr);
+  else if (prescale != 1.f) modify_block<false, false>(p, h, i0, ncol, j0, nk, st, prescale, nullptr);
+}
+
+// dP^T - delta becomes (dP^T - delta) * (1 - tanh^2) + delta, so that the unchanged
+// dS = P (dP - delta) is the softcap's chain rule (dcap from modify_scores).
+inline void fold_softcap(int nk, int ncol, const float* dcap, const float* delta, float* dpt) {
+  for (int k = 0; k < nk; ++k)
+    for (int q = 0; q < ncol; q += W) {
+      const vf dl = load(delta + q);
+      store(dpt + k * kTile + q, fma(load(dpt + k * kTile + q) - dl, load(dcap + k * kTile + q), dl));
+    }
+}
+
+// The end of a forward row: with m its reference maximum and l its sum (base 2), the sink of
+// head h (if any) joins l; *mul is what O's accumulated row is multiplied by, *lse the row's
+// natural-log logsumexp (-inf when l stays 0).
+SP_INLINE void finish_row(const Problem& p, int64_t h, float m, float l, float* mul, float* lse) {
+  float scale_o = 1.f;
+  if (p.sink2 && p.sink2[h] != -kInf) {
+    const float s = p.sink2[h];
+    const float mf = max_(m, s);
+    scale_o = m == -kInf ? 0.f : __builtin_exp2f(m - mf);
+    l = l * scale_o + __builtin_exp2f(s - mf);
+    m = mf;
+  }
+  *mul = l == 0.f ? 0.f : scale_o / l;
+  *lse = l == 0.f ? -kInf : (m + __builtin_log2f(l)) * kLn2;
+}
+
 // C = A B^T-style score products (A rows in place, unit stride along k; B = a packed [K][64]
 // panel), K split into chunks of kc so that each chunk's B rows stay in L1d (kc from
 // cpu_blocking()); the first chunk writes C, the others add to it.
@@ -243,6 +359,7 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
     } else {
       gemm_chunked(nk, ncol, D, int(p.kc), ka, lda, w.qt, kTile, w.st, kTile);
     }
+    if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, 1.f, nullptr);
     if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
 
     // Online softmax down the columns; st becomes P^T. The reference maximum m only moves
@@ -288,12 +405,10 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
 
   const int es = p.dtype == kF32 ? 4 : 2;
   for (int q = 0; q < mq; ++q) {
-    const float l = w.l[q];
-    store_row(at_mut(p.o, es, b, i0 + q, h), p.dtype, p.o.s[3], Dv, w.o + q * Dvp,
-              l == 0.f ? 0.f : 1.f / l);
-    if (p.lse)
-      p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]] =
-          l == 0.f ? -kInf : (w.m[q] + __builtin_log2f(l)) * kLn2;
+    float mul, lse;
+    finish_row(p, h, w.m[q], w.l[q], &mul, &lse);
+    store_row(at_mut(p.o, es, b, i0 + q, h), p.dtype, p.o.s[3], Dv, w.o + q * Dvp, mul);
+    if (p.lse) p.lse[b * p.lse_s[0] + h * p.lse_s[1] + (i0 + q) * p.lse_s[2]] = lse;
   }
 }
 
@@ -302,7 +417,7 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
 // dV += P^T dO, dK += dS^T Q (scale applied at the end), dQ += dS K (times scale).
 
 struct BwdBufs {
-  float *qt, *qn, *don, *dot, *dq, *kp, *vp, *st, *dpt, *delta, *lse2, *tmp;
+  float *qt, *qn, *don, *dot, *dq, *kp, *vp, *st, *dpt, *dcap, *delta, *lse2, *tmp;
   int32_t *rlo, *rhi;
   uint8_t* mask;
   int64_t total;
@@ -320,6 +435,7 @@ inline BwdBufs bwd_bufs(const Problem& p, float* base) {
   b.vp = c.take(kTile * p.Dvp);
   b.st = c.take(kTile * kTile);
   b.dpt = c.take(kTile * kTile);
+  b.dcap = c.take(p.softcap2 != 0.f ? kTile * kTile : 0);  // softcap's derivative
   b.delta = c.take(kTile);
   b.lse2 = c.take(kTile);
   b.tmp = c.take(max_(p.Dp, p.Dvp));
@@ -356,6 +472,7 @@ inline BwdBlock bwd_scores(const Problem& p, const BwdBufs& w, int64_t b, int64_
   if (!v_direct) pack_rows(p.v, p.dtype, b, j0, nk, g, Dv, Dvp, 1.f, w.vp);
 
   gemm_chunked(nk, ncol, D, int(p.kc), kb, ldk, w.qt, kTile, w.st, kTile);  // S^T
+  if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, 1.f, w.dcap);
   if (partial) {
     if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
     apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
@@ -423,6 +540,7 @@ inline void bwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
   while (walk.next(&c, &partial)) {
     const BwdBlock blk = bwd_scores(p, w, b, h, i0, mq, ncol, c, partial, lo, hi);
     const int nk = blk.nk;
+    if (p.softcap2 != 0.f) fold_softcap(nk, ncol, w.dcap, w.delta, w.dpt);
     for (int k = 0; k < nk; ++k) {
       float* s = w.st + k * kTile;
       float* dp = w.dpt + k * kTile;

@@ -20,6 +20,8 @@ void backward(const BackwardArgs& a) {
   const BlockLayout& layout = *a.layout;
   Problem p = make_problem(a.q, a.k, a.v, a.dtype, a.scale, layout, a.pred);
   check_layout(p, layout);
+  std::vector<float> mods;
+  set_modifiers(p, a.mods, false, &mods);
   p.o = t4(a.out);
   p.dout = t4(a.dout);
   p.exact_delta = a.rows_complete && a.dtype != DType::Float32;

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <vector>
 
 #include "cpu/attention_cpu.hpp"
 #include "cpu/kernel_api.hpp"
@@ -47,6 +48,11 @@ inline T4 t4(const TensorView& v) {
 // Problem fields shared by both passes.
 Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& v,
                      DType dtype, float scale, const BlockLayout& layout, const Predicate& pred);
+
+// Sets the score modifiers of p (kernel_api.hpp: base-2 units): softcap and ALiBi, and the sinks
+// when with_sinks. The per-head arrays are kept in *store (2 * Hq floats), which must outlive p.
+void set_modifiers(Problem& p, const backend::ScoreMods& m, bool with_sinks,
+                   std::vector<float>* store);
 
 // Throws ValueError unless the layout was compiled for this problem with cpu_tile_size().
 void check_layout(const Problem& p, const BlockLayout& layout);

@@ -263,6 +263,17 @@ void decode(const DecodeArgs& a) {
   const int64_t ws_floats = (decode_ws_floats(R, G, Dp, Dvp) + 15) / 16 * 16;
   Scratch ws = alloc_floats(std::max(ws_floats, Dvp) * nthreads);
   const float scale2 = a.scale * 1.4426950408889634f;
+  // Score modifiers in base-2 units, per query head: ALiBi slopes [hq], sinks [hq].
+  const backend::ScoreMods& mods = a.mods;
+  std::vector<float> alibi2, sink2;
+  if (mods.alibi) {
+    alibi2.resize(size_t(hq));
+    for (int64_t h = 0; h < hq; ++h) alibi2[size_t(h)] = mods.alibi[h * mods.alibi_stride] * 1.4426950408889634f;
+  }
+  if (mods.sinks) {
+    sink2.resize(size_t(hq));
+    for (int64_t h = 0; h < hq; ++h) sink2[size_t(h)] = mods.sinks[h * mods.sinks_stride] * 1.4426950408889634f;
+  }
 
   parallel_for(int64_t(tasks.size()), [&](int64_t ti, int thread) {
     const Task& t = tasks[size_t(ti)];
@@ -314,6 +325,8 @@ void decode(const DecodeArgs& a) {
     c.part_lo = L.part_lo.data();
     c.part_hi = L.part_hi.data();
     c.pred = s.cp->predicate();
+    c.softcap2 = mods.softcap * 1.4426950408889634f;
+    c.alibi2 = mods.alibi ? alibi2.data() + c.h0 : nullptr;
     float* p = partials.get() + t.slot * part_floats;
     c.acc = p;
     c.m = p + R * Dvp;
@@ -353,6 +366,7 @@ void decode(const DecodeArgs& a) {
       f.lse_sh = ls.strides[1];
       f.lse_si = ls.strides[2];
     }
+    f.sink2 = mods.sinks ? sink2.data() + g * G : nullptr;
     kern->finish(f, ws.get() + thread * ws_floats);
   });
 }

@@ -43,6 +43,10 @@ struct DecodeChunk {
   const int64_t *full_ptr = nullptr, *part_ptr = nullptr;
   const int32_t *full_lo = nullptr, *full_hi = nullptr, *part_lo = nullptr, *part_hi = nullptr;
   Predicate pred;
+  // Score modifiers (kernel_api.hpp's Problem, base-2 units): softcap2 (0: none), alibi2 [G]
+  // slopes of heads h0.. (null: none), with rel = i + nk - nq - j.
+  float softcap2 = 0.f;
+  const float* alibi2 = nullptr;
   // Outputs: acc [G * nq, Dvp], m and l [G * nq].
   float* acc = nullptr;
   float* m = nullptr;
@@ -66,6 +70,9 @@ struct DecodeFinish {
   int64_t out_si = 0, out_sh = 0, out_sd = 1;
   float* lse = nullptr;  // at [b, h0, 0], or null
   int64_t lse_sh = 0, lse_si = 0;
+  // Sinks of heads h0 .. h0 + G - 1 in base-2 units (null: none): one more term 2^sink2 in each
+  // row's denominator, with no value; a row that kept no key gets out = 0, lse = sink.
+  const float* sink2 = nullptr;
 };
 
 struct DecodeKernels {

@@ -86,6 +86,16 @@ SP_INLINE int64_t seek(const int32_t* hi, int64_t b, int64_t e, int64_t c) {
   return b;
 }
 
+// A score with the chunk's modifiers (softcap, then ALiBi), base-2 units.
+SP_INLINE float modified(const DecodeChunk& c, int64_t hh, int64_t i, int64_t j, float x) {
+  if (c.softcap2 != 0.f) x = c.softcap2 * __builtin_tanhf(x / c.softcap2);
+  if (c.alibi2) {
+    const int64_t rel = i + c.nk - c.nq - j;
+    x -= c.alibi2[hh] * float(rel < 0 ? -rel : rel);
+  }
+  return x;
+}
+
 }  // namespace dec
 
 inline void decode_chunk(const DecodeChunk& c, float* ws) {
@@ -206,7 +216,7 @@ inline void decode_chunk(const DecodeChunk& c, float* ws) {
               float x = -__builtin_inff();
               if (jj < n && j >= lo && j <= hi &&
                   (st[hh] == 1 || exact || keeps(c.pred, h, i, j)))
-                x = dot(qr, kt + jj * Dp, Dp);
+                x = modified(c, hh, i, j, dot(qr, kt + jj * Dp, Dp));
               s[jj] = x;
               mt = x > mt ? x : mt;
               nan |= x != x;
@@ -261,7 +271,14 @@ inline void decode_finish(const DecodeFinish& f, float* ws) {
           const float* a = f.acc[t] + r * f.Dvp;
           for (int64_t d = 0; d < f.Dvp; d += W) store(ws + d, fma(splat(w), load(a + d), load(ws + d)));
         }
-      const float inv = L == 0.f ? 0.f : 1.f / L;  // NaN (a NaN score) stays NaN
+      float keep = 1.f;  // what the accumulated row is multiplied by before 1 / L
+      if (f.sink2 && f.sink2[hh] != ninf) {
+        const float s = f.sink2[hh], Mf = M > s ? M : s;
+        keep = M == ninf ? 0.f : __builtin_exp2f(M - Mf);
+        L = L * keep + __builtin_exp2f(s - Mf);
+        M = Mf;
+      }
+      const float inv = L == 0.f ? 0.f : keep / L;  // NaN (a NaN score) stays NaN
       char* o = static_cast<char*>(f.out) + (i * f.out_si + hh * f.out_sh) * es;
       for (int64_t d = 0; d < f.Dv; ++d) {
         const float x = ws[d] * inv;

@@ -42,6 +42,18 @@ struct Problem {
   // key rows stream past them. >= D: one pass.
   int64_t kc = 1 << 30;
   bool exact_delta = false;  // backward: recompute delta from P and dP (low-precision inputs)
+  // Score modifiers (options.hpp, Modifiers), in the kernels' base-2 units: a kept score s2 =
+  // log2(e) * scale * q.k becomes softcap2 * tanh(s2 / softcap2) (softcap2 = softcap * log2 e;
+  // 0: none), then s2 - alibi2[h] * |rel| (alibi2[h] = slope_h * log2 e; null: none) with
+  // rel = rel_step * (i - j) + rel_base for row i and key j of this problem (rel_step 1 and
+  // rel_base Nk - Nq, except on the row-strided views of residue classes). mods: either one
+  // is set. sink2[h] = sink_h * log2 e (null: none) joins each row's softmax denominator in the
+  // forward (the backward needs no sink: its lse already holds it).
+  bool mods = false;
+  float softcap2 = 0.f;
+  const float* alibi2 = nullptr;
+  int64_t rel_step = 1, rel_base = 0;
+  const float* sink2 = nullptr;
   int64_t lse_s[3] = {0, 0, 0};
 };
 

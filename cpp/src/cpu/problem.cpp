@@ -53,6 +53,27 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   return p;
 }
 
+void set_modifiers(Problem& p, const backend::ScoreMods& m, bool with_sinks,
+                   std::vector<float>* store) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const bool sinks = with_sinks && m.sinks != nullptr;
+  p.mods = m.scores();
+  if (!p.mods && !sinks) return;
+  store->assign(size_t(2 * p.Hq), 0.f);
+  p.softcap2 = m.softcap * kLog2e;
+  if (m.alibi) {
+    for (int64_t h = 0; h < p.Hq; ++h) (*store)[size_t(h)] = m.alibi[h * m.alibi_stride] * kLog2e;
+    p.alibi2 = store->data();
+  }
+  if (sinks) {
+    for (int64_t h = 0; h < p.Hq; ++h)
+      (*store)[size_t(p.Hq + h)] = m.sinks[h * m.sinks_stride] * kLog2e;  // -inf stays -inf
+    p.sink2 = store->data() + p.Hq;
+  }
+  p.rel_step = m.rel_shifted ? m.rel_step : 1;
+  p.rel_base = m.rel_shifted ? m.rel_base : p.Nk - p.Nq;
+}
+
 void check_layout(const Problem& p, const BlockLayout& L) {
   const int64_t nqb = (p.Nq + kTile - 1) / kTile, nkb = (p.Nk + kTile - 1) / kTile;
   const int64_t rows = (L.heads == 1 ? 1 : p.Hq) * nqb;

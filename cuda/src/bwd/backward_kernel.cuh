@@ -302,16 +302,38 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads)
     gemm_ss(mma_sdp, acc_s, tSrQ, tSrK, tA_sdp.partition_S(sQ(s)), tSsK, cpA_sdp, cpB_sdp, tA_sdp,
             tB_sdp);
     Tensor pr = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));
-    CUTE_UNROLL
-    for (int r = 0; r < kRows; ++r) {
+    if (!f.mods) {
       CUTE_UNROLL
-      for (int x = 0; x < kCols; ++x)
-        pr(r, x) = bwd_prob(pr(r, x), f.scale_log2, row_lse2[r], (keep >> (r * kCols + x)) & 1u);
-    }
-    {
+      for (int r = 0; r < kRows; ++r) {
+        CUTE_UNROLL
+        for (int x = 0; x < kCols; ++x)
+          pr(r, x) = bwd_prob(pr(r, x), f.scale_log2, row_lse2[r], (keep >> (r * kCols + x)) & 1u);
+      }
       Tensor rP = make_tensor<T>(acc_s.layout());
       CUTE_UNROLL
       for (int x = 0; x < size(acc_s); ++x) rP(x) = static_cast<T>(acc_s(x));
+      copy(sts_pds, sts_pds_thr.retile_S(rP), tPsP);
+    } else {
+      // Softcap / ALiBi (a kernel parameter: the same branch in every thread): P goes to shared
+      // memory; the registers keep P times the softcap's derivative, so that dS below is
+      // P (dP - delta) (1 - tanh^2).
+      Tensor rP = make_tensor<T>(acc_s.layout());
+      Tensor rp = make_tensor(rP.data(), rows_cols(rP.layout()));
+      const ScoreMod smod = score_mod(f, v.h);
+      const float rel0 = rel_of(f, i0, j0), rel_step = float(f.m.rel_step);
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        CUTE_UNROLL
+        for (int x = 0; x < kCols; ++x) {
+          float dcap;
+          const float s2 = apply_mod(
+              smod, score_scaled(pr(r, x), f.scale_log2, (keep >> (r * kCols + x)) & 1u),
+              rel0 + rel_step * float(get<0>(cS_rc(r, x)) - get<1>(cS_rc(r, x))), &dcap);
+          const float pv = fast_exp2(s2 - row_lse2[r]);
+          rp(r, x) = static_cast<T>(pv);
+          pr(r, x) = pv * dcap;
+        }
+      }
       copy(sts_pds, sts_pds_thr.retile_S(rP), tPsP);
     }
 

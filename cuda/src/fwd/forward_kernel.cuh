@@ -17,6 +17,11 @@
 // through shared memory (reusing Q's buffer) for 16-byte row stores, and writes lse (natural
 // log) for rows < Nq. A row that sees no key gets out 0 and lse -inf.
 //
+// Score modifiers (FwdParams::m): the kMods instantiation applies softcap and ALiBi to every
+// kept score after scaling (apply_mod, forward_logic.hpp) and adds the sink to each row's
+// denominator in the epilogue (sink_finish: a row with no key gets out 0, lse = sink); the
+// plain instantiation has none of that code.
+//
 // Requirements checked by the host launcher: q, k, v, out 16-byte aligned with row, head and
 // batch strides multiples of 8 elements and unit last stride (otherwise it repacks), D == Dv ==
 // the instantiation's head dim.
@@ -97,7 +102,9 @@ struct Traits {
   using StsC = Copy_Atom<UniversalCopy<cute::uint32_t>, T>;  // O registers -> shared
 };
 
-template <class T, int kD>
+// kMods: the score modifiers (softcap / ALiBi on the scores, sinks in the epilogue) are
+// compiled in; the plain instantiation is the kernel without them, register for register.
+template <class T, int kD, bool kMods>
 __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
     forward_kernel(const __grid_constant__ FwdParams p) {
   using Tr = Traits<T, kD>;
@@ -167,6 +174,7 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
   constexpr int kCols = decltype(size<1>(tScS_rc))::value;  // score columns per row
   static_assert(kRows * kCols <= 64, "one mask bit per score in a uint64_t");
   const bool rule_exact = range_is_exact(p.pred, w.h);
+  const ScoreMod smod = kMods ? score_mod(p, w.h) : ScoreMod{};
 
   float row_m[kRows], row_l[kRows];
   CUTE_UNROLL
@@ -238,12 +246,18 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
 
     // Online softmax on the scores (base 2, scaled), rescaling O by each row's change of max.
     Tensor o = make_tensor(acc_o.data(), rows_cols(acc_o.layout()));
+    const float rel0 = kMods ? rel_of(p, i0, c * kBlockN) : 0.f;  // ALiBi's rel at (i0, j0)
+    const float rel_step = float(p.m.rel_step);
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       float mx = row_m[r];
       CUTE_UNROLL
       for (int x = 0; x < kCols; ++x) {
         s(r, x) = score_scaled(s(r, x), p.scale_log2, (keep >> (r * kCols + x)) & 1u);
+        if (kMods && p.mods)  // softcap / ALiBi: the same branch in every thread
+          s(r, x) = apply_mod(smod, s(r, x),
+                              rel0 + rel_step * float(get<0>(tScS_rc(r, x)) - get<1>(tScS_rc(r, x))),
+                              nullptr);
         mx = fmax_(mx, s(r, x));
       }
       mx = quad_max(mx);
@@ -281,13 +295,15 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads)
   Tensor tOcO_rc = make_tensor(tOcO.data(), rows_cols(tOcO.layout()));
   CUTE_UNROLL
   for (int r = 0; r < kRows; ++r) {
-    const float l = quad_sum(row_l[r]);
-    const float inv = softmax_inv_l(l);
+    float l = quad_sum(row_l[r]);
+    float m = row_m[r];
+    const float keep_o = kMods ? sink_finish(p, w.h, &m, &l) : 1.f;  // the sink joins the denominator
+    const float inv = softmax_inv_l(l) * keep_o;
     CUTE_UNROLL
     for (int x = 0; x < size<1>(o); ++x) o(r, x) *= inv;
     const int row = get<0>(tOcO_rc(r, 0));
     if (p.lse != nullptr && get<1>(tOcO_rc(r, 0)) == 0 && row < q_rows)
-      p.lse[lse_offset(p, w.b, w.h, i0 + row)] = softmax_lse(row_m[r], l);
+      p.lse[lse_offset(p, w.b, w.h, i0 + row)] = softmax_lse(m, l);
   }
   Tensor rO = make_tensor<T>(acc_o.layout());
   CUTE_UNROLL
@@ -323,7 +339,7 @@ cudaError_t run(const FwdParams& p, cudaStream_t stream) {
   const int64_t ctas = fwd_grid_size(p);
   if (ctas == 0) return cudaSuccess;
   if (ctas > int64_t(INT32_MAX)) return cudaErrorInvalidConfiguration;
-  auto kernel = &forward_kernel<T, kD>;
+  auto kernel = p.mods || p.m.sinks ? &forward_kernel<T, kD, true> : &forward_kernel<T, kD, false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        int(Tr::kSmemBytes));
   if (e != cudaSuccess) return e;

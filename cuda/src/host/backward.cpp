@@ -176,6 +176,9 @@ void attention_backward(const BackwardProblem& p) {
   fp.group = p.hq / p.hkv;
   fp.scale = p.scale;
   fp.scale_log2 = p.scale * 1.4426950408889634f;
+  fp.m = p.mods;
+  fp.m.sinks = nullptr;  // the lse holds them
+  fp.mods = p.mods.softcap_log2 != 0.f || p.mods.alibi != nullptr;
   bp.dout = dout;
   bp.do_sb = dos[0], bp.do_sn = dos[1], bp.do_sh = dos[2];
   bp.dq = p.dq;

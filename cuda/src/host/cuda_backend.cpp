@@ -49,6 +49,20 @@ std::string key_of(const char* what, const Call& call, const Tile& t, int64_t ex
          std::to_string(t.bq) + "x" + std::to_string(t.bk) + ":" + std::to_string(extra);
 }
 
+// The kernels' score modifiers from the planner's (pointers stay on the device).
+cuda::ScoreModParams mod_params(const Attention& a) {
+  const ScoreMods& m = a.mods;
+  cuda::ScoreModParams r;
+  r.softcap_log2 = m.softcap * 1.4426950408889634f;
+  r.alibi = m.alibi;
+  r.alibi_s = m.alibi_stride;
+  r.sinks = m.sinks;
+  r.sinks_s = m.sinks_stride;
+  r.rel_step = m.rel_shifted ? m.rel_step : 1;
+  r.rel_base = m.rel_shifted ? m.rel_base : a.s.nk - a.s.nq;
+  return r;
+}
+
 void copy_strides(const TensorView& t, int64_t* s, int n) {
   for (int i = 0; i < n; ++i) s[i] = t.strides[i];
 }
@@ -172,6 +186,33 @@ class CudaBackend final : public Backend {
     return {t.bq, t.bk};
   }
 
+  std::string unsupported_modifiers(Op op, const Call&) const override {
+    if (op == Op::Forward || op == Op::Backward) return {};
+    return "the score modifiers (softcap, alibi_slopes, sinks) of decode run on the CPU only in "
+           "this version";
+  }
+
+  // dsinks from out, dout and lse on the device (kernels/sink_grad.cu).
+  void sink_grad(const TensorView& dout, const TensorView& out, const TensorView& lse,
+                 const ScoreMods& mods, const TensorView& dsinks, DType dtype,
+                 const Call& call) override {
+    DeviceGuard guard(call.device.device_id);
+    cuda::SinkGradProblem p;
+    p.dout = dout.data;
+    p.out = out.data;
+    p.lse = static_cast<const float*>(lse.data);
+    p.sinks = mods.sinks;
+    p.sinks_s = mods.sinks_stride;
+    p.dsinks = static_cast<float*>(dsinks.data);
+    p.dsinks_s = dsinks.strides[0];
+    p.b = out.shape[0], p.n = out.shape[1], p.h = out.shape[2], p.dv = out.shape[3];
+    for (int i = 0; i < 4; ++i) p.out_strides[i] = out.strides[i], p.dout_strides[i] = dout.strides[i];
+    for (int i = 0; i < 3; ++i) p.lse_strides[i] = lse.strides[i];
+    const ArchFns& arch = arch_of(call.device.device_id, "sink_grad");
+    check(arch.sink_grad(p, cuda::launch::kernel_dtype(dtype), static_cast<cudaStream_t>(call.stream)),
+          "launching the sinks' gradient kernel");
+  }
+
   void forward(const Attention& a, const CompiledPattern& cp, const Call& call) override {
     if (a.s.b == 0 || a.s.nq == 0) return;
     const Tile t = tile(Op::Forward, a.s, a.dtype, call);
@@ -184,6 +225,7 @@ class CudaBackend final : public Backend {
     cuda::PaddedForward padded(a, call);  // the kernel's head dim, and temporaries if it differs
     cuda::ForwardProblem p = cuda::forward_problem(padded.q, padded.k, padded.v, padded.out,
                                                    a.lse, a.dtype, a.scale, call.stream);
+    p.mods = mod_params(a);
     p.staged = &dev->staged;
     p.staged_dev = dev->blob.dev;
     p.allocator = call.allocator;
@@ -218,6 +260,7 @@ class CudaBackend final : public Backend {
     cuda::BackwardProblem p = cuda::backward_problem(
         padded.dout, padded.q, padded.k, padded.v, padded.out, a.lse, padded.dq, padded.dk,
         padded.dv, a.dtype, a.scale, call.stream);
+    p.mods = mod_params(a);
     p.staged = &dev->staged;
     p.staged_dev = dev->blob.dev;
     p.allocator = call.allocator;

@@ -206,6 +206,8 @@ void attention_forward(const ForwardProblem& p) {
   fp.group = p.hq / p.hkv;
   fp.scale = p.scale;
   fp.scale_log2 = p.scale * 1.4426950408889634f;
+  fp.m = p.mods;
+  fp.mods = p.mods.softcap_log2 != 0.f || p.mods.alibi != nullptr;
 
   cudaError_t launched = cudaErrorNotSupported;
 #if SPATTN_CUDA_HAS_SM90A

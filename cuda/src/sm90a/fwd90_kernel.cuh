@@ -334,7 +334,7 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
     // sums; alpha[r] is the factor O must be rescaled by before this tile's P V is added (O
     // itself is not touched here: the previous block's P V may still be in flight).
     float alpha[kRows];
-    auto softmax_step = [&](auto& acc, uint64_t keep) {
+    auto softmax_step = [&](auto& acc, uint64_t keep, int64_t c) {
       Tensor s = make_tensor(acc.data(), rows_cols90(acc.layout()));
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
@@ -342,6 +342,12 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
         CUTE_UNROLL
         for (int x = 0; x < kCols; ++x) {
           s(r, x) = score_scaled(s(r, x), p.scale_log2, (keep >> (r * kCols + x)) & 1u);
+          // Softcap / ALiBi: a kernel parameter, the same branch in every thread. Everything is
+          // computed inside the branch: values kept live across the loop would cost registers
+          // (this kernel has 168, and the plain path shares the allocation).
+          if (p.mods)
+            s(r, x) = modified_score(p, w.h, i0 + get<0>(tScS_rc(r, x)),
+                                     c * kBlockN + get<1>(tScS_rc(r, x)), s(r, x), nullptr);
           mx = fmax_(mx, s(r, x));
         }
         mx = quad_max90(mx);
@@ -393,7 +399,7 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
       wg_gemm<true, 0>(mma_qk, tSrQ, tSrK(_, _, _, kv.stage), acc_s);
       __syncwarp();
       if (lane == 0) arrive_barrier(S.k_empty[kv.stage]);
-      softmax_step(acc_s, keep);  // O is still 0: no rescale
+      softmax_step(acc_s, keep, c);  // O is still 0: no rescale
       to_p(acc_s);
     }
     // Every block but the last: its successor's S overlaps its P V (no branch inside the
@@ -411,7 +417,7 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
       warpgroup_fence_operand(acc_s);
       __syncwarp();
       if (lane == 0) arrive_barrier(S.k_empty[kv_next.stage]);
-      softmax_step(acc_s, keep_next);
+      softmax_step(acc_s, keep_next, c);
       warpgroup_wait<0>();
       warpgroup_fence_operand(acc_o);
       warpgroup_fence_operand(rP);
@@ -438,13 +444,15 @@ __device__ __forceinline__ void consumer(const Params90<T, kD>& P,
     Tensor o = make_tensor(acc_o.data(), rows_cols90(acc_o.layout()));
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
-      const float l = quad_sum90(row_l[r]);
-      const float inv = softmax_inv_l(l);
+      float l = quad_sum90(row_l[r]);
+      float m = row_m[r];
+      const float keep_o = sink_finish(p, w.h, &m, &l);  // the sink joins the denominator
+      const float inv = softmax_inv_l(l) * keep_o;
       CUTE_UNROLL
       for (int x = 0; x < size<1>(o); ++x) o(r, x) *= inv;
       const int row = get<0>(tOcO_rc(r, 0));
       if (p.lse != nullptr && get<1>(tOcO_rc(r, 0)) == 0 && row < q_rows)
-        p.lse[lse_offset(p, w.b, w.h, i0 + row)] = softmax_lse(row_m[r], l);
+        p.lse[lse_offset(p, w.b, w.h, i0 + row)] = softmax_lse(m, l);
     }
     Tensor rO = make_tensor<T>(acc_o.layout());
     CUTE_UNROLL

@@ -229,7 +229,8 @@ def _planner(key, pattern, pieces, seq_lengths):
 
 
 def attention(q, k, v, pattern=None, group=None, scale=None, return_lse: bool = False, *, mode: str = "auto",
-              layout: str = "contiguous", cu_seqlens=None, timeout=None, cu_seqlens_q=None, cu_seqlens_k=None):
+              layout: str = "contiguous", cu_seqlens=None, timeout=None, cu_seqlens_q=None, cu_seqlens_k=None,
+              softcap=None, alibi_slopes=None, sinks=None):
     """Attention over a sequence sharded across the ranks of a torch.distributed group.
 
     Each rank passes its shard q [B, N_r, Hq, D], k [B, N_r, Hkv, D], v [B, N_r, Hkv, Dv]
@@ -247,7 +248,17 @@ def attention(q, k, v, pattern=None, group=None, scale=None, return_lse: bool = 
     [T_r, Hq, D]; sequences may cross shard borders); cu_seqlens_q / cu_seqlens_k, as in
     spattn.attention, are accepted too and must then be equal (self-attention). timeout: seconds (or a timedelta) to wait
     for any message before raising. torch autograd works through the call.
+
+    Score modifiers (softcap, alibi_slopes, sinks) are not implemented for sharded sequences in
+    this version (ALiBi needs global positions in every shard's call, and sinks must be counted
+    once in the merge of the shards' parts: spattn.merge(..., sinks=) does that for a caller's
+    own split); passing one raises ValueError.
     """
+    for name, given in (("softcap", softcap), ("alibi_slopes", alibi_slopes), ("sinks", sinks)):
+        if given is not None:
+            raise ValueError(f"{name}: spattn.distributed.attention does not take score modifiers in this version; "
+                             "run spattn.attention on gathered tensors, or split the keys yourself and merge the "
+                             "parts with spattn.merge(..., sinks=)")
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("group: torch.distributed is not initialized; call torch.distributed.init_process_group first")
     me = dist.get_rank(group)

@@ -18,9 +18,12 @@ attention picks a spattn pattern:
 - a KV cache: keys beyond the valid length (a static cache) are cut off by a view; with a few
   new queries (<= 16) on the CPU and no gradient, `spattn.decode` runs them (keys split over all
   threads);
-- refused with a ValueError naming the setting: logit softcapping (`softcap`), attention
-  dropout in training, masks transformers builds from custom mask functions (packed sequences,
-  image-token overlays, chunked attention) and precomputed 4-D masks.
+- score modifiers: Gemma 2's attention logit softcapping (`softcap`, applied to the scaled
+  scores, as spattn's `softcap=`) and GPT-OSS's learned sinks (`s_aux`, spattn's `sinks=`, with
+  their gradient in training);
+- refused with a ValueError naming the setting: attention dropout in training, masks
+  transformers builds from custom mask functions (packed sequences, image-token overlays,
+  chunked attention) and precomputed 4-D masks.
 """
 import torch
 
@@ -133,12 +136,10 @@ def _contiguous_runs(valid):
 def attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                       sliding_window=None, softcap=None, **kwargs):
     """transformers' attention interface for "spattn": query [B, Hq, Nq, D], key/value
-    [B, Hkv, Nk, D] (the cache's, new tokens included); returns ([B, Nq, Hq, Dv], None)."""
-    if softcap is not None:
-        raise ValueError(
-            f"attn_implementation='spattn': attention logit softcapping (softcap={softcap}) is not supported; "
-            "set the config's attn_logit_softcapping to None, or use attn_implementation='eager'"
-        )
+    [B, Hkv, Nk, D] (the cache's, new tokens included); returns ([B, Nq, Hq, Dv], None).
+    softcap (Gemma 2) and s_aux (GPT-OSS's sinks, one logit per query head) become spattn's
+    score modifiers."""
+    mods = dict(softcap=softcap, sinks=kwargs.get("s_aux"))
     if dropout and getattr(module, "training", False):
         raise ValueError(
             f"attn_implementation='spattn': attention dropout ({dropout}) is not supported in training; "
@@ -172,15 +173,16 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         # query. With a cache the new queries are real tokens (a static cache may list slots after
         # them that its padding mask marks empty).
         prefill = mask is not None and int(mask.q_offset) == 0 and nq == k.shape[1]
-        return _padded(q, k, v, padding, pattern, scaling, prefill), None
-    wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        return _padded(q, k, v, padding, pattern, scaling, prefill, mods), None
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, mods["sinks"]))
     if nq <= _DECODE_MAX_QUERIES and not wants_grad and q.device.type == "cpu" and causal:
         cache_len = torch.full((q.shape[0],), k.shape[1], dtype=torch.int32)
-        return spattn.decode(q, k, v, cache_len, pattern=pattern, scale=scaling), None
-    return spattn.attention(q, k, v, pattern=pattern, scale=scaling), None
+        return spattn.decode(q, k, v, cache_len, pattern=pattern, scale=scaling, **mods), None
+    return spattn.attention(q, k, v, pattern=pattern, scale=scaling, **mods), None
 
 
-def _padded(q, k, v, padding, pattern, scale, prefill):
+def _padded(q, k, v, padding, pattern, scale, prefill, mods):
     """Padding as a variable-length batch: each row's real tokens are one sequence, the
     queries aligned with its newest keys."""
     b, nq, hq, _ = q.shape
@@ -195,7 +197,7 @@ def _padded(q, k, v, padding, pattern, scale, prefill):
     qvalid = padding[:, nk - nq :] if prefill else torch.ones((b, nq), dtype=torch.bool, device=padding.device)
     offsets = lambda m: torch.nn.functional.pad(m.sum(1).cumsum(0), (1, 0)).to(torch.int32)  # noqa: E731
     out = spattn.attention(q[qvalid], k[padding], v[padding], pattern=pattern, scale=scale,
-                           cu_seqlens_q=offsets(qvalid), cu_seqlens_k=offsets(padding))
+                           cu_seqlens_q=offsets(qvalid), cu_seqlens_k=offsets(padding), **mods)
     full = out.new_zeros((b, nq, hq, out.shape[-1]))
     return full.index_put((qvalid,), out)
 

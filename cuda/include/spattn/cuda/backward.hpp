@@ -75,6 +75,7 @@ struct BackwardProblem {
   int64_t dk_strides[4] = {0, 0, 0, 0};
   int64_t dv_strides[4] = {0, 0, 0, 0};
   float scale = 1.f;                    // already resolved (1/sqrt(D) by default)
+  ScoreModParams mods;                  // score modifiers (forward_logic.hpp); none by default
   // The transposed layout (from one compiled with backward_tile(d, dv)), schedule and
   // predicate, staged by stage_backward and copied to the device (staged_dev, relocated for
   // it): cuda_backend.cpp keeps both with the compiled pattern.

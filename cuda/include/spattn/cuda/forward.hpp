@@ -61,6 +61,7 @@ struct ForwardProblem {
   int64_t out_strides[4] = {0, 0, 0, 0};
   int64_t lse_strides[3] = {0, 0, 0};
   float scale = 1.f;                    // already resolved (1/sqrt(D) by default)
+  ScoreModParams mods;                  // score modifiers (forward_logic.hpp); none by default
   // The layout (compiled with forward_tile(d, dv); 1 or Hq heads), schedule and predicate,
   // staged by stage_forward and copied to the device (staged_dev, relocated for it): see
   // cuda_backend.cpp, which keeps both with the compiled pattern.

@@ -46,6 +46,19 @@ constexpr int kFwdBlockN = 64;
 
 // The kernel's parameter block. Strides are in elements (of the tensor's dtype; float for lse).
 // Sizes fit int32 where the kernel uses them as tile indices; element offsets are int64.
+// Score modifiers (spattn/options.hpp, Modifiers), pointers on the device: softcap_log2 =
+// softcap * log2(e) (0: none); alibi [hq] slopes in natural units, stride alibi_s (null: none),
+// with rel = rel_step * (i - j) + rel_base for row i, key j; sinks [hq] in natural units, stride
+// sinks_s (null: none; the forward only: the backward's lse already holds them).
+struct ScoreModParams {
+  float softcap_log2 = 0.f;
+  const float* alibi = nullptr;
+  int64_t alibi_s = 1;
+  const float* sinks = nullptr;
+  int64_t sinks_s = 1;
+  int64_t rel_step = 1, rel_base = 0;
+};
+
 struct FwdParams {
   const void* q = nullptr;  // [B, Nq, Hq, D]
   const void* k = nullptr;  // [B, Nk, Hkv, D]
@@ -74,6 +87,10 @@ struct FwdParams {
   int64_t sched_len = 0;
   // The element rule (device copy of the predicate program and its data).
   Predicate pred;
+  // Score modifiers (ScoreModParams): mods is true with softcap or ALiBi (one branch on a kernel
+  // parameter, the same in every thread); the sinks act in the epilogue only.
+  bool mods = false;
+  ScoreModParams m;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -265,6 +282,74 @@ SPATTN_HD float softmax_p(float s, float m_safe) { return fast_exp2(s - m_safe);
 SPATTN_HD float softmax_inv_l(float l) { return (l == 0.f || l != l) ? 0.f : 1.f / l; }
 SPATTN_HD float softmax_lse(float m, float l) {
   return (l == 0.f || l != l) ? neg_inf() : m * 0.6931471805599453f + logf(l);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Score modifiers (FwdParams::mods, sinks), on scaled base-2 scores.
+
+// The modifiers of one head, read once per CTA: softcap (cap = softcap * log2 e, 0: none) and
+// the ALiBi slope in base-2 units (0: none).
+struct ScoreMod {
+  float cap = 0.f, inv_cap = 0.f, slope = 0.f;
+};
+SPATTN_HD ScoreMod score_mod(const FwdParams& p, int64_t h) {
+  ScoreMod r;
+  r.cap = p.m.softcap_log2;
+  r.inv_cap = r.cap != 0.f ? 1.f / r.cap : 0.f;
+  r.slope = p.m.alibi ? p.m.alibi[h * p.m.alibi_s] * 1.4426950408889634f : 0.f;
+  return r;
+}
+
+// rel of row i, key j (exact in float while |rel| < 2^24); the kernels form it as the block's
+// rel_of(i0, j0) plus rel_step * (r - x) for the element (i0 + r, j0 + x).
+SPATTN_HD float rel_of(const FwdParams& p, int64_t i, int64_t j) {
+  return float(p.m.rel_step * (i - j) + p.m.rel_base);
+}
+
+// tanh(y) = sign(y) (1 - e) / (1 + e), e = 2^(-2 log2(e) |y|): ex2.approx and a fast division on
+// the device (a few ulp), no overflow for any y.
+SPATTN_HD float tanh_fast(float y) {
+#if defined(__CUDA_ARCH__)
+  const float e = fast_exp2(-2.8853900817779268f * fabsf(y));
+  return copysignf(__fdividef(1.f - e, 1.f + e), y);
+#else
+  return std::tanh(y);
+#endif
+}
+
+// Score s2 (base 2, already scaled; -inf: masked) with softcap, then ALiBi at distance rel.
+// Masked scores stay -inf. With dcap, *dcap = the softcap's derivative 1 - tanh^2 (1 without
+// softcap), for the backward's chain rule.
+SPATTN_HD float apply_mod(const ScoreMod& m, float s2, float rel, float* dcap) {
+  if (dcap) *dcap = 1.f;
+  if (s2 == neg_inf()) return s2;
+  if (m.cap != 0.f) {
+    const float t = tanh_fast(s2 * m.inv_cap);
+    s2 = m.cap * t;
+    if (dcap) *dcap = 1.f - t * t;
+  }
+  return s2 - m.slope * fabsf(rel);
+}
+
+// The same for row i, key j of head h, from the parameters (host tests, simple callers).
+SPATTN_HD float modified_score(const FwdParams& p, int64_t h, int64_t i, int64_t j, float s2,
+                               float* dcap) {
+  return apply_mod(score_mod(p, h), s2, rel_of(p, i, j), dcap);
+}
+
+// The end of a row of head h with the sink (if any): m (base 2) and l (sum of exp2(s - m)) of
+// the row's keys become those of its keys plus the sink; returns the factor the accumulated
+// output is multiplied by before 1 / l. A row that kept no key gets l = 1 at m = sink: out 0,
+// lse = sink.
+SPATTN_HD float sink_finish(const FwdParams& p, int64_t h, float* m, float* l) {
+  if (!p.m.sinks) return 1.f;
+  const float s2 = p.m.sinks[h * p.m.sinks_s] * 1.4426950408889634f;
+  if (s2 == neg_inf() || *l != *l) return 1.f;
+  const float mf = fmax_(*m, s2);
+  const float keep = *m == neg_inf() ? 0.f : exp2f(*m - mf);
+  *l = *l * keep + exp2f(s2 - mf);
+  *m = mf;
+  return keep;
 }
 
 // ---------------------------------------------------------------------------------------------
