@@ -92,8 +92,9 @@ class _Mods:
         return self.softcap is not None or self.alibi_slopes is not None or self.sinks is not None
 
     def core(self):
-        """Keyword arguments of _core.forward / backward / decode."""
-        return {"softcap": self.softcap, "alibi_slopes": _plain(self.alibi_slopes), "sinks": _plain(self.sinks)}
+        """(softcap, alibi_slopes, sinks) as _core.forward / backward / decode take them, passed
+        positionally (see _core_backward: keyword calls of the bindings measured as growing)."""
+        return self.softcap, _plain(self.alibi_slopes), _plain(self.sinks)
 
 
 _NO_MODS = _Mods()
@@ -183,7 +184,7 @@ def _core_forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads, m
     cc = cuda_call(q)
     if cc is None:
         return _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), want_lse, cu_q,
-                             cu_k, threads, **mods.core())
+                             cu_k, threads, None, None, None, *mods.core())
     given = out
     if out is None:
         out = cc.empty(tuple(q.shape[:-1]) + (v.shape[-1],))
@@ -192,8 +193,7 @@ def _core_forward(q, k, v, pattern, scale, out, want_lse, cu_q, cu_k, threads, m
         lse_shape = (q.shape[1], q.shape[0]) if q.ndim == 3 else (q.shape[0], q.shape[2], q.shape[1])
         lse = cc.empty(lse_shape, "lse")
     _core.forward(_plain(q), _plain(k), _plain(v), pattern._core(), scale, _plain(out), want_lse, cu_q, cu_k, threads,
-                  lse_out=None if lse is None else _plain(lse), stream=cc.stream, workspace=cc.workspace,
-                  **mods.core())
+                  None if lse is None else _plain(lse), cc.stream, cc.workspace, *mods.core())
     return (given if given is not None else out), lse
 
 
@@ -204,8 +204,7 @@ def _core_backward(dout, q, k, v, out, lse, pattern, scale, cu_q, cu_k, threads,
     args = [_plain(x) for x in (dout, q, k, v, out, lse)]
     # Positional arguments only: a call of this binding with keyword arguments was measured to
     # keep about 53 bytes per call (tests/python/test_leaks.py), positional ones nothing.
-    m = mods.core()
-    mod_args = (deterministic, m["softcap"], m["alibi_slopes"], m["sinks"])
+    mod_args = (deterministic, *mods.core())
     if cc is None:
         return _core.backward(*args, pattern._core(), scale, cu_q, cu_k, threads, None, None, None, None, None,
                               *mod_args, None)
@@ -388,7 +387,7 @@ def _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_
     bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
     pk = None if pooled_keys is None else _plain(pooled_keys)
     o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse, pk,
-                          _threads(q), **mods.core())
+                          _threads(q), *mods.core())
     o = to_framework(o, q)
     return (o, to_framework(lse, q)) if return_lse else o
 
