@@ -6,6 +6,7 @@
 See SPEC.md for what every pattern means; `spattn info` for what this build holds.
 """
 from .api import attention, attention_backward, decode, info, pool_keys
+from .grid_patterns import LongNet, Neighborhood, SlidingTile, vision_language
 from .merge import merge
 from .patterns import (
     BigBird,
@@ -63,5 +64,9 @@ __all__ = [
     "Intersection",
     "PerHead",
     "TopKBlocks",
+    "Neighborhood",
+    "SlidingTile",
+    "LongNet",
+    "vision_language",
     "__version__",
 ]

@@ -15,7 +15,7 @@ Grammar (a recursive-descent parser; nothing is evaluated as Python)::
     factor  := '(' expr ')' | NAME [ '(' [args] ')' ]
     args    := arg ((',' | ';') arg)*
     arg     := [NAME '='] value
-    value   := INT | FLOAT | none | true | false | REF | expr
+    value   := INT | FLOAT | none | true | false | REF | expr | '(' value (',' value)* ')'
                (expr only inside perhead and as topk's `always`; REF is @i, the i-th array of
                `data`: how torch's custom ops pass a pattern's arrays beside its text)
 
@@ -108,6 +108,27 @@ _SPECS: dict[str, _Spec] = {
         "topk(k, bq=64, bk=bq, causal=true, always=none): TopKBlocks, the k best key blocks per query block",
         aliases=["topkblocks", "topk_blocks"],
     ),
+    "neighborhood": _Spec(
+        "Neighborhood",
+        [("grid", _REQUIRED, "ints"), ("window", _REQUIRED, "ints"), ("dilation", 1, "ints"),
+         ("causal", False, "bools"), ("start", 0, "int")],
+        "neighborhood((h,w), window, dilation=1, causal=false, start=0): NATTEN over a row-major "
+        "grid of 1-3 dims (per-dim values as tuples)",
+        aliases=["neighbourhood", "natten"],
+    ),
+    "slidingtile": _Spec(
+        "SlidingTile",
+        [("grid", _REQUIRED, "ints"), ("tile", _REQUIRED, "ints"), ("window_tiles", _REQUIRED, "ints"),
+         ("start", 0, "int")],
+        "slidingtile((h,w), (th,tw), window_tiles, start=0): whole-tile windows, tokens tile-major",
+        aliases=["sliding_tile", "sta"],
+    ),
+    "longnet": _Spec(
+        "LongNet",
+        [("segments", _REQUIRED, "ints"), ("dilations", _REQUIRED, "ints"), ("causal", True, "bool")],
+        "longnet((w0,w1,..), (r0,r1,..), causal=true): LongNet's dilated segments (Nq = Nk)",
+        aliases=["long_net"],
+    ),
     "layout": _Spec(
         "BlockSparse",
         [("layout", _REQUIRED, "ref"), ("bq", 64, "int"), ("bk", None, "optint")],
@@ -125,7 +146,8 @@ pattern syntax (names are case-insensitive; rel = (i + Nk - Nq) - j, see SPEC §
 examples:
   'window(511,0)'   'sink(4) | window(1023,0)'   'causal & (strided(128) | window(127,0))'
   'bigbird(64,3,2,3,seed=1)'   'perhead(causal; window(255,0))'
-  'blocksparse(random=0.1,block=128,seed=0,heads=8)'   'topk(8,64,always=sink(4)|window(255))'"""
+  'blocksparse(random=0.1,block=128,seed=0,heads=8)'   'topk(8,64,always=sink(4)|window(255))'
+  'neighborhood((64,64),13)'   'slidingtile((32,32),(8,8),3)'   'longnet((2048,8192),(1,4))'"""
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)"
@@ -288,6 +310,15 @@ class _Parser:
                 self.i += 1
                 return None
             return self.expr()
+        if kind in ("ints", "bools") and self.accept("("):
+            items = []  # a tuple: one value per grid dim (or per segment)
+            while True:
+                items.append(self.value(spec, key))
+                if self.accept(")"):
+                    return tuple(items)
+                self.expect(",", f"between the values of a tuple in {key}(...)")
+                if self.accept(")"):  # (13,)
+                    return tuple(items)
         if tok.kind == "ref":
             self.i += 1
             return _Ref(int(tok.text[1:]), tok.pos)
@@ -312,9 +343,13 @@ class _Parser:
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),
             "ref": isinstance(value, _Ref),
             "pattern": value is None or isinstance(value, _patterns.Pattern),
+            "ints": all(isinstance(x, int) and not isinstance(x, bool)
+                        for x in (value if isinstance(value, tuple) else (value,))),
+            "bools": all(isinstance(x, bool) for x in (value if isinstance(value, tuple) else (value,))),
         }[kind]
         if not ok:
             want = {"int": "an integer", "optint": "an integer or none", "bool": "true or false",
+                    "ints": "an integer or a tuple of integers", "bools": "true, false or a tuple of them",
                     "float": "a number", "ref": "an array reference @i", "pattern": "a pattern or none"}[kind]
             self.error(f"{what}: expected {want}, got {value!r}", pos)
         return float(value) if kind == "float" else value
@@ -370,7 +405,9 @@ class _Parser:
         return self.data[ref.index]
 
     def construct(self, cls_name: str, key: str, pos: int, *args):
-        cls = getattr(_patterns, cls_name, None)
+        from . import grid_patterns as _grid
+
+        cls = getattr(_patterns, cls_name, None) or getattr(_grid, cls_name, None)
         if cls is None:
             self.error(f"{key}(...) needs spattn.{cls_name}, which this spattn does not have", pos)
         try:

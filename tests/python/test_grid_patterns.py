@@ -141,7 +141,7 @@ NEIGHBORHOODS = [
     dict(grid=(12,), window=3, causal=True),
     dict(grid=(9, 11), window=3),
     dict(grid=(9, 11), window=(3, 4), dilation=(2, 1)),
-    dict(grid=(8, 9), window=(2, 5), dilation=(1, 2)),
+    dict(grid=(8, 9), window=(2, 4), dilation=(1, 2)),
     dict(grid=(7, 10), window=3, causal=(True, False)),
     dict(grid=(8, 8), window=4, causal=True),
     dict(grid=(4, 5, 6), window=(3, 3, 3)),
@@ -172,7 +172,7 @@ def test_neighborhood_inside_a_longer_sequence(nq, nk):
 SLIDING_TILES = [
     dict(grid=(8, 8), tile=(4, 4), window_tiles=(1, 1)),
     dict(grid=(8, 12), tile=(4, 4), window_tiles=(2, 3)),
-    dict(grid=(12, 8), tile=(2, 4), window_tiles=3),
+    dict(grid=(12, 8), tile=(2, 4), window_tiles=(3, 2)),
     dict(grid=(4, 8, 8), tile=(2, 4, 4), window_tiles=(1, 2, 2)),
     dict(grid=(6, 4, 6), tile=(2, 2, 2), window_tiles=(3, 1, 2)),
 ]
@@ -194,9 +194,10 @@ def test_tile_aligned_sliding_tile_has_no_partial_blocks(grid, tile, wt):
     p = spattn.SlidingTile(grid, tile, wt)
     n = math.prod(grid)
     lay = p.block_layout(n, n, block=(64, 64))
-    assert lay.partial_blocks == 0
+    blocks = lambda r: int((r[:, 1] - r[:, 0]).sum()) if len(r) else 0
+    assert blocks(np.asarray(lay.partial_ranges)) == 0
     tiles = [g // t for g, t in zip(grid, tile)]
-    assert lay.full_blocks == math.prod(tiles) * math.prod(wt)
+    assert blocks(np.asarray(lay.full_ranges)) == math.prod(tiles) * math.prod(wt)
 
 
 LONGNETS = [
@@ -338,3 +339,66 @@ def test_problem_checks():
     k = np.zeros((1, 24, 1, 8), np.float32)
     with pytest.raises(ValueError, match="LongNet"):
         spattn.attention(q, k, k, spattn.LongNet((8,), (1,)))  # Nq != Nk
+
+
+# --------------------------------------------------------------------------------------------
+# text syntax, spattn show
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,want", [
+    ("neighborhood((9,11),3)", lambda: spattn.Neighborhood((9, 11), 3)),
+    ("natten((9,11),(3,5),dilation=(2,1),causal=(true,false))",
+     lambda: spattn.Neighborhood((9, 11), (3, 5), (2, 1), (True, False))),
+    ("neighborhood(grid=(4,5),window=3,start=17)", lambda: spattn.Neighborhood((4, 5), 3, start=17)),
+    ("slidingtile((8,12),(4,4),(1,3))", lambda: spattn.SlidingTile((8, 12), (4, 4), (1, 3))),
+    ("longnet((8,32),(1,4),causal=false)", lambda: spattn.LongNet((8, 32), (1, 4), causal=False)),
+])
+def test_syntax(text, want):
+    from spattn.pattern_syntax import parse
+
+    got, ref = parse(text), want()
+    assert repr(got) == repr(ref)
+    n = 60 if "start" in text else (99 if "9,11" in text else 96)
+    assert np.array_equal(got.mask(n, n, heads=4), ref.mask(n, n, heads=4))
+
+
+def test_repr_round_trips_through_the_syntax():
+    from spattn.pattern_syntax import parse
+
+    for p in (spattn.Neighborhood((9, 11), (3, 5), (2, 1), (True, False), start=2),
+              spattn.SlidingTile((8, 12), (4, 4), (1, 3)), spattn.LongNet((8, 32), (1, 4))):
+        assert repr(parse(repr(p))) == repr(p)
+
+
+def test_show_text_draws_the_query_neighbourhood(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from spattn import cli
+
+    out = tmp_path / "nb.png"
+    assert cli.main(["show", "neighborhood((7,9),3)", "--n", "63", "--query", "10", "--text", "-o", str(out)]) == 0
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    lines = capsys.readouterr().out.splitlines()
+    grid = [l for l in lines if set(l) <= set("#.Q") and len(l) == 9]
+    assert len(grid) == 7
+    # query 10 = (1, 1): rows 0..2, columns 0..2
+    assert grid[0] == "###......" and grid[1] == "#Q#......" and grid[2] == "###......"
+    assert all(l == "." * 9 for l in grid[3:])
+
+
+def test_show_default_query_is_the_middle_and_3d_tiles(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from spattn import cli, viz
+
+    text = viz.neighborhood_text(spattn.Neighborhood((5, 5), 3), 25)
+    assert text.splitlines()[2] == ".#Q#."
+    p = spattn.SlidingTile((4, 4, 4), (2, 2, 2), (1, 1, 1))
+    cells, q = viz.neighborhood_cells(p, 64)
+    assert cells.sum() == 8 and cells.reshape(-1)[q]  # its own 2x2x2 tile
+    out = tmp_path / "t.png"
+    assert cli.main(["show", "slidingtile((4,8,8),(2,4,4),(1,1,2))", "--n", "256", "-o", str(out)]) == 0
+    assert cli.main(["show", "longnet((16,64),(1,4))", "--n", "256", "--heads", "4", "--head", "1",
+                     "-o", str(out)]) == 0
+    assert cli.main(["show", "causal", "--n", "64", "--text", "-o", str(tmp_path / "x.png")]) == 1
+    assert "grid pattern" in capsys.readouterr().err

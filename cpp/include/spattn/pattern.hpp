@@ -46,6 +46,9 @@ class Pattern {
     Intersection,
     PerHead,
     TopKBlocks,    // learned: key blocks chosen from q and k at run time (select.hpp)
+    Neighborhood,  // NATTEN over a row-major grid (grid_rules.hpp)
+    SlidingTile,   // whole-tile windows over a tile-major grid
+    LongNet,       // LongNet's dilated segments (per head)
   };
 
   // SlidingWindow(None, None): every key.
@@ -91,6 +94,20 @@ class Pattern {
   // ValueError for k < 0, non-positive block sizes, or an `always` that is itself learned.
   static Pattern topk_blocks(int64_t k, int64_t bq, int64_t bk, bool causal, Pattern always);
 
+  // Neighborhood(grid, window, dilation, causal, start) (grid_rules.hpp): 1 to 3 dims, one
+  // window / dilation / causal flag per dim, window * dilation <= extent, start >= 0.
+  static Pattern neighborhood(std::vector<int64_t> grid, std::vector<int64_t> window,
+                              std::vector<int64_t> dilation, std::vector<bool> causal,
+                              int64_t start);
+  // SlidingTile(grid, tile, window_tiles, start): 2 or 3 dims, tile divides grid, window_tiles
+  // <= grid / tile per dim.
+  static Pattern sliding_tile(std::vector<int64_t> grid, std::vector<int64_t> tile,
+                              std::vector<int64_t> window_tiles, int64_t start);
+  // LongNet(segments, dilations, causal): as many dilations as segments, each segment a
+  // multiple of its dilation; Nq == Nk (checked with the problem).
+  static Pattern longnet(std::vector<int64_t> segments, std::vector<int64_t> dilations,
+                         bool causal);
+
   // Wraps a node (used by the combinators).
   static Pattern from_node(std::shared_ptr<const PatternNode> n);
   bool valid() const { return bool(node_); }
@@ -121,6 +138,8 @@ class Pattern {
   // The dense mask [heads, Nq, Nk] as 0/1 bytes: the definition every backend is tested
   // against. Quadratic by nature; for tests and pictures.
   std::vector<uint8_t> mask(int64_t nq, int64_t nk, int64_t heads) const;
+  // Row i of head h of that mask [Nk] (linear in Nk: pictures of one query).
+  std::vector<uint8_t> mask_row(int64_t nq, int64_t nk, int64_t heads, int64_t h, int64_t i) const;
 
  private:
   std::shared_ptr<const PatternNode> node_;
@@ -137,11 +156,13 @@ struct PatternNode {
   // d = randoms, e = seed. TopKBlocks: a = k, b = bq, c = bk, d = causal; children: the
   // `always` pattern, or none.
   int64_t a = 0, b = 0, c = 0, d = 0, e = 0;
-  std::vector<int64_t> positions;          // Global: sorted, distinct
+  std::vector<int64_t> positions;          // Global: sorted, distinct. LongNet: w0, r0, w1, ...
+  GridRule grid;                           // Neighborhood, SlidingTile
+  LongNetRule longnet;                     // LongNet (its segments in positions)
   std::shared_ptr<const BlockMask> mask;   // BlockSparse
   std::vector<Pattern> children;           // Union, Intersection, PerHead
   bool head_dependent = false;             // some head differs from another
-  int64_t head_count = 1;                  // heads it was made for (1 when shared)
+  int64_t head_count = 1;                  // heads it was made for (1 when shared; 0: any)
   // Pattern::compiled()'s cache: logically not part of the (immutable) pattern.
   std::shared_ptr<detail::CompileCache> cache = detail::new_compile_cache();
 };

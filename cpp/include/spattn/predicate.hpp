@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "spattn/grid_rules.hpp"
 #include "spattn/hostdevice.hpp"
 
 namespace spattn {
@@ -32,6 +33,8 @@ enum class PredKind : int32_t {
                   // randoms f per row in data (int32 [rows, f], -1 = none), len = rows
   Or = 7,         // pop two, push either
   And = 8,        // pop two, push both
+  Grid = 9,       // grid_keeps(*data as GridRule): Neighborhood, SlidingTile
+  LongNet = 10,   // longnet_keeps({a count, b causal}, data: int64 w0, r0, w1, r1, ...)
 };
 
 struct PredNode {
@@ -101,6 +104,14 @@ SPATTN_HD bool leaf_keeps(const PredNode& n, int64_t off, int64_t h, int64_t i,
       for (int64_t t = 0; t < n.f; ++t)
         if (r[t] == w) return true;
       return false;
+    }
+    case PredKind::Grid:
+      return grid_keeps(*static_cast<const GridRule*>(n.data), p, j);
+    case PredKind::LongNet: {
+      LongNetRule l;
+      l.count = int32_t(n.a);
+      l.causal = int32_t(n.b);
+      return longnet_keeps(l, static_cast<const int64_t*>(n.data), h, p, j);
     }
     default:
       return false;

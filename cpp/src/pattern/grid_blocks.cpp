@@ -47,16 +47,19 @@ void add_strided(std::vector<KeyIv>& v, int64_t lo, int64_t hi, int64_t step, in
   for (int64_t j = lo; j <= hi; j += step) v.push_back({j, j});
 }
 
-// Calls f(base) for every cell index base = sum_k y_k * stride_k over the neighbours y_k of the
-// prefix coordinates x_k (dims 0 .. ndim - 2).
+// Calls f(line) for every key line (index over the prefix dims 0 .. ndim - 2, row-major)
+// whose prefix coordinates are neighbours of x's in every prefix dim.
 template <class F>
-void for_prefix_neighbours(const GridRule& g, const int64_t* x, int dim, int64_t base, F&& f) {
-  if (dim == g.ndim - 1) return f(base);
-  int64_t stride = 1;
-  for (int t = dim + 1; t < g.ndim - 1; ++t) stride *= g.n[t];  // in key lines
-  int64_t lo, hi;
-  grid_dim_range(g.n[dim], g.w[dim], g.d[dim], g.causal_dim(dim), x[dim], &lo, &hi);
-  for (int64_t y = lo; y <= hi; y += g.d[dim]) for_prefix_neighbours(g, x, dim + 1, base + y * stride, f);
+void for_prefix_neighbours(const GridRule& g, const int64_t* x, F&& f) {
+  const int P = g.ndim - 1;  // 0, 1 or 2 prefix dims
+  int64_t lo[2] = {0, 0}, hi[2] = {0, 0}, step[2] = {1, 1};
+  for (int t = 0; t < P && t < 2; ++t) {
+    grid_dim_range(g.n[t], g.w[t], g.d[t], g.causal_dim(t), x[t], &lo[t], &hi[t]);
+    step[t] = g.d[t];
+  }
+  const int64_t n1 = P == 2 ? g.n[1] : 1;
+  for (int64_t y0 = lo[0]; y0 <= hi[0]; y0 += step[0])
+    for (int64_t y1 = lo[1]; y1 <= hi[1]; y1 += step[1]) f(P == 2 ? y0 * n1 + y1 : y0);
 }
 
 }  // namespace
@@ -110,7 +113,7 @@ void grid_tile_keys(const GridRule& g, int64_t p0, int64_t p1, int64_t nk, int64
       rest /= g.n[t];
     }
     runF.clear();
-    for_prefix_neighbours(g, x, 0, 0, [&](int64_t base) {
+    for_prefix_neighbours(g, x, [&](int64_t base) {
       const int64_t line = g.start + base * nl * T;  // first token of the key line
       for (const Piece& k : kp) {
         if (T == 1)

@@ -26,6 +26,7 @@
 #include <map>
 #include <sstream>
 
+#include "pattern/grid_blocks.hpp"
 #include "spattn/error.hpp"
 #include "spattn/layout.hpp"
 #include "spattn/pattern.hpp"
@@ -494,6 +495,20 @@ void node_row(Ctx& x, const PatternNode& n, int64_t h, Row& out) {
     case Pattern::Kind::BigBird:
       bigbird_row(x, *x.cp->bigbird(&n), out);
       break;
+    case Pattern::Kind::Neighborhood:
+    case Pattern::Kind::SlidingTile:
+    case Pattern::Kind::LongNet: {
+      std::vector<detail::KeyIv> K, F;
+      if (n.kind == Pattern::Kind::LongNet)
+        detail::longnet_tile_keys(n.longnet, n.positions.data(), h, x.p0, x.p1, x.nk, x.bk, K, F);
+      else
+        detail::grid_tile_keys(n.grid, x.p0, x.p1, x.nk, x.bk, K, F);
+      std::vector<Iv> k, f;
+      for (const detail::KeyIv& v : K) k.push_back({v.lo, v.hi});
+      for (const detail::KeyIv& v : F) f.push_back({v.lo, v.hi});
+      intervals_row(x, k, f, out);
+      break;
+    }
     case Pattern::Kind::PerHead:
       node_row(x, n.children[size_t(h)].node(), h, out);
       break;
@@ -576,6 +591,9 @@ double row_count_leaf(const CompiledPattern& cp, const PatternNode& n, int64_t i
       if (lo <= hi) total += hi - lo + 1;
       return double(total);
     }
+    case Pattern::Kind::Neighborhood:
+    case Pattern::Kind::SlidingTile:
+      return double(detail::grid_row_count(n.grid, p, nk));
     default:
       return -1;
   }
@@ -650,7 +668,7 @@ double CompiledPattern::kept_pairs() const {
   // Leaves in closed form, row by row.
   if (n.kind != Pattern::Kind::BlockSparse && n.kind != Pattern::Kind::BigBird &&
       n.kind != Pattern::Kind::Union && n.kind != Pattern::Kind::Intersection &&
-      n.kind != Pattern::Kind::PerHead) {
+      n.kind != Pattern::Kind::PerHead && n.kind != Pattern::Kind::LongNet) {
     double total = 0;
     for (int64_t i = 0; i < nq_; ++i) total += row_count_leaf(*this, n, i);
     return total * double(hq_);

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "pattern/grid_kinds.hpp"
 #include "spattn/error.hpp"
 #include "spattn/layout.hpp"
 
@@ -233,15 +234,16 @@ Pattern combine(Pattern::Kind kind, std::vector<Pattern> parts, const char* name
           " chooses its blocks from the data and cannot be combined with other patterns; "
           "pass them as its always= argument instead (TopKBlocks(k, always=Sink(4) | ...))");
     if (c.node().head_dependent) {
-      if (n->head_dependent && n->head_count != c.node().head_count &&
-          kind != Pattern::Kind::PerHead) {
+      // head_count 0: the part's rule differs per head but fits any number of heads
+      if (n->head_dependent && n->head_count != c.node().head_count && n->head_count != 0 &&
+          c.node().head_count != 0 && kind != Pattern::Kind::PerHead) {
         std::ostringstream m;
         m << name << ": parts are made for different numbers of heads (" << n->head_count
           << " and " << c.node().head_count << ")";
         bad(m.str());
       }
+      if (!n->head_dependent || n->head_count == 0) n->head_count = c.node().head_count;
       n->head_dependent = true;
-      n->head_count = c.node().head_count;
     }
   }
   if (kind == Pattern::Kind::PerHead) {
@@ -280,7 +282,9 @@ bool Pattern::data_dependent() const { return node_->kind == Kind::TopKBlocks; }
 int64_t Pattern::left() const { return node_->a; }
 int64_t Pattern::right() const { return node_->b; }
 const BlockMask* Pattern::block_mask() const { return node_->mask.get(); }
-int64_t Pattern::heads() const { return node_->head_dependent ? node_->head_count : 1; }
+int64_t Pattern::heads() const {
+  return node_->head_dependent && node_->head_count > 0 ? node_->head_count : 1;
+}
 
 namespace {
 void describe_into(const PatternNode& n, std::ostream& s, bool nested) {
@@ -347,6 +351,13 @@ void describe_into(const PatternNode& n, std::ostream& s, bool nested) {
       }
       s << ")";
       break;
+    case Pattern::Kind::Neighborhood:
+    case Pattern::Kind::SlidingTile:
+      detail::describe_grid_kind(n, s);
+      break;
+    case Pattern::Kind::LongNet:
+      detail::describe_longnet(n, s);
+      break;
     case Pattern::Kind::PerHead:
       s << "PerHead([";
       for (size_t x = 0; x < n.children.size(); ++x) {
@@ -405,6 +416,13 @@ void check_node(const PatternNode& n, int64_t nq, int64_t nk, int64_t hq) {
         throw ValueError(s.str());
       }
       for (const Pattern& c : n.children) check_node(c.node(), nq, nk, hq);
+      break;
+    case Pattern::Kind::Neighborhood:
+    case Pattern::Kind::SlidingTile:
+      detail::check_grid_kind(n, nq, nk);
+      break;
+    case Pattern::Kind::LongNet:
+      detail::check_longnet(n, nq, nk);
       break;
     case Pattern::Kind::Union:
     case Pattern::Kind::Intersection:
@@ -498,6 +516,18 @@ struct Compiler {
         x.len = g->nbq;
         break;
       }
+      case Pattern::Kind::Neighborhood:
+      case Pattern::Kind::SlidingTile:
+        x.kind = PredKind::Grid;
+        x.data = &n.grid;  // the node outlives the compiled pattern (which holds the pattern)
+        break;
+      case Pattern::Kind::LongNet:
+        x.kind = PredKind::LongNet;
+        x.a = n.longnet.count;
+        x.b = n.longnet.causal;
+        x.data = n.positions.data();
+        x.len = int64_t(n.positions.size());
+        break;
       case Pattern::Kind::PerHead:
         return emit(n.children[size_t(h)].node(), h);
       case Pattern::Kind::TopKBlocks:  // compile() refuses it before emitting
@@ -650,6 +680,20 @@ std::vector<uint8_t> Pattern::mask(int64_t nq, int64_t nk, int64_t heads) const 
       uint8_t* row = out.data() + (h * nq + i) * nk;
       for (int64_t j = 0; j < nk; ++j) row[j] = keeps(pred, h, i, j) ? 1 : 0;
     }
+  return out;
+}
+
+std::vector<uint8_t> Pattern::mask_row(int64_t nq, int64_t nk, int64_t heads, int64_t h,
+                                       int64_t i) const {
+  if (nq < 0 || nk < 0 || heads < 1 || h < 0 || h >= heads || i < 0 || i >= nq)
+    throw ValueError("mask_row: expected 0 <= head < heads and 0 <= i < Nq, got Nq=" +
+                     std::to_string(nq) + ", Nk=" + std::to_string(nk) + ", heads=" +
+                     std::to_string(heads) + ", head=" + std::to_string(h) + ", i=" +
+                     std::to_string(i));
+  const CompiledPattern cp = compile(nq, nk, heads);
+  const Predicate pred = cp.predicate();
+  std::vector<uint8_t> out(static_cast<size_t>(nk));
+  for (int64_t j = 0; j < nk; ++j) out[size_t(j)] = keeps(pred, h, i, j) ? 1 : 0;
   return out;
 }
 
