@@ -110,6 +110,14 @@ void check_longnet(const char* what, std::vector<int64_t> wr, bool causal, int64
             detail::longnet_tile_keys(l, wr.data(), h, p0, p1, n, b, K, F);
           },
           [&](int64_t p, int64_t j) { return longnet_keeps(l, wr.data(), h, p, j); }, bq == 1);
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t p = 0; p < n; ++p) {
+      int64_t c = 0;
+      for (int64_t j = 0; j < n; ++j) c += longnet_keeps(l, wr.data(), h, p, j);
+      const int64_t got = detail::longnet_row_count(l, wr.data(), h, p, n);
+      EXPECT(c == got, "%s head %lld row %lld: count %lld, closed form %lld", what, (long long)h,
+             (long long)p, (long long)c, (long long)got);
+    }
 }
 
 }  // namespace
@@ -133,6 +141,7 @@ int main() {
   check_longnet("longnet 3", {4, 1, 16, 4, 32, 8}, true, 97, 8);
   check_longnet("longnet bidir", {6, 2, 12, 3}, false, 50, 6);
   check_longnet("longnet odd", {12, 3, 24, 4}, true, 61, 4);
+  check_longnet("longnet unnested", {10, 2, 12, 3, 30, 5}, false, 67, 6);
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;

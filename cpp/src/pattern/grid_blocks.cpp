@@ -1,6 +1,7 @@
 #include "pattern/grid_blocks.hpp"
 
 #include <algorithm>
+#include <numeric>
 
 namespace spattn::detail {
 
@@ -172,6 +173,39 @@ void longnet_tile_keys(const LongNetRule& l, const int64_t* wr, int64_t h, int64
   }
   normalize_intervals(K, nk);
   normalize_intervals(F, nk);
+}
+
+int64_t longnet_row_count(const LongNetRule& l, const int64_t* wr, int64_t h, int64_t p,
+                          int64_t nk) {
+  if (p < 0 || p >= nk) return 0;
+  // Inclusion-exclusion over the segments whose residue the row is in: the keys of a set of
+  // them are those in every segment (an interval) with j = h modulo every dilation (one
+  // residue modulo their lcm, which the row itself satisfies).
+  int64_t idx[64], m = 0;
+  for (int k = 0; k < l.count; ++k)
+    if (p % wr[2 * k + 1] == h % wr[2 * k + 1]) idx[m++] = k;
+  int64_t total = 0;
+  for (int64_t set = 1; set < (int64_t(1) << m); ++set) {
+    int64_t lo = 0, hi = l.causal ? p : nk - 1, L = 1, bits = 0;
+    for (int64_t t = 0; t < m; ++t)
+      if (set >> t & 1) {
+        const int64_t w = wr[2 * idx[t]], r = wr[2 * idx[t] + 1];
+        lo = std::max(lo, p / w * w);
+        hi = std::min(hi, p / w * w + w - 1);
+        L = std::lcm(L, r);
+        ++bits;
+      }
+    // keys j in [lo, hi] with j = p (mod L)
+    int64_t c = 0;
+    if (hi >= lo) {
+      // first j >= lo with j = p mod L, last j <= hi
+      const int64_t first = lo + ((p - lo) % L + L) % L;
+      const int64_t last = hi - ((hi - p) % L + L) % L;
+      c = first > last ? 0 : (last - first) / L + 1;
+    }
+    total += (bits % 2 == 1) ? c : -c;
+  }
+  return total;
 }
 
 int64_t grid_row_count(const GridRule& g, int64_t p, int64_t nk) {

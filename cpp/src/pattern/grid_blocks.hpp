@@ -31,7 +31,10 @@ void grid_tile_keys(const GridRule& g, int64_t p0, int64_t p1, int64_t nk, int64
 void longnet_tile_keys(const LongNetRule& l, const int64_t* wr, int64_t h, int64_t p0, int64_t p1, int64_t nk,
                        int64_t bk, std::vector<KeyIv>& K, std::vector<KeyIv>& F);
 
-// Keys kept by row p, counted in closed form.
+// Keys kept by row p (head h), counted in closed form (LongNet: inclusion-exclusion over its
+// segment sizes, O(2^segments)).
+int64_t longnet_row_count(const LongNetRule& l, const int64_t* wr, int64_t h, int64_t p,
+                          int64_t nk);
 int64_t grid_row_count(const GridRule& g, int64_t p, int64_t nk);
 
 }  // namespace spattn::detail

@@ -673,6 +673,13 @@ double CompiledPattern::kept_pairs() const {
     for (int64_t i = 0; i < nq_; ++i) total += row_count_leaf(*this, n, i);
     return total * double(hq_);
   }
+  if (n.kind == Pattern::Kind::LongNet) {  // per head, closed form per row
+    double total = 0;
+    for (int64_t h = 0; h < hq_; ++h)
+      for (int64_t i = 0; i < nq_; ++i)
+        total += double(detail::longnet_row_count(n.longnet, n.positions.data(), h, i + nk_ - nq_, nk_));
+    return total;
+  }
   if (n.kind == Pattern::Kind::BlockSparse) {
     const BlockMask& m = *n.mask;
     double total = 0;
