@@ -90,6 +90,21 @@ void check_grid(const char* what, const GridRule& g, int64_t n) {
         },
         [&](int64_t p, int64_t j) { return grid_keeps(g, p, j); }, true);
   }
+  // grid_row_interval: when it answers, exactly the kept keys of the block
+  int answered = 0;
+  for (int64_t bk : {1, 3, 7, 16, 64})
+    for (int64_t j0 = 0; j0 < n; j0 += bk)
+      for (int64_t p = 0; p < n; ++p) {
+        const int64_t j1 = std::min(n, j0 + bk) - 1;
+        int64_t lo, hi;
+        if (!grid_row_interval(g, p, j0, j1, &lo, &hi)) continue;
+        ++answered;
+        for (int64_t j = j0; j <= j1; ++j)
+          EXPECT(grid_keeps(g, p, j) == (j >= lo && j <= hi),
+                 "%s row %lld keys %lld..%lld: interval [%lld, %lld] wrong at %lld", what,
+                 (long long)p, (long long)j0, (long long)j1, (long long)lo, (long long)hi, (long long)j);
+      }
+  EXPECT(answered > 0 || g.d[g.ndim - 1] != 1, "%s: grid_row_interval never answered", what);
   for (int64_t p = 0; p < n; ++p) {
     int64_t c = 0;
     for (int64_t j = 0; j < n; ++j) c += grid_keeps(g, p, j);

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import spattn
-from _helpers import assert_close, assert_lse, check_layout, rand_qkv, ref_backward, ref_forward
+from _helpers import (assert_close, assert_lse, check_layout, naive_backward, naive_forward, rand_qkv,
+                      ref_backward, ref_forward, round_to)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +230,9 @@ ATTN = [
     ("nb2d", lambda: spattn.Neighborhood((9, 11), (3, 5), (2, 1)), 99),
     ("nb2d_causal", lambda: spattn.Neighborhood((10, 10), 4, causal=True), 100),
     ("nb3d", lambda: spattn.Neighborhood((3, 5, 7), (2, 3, 3), (1, 1, 2)), 105),
+    # grid lines of >= 64 tokens: 64-key blocks inside one line run the interval path
+    ("nb_wide", lambda: spattn.Neighborhood((5, 64), (3, 9)), 320),
+    ("nb_wide_causal", lambda: spattn.Neighborhood((3, 130), (2, 11), causal=(False, True)), 390),
     ("tile2d", lambda: spattn.SlidingTile((8, 12), (4, 4), (1, 2)), 96),
     ("tile3d", lambda: spattn.SlidingTile((4, 6, 4), (2, 2, 2), (1, 3, 2)), 96),
     ("longnet", lambda: spattn.LongNet((8, 32, 64), (1, 2, 4)), 97),
@@ -275,6 +279,28 @@ def test_longnet_residue_plan_forward_and_gradients(causal):
     assert_close("dq", qt.grad, dq_ref, "float32")
     assert_close("dk", kt.grad, dk_ref, "float32")
     assert_close("dv", vt.grad, dv_ref, "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_neighborhood_low_precision(dtype):
+    # the interval path of the bfloat16 / float16 kernels, forward and backward
+    torch = pytest.importorskip("torch")
+    p = spattn.Neighborhood((4, 64), (3, 9), start=10)
+    n = 266
+    q64, k64, v64, do64 = rand_qkv(1, n, n, 2, 1, 64, 64, seed=5)
+    q64, k64, v64, do64 = (round_to(x, dtype) for x in (q64, k64, v64, do64))
+    mask = p.mask(n, n)
+    out_ref, _, _ = ref_forward(q64, k64, v64, mask)
+    dq_ref, dk_ref, dv_ref = ref_backward(q64, k64, v64, do64, mask)
+    dt = getattr(torch, dtype)
+    q, k, v = (torch.from_numpy(x).to(dt).requires_grad_() for x in (q64, k64, v64))
+    out = spattn.attention(q, k, v, pattern=p)
+    assert_close("out", out, out_ref, dtype, naive=naive_forward(q64, k64, v64, mask, dtype))
+    out.backward(torch.from_numpy(do64).to(dt))
+    nq, nk_, nv = naive_backward(q64, k64, v64, do64, mask, dtype)
+    assert_close("dq", q.grad, dq_ref, dtype, naive=nq)
+    assert_close("dk", k.grad, dk_ref, dtype, naive=nk_)
+    assert_close("dv", v.grad, dv_ref, dtype, naive=nv)
 
 
 def test_longnet_at_scale_matches_the_mask_rows():

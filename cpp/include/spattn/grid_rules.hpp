@@ -83,6 +83,43 @@ SPATTN_HD bool grid_keeps(const GridRule& g, int64_t p, int64_t j) {
   return true;
 }
 
+// The keys of [j0, j1] that the query at position p keeps, when they are one interval:
+// true with [*lo, *hi] (empty when *lo > *hi); false when the rule cannot say cheaply (the
+// keys of the grid in [j0, j1] span several key lines, or the last dim is dilated), and the
+// caller asks grid_keeps() key by key.
+SPATTN_HD bool grid_row_interval(const GridRule& g, int64_t p, int64_t j0, int64_t j1,
+                                 int64_t* lo, int64_t* hi) {
+  *lo = 1;
+  *hi = 0;
+  const int64_t b0 = (j0 > g.start ? j0 : g.start) - g.start;
+  const int64_t b1 = (j1 < g.start + g.size - 1 ? j1 : g.start + g.size - 1) - g.start;
+  if (b0 > b1) return true;  // no key of the grid
+  const int L = g.ndim - 1;
+  const int64_t line_len = g.n[L] * g.tile;  // tokens of one key line
+  if (b0 / line_len != b1 / line_len) return false;
+  const int64_t a = p - g.start;
+  if (a < 0 || a >= g.size) return true;  // a query outside the grid keeps nothing
+  const int64_t line = b0 / line_len;
+  // the line's prefix coordinates against the query's
+  int64_t qa = a / g.tile / g.n[L], kl = line;
+  for (int t = L - 1; t >= 0; --t) {
+    const int64_t x = qa % g.n[t], y = kl % g.n[t];
+    qa /= g.n[t];
+    kl /= g.n[t];
+    int64_t l, h;
+    grid_dim_range(g.n[t], g.w[t], g.d[t], g.causal_dim(t), x, &l, &h);
+    if (y < l || y > h || (y - l) % g.d[t] != 0) return true;
+  }
+  int64_t l, h;
+  grid_dim_range(g.n[L], g.w[L], g.d[L], g.causal_dim(L), a / g.tile % g.n[L], &l, &h);
+  if (g.d[L] != 1 && l != h) return false;  // every d-th key: not one interval
+  const int64_t first = g.start + line * line_len + l * g.tile;
+  const int64_t last = g.start + line * line_len + (h + 1) * g.tile - 1;
+  *lo = first > j0 ? first : j0;
+  *hi = last < j1 ? last : j1;
+  return true;
+}
+
 // The segment sizes and dilations live in an array (w0, r0, w1, r1, ...) owned by the
 // compiled pattern.
 struct LongNetRule {

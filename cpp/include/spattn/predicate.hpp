@@ -163,4 +163,23 @@ SPATTN_HD void key_range(const Predicate& p, int64_t h, int64_t i, int64_t* lo,
   }
 }
 
+// The keys of [j0, j1] that row i of head h keeps, when the rule can give them as one
+// interval: true with [*lo, *hi] (empty when *lo > *hi). False: ask keeps() per key. Windows
+// always can; grid rules when the block lies in one key line of the grid (grid_rules.hpp).
+SPATTN_HD bool row_block_range(const Predicate& p, int64_t h, int64_t i, int64_t j0, int64_t j1,
+                               int64_t* lo, int64_t* hi) {
+  const int64_t hh = p.heads == 1 ? 0 : h;
+  if (p.head_end[hh] - p.head_begin[hh] != 1) return false;
+  const PredNode& n = p.nodes[p.head_begin[hh]];
+  const int64_t q = i + p.off;
+  if (n.kind == PredKind::Window) {
+    *lo = q - n.a > j0 ? q - n.a : j0;
+    *hi = q + n.b < j1 ? q + n.b : j1;
+    return true;
+  }
+  if (n.kind == PredKind::Grid)
+    return grid_row_interval(*static_cast<const GridRule*>(n.data), q, j0, j1, lo, hi);
+  return false;
+}
+
 }  // namespace spattn

@@ -327,15 +327,14 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
       ka = w.kp;
       ldk = 2 * D2;
     }
-    const bool ranged = partial && p.window;  // see fwd_tile
+    const bool ranged = partial && block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);  // see fwd_tile
     if (ranged) {
-      window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
       block_work(mq, ncol, nk, w.rlo, w.rhi, w.glo, w.ghi, w.klo, w.khi);
       gemm_bf_cols(nk, D2, ka, ldk, 2, w.qp, kTile, w.st, kTile, w.glo, w.ghi);
     } else {
       gemm_bf<false>(nk, ncol, D2, ka, ldk, 2, w.qp, kTile, w.st, kTile);
     }
-    if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
+    if (partial) apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
 
     // Online softmax down the columns (as in fwd_tile); P rounded to bfloat16 pairs of keys.
     bool rescale = false;
@@ -484,8 +483,8 @@ inline void exact_delta_bf(const Problem& p, int64_t b, int64_t h, int64_t a, co
     const uint16_t* vb = rows_bf(p.v, b, j0, nk, g, int(p.Dv), w.vp, &ldv);
     gemm_bf<false>(nk, ncol, D2, kb, ldk, 2, w.qp, kTile, w.st, kTile);     // S^T (unscaled)
     if (partial) {
-      if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
-      apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
+      const bool ranged = block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);
+      apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
     }
     gemm_bf<false>(nk, ncol, Dv2, vb, ldv, 2, w.dop, kTile, w.dpt, kTile);  // dP^T
     for (int k = 0; k < nk; ++k)
@@ -552,8 +551,8 @@ inline void bwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
 
     gemm_bf<false>(nk, ncol, D2, kb, ldk, 2, w.qp, kTile, w.st, kTile);     // S^T (unscaled)
     if (partial) {
-      if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
-      apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
+      const bool ranged = block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);
+      apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
     }
     gemm_bf<false>(nk, ncol, Dv2, vb, ldv, 2, w.dop, kTile, w.dpt, kTile);  // dP^T
     for (int j = 0; j < nk2; ++j) {
