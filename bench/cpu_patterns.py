@@ -57,9 +57,13 @@ def row(name, pairs, t, gf, extra=""):
 def compare(title, pattern, baseline, n, args, heads=None, bar=None):
     heads = heads or args.heads
     print(f"{title} (N={n}, heads={heads}, D={args.dim})")
-    full, part = blocks(pattern, n, heads)
     p1, t1, g1 = useful(pattern, n, heads, args.dim, args.repeats)
-    row(repr(pattern), p1, t1, g1, f"[{full} full, {part} partial 64x64 blocks]")
+    if isinstance(pattern, spattn.LongNet):  # runs as levels on residue classes, not one walk
+        note = "[levels on per-head residue classes: full blocks but the diagonal]"
+    else:
+        full, part = blocks(pattern, n, heads)
+        note = f"[{full} full, {part} partial 64x64 blocks]"
+    row(repr(pattern), p1, t1, g1, note)
     p0, t0, g0 = useful(baseline, n, heads, args.dim, args.repeats)
     row(repr(baseline), p0, t0, g0)
     ratio = g1 / g0

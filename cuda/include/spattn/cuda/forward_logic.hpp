@@ -307,6 +307,10 @@ inline int64_t pred_node_data_bytes(const PredNode& n) {
       return n.e * n.c * n.d;  // uint8 [e, c, d]
     case PredKind::BigBird:
       return n.len * n.f * int64_t(sizeof(int32_t));  // int32 [rows, f]
+    case PredKind::Grid:
+      return int64_t(sizeof(GridRule));
+    case PredKind::LongNet:
+      return n.len * int64_t(sizeof(int64_t));  // w0, r0, w1, r1, ...
     default:
       throw RuntimeError("cuda attention: predicate node kind " +
                          std::to_string(static_cast<int>(n.kind)) +
