@@ -114,6 +114,22 @@ _SPECS: dict[str, _Spec] = {
         "layout(@i, bq=64, bk=bq): BlockSparse on the i-th array of `data` (parse(..., data=[...]))",
     ),
 }
+
+
+def _class_specs() -> None:
+    """The syntax pattern classes declare themselves (`Pattern._syntax`)."""
+    for cls_name in _patterns.__all__:
+        cls = getattr(_patterns, cls_name)
+        syntax = vars(cls).get("_syntax") if isinstance(cls, type) else None
+        if not syntax:
+            continue
+        key, params, doc, options = (tuple(syntax) + ({},))[:4]
+        params = [(n, _REQUIRED if d is ... else d, k) for n, d, k in params]
+        _SPECS[key] = _Spec(cls_name, params, doc, variadic=options.get("variadic"),
+                            aliases=list(options.get("aliases", [])))
+
+
+_class_specs()
 _ALIASES = {a: name for name, s in _SPECS.items() for a in s.aliases}
 KNOWN_NAMES = tuple(_SPECS)
 
@@ -359,7 +375,9 @@ class _Parser:
         if key == "topk":
             bk = args["bq"] if args["bk"] is None else args["bk"]
             return self.construct(cls, key, pos, args["k"], (args["bq"], bk), args["causal"], args["always"])
-        return self.construct(cls, key, pos, *[args[n] for n, _, _ in spec.params])
+        values = [self.resolve(args[n], args[n].pos) if k == "ref" and isinstance(args[n], _Ref) else args[n]
+                  for n, _, k in spec.params]
+        return self.construct(cls, key, pos, *values)
 
     def resolve(self, ref: _Ref, pos: int):
         """The array that @i names (numpy, or anything numpy can read)."""

@@ -161,9 +161,25 @@ def _tracing() -> bool:
 
 
 class Pattern:
-    """Base class. Subclasses build their C++ pattern in `_build()`."""
+    """Base class. Subclasses build their C++ pattern in `_build()`.
+
+    A pattern kind's class also carries its text form, so that adding a kind touches only its
+    C++ folder, its binding and its class:
+
+    - ``_syntax``: ``(name, params, doc)`` or ``(name, params, doc, options)`` for the text
+      syntax (`pattern_syntax`): ``params`` is ``[(param, default, kind)]`` with ``...`` for a
+      required one and kind one of int, optint, bool, float, ref (an array @i); ``options`` may
+      give ``aliases`` (a list of names) and ``variadic`` ('int': every argument is an int, or
+      one @i array, passed as one list).
+    - ``_text(ref)``: the pattern in that syntax; ``ref(array)`` returns the ``@i`` that names
+      an array passed beside the text (how torch's custom operators carry a pattern).
+    """
 
     _compiled: _core.Pattern | None = None
+    _syntax: tuple | None = None
+
+    def _text(self, ref) -> str | None:
+        return None
 
     def _check(self) -> None:
         # Constructors check their arguments at once by building the C++ pattern; a pattern
