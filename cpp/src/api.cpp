@@ -625,7 +625,7 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
 
 namespace {
 void expect_topk(const Pattern& p) {
-  if (!p.valid() || p.kind() != Pattern::Kind::TopKBlocks)
+  if (!p.valid() || !p.data_dependent())
     throw ValueError("pattern: select needs a TopKBlocks pattern, got " +
                      (p.valid() ? p.describe() : std::string("an empty pattern")));
 }

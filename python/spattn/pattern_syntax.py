@@ -108,33 +108,28 @@ _SPECS: dict[str, _Spec] = {
         "topk(k, bq=64, bk=bq, causal=true, always=none): TopKBlocks, the k best key blocks per query block",
         aliases=["topkblocks", "topk_blocks"],
     ),
-    "neighborhood": _Spec(
-        "Neighborhood",
-        [("grid", _REQUIRED, "ints"), ("window", _REQUIRED, "ints"), ("dilation", 1, "ints"),
-         ("causal", False, "bools"), ("start", 0, "int")],
-        "neighborhood((h,w), window, dilation=1, causal=false, start=0): NATTEN over a row-major "
-        "grid of 1-3 dims (per-dim values as tuples)",
-        aliases=["neighbourhood", "natten"],
-    ),
-    "slidingtile": _Spec(
-        "SlidingTile",
-        [("grid", _REQUIRED, "ints"), ("tile", _REQUIRED, "ints"), ("window_tiles", _REQUIRED, "ints"),
-         ("start", 0, "int")],
-        "slidingtile((h,w), (th,tw), window_tiles, start=0): whole-tile windows, tokens tile-major",
-        aliases=["sliding_tile", "sta"],
-    ),
-    "longnet": _Spec(
-        "LongNet",
-        [("segments", _REQUIRED, "ints"), ("dilations", _REQUIRED, "ints"), ("causal", True, "bool")],
-        "longnet((w0,w1,..), (r0,r1,..), causal=true): LongNet's dilated segments (Nq = Nk)",
-        aliases=["long_net"],
-    ),
     "layout": _Spec(
         "BlockSparse",
         [("layout", _REQUIRED, "ref"), ("bq", 64, "int"), ("bk", None, "optint")],
         "layout(@i, bq=64, bk=bq): BlockSparse on the i-th array of `data` (parse(..., data=[...]))",
     ),
 }
+
+
+def _class_specs() -> None:
+    """The syntax pattern classes declare themselves (`Pattern._syntax`)."""
+    for cls_name in _patterns.__all__:
+        cls = getattr(_patterns, cls_name)
+        syntax = vars(cls).get("_syntax") if isinstance(cls, type) else None
+        if not syntax:
+            continue
+        key, params, doc, options = (tuple(syntax) + ({},))[:4]
+        params = [(n, _REQUIRED if d is ... else d, k) for n, d, k in params]
+        _SPECS[key] = _Spec(cls_name, params, doc, variadic=options.get("variadic"),
+                            aliases=list(options.get("aliases", [])))
+
+
+_class_specs()
 _ALIASES = {a: name for name, s in _SPECS.items() for a in s.aliases}
 KNOWN_NAMES = tuple(_SPECS)
 
@@ -394,7 +389,9 @@ class _Parser:
         if key == "topk":
             bk = args["bq"] if args["bk"] is None else args["bk"]
             return self.construct(cls, key, pos, args["k"], (args["bq"], bk), args["causal"], args["always"])
-        return self.construct(cls, key, pos, *[args[n] for n, _, _ in spec.params])
+        values = [self.resolve(args[n], args[n].pos) if k == "ref" and isinstance(args[n], _Ref) else args[n]
+                  for n, _, k in spec.params]
+        return self.construct(cls, key, pos, *values)
 
     def resolve(self, ref: _Ref, pos: int):
         """The array that @i names (numpy, or anything numpy can read)."""
@@ -405,9 +402,7 @@ class _Parser:
         return self.data[ref.index]
 
     def construct(self, cls_name: str, key: str, pos: int, *args):
-        from . import grid_patterns as _grid
-
-        cls = getattr(_patterns, cls_name, None) or getattr(_grid, cls_name, None)
+        cls = getattr(_patterns, cls_name, None)
         if cls is None:
             self.error(f"{key}(...) needs spattn.{cls_name}, which this spattn does not have", pos)
         try:

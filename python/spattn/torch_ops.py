@@ -29,7 +29,6 @@ from torch import Tensor
 
 from . import api as _api
 from .merge import _merge as _merge_impl
-from . import grid_patterns as _grid
 from . import patterns as _p
 from .pattern_syntax import parse as _parse
 
@@ -45,10 +44,6 @@ def _int_text(x) -> str:
 
 def _flag_text(x: bool) -> str:
     return "true" if x else "false"
-
-
-def _tuple_text(xs, fmt=str) -> str:
-    return "(" + ",".join(fmt(x) for x in xs) + ")"
 
 
 def _encode(p, data: list) -> str:
@@ -70,13 +65,6 @@ def _encode(p, data: list) -> str:
         return f"sink({p.n})"
     if t is _p.BigBird:
         return f"bigbird({p.block},{p.window},{p.globals},{p.randoms},seed={p.seed})"
-    if t is _grid.Neighborhood:
-        return (f"neighborhood({_tuple_text(p.grid)},{_tuple_text(p.window)},{_tuple_text(p.dilation)},"
-                f"{_tuple_text(p.causal, _flag_text)},{p.start})")
-    if t is _grid.SlidingTile:
-        return f"slidingtile({_tuple_text(p.grid)},{_tuple_text(p.tile)},{_tuple_text(p.window_tiles)},{p.start})"
-    if t is _grid.LongNet:
-        return f"longnet({_tuple_text(p.segments)},{_tuple_text(p.dilations)},causal={_flag_text(p.causal)})"
     if t is _p.Global:
         data.append(torch.tensor(p.positions, dtype=torch.int64))
         return f"global(@{len(data) - 1})"
@@ -93,6 +81,14 @@ def _encode(p, data: list) -> str:
         bq, bk = p.block_size
         always = "none" if p.always is None else _encode(p.always, data)
         return f"topk({p.k},{bq},{bk},causal={_flag_text(p.causal)},always={always})"
+
+    def ref(array) -> str:  # an array the kind's text names: passed beside it as a tensor
+        data.append(torch.as_tensor(np.asarray(array)))
+        return f"@{len(data) - 1}"
+
+    text = p._text(ref) if isinstance(p, _p.Pattern) else None
+    if text is not None:
+        return text
     raise _NoText(t.__name__)
 
 

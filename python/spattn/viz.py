@@ -156,11 +156,9 @@ _QUERY = np.array([0.85, 0.20, 0.15])  # red
 def grid_of(pattern):
     """(grid shape, cell_of) for a grid pattern (Neighborhood, SlidingTile), else None.
     cell_of maps grid token t (0-based from the pattern's start) to its row-major cell index."""
-    from . import grid_patterns as _g
-
-    if isinstance(pattern, _g.Neighborhood):
+    if isinstance(pattern, _patterns.Neighborhood):
         return pattern.grid, np.arange(int(np.prod(pattern.grid)))
-    if isinstance(pattern, _g.SlidingTile):
+    if isinstance(pattern, _patterns.SlidingTile):
         return pattern.grid, pattern.tile_order()
     return None
 

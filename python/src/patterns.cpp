@@ -149,11 +149,11 @@ void bind_patterns(py::module_& m) {
           },
           py::arg("k"), py::arg("bq"), py::arg("bk"), py::arg("causal"),
           py::arg("always") = nullptr)
-      .def_static("neighborhood", &Pattern::neighborhood, py::arg("grid"), py::arg("window"),
+      .def_static("neighborhood", &neighborhood, py::arg("grid"), py::arg("window"),
                   py::arg("dilation"), py::arg("causal"), py::arg("start"))
-      .def_static("sliding_tile", &Pattern::sliding_tile, py::arg("grid"), py::arg("tile"),
+      .def_static("sliding_tile", &sliding_tile, py::arg("grid"), py::arg("tile"),
                   py::arg("window_tiles"), py::arg("start"))
-      .def_static("longnet", &Pattern::longnet, py::arg("segments"), py::arg("dilations"),
+      .def_static("longnet", &longnet, py::arg("segments"), py::arg("dilations"),
                   py::arg("causal"))
       .def(
           "mask_row",

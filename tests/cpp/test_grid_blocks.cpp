@@ -1,13 +1,15 @@
-// The closed-form block rules of the grid patterns and LongNet (pattern/grid_blocks.hpp)
-// against brute force over their element rules (spattn/grid_rules.hpp): for every tile and
-// block size tried, a block meets K exactly when it keeps some pair, and lies in F exactly when
-// every pair is kept. Also the per-row counts.
+// The closed-form block rules of Neighborhood / SlidingTile and LongNet
+// (pattern/kinds/neighborhood/grid_blocks.hpp, pattern/kinds/longnet/blocks.hpp) against brute
+// force over their element rules (the kinds' rule.hpp): for every tile and block size tried, a
+// block meets K exactly when it keeps some pair, and lies in F exactly when every pair is kept.
+// Also the per-row counts and the row intervals.
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <vector>
 
-#include "pattern/grid_blocks.hpp"
+#include "pattern/kinds/longnet/blocks.hpp"
+#include "pattern/kinds/neighborhood/grid_blocks.hpp"
 
 using namespace spattn;
 using detail::KeyIv;
@@ -64,9 +66,14 @@ void check_rule(const char* what, int64_t n, int64_t bq, int64_t bk,
   }
 }
 
+using GridRule = rules::neighborhood;
+
+bool grid_keeps(const GridRule& g, int64_t p, int64_t j) { return g.keeps(nullptr, 0, 0, j, p); }
+
 GridRule grid(std::vector<int> n, std::vector<int> w, std::vector<int> d, int causal, int64_t start,
               int64_t tile = 1) {
-  GridRule g;
+  GridRule g{};
+  for (int t = 0; t < 3; ++t) g.n[t] = g.w[t] = g.d[t] = 1;
   g.ndim = int32_t(n.size());
   g.causal = causal;
   g.start = start;
@@ -97,7 +104,7 @@ void check_grid(const char* what, const GridRule& g, int64_t n) {
       for (int64_t p = 0; p < n; ++p) {
         const int64_t j1 = std::min(n, j0 + bk) - 1;
         int64_t lo, hi;
-        if (!grid_row_interval(g, p, j0, j1, &lo, &hi)) continue;
+        if (!g.row_interval(nullptr, 0, p, j0, j1, &lo, &hi)) continue;
         ++answered;
         for (int64_t j = j0; j <= j1; ++j)
           EXPECT(grid_keeps(g, p, j) == (j >= lo && j <= hi),
@@ -114,9 +121,12 @@ void check_grid(const char* what, const GridRule& g, int64_t n) {
 }
 
 void check_longnet(const char* what, std::vector<int64_t> wr, bool causal, int64_t n, int64_t heads) {
-  LongNetRule l;
+  rules::longnet l{};
   l.count = int32_t(wr.size() / 2);
   l.causal = causal;
+  auto longnet_keeps = [](const rules::longnet& r, const int64_t* w, int64_t h, int64_t p, int64_t j) {
+    return r.keeps(w, h, 0, j, p);
+  };
   for (int64_t h = 0; h < heads; ++h)
     for (auto [bq, bk] : {std::pair<int64_t, int64_t>{1, 1}, {4, 4}, {16, 16}, {8, 3}, {2, 32}, {64, 64}})
       check_rule(

@@ -40,13 +40,6 @@ bool row_ranges(const void* ctx, int64_t h, int64_t i0, int mq, int ncol, int64_
   return true;
 }
 
-// Whether a head's rule can give intervals per block (row_block_range) at all.
-bool has_row_ranges(const Predicate& pred, int64_t h) {
-  const int64_t hh = pred.heads == 1 ? 0 : h;
-  return pred.head_end[hh] - pred.head_begin[hh] == 1 &&
-         pred.nodes[pred.head_begin[hh]].kind == PredKind::Grid;
-}
-
 }  // namespace
 
 Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -79,7 +72,7 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   p.mask_fn = mask_keeps;
   p.mask_ctx = &pred;
   bool ranges = !p.window;
-  for (int64_t h = 0; h < p.Hq && ranges; ++h) ranges = has_row_ranges(pred, h);
+  for (int64_t h = 0; h < p.Hq && ranges; ++h) ranges = has_row_intervals(pred, h);
   if (ranges) p.range_fn = row_ranges;
   p.q = t4(q);
   p.k = t4(k);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "pattern/kinds/longnet/segments.hpp"
+
 namespace spattn::plan {
 
 namespace {
@@ -18,10 +20,9 @@ Pattern level_pattern(int64_t n, int64_t s, int64_t m, bool causal) {
   return Pattern::block_sparse(std::move(mask));
 }
 
-std::shared_ptr<const LongNetPlan> make_plan(const PatternNode& node, int64_t n) {
-  const std::vector<int64_t>& wr = node.positions;  // w0, r0, w1, r1, ...
-  const size_t K = wr.size() / 2;
-  const bool causal = node.longnet.causal != 0;
+std::shared_ptr<const LongNetPlan> make_plan(const std::vector<int64_t>& wr, bool causal,
+                                             int64_t n) {
+  const size_t K = wr.size() / 2;  // wr: w0, r0, w1, r1, ...
   if (K < 2 || wr[1] != 1) return nullptr;
   for (size_t k = 1; k < K; ++k) {
     const int64_t w0 = wr[2 * k - 2], r0 = wr[2 * k - 1], w = wr[2 * k], r = wr[2 * k + 1];
@@ -29,7 +30,7 @@ std::shared_ptr<const LongNetPlan> make_plan(const PatternNode& node, int64_t n)
     if (n / r < 64) return nullptr;  // classes too small to fill a tile: walk instead
   }
   auto plan = std::make_shared<LongNetPlan>();
-  plan->first = Pattern::longnet({wr[0]}, {1}, causal);
+  plan->first = longnet({wr[0]}, {1}, causal);
   for (size_t k = 1; k < K; ++k) {
     LongNetLevel l;
     l.r = wr[2 * k + 1];
@@ -45,10 +46,12 @@ std::shared_ptr<const LongNetPlan> make_plan(const PatternNode& node, int64_t n)
 }  // namespace
 
 std::shared_ptr<const LongNetPlan> longnet_plan(const Pattern& p, int64_t n, int64_t hq) {
-  if (p.kind() != Pattern::Kind::LongNet) return nullptr;
+  std::vector<int64_t> wr;
+  bool causal = true;
+  if (!detail::longnet_segments(p.node(), &wr, &causal)) return nullptr;
   const std::shared_ptr<const CompiledPattern> cp = p.compiled(n, n, hq);
   std::shared_ptr<void> made = cp->attachment("plan.longnet", [&]() -> std::shared_ptr<void> {
-    std::shared_ptr<const LongNetPlan> plan = make_plan(p.node(), n);
+    std::shared_ptr<const LongNetPlan> plan = make_plan(wr, causal, n);
     // An empty plan is remembered too (a null would be made again on every call).
     return plan ? std::const_pointer_cast<LongNetPlan>(plan) : std::make_shared<LongNetPlan>();
   });

@@ -1,7 +1,6 @@
-#include "pattern/grid_blocks.hpp"
+#include "pattern/kinds/neighborhood/grid_blocks.hpp"
 
 #include <algorithm>
-#include <numeric>
 
 namespace spattn::detail {
 
@@ -51,11 +50,11 @@ void add_strided(std::vector<KeyIv>& v, int64_t lo, int64_t hi, int64_t step, in
 // Calls f(line) for every key line (index over the prefix dims 0 .. ndim - 2, row-major)
 // whose prefix coordinates are neighbours of x's in every prefix dim.
 template <class F>
-void for_prefix_neighbours(const GridRule& g, const int64_t* x, F&& f) {
+void for_prefix_neighbours(const rules::neighborhood& g, const int64_t* x, F&& f) {
   const int P = g.ndim - 1;  // 0, 1 or 2 prefix dims
   int64_t lo[2] = {0, 0}, hi[2] = {0, 0}, step[2] = {1, 1};
   for (int t = 0; t < P && t < 2; ++t) {
-    grid_dim_range(g.n[t], g.w[t], g.d[t], g.causal_dim(t), x[t], &lo[t], &hi[t]);
+    rules::grid_dim_range(g.n[t], g.w[t], g.d[t], g.causal_dim(t), x[t], &lo[t], &hi[t]);
     step[t] = g.d[t];
   }
   const int64_t n1 = P == 2 ? g.n[1] : 1;
@@ -65,7 +64,7 @@ void for_prefix_neighbours(const GridRule& g, const int64_t* x, F&& f) {
 
 }  // namespace
 
-void grid_tile_keys(const GridRule& g, int64_t p0, int64_t p1, int64_t nk, int64_t bk,
+void grid_tile_keys(const rules::neighborhood& g, int64_t p0, int64_t p1, int64_t nk, int64_t bk,
                     std::vector<KeyIv>& K, std::vector<KeyIv>& F) {
   K.clear();
   F.clear();
@@ -92,8 +91,8 @@ void grid_tile_keys(const GridRule& g, int64_t p0, int64_t p1, int64_t nk, int64
     fp.clear();
     int64_t lo, hi, lo2, hi2;
     if (dl == 1) {
-      grid_dim_range(nl, wl, 1, cl, ya, &lo, &hi);
-      grid_dim_range(nl, wl, 1, cl, yb, &lo2, &hi2);
+      rules::grid_dim_range(nl, wl, 1, cl, ya, &lo, &hi);
+      rules::grid_dim_range(nl, wl, 1, cl, yb, &lo2, &hi2);
       kp.push_back({lo, hi2, 1});
       if (lo2 <= hi) fp.push_back({lo2, hi, 1});  // windows only move forward with the row
     } else {
@@ -101,13 +100,13 @@ void grid_tile_keys(const GridRule& g, int64_t p0, int64_t p1, int64_t nk, int64
       // of that residue (windows move forward by at most one group position per row).
       for (int64_t y = ya; y <= std::min(yb, ya + dl - 1); ++y) {
         const int64_t ylast = y + (yb - y) / dl * dl;
-        grid_dim_range(nl, wl, dl, cl, y, &lo, &hi);
-        grid_dim_range(nl, wl, dl, cl, ylast, &lo2, &hi2);
+        rules::grid_dim_range(nl, wl, dl, cl, y, &lo, &hi);
+        rules::grid_dim_range(nl, wl, dl, cl, ylast, &lo2, &hi2);
         kp.push_back({lo, hi2, dl});
       }
       if (ya == yb) fp.push_back(kp[0]);  // one row: its keys, exactly
     }
-    int64_t x[kMaxGridDims];
+    int64_t x[3];
     int64_t rest = prefix;
     for (int t = L - 1; t >= 0; --t) {
       x[t] = rest % g.n[t];
@@ -140,75 +139,7 @@ void grid_tile_keys(const GridRule& g, int64_t p0, int64_t p1, int64_t nk, int64
   normalize_intervals(K, nk);
 }
 
-void longnet_tile_keys(const LongNetRule& l, const int64_t* wr, int64_t h, int64_t p0, int64_t p1, int64_t nk,
-                       int64_t bk, std::vector<KeyIv>& K, std::vector<KeyIv>& F) {
-  K.clear();
-  F.clear();
-  p0 = std::max<int64_t>(p0, 0);
-  if (p0 > p1) return;
-  for (int k = 0; k < l.count; ++k) {
-    const int64_t w = wr[2 * k], r = wr[2 * k + 1], hr = h % r;
-    // the first and last rows of the tile in the head's residue class
-    const int64_t f = p0 + ((hr - p0 % r) % r + r) % r;
-    if (f > p1) continue;
-    const int64_t e = p1 - ((p1 % r - hr) % r + r) % r;
-    const int64_t last_key = (nk - 1) - (((nk - 1) % r - hr) % r + r) % r;  // of the class
-    for (int64_t s = f / w; s <= e / w; ++s) {
-      // keys of the class in the segment (causal: up to its last row in the tile); w % r == 0,
-      // so the segment starts at a multiple of r
-      const int64_t first = s * w + hr;
-      const int64_t last = std::min(l.causal ? std::min(e, s * w + w - r + hr) : s * w + w - r + hr,
-                                    last_key);
-      if (first <= last) add_strided(K, first, last, r, bk);
-    }
-    if (p0 == p1) {
-      // one row: its keys, exactly
-      const int64_t s = p0 / w;
-      const int64_t last = std::min(l.causal ? p0 : s * w + w - r + hr, last_key);
-      if (p0 % r == hr && s * w + hr <= last) add_strided(F, s * w + hr, last, r, 1);
-    } else if (r == 1 && p0 / w == p1 / w) {
-      // every row keeps the whole segment (causal: up to the first row)
-      F.push_back({p0 / w * w, l.causal ? p0 : p0 / w * w + w - 1});
-    }
-  }
-  normalize_intervals(K, nk);
-  normalize_intervals(F, nk);
-}
-
-int64_t longnet_row_count(const LongNetRule& l, const int64_t* wr, int64_t h, int64_t p,
-                          int64_t nk) {
-  if (p < 0 || p >= nk) return 0;
-  // Inclusion-exclusion over the segments whose residue the row is in: the keys of a set of
-  // them are those in every segment (an interval) with j = h modulo every dilation (one
-  // residue modulo their lcm, which the row itself satisfies).
-  int64_t idx[64], m = 0;
-  for (int k = 0; k < l.count; ++k)
-    if (p % wr[2 * k + 1] == h % wr[2 * k + 1]) idx[m++] = k;
-  int64_t total = 0;
-  for (int64_t set = 1; set < (int64_t(1) << m); ++set) {
-    int64_t lo = 0, hi = l.causal ? p : nk - 1, L = 1, bits = 0;
-    for (int64_t t = 0; t < m; ++t)
-      if (set >> t & 1) {
-        const int64_t w = wr[2 * idx[t]], r = wr[2 * idx[t] + 1];
-        lo = std::max(lo, p / w * w);
-        hi = std::min(hi, p / w * w + w - 1);
-        L = std::lcm(L, r);
-        ++bits;
-      }
-    // keys j in [lo, hi] with j = p (mod L)
-    int64_t c = 0;
-    if (hi >= lo) {
-      // first j >= lo with j = p mod L, last j <= hi
-      const int64_t first = lo + ((p - lo) % L + L) % L;
-      const int64_t last = hi - ((hi - p) % L + L) % L;
-      c = first > last ? 0 : (last - first) / L + 1;
-    }
-    total += (bits % 2 == 1) ? c : -c;
-  }
-  return total;
-}
-
-int64_t grid_row_count(const GridRule& g, int64_t p, int64_t nk) {
+int64_t grid_row_count(const rules::neighborhood& g, int64_t p, int64_t nk) {
   const int64_t a = p - g.start;
   if (a < 0 || a >= g.size || g.start + g.size > nk) return 0;
   int64_t c = a / g.tile, count = g.tile;
