@@ -13,7 +13,7 @@ struct longnet {
   int32_t count;   // segment sizes
   int32_t causal;
 
-  SPATTN_HD bool keeps(const void* data, int64_t h, int64_t, int64_t j, int64_t p) const {
+  SPATTN_HD_CALL bool keeps(const void* data, int64_t h, int64_t, int64_t j, int64_t p) const {
     if (j < 0 || p < 0 || (causal && j > p)) return false;
     const int64_t* wr = static_cast<const int64_t*>(data);
     for (int k = 0; k < count; ++k) {

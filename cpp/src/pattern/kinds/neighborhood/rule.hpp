@@ -50,7 +50,7 @@ struct neighborhood {
 
   SPATTN_HD bool causal_dim(int t) const { return (causal >> t) & 1; }
 
-  SPATTN_HD bool keeps(const void*, int64_t, int64_t, int64_t j, int64_t p) const {
+  SPATTN_HD_CALL bool keeps(const void*, int64_t, int64_t, int64_t j, int64_t p) const {
     int64_t a = p - start, b = j - start;
     if (a < 0 || b < 0 || a >= size || b >= size) return false;
     a /= tile;
