@@ -13,6 +13,10 @@ install(TARGETS spattn
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/cpp/include/spattn"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
   FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h")
+# The factories of the pattern kinds, collected from their folders (cpp/CMakeLists.txt). The
+# private headers (cpp/internal: predicate, tensor internals, test hooks) are not installed.
+install(FILES "${PROJECT_BINARY_DIR}/generated/public/spattn/pattern_kinds.hpp"
+  DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/spattn")
 # Only the backend facts of the CUDA part are public; its kernel headers need CuTe.
 install(FILES "${PROJECT_SOURCE_DIR}/cuda/include/spattn/cuda/backend_info.hpp"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/spattn/cuda")

@@ -7,6 +7,7 @@
 //   - dilated and strided patterns run as residue classes (plan/residue.hpp): ordinary windows
 //     on row-strided views;
 //   - a window | dilated/strided union runs as disjoint parts merged exactly by their lse;
+//   - LongNet runs as its segment levels, each on per-head residue classes (plan/longnet.hpp);
 //   - TopKBlocks chooses each batch element's blocks, then runs the concrete pattern;
 //   - a variable-length batch runs each sequence as its own problem on sub-views.
 #include "spattn/spattn.hpp"
@@ -19,6 +20,7 @@
 #include "cpu/thread_pool.hpp"  // the host thread budget of the call (selection, CPU kernels)
 #include "plan/checks.hpp"
 #include "plan/modifiers.hpp"
+#include "plan/longnet.hpp"
 #include "plan/residue.hpp"
 #include "select/topk.hpp"
 #include "spattn/select.hpp"
@@ -201,7 +203,108 @@ Attention batch_of(const Attention& a, int64_t b) {
   return r;
 }
 
+// ---- LongNet by levels (plan/longnet.hpp) --------------------------------------------------
+
+// Rows c, c + r, ... (n of them) of head h of t, whose rows are dimension row_dim and heads
+// head_dim: a [.., n, .., 1 head, ..] view.
+TensorView head_rows(const TensorView& t, int row_dim, int head_dim, int64_t c, int64_t n,
+                     int64_t r, int64_t h) {
+  TensorView v = plan::strided_rows(t, row_dim, c, n, r);
+  if (v.data != nullptr) v.data = static_cast<char*>(v.data) + h * t.strides[head_dim] * (t.dtype.bits / 8);
+  v.shape[head_dim] = 1;
+  return v;
+}
+
+// Query head h of a on its residue class c = h % r (n rows), q/k/v/out/lse views.
+Attention class_head(const Attention& a, int64_t h, int64_t c, int64_t n, int64_t r) {
+  const int64_t g = h / (a.s.hq / a.s.hkv);
+  Attention v = a;
+  v.q = head_rows(a.q, 1, 2, c, n, r, h);
+  v.k = head_rows(a.k, 1, 2, c, n, r, g);
+  v.v = head_rows(a.v, 1, 2, c, n, r, g);
+  v.out = head_rows(a.out, 1, 2, c, n, r, h);
+  if (a.lse.data) v.lse = head_rows(a.lse, 2, 1, c, n, r, h);
+  v.s.nq = v.s.nk = n;
+  v.s.hq = v.s.hkv = 1;
+  return v;
+}
+
+void longnet_forward(const Plan& pl, const Attention& a, const plan::LongNetPlan& lp) {
+  const Dims& s = a.s;
+  std::vector<ManagedTensor> owned;
+  auto temp = [&](DType dt, std::vector<int64_t> shape, const char* name) {
+    owned.push_back(pl.be.allocate(dt, std::move(shape), pl.call));
+    return owned.back().view(name);
+  };
+  Attention all = a;  // part 0 writes the result; later levels merge into its class rows
+  if (!all.lse.data) all.lse = temp(lse_dtype(a.dtype), {s.b, s.hq, s.nq}, "lse");
+  walk_forward(pl, all, lp.first);
+  for (const plan::LongNetLevel& l : lp.levels) {
+    const int64_t nmax = l.n_small + 1;
+    const TensorView po = temp(a.dtype, {s.b, nmax, 1, s.dv}, "out"), pl_ = temp(lse_dtype(a.dtype), {s.b, 1, nmax}, "lse");
+    const TensorView mo = temp(a.dtype, {s.b, nmax, 1, s.dv}, "out"), ml = temp(lse_dtype(a.dtype), {s.b, 1, nmax}, "lse");
+    for (int64_t h = 0; h < s.hq; ++h) {
+      const int64_t c = h % l.r, n = (s.nq - 1 - c) / l.r + 1;
+      Attention v = class_head(all, h, c, n, l.r);
+      const TensorView fo = v.out, fl = v.lse;
+      auto first_rows = [&](TensorView t, int dim) {
+        t.shape[dim] = n;
+        return t;
+      };
+      v.out = first_rows(po, 1);
+      v.lse = first_rows(pl_, 2);
+      walk_forward(pl, v, l.parts[n - l.n_small]);
+      const TensorView outs[2] = {fo, v.out}, lses[2] = {fl, v.lse};
+      const TensorView m_o = first_rows(mo, 1), m_l = first_rows(ml, 2);
+      pl.be.merge(outs, lses, 2, m_o, m_l, a.dtype, pl.call);
+      pl.be.merge(&m_o, &m_l, 1, fo, fl, a.dtype, pl.call);  // a copy (no part aliases out)
+    }
+  }
+}
+
+void longnet_backward(const Plan& pl, const Attention& a, const Gradients& g,
+                      const plan::LongNetPlan& lp) {
+  const Dims& s = a.s;
+  walk_backward(pl, a, Gradients{g.dout, g.dq, g.dk, g.dv, false}, lp.first);
+  std::vector<ManagedTensor> owned;
+  auto temp = [&](std::vector<int64_t> shape, const char* name) {
+    owned.push_back(pl.be.allocate(a.dtype, std::move(shape), pl.call));
+    return owned.back().view(name);
+  };
+  for (const plan::LongNetLevel& l : lp.levels) {
+    const int64_t nmax = l.n_small + 1;
+    const TensorView tq = temp({s.b, nmax, 1, s.d}, "dq"), tk = temp({s.b, nmax, 1, s.d}, "dk"),
+                     tv = temp({s.b, nmax, 1, s.dv}, "dv");
+    for (int64_t h = 0; h < s.hq; ++h) {
+      const int64_t c = h % l.r, n = (s.nq - 1 - c) / l.r + 1;
+      const int64_t kh = h / (s.hq / s.hkv);
+      const Attention v = class_head(a, h, c, n, l.r);
+      auto rows = [&](TensorView t) {
+        t.shape[1] = n;
+        return t;
+      };
+      const Gradients part{head_rows(g.dout, 1, 2, c, n, l.r, h), rows(tq), rows(tk), rows(tv), false};
+      walk_backward(pl, v, part, l.parts[n - l.n_small]);
+      // The level's gradients add to those of the parts before it (same element read and
+      // written by one thread: in place is fine for sum).
+      const TensorView dq = head_rows(g.dq, 1, 2, c, n, l.r, h), dk = head_rows(g.dk, 1, 2, c, n, l.r, kh),
+                       dv = head_rows(g.dv, 1, 2, c, n, l.r, kh);
+      const TensorView sq[2] = {dq, part.dq}, sk[2] = {dk, part.dk}, sv[2] = {dv, part.dv};
+      pl.be.sum(dq, sq, 2, a.dtype, pl.call);
+      pl.be.sum(dk, sk, 2, a.dtype, pl.call);
+      pl.be.sum(dv, sv, 2, a.dtype, pl.call);
+    }
+  }
+}
+
+// LongNet's levels run one query head at a time on its residue class; score modifiers (per-head
+// slopes and sinks, ALiBi's distances) are not mapped onto those views, so with modifiers the
+// pattern is walked as one layout: correct, without the levels' speed.
+bool by_levels(const Attention& a) { return !a.mods.any(); }
+
 void run_forward(const Plan& pl, const Attention& a, const Pattern& pattern) {
+  if (by_levels(a))
+    if (const auto lp = plan::longnet_plan(pattern, a.s.nq, a.s.hq)) return longnet_forward(pl, a, *lp);
   if (pattern.data_dependent())
     return per_batch_selection(pattern, a, [&](int64_t b, const Pattern& p) {
       run_forward(pl, batch_of(a, b), p);
@@ -228,6 +331,9 @@ void run_forward(const Plan& pl, const Attention& a, const Pattern& pattern) {
 }
 
 void run_backward(const Plan& pl, const Attention& a, const Gradients& g, const Pattern& pattern) {
+  if (by_levels(a))
+    if (const auto lp = plan::longnet_plan(pattern, a.s.nq, a.s.hq))
+      return longnet_backward(pl, a, g, *lp);
   if (pattern.data_dependent())
     return per_batch_selection(pattern, a, [&](int64_t b, const Pattern& p) {
       auto bv = [b](const TensorView& t) { return batch_view(t, b); };
@@ -563,7 +669,7 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
 
 namespace {
 void expect_topk(const Pattern& p) {
-  if (!p.valid() || p.kind() != Pattern::Kind::TopKBlocks)
+  if (!p.valid() || !p.data_dependent())
     throw ValueError("pattern: select needs a TopKBlocks pattern, got " +
                      (p.valid() ? p.describe() : std::string("an empty pattern")));
 }

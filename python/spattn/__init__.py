@@ -7,24 +7,9 @@ See SPEC.md for what every pattern means; `spattn info` for what this build hold
 """
 from .api import attention, attention_backward, decode, info, pool_keys
 from .merge import merge
-from .patterns import (
-    BigBird,
-    BlockLayout,
-    BlockSparse,
-    Causal,
-    Dense,
-    Dilated,
-    Fixed,
-    Global,
-    Intersection,
-    Pattern,
-    PerHead,
-    Sink,
-    SlidingWindow,
-    Strided,
-    TopKBlocks,
-    Union,
-)
+# Every pattern class (patterns.__all__): a new kind's class is exported by being listed there.
+from .patterns import *  # noqa: F401,F403
+from .recipes import vision_language
 from .reference import reference_attention
 
 __version__ = info()["version"]
@@ -63,5 +48,9 @@ __all__ = [
     "Intersection",
     "PerHead",
     "TopKBlocks",
+    "Neighborhood",
+    "SlidingTile",
+    "LongNet",
+    "vision_language",
     "__version__",
 ]

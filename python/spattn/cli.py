@@ -75,7 +75,11 @@ def _show(args) -> int:
     try:
         pattern = _pattern_arg(args.pattern, args.n, args.nk)
         fig = viz.plot(pattern, args.n, nk=args.nk, head=args.head, block=args.block,
-                       heads=args.heads, title=args.pattern, dpi=args.dpi)
+                       heads=args.heads, title=args.pattern, dpi=args.dpi, query=args.query)
+        if args.text:
+            if viz.grid_of(pattern) is None:
+                raise ValueError("--text draws a grid pattern's neighbourhood (neighborhood, slidingtile)")
+            print(viz.neighborhood_text(pattern, args.n, args.nk, args.query, args.head, args.heads or 1))
     except (ValueError, TypeError) as e:
         print(f"spattn show: {e}", file=sys.stderr)
         return 1
@@ -151,6 +155,11 @@ def main(argv=None) -> int:
     p.add_argument("--block", type=_positive, default=64, help="block size of the layout panel (default 64)")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png", help="where to write the picture")
     p.add_argument("--dpi", type=_positive, default=110, help="resolution of the PNG (default 110)")
+    p.add_argument("--query", type=int, default=None,
+                   help="grid patterns: the query token whose neighbourhood the third panel draws "
+                        "on the grid (default: the middle of the grid)")
+    p.add_argument("--text", action="store_true",
+                   help="grid patterns: also print the query's neighbourhood as text (# kept, Q the query)")
     p.set_defaults(run=_show)
 
     p = sub.add_parser(

@@ -15,7 +15,7 @@ Grammar (a recursive-descent parser; nothing is evaluated as Python)::
     factor  := '(' expr ')' | NAME [ '(' [args] ')' ]
     args    := arg ((',' | ';') arg)*
     arg     := [NAME '='] value
-    value   := INT | FLOAT | none | true | false | REF | expr
+    value   := INT | FLOAT | none | true | false | REF | expr | '(' value (',' value)* ')'
                (expr only inside perhead and as topk's `always`; REF is @i, the i-th array of
                `data`: how torch's custom ops pass a pattern's arrays beside its text)
 
@@ -114,6 +114,22 @@ _SPECS: dict[str, _Spec] = {
         "layout(@i, bq=64, bk=bq): BlockSparse on the i-th array of `data` (parse(..., data=[...]))",
     ),
 }
+
+
+def _class_specs() -> None:
+    """The syntax pattern classes declare themselves (`Pattern._syntax`)."""
+    for cls_name in _patterns.__all__:
+        cls = getattr(_patterns, cls_name)
+        syntax = vars(cls).get("_syntax") if isinstance(cls, type) else None
+        if not syntax:
+            continue
+        key, params, doc, options = (tuple(syntax) + ({},))[:4]
+        params = [(n, _REQUIRED if d is ... else d, k) for n, d, k in params]
+        _SPECS[key] = _Spec(cls_name, params, doc, variadic=options.get("variadic"),
+                            aliases=list(options.get("aliases", [])))
+
+
+_class_specs()
 _ALIASES = {a: name for name, s in _SPECS.items() for a in s.aliases}
 KNOWN_NAMES = tuple(_SPECS)
 
@@ -125,7 +141,8 @@ pattern syntax (names are case-insensitive; rel = (i + Nk - Nq) - j, see SPEC §
 examples:
   'window(511,0)'   'sink(4) | window(1023,0)'   'causal & (strided(128) | window(127,0))'
   'bigbird(64,3,2,3,seed=1)'   'perhead(causal; window(255,0))'
-  'blocksparse(random=0.1,block=128,seed=0,heads=8)'   'topk(8,64,always=sink(4)|window(255))'"""
+  'blocksparse(random=0.1,block=128,seed=0,heads=8)'   'topk(8,64,always=sink(4)|window(255))'
+  'neighborhood((64,64),13)'   'slidingtile((32,32),(8,8),3)'   'longnet((2048,8192),(1,4))'"""
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)"
@@ -288,6 +305,15 @@ class _Parser:
                 self.i += 1
                 return None
             return self.expr()
+        if kind in ("ints", "bools") and self.accept("("):
+            items = []  # a tuple: one value per grid dim (or per segment)
+            while True:
+                items.append(self.value(spec, key))
+                if self.accept(")"):
+                    return tuple(items)
+                self.expect(",", f"between the values of a tuple in {key}(...)")
+                if self.accept(")"):  # (13,)
+                    return tuple(items)
         if tok.kind == "ref":
             self.i += 1
             return _Ref(int(tok.text[1:]), tok.pos)
@@ -312,9 +338,13 @@ class _Parser:
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),
             "ref": isinstance(value, _Ref),
             "pattern": value is None or isinstance(value, _patterns.Pattern),
+            "ints": all(isinstance(x, int) and not isinstance(x, bool)
+                        for x in (value if isinstance(value, tuple) else (value,))),
+            "bools": all(isinstance(x, bool) for x in (value if isinstance(value, tuple) else (value,))),
         }[kind]
         if not ok:
             want = {"int": "an integer", "optint": "an integer or none", "bool": "true or false",
+                    "ints": "an integer or a tuple of integers", "bools": "true, false or a tuple of them",
                     "float": "a number", "ref": "an array reference @i", "pattern": "a pattern or none"}[kind]
             self.error(f"{what}: expected {want}, got {value!r}", pos)
         return float(value) if kind == "float" else value
@@ -359,7 +389,9 @@ class _Parser:
         if key == "topk":
             bk = args["bq"] if args["bk"] is None else args["bk"]
             return self.construct(cls, key, pos, args["k"], (args["bq"], bk), args["causal"], args["always"])
-        return self.construct(cls, key, pos, *[args[n] for n, _, _ in spec.params])
+        values = [self.resolve(args[n], args[n].pos) if k == "ref" and isinstance(args[n], _Ref) else args[n]
+                  for n, _, k in spec.params]
+        return self.construct(cls, key, pos, *values)
 
     def resolve(self, ref: _Ref, pos: int):
         """The array that @i names (numpy, or anything numpy can read)."""

@@ -5,6 +5,7 @@ Each class is a thin description; the meaning lives in C++ (`spattn::Pattern`), 
 """
 from __future__ import annotations
 
+import math
 import operator
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ __all__ = [
     "Intersection",
     "PerHead",
     "TopKBlocks",
+    "Neighborhood",
+    "SlidingTile",
+    "LongNet",
 ]
 
 
@@ -161,9 +165,25 @@ def _tracing() -> bool:
 
 
 class Pattern:
-    """Base class. Subclasses build their C++ pattern in `_build()`."""
+    """Base class. Subclasses build their C++ pattern in `_build()`.
+
+    A pattern kind's class also carries its text form, so that adding a kind touches only its
+    C++ folder, its binding and its class:
+
+    - ``_syntax``: ``(name, params, doc)`` or ``(name, params, doc, options)`` for the text
+      syntax (`pattern_syntax`): ``params`` is ``[(param, default, kind)]`` with ``...`` for a
+      required one and kind one of int, optint, bool, float, ref (an array @i); ``options`` may
+      give ``aliases`` (a list of names) and ``variadic`` ('int': every argument is an int, or
+      one @i array, passed as one list).
+    - ``_text(ref)``: the pattern in that syntax; ``ref(array)`` returns the ``@i`` that names
+      an array passed beside the text (how torch's custom operators carry a pattern).
+    """
 
     _compiled: _core.Pattern | None = None
+    _syntax: tuple | None = None
+
+    def _text(self, ref) -> str | None:
+        return None
 
     def _check(self) -> None:
         # Constructors check their arguments at once by building the C++ pattern; a pattern
@@ -439,6 +459,152 @@ def _parts(parts, what: str) -> list:
     if not parts:
         raise ValueError(f"{what}: expected at least one pattern, got an empty list")
     return parts
+
+
+# ---- grids (images, video) and LongNet's dilated segments (issue 15) -----------------------
+
+
+def _ints(value, what: str) -> tuple:
+    """A tuple of ints from an int or a sequence of ints (TypeError otherwise)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(_index(x, what) for x in value)
+    return (_index(value, what),)
+
+
+def _tuple_text(xs) -> str:
+    """A tuple in the text syntax: (1,2), (5,), (true,false)."""
+    items = [("true" if x else "false") if isinstance(x, bool) else str(int(x)) for x in xs]
+    return "(" + ",".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def _per_dim(value, ndim: int, what: str, kind=_index) -> tuple:
+    """One value per dim: a scalar is used for every dim; a sequence must have ndim entries."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        out = tuple(kind(x, what) for x in value)
+        if len(out) != ndim:
+            raise ValueError(f"{what}: expected one value or {ndim} (one per grid dim), got {len(out)}")
+        return out
+    return (kind(value, what),) * ndim
+
+
+class Neighborhood(Pattern):
+    """NATTEN's neighbourhood attention over tokens laid out row-major on a grid of 1 to 3 dims
+    (the last dim fastest), starting at token `start` of the sequence (key positions; queries
+    at p = i + Nk - Nq). Per dim, with extent n, window w and dilation d:
+
+    - a query's group is the positions with its residue mod d;
+    - it sees the w positions of its group around it: w // 2 before and w - 1 - w // 2 after
+      (an even window leans back), shifted at the borders so that it keeps its full size;
+    - causal (per dim): the w most recent positions of its group, itself included.
+
+    A key is kept when it is a neighbour in every dim. window, dilation and causal are one
+    value for every dim or one per dim; window * dilation <= extent in every dim. Tokens outside
+    start .. start + prod(grid) - 1 neither see nor are seen by this pattern (combine it with
+    others: see `vision_language`).
+    """
+
+    _syntax = (
+        "neighborhood",
+        [("grid", ..., "ints"), ("window", ..., "ints"), ("dilation", 1, "ints"), ("causal", False, "bools"),
+         ("start", 0, "int")],
+        "neighborhood((h,w), window, dilation=1, causal=false, start=0): NATTEN over a row-major grid "
+        "of 1-3 dims (per-dim values as tuples)",
+        {"aliases": ["neighbourhood", "natten"]},
+    )
+
+    def __init__(self, grid, window, dilation=1, causal=False, start: int = 0):
+        self.grid = _ints(grid, "Neighborhood: grid")
+        nd = len(self.grid)
+        self.window = _per_dim(window, nd, "Neighborhood: window")
+        self.dilation = _per_dim(dilation, nd, "Neighborhood: dilation")
+        self.causal = _per_dim(causal, nd, "Neighborhood: causal", _flag)
+        self.start = _index(start, "Neighborhood: start")
+        self._check()
+
+    def _build(self):
+        return _core.Pattern.neighborhood(list(self.grid), list(self.window), list(self.dilation),
+                                          list(self.causal), self.start)
+
+    def _text(self, ref):
+        return (f"neighborhood({_tuple_text(self.grid)},{_tuple_text(self.window)},"
+                f"{_tuple_text(self.dilation)},{_tuple_text(self.causal)},{self.start})")
+
+
+class SlidingTile(Pattern):
+    """Sliding tile attention (video DiTs): the grid (2 or 3 dims) is cut into tiles of shape
+    `tile`, and tokens are numbered tile-major: tiles row-major over the tile grid, tokens
+    row-major inside a tile, so one tile is prod(tile) consecutive tokens (permute a row-major
+    sequence into this order before the call). Every token of a query tile sees every token of
+    the key tiles in its window of `window_tiles` tiles per dim: NATTEN's rule over the tile
+    grid (centred, shifted at the borders to keep its size). With prod(tile) equal to the
+    block size, every block is full or empty. grid % tile == 0 and window_tiles <= grid / tile
+    in every dim; `start` as in Neighborhood.
+    """
+
+    _syntax = (
+        "slidingtile",
+        [("grid", ..., "ints"), ("tile", ..., "ints"), ("window_tiles", ..., "ints"), ("start", 0, "int")],
+        "slidingtile((h,w), (th,tw), window_tiles, start=0): whole-tile windows, tokens tile-major",
+        {"aliases": ["sliding_tile", "sta"]},
+    )
+
+    def __init__(self, grid, tile, window_tiles, start: int = 0):
+        self.grid = _ints(grid, "SlidingTile: grid")
+        nd = len(self.grid)
+        self.tile = _per_dim(tile, nd, "SlidingTile: tile")
+        self.window_tiles = _per_dim(window_tiles, nd, "SlidingTile: window_tiles")
+        self.start = _index(start, "SlidingTile: start")
+        self._check()
+
+    def _build(self):
+        return _core.Pattern.sliding_tile(list(self.grid), list(self.tile), list(self.window_tiles),
+                                          self.start)
+
+    def _text(self, ref):
+        return (f"slidingtile({_tuple_text(self.grid)},{_tuple_text(self.tile)},"
+                f"{_tuple_text(self.window_tiles)},{self.start})")
+
+    def tile_order(self) -> np.ndarray:
+        """perm [prod(grid)]: token t of the tile-major order is token perm[t] of the row-major
+        grid (x_tiled = x[:, perm]; x = x_tiled[:, argsort(perm)])."""
+        tg = [g // t for g, t in zip(self.grid, self.tile)]
+        idx = np.arange(math.prod(self.grid)).reshape(self.grid)
+        shape, axes = [], []
+        for d, (n, t) in enumerate(zip(tg, self.tile)):
+            shape += [n, t]
+        idx = idx.reshape(shape)
+        nd = len(self.grid)
+        axes = [2 * d for d in range(nd)] + [2 * d + 1 for d in range(nd)]
+        return idx.transpose(axes).reshape(-1)
+
+
+class LongNet(Pattern):
+    """LongNet's dilated attention, for Nq = Nk: query i and key j of head h are kept when for
+    some k, i // segments[k] == j // segments[k] and i % dilations[k] == j % dilations[k] ==
+    h % dilations[k] (and j <= i if causal). Each segment size must be a multiple of its
+    dilation. The heads' rules differ (h % r), so the layout is per head.
+    """
+
+    _syntax = (
+        "longnet",
+        [("segments", ..., "ints"), ("dilations", ..., "ints"), ("causal", True, "bool")],
+        "longnet((w0,w1,..), (r0,r1,..), causal=true): LongNet's dilated segments (Nq = Nk)",
+        {"aliases": ["long_net"]},
+    )
+
+    def __init__(self, segments, dilations, causal: bool = True):
+        self.segments = _ints(segments, "LongNet: segments")
+        self.dilations = _ints(dilations, "LongNet: dilations")
+        self.causal = _flag(causal, "LongNet: causal")
+        self._check()
+
+    def _build(self):
+        return _core.Pattern.longnet(list(self.segments), list(self.dilations), self.causal)
+
+    def _text(self, ref):
+        return (f"longnet({_tuple_text(self.segments)},{_tuple_text(self.dilations)},"
+                f"causal={'true' if self.causal else 'false'})")
+
 
 
 class Union(Pattern):

@@ -83,6 +83,14 @@ def _encode(p, data: list) -> str:
         bq, bk = p.block_size
         always = "none" if p.always is None else _encode(p.always, data)
         return f"topk({p.k},{bq},{bk},causal={_flag_text(p.causal)},always={always})"
+
+    def ref(array) -> str:  # an array the kind's text names: passed beside it as a tensor
+        data.append(torch.as_tensor(np.asarray(array)))
+        return f"@{len(data) - 1}"
+
+    text = p._text(ref) if isinstance(p, _p.Pattern) else None
+    if text is not None:
+        return text
     raise _NoText(t.__name__)
 
 

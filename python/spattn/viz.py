@@ -20,7 +20,7 @@ import numpy as np
 from . import patterns as _patterns
 from .patterns import BlockSparse, Pattern
 
-__all__ = ["plot", "MissingMatplotlib", "EXACT_LIMIT", "MAX_PIXELS"]
+__all__ = ["plot", "neighborhood_cells", "neighborhood_text", "MissingMatplotlib", "EXACT_LIMIT", "MAX_PIXELS"]
 
 EXACT_LIMIT = 4096 * 4096  # mask elements (heads x Nq x Nk) computed exactly
 MAX_PIXELS = 1024          # per side of each picture
@@ -148,14 +148,110 @@ def _draw_grid(ax, nqb: int, nkb: int, bq: int, bk: int, nq: int, nk: int):
             ax.axvline(c * bk, color="0.8", lw=0.4, zorder=2)
 
 
+# ---- grid patterns: one query's neighbourhood drawn on the grid -------------------------------
+
+_QUERY = np.array([0.85, 0.20, 0.15])  # red
+
+
+def grid_of(pattern):
+    """(grid shape, cell_of) for a grid pattern (Neighborhood, SlidingTile), else None.
+    cell_of maps grid token t (0-based from the pattern's start) to its row-major cell index."""
+    if isinstance(pattern, _patterns.Neighborhood):
+        return pattern.grid, np.arange(int(np.prod(pattern.grid)))
+    if isinstance(pattern, _patterns.SlidingTile):
+        return pattern.grid, pattern.tile_order()
+    return None
+
+
+def _query_row(pattern, nq: int, nk: int, head: int, heads: int, i: int) -> np.ndarray:
+    """Kept keys [Nk] of query row i (one row through the C++ rule: no quadratic mask)."""
+    return np.asarray(pattern._core().mask_row(nq, nk, heads, head, i), dtype=bool)
+
+
+def neighborhood_cells(pattern, n: int, nk: int | None = None, query: int | None = None,
+                       head: int = 0, heads: int = 1):
+    """(cells, query_cell): a grid pattern's kept keys of one query as a boolean array of the
+    grid's shape (row-major cells), and the query's cell. `query` is the query's token (a key
+    position; default: the token at the middle cell of the grid)."""
+    found = grid_of(pattern)
+    if found is None:
+        raise ValueError(f"{pattern!r} is not a grid pattern (Neighborhood, SlidingTile)")
+    grid, cell_of = found
+    nq = int(n)
+    nk = nq if nk is None else int(nk)
+    size = int(np.prod(grid))
+    start = pattern.start
+    if query is None:
+        middle = int(np.ravel_multi_index(tuple(g // 2 for g in grid), grid))
+        query = start + int(np.flatnonzero(cell_of == middle)[0])
+    if not start <= query < start + size:
+        raise ValueError(f"query: expected a token of the grid, {start} <= query < {start + size}, got {query}")
+    i = query - (nk - nq)
+    if not 0 <= i < nq:
+        raise ValueError(f"query: token {query} is not a query row of an Nq={nq}, Nk={nk} problem")
+    row = _query_row(pattern, nq, nk, head, heads, i)[start:start + size]
+    cells = np.zeros(size, dtype=bool)
+    cells[cell_of] = row
+    return cells.reshape(grid), int(cell_of[query - start])
+
+
+def neighborhood_text(pattern, n: int, nk: int | None = None, query: int | None = None,
+                      head: int = 0, heads: int = 1) -> str:
+    """The query's neighbourhood on the grid as text: '#' kept, '.' not kept, 'Q' the query
+    (kept or not); a 3D grid as one block of lines per frame."""
+    cells, qcell = neighborhood_cells(pattern, n, nk, query, head, heads)
+    flat = np.where(cells.reshape(-1), "#", ".").astype("<U1")
+    flat[qcell] = "Q"
+    g = flat.reshape(cells.shape)
+    if g.ndim == 1:
+        return "".join(g)
+    if g.ndim == 2:
+        return "\n".join("".join(r) for r in g)
+    return "\n\n".join(f"frame {t}:\n" + "\n".join("".join(r) for r in g[t]) for t in range(g.shape[0]))
+
+
+def _draw_neighborhood(ax, pattern, nq, nk, query, head, heads):
+    cells, qcell = neighborhood_cells(pattern, nq, nk, query, head, heads)
+    grid = cells.shape
+    qc = np.unravel_index(qcell, grid)
+    if cells.ndim == 1:
+        cells = cells[None]
+        qc = (0,) + tuple(qc)
+    frames = None
+    if cells.ndim == 3:  # frames side by side, those that hold kept keys or the query
+        keep = [t for t in range(grid[0]) if cells[t].any() or t == qc[0]][:12]
+        frames = keep
+        h, w = grid[1], grid[2]
+        img = np.ones((h, len(keep) * (w + 1) - 1, 3))
+        for x, t in enumerate(keep):
+            tile = _rgb((cells[t].astype(float), _MASK))
+            if t == qc[0]:
+                tile[qc[1], qc[2]] = _QUERY
+            img[:, x * (w + 1):x * (w + 1) + w] = tile
+        for x in range(1, len(keep)):
+            img[:, x * (w + 1) - 1] = 0.8
+    else:
+        img = _rgb((cells.astype(float), _MASK))
+        img[qc[-2], qc[-1]] = _QUERY
+    ax.imshow(img, interpolation="nearest")
+    token = pattern.start + int(np.flatnonzero(grid_of(pattern)[1] == qcell)[0])
+    where = ", ".join(str(int(c)) for c in np.unravel_index(qcell, grid))
+    note = f" (frames {frames[0]}..{frames[-1]} shown)" if frames and len(frames) > 1 else ""
+    ax.set_title(f"query {token} at ({where}): {int(cells.sum())} keys kept{note}\n"
+                 f"grid {'x'.join(map(str, grid))}, red: the query, navy: its keys", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def plot(pattern, n: int, nk: int | None = None, head: int = 0, block=64, ax=None,
-         heads: int | None = None, title: str | None = None, dpi: int = 110):
+         heads: int | None = None, title: str | None = None, dpi: int = 110, query: int | None = None):
     """Draw `pattern` (a Pattern, or pattern text for spattn.pattern_syntax.parse) for an
     n x nk problem: the mask of head `head` and its block layout with blocks of `block`
     (an int or (bq, bk)); full blocks blue, partial ones orange. Returns the figure.
 
-    ax: None (a new figure with two panels), a pair of Axes (mask, layout), or one Axes (the
-    mask only). heads: the number of query heads (default: the pattern's own, 1 if shared).
+    ax: None (a new figure with two panels, three for a grid pattern: the third draws the
+    neighbourhood of the query token `query` on the grid, default the middle cell), a pair of
+    Axes (mask, layout), or one Axes (the mask only). heads: the number of query heads (default: the pattern's own, 1 if shared).
     dpi: of a new figure; save it with the same dpi (the pictures are pooled to its pixels).
     """
     plt, Patch = _pyplot()
@@ -186,7 +282,11 @@ def plot(pattern, n: int, nk: int | None = None, head: int = 0, block=64, ax=Non
     mheads = 1 if split else heads
 
     # ---- figure first: the pictures are pooled to the pixels the panels have ------------------
-    if ax is None:
+    on_grid = ax is None and grid_of(pattern) is not None
+    if on_grid:
+        fig, axes = plt.subplots(1, 3, figsize=(18, 6.9), dpi=dpi)
+        fig.subplots_adjust(left=0.05, right=0.98, top=0.86, bottom=0.13, wspace=0.18)
+    elif ax is None:
         fig, axes = plt.subplots(1, 2, figsize=(12.5, 6.9), dpi=dpi)
         fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.13, wspace=0.18)
     elif isinstance(ax, (list, tuple, np.ndarray)):
@@ -259,6 +359,8 @@ def plot(pattern, n: int, nk: int | None = None, head: int = 0, block=64, ax=Non
                        frameon=False)
         else:
             a1.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
+    if on_grid:
+        _draw_neighborhood(axes[2], pattern, nq, nk, query, head, heads)
     name = title or text or repr(pattern)
     size = f"N={nq}" if nk == nq else f"Nq={nq}, Nk={nk}"
     head_note = f", head {head}/{heads}" if heads > 1 else ""

@@ -149,6 +149,25 @@ void bind_patterns(py::module_& m) {
           },
           py::arg("k"), py::arg("bq"), py::arg("bk"), py::arg("causal"),
           py::arg("always") = nullptr)
+      .def_static("neighborhood", &neighborhood, py::arg("grid"), py::arg("window"),
+                  py::arg("dilation"), py::arg("causal"), py::arg("start"))
+      .def_static("sliding_tile", &sliding_tile, py::arg("grid"), py::arg("tile"),
+                  py::arg("window_tiles"), py::arg("start"))
+      .def_static("longnet", &longnet, py::arg("segments"), py::arg("dilations"),
+                  py::arg("causal"))
+      .def(
+          "mask_row",
+          [](const Pattern& p, int64_t nq, int64_t nk, int64_t heads, int64_t h, int64_t i) {
+            std::vector<uint8_t> r;
+            {
+              py::gil_scoped_release nogil;
+              r = p.mask_row(nq, nk, heads, h, i);
+            }
+            py::array a(py::dtype("bool"), std::vector<py::ssize_t>{py::ssize_t(r.size())});
+            if (!r.empty()) std::memcpy(a.mutable_data(), r.data(), r.size());
+            return a;
+          },
+          py::arg("nq"), py::arg("nk"), py::arg("heads"), py::arg("head"), py::arg("i"))
       .def("heads", &Pattern::heads)
       .def("describe", &Pattern::describe)
       .def("__repr__", [](const Pattern& p) { return "<_core.Pattern " + p.describe() + ">"; })

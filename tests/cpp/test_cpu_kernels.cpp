@@ -261,9 +261,7 @@ void run_case(const Case& cs, DType dt, std::mt19937& rng) {
   // A window is built as a one-node program by hand: the cases include empty windows
   // (left < -right), which Pattern::sliding_window refuses but the kernels must handle.
   PredNode wnode;
-  wnode.kind = PredKind::Window;
-  wnode.a = cs.left;
-  wnode.b = cs.right;
+  wnode = pred_leaf(rules::window{cs.left, cs.right});
   const int32_t wbegin = 0, wend = 1;
   Predicate pred;
   if (cs.mask_bq > 0) {

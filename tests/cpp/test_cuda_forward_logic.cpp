@@ -455,7 +455,7 @@ void test_small_helpers() {
   } catch (const RuntimeError&) {
     threw = true;
   }
-  check(threw, "a node kind with data the launcher does not know is refused");
+  check(threw, "a node with data of unknown size is refused");
 }
 
 void test_launcher_without_gpu() {

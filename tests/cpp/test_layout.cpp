@@ -11,6 +11,7 @@
 
 #include "spattn/layout.hpp"
 #include "spattn/pattern.hpp"
+#include "spattn/test_hooks.hpp"
 
 // Sanitizer builds (RELIABILITY.md) run many times slower; their time limits are scaled. The
 // plain build keeps the real limits, which are what guard the closed-form compile.

@@ -14,6 +14,7 @@
 // kernels mask partial blocks per element, so results stay exact, only work is wasted.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -58,12 +59,5 @@ BlockLayout compile_layout(const Pattern& pattern, int64_t nq, int64_t nk, int64
 // counted, even for a shared pattern). Never enumerates all Nq * Nk pairs for structured
 // patterns.
 double kept_pairs(const Pattern& pattern, int64_t nq, int64_t nk, int64_t heads);
-
-namespace detail {
-// The range budget of periodic leaves (Strided, Dilated, Fixed): each row may spend
-// max(min_per_row, budget / rows) ranges on exact runs of kept blocks; past that it lists one
-// partial range over its kept span (see BlockLayout). Defaults 1 << 21 and 64. For tests.
-void set_layout_budget(int64_t budget, int64_t min_per_row);
-}  // namespace detail
 
 }  // namespace spattn

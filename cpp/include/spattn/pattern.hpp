@@ -2,6 +2,9 @@
 // to an immutable tree of nodes (leaves such as windows, unions, intersections, per-head
 // choices). Everything that depends on the problem size (the predicate program, BigBird's
 // generated blocks, the per-head entry points) lives in a CompiledPattern made by compile().
+//
+// Only the public face is here: the nodes, the predicate program and the kinds' rules are
+// private to the library (cpp/src/pattern/, cpp/internal/spattn/predicate.hpp).
 #pragma once
 
 #include <cstdint>
@@ -10,11 +13,14 @@
 #include <string>
 #include <vector>
 
-#include "spattn/predicate.hpp"
-
 namespace spattn {
 
+// "No bound on this side" for window limits (SlidingWindow(None, ...)). Far from INT64_MAX so
+// sums cannot overflow.
+constexpr int64_t kUnbounded = int64_t(1) << 60;
+
 struct BlockLayout;
+struct Predicate;
 
 // A user block layout: [heads, nbq, nbk] bytes (0 or 1), row-major, for bq x bk blocks.
 struct BlockMask {
@@ -33,21 +39,6 @@ std::shared_ptr<CompileCache> new_compile_cache();
 
 class Pattern {
  public:
-  enum class Kind : uint8_t {
-    Window,        // Dense, Causal, SlidingWindow
-    BlockSparse,
-    Dilated,
-    Strided,
-    Fixed,
-    Global,
-    Sink,
-    BigBird,
-    Union,
-    Intersection,
-    PerHead,
-    TopKBlocks,    // learned: key blocks chosen from q and k at run time (select.hpp)
-  };
-
   // SlidingWindow(None, None): every key.
   static Pattern dense();
   // SlidingWindow(None, 0).
@@ -95,10 +86,7 @@ class Pattern {
   static Pattern from_node(std::shared_ptr<const PatternNode> n);
   bool valid() const { return bool(node_); }
 
-  Kind kind() const;
-  int64_t left() const;   // Window: bounds
-  int64_t right() const;
-  const BlockMask* block_mask() const;  // BlockSparse only, else nullptr
+  // The tree node (its definition is private to the library).
   const PatternNode& node() const { return *node_; }
   // True for TopKBlocks: the kept pairs depend on q and k, not only on the problem's sizes.
   bool data_dependent() const;
@@ -121,29 +109,13 @@ class Pattern {
   // The dense mask [heads, Nq, Nk] as 0/1 bytes: the definition every backend is tested
   // against. Quadratic by nature; for tests and pictures.
   std::vector<uint8_t> mask(int64_t nq, int64_t nk, int64_t heads) const;
+  // Row i of head h of that mask [Nk] (linear in Nk: pictures of one query).
+  std::vector<uint8_t> mask_row(int64_t nq, int64_t nk, int64_t heads, int64_t h, int64_t i) const;
 
  private:
   std::shared_ptr<const PatternNode> node_;
   friend struct PatternNode;
   friend class CompiledPattern;
-};
-
-// One node of a pattern tree (immutable once made).
-struct PatternNode {
-  Pattern::Kind kind = Pattern::Kind::Window;
-  // Window: a = left, b = right. Dilated: a = left, b = right (in keys of the dilated grid,
-  // kUnbounded = None), c = dilation. Strided: a = stride, b = causal. Fixed: a = block,
-  // b = summary, c = causal. Sink: a = n. BigBird: a = block, b = window, c = globals,
-  // d = randoms, e = seed. TopKBlocks: a = k, b = bq, c = bk, d = causal; children: the
-  // `always` pattern, or none.
-  int64_t a = 0, b = 0, c = 0, d = 0, e = 0;
-  std::vector<int64_t> positions;          // Global: sorted, distinct
-  std::shared_ptr<const BlockMask> mask;   // BlockSparse
-  std::vector<Pattern> children;           // Union, Intersection, PerHead
-  bool head_dependent = false;             // some head differs from another
-  int64_t head_count = 1;                  // heads it was made for (1 when shared)
-  // Pattern::compiled()'s cache: logically not part of the (immutable) pattern.
-  std::shared_ptr<detail::CompileCache> cache = detail::new_compile_cache();
 };
 
 // A pattern compiled for one Nq x Nk problem with Hq heads: owns the predicate program and all
@@ -163,6 +135,7 @@ class CompiledPattern {
   int64_t heads() const { return heads_; }
   const Pattern& pattern() const { return pattern_; }
 
+  // The element rule (spattn/predicate.hpp, private to the library).
   Predicate predicate() const;
   // The block layout for bq x bk tiles, in closed form for structured patterns.
   BlockLayout layout(int64_t bq, int64_t bk) const;
@@ -178,22 +151,21 @@ class CompiledPattern {
   std::shared_ptr<void> attachment(const std::string& key,
                                    const std::function<std::shared_ptr<void>()>& make) const;
 
-  struct BigBirdData {
-    int64_t block, globals, wlo, whi, doff, randoms, nbq, nbk;
-    std::vector<int32_t> rnd;  // [nbq, randoms], sorted per row, -1 padding
-  };
-  const BigBirdData* bigbird(const PatternNode* n) const;
+  // The compiled program and prepared data (pattern/node.hpp).
+  struct Internals;
+  const Internals& internals() const { return *in_; }
 
  private:
   CompiledPattern();
   friend class Pattern;
   Pattern pattern_;
   int64_t nq_ = 0, nk_ = 0, hq_ = 1, heads_ = 1;
-  std::vector<PredNode> nodes_;
-  std::vector<int32_t> head_begin_, head_end_;
-  std::vector<std::pair<const PatternNode*, std::unique_ptr<BigBirdData>>> bigbird_;
+  std::unique_ptr<Internals> in_;
   struct Derived;  // layout_for and attachment caches (pattern/cache.cpp)
   std::unique_ptr<Derived> derived_;
 };
 
 }  // namespace spattn
+
+// Factories of the kinds added since (declared in each kind's folder, kinds/<kind>/api.hpp).
+#include "spattn/pattern_kinds.hpp"

@@ -19,7 +19,6 @@
 #include "spattn/options.hpp"
 #include "spattn/pattern.hpp"
 #include "spattn/select.hpp"
-#include "spattn/tensor.hpp"
 
 namespace spattn {
 

@@ -329,16 +329,15 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
       ka = w.kp;
       ldk = 2 * D2;
     }
-    const bool ranged = partial && p.window;  // see fwd_tile
+    const bool ranged = partial && block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);  // see fwd_tile
     if (ranged) {
-      window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
       block_work(mq, ncol, nk, w.rlo, w.rhi, w.glo, w.ghi, w.klo, w.khi);
       gemm_bf_cols(nk, D2, ka, ldk, 2, w.qp, kTile, w.st, kTile, w.glo, w.ghi);
     } else {
       gemm_bf<false>(nk, ncol, D2, ka, ldk, 2, w.qp, kTile, w.st, kTile);
     }
     if (p.mods) modify_scores<true>(p, h, i0, ncol, j0, nk, w.st, sc, nullptr);
-    if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
+    if (partial) apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
 
     // Online softmax down the columns (as in fwd_tile); P rounded to bfloat16 pairs of keys.
     bool rescale = false;
@@ -487,8 +486,8 @@ inline void exact_delta_bf(const Problem& p, int64_t b, int64_t h, int64_t a, co
     gemm_bf<false>(nk, ncol, D2, kb, ldk, 2, w.qp, kTile, w.st, kTile);     // S^T (unscaled)
     if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, p.scale2, w.dcap);
     if (partial) {
-      if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
-      apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
+      const bool ranged = block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);
+      apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
     }
     gemm_bf<false>(nk, ncol, Dv2, vb, ldv, 2, w.dop, kTile, w.dpt, kTile);  // dP^T
     for (int k = 0; k < nk; ++k)
@@ -556,8 +555,8 @@ inline void bwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
     gemm_bf<false>(nk, ncol, D2, kb, ldk, 2, w.qp, kTile, w.st, kTile);     // S^T (unscaled)
     if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, p.scale2, w.dcap);
     if (partial) {
-      if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
-      apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
+      const bool ranged = block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);
+      apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
     }
     gemm_bf<false>(nk, ncol, Dv2, vb, ldv, 2, w.dop, kTile, w.dpt, kTile);  // dP^T
     if (p.softcap2 != 0.f) fold_softcap(nk, ncol, w.dcap, w.delta, w.dpt);

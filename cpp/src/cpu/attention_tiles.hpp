@@ -123,12 +123,24 @@ inline void block_work(int mq, int ncol, int nk, const int32_t* rlo, const int32
   }
 }
 
-// Sets masked scores of a partial block to `masked` (-inf unless the caller scales after):
-// st[k * 64 + q], k < nk, q < ncol. Window rules: rlo/rhi already hold window_ranges().
-inline void apply_mask(const Problem& p, int64_t h, int64_t i0, int mq, int ncol, int64_t j0,
-                       int nk, const int32_t* rlo, const int32_t* rhi, uint8_t* mbuf, float* st,
-                       float masked = -kInf) {
+// Each row's kept keys of a partial block as one interval (window_ranges' form), when the
+// rule can say: always for windows (from the rows' intervals lo/hi), else through
+// Problem::range_fn (grid rules on blocks inside one key line). False: mask per element.
+inline bool block_ranges(const Problem& p, int64_t h, int64_t i0, int mq, int ncol, int64_t j0,
+                         int nk, const int64_t* lo, const int64_t* hi, int32_t* rlo, int32_t* rhi) {
   if (p.window) {
+    window_ranges(mq, ncol, j0, lo, hi, rlo, rhi);
+    return true;
+  }
+  return p.range_fn != nullptr && p.range_fn(p.mask_ctx, h, i0, mq, ncol, j0, nk, rlo, rhi);
+}
+
+// Sets masked scores of a partial block to `masked` (-inf unless the caller scales after):
+// st[k * 64 + q], k < nk, q < ncol. ranged: rlo/rhi hold block_ranges().
+inline void apply_mask(const Problem& p, bool ranged, int64_t h, int64_t i0, int mq, int ncol,
+                       int64_t j0, int nk, const int32_t* rlo, const int32_t* rhi, uint8_t* mbuf,
+                       float* st, float masked = -kInf) {
+  if (ranged) {
     for (int k = 0; k < nk; ++k) {
       const vi kk = splati(k);
       float* s = st + k * kTile;
@@ -350,17 +362,16 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
     const float* ka = k_direct ? reinterpret_cast<const float*>(at(p.k, 4, b, j0, g)) : w.kp;
     const int64_t lda = k_direct ? p.k.s[1] : Dp;
     if (!k_direct) pack_rows(p.k, p.dtype, b, j0, nk, g, D, Dp, 1.f, w.kp);
-    // A window's partial block computes only the scores and terms its rows keep.
-    const bool ranged = partial && p.window;
+    // A partial block whose rows keep intervals computes only the scores and terms they keep.
+    const bool ranged = partial && block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);
     if (ranged) {
-      window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
       block_work(mq, ncol, nk, w.rlo, w.rhi, w.glo, w.ghi, w.klo, w.khi);
       gemm_cols_chunked(nk, D, int(p.kc), ka, lda, w.qt, kTile, w.st, kTile, w.glo, w.ghi);
     } else {
       gemm_chunked(nk, ncol, D, int(p.kc), ka, lda, w.qt, kTile, w.st, kTile);
     }
     if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, 1.f, nullptr);
-    if (partial) apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
+    if (partial) apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
 
     // Online softmax down the columns; st becomes P^T. The reference maximum m only moves
     // when a score exceeds it by more than kLazy (P stays <= 2^kLazy, far from overflow), so
@@ -474,8 +485,8 @@ inline BwdBlock bwd_scores(const Problem& p, const BwdBufs& w, int64_t b, int64_
   gemm_chunked(nk, ncol, D, int(p.kc), kb, ldk, w.qt, kTile, w.st, kTile);  // S^T
   if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, 1.f, w.dcap);
   if (partial) {
-    if (p.window) window_ranges(mq, ncol, j0, lo, hi, w.rlo, w.rhi);
-    apply_mask(p, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
+    const bool ranged = block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);
+    apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
   }
   gemm_chunked(nk, ncol, Dv, int(p.kc), vb, ldv, w.dot, kTile, w.dpt, kTile);  // dP^T
   return {kb, ldk, nk};

@@ -33,6 +33,11 @@ struct Problem {
   void (*mask_fn)(const void* ctx, int64_t h, int64_t i0, int mq, int64_t j0, int nk,
                   uint8_t* m) = nullptr;
   const void* mask_ctx = nullptr;
+  // Optional (not window): for a partial block, each row's kept keys as one interval in block
+  // coordinates, rlo/rhi as window_ranges gives them (rows q >= mq keep [0, 64]); false when
+  // some row's keys are not one interval (then mask_fn decides).
+  bool (*range_fn)(const void* ctx, int64_t h, int64_t i0, int mq, int ncol, int64_t j0, int nk,
+                   int32_t* rlo, int32_t* rhi) = nullptr;
   // Tensors: q [B,Nq,Hq,D], k [B,Nk,Hkv,D], v [B,Nk,Hkv,Dv], o/dout [B,Nq,Hq,Dv]; dq/dk/dv like
   // q/k/v. lse [B,Hq,Nq] float32 (data null: not wanted in the forward).
   T4 q, k, v, o, dout, dq, dk, dv;

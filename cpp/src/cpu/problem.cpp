@@ -10,11 +10,36 @@ namespace spattn::cpu {
 namespace detail {
 
 namespace {
+// Rows whose kept keys in the block are one interval (row_block_range) are filled from it;
+// the others key by key.
 void mask_keeps(const void* ctx, int64_t h, int64_t i0, int mq, int64_t j0, int nk, uint8_t* m) {
   const Predicate& pred = *static_cast<const Predicate*>(ctx);
-  for (int k = 0; k < nk; ++k)
-    for (int q = 0; q < mq; ++q) m[k * kTile + q] = keeps(pred, h, i0 + q, j0 + k) ? 1 : 0;
+  for (int q = 0; q < mq; ++q) {
+    int64_t lo, hi;
+    if (row_block_range(pred, h, i0 + q, j0, j0 + nk - 1, &lo, &hi)) {
+      for (int k = 0; k < nk; ++k) m[k * kTile + q] = (j0 + k >= lo && j0 + k <= hi) ? 1 : 0;
+    } else {
+      for (int k = 0; k < nk; ++k) m[k * kTile + q] = keeps(pred, h, i0 + q, j0 + k) ? 1 : 0;
+    }
+  }
 }
+bool row_ranges(const void* ctx, int64_t h, int64_t i0, int mq, int ncol, int64_t j0, int nk,
+                int32_t* rlo, int32_t* rhi) {
+  const Predicate& pred = *static_cast<const Predicate*>(ctx);
+  for (int q = 0; q < ncol; ++q) {
+    if (q >= mq) {
+      rlo[q] = 0;
+      rhi[q] = kTile;
+      continue;
+    }
+    int64_t lo, hi;
+    if (!row_block_range(pred, h, i0 + q, j0, j0 + nk - 1, &lo, &hi)) return false;
+    rlo[q] = lo > hi ? 0 : int32_t(lo - j0);
+    rhi[q] = lo > hi ? -1 : int32_t(hi - j0);
+  }
+  return true;
+}
+
 }  // namespace
 
 Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -46,6 +71,9 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   for (int64_t h = 0; h < p.Hq; ++h) p.window = p.window && range_is_exact(pred, h);
   p.mask_fn = mask_keeps;
   p.mask_ctx = &pred;
+  bool ranges = !p.window;
+  for (int64_t h = 0; h < p.Hq && ranges; ++h) ranges = has_row_intervals(pred, h);
+  if (ranges) p.range_fn = row_ranges;
   p.q = t4(q);
   p.k = t4(k);
   p.v = t4(v);

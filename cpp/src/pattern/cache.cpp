@@ -15,6 +15,7 @@
 
 #include "spattn/layout.hpp"
 #include "spattn/pattern.hpp"
+#include "pattern/node.hpp"
 
 namespace spattn {
 
@@ -40,7 +41,8 @@ struct CompiledPattern::Derived {
   std::vector<std::pair<std::string, std::shared_ptr<void>>> attachments;
 };
 
-CompiledPattern::CompiledPattern() : derived_(std::make_unique<Derived>()) {}
+CompiledPattern::CompiledPattern()
+    : in_(std::make_unique<Internals>()), derived_(std::make_unique<Derived>()) {}
 CompiledPattern::CompiledPattern(CompiledPattern&&) noexcept = default;
 CompiledPattern& CompiledPattern::operator=(CompiledPattern&&) noexcept = default;
 CompiledPattern::~CompiledPattern() {

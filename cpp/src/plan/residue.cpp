@@ -1,5 +1,8 @@
 #include "plan/residue.hpp"
 
+#include "pattern/kind.hpp"
+#include "pattern/node.hpp"
+
 #include <algorithm>
 
 namespace spattn::plan {
@@ -19,12 +22,17 @@ int64_t shift(int64_t x, int64_t delta) {
 
 }  // namespace
 
-std::optional<ResidueWindow> residue_form(const Pattern& p) {
+// The rels a leaf keeps, when its kind keeps a lattice d * m, m in [lo, hi].
+std::optional<ResidueWindow> lattice(const Pattern& p) {
   const PatternNode& n = p.node();
-  if (n.kind == Pattern::Kind::Dilated && n.c > 1)  // a = left, b = right, c = dilation
-    return ResidueWindow{n.c, n.b >= kUnbounded ? -kUnbounded : -n.b, n.a};
-  if (n.kind == Pattern::Kind::Strided && n.a > 1)  // a = stride, b = causal
-    return ResidueWindow{n.a, n.b ? 0 : -kUnbounded, kUnbounded};
+  ResidueWindow r;
+  if (n.is_leaf() && n.kind->rel_lattice(n, &r)) return r;
+  return std::nullopt;
+}
+
+std::optional<ResidueWindow> residue_form(const Pattern& p) {
+  std::optional<ResidueWindow> r = lattice(p);
+  if (r && r->d > 1) return r;
   return std::nullopt;
 }
 
@@ -39,13 +47,14 @@ int64_t floor_div(int64_t a, int64_t b) {
 
 std::optional<WindowResidueUnion> window_residue_union(const Pattern& p) {
   const PatternNode& n = p.node();
-  if (n.kind != Pattern::Kind::Union || n.children.size() != 2) return std::nullopt;
+  if (n.op != PatternNode::Op::Union || n.children.size() != 2) return std::nullopt;
   for (int w = 0; w < 2; ++w) {
     const Pattern& win = n.children[size_t(w)];
     const std::optional<ResidueWindow> r = residue_form(n.children[size_t(1 - w)]);
-    if (win.node().kind != Pattern::Kind::Window || !r) continue;
+    const std::optional<ResidueWindow> wl = lattice(win);
+    if (!wl || wl->d != 1 || !r) continue;
     // The window keeps rel in [-right, left], i.e. the multiples d*m with m in [a, b].
-    const int64_t left = win.node().a, right = win.node().b;
+    const int64_t left = wl->hi, right = wl->lo <= -kUnbounded ? kUnbounded : -wl->lo;
     const int64_t a = right >= kUnbounded ? -kUnbounded : -floor_div(right, r->d);
     const int64_t b = left >= kUnbounded ? kUnbounded : floor_div(left, r->d);
     WindowResidueUnion u{win, {}};

@@ -12,18 +12,18 @@
 #include <optional>
 #include <vector>
 
+#include "pattern/kind.hpp"
 #include "spattn/pattern.hpp"
 #include "spattn/tensor.hpp"
 
 namespace spattn::plan {
 
-// Keeps rel = d * m for lo <= m <= hi (either bound may be -/+kUnbounded).
-struct ResidueWindow {
-  int64_t d = 1, lo = -kUnbounded, hi = kUnbounded;
-};
+// Keeps rel = d * m for lo <= m <= hi (either bound may be -/+kUnbounded); a kind's
+// rel_lattice (pattern/kind.hpp).
+using spattn::ResidueWindow;
 
-// The residue form of a Dilated (dilation > 1) or Strided (stride > 1) pattern; none for
-// every other pattern (unions, per-head patterns and the rest walk their block layout).
+// The residue form of a leaf whose kind keeps a lattice of rels with d > 1 (Dilated with
+// dilation > 1, Strided with stride > 1); none for every other pattern (unions, per-head patterns and the rest walk their block layout).
 std::optional<ResidueWindow> residue_form(const Pattern& p);
 
 // Whether running the classes beats the block walk for an Nq-query problem: each class must
@@ -38,7 +38,7 @@ struct WindowResidueUnion {
   Pattern window;
   std::vector<ResidueWindow> rest;  // the residue pattern minus the window: 0 to 2 parts
 };
-// For a two-part union of a Window node and a Dilated/Strided node; none otherwise.
+// For a two-part union of a window (a lattice with d = 1) and a residue leaf; none otherwise.
 std::optional<WindowResidueUnion> window_residue_union(const Pattern& p);
 
 // One class: queries q0, q0 + d, ... (nq of them), keys k0, k0 + d, ... (nk), and the window

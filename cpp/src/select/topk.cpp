@@ -16,6 +16,7 @@
 #include "cpu/kernel_api.hpp"
 #include "cpu/thread_pool.hpp"
 #include "spattn/error.hpp"
+#include "pattern/node.hpp"
 #include "spattn/predicate.hpp"
 
 namespace spattn::select {
@@ -103,10 +104,11 @@ Rows batch_rows(const TensorView& t, int64_t b, DType dtype) {
 
 BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k, const PooledKeys* given) {
   const PatternNode& node = topk.node();
-  if (node.kind != Pattern::Kind::TopKBlocks)
+  if (node.op != PatternNode::Op::TopKBlocks)
     throw ValueError("select: expected a TopKBlocks pattern, got " + topk.describe());
-  const int64_t K = node.a, bq = node.b, bk = node.c;
-  const bool causal = node.d != 0;
+  const TopKParams& t = node.params_as<TopKParams>();
+  const int64_t K = t.k, bq = t.bq, bk = t.bk;
+  const bool causal = t.causal;
   const int64_t nq = q.n, nk = k.n, hq = q.heads, hkv = k.heads, G = hq / hkv;
   const int64_t off = nk - nq;
   BlockMask m;
@@ -209,7 +211,7 @@ BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k, const Pooled
 Pattern concrete(const Pattern& topk, BlockMask chosen) {
   const PatternNode& node = topk.node();
   Pattern p = Pattern::block_sparse(std::move(chosen));
-  if (node.d) p = Pattern::intersection_of({p, Pattern::causal()});
+  if (node.params_as<TopKParams>().causal) p = Pattern::intersection_of({p, Pattern::causal()});
   if (!node.children.empty()) p = Pattern::union_of({p, node.children[0]});
   return p;
 }

@@ -381,22 +381,15 @@ inline std::vector<int32_t> make_schedule(const BlockLayout& L, int64_t hq) {
 }
 
 // Bytes of the data a predicate node points to (Global positions, BlockMask bits, BigBird's
-// random blocks); 0 for nodes without data. Throws RuntimeError for a kind this launcher does
-// not know that carries data (it could not be copied to the device).
+// random blocks, ...), as its kind recorded them; 0 for nodes without data. Throws RuntimeError
+// for a node that points to data of unknown size (it could not be copied to the device).
 inline int64_t pred_node_data_bytes(const PredNode& n) {
   if (n.data == nullptr) return 0;
-  switch (n.kind) {
-    case PredKind::Global:
-      return n.len * int64_t(sizeof(int64_t));
-    case PredKind::BlockMask:
-      return n.e * n.c * n.d;  // uint8 [e, c, d]
-    case PredKind::BigBird:
-      return n.len * n.f * int64_t(sizeof(int32_t));  // int32 [rows, f]
-    default:
-      throw RuntimeError("cuda attention: predicate node kind " +
-                         std::to_string(static_cast<int>(n.kind)) +
-                         " points to data the CUDA launcher does not know how to copy");
-  }
+  if (n.data_bytes <= 0)
+    throw RuntimeError("cuda attention: predicate node kind " +
+                       std::to_string(static_cast<int>(n.kind)) +
+                       " points to data without a size; the CUDA launcher cannot copy it");
+  return n.data_bytes;
 }
 
 // The upload blob: pieces appended at 16-byte aligned offsets, so that one allocation and one
