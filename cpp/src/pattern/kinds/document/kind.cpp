@@ -5,6 +5,7 @@
 // row. When p0 and p1 lie in one document, its keys are kept by every row: blocks inside that
 // document's square are full, blocks crossing a boundary partial, all others empty.
 #include <algorithm>
+#include <climits>
 #include <sstream>
 
 #include "pattern/kind.hpp"
@@ -20,6 +21,7 @@ struct Document : KindDefaults {
   struct Params {
     std::vector<int64_t> cu_seqlens;  // as given
     std::vector<int64_t> bounds;      // distinct starts of documents after the first, in (0, total)
+    std::vector<int32_t> doc;         // the element rule's table: document index per position
     int64_t total() const { return cu_seqlens.back(); }
     // [start, end) of the document holding position x (0 <= x < total).
     int64_t start(int64_t x) const {
@@ -48,10 +50,10 @@ struct Document : KindDefaults {
     }
   }
   static PredNode predicate(const Params& p, const void*) {
-    PredNode n = pred_leaf(rules::document{int64_t(p.bounds.size())});
-    if (!p.bounds.empty()) {
-      n.data = p.bounds.data();
-      n.data_bytes = int64_t(p.bounds.size() * sizeof(int64_t));
+    PredNode n = pred_leaf(rules::document{p.total()});
+    if (!p.doc.empty()) {
+      n.data = p.doc.data();
+      n.data_bytes = int64_t(p.doc.size() * sizeof(int32_t));
     }
     return n;
   }
@@ -84,11 +86,18 @@ Pattern document(std::vector<int64_t> cu_seqlens) {
         << cu_seqlens[t] << " at index " << t;
       bad_argument(s.str());
     }
-  if (cu_seqlens.back() >= kUnbounded) bad_argument("Document: cu_seqlens are too large");
+  if (cu_seqlens.back() > INT32_MAX)
+    bad_argument("Document: the packed sequence is too long (" + std::to_string(cu_seqlens.back()) +
+                 " positions; at most 2^31 - 1)");
   std::vector<int64_t> bounds;
   for (int64_t c : cu_seqlens)
     if (c > 0 && c < cu_seqlens.back() && (bounds.empty() || bounds.back() != c)) bounds.push_back(c);
-  return make_leaf<Document>({std::move(cu_seqlens), std::move(bounds)});
+  std::vector<int32_t> doc(size_t(cu_seqlens.back()));
+  for (size_t t = 0, d = 0; t < doc.size(); ++t) {
+    while (d < bounds.size() && bounds[d] <= int64_t(t)) ++d;
+    doc[t] = int32_t(d);
+  }
+  return make_leaf<Document>({std::move(cu_seqlens), std::move(bounds), std::move(doc)});
 }
 
 }  // namespace spattn

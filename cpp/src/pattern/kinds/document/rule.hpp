@@ -1,5 +1,7 @@
 // Document: the query at position p and key j lie in the same document of a packed sequence
-// (data: int64 boundaries, the starts of documents 2, 3, ..., sorted, distinct, in (0, total)).
+// (data: int32 document index of every key position, [total]). A table lookup rather than a
+// search over the boundaries: a loop in the rule costs registers in every kernel that inlines
+// keeps() (it made the sm80 forward spill).
 #pragma once
 
 #include <cstdint>
@@ -9,22 +11,13 @@
 namespace spattn::rules {
 
 struct document {
-  int64_t count;  // boundaries in data
+  int64_t total;  // positions in data
 
   SPATTN_HD bool keeps(const void* data, int64_t, int64_t, int64_t j, int64_t p) const {
-    if (p < 0) return false;  // a query before the packed sequence (Nq > Nk) is in no document
-    const int64_t* b = static_cast<const int64_t*>(data);
-    const int64_t lo = p < j ? p : j, hi = p < j ? j : p;
-    // Same document when no boundary b satisfies lo < b <= hi: the first boundary above lo.
-    int64_t a = 0, e = count;
-    while (a < e) {
-      const int64_t mid = (a + e) / 2;
-      if (b[mid] <= lo)
-        a = mid + 1;
-      else
-        e = mid;
-    }
-    return a == count || b[a] > hi;
+    // A query before the packed sequence (Nq > Nk) is in no document; j < total always.
+    if (p < 0) return false;
+    const int32_t* doc = static_cast<const int32_t*>(data);
+    return doc[p] == doc[j];
   }
 };
 
