@@ -29,6 +29,9 @@ __all__ = [
     "Global",
     "Sink",
     "BigBird",
+    "Document",
+    "PrefixLM",
+    "LogSparse",
     "Union",
     "Intersection",
     "PerHead",
@@ -605,6 +608,130 @@ class LongNet(Pattern):
         return (f"longnet({_tuple_text(self.segments)},{_tuple_text(self.dilations)},"
                 f"causal={'true' if self.causal else 'false'})")
 
+
+
+def _int_sequence(values, what: str) -> list[int]:
+    """A 1-D sequence of exact integers (a list, tuple or numpy/DLPack-able integer array)."""
+    if isinstance(values, (str, bytes)) or values is None or isinstance(values, (int, np.integer)):
+        raise TypeError(f"{what}: expected a sequence of ints, got {type(values).__name__}")
+    if not isinstance(values, (list, tuple)):
+        try:
+            arr = np.asarray(values)
+        except Exception:
+            raise TypeError(f"{what}: expected a sequence of ints, got {type(values).__name__}") from None
+        if arr.ndim != 1:
+            raise ValueError(f"{what}: expected a 1-D sequence, got shape {arr.shape}")
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{what}: expected integers, got dtype {arr.dtype}")
+        values = arr.tolist()
+    return [_index(x, what) for x in values]
+
+
+class Document(Pattern):
+    """Attention only within a document of one packed sequence: query i (at key position
+    p = i + Nk - Nq, bottom-right as everywhere) sees key j when p and j lie in the same
+    document. Usually intersected with causality: ``Document(cu) & Causal()``.
+
+    Two ways to give the documents (exactly one):
+
+    - ``Document(cu_seqlens)`` (positional, or ``cu_seqlens=``): the documents' offsets
+      ``[0, n_0, n_0 + n_1, ..., total]``, first 0, non-decreasing (a repeated offset is an
+      empty document), as FlashAttention's varlen ``cu_seqlens``;
+    - ``Document(segment_ids=ids)``: one document id per key position (``len(ids) == total``);
+      each document must be one contiguous run of equal ids (ids need not be sorted).
+
+    The pattern fits problems with ``Nk == total`` (ValueError otherwise, when it meets one);
+    ``Nq <= Nk`` puts the queries on the last Nq positions (a KV cache); a query with p < 0
+    (Nq > Nk) sees nothing. ``cu_seqlens`` keeps the offsets (a tuple) either way.
+    """
+
+    _syntax = (
+        "document", [],
+        "document(c0, c1, ...): attention within documents; cu_seqlens offsets (first 0, last Nk), "
+        "or document(@i)",
+        {"variadic": "int", "aliases": ["documents", "doc"]},
+    )
+
+    def __init__(self, cu_seqlens=None, *, segment_ids=None):
+        if (cu_seqlens is None) == (segment_ids is None):
+            raise TypeError("Document: give exactly one of cu_seqlens (document offsets) and "
+                            "segment_ids (a document id per position)")
+        if cu_seqlens is not None:
+            cu = _int_sequence(cu_seqlens, "Document: cu_seqlens")
+        else:
+            cu = self._offsets(_int_sequence(segment_ids, "Document: segment_ids"))
+        if not cu or cu[0] != 0:
+            raise ValueError(f"Document: cu_seqlens must start with 0, got "
+                             f"{'an empty list' if not cu else cu[0]}")
+        for t in range(1, len(cu)):
+            if cu[t] < cu[t - 1]:
+                raise ValueError(f"Document: cu_seqlens must be non-decreasing, got {cu[t - 1]} "
+                                 f"then {cu[t]} at index {t}")
+        if cu[-1] >= _UNBOUNDED:
+            raise ValueError(f"Document: cu_seqlens end at {cu[-1]}, which is too large")
+        self.cu_seqlens = tuple(cu)
+        self._check()
+
+    @staticmethod
+    def _offsets(ids: list[int]) -> list[int]:
+        cu, seen = [0], {}
+        for x in range(1, len(ids) + 1):
+            if x == len(ids) or ids[x] != ids[x - 1]:
+                doc = ids[x - 1]
+                if doc in seen:
+                    raise ValueError(
+                        f"Document: segment_ids: document {doc} appears in two separate runs "
+                        f"(positions {seen[doc]} and {cu[-1]}); each document must be contiguous")
+                seen[doc] = cu[-1]
+                cu.append(x)
+        return cu
+
+    def _build(self):
+        return _core.Pattern.document(list(self.cu_seqlens))
+
+    def _text(self, ref):
+        return f"document({ref(np.asarray(self.cu_seqlens, dtype=np.int64))})"
+
+
+class PrefixLM(Pattern):
+    """Key j is kept when j <= p or j < n (p = i + Nk - Nq): bidirectional attention over the
+    first n tokens (the prefix), causal after them, as in prefix language models (the same pairs
+    as ``Causal() | Sink(n)``, as one rule)."""
+
+    _syntax = ("prefixlm", [("n", ..., "int")],
+               "prefixlm(n): bidirectional over the first n keys, causal after them",
+               {"aliases": ["prefix_lm"]})
+
+    def __init__(self, n: int):
+        self.n = min(_nonneg(n, "PrefixLM: n"), _UNBOUNDED)
+        self._check()
+
+    def _build(self):
+        return _core.Pattern.prefix_lm(self.n)
+
+    def _text(self, ref):
+        return f"prefixlm({self.n})"
+
+
+class LogSparse(Pattern):
+    """rel = i + Nk - Nq - j >= 0 and (rel <= local or rel a power of two): each query sees
+    itself, its `local` previous keys and keys at distances 1, 2, 4, 8, ... (the LogSparse
+    Transformer). About log2(N) + local keys per query; its layout lists O(log N) key blocks
+    per query block."""
+
+    _syntax = ("logsparse", [("local", 0, "int")],
+               "logsparse(local=0): rel = 0, rel <= local, or rel a power of two (rel >= 0)",
+               {"aliases": ["log_sparse"]})
+
+    def __init__(self, local: int = 0):
+        self.local = min(_nonneg(local, "LogSparse: local"), _UNBOUNDED)
+        self._check()
+
+    def _build(self):
+        return _core.Pattern.log_sparse(self.local)
+
+    def _text(self, ref):
+        return f"logsparse({self.local})"
 
 
 class Union(Pattern):

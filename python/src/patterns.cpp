@@ -139,6 +139,9 @@ void bind_patterns(py::module_& m) {
       .def_static("sink", &Pattern::sink, py::arg("n"))
       .def_static("bigbird", &Pattern::bigbird, py::arg("block"), py::arg("window"),
                   py::arg("globals"), py::arg("randoms"), py::arg("seed"))
+      .def_static("document", &document, py::arg("cu_seqlens"))
+      .def_static("prefix_lm", &prefix_lm, py::arg("n"))
+      .def_static("log_sparse", &log_sparse, py::arg("local"))
       .def_static("union", &Pattern::union_of, py::arg("parts"))
       .def_static("intersection", &Pattern::intersection_of, py::arg("parts"))
       .def_static("per_head", &Pattern::per_head, py::arg("parts"))
