@@ -486,3 +486,28 @@ def test_residue_classes_and_union_parts(pattern):
     np.testing.assert_allclose(lse, rl, atol=2e-5)
     for got, r in zip(g, ref):
         np.testing.assert_allclose(np.asarray(got), r, atol=1e-4 * max(1, np.abs(r).max()))
+
+
+@pytest.mark.parametrize("pattern", [
+    spattn.LongNet(segments=(64, 256), dilations=(1, 4)),        # by levels without modifiers
+    spattn.Neighborhood((16, 24), (5, 7)),
+    spattn.SlidingTile((16, 16), (4, 4), 3),
+    spattn.Document([0, 100, 260, 384]) & spattn.Causal(),
+    spattn.PrefixLM(40),
+    spattn.LogSparse(local=8),
+], ids=["longnet", "neighborhood", "slidingtile", "document&causal", "prefixlm", "logsparse"])
+def test_issue15_patterns_with_modifiers(pattern):
+    # The new patterns take the modifiers like every other: forward, lse and gradients (the
+    # sinks' too) against the float64 reference on the pattern's own mask (Nq = Nk = 384).
+    q, k, v, do, slopes, sinks = _case(b=1, nq=384, nk=384, hq=4, hkv=2, d=16, dv=16, seed=52)
+    f = lambda x: np.ascontiguousarray(x, np.float32)  # noqa: E731
+    kw = dict(softcap=2.0, alibi_slopes=f(slopes), sinks=f(sinks))
+    out, lse = spattn.attention(f(q), f(k), f(v), pattern=pattern, scale=0.5, return_lse=True, **kw)
+    g = spattn.attention_backward(f(do), f(q), f(k), f(v), out, lse, pattern=pattern, scale=0.5, **kw)
+    ro, rl, ref = ref_modified(f(q), f(k), f(v), pattern.mask(384, 384, heads=4), 0.5, 2.0, f(slopes), f(sinks),
+                               dout=f(do))
+    np.testing.assert_allclose(out, ro, atol=2e-5)
+    np.testing.assert_allclose(lse, rl, atol=2e-5)
+    assert len(g) == 4
+    for got, r in zip(g, ref):
+        np.testing.assert_allclose(np.asarray(got), r, atol=1e-4 * max(1, np.abs(r).max()))
