@@ -447,7 +447,7 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
 }
 
 // ---------------------------------------------------------------------------------------------
-// Variable-length batches (SPEC §1): q [Tq, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv], offsets
+// Variable-length batches (docs/api.md): q [Tq, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv], offsets
 // cu_seqlens_q / cu_seqlens_k [B+1]; sequence b is the dense problem on rows
 // [cu_q[b], cu_q[b+1]) of q and [cu_k[b], cu_k[b+1]) of k and v, with the pattern applied
 // inside it (its own Nq, Nk and bottom-right alignment).

@@ -1,4 +1,4 @@
-// spattn::decode and spattn::pool_keys (SPEC §3): every argument is checked here with the shared
+// spattn::decode and spattn::pool_keys (docs/api.md): every argument is checked here with the shared
 // checks (plan/checks.hpp), before anything is read past the shapes or written; the backend of
 // the tensors' device then plans the split-K work, checking the pattern per sequence and every
 // block-table entry it will use (backend::Decode).

@@ -3,7 +3,7 @@
     import spattn
     out = spattn.attention(q, k, v, pattern=spattn.SlidingWindow(255, 0))
 
-See SPEC.md for what every pattern means; `spattn info` for what this build holds.
+See docs/patterns.md for what every pattern means; `spattn info` for what this build holds.
 """
 from .api import attention, attention_backward, decode, info, pool_keys
 from .merge import merge

@@ -1,4 +1,4 @@
-"""The public functions (SPEC §3): thin checks, then the C++ core through `_core`."""
+"""The public functions (docs/api.md): thin checks, then the C++ core through `_core`."""
 from __future__ import annotations
 
 import math
@@ -253,7 +253,7 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, out=N
     float64 kernel for gradient checks). torch tensors that require grad get gradients (lse
     carries none).
 
-    Variable-length batch (SPEC §1): with cu_seqlens_q and cu_seqlens_k (int32 [B+1] offsets,
+    Variable-length batch (docs/api.md): with cu_seqlens_q and cu_seqlens_k (int32 [B+1] offsets,
     first 0, non-decreasing, last Tq / Tk), q is [Tq, Hq, D], k/v [Tk, Hkv, D/Dv], and sequence
     b is its own problem on rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q (and likewise of k, v),
     the pattern applied inside it. out is [Tq, Hq, Dv], lse [Hq, Tq].
@@ -348,7 +348,7 @@ def _int_array(x, name, what):
 
 def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False,
            pooled_keys=None, *, softcap=None, alibi_slopes=None, sinks=None):
-    """Attention of a few new queries against a KV cache (SPEC §3).
+    """Attention of a few new queries against a KV cache (docs/api.md).
 
     q [B, Nq, Hq, D] (Nq <= 64: the newest tokens of each sequence); caches contiguous
     k_cache [B, Ncap, Hkv, D], v_cache [B, Ncap, Hkv, Dv], or paged [pages, page_size, Hkv, D]

@@ -1,4 +1,4 @@
-"""`spattn bench`: time a pattern against dense attention in one run (SPEC §4).
+"""`spattn bench`: time a pattern against dense attention in one run (docs/api.md).
 
     from spattn import bench
     result = bench.run(spattn.SlidingWindow(511, 0), 4096, backward=True)
@@ -234,7 +234,7 @@ def run(pattern, n: int, nk: int | None = None, heads: int = 8, dim: int = 64, b
 
 def _flex_fn(torch, pattern, q, k, v, dout, nq, nk, heads, own_heads, p, state):
     """FlexAttention with a BlockMask whose mask_mod looks the pattern's mask up (the mask is the
-    pattern's definition, SPEC §2). Built once, shared by the fwd and fwd+bwd rows."""
+    pattern's definition, docs/patterns.md). Built once, shared by the fwd and fwd+bwd rows."""
     if "fn" not in state:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 

@@ -1,4 +1,4 @@
-"""The `spattn` command (SPEC §4): `spattn info`, `spattn demo`, `spattn show`, `spattn bench`."""
+"""The `spattn` command (docs/api.md): `spattn info`, `spattn demo`, `spattn show`, `spattn bench`."""
 from __future__ import annotations
 
 import argparse

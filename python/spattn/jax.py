@@ -13,7 +13,7 @@ back to calling the core from a `jax.pure_callback` on the host: arrays on a GPU
 to the host and back, and bfloat16 (which numpy cannot hand over through DLPack) is computed in
 float32 there and rounded back. No CUDA FFI targets exist yet.
 
-Shapes and patterns as in `spattn.attention` / `spattn.decode` (SPEC §1-3): q [B, Nq, Hq, D],
+Shapes and patterns as in `spattn.attention` / `spattn.decode` (docs/api.md): q [B, Nq, Hq, D],
 k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv] -> out [B, Nq, Hq, Dv] (and lse [B, Hq, Nq] float32 with
 `return_lse`, which carries no gradient).
 """

@@ -134,7 +134,7 @@ _ALIASES = {a: name for name, s in _SPECS.items() for a in s.aliases}
 KNOWN_NAMES = tuple(_SPECS)
 
 SYNTAX_HELP = """\
-pattern syntax (names are case-insensitive; rel = (i + Nk - Nq) - j, see SPEC §2):
+pattern syntax (names are case-insensitive; rel = (i + Nk - Nq) - j, see docs/patterns.md):
 """ + "\n".join(f"  {s.doc}" for s in _SPECS.values()) + """
   a | b          union          a & b    intersection (binds tighter than |)
   ( ... )        grouping       none, true, false; keyword arguments as name=value

@@ -1,4 +1,4 @@
-"""Patterns: which keys each query sees (SPEC §2).
+"""Patterns: which keys each query sees (docs/patterns.md).
 
 Each class is a thin description; the meaning lives in C++ (`spattn::Pattern`), so that
 `mask()`, `block_layout()` and every backend share one definition.
@@ -780,7 +780,7 @@ class PerHead(Pattern):
 
 
 class TopKBlocks(Pattern):
-    """Learned, data-dependent pattern (SPEC §2, MoBA-style routing): for every query block of
+    """Learned, data-dependent pattern (docs/patterns.md, MoBA-style routing): for every query block of
     every head, the key blocks whose pooled keys score highest against the pooled queries.
 
     - qm = mean of the query rows of a query block, km = mean of the key rows of a key block

@@ -1,4 +1,4 @@
-"""A direct float64 implementation of SPEC §1-2, for validation: materialises the scores and
+"""A direct float64 implementation of docs/api.md and docs/patterns.md, for validation: materialises the scores and
 the pattern's dense mask, so use it on small problems only."""
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _reference_varlen(q, k, v, pattern, scale, return_lse, cu_seqlens_q, cu_seql
 
 def _reference_topk(q, k, v, pattern, scale, return_lse, cu_seqlens_q, cu_seqlens_k):
     """TopKBlocks: each batch element (or sequence) on the concrete pattern pattern.select
-    chooses from the inputs as given (the choice itself is tested on its own against the SPEC
+    chooses from the inputs as given (the choice itself is tested on its own against the documented rule
     rule); the attention on it in float64 as for any fixed pattern."""
     chosen = pattern.select(q, k, cu_seqlens_q, cu_seqlens_k)
     q, k, v = to_float64(q, "q"), to_float64(k, "k"), to_float64(v, "v")
@@ -93,7 +93,7 @@ def reference_attention(q, k, v, pattern=None, scale=None, return_lse: bool = Fa
     """out [B, Nq, Hq, Dv] (and lse [B, Hq, Nq]) in float64 numpy. Rows that see no key give
     out = 0 and lse = -inf.
 
-    With cu_seqlens_q / cu_seqlens_k (a variable-length batch, SPEC §1): q [Tq, Hq, D],
+    With cu_seqlens_q / cu_seqlens_k (a variable-length batch, docs/api.md): q [Tq, Hq, D],
     k/v [Tk, Hkv, D/Dv]; each sequence is computed separately; out [Tq, Hq, Dv], lse [Hq, Tq]."""
     pattern = Dense() if pattern is None else pattern
     if not isinstance(pattern, Pattern):

@@ -193,7 +193,7 @@ def _attention_forward(
 
 
 def _lse_dtype(q):
-    """lse is float32, except for float64 inputs: float64 (SPEC §1), so that a float64 gradient
+    """lse is float32, except for float64 inputs: float64 (docs/api.md), so that a float64 gradient
     check sees an lse as exact as the output."""
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 

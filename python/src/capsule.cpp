@@ -71,7 +71,7 @@ py::dict dlpack_kwargs(const DLDevice& device) {
 // class (cause: the original). Exceptions of other classes pass unchanged.
 //
 // A producer's BufferError becomes spattn._core.DLPackExportError, a subclass of both
-// BufferError (what the producer said) and TypeError (SPEC §3: an argument of the wrong kind),
+// BufferError (what the producer said) and TypeError (docs/errors.md: an argument of the wrong kind),
 // so that every bad argument reaches the caller as ValueError, TypeError or RuntimeError.
 PyObject* export_error_type() {
   static PyObject* t = [] {

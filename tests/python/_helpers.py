@@ -1,6 +1,6 @@
 """Shared helpers for the spattn test suite.
 
-Everything here is written from SPEC.md, independently of the library: the SPEC §2 mask
+Everything here is written from docs/patterns.md and docs/api.md, independently of the library: the docs/patterns.md mask
 table, a float64 numpy reference for the forward pass and the gradients, a naive
 low-precision torch implementation (materialised scores in fp16/bf16) for the
 FlashAttention tolerance rule, and a runner for code that might crash the interpreter.
@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC §2, written out directly.
+# docs/patterns.md, written out directly.
 # --------------------------------------------------------------------------------------------
 
 
@@ -51,7 +51,7 @@ def block_mask(layout: np.ndarray, bq: int, bk: int, nq: int, nk: int) -> np.nda
 
 
 class Case:
-    """A pattern description: builds the spattn pattern and the SPEC mask for a problem."""
+    """A pattern description: builds the spattn pattern and the documented mask for a problem."""
 
     def __init__(self, kind, *args, **kw):
         self.kind = kind
@@ -124,7 +124,7 @@ def check_ranges(lay, rows, nkb):
 
 
 def check_layout(p, nq, nk, bq, bk, heads, want_heads=None):
-    """block_layout() against mask(): SPEC §3 / the brief's definition."""
+    """block_layout() against mask(): docs/api.md / the brief's definition."""
     lay = p.block_layout(nq, nk, block=(bq, bk), heads=heads)
     m = p.mask(nq, nk, heads=heads)
     nqb, nkb = -(-nq // bq), -(-nk // bk)

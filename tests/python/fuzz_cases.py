@@ -1,11 +1,11 @@
 """Random problems for the differential fuzz tests (test_fuzz_differential.py): pattern trees
-with a SPEC §2 mask written out independently of the library, inputs in every layout DLPack
+with a docs/patterns.md mask written out independently of the library, inputs in every layout DLPack
 can carry, and the budget knob of the longer campaign.
 
 A pattern is drawn as a plain tree of tuples, then turned into a spattn pattern (`build`) and,
-separately, into its dense mask (`spec_mask`) from the SPEC rows. Only BigBird's random blocks
+separately, into its dense mask (`spec_mask`) from the documented rows. Only BigBird's random blocks
 are taken from the library (its generator is the definition); its window and global blocks are
-checked against the SPEC in test_pattern_family.py.
+checked against the documented rules in test_pattern_family.py.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def examples(n: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------
-# SPEC §2, row by row
+# docs/patterns.md, row by row
 
 def _grid(nq, nk):
     i = np.arange(nq, dtype=np.int64)[:, None]
@@ -103,7 +103,7 @@ def build(tree):
 
 
 def spec_mask(tree, nq, nk, hq):
-    """[Hq, Nq, Nk] bool: the SPEC's answer for the drawn tree."""
+    """[Hq, Nq, Nk] bool: the documented answer for the drawn tree."""
     kind = tree[0]
     if kind == "bigbird":
         return np.broadcast_to(build(tree).mask(nq, nk, heads=1), (hq, nq, nk))

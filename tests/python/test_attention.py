@@ -1,4 +1,4 @@
-"""Forward pass (SPEC §1-§3): spattn.attention against the float64 reference."""
+"""Forward pass (docs/api.md): spattn.attention against the float64 reference."""
 
 import functools
 import os
@@ -277,7 +277,7 @@ def test_non_unit_last_stride(framework):
 
 
 def test_numpy_negative_strides():
-    # numpy exports negative strides through DLPack; SPEC: any strides. Run isolated: a wrong
+    # numpy exports negative strides through DLPack; docs/api.md: any strides. Run isolated: a wrong
     # pointer computation would crash the interpreter.
     rc, out, err = run_isolated("""
         import numpy as np, spattn

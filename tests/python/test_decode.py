@@ -1,4 +1,4 @@
-"""spattn.decode (SPEC §3): attention of a few new queries against a KV cache, contiguous or
+"""spattn.decode (docs/api.md): attention of a few new queries against a KV cache, contiguous or
 paged, equals spattn.attention per sequence (Nk = cache_len[b], bottom-right alignment)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad inputs (SPEC §3): the exception SPEC names, a message naming the argument, no crash, no hang.
+"""Bad inputs (docs/errors.md): the exception the docs name, a message naming the argument, no crash, no hang.
 
 Every case runs in a child interpreter (one child runs the cases in order and reports each; when
 a case kills the child, that case is recorded as a crash and a fresh child goes on with the

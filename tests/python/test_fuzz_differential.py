@@ -2,7 +2,7 @@
 intersections, PerHead, TopKBlocks), random shapes (lengths 0 and 1, Nq != Nk, GQA), memory
 layouts (views, transposes, negative and zero strides), dtypes and scales, variable-length
 batches, decode over contiguous and paged caches, and merges, all compared with a float64
-reference (_helpers.ref_forward / ref_backward, SPEC masks from fuzz_cases).
+reference (_helpers.ref_forward / ref_backward, documented masks from fuzz_cases).
 
 The example counts add up to 2,200 per run; SPATTN_FUZZ_SCALE=N multiplies them (the longer
 campaign, tests/reliability/campaign.sh)."""
@@ -70,7 +70,7 @@ def _ctx(pr, tree, layouts):
 def _check_mask(pattern, tree, nq, nk, hq):
     want = spec_mask(tree, nq, nk, hq)
     got = pattern.mask(nq, nk, heads=hq)
-    assert np.array_equal(got, want), f"mask differs from the SPEC for {describe(tree)} at Nq={nq}, Nk={nk}"
+    assert np.array_equal(got, want), f"mask differs from the documented rule for {describe(tree)} at Nq={nq}, Nk={nk}"
     return want
 
 

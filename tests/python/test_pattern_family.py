@@ -1,5 +1,5 @@
-"""The pattern family (SPEC §2): Dilated, Strided, Fixed, Global, Sink, BigBird, unions,
-intersections and PerHead. Masks against the SPEC rows written out in numpy, block layouts
+"""The pattern family (docs/patterns.md): Dilated, Strided, Fixed, Global, Sink, BigBird, unions,
+intersections and PerHead. Masks against the documented rows written out in numpy, block layouts
 against the masks, forward and gradients against the float64 reference, argument errors, and
 1M-token compile times."""
 
@@ -15,7 +15,7 @@ SIZES = [(1, 1), (37, 37), (97, 37), (37, 97), (130, 97), (97, 130), (1, 130), (
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC rows, written out directly
+# The documented rows (docs/patterns.md), written out directly
 # --------------------------------------------------------------------------------------------
 
 

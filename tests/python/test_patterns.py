@@ -1,4 +1,4 @@
-"""Patterns (SPEC §2): `.mask()` against the SPEC table, `.block_layout()` against `.mask()`."""
+"""Patterns (docs/patterns.md): `.mask()` against the documented table, `.block_layout()` against `.mask()`."""
 
 import time
 
@@ -32,7 +32,7 @@ WINDOWS = [
 
 
 def spec_window(nq, nk, left, right):
-    """SPEC §2 written out pair by pair (slow, obviously right)."""
+    """docs/patterns.md written out pair by pair (slow, obviously right)."""
     off = nk - nq
     m = np.zeros((nq, nk), dtype=bool)
     for i in range(nq):

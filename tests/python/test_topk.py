@@ -1,5 +1,5 @@
-"""TopKBlocks (SPEC §2, learned pattern): the block choice against a direct implementation of
-the SPEC rule, and attention (forward, gradients, varlen, decode) on the chosen pattern."""
+"""TopKBlocks (docs/patterns.md, learned pattern): the block choice against a direct implementation of
+the documented rule, and attention (forward, gradients, varlen, decode) on the chosen pattern."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 
 # --------------------------------------------------------------------------------------------
-# The SPEC rule, written out directly in float64.
+# The documented rule (docs/patterns.md), written out directly in float64.
 # --------------------------------------------------------------------------------------------
 
 
@@ -28,7 +28,7 @@ def spec_scores(q, k, bq, bk):
 
 
 def spec_choice(q, k, kk, bq, bk, causal):
-    """(chosen [Hq, nqb, nkb] bool, scores, candidates [nqb] or None) by the SPEC text."""
+    """(chosen [Hq, nqb, nkb] bool, scores, candidates [nqb] or None) by the documented text."""
     nq, hq, _ = q.shape
     nk = k.shape[0]
     nqb, nkb = -(-nq // bq), -(-nk // bk)

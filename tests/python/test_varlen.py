@@ -1,6 +1,6 @@
-"""Variable-length batches (SPEC §1): q [Tq, Hq, D], k/v [Tk, Hkv, D/Dv], cu_seqlens [B+1].
+"""Variable-length batches (docs/api.md): q [Tq, Hq, D], k/v [Tk, Hkv, D/Dv], cu_seqlens [B+1].
 
-Every sequence is checked against the float64 reference of _helpers (SPEC §2 masks, written
+Every sequence is checked against the float64 reference of _helpers (docs/patterns.md masks, written
 independently of the library), computed for that sequence alone with its own Nq, Nk.
 """
 

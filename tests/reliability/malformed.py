@@ -158,7 +158,7 @@ def _qkv(r: random.Random, b=None, nq=None, nk=None, hq=2, hkv=1, d=8, dv=8, dty
 
 
 def _reference(q, k, v, pattern, scale=None):
-    """float64 out, lse from the pattern's mask (SPEC's softmax)."""
+    """float64 out, lse from the pattern's mask (the documented softmax)."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
     b, nq, hq, d = q.shape
     nk, hkv = k.shape[1], k.shape[2]

@@ -1,4 +1,4 @@
-// The three kinds of error spattn reports (SPEC §3). Python maps them one to one onto
+// The three kinds of error spattn reports (docs/errors.md). Python maps them one to one onto
 // ValueError, TypeError and RuntimeError; C++ callers can catch them as std exceptions.
 #pragma once
 

@@ -24,7 +24,7 @@ struct Allocator {
 // Every kept score of query row i (query head h) and key j becomes, in this order:
 //   s = scale * q_i . k_j
 //   s = softcap * tanh(s / softcap)           (softcap > 0; Gemma 2 caps the scaled score)
-//   s = s - alibi_slopes[h] * |rel|           (rel = i + Nk - Nq - j, SPEC §2)
+//   s = s - alibi_slopes[h] * |rel|           (rel = i + Nk - Nq - j, docs/patterns.md)
 // and with sinks every row's softmax gets one more term exp(sinks[h]) in its denominator, with
 // no value row (GPT-OSS's learned sinks):
 //   out_i = sum_j e^{s_ij} v_j / (e^{sinks[h]} + sum_j e^{s_ij}),

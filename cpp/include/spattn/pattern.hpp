@@ -1,4 +1,4 @@
-// Patterns: which keys each query sees (SPEC §2). A Pattern is a small value: a shared pointer
+// Patterns: which keys each query sees (docs/patterns.md). A Pattern is a small value: a shared pointer
 // to an immutable tree of nodes (leaves such as windows, unions, intersections, per-head
 // choices). Everything that depends on the problem size (the predicate program, BigBird's
 // generated blocks, the per-head entry points) lives in a CompiledPattern made by compile().
@@ -73,7 +73,7 @@ class Pattern {
   // Head h uses parts[h]; the problem must have exactly parts.size() query heads.
   static Pattern per_head(std::vector<Pattern> parts);
 
-  // TopKBlocks(k, block_size=(bq, bk), causal, always) (SPEC §2, learned pattern): for every
+  // TopKBlocks(k, block_size=(bq, bk), causal, always) (docs/patterns.md, learned pattern): for every
   // query block of every head, the top k key blocks by pooled score qm . km, plus (causal) the
   // current blocks, plus the `always` pattern (invalid Pattern: none) united in. The blocks
   // depend on the data: select.hpp turns it into a concrete pattern for given q and k, and

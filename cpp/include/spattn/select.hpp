@@ -1,4 +1,4 @@
-// TopKBlocks' selection as a public call (SPEC §2, learned pattern): which key blocks the
+// TopKBlocks' selection as a public call (docs/patterns.md, learned pattern): which key blocks the
 // pattern keeps for given q and k. attention_forward, attention_backward and decode select by
 // themselves; this is for inspection, and for callers that want to reuse one choice.
 #pragma once

@@ -1,4 +1,4 @@
-// spattn: sparse attention on DLPack tensors. The C++ entry points (SPEC §5).
+// spattn: sparse attention on DLPack tensors. The C++ entry points (docs/api.md).
 //
 //   q   [B, Nq, Hq, D]     k [B, Nk, Hkv, D]     v [B, Nk, Hkv, Dv]
 //   out [B, Nq, Hq, Dv]    lse [B, Hq, Nq] float32 (natural-log logsumexp of scaled scores)
@@ -50,7 +50,7 @@ void attention_backward_varlen(const DLTensor& dout, const DLTensor& q, const DL
                                const Pattern& pattern, const DLTensor& dq, const DLTensor& dk,
                                const DLTensor& dv, const Options& options = {});
 
-// Attention of a few new queries against a KV cache (SPEC §3):
+// Attention of a few new queries against a KV cache (docs/api.md):
 //   q [B, Nq, Hq, D] with 0 <= Nq <= 64; cache_len int32 (or int64) [B]: the valid keys of each
 //   sequence, the new ones included;
 //   contiguous caches (block_table == nullptr): k_cache [B, Ncap, Hkv, D], v_cache
@@ -66,7 +66,7 @@ void attention_backward_varlen(const DLTensor& dout, const DLTensor& q, const DL
 // split across threads (split-K) and the parts merged exactly.
 //
 // TopKBlocks chooses each sequence's key blocks from its new queries and the mean key of every
-// block (SPEC §2). By default the means are computed from the cache, reading every key the
+// block (docs/patterns.md). By default the means are computed from the cache, reading every key the
 // choice scores; pooled_keys (float32 [B, blocks, Hkv, D], block c = keys c*bk .. c*bk+bk-1 of
 // the pattern's bk, as pool_keys writes them) gives them instead, so that only the chosen
 // blocks' keys are read. Every block the choice scores must be there and current: for a causal

@@ -71,7 +71,7 @@ struct Gradients {
   bool rows_complete = true;
 };
 
-// A decode call (SPEC §3), checked by decode_api.cpp: q [B, Nq, Hq, D]; k/v contiguous
+// A decode call (docs/api.md), checked by decode_api.cpp: q [B, Nq, Hq, D]; k/v contiguous
 // [B, Ncap, Hkv, D/Dv] or paged [pages, page_size, Hkv, D/Dv] with table [B, max_pages] (int32
 // or int64); cache_len[b] in [0, capacity], read on the host; out [B, Nq, Hq, Dv]; lse
 // [B, Hq, Nq] float32 or data null. The backend checks the pattern per sequence and every table
@@ -88,7 +88,7 @@ struct Decode {
   ScoreMods mods;     // rel_base per sequence: cache_len[b] - Nq
 };
 
-// The mean key of every block of `block` keys of each sequence (pool_keys, SPEC §3).
+// The mean key of every block of `block` keys of each sequence (pool_keys, docs/api.md).
 struct PoolKeys {
   TensorView k, table, out;
   bool paged = false;

@@ -1,4 +1,4 @@
-// TopKBlocks' selection: pool, score, keep the top k (see topk.hpp and SPEC §2).
+// TopKBlocks' selection: pool, score, keep the top k (see topk.hpp and docs/patterns.md).
 //
 // Cost: pooling reads every row of q and of the candidate key blocks once (the same bytes as one
 // pass of attention over them); scoring is nqb * candidates * D multiply-adds per head, about

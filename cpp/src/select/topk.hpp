@@ -1,4 +1,4 @@
-// TopKBlocks' selection (SPEC §2, learned pattern), shared by attention (api.cpp), the public
+// TopKBlocks' selection (docs/patterns.md, learned pattern), shared by attention (api.cpp), the public
 // select_blocks (select_api.cpp) and decode (cpu/decode.cpp): one sequence at a time, rows read
 // through a small accessor so that contiguous tensors and paged KV caches take the same path.
 #pragma once

@@ -237,7 +237,7 @@ def attention(q, k, v, pattern=None, group=None, scale=None, return_lse: bool = 
     (torch tensors; CPU with gloo, CUDA with NCCL). With layout='contiguous' (default) rank r
     holds global positions sum(N_<r) .. + N_r, in rank order; shards may differ in length. With
     layout='zigzag' rank r holds chunks r and 2*world-1-r of 2*world (spattn.distributed.shard),
-    which balances causal work. The pattern applies to global positions (SPEC §2 with
+    which balances causal work. The pattern applies to global positions (docs/patterns.md with
     Nq == Nk). Returns this rank's out [B, N_r, Hq, Dv] (and lse [B, Hq, N_r] float32):
     exactly the rows a single-process call on the gathered tensors would give.
 

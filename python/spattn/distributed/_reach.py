@@ -1,5 +1,5 @@
 """Which keys a range of queries may see, and which queries may see a range of keys, in closed
-form per pattern (SPEC §2, with Nq == Nk == N so that query i sits at key position i).
+form per pattern (docs/patterns.md, with Nq == Nk == N so that query i sits at key position i).
 
 The answers are supersets (exact for windows, a hull for periodic patterns), never subsets:
 the attention itself applies the exact element rule, so a superset costs bytes, not

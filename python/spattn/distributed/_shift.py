@@ -1,7 +1,7 @@
 """A pattern evaluated at global positions, rewritten for a sub-problem.
 
 A rank computes queries [j0, j0 + nq) of a sequence against keys [k0, k0 + nk) of it. spattn
-aligns a problem bottom-right (SPEC §2): local query i sits at local key position
+aligns a problem bottom-right (docs/patterns.md): local query i sits at local key position
 i + nk - nq. The global rule relates query j0 + i to key k0 + j, so relative distances differ
 by delta = (j0 + nq) - (k0 + nk), and absolute key / query positions by k0 / j0. Each leaf is
 rewritten so that the sub-problem keeps exactly the pairs the global pattern keeps:

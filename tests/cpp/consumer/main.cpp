@@ -1,6 +1,6 @@
 // Uses the installed C++ library: float32 q/k/v in plain std::vectors, wrapped in DLTensor
 // views, through spattn::attention_forward with a causal sliding window, checked against a
-// naive computation of SPEC §2 (bottom-right alignment: query i sits at key position
+// naive computation of docs/patterns.md (bottom-right alignment: query i sits at key position
 // i + Nk - Nq). Exits 0 on success.
 #include <spattn/spattn.hpp>
 #include <spattn/cuda/backend_info.hpp>

@@ -1,5 +1,5 @@
 // BigBird(block, window, globals, randoms, seed): BigBird's block layout, generated per
-// problem size (SPEC §2; the exact rule is at Pattern::bigbird in pattern.hpp).
+// problem size (docs/patterns.md; the exact rule is at Pattern::bigbird in pattern.hpp).
 #include <algorithm>
 
 #include "pattern/kind.hpp"

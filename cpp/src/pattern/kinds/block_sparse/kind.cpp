@@ -1,4 +1,4 @@
-// BlockSparse(layout, block_size=(bq, bk)): layout[h, i // bq, j // bk] (SPEC §2).
+// BlockSparse(layout, block_size=(bq, bk)): layout[h, i // bq, j // bk] (docs/patterns.md).
 #include <sstream>
 
 #include "pattern/kind.hpp"

@@ -1,5 +1,5 @@
 // BlockSparse: bits[h', i / bq, j / bk], h' = 0 when the layout has one head, else h
-// (data: uint8 [heads, nbq, nbk]). Indexed by query row i, no offset (SPEC §2).
+// (data: uint8 [heads, nbq, nbk]). Indexed by query row i, no offset (docs/patterns.md).
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
 // Dilated(left, right, dilation): rel % dilation == 0 and -right*dilation <= rel <=
-// left*dilation (SPEC §2). Run by residue class (plan/residue) when dilation > 1.
+// left*dilation (docs/patterns.md). Run by residue class (plan/residue) when dilation > 1.
 #include "pattern/kind.hpp"
 
 namespace spattn {

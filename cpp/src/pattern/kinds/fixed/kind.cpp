@@ -1,5 +1,5 @@
 // Fixed(block, summary, causal): p // block == j // block or j % block >= block - summary
-// (and rel >= 0 if causal), the Sparse Transformer's fixed pattern (SPEC §2).
+// (and rel >= 0 if causal), the Sparse Transformer's fixed pattern (docs/patterns.md).
 #include <algorithm>
 
 #include "pattern/kind.hpp"

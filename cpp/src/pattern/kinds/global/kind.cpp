@@ -1,5 +1,5 @@
 // Global(positions): j in positions or p in positions (Longformer's global tokens; positions
-// are key positions; SPEC §2).
+// are key positions; docs/patterns.md).
 #include <algorithm>
 #include <sstream>
 

@@ -1,4 +1,4 @@
-// Sink(n): j < n, StreamingLLM's attention sinks (SPEC §2).
+// Sink(n): j < n, StreamingLLM's attention sinks (docs/patterns.md).
 #include <algorithm>
 
 #include "pattern/kind.hpp"

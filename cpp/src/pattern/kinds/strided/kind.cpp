@@ -1,5 +1,5 @@
 // Strided(stride, causal): rel % stride == 0 (and rel >= 0 if causal), the Sparse
-// Transformer's strided heads (SPEC §2). Its element rule is Dilated's (kinds/dilated/rule.hpp);
+// Transformer's strided heads (docs/patterns.md). Its element rule is Dilated's (kinds/dilated/rule.hpp);
 // run by residue class (plan/residue) when stride > 1.
 #include "pattern/kind.hpp"
 

@@ -1,4 +1,4 @@
-// Dense(), Causal(), SlidingWindow(left, right): -right <= rel <= left (SPEC §2).
+// Dense(), Causal(), SlidingWindow(left, right): -right <= rel <= left (docs/patterns.md).
 #include <algorithm>
 #include <map>
 #include <mutex>
