@@ -25,6 +25,7 @@
 
 #include "spattn/error.hpp"
 #include "spattn/layout.hpp"
+#include "spattn/tensor.hpp"  // private: TensorView, view_of (the fuzz target tests the internals)
 #include "spattn/spattn.hpp"
 
 namespace {
