@@ -383,8 +383,7 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, sinks, pattern, scale, cu, softcap, alibi_slopes):
-        mods = (_api._NO_MODS if softcap is None and alibi_slopes is None and sinks is None
-                else _api._Mods(softcap, alibi_slopes, None if sinks is None else sinks.detach()))
+        mods = _api._Mods(softcap, alibi_slopes, None if sinks is None else sinks.detach())
         out, lse = _api._forward(q, k, v, pattern, scale, None, True, cu, mods)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.pattern, ctx.scale, ctx.cu, ctx.mods = pattern, scale, cu, mods
@@ -441,8 +440,7 @@ def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None, ret
                                         or (s is not None and s.requires_grad)):
             out, lse = _EagerAttention.apply(q, k, v, s, pattern, scale, cu, cap, alibi)
             return (out, lse) if return_lse else out
-        mods = _api._NO_MODS if cap is None and alibi is None and s is None else _api._Mods(cap, alibi, s)
-        return _api._forward(q, k, v, pattern, scale, None, return_lse, cu, mods)
+        return _api._forward(q, k, v, pattern, scale, None, return_lse, cu, _api._Mods(cap, alibi, s))
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
     if cap is None and alibi is None and s is None:
@@ -460,9 +458,8 @@ def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=Non
     args = [t.detach() for t in (dout, q, k, v, out, lse)]
     cap, alibi, s = _mods(q, softcap, alibi_slopes, sinks, True)
     if _eager(*args, alibi, s):
-        mods = _api._NO_MODS if cap is None and alibi is None and s is None else _api._Mods(cap, alibi, s)
-        return _api._backward(*args, pattern, scale, _api._cu_seqlens(cu_seqlens_q, cu_seqlens_k), mods,
-                              deterministic)
+        return _api._backward(*args, pattern, scale, _api._cu_seqlens(cu_seqlens_q, cu_seqlens_k),
+                              _api._Mods(cap, alibi, s), deterministic)
     spec, data = pattern_spec(pattern)
     cu_q, cu_k = _cu(_api._cu_seqlens(cu_seqlens_q, cu_seqlens_k))
     dq, dk, dv, dsinks = _attention_backward(*args, spec, data, scale, cu_q, cu_k, cap, alibi, s, deterministic)
@@ -477,8 +474,8 @@ def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_k
     pk = None if pooled_keys is None else pooled_keys.detach()
     cap, alibi, s = _mods(q, softcap, alibi_slopes, sinks, True)
     if _eager(q, k_cache, v_cache, pk, alibi, s):
-        mods = _api._NO_MODS if cap is None and alibi is None and s is None else _api._Mods(cap, alibi, s)
-        return _api._decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, True, pk, mods)
+        return _api._decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, True, pk,
+                            _api._Mods(cap, alibi, s))
     spec, data = pattern_spec(pattern)
     cl = _as_torch(_api._int_array(cache_len, "cache_len", "int32 lengths [B]"))
     bt = None if block_table is None else _as_torch(
