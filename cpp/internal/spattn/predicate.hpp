@@ -162,6 +162,28 @@ SPATTN_HD bool rule_row_interval(const R& r, const void* data, int64_t h, int64_
   }
 }
 
+// A rule with row_interval may also answer for n consecutive query positions at once:
+//   SPATTN_HD bool rows_interval(const void* data, int64_t h, int64_t p0, int n, int64_t j0,
+//                                int64_t j1, int64_t* lo, int64_t* hi) const;
+// with the answers of row_interval for p0 .. p0 + n - 1 (false if any is false), when that is
+// cheaper than n calls. Without it, rule_rows_interval asks row by row.
+template <class R, class = void>
+struct has_rows_interval : std::false_type {};
+template <class R>
+struct has_rows_interval<R, decltype(void(&R::rows_interval))> : std::true_type {};
+
+template <class R>
+SPATTN_HD bool rule_rows_interval(const R& r, const void* data, int64_t h, int64_t p0, int n,
+                                  int64_t j0, int64_t j1, int64_t* lo, int64_t* hi) {
+  if constexpr (has_rows_interval<R>::value) {
+    return r.rows_interval(data, h, p0, n, j0, j1, lo, hi);
+  } else {
+    for (int q = 0; q < n; ++q)
+      if (!rule_row_interval(r, data, h, p0 + q, j0, j1, &lo[q], &hi[q])) return false;
+    return true;
+  }
+}
+
 }  // namespace detail
 
 // Whether head h's rule is one leaf whose kind can give row intervals (rule_row_interval).
@@ -190,6 +212,24 @@ SPATTN_HD bool row_block_range(const Predicate& p, int64_t h, int64_t i, int64_t
 #define SPATTN_RULE(name) \
   case PredKind::name:    \
     return detail::rule_row_interval(n.u.name, n.data, h, i + p.off, j0, j1, lo, hi);
+#include "spattn/kind_rules.inc"
+#undef SPATTN_RULE
+    default:
+      return false;
+  }
+}
+
+// row_block_range for the n rows i0 .. i0 + n - 1 at once: true with each row's interval in
+// lo[q], hi[q]; false when some row's keys are not one interval.
+SPATTN_HD bool rows_block_range(const Predicate& p, int64_t h, int64_t i0, int n, int64_t j0,
+                                int64_t j1, int64_t* lo, int64_t* hi) {
+  const int64_t hh = p.heads == 1 ? 0 : h;
+  if (p.head_end[hh] - p.head_begin[hh] != 1) return false;
+  const PredNode& nd = p.nodes[p.head_begin[hh]];
+  switch (nd.kind) {
+#define SPATTN_RULE(name) \
+  case PredKind::name:    \
+    return detail::rule_rows_interval(nd.u.name, nd.data, h, i0 + p.off, n, j0, j1, lo, hi);
 #include "spattn/kind_rules.inc"
 #undef SPATTN_RULE
     default:
