@@ -237,6 +237,82 @@ SPATTN_HD bool rows_block_range(const Predicate& p, int64_t h, int64_t i0, int n
   }
 }
 
+namespace detail {
+
+// A rule whose rows keep few, scattered keys may list them (sparse rows):
+//   SPATTN_HD int64_t max_row_keys(int64_t nk) const;  // a bound on any row's count
+//   SPATTN_HD int64_t row_keys(const void* data, int64_t h, int64_t p, int64_t nk,
+//                              int64_t* out) const;    // row p's kept keys, ascending
+// The CPU computes such patterns row by row over the listed keys (cpu/sparse_rows.cpp) when
+// the bound is small, instead of walking blocks that each hold a few kept pairs.
+template <class R, class = void>
+struct has_row_keys : std::false_type {};
+template <class R>
+struct has_row_keys<R, decltype(void(&R::row_keys))> : std::true_type {};
+
+template <class R>
+SPATTN_HD int64_t rule_max_row_keys(const R& r, int64_t nk) {
+  if constexpr (has_row_keys<R>::value) {
+    return r.max_row_keys(nk);
+  } else {
+    (void)r, (void)nk;
+    return -1;
+  }
+}
+
+template <class R>
+SPATTN_HD int64_t rule_row_keys(const R& r, const void* data, int64_t h, int64_t p, int64_t nk,
+                                int64_t* out) {
+  if constexpr (has_row_keys<R>::value) {
+    return r.row_keys(data, h, p, nk, out);
+  } else {
+    (void)r, (void)data, (void)h, (void)p, (void)nk, (void)out;
+    return 0;
+  }
+}
+
+}  // namespace detail
+
+// The bound on the keys of any row when every head's rule is one leaf that lists its rows'
+// keys; -1 otherwise.
+SPATTN_HD int64_t sparse_row_bound(const Predicate& p, int64_t nk) {
+  int64_t bound = 0;
+  for (int64_t hh = 0; hh < p.heads; ++hh) {
+    if (p.head_end[hh] - p.head_begin[hh] != 1) return -1;
+    const PredNode& n = p.nodes[p.head_begin[hh]];
+    int64_t b = -1;
+    switch (n.kind) {
+#define SPATTN_RULE(name)                           \
+  case PredKind::name:                              \
+    b = detail::rule_max_row_keys(n.u.name, nk);    \
+    break;
+#include "spattn/kind_rules.inc"
+#undef SPATTN_RULE
+      default:
+        break;
+    }
+    if (b < 0) return -1;
+    bound = b > bound ? b : bound;
+  }
+  return bound;
+}
+
+// Row i's kept keys of head h, ascending, into out (room for sparse_row_bound() of them);
+// their count. Only when sparse_row_bound(p, nk) >= 0.
+SPATTN_HD int64_t row_key_list(const Predicate& p, int64_t h, int64_t i, int64_t nk,
+                               int64_t* out) {
+  const PredNode& n = p.nodes[p.head_begin[p.heads == 1 ? 0 : h]];
+  switch (n.kind) {
+#define SPATTN_RULE(name) \
+  case PredKind::name:    \
+    return detail::rule_row_keys(n.u.name, n.data, h, i + p.off, nk, out);
+#include "spattn/kind_rules.inc"
+#undef SPATTN_RULE
+    default:
+      return 0;
+  }
+}
+
 // True when head h's rule is one window: every key in key_range() is kept.
 SPATTN_HD bool range_is_exact(const Predicate& p, int64_t h) {
   const int64_t hh = p.heads == 1 ? 0 : h;

@@ -303,13 +303,147 @@ inline void sum_rows(const void* const* rows, int64_t n, int dtype, int64_t stri
   }
 }
 
+// The sum of v's lanes, as a tree (a serial sum was a chain of W dependent adds per score).
+SP_INLINE float hsum(vf v) {
+#if SPATTN_VEC_BYTES == 64
+  typedef float h8 __attribute__((vector_size(32)));
+  const h8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif SPATTN_VEC_BYTES == 32
+  const vf a = v;
+#endif
+#if SPATTN_VEC_BYTES >= 32
+  typedef float h4 __attribute__((vector_size(16)));
+  const h4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+#else
+  float r = 0.f;
+  for (int k = 0; k < W; ++k) r += v[k];
+  return r;
+#endif
+}
+
+// Sparse rows (decode_kernel_api.hpp's SparseRows): each row's scores over its own key list,
+// its softmax, then P V with the output row in registers. The key rows are scattered (far
+// apart for long reaches): the next row's are prefetched while this one computes.
+inline void sparse_rows(const SparseRows& c, float* ws) {
+  const int es = c.dtype == kF32 ? 4 : 2;
+  const float ninf = -__builtin_inff();
+  const int64_t Dp = c.Dp, Dvp = c.Dvp;
+  float* qf = ws;              // [Dp] the scaled query
+  float* kf = qf + Dp;         // [Dp] a converted key row
+  float* vt = kf + Dp;         // [Dvp] a converted value row (only when not read in place)
+  float* acc = vt + Dvp;       // [Dvp]
+  float* s = acc + Dvp;        // [keys of a row, rounded up to W]
+  const bool k_direct = c.dtype == kF32 && c.k_sd == 1 && c.D == Dp;
+  const bool v_direct = c.dtype == kF32 && c.v_sd == 1 && c.Dv == Dvp;
+  const vf vscale = splat(c.scale2);
+  const int64_t kbytes = (c.k_sd == 1 ? c.D : 1) * es, vbytes = (c.v_sd == 1 ? c.Dv : 1) * es;
+  auto krow = [&](int64_t j) { return static_cast<const char*>(c.k) + j * c.k_sj * es; };
+  auto vrow = [&](int64_t j) { return static_cast<const char*>(c.v) + j * c.v_sj * es; };
+  auto prefetch_row = [&](int64_t r) {
+    for (int64_t t = c.ptr[r]; t < c.ptr[r + 1]; ++t) {
+      for (int64_t o = 0; o < kbytes; o += 64) __builtin_prefetch(krow(c.keys[t]) + o, 0, 3);
+      for (int64_t o = 0; o < vbytes; o += 64) __builtin_prefetch(vrow(c.keys[t]) + o, 0, 3);
+    }
+  };
+  if (c.n > 0) prefetch_row(0);
+  for (int64_t r = 0; r < c.n; ++r) {
+    if (r + 1 < c.n) prefetch_row(r + 1);
+    const int64_t i = c.i0 + r;
+    const int64_t* keys = c.keys + c.ptr[r];
+    const int64_t n = c.ptr[r + 1] - c.ptr[r];
+    dec::row_to_float(static_cast<const char*>(c.q) + r * c.q_si * es, c.dtype, c.q_sd,
+                      int(c.D), int(Dp), qf);
+    for (int64_t d = 0; d < Dp; d += W) store(qf + d, load(qf + d) * vscale);
+    // S
+    for (int64_t t = 0; t < n; ++t) {
+      const float* kr = kf;
+      if (k_direct)
+        kr = reinterpret_cast<const float*>(krow(keys[t]));
+      else
+        dec::row_to_float(krow(keys[t]), c.dtype, c.k_sd, int(c.D), int(Dp), kf);
+      vf a0{}, a1{};
+      int64_t d = 0;
+      for (; d + 2 * W <= Dp; d += 2 * W) {
+        a0 = fma(load(qf + d), load(kr + d), a0);
+        a1 = fma(load(qf + d + W), load(kr + d + W), a1);
+      }
+      for (; d < Dp; d += W) a0 = fma(load(qf + d), load(kr + d), a0);
+      float x = hsum(a0 + a1);
+      if (c.softcap2 != 0.f) x = c.softcap2 * __builtin_tanhf(x / c.softcap2);
+      if (c.alibi2 != 0.f) {
+        const int64_t rel = c.rel_step * (i - keys[t]) + c.rel_base;
+        x -= c.alibi2 * float(rel < 0 ? -rel : rel);
+      }
+      s[t] = x;
+    }
+    // softmax: m the row's maximum (a NaN score leaves it alone and comes out NaN, as in the
+    // tiles), P = 2^(s - m) in place, l = sum P
+    const int64_t np = (n + W - 1) / W * W;
+    for (int64_t t = n; t < np; ++t) s[t] = ninf;
+    vf vm = splat(ninf);
+    for (int64_t t = 0; t < np; t += W) vm = vmax(vm, load(s + t));
+    float m = ninf;
+    for (int k = 0; k < W; ++k) m = vm[k] > m ? vm[k] : m;
+    const vf mu = splat(m == ninf ? 0.f : m);
+    vf vl{};
+    for (int64_t t = 0; t < np; t += W) {
+      const vf p = exp2v(load(s + t) - mu);
+      store(s + t, p);
+      vl += p;
+    }
+    float l = hsum(vl);
+    // O = P V, four vectors of the row at a time in registers
+    for (int64_t d0 = 0; d0 < Dvp; d0 += 4 * W) {
+      const int nv = int(min_<int64_t>(4, (Dvp - d0) / W));
+      vf o0{}, o1{}, o2{}, o3{};
+      for (int64_t t = 0; t < n; ++t) {
+        const float* vr = vt;
+        if (v_direct)
+          vr = reinterpret_cast<const float*>(vrow(keys[t]));
+        else if (d0 == 0 || Dvp > 4 * W)  // converted once per row when one chunk covers it
+          dec::row_to_float(vrow(keys[t]), c.dtype, c.v_sd, int(c.Dv), int(Dvp), vt);
+        vr += d0;
+        const vf p = splat(s[t]);
+        o0 = fma(p, load(vr), o0);
+        if (nv > 1) o1 = fma(p, load(vr + W), o1);
+        if (nv > 2) o2 = fma(p, load(vr + 2 * W), o2);
+        if (nv > 3) o3 = fma(p, load(vr + 3 * W), o3);
+      }
+      store(acc + d0, o0);
+      if (nv > 1) store(acc + d0 + W, o1);
+      if (nv > 2) store(acc + d0 + 2 * W, o2);
+      if (nv > 3) store(acc + d0 + 3 * W, o3);
+    }
+    // The row's end, as the tile kernels' finish_row: the sink joins the denominator.
+    float keep = 1.f;
+    if (c.sink && c.sink2 != ninf) {
+      const float mf = m > c.sink2 ? m : c.sink2;
+      keep = m == ninf ? 0.f : __builtin_exp2f(m - mf);
+      l = l * keep + __builtin_exp2f(c.sink2 - mf);
+      m = mf;
+    }
+    const float inv = l == 0.f ? 0.f : keep / l;
+    char* o = static_cast<char*>(c.out) + r * c.out_si * es;
+    for (int64_t d = 0; d < c.Dv; ++d) {
+      const float x = acc[d] * inv;
+      if (c.dtype == kF32)
+        reinterpret_cast<float*>(o)[d * c.out_sd] = x;
+      else
+        reinterpret_cast<uint16_t*>(o)[d * c.out_sd] = c.dtype == kF16 ? f2h(x) : f2bf(x);
+    }
+    if (c.lse) c.lse[r * c.lse_si] = l == 0.f ? ninf : (m + __builtin_log2f(l)) * 0.6931471805599453f;
+  }
+}
+
 }  // namespace spattn::cpu::SPATTN_ISA
 
 #define SPATTN_DEFINE_DECODE_KERNELS(getter, label)              \
   namespace spattn::cpu {                                        \
   const DecodeKernels* getter() {                                \
     static const DecodeKernels t{label, SPATTN_ISA::decode_chunk, SPATTN_ISA::decode_finish, \
-                                 SPATTN_ISA::sum_rows};          \
+                                 SPATTN_ISA::sum_rows, SPATTN_ISA::sparse_rows};            \
     return &t;                                                   \
   }                                                              \
   }
