@@ -2,7 +2,8 @@
 scattered keys (LogSparse) run row by row over each row's key list instead of over blocks. Its
 results must be those of the block path for the same pairs: `LogSparse(l) & Causal()` keeps
 the same pairs (LogSparse keeps only rel >= 0) but is an intersection, so it walks the blocks.
-Forward only: the backward always walks the blocks.
+Forward and backward (tests/python/test_score_modifiers.py also checks both, with the score
+modifiers, against a float64 reference).
 """
 import numpy as np
 import pytest
@@ -90,10 +91,25 @@ def test_nonfinite_inputs_as_the_block_path():
     assert torch.equal(torch.isnan(o3[0, :, 0, 5]), keeps | torch.isnan(o1[0, :, 0, 5]))
 
 
-def test_backward_through_the_forward_of_the_rows_path():
-    # the forward's lse (rows path) drives the block backward: gradients equal the block path's
-    q, k, v = _inputs(1, 150, 150, 2, 1, 32, 32, torch.float64, seed=5)
-    q, k, v = (x.float().requires_grad_() for x in (q, k, v))
+@pytest.mark.parametrize("local", [0, 3, 64])
+@pytest.mark.parametrize("shape", SHAPES[:6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_matches_the_block_path(local, shape, dtype):
+    b, nq, nk, hq, hkv, d, dv = shape
+    q, k, v = _inputs(b, nq, nk, hq, hkv, d, dv, dtype, seed=7 + local)
+    do = torch.randn(b, nq, hq, dv, generator=torch.Generator().manual_seed(99)).to(dtype)
+    rows, blocks = _pair(local)
+    out, lse = spattn.attention(q, k, v, pattern=blocks, scale=0.3, return_lse=True)
+    g1 = spattn.attention_backward(do, q, k, v, out, lse, pattern=rows, scale=0.3)
+    g2 = spattn.attention_backward(do, q, k, v, out, lse, pattern=blocks, scale=0.3)
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    for a, r in zip(g1, g2):
+        torch.testing.assert_close(a.float(), r.float(), atol=tol, rtol=tol)
+
+
+def test_autograd_through_the_rows_path():
+    q, k, v = _inputs(1, 150, 150, 2, 1, 32, 32, torch.float32, seed=5)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
     rows, blocks = _pair(3)
     g1 = torch.autograd.grad(spattn.attention(q, k, v, pattern=rows).square().sum(), (q, k, v))
     g2 = torch.autograd.grad(spattn.attention(q, k, v, pattern=blocks).square().sum(), (q, k, v))

@@ -72,6 +72,7 @@ void forward(const ForwardArgs& a);
 // (sparse_rows.cpp); false (nothing done) when the pattern is not one, or its rows keep too
 // many keys for that to pay.
 bool forward_sparse_rows(const ForwardArgs& a);
+bool backward_sparse_rows(const BackwardArgs& a);  // its backward, likewise
 void backward(const BackwardArgs& a);
 
 // backend::Backend::sink_grad on host memory.

@@ -111,6 +111,32 @@ inline int64_t sparse_rows_ws_floats(int64_t max_keys, int64_t Dp, int64_t Dvp) 
   return 2 * Dp + 2 * Dvp + ((max_keys + 15) & ~int64_t(15));
 }
 
+// The backward of sparse rows: for rows i0 .. i0 + n - 1 of one (batch, query head) over their
+// key lists (f: q, k, v, keys, softcap and ALiBi; its out and sinks unused), with the forward's
+// lse (natural log) and delta = rowsum(dO * O) from `o`, or, with exact_delta, recomputed as
+// sum P dP: writes the rows' dq (times scale) and accumulates the kv head's dK (unscaled) and
+// dV into dk_acc [keys][Dp] and dv_acc [keys][Dvp] (float32, key 0 first).
+struct SparseRowsBwd {
+  SparseRows f;
+  const void* dout = nullptr;  // row i0 of the head
+  int64_t dout_si = 0, dout_sd = 1;
+  const void* o = nullptr;  // row i0 of the head
+  int64_t o_si = 0, o_sd = 1;
+  const float* lse = nullptr;  // [i0] of the head's lse row
+  int64_t lse_si = 0;
+  bool exact_delta = false;
+  float scale = 1.f;
+  void* dq = nullptr;  // row i0 of the head
+  int64_t dq_si = 0, dq_sd = 1;
+  float* dk_acc = nullptr;
+  float* dv_acc = nullptr;
+};
+
+// Floats of scratch sparse_rows_bwd needs for rows of at most max_keys keys.
+inline int64_t sparse_rows_bwd_ws_floats(int64_t max_keys, int64_t Dp, int64_t Dvp) {
+  return 4 * Dp + 3 * Dvp + 4 * ((max_keys + 15) & ~int64_t(15));
+}
+
 struct DecodeKernels {
   const char* name;
   void (*chunk)(const DecodeChunk& c, float* ws);
@@ -120,6 +146,7 @@ struct DecodeKernels {
   void (*sum_rows)(const void* const* rows, int64_t n, int dtype, int64_t stride, int d, int np,
                    float* acc, float* tmp);
   void (*sparse_rows)(const SparseRows& c, float* ws);  // ws: sparse_rows_ws_floats()
+  void (*sparse_rows_bwd)(const SparseRowsBwd& c, float* ws);  // ws: sparse_rows_bwd_ws_floats()
 };
 
 // The decode kernels for the SIMD level of kernels() (the same choice, SPATTN_SIMD included).
