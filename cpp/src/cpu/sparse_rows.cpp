@@ -18,6 +18,50 @@ constexpr int64_t kMaxSparseRowKeys = 256;
 constexpr int64_t kRowsPerTask = kSparseRowsMax;
 constexpr int64_t kMaxSegments = 4;  // backward: row segments per (batch, kv head)
 
+constexpr float kLog2e = 1.4426950408889634f;
+
+// A row of tensor t ([B, N, H, D] view) at (b, i, h).
+inline const char* row_at(const TensorView& t, int64_t b, int64_t i, int64_t h, int es) {
+  return static_cast<const char*>(t.data) + (b * t.strides[0] + i * t.strides[1] + h * t.strides[2]) * es;
+}
+
+// The kernel's description of rows i0 .. i0 + n - 1 of head h, batch b (both passes): q, k, v
+// (of h's kv head), key lists, scale and score modifiers. The output fields are the caller's.
+SparseRows rows_of(const TensorView& q, const TensorView& k, const TensorView& v, DType dtype,
+                   double scale, const backend::ScoreMods& m, int64_t b, int64_t h, int64_t i0,
+                   int64_t n, const int64_t* ptr, const int64_t* keys) {
+  SparseRows c;
+  c.dtype = detail::code_of(dtype);
+  const int es = c.dtype == kF32 ? 4 : 2;
+  const int64_t nq = q.shape[1], nk = k.shape[1], g = h / (q.shape[2] / k.shape[2]);
+  c.n = n;
+  c.i0 = i0;
+  c.D = q.shape[3], c.Dv = v.shape[3];
+  c.Dp = (c.D + 15) & ~int64_t(15), c.Dvp = (c.Dv + 15) & ~int64_t(15);
+  c.scale2 = float(scale) * kLog2e;
+  c.q = row_at(q, b, i0, h, es);
+  c.q_si = q.strides[1], c.q_sd = q.strides[3];
+  c.k = row_at(k, b, 0, g, es);
+  c.v = row_at(v, b, 0, g, es);
+  c.k_sj = k.strides[1], c.k_sd = k.strides[3];
+  c.v_sj = v.strides[1], c.v_sd = v.strides[3];
+  c.ptr = ptr;
+  c.keys = keys;
+  c.softcap2 = m.softcap * kLog2e;
+  if (m.alibi) c.alibi2 = m.alibi[h * m.alibi_stride] * kLog2e;
+  c.rel_step = m.rel_shifted ? m.rel_step : 1;
+  c.rel_base = m.rel_shifted ? m.rel_base : nk - nq;
+  if (m.sinks) c.sink = true, c.sink2 = m.sinks[h * m.sinks_stride] * kLog2e;
+  return c;
+}
+
+// Rows i0 .. i0 + n - 1's kept keys of head h into keys, offsets into ptr[0 .. n].
+void list_keys(const Predicate& pred, int64_t h, int64_t i0, int64_t n, int64_t nk, int64_t* ptr,
+               int64_t* keys) {
+  ptr[0] = 0;
+  for (int64_t r = 0; r < n; ++r) ptr[r + 1] = ptr[r] + row_key_list(pred, h, i0 + r, nk, keys + ptr[r]);
+}
+
 }  // namespace
 
 bool forward_sparse_rows(const ForwardArgs& a) {
@@ -34,7 +78,6 @@ bool forward_sparse_rows(const ForwardArgs& a) {
   const int dtype = code_of(a.dtype);
   const int es = dtype == kF32 ? 4 : 2;
   const int64_t Dp = (D + 15) & ~int64_t(15), Dvp = (Dv + 15) & ~int64_t(15);
-  const int64_t group = hq / hkv;
   // Scratch per thread: the kernel's floats, then the rows' key lists and offsets (int64).
   const int64_t ws_floats = sparse_rows_ws_floats(bound, Dp, Dvp);
   const int64_t list_floats = 2 * (kRowsPerTask * bound + kRowsPerTask + 1);
@@ -42,43 +85,18 @@ bool forward_sparse_rows(const ForwardArgs& a) {
   const int nthreads = num_threads();
   Scratch ws = alloc_floats(per_thread * nthreads);
 
-  constexpr float kLog2e = 1.4426950408889634f;
-  const backend::ScoreMods& m = a.mods;
   const DecodeKernels* kern = decode_kernels();
   parallel_for(tasks, [&](int64_t task, int thread) {
     // Heads fastest, as the tiles (head-major measured ~1.4x slower: a key row's heads share
     // its cache lines' neighbourhood).
     const int64_t h = task % hq, chunk = (task / hq) % chunks, b = task / (hq * chunks);
-    const int64_t g = h / group, i0 = chunk * kRowsPerTask;
-    const int64_t n = std::min(kRowsPerTask, nq - i0);
+    const int64_t i0 = chunk * kRowsPerTask, n = std::min(kRowsPerTask, nq - i0);
     float* base = ws.get() + thread * per_thread;
     int64_t* ptr = reinterpret_cast<int64_t*>(base + ws_floats);
     int64_t* keys = ptr + kRowsPerTask + 1;
-    ptr[0] = 0;
-    for (int64_t r = 0; r < n; ++r)
-      ptr[r + 1] = ptr[r] + row_key_list(a.pred, h, i0 + r, nk, keys + ptr[r]);
-
-    SparseRows c;
-    c.dtype = dtype;
-    c.n = n;
-    c.i0 = i0;
-    c.D = D, c.Dv = Dv, c.Dp = Dp, c.Dvp = Dvp;
-    c.scale2 = float(a.scale) * kLog2e;
-    c.q = static_cast<const char*>(a.q.data) + (b * a.q.strides[0] + i0 * a.q.strides[1] + h * a.q.strides[2]) * es;
-    c.q_si = a.q.strides[1], c.q_sd = a.q.strides[3];
-    c.k = static_cast<const char*>(a.k.data) + (b * a.k.strides[0] + g * a.k.strides[2]) * es;
-    c.v = static_cast<const char*>(a.v.data) + (b * a.v.strides[0] + g * a.v.strides[2]) * es;
-    c.k_sj = a.k.strides[1], c.k_sd = a.k.strides[3];
-    c.v_sj = a.v.strides[1], c.v_sd = a.v.strides[3];
-    c.ptr = ptr;
-    c.keys = keys;
-    c.softcap2 = m.softcap * kLog2e;
-    if (m.alibi) c.alibi2 = m.alibi[h * m.alibi_stride] * kLog2e;
-    c.rel_step = m.rel_shifted ? m.rel_step : 1;
-    c.rel_base = m.rel_shifted ? m.rel_base : nk - nq;
-    if (m.sinks) c.sink = true, c.sink2 = m.sinks[h * m.sinks_stride] * kLog2e;
-    c.out = static_cast<char*>(a.out.data) +
-            (b * a.out.strides[0] + i0 * a.out.strides[1] + h * a.out.strides[2]) * es;
+    list_keys(a.pred, h, i0, n, nk, ptr, keys);
+    SparseRows c = rows_of(a.q, a.k, a.v, a.dtype, a.scale, a.mods, b, h, i0, n, ptr, keys);
+    c.out = const_cast<char*>(row_at(a.out, b, i0, h, es));
     c.out_si = a.out.strides[1], c.out_sd = a.out.strides[3];
     if (a.lse.data) {
       c.lse = static_cast<float*>(a.lse.data) + b * a.lse.strides[0] + h * a.lse.strides[1] +
@@ -106,8 +124,8 @@ bool backward_sparse_rows(const BackwardArgs& a) {
   const int nthreads = num_threads();
   // Tasks are (b, kv head, segment of rows): each owns its rows' dq and accumulates dK / dV
   // of every key into private float32 rows (keys are shared by far-apart rows), summed per
-  // key block afterwards in segment order (deterministic). Segments only to feed the threads,
-  // within 4x the size of K and V in private rows.
+  // key block afterwards in segment order (deterministic). Segments only to feed the threads;
+  // at most 4, so the private rows stay within 4x (float32) or 8x (16-bit) the size of K and V.
   const int64_t chunks = std::max<int64_t>(1, (nq + kRowsPerTask - 1) / kRowsPerTask);
   int64_t S = std::min<int64_t>(chunks, std::max<int64_t>(1, (2 * nthreads + BG - 1) / BG));
   S = std::max<int64_t>(1, std::min<int64_t>(S, kMaxSegments));
@@ -118,8 +136,6 @@ bool backward_sparse_rows(const BackwardArgs& a) {
   const int64_t per_thread = ws_floats + list_floats;
   Scratch ws = alloc_floats(per_thread * nthreads);
 
-  constexpr float kLog2e = 1.4426950408889634f;
-  const backend::ScoreMods& m = a.mods;
   const DecodeKernels* kern = decode_kernels();
   parallel_for(BG * S, [&](int64_t task, int thread) {
     const int64_t s = task % S, bg = task / S, b = bg / hkv, g = bg % hkv;
@@ -133,42 +149,19 @@ bool backward_sparse_rows(const BackwardArgs& a) {
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t i0 = chunk * kRowsPerTask, n = std::min(kRowsPerTask, nq - i0);
       for (int64_t h = g * group; h < (g + 1) * group && n > 0; ++h) {
-        ptr[0] = 0;
-        for (int64_t r = 0; r < n; ++r)
-          ptr[r + 1] = ptr[r] + row_key_list(a.pred, h, i0 + r, nk, keys + ptr[r]);
+        list_keys(a.pred, h, i0, n, nk, ptr, keys);
         SparseRowsBwd c;
-        SparseRows& f = c.f;
-        f.dtype = dtype;
-        f.n = n;
-        f.i0 = i0;
-        f.D = D, f.Dv = Dv, f.Dp = Dp, f.Dvp = Dvp;
-        f.scale2 = float(a.scale) * kLog2e;
-        auto row_of = [&](const TensorView& t, int64_t i) {
-          return static_cast<const char*>(t.data) +
-                 (b * t.strides[0] + i * t.strides[1] + h * t.strides[2]) * es;
-        };
-        f.q = row_of(a.q, i0);
-        f.q_si = a.q.strides[1], f.q_sd = a.q.strides[3];
-        f.k = static_cast<const char*>(a.k.data) + (b * a.k.strides[0] + g * a.k.strides[2]) * es;
-        f.v = static_cast<const char*>(a.v.data) + (b * a.v.strides[0] + g * a.v.strides[2]) * es;
-        f.k_sj = a.k.strides[1], f.k_sd = a.k.strides[3];
-        f.v_sj = a.v.strides[1], f.v_sd = a.v.strides[3];
-        f.ptr = ptr;
-        f.keys = keys;
-        f.softcap2 = m.softcap * kLog2e;
-        if (m.alibi) f.alibi2 = m.alibi[h * m.alibi_stride] * kLog2e;
-        f.rel_step = m.rel_shifted ? m.rel_step : 1;
-        f.rel_base = m.rel_shifted ? m.rel_base : nk - nq;
-        c.dout = row_of(a.dout, i0);
+        c.f = rows_of(a.q, a.k, a.v, a.dtype, a.scale, a.mods, b, h, i0, n, ptr, keys);
+        c.dout = row_at(a.dout, b, i0, h, es);
         c.dout_si = a.dout.strides[1], c.dout_sd = a.dout.strides[3];
-        c.o = row_of(a.out, i0);
+        c.o = row_at(a.out, b, i0, h, es);
         c.o_si = a.out.strides[1], c.o_sd = a.out.strides[3];
         c.lse = static_cast<const float*>(a.lse.data) + b * a.lse.strides[0] +
                 h * a.lse.strides[1] + i0 * a.lse.strides[2];
         c.lse_si = a.lse.strides[2];
         c.exact_delta = a.rows_complete && a.dtype != DType::Float32;  // as the tiles (backward.cpp)
         c.scale = float(a.scale);
-        c.dq = const_cast<char*>(row_of(a.dq, i0));
+        c.dq = const_cast<char*>(row_at(a.dq, b, i0, h, es));
         c.dq_si = a.dq.strides[1], c.dq_sd = a.dq.strides[3];
         c.dk_acc = dk_acc;
         c.dv_acc = dv_acc;
