@@ -68,7 +68,7 @@ bool forward_sparse_rows(const ForwardArgs& a) {
   using namespace detail;
   if (a.dtype == DType::Float64) return false;  // attention_f64.cpp has its own path
   const int64_t B = a.q.shape[0], nq = a.q.shape[1], hq = a.q.shape[2], D = a.q.shape[3];
-  const int64_t nk = a.k.shape[1], hkv = a.k.shape[2], Dv = a.v.shape[3];
+  const int64_t nk = a.k.shape[1], Dv = a.v.shape[3];
   const int64_t bound = sparse_row_bound(a.pred, nk);
   if (bound < 0 || bound > kMaxSparseRowKeys) return false;
   const int64_t chunks = (nq + kRowsPerTask - 1) / kRowsPerTask;
