@@ -205,6 +205,40 @@ def test_unknown_name_lists_every_known_name():
                                 "sink", "bigbird", "blocksparse", "perhead"}
 
 
+def test_every_known_name_has_a_builder():
+    # the names and their parameters are declared in C++ (syntax.inc); each one needs a class
+    # that declares it (Pattern._syntax) or one of the parser's own builders
+    from spattn import pattern_syntax as S
+
+    missing = [n for n in KNOWN_NAMES if n not in S._CLASSES and n not in S._SPECIAL]
+    assert not missing
+    assert KNOWN_NAMES[:3] == ("dense", "causal", "window")
+    for name in KNOWN_NAMES:
+        assert name in S.SYNTAX_HELP
+
+
+@pytest.mark.parametrize("text,pos,fragment", [
+    ("(" * 100_000 + "causal", 100, "nests deeper than 100"),
+    ("perhead(" * 5_000 + "causal", 800, "nests deeper than 100"),
+    ("window(99999999999999999999)", 7, "out of range"),
+    ("window(1)\u00a0|\u3000caf\u00e9", 15, "unexpected character '\\xe9'"),  # Unicode spaces
+    ("sink(\ud800)", 5, "unexpected character '\\ud800'"),  # a lone surrogate
+    ("\u00e9\u00e9", 0, "unexpected character"),
+    (" " * (1 << 20) + "causal", 0, "bytes long"),
+])
+def test_limits_and_unicode(text, pos, fragment):
+    with pytest.raises(PatternSyntaxError) as info:
+        parse(text)
+    assert info.value.pos == pos and fragment in info.value.reason, str(info.value)[-300:]
+
+
+def test_long_flat_expressions_parse():
+    p = parse(" | ".join(f"sink({k})" for k in range(1, 2001)))
+    assert p.mask(4, 4).all() is not None
+    p = parse("global(" + ",".join(str(k) for k in range(5000)) + ")")
+    assert isinstance(p, _cls("Global"))
+
+
 def test_no_python_is_evaluated():
     for text in ["__import__('os')", "window(1+1)", "causal.__class__", "window(1)[0]", "lambda: 0"]:
         with pytest.raises(ValueError):

@@ -3,6 +3,8 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <system_error>
 
 namespace spattn {
@@ -47,13 +49,29 @@ double parse_float(std::string_view s) {
 std::string float_text(double f) {
   if (std::isnan(f)) return "nan";
   if (std::isinf(f)) return f < 0 ? "-inf" : "inf";
+  // the shortest digits that read back exactly (to_chars, whatever the C locale says), laid
+  // out as Python's repr(): positional for exponents -4 .. 15, else d.ddde+XX
   char buf[40];
-  // to_chars: the shortest text that reads back exactly, whatever the C locale says
-  const auto r = std::to_chars(buf, buf + sizeof buf, f);
-  *r.ptr = 0;
-  std::string s = buf;
-  if (s.find_first_of(".en") == std::string::npos) s += ".0";  // a float, as Python writes it
-  return s;
+  const auto r = std::to_chars(buf, buf + sizeof buf, f, std::chars_format::scientific);
+  const std::string sci(buf, r.ptr);  // [-]d[.ddd]e[+-]XX
+  const size_t e = sci.find('e');
+  const bool negative = sci[0] == '-';
+  std::string digits;
+  for (size_t k = negative ? 1 : 0; k < e; ++k)
+    if (sci[k] != '.') digits += sci[k];
+  const int exponent = std::atoi(sci.c_str() + e + 1);
+  std::string out = negative ? "-" : "";
+  if (exponent < -4 || exponent >= 16) {
+    out += digits.substr(0, 1);
+    if (digits.size() > 1) out += "." + digits.substr(1);
+    char ex[16];
+    std::snprintf(ex, sizeof ex, "e%c%02d", exponent < 0 ? '-' : '+', exponent < 0 ? -exponent : exponent);
+    return out + ex;
+  }
+  if (exponent < 0) return out + "0." + std::string(size_t(-exponent - 1), '0') + digits;
+  const size_t point = size_t(exponent) + 1;
+  if (digits.size() <= point) return out + digits + std::string(point - digits.size(), '0') + ".0";
+  return out + digits.substr(0, point) + "." + digits.substr(point);
 }
 
 std::string python_repr(const Value& v) {
