@@ -150,6 +150,10 @@ int main() {
   std::string chain = "causal";
   for (int k = 0; k < 20000; ++k) chain += "|sink(1)&dense";  // long, but flat
   CHECK(canon(chain).size() > 20000);
+  std::string many = "global(0";  // 400,000 arguments: linear work, not quadratic
+  for (int k = 0; k < 400000; ++k) many += ",1";
+  CHECK(canon(many + ")").size() == many.size() + 1);
+  CHECK(error_at(many + ",x=1)", many.size() + 1, "global() has no argument 'x'"));
   CHECK(error_at(std::string(kMaxTextBytes + 1, ' '), 0, "bytes long"));
 
   std::printf("%d checks, %d failures\n", checks, failures);

@@ -126,9 +126,10 @@ class Parser {
               name.pos);
     }
     std::vector<RawArg> args;
+    bool keywords = false;  // seen one (positional arguments must come first)
     if (accept('(') && !accept(')')) {
       while (true) {
-        argument(*spec, args);
+        argument(*spec, args, keywords);
         if (accept(')')) break;
         if (!(accept(',') || accept(';')))
           fail("expected ',' or ')' in the arguments of " + std::string(spec->name) +
@@ -138,11 +139,9 @@ class Parser {
     return check(*spec, name.pos, std::move(args));
   }
 
-  void argument(const NameSpec& spec, std::vector<RawArg>& args) {
+  void argument(const NameSpec& spec, std::vector<RawArg>& args, bool& keywords) {
     const std::string key = spec.name;
     const Token t = tok();
-    bool keywords = false;
-    for (const RawArg& a : args) keywords = keywords || !a.keyword.empty();
     if (t.kind == Token::Name && next().kind == Token::Op && next().text[0] == '=') {
       const std::string kw = lower(t.text);
       const Param* param = find_param(spec, kw);
@@ -152,8 +151,9 @@ class Parser {
         fail(key + "() has no argument " + quoted(t.text) + " (its keywords: " +
              (known.empty() ? "none" : known) + ")");
       }
-      for (const RawArg& a : args)
+      for (const RawArg& a : args)  // few: every keyword names a parameter, once
         if (a.keyword == kw) fail(key + "(): argument " + quoted(t.text) + " given twice");
+      keywords = true;
       i_ += 2;
       args.push_back({kw, std::string(t.text), value(spec, param)});
       return;
