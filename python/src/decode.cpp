@@ -7,6 +7,7 @@
 #include "call_context.hpp"
 #include "capsule.hpp"
 #include "spattn/cuda/allocate.hpp"
+#include "spattn/cuda/backend_info.hpp"
 #include "spattn/spattn.hpp"
 
 namespace spattn {
@@ -17,14 +18,23 @@ namespace {
 // Results spattn allocates itself when the Python layer passes none: host memory, or device
 // memory (cudaMalloc) for arrays on a CUDA device. For torch and cupy on CUDA the Python layer
 // allocates them through the framework and passes its stream and workspace allocator.
-ManagedTensor allocate_like(const TensorView& like, DType dtype, const std::vector<int64_t>& shape) {
-  if (like.device.device_type == kDLCUDA) return cuda::allocate(dtype, shape, like.device.device_id);
+ManagedTensor allocate_like(const TensorView& like, const char* name, DType dtype,
+                            const std::vector<int64_t>& shape) {
+  if (like.device.device_type == kDLCUDA) {
+    const int n = cuda::device_count();
+    if (like.device.device_id < 0 || like.device.device_id >= n)
+      throw RuntimeError(std::string(name) + ": the array is on " + describe(like.device) +
+                         ", but this process sees " +
+                         (n == 0 ? std::string("no CUDA device (or no driver)")
+                                 : std::to_string(n) + " CUDA device(s)"));
+    return cuda::allocate(dtype, shape, like.device.device_id);
+  }
   return ManagedTensor::allocate_cpu(dtype, shape);
 }
 
-ManagedTensor given_or_new(py::handle given, const char* name, const TensorView& like, DType dtype,
-                           const std::vector<int64_t>& shape) {
-  if (given.is_none()) return allocate_like(like, dtype, shape);
+ManagedTensor given_or_new(py::handle given, const char* name, const TensorView& like,
+                           const char* like_name, DType dtype, const std::vector<int64_t>& shape) {
+  if (given.is_none()) return allocate_like(like, like_name, dtype, shape);
   ManagedTensor t = import_array(given, name);
   if (t.read_only()) throw ValueError(std::string(name) + ": the array is read-only");
   return t;
@@ -67,11 +77,11 @@ py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
     throw ValueError("q: expected 4 dimensions [B, Nq, Hq, D], got shape " + vq.shape_str());
   if (vv.ndim != 4)
     throw ValueError("v_cache: expected 4 dimensions, got shape " + vv.shape_str());
-  ManagedTensor out = given_or_new(out_given, "out", vq, dt,
+  ManagedTensor out = given_or_new(out_given, "out", vq, "q", dt,
                                    {vq.shape[0], vq.shape[1], vq.shape[2], vv.shape[3]});
   ManagedTensor lse;
   if (want_lse)
-    lse = given_or_new(lse_given, "lse", vq, lse_dtype(dt), {vq.shape[0], vq.shape[2], vq.shape[1]});
+    lse = given_or_new(lse_given, "lse", vq, "q", lse_dtype(dt), {vq.shape[0], vq.shape[2], vq.shape[1]});
   {
     py::gil_scoped_release nogil;
     spattn::decode(mq.dl(), mk.dl(), mv.dl(), ml.dl(), pattern,
@@ -106,7 +116,7 @@ py::object pool_keys(py::handle k, py::handle cache_len, int64_t block, py::hand
     capacity = vt.shape[1] * vk.shape[1];
   }
   ManagedTensor out = given_or_new(
-      out_given, "out", vk, DType::Float32,
+      out_given, "out", vk, "k_cache", DType::Float32,
       {B, capacity == 0 ? 0 : 1 + (capacity - 1) / block, vk.shape[2], vk.shape[3]});
   {
     py::gil_scoped_release nogil;
