@@ -274,7 +274,9 @@ Emulated emulate(const Case& c, Problem& P, float scale, Sabotage sab) {
         int32_t klo[kDecRows], khi[kDecRows];
         bool gen[kDecRows] = {};
         for (int rr = 0; rr < kDecRows; ++rr) klo[rr] = 0, khi[rr] = -1;
-        for (int64_t base = int64_t(slot) * U; base < nkeys; base += int64_t(SLOTS) * U) {
+        const int warp = slot / GPW, grp = slot % GPW;
+        for (int64_t wbase = int64_t(warp) * GPW * U; wbase < nkeys; wbase += int64_t(SLOTS) * U) {
+          const int64_t base = wbase + int64_t(grp) * U;
           int64_t pos = pos0 + base / p.bk, x = base - (pos - pos0) * p.bk;
           float s[kDecUnroll][kDecRows];
           const float* vrow[kDecUnroll] = {};

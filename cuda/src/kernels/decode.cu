@@ -123,7 +123,10 @@ __global__ void __launch_bounds__(kThreads, kDecMinCtas) decode_kernel(const Dec
   unsigned general = 0;                   // bit rr: row rr's keys must each pass keeps()
 #pragma unroll
   for (int rr = 0; rr < kDecRows; ++rr) klo[rr] = 0, khi[rr] = -1;
-  for (int64_t base = int64_t(slot) * U; base < nkeys; base += int64_t(SLOTS) * U) {
+  // The trip count is the warp's (its first group's keys), so that every lane of the warp
+  // reaches the shuffles below; a group whose keys run past the split masks them.
+  for (int64_t wbase = int64_t(warp) * GPW * U; wbase < nkeys; wbase += int64_t(SLOTS) * U) {
+    const int64_t base = wbase + int64_t(grp) * U;
     // Load phase: U consecutive keys of this lane group (their blocks' rules on the way).
     uint4 kr[U], vr[U];
     unsigned keep = 0;  // bit u * kDecRows + rr: row rr keeps key u
@@ -161,11 +164,11 @@ __global__ void __launch_bounds__(kThreads, kDecMinCtas) decode_kernel(const Dec
           const T* vrow = vbase + dec_v_offset(p, b, cur_page, x, g);
           kr[u] = load8(krow, p.k_sd, d0, int(p.d), p.vec_k);
           vr[u] = load8(vrow, p.v_sd, d0, int(p.dv), p.vec_v);
-          // The group's key of the next step, when it lies in the same block (page): into L2
-          // now, so that more of the cache is in flight than the registers hold. One lane per
-          // 128 bytes of the row.
-          if (u == 0 && p.vec_k && (sub & 7) == 0 && x + int64_t(SLOTS) * U < p.bk) {
-            const int64_t ahead = int64_t(SLOTS) * U;
+          // The group's key of the next step, when it lies in the same block (page) and exists:
+          // into L2 now, so that more of the cache is in flight than the registers hold. One
+          // lane per 128 bytes of the row.
+          const int64_t ahead = int64_t(SLOTS) * U;
+          if (u == 0 && p.vec_k && p.vec_v && (sub & 7) == 0 && x + ahead < p.bk && j + ahead < nk) {
             asm volatile("prefetch.global.L2 [%0];" ::"l"(krow + ahead * p.k_sn + d0));
             asm volatile("prefetch.global.L2 [%0];" ::"l"(vrow + ahead * p.v_sn + d0));
           }
