@@ -12,10 +12,13 @@
 #include "spattn/tensor.hpp"  // DType
 
 #include "spattn/cuda/backward_logic.hpp"  // BwdParams
-#include "spattn/cuda/decode_logic.hpp"    // DecodeParams, PoolParams
 #include "spattn/cuda/forward_logic.hpp"   // FwdParams
 
 namespace spattn::cuda {
+
+// The decode kernels' parameters (spattn/cuda/decode_logic.hpp, included where they are built).
+struct DecodeParams;
+struct PoolParams;
 
 // Element types of the kernels: the library's one dtype enum (spattn/tensor.hpp).
 using KernelDType = ::spattn::DType;

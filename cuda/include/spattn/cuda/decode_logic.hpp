@@ -227,13 +227,16 @@ SPATTN_HD int dec_block_status(const DecodeSeq& s, int64_t h, int64_t c) {
 }
 
 // The element rule of a partial block: called, not inlined, into the kernel (keeps() is long).
-SPATTN_HD_CALL bool dec_keeps_general(const Predicate& pred, int64_t h, int64_t i, int64_t j) {
-  return keeps(pred, h, i, j);
-}
+// A member function, so that the header's one definition links from every translation unit.
+struct DecRule {
+  static SPATTN_HD_CALL bool keeps_general(const Predicate& pred, int64_t h, int64_t i, int64_t j) {
+    return keeps(pred, h, i, j);
+  }
+};
 
 // Which keys of block c (offsets x in [0, bk) of keys c * bk + x) row (h, i) may keep, given the
 // block's status for head h: those with *lo <= x <= *hi (empty: *lo > *hi), and when *general
-// each of them must still pass dec_keeps_general (a partial block of a rule that is not one
+// each of them must still pass DecRule::keeps_general (a partial block of a rule that is not one
 // window). nk: the sequence's length (keys past it are never kept).
 SPATTN_HD void dec_row_block(int64_t nk, const Predicate& pred, int status, int64_t h, int64_t i,
                              int64_t c, int64_t bk, int32_t* lo, int32_t* hi, bool* general) {
@@ -261,7 +264,7 @@ SPATTN_HD void dec_row_block(int64_t nk, const Predicate& pred, int status, int6
 // Whether the row keeps key x of the block (dec_row_block's answer; j = c * bk + x).
 SPATTN_HD bool dec_key_kept(int32_t lo, int32_t hi, bool general, const Predicate& pred, int64_t h,
                             int64_t i, int64_t x, int64_t j) {
-  return x >= lo && x <= hi && (!general || dec_keeps_general(pred, h, i, j));
+  return x >= lo && x <= hi && (!general || DecRule::keeps_general(pred, h, i, j));
 }
 
 // The features each lane group covers: max(D, Dv) rounded up to 32, 64, 128 or 256 (0: more
