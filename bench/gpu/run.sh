@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: build spattn with CUDA (all cores), run the GPU tests (forward
-# and backward), time the forward and the forward+backward against torch SDPA (flash and cuDNN)
+# and backward, decode), time decode over a 1M-token paged cache (bench_decode.py), the forward and the forward+backward against torch SDPA (flash and cuDNN)
 # and FlexAttention, print the tables last.
 #
 #   bash bench/gpu/run.sh            # from anywhere; results and logs under $OUT (or ./gpu-out)
@@ -19,7 +19,7 @@
 # and carried in .whl: installed instead of building here), OUT (results folder), PYTHON (default python3), SPATTN_CUDA_ARCHS (default: the
 # GPU's own, 90a on Hopper, 80 on Ampere/Ada), BENCH_ARGS (extra arguments for
 # bench_forward.py, e.g. "--quick" or "--no-flex"), BENCH_PLANNER_ARGS (for bench_planner.py,
-# e.g. "--skip-1m"), BENCH_BWD_ARGS (extra arguments for
+# e.g. "--skip-1m"), BENCH_DECODE_ARGS (for bench_decode.py, e.g. "--pages 16"), BENCH_BWD_ARGS (extra arguments for
 # bench_backward.py, e.g. "--no-flex"), SKIP_BUILD=1 (reuse an installed build), SKIP_TESTS=1,
 # SKIP_BWD=1 (no backward tests or timings), SKIP_BWD_BENCH=1 (backward tests, no timings),
 # SKIP_BENCH=1 (tests only), SPATTN_TEST_KERNELS (e.g. "bfloat16:128,float16:64": the
@@ -127,6 +127,14 @@ for nq, nk, pat in [(257, 385, spattn.Causal()), (300, 200, spattn.Sink(3) | spa
     out, lse = spattn.attention(q, k, v, pattern=pat, return_lse=True)
     if "cuda_backward_kernels" in spattn.info() and spattn.info()["cuda_backward_kernels"]:
         spattn.attention_backward(torch.randn_like(out), q, k, v, out, lse, pattern=pat)
+# Decode, paged (pages in a random order) and contiguous, GQA, a window and a union.
+kp, vp = (torch.randn(70, 16, 2, 128, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+table = torch.randperm(70, device="cuda").to(torch.int32).reshape(2, 35)
+q = torch.randn(2, 3, 8, 128, dtype=torch.bfloat16, device="cuda")
+for pat in (spattn.SlidingWindow(40, 0), spattn.Sink(4) | spattn.SlidingWindow(20, 0), spattn.Dense()):
+    spattn.decode(q, kp, vp, [555, 17], pattern=pat, block_table=table, return_lse=True)
+    spattn.decode(q, kp[:60].reshape(2, 480, 2, 128), vp[:60].reshape(2, 480, 2, 128), [480, 9], pattern=pat)
+spattn.pool_keys(kp, [555, 17], 64, block_table=table)
 torch.cuda.synchronize()
 print("memcheck run done")
 EOF
@@ -140,6 +148,9 @@ if [ "${SKIP_BENCH:-0}" != "1" ]; then
   stamp "benchmark: planner (host overhead, block-sparse end to end, dilated/strided)"
   # shellcheck disable=SC2086
   timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_planner.py" --out "$OUT" ${BENCH_PLANNER_ARGS:-} 2>&1 | tee "$OUT/bench_planner.log" | grep -v '^|' | tail -5
+  stamp "benchmark: decode (1M-token paged bf16 cache, window 4096 and dense)"
+  # shellcheck disable=SC2086
+  timeout "${BENCH_TIMEOUT:-240}" "$PY" "$ROOT/bench/gpu/bench_decode.py" --out "$OUT" ${BENCH_DECODE_ARGS:-} 2>&1 | tee "$OUT/bench_decode.log" | grep -v '^|' | tail -5
   stamp "benchmark"
   # shellcheck disable=SC2086
   timeout "${FWD_TIMEOUT:-420}" "$PY" "$ROOT/bench/gpu/bench_forward.py" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|' | tail -20
@@ -167,6 +178,8 @@ if [ "$PROFILE" = "1" ]; then
 fi
 stamp "done"
 cat "$OUT/table_planner.md" 2>/dev/null
+echo
+cat "$OUT/table_decode.md" 2>/dev/null
 echo
 cat "$OUT/table.md" 2>/dev/null
 echo

@@ -161,7 +161,11 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   const plan::CallOptions o = plan::resolve(options, D);
   backend::Call call;
   backend::Backend& be = plan::backend_for(q, backend::Op::Decode, dtype, D, Dv, options, &call);
-  if (pattern.data_dependent()) select::expect_selectable(dtype, "q");
+  if (pattern.data_dependent()) {  // TopKBlocks' selection must run on q's device too
+    select::expect_selectable(dtype, "q");
+    const std::string why = be.unsupported(backend::Op::Select, dtype, D, Dv, call);
+    if (!why.empty()) throw RuntimeError("pattern: " + why);
+  }
   const backend::ScoreMods mods = plan::check_modifiers(options.modifiers, q, hq, false, nullptr);
   plan::expect_modifiers_supported(mods, be, backend::Op::Decode, call, q);
 
@@ -206,7 +210,7 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
 }
 
 void pool_keys(const DLTensor& k_, const DLTensor& cache_len_, int64_t block,
-               const DLTensor* block_table_, const DLTensor& out_) {
+               const DLTensor* block_table_, const DLTensor& out_, const Options& options) {
   const bool paged = block_table_ != nullptr;
   const TensorView k = view_of(k_, "k_cache");
   expect_rank(k, "k_cache", 4, paged ? "[pages, page_size, Hkv, D] (paged)" : "[B, Ncap, Hkv, D]");
@@ -217,7 +221,7 @@ void pool_keys(const DLTensor& k_, const DLTensor& cache_len_, int64_t block,
     throw ValueError("k_cache: paged caches need page_size >= 1, got shape " + k.shape_str());
   backend::Call call;
   backend::Backend& be =
-      plan::backend_for(k, backend::Op::PoolKeys, dtype, k.shape[3], k.shape[3], Options{}, &call);
+      plan::backend_for(k, backend::Op::PoolKeys, dtype, k.shape[3], k.shape[3], options, &call);
   int64_t B = k.shape[0];
   if (paged) {
     const TensorView t = view_of(*block_table_, "block_table");

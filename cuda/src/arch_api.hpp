@@ -16,6 +16,10 @@
 
 namespace spattn::cuda {
 
+// The decode kernels' parameters (spattn/cuda/decode_logic.hpp, included where they are built).
+struct DecodeParams;
+struct PoolParams;
+
 // Element types of the kernels: the library's one dtype enum (spattn/tensor.hpp).
 using KernelDType = ::spattn::DType;
 
@@ -84,6 +88,10 @@ struct SinkGradProblem {
   cudaError_t sum(const SumParams& p, KernelDType dtype, cudaStream_t stream);                 \
   /* The sinks' gradient (kernels/sink_grad.cu): one block per head, deterministic.         */ \
   cudaError_t sink_grad(const SinkGradProblem& p, KernelDType dtype, cudaStream_t stream);     \
+  /* Decode over a KV cache: the split kernel, then the merge of the splits (kernels/       */ \
+  /* decode.cu); pool_keys' mean keys. cudaErrorNotSupported for an unsupported dtype.      */ \
+  cudaError_t decode(const DecodeParams& p, KernelDType dtype, cudaStream_t stream);           \
+  cudaError_t pool_keys(const PoolParams& p, KernelDType dtype, cudaStream_t stream);          \
   cudaError_t copy_strided_4d(const void* src, const int64_t* src_strides, void* dst,          \
                               const int64_t* dst_strides, const int64_t* shape, int elem_bytes, \
                               cudaStream_t stream);                                            \

@@ -386,10 +386,18 @@ def _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_
     cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
     bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
     pk = None if pooled_keys is None else _plain(pooled_keys)
-    o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse, pk,
-                          _threads(q), *mods.core())
-    o = to_framework(o, q)
-    return (o, to_framework(lse, q)) if return_lse else o
+    cc = cuda_call(q)
+    if cc is None or getattr(q, "ndim", 0) != 4 or getattr(v_cache, "ndim", 0) != 4:  # (the core reports ranks)
+        o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse,
+                              pk, _threads(q), *mods.core(), None, None, None, None)
+        o = to_framework(o, q)
+        return (o, to_framework(lse, q)) if return_lse else o
+    # torch / cupy on CUDA: results from the framework's allocator, work on its current stream.
+    o = cc.empty(tuple(q.shape[:-1]) + (v_cache.shape[-1],))
+    lse = cc.empty((q.shape[0], q.shape[2], q.shape[1]), "lse") if return_lse else None
+    _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse, pk,
+                 _threads(q), *mods.core(), _plain(o), None if lse is None else _plain(lse), cc.stream, cc.workspace)
+    return (o, lse) if return_lse else o
 
 
 def pool_keys(k_cache, cache_len, block_size, block_table=None):
@@ -408,7 +416,11 @@ def pool_keys(k_cache, cache_len, block_size, block_table=None):
         raise TypeError(f"block_size: expected an int, got {type(block_size).__name__}") from None
     cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
     bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
-    return to_framework(_core.pool_keys(_plain(k_cache), cl, block, bt), k_cache)
+    # torch / cupy on CUDA: the work on the framework's current stream (the result is allocated
+    # by the core: pool_keys runs once per cache block, not per step).
+    cc = cuda_call(k_cache)
+    stream, workspace = (None, None) if cc is None else (cc.stream, cc.workspace)
+    return to_framework(_core.pool_keys(_plain(k_cache), cl, block, bt, None, stream, workspace), k_cache)
 
 
 def info() -> dict:

@@ -4,6 +4,8 @@
 #include <spattn/cuda/backend_info.hpp>
 #include <spattn/spattn.hpp>
 
+#include "backend/backend.hpp"
+
 #include <cstdio>
 #include <string>
 
@@ -36,6 +38,24 @@ int main() {
     check(!result.empty(), "selftest() reports why it cannot run");
   }
   check(!spattn::cuda::selftest(-1).empty(), "selftest(-1) is refused");
+
+  // What the CUDA backend takes for decode and pool_keys (no device needed to ask).
+  using spattn::DType;
+  using spattn::backend::Op;
+  spattn::backend::Backend* be = spattn::backend::cuda_backend();
+  check((be != nullptr) == compiled, "a CUDA backend exactly when compiled");
+  if (be) {
+    const spattn::backend::Call call{DLDevice{kDLCUDA, 0}};
+    check(be->unsupported(Op::Decode, DType::BFloat16, 128, 128, call).empty(), "decode: bf16 D=128");
+    check(be->unsupported(Op::Decode, DType::Float16, 64, 32, call).empty(), "decode: f16 D=64, Dv=32");
+    check(be->unsupported(Op::Decode, DType::BFloat16, 256, 256, call).empty(), "decode: D=256");
+    check(!be->unsupported(Op::Decode, DType::BFloat16, 512, 128, call).empty(), "decode: D=512 refused");
+    check(!be->unsupported(Op::Decode, DType::Float32, 128, 128, call).empty(), "decode: float32 refused");
+    check(!be->unsupported(Op::Decode, DType::Float64, 128, 128, call).empty(), "decode: float64 refused");
+    check(be->unsupported(Op::PoolKeys, DType::Float32, 128, 128, call).empty(), "pool_keys: float32");
+    check(!be->unsupported(Op::Select, DType::BFloat16, 128, 128, call).empty(), "TopKBlocks' selection refused");
+    check(be->unsupported_modifiers(Op::Decode, call).empty(), "decode: score modifiers");
+  }
 
   return failures == 0 ? 0 : 1;
 }

@@ -81,10 +81,3 @@ def test_autograd_learns_the_sinks_on_cuda(cuda):
                          sinks=sinks.detach().cpu().requires_grad_())
     assert g.shape == out.shape
 
-
-def test_decode_with_modifiers_is_refused_clearly_on_cuda(cuda):
-    torch = cuda
-    q = torch.zeros(1, 1, 2, 64, dtype=torch.bfloat16, device="cuda")
-    kc = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16, device="cuda")
-    with pytest.raises(RuntimeError, match="CPU only"):
-        spattn.decode(q, kc, kc, [8], sinks=torch.zeros(2, device="cuda"))

@@ -79,9 +79,11 @@ void decode(const DLTensor& q, const DLTensor& k_cache, const DLTensor& v_cache,
 // The mean key of every block of `block` keys of each sequence of a cache (laid out as for
 // decode), into out float32 [B, blocks, Hkv, D] with blocks * block >= every cache_len: block
 // c of sequence b is the mean of keys c*block .. min(cache_len[b], (c+1)*block) - 1; blocks past
-// cache_len are 0. B is k_cache's first dimension, or block_table's when paged.
+// cache_len are 0. B is k_cache's first dimension, or block_table's when paged. On a CUDA
+// device it runs on options.stream with workspace from options.allocator (the other options do
+// not apply).
 void pool_keys(const DLTensor& k_cache, const DLTensor& cache_len, int64_t block,
-               const DLTensor* block_table, const DLTensor& out);
+               const DLTensor* block_table, const DLTensor& out, const Options& options = {});
 
 // Build and runtime facts: version, backends, compiled CUDA architectures, SIMD level, threads.
 std::map<std::string, std::string> info();

@@ -12,10 +12,12 @@
 #include <cuda_runtime_api.h>
 
 #include "backend/backend.hpp"
+#include "decode_launch.hpp"
 #include "launch_util.hpp"
 #include "pad.hpp"
 #include "spattn/cuda/backend_info.hpp"
 #include "spattn/cuda/backward.hpp"
+#include "spattn/cuda/decode_logic.hpp"
 #include "spattn/cuda/hopper_bwd_logic.hpp"
 #include "spattn/cuda/forward.hpp"
 #include "spattn/error.hpp"
@@ -159,10 +161,16 @@ class CudaBackend final : public Backend {
         return {};
       }
       case Op::Decode:
-        return "decode runs on the CPU only in this version (no CUDA decode kernel yet); pass CPU "
-               "tensors";
+        if (dtype != DType::Float16 && dtype != DType::BFloat16)
+          return std::string("the CUDA decode kernel takes float16 or bfloat16, got ") +
+                 dtype_name(dtype);
+        if (cuda::dec_dim_max(d, dv) == 0)
+          return "the CUDA decode kernel takes head dims D, Dv up to " +
+                 std::to_string(cuda::kDecMaxDim) + ", got D=" + std::to_string(d) + ", Dv=" +
+                 std::to_string(dv) + "; pass CPU tensors";
+        return {};
       case Op::PoolKeys:
-        return "pool_keys runs on the CPU only in this version; pass CPU tensors";
+        return {};  // float32, float16, bfloat16 (float64 was refused above)
       case Op::Select:
         return "TopKBlocks' selection runs on the CPU only in this version; pass CPU tensors, or "
                "select on the CPU and pass the selected pattern";
@@ -186,11 +194,8 @@ class CudaBackend final : public Backend {
     return {t.bq, t.bk};
   }
 
-  std::string unsupported_modifiers(Op op, const Call&) const override {
-    if (op == Op::Forward || op == Op::Backward) return {};
-    return "the score modifiers (softcap, alibi_slopes, sinks) of decode run on the CPU only in "
-           "this version";
-  }
+  // Softcap, ALiBi and sinks in every kernel: forward, backward, decode.
+  std::string unsupported_modifiers(Op, const Call&) const override { return {}; }
 
   // dsinks from out, dout and lse on the device (kernels/sink_grad.cu).
   void sink_grad(const TensorView& dout, const TensorView& out, const TensorView& lse,
@@ -269,11 +274,9 @@ class CudaBackend final : public Backend {
     padded.finish();
   }
 
-  void decode(const Decode&, const Call& call) override {
-    throw RuntimeError("q: " + unsupported(Op::Decode, DType::BFloat16, 0, 0, call));
-  }
-  void pool_keys(const PoolKeys&, const Call& call) override {
-    throw RuntimeError("k_cache: " + unsupported(Op::PoolKeys, DType::BFloat16, 0, 0, call));
+  void decode(const Decode& d, const Call& call) override { cuda::decode_on_device(d, call); }
+  void pool_keys(const PoolKeys& p, const Call& call) override {
+    cuda::pool_keys_on_device(p, call);
   }
 
   ManagedTensor allocate(DType dtype, const std::vector<int64_t>& shape,
@@ -404,6 +407,10 @@ class CudaBackend final : public Backend {
     info["cuda_sm90a_backward_default"] =
         "no: opt-in with SPATTN_CUDA_BACKWARD=sm90a on compute capability 9.0 until it has run "
         "correctly on a GPU; other head dims (256) use the sm80-style backward";
+    // Decode: compiled and host-tested, not yet run on a GPU (cuda/README.md).
+    info["cuda_decode"] =
+        "float16, bfloat16; D, Dv <= 256; contiguous and paged caches, split-K; score modifiers; "
+        "TopKBlocks selection on the CPU only";
     info["cuda_backward_deterministic"] =
         "sm90a backward only (deterministic=True raises with the sm80-style backward)";
   }

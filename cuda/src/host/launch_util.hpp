@@ -37,6 +37,8 @@ using CopyFn = cudaError_t (*)(const void*, const int64_t*, void*, const int64_t
 using MergeFn = cudaError_t (*)(const MergeParams&, KernelDType, cudaStream_t);
 using SumFn = cudaError_t (*)(const SumParams&, KernelDType, cudaStream_t);
 using SinkGradFn = cudaError_t (*)(const SinkGradProblem&, KernelDType, cudaStream_t);
+using DecodeFn = cudaError_t (*)(const DecodeParams&, KernelDType, cudaStream_t);
+using PoolKeysFn = cudaError_t (*)(const PoolParams&, KernelDType, cudaStream_t);
 
 struct ArchFns {
   const char* name;
@@ -48,19 +50,23 @@ struct ArchFns {
   MergeFn merge;
   SumFn sum;
   SinkGradFn sink_grad;
+  DecodeFn decode;
+  PoolKeysFn pool_keys;
 };
 
 #if SPATTN_CUDA_HAS_SM80
 inline const ArchFns kSm80{"sm_80",          &sm80::forward,  &sm80::forward_supported,
                            &sm80::copy_strided_4d, &sm80::backward, &sm80::backward_supported,
                            &sm80::merge,           &sm80::sum,
-                           &sm80::sink_grad};
+                           &sm80::sink_grad,       &sm80::decode,
+                           &sm80::pool_keys};
 #endif
 #if SPATTN_CUDA_HAS_SM90A
 inline const ArchFns kSm90a{"sm_90a",          &sm90a::forward,  &sm90a::forward_supported,
                             &sm90a::copy_strided_4d, &sm90a::backward, &sm90a::backward_supported,
                             &sm90a::merge,           &sm90a::sum,
-                            &sm90a::sink_grad};
+                            &sm90a::sink_grad,       &sm90a::decode,
+                            &sm90a::pool_keys};
 #endif
 
 // The kernels compiled for every architecture are the same set: any arch answers supports().
