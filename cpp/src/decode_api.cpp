@@ -162,7 +162,7 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   backend::Call call;
   backend::Backend& be = plan::backend_for(q, backend::Op::Decode, dtype, D, Dv, options, &call);
   if (pattern.data_dependent()) select::expect_selectable(dtype, "q");
-  const backend::ScoreMods mods = plan::check_modifiers(options.modifiers, q, hq, false, nullptr);
+  const backend::ScoreMods mods = plan::check_modifiers(options.modifiers, q, dtype, hq, false, nullptr);
   plan::expect_modifiers_supported(mods, be, backend::Op::Decode, call, q);
 
   TensorView table;
