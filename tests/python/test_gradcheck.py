@@ -429,3 +429,16 @@ def test_float64_modifier_arrays_are_float64_and_dsinks_too():
     with pytest.raises(TypeError, match="float64 inputs take float64 modifiers"):
         # the core itself (the Python layer converts): float32 sinks with float64 inputs
         spattn._core.forward(q, k, v, spattn.Causal()._core(), sinks=np.zeros(2, np.float32))
+
+
+def test_float64_merge_with_sinks_equals_attention_with_sinks():
+    # merge(..., sinks=) adds the sink part in the lses' dtype (float64 here), as attention does.
+    rng = np.random.default_rng(20)
+    q, k, v = rng.standard_normal((1, 5, 2, 4)), rng.standard_normal((1, 12, 1, 4)), rng.standard_normal((1, 12, 1, 3))
+    sinks = np.array([0.4, -1.3])
+    parts = [spattn.attention(q, k[:, a:b], v[:, a:b], return_lse=True) for a, b in ((0, 7), (7, 12))]
+    merged, lse = spattn.merge([o for o, _ in parts], [l for _, l in parts], sinks=sinks)
+    want, want_lse = spattn.attention(q, k, v, return_lse=True, sinks=sinks)
+    assert merged.dtype == np.float64 and lse.dtype == np.float64
+    np.testing.assert_allclose(merged, want, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-13, atol=1e-14)
