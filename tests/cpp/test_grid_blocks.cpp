@@ -112,6 +112,32 @@ void check_grid(const char* what, const GridRule& g, int64_t n) {
                  (long long)p, (long long)j0, (long long)j1, (long long)lo, (long long)hi, (long long)j);
       }
   EXPECT(answered > 0 || g.d[g.ndim - 1] != 1, "%s: grid_row_interval never answered", what);
+  // rows_interval (a tile's rows at once, walking coordinates): row_interval's answers, for
+  // runs of rows starting anywhere (before the grid too) and blocks of any size
+  for (int64_t bk : {1, 5, 16, 64})
+    for (int64_t j0 = 0; j0 < n; j0 += bk)
+      for (int rows : {1, 7, 16, 64})
+        for (int64_t p0 = -3; p0 < n; p0 += 5) {
+          const int64_t j1 = std::min(n, j0 + bk) - 1;
+          int64_t lo[64], hi[64];
+          const bool all = g.rows_interval(nullptr, 0, p0, rows, j0, j1, lo, hi);
+          bool each = true;
+          for (int r = 0; r < rows; ++r) {
+            int64_t l, h;
+            if (!g.row_interval(nullptr, 0, p0 + r, j0, j1, &l, &h)) {
+              each = false;
+              continue;
+            }
+            if (!all) continue;
+            const bool empty = l > h, got_empty = lo[r] > hi[r];
+            EXPECT(empty == got_empty && (empty || (l == lo[r] && h == hi[r])),
+                   "%s rows_interval row %lld keys %lld..%lld: [%lld, %lld], row_interval [%lld, %lld]",
+                   what, (long long)(p0 + r), (long long)j0, (long long)j1, (long long)lo[r],
+                   (long long)hi[r], (long long)l, (long long)h);
+          }
+          EXPECT(all == each, "%s rows_interval from %lld (%d rows) keys %lld..%lld: answered %d, rows %d",
+                 what, (long long)p0, rows, (long long)j0, (long long)j1, all, each);
+        }
   for (int64_t p = 0; p < n; ++p) {
     int64_t c = 0;
     for (int64_t j = 0; j < n; ++j) c += grid_keeps(g, p, j);

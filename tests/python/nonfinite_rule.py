@@ -18,7 +18,7 @@ import spattn
 
 PATTERNS = [lambda: spattn.Dense(), lambda: spattn.Causal(), lambda: spattn.SlidingWindow(5, 2),
             lambda: spattn.Sink(2) | spattn.SlidingWindow(3, 0), lambda: spattn.Dilated(4, 1, 2),
-            lambda: spattn.Strided(3)]
+            lambda: spattn.Strided(3), lambda: spattn.LogSparse(1)]
 
 
 def expected(q, k, v, mask, scale):

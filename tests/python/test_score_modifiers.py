@@ -129,13 +129,15 @@ PATTERNS = {
     "union": spattn.SlidingWindow(20, 0) | spattn.Global([0, 77]),
     "dilated": spattn.Dilated(8, 0, 3),
     "window|strided": spattn.SlidingWindow(10, 0) | spattn.Strided(7),
+    "logsparse": spattn.LogSparse(5),  # the CPU's sparse-rows path (rows over their key lists)
     "empty-rows": spattn.BlockSparse(np.array([[[True, False, False], [False, False, False]]]), block_size=(64, 64)),
 }
 
 
 # float32 on every pattern; float16 and bfloat16 on a subset
 CASES = [(p, m, "float32") for p in PATTERNS for m in MODS] + [
-    (p, m, dt) for p in ("causal", "window", "union", "empty-rows") for m in MODS for dt in ("float16", "bfloat16")]
+    (p, m, dt) for p in ("causal", "window", "union", "logsparse", "empty-rows") for m in MODS
+    for dt in ("float16", "bfloat16")]
 
 
 @pytest.mark.parametrize("pname,mod,dtype", CASES)
@@ -185,7 +187,7 @@ def test_every_simd_level(simd, monkeypatch):
         from test_score_modifiers import _case, ref_modified
         q, k, v, do, slopes, sinks = _case(nq=70, nk=90, seed=3)
         f = lambda x: np.ascontiguousarray(x, np.float32)
-        for pat in (spattn.Causal(), spattn.SlidingWindow(30, 0) | spattn.Global([5])):
+        for pat in (spattn.Causal(), spattn.SlidingWindow(30, 0) | spattn.Global([5]), spattn.LogSparse(3)):
             ro, rl, (dq, dk, dv, ds) = ref_modified(f(q), f(k), f(v), pat, 0.3, 2.0, slopes, sinks, dout=f(do))
             o, l = spattn.attention(f(q), f(k), f(v), pattern=pat, scale=0.3, return_lse=True, softcap=2.0,
                                     alibi_slopes=slopes, sinks=sinks)

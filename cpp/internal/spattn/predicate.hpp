@@ -162,6 +162,28 @@ SPATTN_HD bool rule_row_interval(const R& r, const void* data, int64_t h, int64_
   }
 }
 
+// A rule with row_interval may also answer for n consecutive query positions at once:
+//   SPATTN_HD bool rows_interval(const void* data, int64_t h, int64_t p0, int n, int64_t j0,
+//                                int64_t j1, int64_t* lo, int64_t* hi) const;
+// with the answers of row_interval for p0 .. p0 + n - 1 (false if any is false), when that is
+// cheaper than n calls. Without it, rule_rows_interval asks row by row.
+template <class R, class = void>
+struct has_rows_interval : std::false_type {};
+template <class R>
+struct has_rows_interval<R, decltype(void(&R::rows_interval))> : std::true_type {};
+
+template <class R>
+SPATTN_HD bool rule_rows_interval(const R& r, const void* data, int64_t h, int64_t p0, int n,
+                                  int64_t j0, int64_t j1, int64_t* lo, int64_t* hi) {
+  if constexpr (has_rows_interval<R>::value) {
+    return r.rows_interval(data, h, p0, n, j0, j1, lo, hi);
+  } else {
+    for (int q = 0; q < n; ++q)
+      if (!rule_row_interval(r, data, h, p0 + q, j0, j1, &lo[q], &hi[q])) return false;
+    return true;
+  }
+}
+
 }  // namespace detail
 
 // Whether head h's rule is one leaf whose kind can give row intervals (rule_row_interval).
@@ -194,6 +216,100 @@ SPATTN_HD bool row_block_range(const Predicate& p, int64_t h, int64_t i, int64_t
 #undef SPATTN_RULE
     default:
       return false;
+  }
+}
+
+// row_block_range for the n rows i0 .. i0 + n - 1 at once: true with each row's interval in
+// lo[q], hi[q]; false when some row's keys are not one interval.
+SPATTN_HD bool rows_block_range(const Predicate& p, int64_t h, int64_t i0, int n, int64_t j0,
+                                int64_t j1, int64_t* lo, int64_t* hi) {
+  const int64_t hh = p.heads == 1 ? 0 : h;
+  if (p.head_end[hh] - p.head_begin[hh] != 1) return false;
+  const PredNode& nd = p.nodes[p.head_begin[hh]];
+  switch (nd.kind) {
+#define SPATTN_RULE(name) \
+  case PredKind::name:    \
+    return detail::rule_rows_interval(nd.u.name, nd.data, h, i0 + p.off, n, j0, j1, lo, hi);
+#include "spattn/kind_rules.inc"
+#undef SPATTN_RULE
+    default:
+      return false;
+  }
+}
+
+namespace detail {
+
+// A rule whose rows keep few, scattered keys may list them (sparse rows):
+//   SPATTN_HD int64_t max_row_keys(int64_t nk) const;  // a bound on any row's count
+//   SPATTN_HD int64_t row_keys(const void* data, int64_t h, int64_t p, int64_t nk,
+//                              int64_t* out) const;    // row p's kept keys, ascending
+// The CPU computes such patterns row by row over the listed keys (cpu/sparse_rows.cpp) when
+// the bound is small, instead of walking blocks that each hold a few kept pairs.
+template <class R, class = void>
+struct has_row_keys : std::false_type {};
+template <class R>
+struct has_row_keys<R, decltype(void(&R::row_keys))> : std::true_type {};
+
+template <class R>
+SPATTN_HD int64_t rule_max_row_keys(const R& r, int64_t nk) {
+  if constexpr (has_row_keys<R>::value) {
+    return r.max_row_keys(nk);
+  } else {
+    (void)r, (void)nk;
+    return -1;
+  }
+}
+
+template <class R>
+SPATTN_HD int64_t rule_row_keys(const R& r, const void* data, int64_t h, int64_t p, int64_t nk,
+                                int64_t* out) {
+  if constexpr (has_row_keys<R>::value) {
+    return r.row_keys(data, h, p, nk, out);
+  } else {
+    (void)r, (void)data, (void)h, (void)p, (void)nk, (void)out;
+    return 0;
+  }
+}
+
+}  // namespace detail
+
+// The bound on the keys of any row when every head's rule is one leaf that lists its rows'
+// keys; -1 otherwise.
+SPATTN_HD int64_t sparse_row_bound(const Predicate& p, int64_t nk) {
+  int64_t bound = 0;
+  for (int64_t hh = 0; hh < p.heads; ++hh) {
+    if (p.head_end[hh] - p.head_begin[hh] != 1) return -1;
+    const PredNode& n = p.nodes[p.head_begin[hh]];
+    int64_t b = -1;
+    switch (n.kind) {
+#define SPATTN_RULE(name)                           \
+  case PredKind::name:                              \
+    b = detail::rule_max_row_keys(n.u.name, nk);    \
+    break;
+#include "spattn/kind_rules.inc"
+#undef SPATTN_RULE
+      default:
+        break;
+    }
+    if (b < 0) return -1;
+    bound = b > bound ? b : bound;
+  }
+  return bound;
+}
+
+// Row i's kept keys of head h, ascending, into out (room for sparse_row_bound() of them);
+// their count. Only when sparse_row_bound(p, nk) >= 0.
+SPATTN_HD int64_t row_key_list(const Predicate& p, int64_t h, int64_t i, int64_t nk,
+                               int64_t* out) {
+  const PredNode& n = p.nodes[p.head_begin[p.heads == 1 ? 0 : h]];
+  switch (n.kind) {
+#define SPATTN_RULE(name) \
+  case PredKind::name:    \
+    return detail::rule_row_keys(n.u.name, n.data, h, i + p.off, nk, out);
+#include "spattn/kind_rules.inc"
+#undef SPATTN_RULE
+    default:
+      return 0;
   }
 }
 

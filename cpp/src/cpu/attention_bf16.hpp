@@ -242,7 +242,7 @@ struct FwdBufsBf {
   float *o, *st, *m, *l, *alpha, *vf32;
   uint32_t *qp, *pp, *vp;
   uint16_t* kp;
-  int32_t *rlo, *rhi, *glo, *ghi, *klo, *khi;
+  int32_t *rlo, *rhi, *glo, *ghi, *klo, *khi, *gk0, *gk1;
   uint8_t* mask;
   int64_t total;
 };
@@ -267,6 +267,8 @@ inline FwdBufsBf fwd_bufs_bf(const Problem& p, float* base) {
   b.ghi = reinterpret_cast<int32_t*>(c.take(kTile));
   b.klo = reinterpret_cast<int32_t*>(c.take(kTile));
   b.khi = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.gk0 = reinterpret_cast<int32_t*>(c.take(kTile / 16));
+  b.gk1 = reinterpret_cast<int32_t*>(c.take(kTile / 16));
   b.mask = reinterpret_cast<uint8_t*>(c.take(kTile * kTile / 4));
   b.total = c.n;
   return b;
@@ -331,26 +333,37 @@ inline void fwd_tile_bf(const Problem& p, int64_t b, int64_t h, int64_t a, const
     }
     const bool ranged = partial && block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);  // see fwd_tile
     if (ranged) {
-      block_work(mq, ncol, nk, w.rlo, w.rhi, w.glo, w.ghi, w.klo, w.khi);
+      block_work(mq, ncol, nk, w.rlo, w.rhi, w.glo, w.ghi, w.klo, w.khi, w.gk0, w.gk1);
+      // P is written in pairs of keys: widen each group's keys to whole pairs (the extra key
+      // is masked below, as every key of the range outside a row's interval is).
+      for (int gi = 0; gi < ncol / 16; ++gi)
+        if (w.gk0[gi] < w.gk1[gi]) w.gk0[gi] &= ~1, w.gk1[gi] = min_(nk, (w.gk1[gi] + 1) & ~1);
       gemm_bf_cols(nk, D2, ka, ldk, 2, w.qp, kTile, w.st, kTile, w.glo, w.ghi);
     } else {
       gemm_bf<false>(nk, ncol, D2, ka, ldk, 2, w.qp, kTile, w.st, kTile);
     }
     if (p.mods) modify_scores<true>(p, h, i0, ncol, j0, nk, w.st, sc, nullptr);
-    if (partial) apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked);
+    if (partial)
+      apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, masked,
+                 ranged ? w.gk0 : nullptr, ranged ? w.gk1 : nullptr);
 
-    // Online softmax down the columns (as in fwd_tile); P rounded to bfloat16 pairs of keys.
+    // Online softmax down the columns (as in fwd_tile, ranged blocks by group as there); P
+    // rounded to bfloat16 pairs of keys.
     bool rescale = false;
     for (int q = 0; q < ncol; q += W) {
+      const int kb = ranged ? w.gk0[q / 16] : 0, ke = ranged ? w.gk1[q / 16] : nk;
       const vf m_old = load(w.m + q);
       vf mx = splat(-kInf);
-      for (int k = 0; k < nk; ++k) mx = vmax(mx, load(w.st + k * kTile + q) * vsc);
+      for (int k = kb; k < ke; ++k) mx = vmax(mx, load(w.st + k * kTile + q) * vsc);
       const vf m_new = mx > m_old + splat(kLazy) ? mx : m_old;
       const vf mu = m_new == splat(-kInf) ? vf{} : m_new;
       const vf nmu = -mu;
       const vf alpha = exp2v(m_old - mu);
       vf sum{};
-      for (int j = 0; j < nk2; ++j) {
+      const int jb = kb / 2, je = kb < ke ? (ke + 1) / 2 : jb;
+      for (int j = 0; j < jb; ++j) _mm512_storeu_si512(w.pp + j * kTile + q, _mm512_setzero_si512());
+      for (int j = je; j < nk2; ++j) _mm512_storeu_si512(w.pp + j * kTile + q, _mm512_setzero_si512());
+      for (int j = jb; j < je; ++j) {
         const int k = 2 * j;
         const vf e0 = exp2v_bf(fma(load(w.st + k * kTile + q), vsc, nmu));
         const vf e1 = k + 1 < nk ? exp2v_bf(fma(load(w.st + (k + 1) * kTile + q), vsc, nmu)) : vf{};

@@ -68,6 +68,11 @@ struct BackwardArgs {
 };
 
 void forward(const ForwardArgs& a);
+// The forward of a pattern whose rows keep few scattered keys, row by row over their key lists
+// (sparse_rows.cpp); false (nothing done) when the pattern is not one, or its rows keep too
+// many keys for that to pay.
+bool forward_sparse_rows(const ForwardArgs& a);
+bool backward_sparse_rows(const BackwardArgs& a);  // its backward, likewise
 void backward(const BackwardArgs& a);
 
 // backend::Backend::sink_grad on host memory.

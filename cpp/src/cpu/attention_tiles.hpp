@@ -96,8 +96,12 @@ inline void window_ranges(int mq, int ncol, int64_t j0, const int64_t* lo, const
 // 16-query groups [glo[k], ghi[k]) some of whose rows keep k (S^T = K Q^T); for query q < mq,
 // the keys [klo[q], khi[q]) it keeps (O += P V). Everything else is masked: its score is set
 // to -inf by apply_mask and its P is 0.
+//
+// Also, for each 16-query group g, the keys [gk0[g], gk1[g]) some row of it keeps (clipped to
+// nk; empty when none): the softmax of that group runs over them only.
 inline void block_work(int mq, int ncol, int nk, const int32_t* rlo, const int32_t* rhi,
-                       int32_t* glo, int32_t* ghi, int32_t* klo, int32_t* khi) {
+                       int32_t* glo, int32_t* ghi, int32_t* klo, int32_t* khi, int32_t* gk0,
+                       int32_t* gk1) {
   int32_t gmin[kTile / 16], gmax[kTile / 16];
   const int ng = ncol / 16;
   for (int g = 0; g < ng; ++g) {
@@ -106,6 +110,8 @@ inline void block_work(int mq, int ncol, int nk, const int32_t* rlo, const int32
       if (rlo[q] <= rhi[q]) a = min_(a, rlo[q]), b = max_(b, rhi[q]);
     gmin[g] = a;
     gmax[g] = b;
+    gk0[g] = min_(max_(a, 0), nk);
+    gk1[g] = max_(gk0[g], min_(b, nk - 1) + 1);
   }
   for (int k = 0; k < nk; ++k) {
     int g0 = 0, g1 = 0;
@@ -137,15 +143,20 @@ inline bool block_ranges(const Problem& p, int64_t h, int64_t i0, int mq, int nc
 
 // Sets masked scores of a partial block to `masked` (-inf unless the caller scales after):
 // st[k * 64 + q], k < nk, q < ncol. ranged: rlo/rhi hold block_ranges().
+// With gk0/gk1 (ranged only), only the keys [gk0[g], gk1[g]) of each 16-query group g are
+// masked: the softmax reads no others (block_work).
 inline void apply_mask(const Problem& p, bool ranged, int64_t h, int64_t i0, int mq, int ncol,
                        int64_t j0, int nk, const int32_t* rlo, const int32_t* rhi, uint8_t* mbuf,
-                       float* st, float masked = -kInf) {
+                       float* st, float masked = -kInf, const int32_t* gk0 = nullptr,
+                       const int32_t* gk1 = nullptr) {
   if (ranged) {
-    for (int k = 0; k < nk; ++k) {
-      const vi kk = splati(k);
-      float* s = st + k * kTile;
-      for (int c = 0; c < ncol; c += W) {
-        const vi bad = (kk < loadi(rlo + c)) | (kk > loadi(rhi + c));
+    for (int c = 0; c < ncol; c += W) {
+      const vi vlo = loadi(rlo + c), vhi = loadi(rhi + c);
+      const int kb = gk0 ? gk0[c / 16] : 0, ke = gk1 ? gk1[c / 16] : nk;
+      for (int k = kb; k < ke; ++k) {
+        const vi kk = splati(k);
+        float* s = st + k * kTile;
+        const vi bad = (kk < vlo) | (kk > vhi);
         store(s + c, bad ? splat(masked) : load(s + c));
       }
     }
@@ -302,7 +313,7 @@ inline void gemm_cols_chunked(int M, int K, int kc, const float* A, int64_t sam,
 
 struct FwdBufs {
   float *qt, *o, *st, *kp, *vp, *m, *l, *alpha, *tmp;
-  int32_t *rlo, *rhi, *glo, *ghi, *klo, *khi;
+  int32_t *rlo, *rhi, *glo, *ghi, *klo, *khi, *gk0, *gk1;
   uint8_t* mask;
   int64_t total;
 };
@@ -325,6 +336,8 @@ inline FwdBufs fwd_bufs(const Problem& p, float* base) {
   b.ghi = reinterpret_cast<int32_t*>(c.take(kTile));
   b.klo = reinterpret_cast<int32_t*>(c.take(kTile));
   b.khi = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.gk0 = reinterpret_cast<int32_t*>(c.take(kTile / 16));
+  b.gk1 = reinterpret_cast<int32_t*>(c.take(kTile / 16));
   b.mask = reinterpret_cast<uint8_t*>(c.take(kTile * kTile / 4));
   b.total = c.n;
   return b;
@@ -365,27 +378,34 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
     // A partial block whose rows keep intervals computes only the scores and terms they keep.
     const bool ranged = partial && block_ranges(p, h, i0, mq, ncol, j0, nk, lo, hi, w.rlo, w.rhi);
     if (ranged) {
-      block_work(mq, ncol, nk, w.rlo, w.rhi, w.glo, w.ghi, w.klo, w.khi);
+      block_work(mq, ncol, nk, w.rlo, w.rhi, w.glo, w.ghi, w.klo, w.khi, w.gk0, w.gk1);
       gemm_cols_chunked(nk, D, int(p.kc), ka, lda, w.qt, kTile, w.st, kTile, w.glo, w.ghi);
     } else {
       gemm_chunked(nk, ncol, D, int(p.kc), ka, lda, w.qt, kTile, w.st, kTile);
     }
     if (p.mods) modify_scores(p, h, i0, ncol, j0, nk, w.st, 1.f, nullptr);
-    if (partial) apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st);
+    if (partial)
+      apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, -kInf,
+                 ranged ? w.gk0 : nullptr, ranged ? w.gk1 : nullptr);
 
     // Online softmax down the columns; st becomes P^T. The reference maximum m only moves
     // when a score exceeds it by more than kLazy (P stays <= 2^kLazy, far from overflow), so
-    // O is rescaled rarely; the result is exact either way since O and l share m.
+    // O is rescaled rarely; the result is exact either way since O and l share m. On a ranged
+    // block a 16-query group's softmax runs over the keys some row of it keeps; its P is 0
+    // elsewhere (written, since O += P V may read across groups within one micro tile).
     bool rescale = false;
     for (int q = 0; q < ncol; q += W) {
+      const int kb = ranged ? w.gk0[q / 16] : 0, ke = ranged ? w.gk1[q / 16] : nk;
       const vf m_old = load(w.m + q);
       vf mx = splat(-kInf);
-      for (int k = 0; k < nk; ++k) mx = vmax(mx, load(w.st + k * kTile + q));
+      for (int k = kb; k < ke; ++k) mx = vmax(mx, load(w.st + k * kTile + q));
       const vf m_new = mx > m_old + splat(kLazy) ? mx : m_old;
       const vf mu = m_new == splat(-kInf) ? vf{} : m_new;  // no key yet: exp2(-inf) = 0
       const vf alpha = exp2v(m_old - mu);
       vf sum{};
-      for (int k = 0; k < nk; ++k) {
+      for (int k = 0; k < kb; ++k) store(w.st + k * kTile + q, vf{});
+      for (int k = ke; k < nk; ++k) store(w.st + k * kTile + q, vf{});
+      for (int k = kb; k < ke; ++k) {
         const vf e = exp2v(load(w.st + k * kTile + q) - mu);
         store(w.st + k * kTile + q, e);
         sum += e;

@@ -17,6 +17,7 @@ namespace spattn::cpu {
 
 void backward(const BackwardArgs& a) {
   using namespace detail;
+  if (backward_sparse_rows(a)) return;  // rows with few scattered keys (sparse_rows.cpp)
   const BlockLayout& layout = *a.layout;
   Problem p = make_problem(a.q, a.k, a.v, a.dtype, a.scale, layout, a.pred);
   check_layout(p, layout);

@@ -75,6 +75,68 @@ struct DecodeFinish {
   const float* sink2 = nullptr;
 };
 
+// Attention over rows that each keep a short list of keys (sparse rows: sparse_rows.cpp): rows
+// i0 .. i0 + n - 1 (n <= kSparseRowsMax) of one (batch, query head), row r over keys[ptr[r] .. ptr[r + 1]) (ascending).
+// Writes each row's out (and lse), normalised, with the sink if any: what the tile kernels
+// write for the same rows.
+struct SparseRows {
+  int dtype = 0;
+  int64_t n = 0, i0 = 0, D = 0, Dv = 0, Dp = 0, Dvp = 0;
+  float scale2 = 1.f;  // softmax scale * log2(e)
+  // q at row i0 of the head; k and v at key 0 of its kv head; element strides.
+  const void* q = nullptr;
+  int64_t q_si = 0, q_sd = 1;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  int64_t k_sj = 0, k_sd = 1, v_sj = 0, v_sd = 1;
+  const int64_t* ptr = nullptr;
+  const int64_t* keys = nullptr;
+  // Score modifiers in base-2 units (kernel_api.hpp's Problem): softcap2 (0: none), the head's
+  // ALiBi slope alibi2 (0: none) with rel = rel_step * (i - j) + rel_base, and its sink.
+  float softcap2 = 0.f, alibi2 = 0.f;
+  int64_t rel_step = 1, rel_base = 0;
+  bool sink = false;
+  float sink2 = 0.f;
+  void* out = nullptr;  // row i0 of the head
+  int64_t out_si = 0, out_sd = 1;
+  float* lse = nullptr;  // [i0] of the head's lse row, or null
+  int64_t lse_si = 0;
+};
+
+// Rows per sparse_rows call, at most.
+constexpr int64_t kSparseRowsMax = 64;
+
+// Floats of scratch sparse_rows needs for rows of at most max_keys keys.
+inline int64_t sparse_rows_ws_floats(int64_t max_keys, int64_t Dp, int64_t Dvp) {
+  return 2 * Dp + 2 * Dvp + ((max_keys + 15) & ~int64_t(15));
+}
+
+// The backward of sparse rows: for rows i0 .. i0 + n - 1 of one (batch, query head) over their
+// key lists (f: q, k, v, keys, softcap and ALiBi; its out and sinks unused), with the forward's
+// lse (natural log) and delta = rowsum(dO * O) from `o`, or, with exact_delta, recomputed as
+// sum P dP: writes the rows' dq (times scale) and accumulates the kv head's dK (unscaled) and
+// dV into dk_acc [keys][Dp] and dv_acc [keys][Dvp] (float32, key 0 first).
+struct SparseRowsBwd {
+  SparseRows f;
+  const void* dout = nullptr;  // row i0 of the head
+  int64_t dout_si = 0, dout_sd = 1;
+  const void* o = nullptr;  // row i0 of the head
+  int64_t o_si = 0, o_sd = 1;
+  const float* lse = nullptr;  // [i0] of the head's lse row
+  int64_t lse_si = 0;
+  bool exact_delta = false;
+  float scale = 1.f;
+  void* dq = nullptr;  // row i0 of the head
+  int64_t dq_si = 0, dq_sd = 1;
+  float* dk_acc = nullptr;
+  float* dv_acc = nullptr;
+};
+
+// Floats of scratch sparse_rows_bwd needs for rows of at most max_keys keys.
+inline int64_t sparse_rows_bwd_ws_floats(int64_t max_keys, int64_t Dp, int64_t Dvp) {
+  return 4 * Dp + 3 * Dvp + 4 * ((max_keys + 15) & ~int64_t(15));
+}
+
 struct DecodeKernels {
   const char* name;
   void (*chunk)(const DecodeChunk& c, float* ws);
@@ -83,6 +145,8 @@ struct DecodeKernels {
   // tmp: np floats. Pools keys and queries for TopKBlocks (select/topk.cpp).
   void (*sum_rows)(const void* const* rows, int64_t n, int dtype, int64_t stride, int d, int np,
                    float* acc, float* tmp);
+  void (*sparse_rows)(const SparseRows& c, float* ws);  // ws: sparse_rows_ws_floats()
+  void (*sparse_rows_bwd)(const SparseRowsBwd& c, float* ws);  // ws: sparse_rows_bwd_ws_floats()
 };
 
 // The decode kernels for the SIMD level of kernels() (the same choice, SPATTN_SIMD included).

@@ -303,13 +303,254 @@ inline void sum_rows(const void* const* rows, int64_t n, int dtype, int64_t stri
   }
 }
 
+// The sum of v's lanes, as a tree (a serial sum was a chain of W dependent adds per score).
+SP_INLINE float hsum(vf v) {
+#if SPATTN_VEC_BYTES == 64
+  typedef float h8 __attribute__((vector_size(32)));
+  const h8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif SPATTN_VEC_BYTES == 32
+  const vf a = v;
+#endif
+#if SPATTN_VEC_BYTES >= 32
+  typedef float h4 __attribute__((vector_size(16)));
+  const h4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+#else
+  float r = 0.f;
+  for (int k = 0; k < W; ++k) r += v[k];
+  return r;
+#endif
+}
+
+// sum a[d] * b[d] over d < n (a multiple of W), two accumulators, summed as a tree.
+SP_INLINE float hsum_dot(const float* a, const float* b, int64_t n) {
+  vf a0{}, a1{};
+  int64_t d = 0;
+  for (; d + 2 * W <= n; d += 2 * W) {
+    a0 = fma(load(a + d), load(b + d), a0);
+    a1 = fma(load(a + d + W), load(b + d + W), a1);
+  }
+  for (; d < n; d += W) a0 = fma(load(a + d), load(b + d), a0);
+  return hsum(a0 + a1);
+}
+
+// Sparse rows (decode_kernel_api.hpp's SparseRows): each row's scores over its own key list,
+// its softmax, then P V with the output row in registers. The key rows are scattered (far
+// apart for long reaches): the next row's are prefetched while this one computes.
+inline void sparse_rows(const SparseRows& c, float* ws) {
+  const int es = c.dtype == kF32 ? 4 : 2;
+  const float ninf = -__builtin_inff();
+  const int64_t Dp = c.Dp, Dvp = c.Dvp;
+  float* qf = ws;              // [Dp] the scaled query
+  float* kf = qf + Dp;         // [Dp] a converted key row
+  float* vt = kf + Dp;         // [Dvp] a converted value row (only when not read in place)
+  float* acc = vt + Dvp;       // [Dvp]
+  float* s = acc + Dvp;        // [keys of a row, rounded up to W]
+  const bool k_direct = c.dtype == kF32 && c.k_sd == 1 && c.D == Dp;
+  const bool v_direct = c.dtype == kF32 && c.v_sd == 1 && c.Dv == Dvp;
+  const vf vscale = splat(c.scale2);
+  const int64_t kbytes = (c.k_sd == 1 ? c.D : 1) * es, vbytes = (c.v_sd == 1 ? c.Dv : 1) * es;
+  auto krow = [&](int64_t j) { return static_cast<const char*>(c.k) + j * c.k_sj * es; };
+  auto vrow = [&](int64_t j) { return static_cast<const char*>(c.v) + j * c.v_sj * es; };
+  auto prefetch_row = [&](int64_t r) {
+    for (int64_t t = c.ptr[r]; t < c.ptr[r + 1]; ++t) {
+      for (int64_t o = 0; o < kbytes; o += 64) __builtin_prefetch(krow(c.keys[t]) + o, 0, 3);
+      for (int64_t o = 0; o < vbytes; o += 64) __builtin_prefetch(vrow(c.keys[t]) + o, 0, 3);
+    }
+  };
+  if (c.n > 0) prefetch_row(0);
+  for (int64_t r = 0; r < c.n; ++r) {
+    if (r + 1 < c.n) prefetch_row(r + 1);
+    const int64_t i = c.i0 + r;
+    const int64_t* keys = c.keys + c.ptr[r];
+    const int64_t n = c.ptr[r + 1] - c.ptr[r];
+    dec::row_to_float(static_cast<const char*>(c.q) + r * c.q_si * es, c.dtype, c.q_sd,
+                      int(c.D), int(Dp), qf);
+    for (int64_t d = 0; d < Dp; d += W) store(qf + d, load(qf + d) * vscale);
+    // S
+    for (int64_t t = 0; t < n; ++t) {
+      const float* kr = kf;
+      if (k_direct)
+        kr = reinterpret_cast<const float*>(krow(keys[t]));
+      else
+        dec::row_to_float(krow(keys[t]), c.dtype, c.k_sd, int(c.D), int(Dp), kf);
+      float x = hsum_dot(qf, kr, Dp);
+      if (c.softcap2 != 0.f) x = c.softcap2 * __builtin_tanhf(x / c.softcap2);
+      if (c.alibi2 != 0.f) {
+        const int64_t rel = c.rel_step * (i - keys[t]) + c.rel_base;
+        x -= c.alibi2 * float(rel < 0 ? -rel : rel);
+      }
+      s[t] = x;
+    }
+    // softmax: m the row's maximum (a NaN score leaves it alone and comes out NaN, as in the
+    // tiles), P = 2^(s - m) in place, l = sum P
+    const int64_t np = (n + W - 1) / W * W;
+    for (int64_t t = n; t < np; ++t) s[t] = ninf;
+    vf vm = splat(ninf);
+    for (int64_t t = 0; t < np; t += W) vm = vmax(vm, load(s + t));
+    float m = ninf;
+    for (int k = 0; k < W; ++k) m = vm[k] > m ? vm[k] : m;
+    const vf mu = splat(m == ninf ? 0.f : m);
+    vf vl{};
+    for (int64_t t = 0; t < np; t += W) {
+      const vf p = exp2v(load(s + t) - mu);
+      store(s + t, p);
+      vl += p;
+    }
+    float l = hsum(vl);
+    // O = P V, four vectors of the row at a time in registers, in two sets (even and odd
+    // keys) so that consecutive keys' FMAs do not wait on each other
+    for (int64_t d0 = 0; d0 < Dvp; d0 += 4 * W) {
+      const int nv = int(min_<int64_t>(4, (Dvp - d0) / W));
+      vf o[2][4] = {};
+      for (int64_t t = 0; t < n; ++t) {
+        const float* vr = vt;
+        if (v_direct)
+          vr = reinterpret_cast<const float*>(vrow(keys[t])) + d0;
+        else  // this chunk of the row, converted
+          dec::row_to_float(vrow(keys[t]) + d0 * c.v_sd * es, c.dtype, c.v_sd,
+                            int(min_<int64_t>(4 * W, c.Dv - d0)), nv * W, vt);
+        const vf p = splat(s[t]);
+        vf* a = o[t & 1];
+        a[0] = fma(p, load(vr), a[0]);
+        if (nv > 1) a[1] = fma(p, load(vr + W), a[1]);
+        if (nv > 2) a[2] = fma(p, load(vr + 2 * W), a[2]);
+        if (nv > 3) a[3] = fma(p, load(vr + 3 * W), a[3]);
+      }
+      for (int u = 0; u < nv; ++u) store(acc + d0 + u * W, o[0][u] + o[1][u]);
+    }
+    // The row's end, as the tile kernels' finish_row: the sink joins the denominator.
+    float keep = 1.f;
+    if (c.sink && c.sink2 != ninf) {
+      const float mf = m > c.sink2 ? m : c.sink2;
+      keep = m == ninf ? 0.f : __builtin_exp2f(m - mf);
+      l = l * keep + __builtin_exp2f(c.sink2 - mf);
+      m = mf;
+    }
+    const float inv = l == 0.f ? 0.f : keep / l;
+    char* o = static_cast<char*>(c.out) + r * c.out_si * es;
+    for (int64_t d = 0; d < c.Dv; ++d) {
+      const float x = acc[d] * inv;
+      if (c.dtype == kF32)
+        reinterpret_cast<float*>(o)[d * c.out_sd] = x;
+      else
+        reinterpret_cast<uint16_t*>(o)[d * c.out_sd] = c.dtype == kF16 ? f2h(x) : f2bf(x);
+    }
+    if (c.lse) c.lse[r * c.lse_si] = l == 0.f ? ninf : (m + __builtin_log2f(l)) * 0.6931471805599453f;
+  }
+}
+
+// The backward of sparse rows (decode_kernel_api.hpp's SparseRowsBwd), row by row: P and dP
+// over the row's keys, dS = P (dP - delta) (times the softcap's derivative), then dq from dS K
+// and dS q, P dO added to the keys' dK and dV rows.
+inline void sparse_rows_bwd(const SparseRowsBwd& c, float* ws) {
+  const SparseRows& f = c.f;
+  const int es = f.dtype == kF32 ? 4 : 2;
+  const float ninf = -__builtin_inff();
+  constexpr float kLog2e = 1.4426950408889634f;
+  const int64_t Dp = f.Dp, Dvp = f.Dvp;
+  int64_t kmax = 0;
+  for (int64_t r = 0; r < f.n; ++r) kmax = max_(kmax, f.ptr[r + 1] - f.ptr[r]);
+  const int64_t kn = (kmax + 15) & ~int64_t(15);
+  float* qraw = ws;          // [Dp] q as it is (dK += dS q)
+  float* qf = qraw + Dp;     // [Dp] q * scale * log2 e
+  float* kf = qf + Dp;       // [Dp]
+  float* dq = kf + Dp;       // [Dp]
+  float* dof = dq + Dp;      // [Dvp]
+  float* vt = dof + Dvp;     // [Dvp]
+  float* ot = vt + Dvp;      // [Dvp]
+  float* p = ot + Dvp;       // [kn] P, then reused
+  float* dp = p + kn;        // [kn] dP, then dS
+  float* dcap = dp + kn;     // [kn] the softcap's derivative
+  const bool k_direct = f.dtype == kF32 && f.k_sd == 1 && f.D == Dp;
+  const bool v_direct = f.dtype == kF32 && f.v_sd == 1 && f.Dv == Dvp;
+  auto krow = [&](int64_t j) { return static_cast<const char*>(f.k) + j * f.k_sj * es; };
+  auto vrow = [&](int64_t j) { return static_cast<const char*>(f.v) + j * f.v_sj * es; };
+  const vf vscale = splat(f.scale2);
+  for (int64_t r = 0; r < f.n; ++r) {
+    const int64_t i = f.i0 + r;
+    const int64_t* keys = f.keys + f.ptr[r];
+    const int64_t n = f.ptr[r + 1] - f.ptr[r];
+    const float lse = c.lse[r * c.lse_si];
+    for (int64_t d = 0; d < Dp; d += W) store(dq + d, vf{});
+    if (n > 0 && lse != ninf) {  // a row that saw no key (lse -inf) has P = 0: no gradient
+      const float lse2 = lse * kLog2e;
+      dec::row_to_float(static_cast<const char*>(f.q) + r * f.q_si * es, f.dtype, f.q_sd,
+                        int(f.D), int(Dp), qraw);
+      for (int64_t d = 0; d < Dp; d += W) store(qf + d, load(qraw + d) * vscale);
+      dec::row_to_float(static_cast<const char*>(c.dout) + r * c.dout_si * es, f.dtype,
+                        c.dout_sd, int(f.Dv), int(Dvp), dof);
+      for (int64_t t = 0; t < n; ++t) {
+        const float* kr = kf;
+        if (k_direct)
+          kr = reinterpret_cast<const float*>(krow(keys[t]));
+        else
+          dec::row_to_float(krow(keys[t]), f.dtype, f.k_sd, int(f.D), int(Dp), kf);
+        float x = hsum_dot(qf, kr, Dp), dc = 1.f;
+        if (f.softcap2 != 0.f) {
+          const float th = __builtin_tanhf(x / f.softcap2);
+          x = f.softcap2 * th;
+          dc = 1.f - th * th;
+        }
+        if (f.alibi2 != 0.f) {
+          const int64_t rel = f.rel_step * (i - keys[t]) + f.rel_base;
+          x -= f.alibi2 * float(rel < 0 ? -rel : rel);
+        }
+        p[t] = __builtin_exp2f(x - lse2);
+        dcap[t] = dc;
+        const float* vr = vt;
+        if (v_direct)
+          vr = reinterpret_cast<const float*>(vrow(keys[t]));
+        else
+          dec::row_to_float(vrow(keys[t]), f.dtype, f.v_sd, int(f.Dv), int(Dvp), vt);
+        dp[t] = hsum_dot(dof, vr, Dvp);
+      }
+      float delta = 0.f;
+      if (c.exact_delta) {
+        for (int64_t t = 0; t < n; ++t) delta += p[t] * dp[t];
+      } else {
+        dec::row_to_float(static_cast<const char*>(c.o) + r * c.o_si * es, f.dtype, c.o_sd,
+                          int(f.Dv), int(Dvp), ot);
+        delta = hsum_dot(dof, ot, Dvp);
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        const float ds = p[t] * (dp[t] - delta) * dcap[t];
+        const int64_t j = keys[t];
+        const float* kr = kf;
+        if (k_direct)
+          kr = reinterpret_cast<const float*>(krow(j));
+        else
+          dec::row_to_float(krow(j), f.dtype, f.k_sd, int(f.D), int(Dp), kf);
+        const vf vds = splat(ds), vp = splat(p[t]);
+        float* dk = c.dk_acc + j * Dp;
+        float* dv = c.dv_acc + j * Dvp;
+        for (int64_t d = 0; d < Dp; d += W) {
+          store(dq + d, fma(vds, load(kr + d), load(dq + d)));
+          store(dk + d, fma(vds, load(qraw + d), load(dk + d)));
+        }
+        for (int64_t d = 0; d < Dvp; d += W) store(dv + d, fma(vp, load(dof + d), load(dv + d)));
+      }
+    }
+    char* o = static_cast<char*>(c.dq) + r * c.dq_si * es;
+    for (int64_t d = 0; d < f.D; ++d) {
+      const float x = dq[d] * c.scale;
+      if (f.dtype == kF32)
+        reinterpret_cast<float*>(o)[d * c.dq_sd] = x;
+      else
+        reinterpret_cast<uint16_t*>(o)[d * c.dq_sd] = f.dtype == kF16 ? f2h(x) : f2bf(x);
+    }
+  }
+}
+
 }  // namespace spattn::cpu::SPATTN_ISA
 
 #define SPATTN_DEFINE_DECODE_KERNELS(getter, label)              \
   namespace spattn::cpu {                                        \
   const DecodeKernels* getter() {                                \
     static const DecodeKernels t{label, SPATTN_ISA::decode_chunk, SPATTN_ISA::decode_finish, \
-                                 SPATTN_ISA::sum_rows};          \
+                                 SPATTN_ISA::sum_rows, SPATTN_ISA::sparse_rows,             \
+                                 SPATTN_ISA::sparse_rows_bwd};                              \
     return &t;                                                   \
   }                                                              \
   }

@@ -26,16 +26,16 @@ void mask_keeps(const void* ctx, int64_t h, int64_t i0, int mq, int64_t j0, int 
 bool row_ranges(const void* ctx, int64_t h, int64_t i0, int mq, int ncol, int64_t j0, int nk,
                 int32_t* rlo, int32_t* rhi) {
   const Predicate& pred = *static_cast<const Predicate*>(ctx);
+  int64_t lo[kTile], hi[kTile];
+  if (!rows_block_range(pred, h, i0, mq, j0, j0 + nk - 1, lo, hi)) return false;
   for (int q = 0; q < ncol; ++q) {
     if (q >= mq) {
       rlo[q] = 0;
       rhi[q] = kTile;
       continue;
     }
-    int64_t lo, hi;
-    if (!row_block_range(pred, h, i0 + q, j0, j0 + nk - 1, &lo, &hi)) return false;
-    rlo[q] = lo > hi ? 0 : int32_t(lo - j0);
-    rhi[q] = lo > hi ? -1 : int32_t(hi - j0);
+    rlo[q] = lo[q] > hi[q] ? 0 : int32_t(lo[q] - j0);
+    rhi[q] = lo[q] > hi[q] ? -1 : int32_t(hi[q] - j0);
   }
   return true;
 }

@@ -100,6 +100,74 @@ struct neighborhood {
     *hi = last < j1 ? last : j1;
     return true;
   }
+
+  // row_interval for the `rows` consecutive query positions from p0 at once (the CPU
+  // kernels ask for a tile's rows per partial block): the same answers, walking the query's
+  // coordinates forward instead of dividing per row. False when some row's keys are not one
+  // interval.
+  SPATTN_HD bool rows_interval(const void* data, int64_t h, int64_t p0, int rows, int64_t j0,
+                               int64_t j1, int64_t* lo, int64_t* hi) const {
+    const int L = ndim - 1;
+    if (d[L] != 1) {  // dilated last dim: row by row (the general answer)
+      for (int r = 0; r < rows; ++r)
+        if (!row_interval(data, h, p0 + r, j0, j1, &lo[r], &hi[r])) return false;
+      return true;
+    }
+    for (int r = 0; r < rows; ++r) lo[r] = 1, hi[r] = 0;
+    const int64_t b0 = (j0 > start ? j0 : start) - start;
+    const int64_t b1 = (j1 < start + size - 1 ? j1 : start + size - 1) - start;
+    if (b0 > b1) return true;
+    const int64_t line_len = n[L] * tile;
+    if (b0 / line_len != b1 / line_len) return false;
+    const int64_t line = b0 / line_len, line_first = start + line * line_len;
+    int r = 0;
+    if (p0 < start) r = int(start - p0 < rows ? start - p0 : rows);  // rows before the grid: none
+    if (r >= rows) return true;
+    const int64_t a0 = p0 + r - start;
+    if (a0 >= size) return true;
+    int64_t cell = a0 / tile, sub = a0 % tile;
+    int64_t x = cell % n[L], prefix = cell / n[L];
+    auto line_is_neighbour = [&](int64_t pre) {  // key line's prefix coords against the query's
+      int64_t qa = pre, kl = line;
+      for (int t = L - 1; t >= 0; --t) {
+        const int64_t xq = qa % n[t], yk = kl % n[t];
+        qa /= n[t];
+        kl /= n[t];
+        int64_t l, hh;
+        grid_dim_range(n[t], w[t], d[t], causal_dim(t), xq, &l, &hh);
+        if (yk < l || yk > hh || (yk - l) % d[t] != 0) return false;
+      }
+      return true;
+    };
+    bool near = line_is_neighbour(prefix);
+    const bool cl = causal_dim(L);
+    const int64_t nl = n[L], wl = w[L];
+    for (; r < rows && p0 + r - start < size; ++r) {
+      if (near) {
+        int64_t s0, s1;  // grid_dim_range with d = 1
+        if (cl) {
+          s0 = x - wl + 1 < 0 ? 0 : x - wl + 1;
+          s1 = x;
+        } else {
+          s0 = x - wl / 2;
+          if (s0 > nl - wl) s0 = nl - wl;
+          if (s0 < 0) s0 = 0;
+          s1 = s0 + wl - 1;
+        }
+        const int64_t first = line_first + s0 * tile, last = line_first + (s1 + 1) * tile - 1;
+        lo[r] = first > j0 ? first : j0;
+        hi[r] = last < j1 ? last : j1;
+      }
+      if (++sub == tile) {
+        sub = 0;
+        if (++x == nl) {
+          x = 0;
+          near = line_is_neighbour(++prefix);
+        }
+      }
+    }
+    return true;
+  }
 };
 
 }  // namespace spattn::rules
