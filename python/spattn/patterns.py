@@ -173,17 +173,17 @@ class Pattern:
     A pattern kind's class also carries its text form, so that adding a kind touches only its
     C++ folder, its binding and its class:
 
-    - ``_syntax``: ``(name, params, doc)`` or ``(name, params, doc, options)`` for the text
-      syntax (`pattern_syntax`): ``params`` is ``[(param, default, kind)]`` with ``...`` for a
-      required one and kind one of int, optint, bool, float, ref (an array @i); ``options`` may
-      give ``aliases`` (a list of names) and ``variadic`` ('int': every argument is an int, or
-      one @i array, passed as one list).
+    - ``_syntax``: its name in the text syntax (`pattern_syntax`). The name's parameters
+      (kinds, defaults), aliases and help line are declared once, in C++, in the kind folder's
+      ``syntax.inc`` (cpp/src/pattern/kinds/README.md); the parser checks the arguments there
+      and this class is called with one value per parameter, in order (a variadic name's
+      arguments as one list).
     - ``_text(ref)``: the pattern in that syntax; ``ref(array)`` returns the ``@i`` that names
       an array passed beside the text (how torch's custom operators carry a pattern).
     """
 
     _compiled: _core.Pattern | None = None
-    _syntax: tuple | None = None
+    _syntax: str | None = None
 
     def _text(self, ref) -> str | None:
         return None
@@ -255,12 +255,16 @@ class Pattern:
 class Dense(Pattern):
     """Every query sees every key."""
 
+    _syntax = "dense"
+
     def _build(self):
         return _core.Pattern.dense()
 
 
 class Causal(Pattern):
     """rel >= 0: each query sees its own position and the past (bottom-right aligned)."""
+
+    _syntax = "causal"
 
     def _build(self):
         return _core.Pattern.causal()
@@ -269,6 +273,8 @@ class Causal(Pattern):
 class SlidingWindow(Pattern):
     """-right <= rel <= left, None meaning unbounded. SlidingWindow(W - 1, 0) is a causal window
     of W keys, self included (FlashAttention's window_size=(W-1, 0))."""
+
+    _syntax = "window"
 
     def __init__(self, left: int | None, right: int | None = 0):
         self.left = _bound(_index(left, "SlidingWindow: left", allow_none=True))
@@ -337,6 +343,8 @@ class Dilated(Pattern):
     and `right` in the future on a grid of step `dilation` (None: unbounded). Dilated(l, r, 1)
     is SlidingWindow(l, r)."""
 
+    _syntax = "dilated"
+
     def __init__(self, left: int | None, right: int | None = 0, dilation: int = 1):
         left = _index(left, "Dilated: left", allow_none=True)
         right = _index(right, "Dilated: right", allow_none=True)
@@ -355,6 +363,8 @@ class Dilated(Pattern):
 class Strided(Pattern):
     """rel % stride == 0 (and rel >= 0 if causal): the Sparse Transformer's strided heads."""
 
+    _syntax = "strided"
+
     def __init__(self, stride: int, causal: bool = True):
         self.stride = _positive(stride, "Strided: stride")
         self.causal = _flag(causal, "Strided: causal")
@@ -368,6 +378,8 @@ class Fixed(Pattern):
     """p // block == j // block or j % block >= block - summary (and rel >= 0 if causal): the
     Sparse Transformer's fixed pattern (own chunk plus the last `summary` keys of every chunk).
     Floor division, so negative positions p (Nq > Nk) fall in negative chunks."""
+
+    _syntax = "fixed"
 
     def __init__(self, block: int, summary: int, causal: bool = True):
         self.block = _positive(block, "Fixed: block")
@@ -385,6 +397,8 @@ class Global(Pattern):
     """Key j is global (seen by every query) and query i at position p = i + Nk - Nq is global
     (sees every key) when j or p is in `positions` (key positions, ints >= 0; duplicates fine;
     a position >= Nk is a ValueError when the pattern meets a problem)."""
+
+    _syntax = "global"
 
     def __init__(self, positions):
         if isinstance(positions, (str, bytes)) or positions is None:
@@ -411,6 +425,8 @@ class Global(Pattern):
 class Sink(Pattern):
     """j < n: the first n keys are seen by every query (StreamingLLM attention sinks)."""
 
+    _syntax = "sink"
+
     def __init__(self, n: int):
         self.n = min(_nonneg(n, "Sink: n"), _UNBOUNDED)
         self._check()
@@ -431,6 +447,8 @@ class BigBird(Pattern):
         (all of them when fewer remain), by splitmix64 seeded from (seed, a): deterministic.
     Inside kept blocks every pair is kept. Shared by all heads.
     """
+
+    _syntax = "bigbird"
 
     def __init__(self, block: int, window: int = 3, globals: int = 1, randoms: int = 1, seed: int = 0):
         self.block = _positive(block, "BigBird: block")
@@ -506,14 +524,7 @@ class Neighborhood(Pattern):
     others: see `vision_language`).
     """
 
-    _syntax = (
-        "neighborhood",
-        [("grid", ..., "ints"), ("window", ..., "ints"), ("dilation", 1, "ints"), ("causal", False, "bools"),
-         ("start", 0, "int")],
-        "neighborhood((h,w), window, dilation=1, causal=false, start=0): NATTEN over a row-major grid "
-        "of 1-3 dims (per-dim values as tuples)",
-        {"aliases": ["neighbourhood", "natten"]},
-    )
+    _syntax = "neighborhood"
 
     def __init__(self, grid, window, dilation=1, causal=False, start: int = 0):
         self.grid = _ints(grid, "Neighborhood: grid")
@@ -544,12 +555,7 @@ class SlidingTile(Pattern):
     in every dim; `start` as in Neighborhood.
     """
 
-    _syntax = (
-        "slidingtile",
-        [("grid", ..., "ints"), ("tile", ..., "ints"), ("window_tiles", ..., "ints"), ("start", 0, "int")],
-        "slidingtile((h,w), (th,tw), window_tiles, start=0): whole-tile windows, tokens tile-major",
-        {"aliases": ["sliding_tile", "sta"]},
-    )
+    _syntax = "slidingtile"
 
     def __init__(self, grid, tile, window_tiles, start: int = 0):
         self.grid = _ints(grid, "SlidingTile: grid")
@@ -588,12 +594,7 @@ class LongNet(Pattern):
     dilation. The heads' rules differ (h % r), so the layout is per head.
     """
 
-    _syntax = (
-        "longnet",
-        [("segments", ..., "ints"), ("dilations", ..., "ints"), ("causal", True, "bool")],
-        "longnet((w0,w1,..), (r0,r1,..), causal=true): LongNet's dilated segments (Nq = Nk)",
-        {"aliases": ["long_net"]},
-    )
+    _syntax = "longnet"
 
     def __init__(self, segments, dilations, causal: bool = True):
         self.segments = _ints(segments, "LongNet: segments")
@@ -645,12 +646,7 @@ class Document(Pattern):
     (Nq > Nk) sees nothing. ``cu_seqlens`` keeps the offsets (a tuple) either way.
     """
 
-    _syntax = (
-        "document", [],
-        "document(c0, c1, ...): attention within documents; cu_seqlens offsets (first 0, last Nk), "
-        "or document(@i)",
-        {"variadic": "int", "aliases": ["documents", "doc"]},
-    )
+    _syntax = "document"
 
     def __init__(self, cu_seqlens=None, *, segment_ids=None):
         if (cu_seqlens is None) == (segment_ids is None):
@@ -698,9 +694,7 @@ class PrefixLM(Pattern):
     first n tokens (the prefix), causal after them, as in prefix language models (the same pairs
     as ``Causal() | Sink(n)``, as one rule)."""
 
-    _syntax = ("prefixlm", [("n", ..., "int")],
-               "prefixlm(n): bidirectional over the first n keys, causal after them",
-               {"aliases": ["prefix_lm"]})
+    _syntax = "prefixlm"
 
     def __init__(self, n: int):
         self.n = min(_nonneg(n, "PrefixLM: n"), _UNBOUNDED)
@@ -719,9 +713,7 @@ class LogSparse(Pattern):
     Transformer). About log2(N) + local keys per query; its layout lists O(log N) key blocks
     per query block."""
 
-    _syntax = ("logsparse", [("local", 0, "int")],
-               "logsparse(local=0): rel = 0, rel <= local, or rel a power of two (rel >= 0)",
-               {"aliases": ["log_sparse"]})
+    _syntax = "logsparse"
 
     def __init__(self, local: int = 0):
         self.local = min(_nonneg(local, "LogSparse: local"), _UNBOUNDED)
@@ -765,6 +757,8 @@ class Intersection(Pattern):
 class PerHead(Pattern):
     """Query head h uses patterns[h]; the list must have exactly Hq entries (checked when the
     pattern meets a problem)."""
+
+    _syntax = "perhead"
 
     def __init__(self, patterns):
         if isinstance(patterns, Pattern):

@@ -12,6 +12,7 @@ void bind_ops(py::module_& m);
 void bind_merge(py::module_& m);
 void bind_decode(py::module_& m);
 void bind_select(py::module_& m);
+void bind_syntax(py::module_& m);  // syntax.cpp: the pattern text parser
 void bind_jax_ffi(py::module_& m);  // jax_ffi.cpp: XLA FFI targets for spattn.jax
 }  // namespace python
 }  // namespace spattn
@@ -41,5 +42,6 @@ PYBIND11_MODULE(_core, m) {
   spattn::python::bind_merge(m);
   spattn::python::bind_decode(m);
   spattn::python::bind_select(m);
+  spattn::python::bind_syntax(m);
   spattn::python::bind_jax_ffi(m);
 }

@@ -205,6 +205,43 @@ def test_unknown_name_lists_every_known_name():
                                 "sink", "bigbird", "blocksparse", "perhead"}
 
 
+def test_every_known_name_has_a_builder():
+    # the names and their parameters are declared in C++ (syntax.inc); each one needs a class
+    # that declares it (Pattern._syntax) or one of the parser's own builders
+    from spattn import pattern_syntax as S
+
+    missing = [n for n in KNOWN_NAMES if n not in S._CLASSES and n not in S._SPECIAL]
+    assert not missing
+    assert KNOWN_NAMES[:3] == ("dense", "causal", "window")
+    for name in KNOWN_NAMES:
+        assert name in S.SYNTAX_HELP
+
+
+@pytest.mark.parametrize("text,pos,fragment", [
+    ("(" * 100_000 + "causal", 100, "nests deeper than 100"),
+    ("perhead(" * 5_000 + "causal", 800, "nests deeper than 100"),
+    ("window(99999999999999999999)", 7, "out of range"),
+    ("window(1)\u00a0|\u3000caf\u00e9", 15, "unexpected character '\\xe9'"),  # Unicode spaces
+    ("sink(\ud800)", 5, "unexpected character '\\ud800'"),  # a lone surrogate
+    ("\u00e9\u00e9", 0, "unexpected character"),
+    (" " * (1 << 20) + "causal", 0, "bytes long"),
+])
+def test_limits_and_unicode(text, pos, fragment):
+    with pytest.raises(PatternSyntaxError) as info:
+        parse(text)
+    assert info.value.pos == pos and fragment in info.value.reason, str(info.value)[-300:]
+
+
+def test_long_flat_expressions_parse():
+    _needs_operators()
+    p = parse(" | ".join(f"sink({k})" for k in (1, 3, 2) * 700))  # 2,100 operands, left to right
+    np.testing.assert_array_equal(p.mask(6, 6), _cls("Sink")(3).mask(6, 6))
+    positions = list(range(0, 10000, 2))  # 5,000 arguments
+    p = parse("global(" + ",".join(map(str, positions)) + ")")
+    assert p.positions == tuple(positions)
+    np.testing.assert_array_equal(p.mask(4, 10000), _cls("Global")(positions).mask(4, 10000))
+
+
 def test_no_python_is_evaluated():
     for text in ["__import__('os')", "window(1+1)", "causal.__class__", "window(1)[0]", "lambda: 0"]:
         with pytest.raises(ValueError):

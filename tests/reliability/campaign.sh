@@ -7,7 +7,8 @@
 #
 #   1. differential fuzzing, SPATTN_FUZZ_SCALE=SCALE (default 20: 44,000 cases), random seeds
 #   2. 100,000 malformed inputs (seed SEED, default 1)
-#   3. ASan+UBSan: C++ tests, the fuzz target for 30 minutes, the reduced Python set
+#   3. ASan+UBSan: C++ tests, the fuzz targets (fuzz_core 30 minutes, fuzz_syntax 15), the
+#      reduced Python set
 #   4. TSan: the concurrency and kernel tests
 #   5. sizes and memory: > 2^31 elements, the 12M-token window forward, out of memory
 #   6. leaks and concurrency (RSS, fds, threads over 10,000 calls of each entry point)
@@ -39,7 +40,7 @@ step leaks "$PY" -m pytest -q -p no:cacheprovider -s tests/python/test_leaks.py 
 echo "=== summary"
 grep -h "passing examples\|passed\|failed" "$out/fuzz-differential.log" | tail -3
 grep -h "^malformed inputs" "$out/malformed.log"
-grep -h "stat::number_of_executed_units\|=== asan: done" "$out/asan.log"
+grep -h "^fuzz_[a-z]*:$\|stat::number_of_executed_units\|=== asan: done" "$out/asan.log"
 grep -h "failures\|=== tsan: done" "$out/tsan.log"
 grep -h "RSS" "$out/leaks.log" | head -12
 exit $status

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Sanitizer runs of spattn (RELIABILITY.md). CPU only, clang (the fuzz target needs libFuzzer).
+# Sanitizer runs of spattn (RELIABILITY.md). CPU only, clang (the fuzz targets need libFuzzer).
 #
 #   tests/reliability/sanitize.sh asan [FUZZ_SECONDS] [ci]
-#       ASan+UBSan build in build-asan/ (core, C++ tests, Python extension, fuzz target), then:
+#       ASan+UBSan build in build-asan/ (core, C++ tests, Python extension, fuzz targets), then:
 #       every C++ test (ci: all but the 2-minute kernel sweep, whose kernels the Python set runs),
-#       the fuzz target for FUZZ_SECONDS (default 30), and a reduced Python set over the
-#       sanitized extension (LD_PRELOAD of the ASan runtime), plus 500 malformed inputs.
+#       the fuzz targets (fuzz_core for FUZZ_SECONDS, default 30; fuzz_syntax, the pattern text
+#       parser, for half as long), and a reduced Python set over the sanitized extension
+#       (LD_PRELOAD of the ASan runtime), plus 500 malformed inputs.
 #   tests/reliability/sanitize.sh tsan
 #       TSan build in build-tsan/ (core and C++ tests) and the tests that run threads: the
 #       8-thread concurrency test and the kernel tests (thread pool, per-call thread limits).
@@ -20,8 +21,8 @@ start=$(date +%s)
 CXX="${SPATTN_SANITIZE_CXX:-clang++}"
 fuzz=ON
 if ! command -v "$CXX" >/dev/null 2>&1; then
-  # GCC has the same sanitizers but no libFuzzer: everything runs except the fuzz target.
-  echo "warning: $CXX not found (apt-get install clang): building with g++, without the fuzz target" >&2
+  # GCC has the same sanitizers but no libFuzzer: everything runs except the fuzz targets.
+  echo "warning: $CXX not found (apt-get install clang): building with g++, without the fuzz targets" >&2
   CXX=g++
   fuzz=OFF
 fi
@@ -44,7 +45,7 @@ if [ "$mode" = asan ]; then
   if [ "${3:-}" = ci ]; then  # everything but the kernel sweep CI does not run here
     targets=(--target spattn)
     [ -d build-asan/python ] && targets+=(_core)
-    [ "$fuzz" = ON ] && targets+=(fuzz_core)
+    [ "$fuzz" = ON ] && targets+=(fuzz_core fuzz_syntax)
     for t in tests/cpp/test_*.cpp; do
       t=$(basename "$t" .cpp)
       [ "$t" = test_cpu_kernels ] || targets+=("$t")
@@ -60,19 +61,29 @@ if [ "$mode" = asan ]; then
   ctest --test-dir build-asan --output-on-failure --no-tests=error -j "$jobs" "${exclude[@]}"
   echo "=== asan: C++ tests done after $(( $(date +%s) - start )) s"
 
-  mkdir -p build-asan/fuzz-corpus
-  rc=0
-  [ "$fuzz" = ON ] || fuzz_seconds=0
-  [ "$fuzz" = OFF ] || ./build-asan/tests/fuzz/fuzz_core -max_total_time="$fuzz_seconds" -timeout=20 -max_len=600 \
-    -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix=build-asan/ build-asan/fuzz-corpus \
-    > build-asan/fuzz.log 2>&1 || rc=$?
-  grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|Done )" build-asan/fuzz.log || true
-  if [ "$rc" -ne 0 ]; then
-    tail -60 build-asan/fuzz.log
-    echo "fuzz_core: a finding (rc $rc); the input is in build-asan/ (crash-*, timeout-*, oom-*)"
-    exit 1
+  # run_fuzz NAME SECONDS MAX_LEN [libFuzzer options and seed folders]: the target under the
+  # sanitizers; its corpus grows in build-asan/NAME-corpus, a finding fails the run
+  run_fuzz() {
+    local name="$1" seconds="$2" max_len="$3"; shift 3
+    mkdir -p "build-asan/$name-corpus"
+    local rc=0
+    ./build-asan/tests/fuzz/"$name" -max_total_time="$seconds" -timeout=20 -max_len="$max_len" \
+      -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="build-asan/$name-" "$@" \
+      "build-asan/$name-corpus" > "build-asan/$name.log" 2>&1 || rc=$?
+    echo "$name:"
+    grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|Done )" "build-asan/$name.log" || true
+    if [ "$rc" -ne 0 ]; then
+      tail -60 "build-asan/$name.log"
+      echo "$name: a finding (rc $rc); the input is in build-asan/ ($name-crash-*, -timeout-*, -oom-*)"
+      exit 1
+    fi
+  }
+  if [ "$fuzz" = ON ]; then
+    run_fuzz fuzz_core "$fuzz_seconds" 600
+    syntax_seconds=$(( fuzz_seconds / 2 > 0 ? fuzz_seconds / 2 : 1 ))
+    run_fuzz fuzz_syntax "$syntax_seconds" 2048 -dict=tests/fuzz/fuzz_syntax.dict tests/fuzz/seeds_syntax
   fi
-  echo "=== asan: fuzz target done after $(( $(date +%s) - start )) s"
+  echo "=== asan: fuzz targets done after $(( $(date +%s) - start )) s"
 
   # The sanitized extension beside the package's Python files, first on the path.
   stage=build-asan/stage/spattn
