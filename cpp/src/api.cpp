@@ -318,7 +318,7 @@ void run_forward(const Plan& pl, const Attention& a, const Pattern& pattern) {
     // The sinks join the first part only: a sink is one more term of the row's denominator, so
     // part 0 becomes the partial result over its keys plus the sink, and the exact merge of
     // the parts counts it once.
-    if (&part != &parts[0]) pa.mods.sinks = nullptr;
+    if (&part != &parts[0]) pa.mods.drop_sinks();
     owned.push_back(pl.be.allocate(a.dtype, {a.s.b, a.s.nq, a.s.hq, a.s.dv}, pl.call));
     pa.out = owned.back().view("out");
     owned.push_back(pl.be.allocate(lse_dtype(a.dtype), {a.s.b, a.s.hq, a.s.nq}, pl.call));
@@ -393,7 +393,7 @@ void attention_forward(const DLTensor& q_, const DLTensor& k_, const DLTensor& v
   expect_disjoint_outputs({{&a.out, "out"}, {&a.lse, "lse"}}, {{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}});
   const plan::CallOptions o = plan::resolve(options, s.d);
   a.scale = o.scale;
-  a.mods = plan::check_modifiers(options.modifiers, a.q, s.hq, false, nullptr);
+  a.mods = plan::check_modifiers(options.modifiers, a.q, a.dtype, s.hq, false, nullptr);
   Call call;
   Backend& be = attention_backend(a.q, Op::Forward, a.dtype, s, pattern, options, &call);
   plan::expect_modifiers_supported(a.mods, be, Op::Forward, call, a.q);
@@ -432,7 +432,7 @@ void attention_backward(const DLTensor& dout_, const DLTensor& q_, const DLTenso
   const plan::CallOptions o = plan::resolve(options, s.d);
   a.scale = o.scale;
   TensorView dsinks;
-  a.mods = plan::check_modifiers(options.modifiers, a.q, s.hq, true, &dsinks);
+  a.mods = plan::check_modifiers(options.modifiers, a.q, a.dtype, s.hq, true, &dsinks);
   expect_disjoint_outputs({{&dsinks, "dsinks"}},
                           {{&g.dout, "dout"}, {&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"},
                            {&a.out, "out"}, {&a.lse, "lse"}, {&g.dq, "dq"}, {&g.dk, "dk"},
@@ -594,7 +594,7 @@ void attention_forward_varlen(const DLTensor& q_, const DLTensor& k_, const DLTe
   expect_disjoint_outputs({{&t.out, "out"}, {&t.lse, "lse"}}, {{&t.q, "q"}, {&t.k, "k"}, {&t.v, "v"}});
   const plan::CallOptions o = plan::resolve(options, t.s.d);
   t.scale = o.scale;
-  t.mods = plan::check_modifiers(options.modifiers, t.q, t.s.hq, false, nullptr);
+  t.mods = plan::check_modifiers(options.modifiers, t.q, t.dtype, t.s.hq, false, nullptr);
   Call call;
   Backend& be = attention_backend(t.q, Op::Forward, t.dtype, t.s, pattern, options, &call);
   plan::expect_modifiers_supported(t.mods, be, Op::Forward, call, t.q);
@@ -636,7 +636,7 @@ void attention_backward_varlen(const DLTensor& dout_, const DLTensor& q_, const 
   const plan::CallOptions o = plan::resolve(options, t.s.d);
   t.scale = o.scale;
   TensorView dsinks;
-  t.mods = plan::check_modifiers(options.modifiers, t.q, t.s.hq, true, &dsinks);
+  t.mods = plan::check_modifiers(options.modifiers, t.q, t.dtype, t.s.hq, true, &dsinks);
   expect_disjoint_outputs({{&dsinks, "dsinks"}},
                           {{&g.dout, "dout"}, {&t.q, "q"}, {&t.k, "k"}, {&t.v, "v"},
                            {&t.out, "out"}, {&t.lse, "lse"}, {&g.dq, "dq"}, {&g.dk, "dk"},

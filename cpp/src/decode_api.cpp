@@ -166,7 +166,7 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
     const std::string why = be.unsupported(backend::Op::Select, dtype, D, Dv, call);
     if (!why.empty()) throw RuntimeError("pattern: " + why);
   }
-  const backend::ScoreMods mods = plan::check_modifiers(options.modifiers, q, hq, false, nullptr);
+  const backend::ScoreMods mods = plan::check_modifiers(options.modifiers, q, dtype, hq, false, nullptr);
   plan::expect_modifiers_supported(mods, be, backend::Op::Decode, call, q);
 
   TensorView table;

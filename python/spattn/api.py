@@ -43,27 +43,35 @@ def _softcap(softcap):
     return softcap
 
 
+def _modifier_dtype_name(q):
+    """The dtype of the per-head modifier arrays (and dsinks): lse's, float32, or float64 for
+    float64 inputs (a float64 gradient check needs its sinks unrounded)."""
+    return "float64" if str(getattr(q, "dtype", "")).endswith("float64") else "float32"
+
+
 def _per_head(x, name, q):
-    """alibi_slopes / sinks: None, or one float per query head as a float32 array the core takes:
-    a torch tensor as float32 (on its own device; the core refuses another device than q's),
-    a numpy array or a sequence of numbers as float32 numpy (on a CPU q), other DLPack arrays as
-    they are (the core wants float32). Shapes and values are the core's to check."""
+    """alibi_slopes / sinks: None, or one float per query head as an array the core takes, of
+    lse's dtype (float32; float64 for float64 inputs): a torch tensor converted (on its own
+    device; the core refuses another device than q's), a numpy array or a sequence of numbers as
+    numpy (on a CPU q), other DLPack arrays as they are (the core checks their dtype). Shapes
+    and values are the core's to check."""
     if x is None:
         return None
+    want = _modifier_dtype_name(q)
     pkg = package_of(x)
     if pkg == "torch":
         import torch
 
         if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
-            raise TypeError(f"{name}: expected a float32 array [Hq], got dtype {x.dtype}")
-        return x.to(torch.float32)
+            raise TypeError(f"{name}: expected a {want} array [Hq], got dtype {x.dtype}")
+        return x.to(getattr(torch, want))
     import numpy as np
 
     if isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
         a = np.asarray(x)
         if a.dtype.kind not in "fiu":
-            raise TypeError(f"{name}: expected a float32 array [Hq], got dtype {a.dtype}")
-        a = np.ascontiguousarray(a, dtype=np.float32)
+            raise TypeError(f"{name}: expected a {want} array [Hq], got dtype {a.dtype}")
+        a = np.ascontiguousarray(a, dtype=want)
         qpkg = package_of(q)
         if qpkg == "torch":
             import torch
@@ -72,7 +80,7 @@ def _per_head(x, name, q):
         return a
     if hasattr(x, "__dlpack__"):
         return detached(x)
-    raise TypeError(f"{name}: expected a float32 array [Hq] (numpy, torch, any DLPack array) or a sequence of floats, "
+    raise TypeError(f"{name}: expected a {want} array [Hq] (numpy, torch, any DLPack array) or a sequence of floats, "
                     f"got {type(x).__name__}")
 
 
@@ -237,7 +245,8 @@ _MODIFIERS_DOC = """
 
     Masked pairs stay masked. A row that keeps no key gets ``out = 0`` and ``lse = sink_h``
     (``-inf`` without sinks). Slopes must be finite, sinks finite or -inf (no sink for that
-    head). The arrays are converted to float32 on q's device (any float dtype is accepted).
+    head). The arrays are converted to float32 on q's device (float64 for float64 inputs; any
+    float dtype is accepted).
     With torch tensors, autograd gives the gradient of ``sinks`` (cast back to its dtype);
     ``softcap`` and ``alibi_slopes`` are constants and get none.
 """
@@ -297,7 +306,7 @@ def attention_backward(dout, q, k, v, out, lse, pattern=None, scale=None, cu_seq
     asks for it.
 
     With the forward's score modifiers, pass the same ones here. With ``sinks`` the result is
-    (dq, dk, dv, dsinks): dsinks float32 [Hq], the gradient of the sink logits,
+    (dq, dk, dv, dsinks): dsinks float32 [Hq] (float64 for float64 inputs), the gradient of the sink logits,
     ``dsinks[h] = -sum over rows of exp(sinks[h] - lse) * rowsum(dout * out)`` (over the batch
     and every sequence of a varlen batch).
     """

@@ -11,7 +11,8 @@ library, built with the FFI headers jaxlib ships (`SPATTN_JAX=ON pip install .`,
 README). A build without those headers, or a JAX whose default backend is not the CPU, falls
 back to calling the core from a `jax.pure_callback` on the host: arrays on a GPU are then copied
 to the host and back, and bfloat16 (which numpy cannot hand over through DLPack) is computed in
-float32 there and rounded back. No CUDA FFI targets exist yet.
+float32 there and rounded back. No CUDA FFI targets exist yet. Calls with score modifiers
+(softcap, alibi_slopes, sinks) take the same path as plain ones, forward and backward.
 
 Shapes and patterns as in `spattn.attention` / `spattn.decode` (docs/api.md): q [B, Nq, Hq, D],
 k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv] -> out [B, Nq, Hq, Dv] (and lse [B, Hq, Nq] float32 with
@@ -48,12 +49,13 @@ def backend() -> str:
     return "xla_ffi" if _ffi_targets() and jax.default_backend() == "cpu" else "pure_callback"
 
 
-def _ffi_attrs(pattern, scale) -> dict:
+def _ffi_attrs(pattern, scale, softcap) -> dict:
     pid = getattr(pattern, "_xla_ffi_id", None)
     if pid is None:  # the C++ side keeps the pattern; the custom call names it by index
         pid = _core.register_ffi_pattern(pattern._core())
         pattern._xla_ffi_id = pid
-    return {"pattern": np.int64(pid), "scale": np.float64(0.0 if scale is None else scale)}
+    return {"pattern": np.int64(pid), "scale": np.float64(0.0 if scale is None else scale),
+            "softcap": np.float64(0.0 if softcap is None else softcap)}
 
 
 def _host(x):
@@ -62,131 +64,93 @@ def _host(x):
     return x.astype(np.float32) if x.dtype == jnp.bfloat16 else x
 
 
-def _forward_call(q, k, v, pattern, scale):
-    b, nq, hq, _ = q.shape
-    lse_dtype = jnp.float64 if q.dtype == jnp.float64 else jnp.float32  # as the core's lse (x64 mode)
-    shapes = (jax.ShapeDtypeStruct((b, nq, hq, v.shape[-1]), q.dtype),
-              jax.ShapeDtypeStruct((b, hq, nq), lse_dtype))
-    if backend() == "xla_ffi":
-        call = jax.ffi.ffi_call("spattn_forward", shapes, vmap_method="sequential")
-        return call(q, k, v, **_ffi_attrs(pattern, scale))
-
-    def run(q, k, v):
-        out, lse = _api._forward(_host(q), _host(k), _host(v), pattern, scale, None, True, None)
-        return np.asarray(out).astype(shapes[0].dtype, copy=False), np.asarray(lse)
-
-    return jax.pure_callback(run, shapes, q, k, v, vmap_method="sequential")
+def _lse_dtype(q):
+    """lse's dtype, which the per-head modifiers and dsinks share: float64 for float64 inputs
+    (jax_enable_x64), else float32."""
+    return jnp.float64 if q.dtype == jnp.float64 else jnp.float32
 
 
-def _backward_call(dout, q, k, v, out, lse, pattern, scale):
-    shapes = tuple(jax.ShapeDtypeStruct(t.shape, q.dtype) for t in (q, k, v))
-    if backend() == "xla_ffi":
-        call = jax.ffi.ffi_call("spattn_backward", shapes, vmap_method="sequential")
-        return call(dout, q, k, v, out, lse, **_ffi_attrs(pattern, scale))
-
-    def run(dout, q, k, v, out, lse):
-        grads = _api._backward(_host(dout), _host(q), _host(k), _host(v), _host(out), _host(lse), pattern, scale,
-                               None)
-        return tuple(np.asarray(g).astype(s.dtype, copy=False) for g, s in zip(grads, shapes))
-
-    return jax.pure_callback(run, shapes, dout, q, k, v, out, lse, vmap_method="sequential")
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _attention(q, k, v, pattern, scale):
-    return _forward_call(q, k, v, pattern, scale)
-
-
-def _attention_fwd(q, k, v, pattern, scale):
-    out, lse = _forward_call(q, k, v, pattern, scale)
-    return (out, lse), (q, k, v, out, lse)
-
-
-def _attention_bwd(pattern, scale, residuals, cotangents):
-    q, k, v, out, lse = residuals
-    dout, _ = cotangents  # lse carries no gradient (as in FlashAttention)
-    dq, dk, dv = _backward_call(dout, q, k, v, out, lse, pattern, scale)
-    return dq, dk, dv
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
-
-
-# Score modifiers (see spattn.attention): through a host callback into the same core calls
-# (the FFI targets take none), with a custom_vjp that also gives the sinks' gradient.
+# Score modifiers (see spattn.attention). softcap is a static float (an FFI attribute); the
+# slopes and sinks are [Hq] arrays of lse's dtype, operands of every call, and an empty [0]
+# array stands for "none" (python/src/jax_ffi.cpp), so calls with and without modifiers take
+# the same path, FFI or host callback.
 
 
 def _mods(q, softcap, alibi_slopes, sinks):
     softcap = _api._softcap(softcap)
-    hq = q.shape[2]
+    hq, dtype = q.shape[2], _lse_dtype(q)
 
     def per_head(x, name):
         if x is None:
-            return None
+            return jnp.zeros((0,), dtype)
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.floating) and not jnp.issubdtype(x.dtype, jnp.integer):
-            raise TypeError(f"{name}: expected a float32 array [Hq], got dtype {x.dtype}")
+            raise TypeError(f"{name}: expected a {jnp.dtype(dtype).name} array [Hq], got dtype {x.dtype}")
         if x.shape != (hq,):
             raise ValueError(f"{name}: expected shape [{hq}] (one per query head, Hq={hq}), got {list(x.shape)}")
-        return x
+        return x.astype(dtype)  # jax.grad differentiates through the cast back to the sinks' dtype
 
     return softcap, per_head(alibi_slopes, "alibi_slopes"), per_head(sinks, "sinks")
 
 
-def _f32(x):
-    return None if x is None else np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+def _host_mods(softcap, alibi, sinks):
+    """The modifiers of a host callback as the core takes them (None for an empty array)."""
+    a, s = (None if x.shape[0] == 0 else np.asarray(x) for x in (alibi, sinks))
+    return _api._Mods(softcap, a, s)
 
 
-def _mod_forward_call(q, k, v, alibi, sinks, pattern, scale, softcap):
+def _forward_call(q, k, v, alibi, sinks, pattern, scale, softcap):
     b, nq, hq, _ = q.shape
     shapes = (jax.ShapeDtypeStruct((b, nq, hq, v.shape[-1]), q.dtype),
-              jax.ShapeDtypeStruct((b, hq, nq), jnp.float32))
-    extra = tuple(x for x in (alibi, sinks) if x is not None)
+              jax.ShapeDtypeStruct((b, hq, nq), _lse_dtype(q)))
+    if backend() == "xla_ffi":
+        call = jax.ffi.ffi_call("spattn_forward", shapes, vmap_method="sequential")
+        return call(q, k, v, alibi, sinks, **_ffi_attrs(pattern, scale, softcap))
 
-    def run(q, k, v, *extra):
-        it = iter(extra)
-        a = _f32(next(it)) if alibi is not None else None
-        s = _f32(next(it)) if sinks is not None else None
+    def run(q, k, v, alibi, sinks):
         out, lse = _api._forward(_host(q), _host(k), _host(v), pattern, scale, None, True, None,
-                                 _api._Mods(softcap, a, s))
-        return np.asarray(out).astype(shapes[0].dtype, copy=False), np.asarray(lse)
+                                 _host_mods(softcap, alibi, sinks))
+        return np.asarray(out).astype(shapes[0].dtype, copy=False), np.asarray(lse).astype(shapes[1].dtype, copy=False)
 
-    return jax.pure_callback(run, shapes, q, k, v, *extra, vmap_method="sequential")
+    return jax.pure_callback(run, shapes, q, k, v, alibi, sinks, vmap_method="sequential")
+
+
+def _backward_call(dout, q, k, v, out, lse, alibi, sinks, pattern, scale, softcap):
+    """(dq, dk, dv, dsinks); dsinks [Hq] of the sinks' dtype, or [0] without sinks."""
+    shapes = tuple(jax.ShapeDtypeStruct(t.shape, q.dtype) for t in (q, k, v))
+    shapes += (jax.ShapeDtypeStruct(sinks.shape, sinks.dtype),)
+    if backend() == "xla_ffi":
+        call = jax.ffi.ffi_call("spattn_backward", shapes, vmap_method="sequential")
+        return call(dout, q, k, v, out, lse, alibi, sinks, **_ffi_attrs(pattern, scale, softcap))
+
+    def run(dout, q, k, v, out, lse, alibi, sinks):
+        grads = _api._backward(_host(dout), _host(q), _host(k), _host(v), _host(out), _host(lse), pattern, scale,
+                               None, _host_mods(softcap, alibi, sinks))
+        if len(grads) == 3:
+            grads = (*grads, np.zeros((0,), shapes[3].dtype))
+        return tuple(np.asarray(g).astype(sh.dtype, copy=False) for g, sh in zip(grads, shapes))
+
+    return jax.pure_callback(run, shapes, dout, q, k, v, out, lse, alibi, sinks, vmap_method="sequential")
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _attention_mod(q, k, v, alibi, sinks, pattern, scale, softcap):
-    return _mod_forward_call(q, k, v, alibi, sinks, pattern, scale, softcap)
+def _attention(q, k, v, alibi, sinks, pattern, scale, softcap):
+    return _forward_call(q, k, v, alibi, sinks, pattern, scale, softcap)
 
 
-def _attention_mod_fwd(q, k, v, alibi, sinks, pattern, scale, softcap):
-    out, lse = _mod_forward_call(q, k, v, alibi, sinks, pattern, scale, softcap)
+def _attention_fwd(q, k, v, alibi, sinks, pattern, scale, softcap):
+    out, lse = _forward_call(q, k, v, alibi, sinks, pattern, scale, softcap)
     return (out, lse), (q, k, v, alibi, sinks, out, lse)
 
 
-def _attention_mod_bwd(pattern, scale, softcap, residuals, cotangents):
+def _attention_bwd(pattern, scale, softcap, residuals, cotangents):
     q, k, v, alibi, sinks, out, lse = residuals
-    dout, _ = cotangents
-    shapes = tuple(jax.ShapeDtypeStruct(t.shape, q.dtype) for t in (q, k, v))
-    if sinks is not None:
-        shapes += (jax.ShapeDtypeStruct(sinks.shape, jnp.float32),)
-    extra = tuple(x for x in (alibi, sinks) if x is not None)
-
-    def run(dout, q, k, v, out, lse, *extra):
-        it = iter(extra)
-        a = _f32(next(it)) if alibi is not None else None
-        s = _f32(next(it)) if sinks is not None else None
-        grads = _api._backward(_host(dout), _host(q), _host(k), _host(v), _host(out), _host(lse), pattern, scale,
-                               None, _api._Mods(softcap, a, s))
-        return tuple(np.asarray(g).astype(sh.dtype, copy=False) for g, sh in zip(grads, shapes))
-
-    g = jax.pure_callback(run, shapes, dout, q, k, v, out, lse, *extra, vmap_method="sequential")
-    dalibi = None if alibi is None else jnp.zeros_like(alibi)  # slopes are constants
-    dsinks = None if sinks is None else g[3].astype(sinks.dtype)
-    return g[0], g[1], g[2], dalibi, dsinks
+    dout, _ = cotangents  # lse carries no gradient (as in FlashAttention)
+    dq, dk, dv, dsinks = _backward_call(dout, q, k, v, out, lse, alibi, sinks, pattern, scale, softcap)
+    return dq, dk, dv, jnp.zeros_like(alibi), dsinks  # the slopes are constants, the sinks learned
 
 
-_attention_mod.defvjp(_attention_mod_fwd, _attention_mod_bwd)
+_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def _check(name, x):
@@ -200,50 +164,42 @@ def attention(q, k, v, pattern=None, scale=None, return_lse: bool = False, *, so
               sinks=None):
     """Attention on the pairs `pattern` keeps, differentiable with `jax.grad` (lse has no
     gradient); works under `jax.jit` and `jax.vmap`. The score modifiers softcap, alibi_slopes
-    and sinks are those of `spattn.attention` (the sinks get a gradient; calls with modifiers
-    run through a host callback, not the FFI targets)."""
+    and sinks are those of `spattn.attention`, on the same path as plain calls (the sinks get a
+    gradient; the slopes and sinks are used in lse's dtype, float64 for float64 inputs)."""
     pattern, scale = _api._pattern(pattern), _api._scale(scale)
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
     softcap, alibi, sinks = _mods(q, softcap, alibi_slopes, sinks)
-    if softcap is not None or alibi is not None or sinks is not None:
-        out, lse = _attention_mod(q, k, v, alibi, sinks, pattern, scale, softcap)
-    else:
-        out, lse = _attention(q, k, v, pattern, scale)
+    out, lse = _attention(q, k, v, alibi, sinks, pattern, scale, softcap)
     return (out, jax.lax.stop_gradient(lse)) if return_lse else out
 
 
 def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False, *,
            softcap=None, alibi_slopes=None, sinks=None):
     """`spattn.decode` for JAX arrays (no gradient: decoding is inference); works under `jax.jit`.
-    Score modifiers as in `attention` (through the host callback)."""
+    Score modifiers as in `attention`."""
     pattern, scale = _api._pattern(pattern), _api._scale(scale)
     for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         _check(name, x)
     softcap, alibi, sinks = _mods(q, softcap, alibi_slopes, sinks)
-    has_mods = softcap is not None or alibi is not None or sinks is not None
     cache_len = jnp.asarray(cache_len)
     b, nq, hq, _ = q.shape
     shapes = (jax.ShapeDtypeStruct((b, nq, hq, v_cache.shape[-1]), q.dtype),
-              jax.ShapeDtypeStruct((b, hq, nq), jnp.float32))
-    if backend() == "xla_ffi" and not has_mods:
-        args = (q, k_cache, v_cache, cache_len) + (() if block_table is None else (jnp.asarray(block_table),))
+              jax.ShapeDtypeStruct((b, hq, nq), _lse_dtype(q)))
+    args = (q, k_cache, v_cache, cache_len) + (() if block_table is None else (jnp.asarray(block_table),))
+    args = tuple(jax.lax.stop_gradient(a) for a in args + (alibi, sinks))
+    if backend() == "xla_ffi":
         name = "spattn_decode" if block_table is None else "spattn_decode_paged"
         call = jax.ffi.ffi_call(name, shapes, vmap_method="sequential")
-        out, lse = call(*(jax.lax.stop_gradient(a) for a in args), **_ffi_attrs(pattern, scale))
+        out, lse = call(*args, **_ffi_attrs(pattern, scale, softcap))
         return (out, lse) if return_lse else out
 
     def run(q, k_cache, v_cache, cache_len, *rest):
-        rest = list(rest)
-        bt = np.asarray(rest.pop(0)) if block_table is not None else None
-        a = _f32(rest.pop(0)) if alibi is not None else None
-        s = _f32(rest.pop(0)) if sinks is not None else None
+        *table, alibi, sinks = rest
+        bt = np.asarray(table[0]) if table else None
         out, lse = _api._decode(_host(q), _host(k_cache), _host(v_cache), np.asarray(cache_len), pattern, bt, scale,
-                                True, None, _api._Mods(softcap, a, s))
-        return np.asarray(out).astype(shapes[0].dtype, copy=False), np.asarray(lse)
+                                True, None, _host_mods(softcap, alibi, sinks))
+        return np.asarray(out).astype(shapes[0].dtype, copy=False), np.asarray(lse).astype(shapes[1].dtype, copy=False)
 
-    args = (q, k_cache, v_cache, cache_len) + (() if block_table is None else (jnp.asarray(block_table),))
-    args += tuple(x for x in (alibi, sinks) if x is not None)
-    args = tuple(jax.lax.stop_gradient(a) for a in args)
     out, lse = jax.pure_callback(run, shapes, *args, vmap_method="sequential")
     return (out, lse) if return_lse else out

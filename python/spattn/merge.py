@@ -57,7 +57,7 @@ def _with_sink_part(outs, lses, sinks):
         import torch
 
         s = sinks if isinstance(sinks, torch.Tensor) else torch.as_tensor(sinks)
-        s = s.detach().to(device=o0.device, dtype=torch.float32)
+        s = s.detach().to(device=o0.device, dtype=l0.dtype)  # the lses' dtype (float64 parts: float64)
         if tuple(s.shape) != (h,):
             raise ValueError(f"sinks: expected shape [{h}] (one logit per head), got {list(s.shape)}")
         lse = s.view(h, 1).expand(l0.shape) if varlen else s.view(1, h, 1).expand(l0.shape)
@@ -66,7 +66,7 @@ def _with_sink_part(outs, lses, sinks):
 
     if package_of(o0) != "numpy":
         raise TypeError(f"sinks: merge takes sinks with numpy or torch partial results, got {package_of(o0)} arrays")
-    s = np.asarray(sinks, dtype=np.float32)
+    s = np.asarray(sinks, dtype=l0.dtype)
     if s.shape != (h,):
         raise ValueError(f"sinks: expected shape [{h}] (one logit per head), got {list(s.shape)}")
     lse = np.broadcast_to(s[:, None] if varlen else s[None, :, None], l0.shape)

@@ -211,12 +211,13 @@ def _check_rank(t, name, want, shape):
         raise ValueError(f"{name}: expected {want} dimensions {shape}, got shape {list(t.shape)}")
 
 
-def _check_per_head(t, name, hq):
-    """alibi_slopes / sinks in the fake implementations: float32 [Hq] (the core's checks)."""
+def _check_per_head(t, name, q):
+    """alibi_slopes / sinks in the fake implementations: [Hq] of lse's dtype (the core's checks)."""
     if t is None:
         return
-    if t.dtype != torch.float32:
-        raise TypeError(f"{name}: expected float32 [Hq], got dtype {t.dtype}")
+    hq = q.shape[-2]
+    if t.dtype != _lse_dtype(q):
+        raise TypeError(f"{name}: expected {_lse_dtype(q)} [Hq], got dtype {t.dtype}")
     if t.dim() != 1 or t.shape[0] != hq:
         raise ValueError(f"{name}: expected shape [{hq}] (one per query head), got {list(t.shape)}")
 
@@ -224,8 +225,8 @@ def _check_per_head(t, name, hq):
 @_attention_forward.register_fake
 def _(q, k, v, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k, softcap=None, alibi_slopes=None, sinks=None):
     _same_device(q, k=k, v=v, alibi_slopes=alibi_slopes, sinks=sinks)
-    _check_per_head(alibi_slopes, "alibi_slopes", q.shape[-2])
-    _check_per_head(sinks, "sinks", q.shape[-2])
+    _check_per_head(alibi_slopes, "alibi_slopes", q)
+    _check_per_head(sinks, "sinks", q)
     if cu_seqlens_q is None:
         _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
         _check_rank(v, "v", 4, "[B, Nk, Hkv, Dv]")
@@ -255,20 +256,20 @@ def _attention_backward(
     sinks: Optional[Tensor] = None,
     deterministic: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, dsinks); dsinks is float32 [Hq] with sinks, else an empty float32 [0]."""
+    """(dq, dk, dv, dsinks); dsinks is [Hq] of lse's dtype with sinks, else empty [0]."""
     p = _pattern_of(pattern, pattern_data)
     r = _api._backward(dout, q, k, v, out, lse, p, scale, _varlen(cu_seqlens_q, cu_seqlens_k),
                        _api._Mods(softcap, alibi_slopes, sinks), deterministic)
-    return r if len(r) == 4 else r + (q.new_empty((0,), dtype=torch.float32),)
+    return r if len(r) == 4 else r + (q.new_empty((0,), dtype=_lse_dtype(q)),)
 
 
 @_attention_backward.register_fake
 def _(dout, q, k, v, out, lse, pattern, pattern_data, scale, cu_seqlens_q, cu_seqlens_k, softcap=None,
       alibi_slopes=None, sinks=None, deterministic=False):
     _same_device(q, dout=dout, k=k, v=v, out=out, lse=lse, alibi_slopes=alibi_slopes, sinks=sinks)
-    _check_per_head(alibi_slopes, "alibi_slopes", q.shape[-2])
-    _check_per_head(sinks, "sinks", q.shape[-2])
-    dsinks = q.new_empty((0,) if sinks is None else (q.shape[-2],), dtype=torch.float32)
+    _check_per_head(alibi_slopes, "alibi_slopes", q)
+    _check_per_head(sinks, "sinks", q)
+    dsinks = q.new_empty((0,) if sinks is None else (q.shape[-2],), dtype=_lse_dtype(q))
     return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape), dsinks
 
 
@@ -326,8 +327,8 @@ def _(q, k_cache, v_cache, cache_len, pattern, pattern_data, block_table, scale,
       alibi_slopes=None, sinks=None):
     _same_device(q, k_cache=k_cache, v_cache=v_cache, pooled_keys=pooled_keys, alibi_slopes=alibi_slopes,
                  sinks=sinks)
-    _check_per_head(alibi_slopes, "alibi_slopes", q.shape[-2])
-    _check_per_head(sinks, "sinks", q.shape[-2])
+    _check_per_head(alibi_slopes, "alibi_slopes", q)
+    _check_per_head(sinks, "sinks", q)
     _check_rank(q, "q", 4, "[B, Nq, Hq, D]")
     _check_rank(v_cache, "v_cache", 4, "[B, Ncap, Hkv, Dv] or [pages, page_size, Hkv, Dv]")
     B, Nq, Hq = q.shape[0], q.shape[1], q.shape[2]
@@ -407,8 +408,9 @@ class _EagerAttention(torch.autograd.Function):
 
 
 def _mods(q, softcap, alibi_slopes, sinks, detach_sinks):
-    """The checked modifiers as the operators take them: float32 tensors on q's device (sinks
-    keep their autograd history through the cast unless detach_sinks)."""
+    """The checked modifiers as the operators take them: tensors of lse's dtype (float32; float64
+    for float64 inputs) on q's device (sinks keep their autograd history through the cast unless
+    detach_sinks)."""
     if softcap is None and alibi_slopes is None and sinks is None:
         return None, None, None
 
@@ -417,8 +419,8 @@ def _mods(q, softcap, alibi_slopes, sinks, detach_sinks):
             return None
         if isinstance(x, Tensor):
             if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
-                raise TypeError(f"{name}: expected a float32 tensor [Hq], got dtype {x.dtype}")
-            return x.to(torch.float32)
+                raise TypeError(f"{name}: expected a {_lse_dtype(q)} tensor [Hq], got dtype {x.dtype}")
+            return x.to(_lse_dtype(q))
         return _as_torch(_api._per_head(x, name, q)).to(q.device)
 
     alibi = per_head(alibi_slopes, "alibi_slopes")
@@ -452,7 +454,7 @@ def attention(q, k, v, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None, ret
 
 def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=None, cu_seqlens_k=None,
                        deterministic=False, softcap=None, alibi_slopes=None, sinks=None):
-    """(dq, dk, dv), and dsinks float32 [Hq] with sinks, eagerly through the core, else through
+    """(dq, dk, dv), and dsinks [Hq] (lse's dtype) with sinks, eagerly through the core, else through
     spattn::attention_backward; the gradients carry no gradient themselves (no double backward),
     as on the direct path."""
     args = [t.detach() for t in (dout, q, k, v, out, lse)]

@@ -6,6 +6,13 @@
 // DLTensors and passed to the same C++ entry points as every other caller. Patterns cannot be
 // FFI attributes, so Python registers each core Pattern once (_core.register_ffi_pattern) and
 // passes its index as the attribute `pattern`.
+//
+// Score modifiers (docs/score_modifiers.md): `softcap` is an attribute (0: none), a constant of
+// the traced call. alibi_slopes and sinks are operands, not attributes: they are arrays that
+// jax.jit traces (the sinks are learned, and jax.grad differentiates them), which attributes,
+// baked into the compiled program, cannot be. Every target takes both, always: [Hq] of lse's
+// dtype, or an empty [0] array for "none", so that one handler serves calls with and without
+// them. The backward returns dsinks the same way ([Hq], or [0] without sinks).
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -56,14 +63,16 @@ DLTensor view(const ffi::AnyBuffer& b, std::vector<int64_t>& strides, const char
   const auto dims = b.dimensions();
   t.ndim = int(dims.size());
   switch (b.element_type()) {
+    case ffi::DataType::F64: t.dtype = {kDLFloat, 64, 1}; break;  // jax_enable_x64
     case ffi::DataType::F32: t.dtype = {kDLFloat, 32, 1}; break;
     case ffi::DataType::F16: t.dtype = {kDLFloat, 16, 1}; break;
     case ffi::DataType::BF16: t.dtype = {kDLBfloat, 16, 1}; break;
     case ffi::DataType::S32: t.dtype = {kDLInt, 32, 1}; break;
     case ffi::DataType::S64: t.dtype = {kDLInt, 64, 1}; break;
     default:
-      throw TypeError(std::string(name) + ": expected float32, float16, bfloat16 (or int32/int64 "
-                      "indices), got XLA data type " + std::to_string(int(b.element_type())));
+      throw TypeError(std::string(name) + ": expected float32, float16, bfloat16, float64 (or "
+                      "int32/int64 indices), got XLA data type " +
+                      std::to_string(int(b.element_type())));
   }
   strides.assign(size_t(t.ndim), 1);
   for (int d = t.ndim - 2; d >= 0; --d) strides[size_t(d)] = strides[size_t(d) + 1] * dims[size_t(d) + 1];
@@ -87,59 +96,80 @@ ffi::Error guarded(F&& f) {
   }
 }
 
-Options options(double scale) {
+// A per-head modifier operand: null for the empty [0] array that stands for "none".
+const DLTensor* given(const DLTensor& t) {
+  return t.ndim == 1 && t.shape[0] == 0 ? nullptr : &t;
+}
+
+Options options(double scale, double softcap, const DLTensor& alibi, const DLTensor& sinks,
+                const DLTensor* dsinks = nullptr) {
   Options o;
   o.scale = scale;  // 0: 1/sqrt(D)
+  o.modifiers.softcap = softcap;  // 0: none
+  o.modifiers.alibi_slopes = given(alibi);
+  o.modifiers.sinks = given(sinks);
+  o.modifiers.dsinks = o.modifiers.sinks ? dsinks : nullptr;
   return o;
 }
 
-ffi::Error forward_impl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, int64_t pattern,
-                        double scale, ffi::Result<ffi::AnyBuffer> out,
+ffi::Error forward_impl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                        ffi::AnyBuffer alibi, ffi::AnyBuffer sinks, int64_t pattern, double scale,
+                        double softcap, ffi::Result<ffi::AnyBuffer> out,
                         ffi::Result<ffi::AnyBuffer> lse) {
   return guarded([&] {
-    std::vector<int64_t> s[5];
+    std::vector<int64_t> s[7];
     const DLTensor tq = view(q, s[0], "q"), tk = view(k, s[1], "k"), tv = view(v, s[2], "v");
-    const DLTensor to = view(*out, s[3], "out"), tl = view(*lse, s[4], "lse");
-    attention_forward(tq, tk, tv, pattern_at(pattern), to, &tl, options(scale));
+    const DLTensor ta = view(alibi, s[3], "alibi_slopes"), ts = view(sinks, s[4], "sinks");
+    const DLTensor to = view(*out, s[5], "out"), tl = view(*lse, s[6], "lse");
+    attention_forward(tq, tk, tv, pattern_at(pattern), to, &tl, options(scale, softcap, ta, ts));
   });
 }
 
 ffi::Error backward_impl(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k,
                          ffi::AnyBuffer v, ffi::AnyBuffer out, ffi::AnyBuffer lse,
-                         int64_t pattern, double scale, ffi::Result<ffi::AnyBuffer> dq,
-                         ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv) {
+                         ffi::AnyBuffer alibi, ffi::AnyBuffer sinks, int64_t pattern, double scale,
+                         double softcap, ffi::Result<ffi::AnyBuffer> dq,
+                         ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
+                         ffi::Result<ffi::AnyBuffer> dsinks) {
   return guarded([&] {
-    std::vector<int64_t> s[9];
+    std::vector<int64_t> s[12];
     const DLTensor tdo = view(dout, s[0], "dout"), tq = view(q, s[1], "q"), tk = view(k, s[2], "k");
     const DLTensor tv = view(v, s[3], "v"), to = view(out, s[4], "out"), tl = view(lse, s[5], "lse");
-    const DLTensor gq = view(*dq, s[6], "dq"), gk = view(*dk, s[7], "dk"), gv = view(*dv, s[8], "dv");
-    attention_backward(tdo, tq, tk, tv, to, tl, pattern_at(pattern), gq, gk, gv, options(scale));
+    const DLTensor ta = view(alibi, s[6], "alibi_slopes"), ts = view(sinks, s[7], "sinks");
+    const DLTensor gq = view(*dq, s[8], "dq"), gk = view(*dk, s[9], "dk"), gv = view(*dv, s[10], "dv");
+    const DLTensor gs = view(*dsinks, s[11], "dsinks");
+    attention_backward(tdo, tq, tk, tv, to, tl, pattern_at(pattern), gq, gk, gv,
+                       options(scale, softcap, ta, ts, &gs));
   });
 }
 
 ffi::Error decode_impl(ffi::AnyBuffer q, ffi::AnyBuffer k_cache, ffi::AnyBuffer v_cache,
-                       ffi::AnyBuffer cache_len, int64_t pattern, double scale,
+                       ffi::AnyBuffer cache_len, ffi::AnyBuffer alibi, ffi::AnyBuffer sinks,
+                       int64_t pattern, double scale, double softcap,
                        ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse) {
   return guarded([&] {
-    std::vector<int64_t> s[6];
+    std::vector<int64_t> s[8];
     const DLTensor tq = view(q, s[0], "q"), tk = view(k_cache, s[1], "k_cache");
     const DLTensor tv = view(v_cache, s[2], "v_cache"), tn = view(cache_len, s[3], "cache_len");
-    const DLTensor to = view(*out, s[4], "out"), tl = view(*lse, s[5], "lse");
-    decode(tq, tk, tv, tn, pattern_at(pattern), nullptr, to, &tl, options(scale));
+    const DLTensor ta = view(alibi, s[4], "alibi_slopes"), ts = view(sinks, s[5], "sinks");
+    const DLTensor to = view(*out, s[6], "out"), tl = view(*lse, s[7], "lse");
+    decode(tq, tk, tv, tn, pattern_at(pattern), nullptr, to, &tl, options(scale, softcap, ta, ts));
   });
 }
 
 ffi::Error decode_paged_impl(ffi::AnyBuffer q, ffi::AnyBuffer k_pages, ffi::AnyBuffer v_pages,
                              ffi::AnyBuffer cache_len, ffi::AnyBuffer block_table,
-                             int64_t pattern, double scale, ffi::Result<ffi::AnyBuffer> out,
+                             ffi::AnyBuffer alibi, ffi::AnyBuffer sinks, int64_t pattern,
+                             double scale, double softcap, ffi::Result<ffi::AnyBuffer> out,
                              ffi::Result<ffi::AnyBuffer> lse) {
   return guarded([&] {
-    std::vector<int64_t> s[7];
+    std::vector<int64_t> s[9];
     const DLTensor tq = view(q, s[0], "q"), tk = view(k_pages, s[1], "k_cache");
     const DLTensor tv = view(v_pages, s[2], "v_cache"), tn = view(cache_len, s[3], "cache_len");
     const DLTensor tb = view(block_table, s[4], "block_table");
-    const DLTensor to = view(*out, s[5], "out"), tl = view(*lse, s[6], "lse");
-    decode(tq, tk, tv, tn, pattern_at(pattern), &tb, to, &tl, options(scale));
+    const DLTensor ta = view(alibi, s[5], "alibi_slopes"), ts = view(sinks, s[6], "sinks");
+    const DLTensor to = view(*out, s[7], "out"), tl = view(*lse, s[8], "lse");
+    decode(tq, tk, tv, tn, pattern_at(pattern), &tb, to, &tl, options(scale, softcap, ta, ts));
   });
 }
 
@@ -148,8 +178,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_forward, forward_impl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()  // alibi_slopes
+                                  .Arg<ffi::AnyBuffer>()  // sinks
                                   .Attr<int64_t>("pattern")
                                   .Attr<double>("scale")
+                                  .Attr<double>("softcap")
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
 
@@ -161,11 +194,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_backward, backward_impl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()  // alibi_slopes
+                                  .Arg<ffi::AnyBuffer>()  // sinks
                                   .Attr<int64_t>("pattern")
                                   .Attr<double>("scale")
+                                  .Attr<double>("softcap")
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());  // dsinks
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_decode, decode_impl,
                               ffi::Ffi::Bind()
@@ -173,8 +210,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_decode, decode_impl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()  // alibi_slopes
+                                  .Arg<ffi::AnyBuffer>()  // sinks
                                   .Attr<int64_t>("pattern")
                                   .Attr<double>("scale")
+                                  .Attr<double>("softcap")
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
 
@@ -185,8 +225,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_decode_paged, decode_paged_impl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()  // alibi_slopes
+                                  .Arg<ffi::AnyBuffer>()  // sinks
                                   .Attr<int64_t>("pattern")
                                   .Attr<double>("scale")
+                                  .Attr<double>("softcap")
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
 #endif  // SPATTN_XLA_FFI

@@ -175,9 +175,9 @@ py::tuple backward(py::handle dout, py::handle q, py::handle k, py::handle v, py
   ManagedTensor dq = output(dq_out, "dq", vq, dt, std::vector<int64_t>(vq.shape, vq.shape + vq.ndim));
   ManagedTensor dk = output(dk_out, "dk", vq, dt, std::vector<int64_t>(vk.shape, vk.shape + vk.ndim));
   ManagedTensor dv = output(dv_out, "dv", vq, dt, std::vector<int64_t>(vv.shape, vv.shape + vv.ndim));
-  ManagedTensor dsinks;  // with sinks: float32 [Hq], on q's device
+  ManagedTensor dsinks;  // with sinks: [Hq] of lse's dtype (float64 for float64 inputs), on q's device
   if (!sinks.is_none()) {
-    dsinks = output(dsinks_out, "dsinks", vq, DType::Float32, {vq.shape[vq.ndim - 2]});
+    dsinks = output(dsinks_out, "dsinks", vq, lse_dtype(dt), {vq.shape[vq.ndim - 2]});
     opt.modifiers.dsinks = &dsinks.dl();
   }
   {
@@ -220,7 +220,7 @@ void bind_ops(py::module_& m) {
         py::arg("softcap") = py::none(), py::arg("alibi_slopes") = py::none(),
         py::arg("sinks") = py::none(), py::arg("dsinks") = py::none(),
         "Attention backward: returns (dq, dk, dv) as DLPackTensor holders shaped like q, k, v, "
-        "and with sinks also dsinks float32 [Hq]. deterministic: bitwise reproducible gradients, "
+        "and with sinks also dsinks float32 [Hq] (float64 for float64 inputs). deterministic: bitwise reproducible gradients, "
         "or RuntimeError where the backend's kernel cannot give them (Options::deterministic).");
   m.def("info", &spattn::info, "Build and runtime facts, as a dict of strings.");
   m.def(

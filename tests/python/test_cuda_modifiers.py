@@ -13,7 +13,8 @@ import pytest
 
 import spattn
 from _helpers import as64, compiled_cuda_kernels, cuda_torch_or_skip
-from test_score_modifiers import MODS, _check, _kw, _naive_err, ref_modified
+from modifier_ref import ref_modified
+from test_score_modifiers import MODS, _check, _kw, _naive_err
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_forward_backward_and_sinks_gradient(cuda, mod, pname, forward_kernel, m
         ts = [torch.from_numpy(x).to(dt).cuda() for x in (q, k, v, do)]
         rounded = [as64(t) for t in ts]
         scale = 0.7 / np.sqrt(d)
-        ro, rl, (rdq, rdk, rdv, rds) = ref_modified(*rounded[:3], pattern.mask(nq, nk, heads=hq), scale,
+        ro, rl, (rdq, rdk, rdv, rds) = ref_modified(*rounded[:3], pattern, scale,
                                                     kw["softcap"], kw["alibi_slopes"], kw["sinks"], dout=rounded[3])
         tkw = {n: (torch.tensor(x, dtype=torch.float32, device="cuda") if isinstance(x, np.ndarray) else x)
                for n, x in kw.items()}

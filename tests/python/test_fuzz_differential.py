@@ -2,7 +2,9 @@
 intersections, PerHead, TopKBlocks), random shapes (lengths 0 and 1, Nq != Nk, GQA), memory
 layouts (views, transposes, negative and zero strides), dtypes and scales, variable-length
 batches, decode over contiguous and paged caches, and merges, all compared with a float64
-reference (_helpers.ref_forward / ref_backward, documented masks from fuzz_cases).
+reference (_helpers.ref_forward / ref_backward, documented masks from fuzz_cases). About a third
+of the float32 forward and backward cases also draw score modifiers (softcap, ALiBi, sinks),
+compared with spattn.reference_attention (modifier_ref.py: gradients by the chain rule).
 
 The example counts add up to 2,200 per run; SPATTN_FUZZ_SCALE=N multiplies them (the longer
 campaign, tests/reliability/campaign.sh)."""
@@ -25,6 +27,7 @@ from _helpers import (
     round_to,
 )
 from fuzz_cases import LAYOUTS, build, describe, examples, lay_out, spec_mask, trees
+from modifier_ref import ref_modified
 
 torch = pytest.importorskip("torch")
 
@@ -48,6 +51,25 @@ def problems(draw, max_n=48, allow_zero=True):
     seed = draw(st.integers(0, 2**32))
     return dict(b=b, nq=nq, nk=nk, hq=hq, hkv=hkv, d=d, dv=dv, dtype=dtype, framework=framework,
                 scale=scale, seed=seed)
+
+
+@st.composite
+def modifiers(draw, hq):
+    """Score modifiers, drawn in about one case in three: softcap, ALiBi slopes, sinks (a head
+    may have none: -inf), each on or off."""
+    if draw(st.integers(0, 2)) != 0:
+        return {}
+    floats = st.floats(-2.0, 2.0, allow_nan=False, width=32)
+    mods = {}
+    if draw(st.booleans()):
+        mods["softcap"] = draw(st.floats(0.25, 30.0))
+    if draw(st.booleans()):
+        mods["alibi_slopes"] = np.array(draw(st.lists(st.floats(0.0, 1.0, width=32), min_size=hq, max_size=hq)),
+                                        np.float32)
+    if draw(st.booleans()):
+        sinks = draw(st.lists(st.one_of(floats, st.just(-np.inf)), min_size=hq, max_size=hq))
+        mods["sinks"] = np.array(sinks, np.float32)
+    return mods
 
 
 def _inputs(draw, pr):
@@ -88,15 +110,19 @@ def test_fuzz_forward(data):
         shape = (pr["b"], pr["nq"], pr["hq"], pr["dv"])
         out_buf = (np.full(shape, np.nan, np.float32) if pr["framework"] == "numpy"
                    else torch.full(shape, float("nan"), dtype=getattr(torch, pr["dtype"])))
+    mods = data.draw(modifiers(pr["hq"])) if pr["dtype"] == "float32" else {}
     out, lse = spattn.attention(arrays["q"], arrays["k"], arrays["v"], pattern=pattern, scale=pr["scale"],
-                                return_lse=True, out=out_buf)
+                                return_lse=True, out=out_buf, **mods)
     if use_out:
         assert out is out_buf
-    ref, ref_lse, _ = ref_forward(vals["q"], vals["k"], vals["v"], mask, pr["scale"])
+    if mods:  # the shared reference with the score modifiers (its pattern's mask was checked above)
+        ref, ref_lse = spattn.reference_attention(vals["q"], vals["k"], vals["v"], pattern, pr["scale"], True, **mods)
+    else:
+        ref, ref_lse, _ = ref_forward(vals["q"], vals["k"], vals["v"], mask, pr["scale"])
     naive = None
     if pr["dtype"] != "float32":
         naive = naive_forward(vals["q"], vals["k"], vals["v"], mask, pr["dtype"], pr["scale"])
-    ctx = _ctx(pr, tree, layouts)
+    ctx = _ctx(pr, tree, layouts) + (f" modifiers={mods}" if mods else "")
     assert_close(f"out [{ctx}]", out, ref, pr["dtype"], naive)
     assert_lse(lse, ref_lse)
 
@@ -110,13 +136,22 @@ def test_fuzz_backward(data):
     mask = _check_mask(pattern, tree, pr["nq"], pr["nk"], pr["hq"])
     arrays, vals, layouts = _inputs(data.draw, pr)
     q, k, v, do = (arrays[x] for x in ("q", "k", "v", "do"))
-    out, lse = spattn.attention(q, k, v, pattern=pattern, scale=pr["scale"], return_lse=True)
-    grads = spattn.attention_backward(do, q, k, v, out, lse, pattern=pattern, scale=pr["scale"])
-    refs = ref_backward(vals["q"], vals["k"], vals["v"], vals["do"], mask, pr["scale"])
+    mods = data.draw(modifiers(pr["hq"])) if pr["dtype"] == "float32" else {}
+    out, lse = spattn.attention(q, k, v, pattern=pattern, scale=pr["scale"], return_lse=True, **mods)
+    grads = spattn.attention_backward(do, q, k, v, out, lse, pattern=pattern, scale=pr["scale"], **mods)
+    if mods:  # the shared reference and the chain rule (its pattern's mask was checked above)
+        *_, refs = ref_modified(vals["q"], vals["k"], vals["v"], pattern, pr["scale"], mods.get("softcap"),
+                                mods.get("alibi_slopes"), mods.get("sinks"), dout=vals["do"])
+        assert len(grads) == 3 + ("sinks" in mods)
+        if "sinks" in mods:
+            assert_close(f"dsinks [{_ctx(pr, tree, layouts)} modifiers={mods}]", grads[3], refs[3], "float32")
+        refs = refs[:3]
+    else:
+        refs = ref_backward(vals["q"], vals["k"], vals["v"], vals["do"], mask, pr["scale"])
     naive = (None,) * 3
     if pr["dtype"] != "float32":
         naive = naive_backward(vals["q"], vals["k"], vals["v"], vals["do"], mask, pr["dtype"], pr["scale"])
-    ctx = _ctx(pr, tree, layouts)
+    ctx = _ctx(pr, tree, layouts) + (f" modifiers={mods}" if mods else "")
     for name, g, r, nv in zip(("dq", "dk", "dv"), grads, refs, naive):
         assert_close(f"{name} [{ctx}]", g, r, pr["dtype"], nv, mult=3.0)
 

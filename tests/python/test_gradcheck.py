@@ -296,12 +296,149 @@ def test_float64_residue_classes_and_union_parts_match_dense_autograd(pattern):
         torch.testing.assert_close(g, r, rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("mods", [dict(softcap=20.0), dict(alibi_slopes=[0.5, 0.25]), dict(sinks=[0.0, 1.0])])
-def test_float64_refuses_score_modifiers(mods):
-    """The float64 kernel has no score modifiers: a clear TypeError, not a silently plain result."""
-    q, k, v = (np.random.default_rng(0).standard_normal((1, 8, 2, 16)) for _ in range(3))
-    with pytest.raises(TypeError, match="float64 attention runs without score modifiers"):
-        spattn.attention(q, k, v, pattern=spattn.Causal(), **mods)
-    lens = np.array([8], dtype=np.int32)
-    with pytest.raises(TypeError, match="float64 attention runs without score modifiers"):
-        spattn.decode(q[:, :1], k, v, lens, pattern=spattn.Causal(), **mods)
+# ---- score modifiers in float64 (docs/score_modifiers.md): softcap, ALiBi, sinks -------------
+
+
+def _sinks(hq, seed=11):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(hq, generator=gen, dtype=torch.float64).requires_grad_()
+
+
+def _slopes(hq):
+    return torch.tensor([0.5 / (h + 1) for h in range(hq)], dtype=torch.float64)
+
+
+def _gradcheck_mods(q, k, v, pattern, softcap=None, alibi_slopes=None, sinks=None, **kw):
+    """gradcheck over q, k, v and (when given) the sinks, with the modifiers in the call."""
+    inputs = (q, k, v) if sinks is None else (q, k, v, sinks)
+
+    def fn(q, k, v, s=None):
+        return spattn.attention(q, k, v, pattern=pattern, softcap=softcap, alibi_slopes=alibi_slopes,
+                                sinks=s, **kw)
+
+    return torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(_patterns(2)))
+def test_gradcheck_float64_with_all_score_modifiers(name):
+    # GQA (2 query heads on 1 kv head), Nq != Nk, Dv != D; softcap, ALiBi and sinks together,
+    # gradients of q, k, v and the sinks. softcap 1.2 is small enough to bend these scores.
+    q, k, v = _qkv(seed=12)
+    assert _gradcheck_mods(q, k, v, _patterns(2)[name], softcap=1.2, alibi_slopes=_slopes(2), sinks=_sinks(2))
+
+
+@pytest.mark.parametrize("mods", ["softcap", "alibi", "sinks", "sinks-one-off"])
+def test_gradcheck_float64_each_modifier_alone(mods):
+    q, k, v = _qkv(b=2, hq=4, hkv=2, seed=13)
+    kw = {"softcap": dict(softcap=0.8), "alibi": dict(alibi_slopes=_slopes(4)),
+          "sinks": dict(sinks=_sinks(4)),
+          # a head without a sink (-inf): no mass, and a zero gradient for it
+          "sinks-one-off": dict(sinks=torch.tensor([0.3, -torch.inf, 1.0, -0.5], dtype=torch.float64,
+                                                   requires_grad=True))}[mods]
+    assert _gradcheck_mods(q, k, v, spattn.SlidingWindow(3, 1) | spattn.Global([2]), scale=0.9, **kw)
+
+
+@pytest.mark.parametrize("pattern", [spattn.Dilated(9, 0, 2), spattn.Strided(2),
+                                     spattn.SlidingWindow(4, 0) | spattn.Dilated(8, 0, 2)],
+                         ids=["dilated", "strided", "window|dilated"])
+def test_gradcheck_float64_modifiers_through_the_residue_split(pattern):
+    # Nq = 64 >= 32 d (d = 2): the planner runs the residue windows as classes on row-strided
+    # views, where ALiBi's rel is mapped onto the class's rows (rel_step, rel_base), and Nq != Nk
+    # shifts it; a union runs as parts, the sinks joining the first part only.
+    q, k, v = _qkv(nq=64, nk=69, hq=2, hkv=1, d=2, dv=2, seed=14)
+    assert _gradcheck_mods(q, k, v, pattern, softcap=1.5, alibi_slopes=_slopes(2), sinks=_sinks(2))
+
+
+def test_gradcheck_float64_modifiers_varlen():
+    gen = torch.Generator().manual_seed(15)
+    cu_q, cu_k = torch.tensor([0, 5, 12, 12], dtype=torch.int32), torch.tensor([0, 7, 13, 16], dtype=torch.int32)
+    q = torch.randn(12, 2, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    k = torch.randn(16, 1, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    v = torch.randn(16, 1, 2, generator=gen, dtype=torch.float64).requires_grad_()
+    assert _gradcheck_mods(q, k, v, spattn.SlidingWindow(3, 0), softcap=1.1, alibi_slopes=_slopes(2),
+                           sinks=_sinks(2), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+
+
+def _dense_modified(q, k, v, mask, scale, softcap, slopes, sinks):
+    """The definition of docs/score_modifiers.md in torch float64, autograd-able (GQA by repeat)."""
+    g = q.shape[2] // k.shape[2]
+    kk, vv = (t.repeat_interleave(g, dim=2) for t in (k, v))
+    nq, nk = q.shape[1], k.shape[1]
+    s = torch.einsum("bihd,bjhd->bhij", q, kk) * scale
+    s = softcap * torch.tanh(s / softcap)
+    rel = (torch.arange(nq)[:, None] + nk - nq) - torch.arange(nk)[None, :]
+    s = s - slopes[:, None, None] * rel.abs()
+    s = s.masked_fill(~mask, -torch.inf)
+    both = torch.cat([s, sinks[None, :, None, None].expand(*s.shape[:3], 1)], dim=-1)
+    p = torch.softmax(both, -1)[..., :-1]
+    return torch.einsum("bhij,bjhd->bihd", p, vv), torch.logsumexp(both, -1)
+
+
+@pytest.mark.parametrize("pattern", [spattn.Dilated(255, 0, 4), spattn.Strided(32),
+                                     spattn.SlidingWindow(63, 0) | spattn.Dilated(127, 0, 4)],
+                         ids=["dilated", "strided", "window|dilated"])
+def test_float64_modifiers_in_residue_classes_and_union_parts_match_dense_autograd(pattern):
+    # Long enough for the residue split and union parts at their real sizes, Nq != Nk, GQA.
+    gen = torch.Generator().manual_seed(16)
+    q = torch.randn(1, 1000, 4, 8, generator=gen, dtype=torch.float64).requires_grad_()
+    k, v = (torch.randn(1, 1030, 2, 8, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
+    sinks, slopes = _sinks(4, seed=17), _slopes(4) / 16
+    out, lse = spattn.attention(q, k, v, pattern=pattern, return_lse=True, softcap=2.0, alibi_slopes=slopes,
+                                sinks=sinks)
+    mask = torch.from_numpy(pattern.mask(1000, 1030, heads=4))
+    ref, ref_lse = _dense_modified(q, k, v, mask, 8 ** -0.5, 2.0, slopes, sinks)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(lse, ref_lse.detach(), rtol=1e-12, atol=1e-13)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v, sinks), dout)
+    for g, r in zip(grads, torch.autograd.grad(ref, (q, k, v, sinks), dout)):
+        torch.testing.assert_close(g, r, rtol=1e-11, atol=1e-12)
+
+
+def test_float64_modifiers_in_decode_and_empty_rows_match_the_reference():
+    rng = np.random.default_rng(18)
+    q = rng.standard_normal((2, 3, 4, 8))
+    kc, vc = rng.standard_normal((2, 20, 2, 8)), rng.standard_normal((2, 20, 2, 5))
+    lens = np.array([17, 0], dtype=np.int32)  # the second sequence sees no key: lse = the sink
+    sinks, slopes = rng.standard_normal(4), rng.random(4)
+    sinks[1] = -np.inf
+    mods = dict(softcap=1.3, alibi_slopes=slopes, sinks=sinks)
+    out, lse = spattn.decode(q, kc, vc, lens, pattern=spattn.SlidingWindow(6, 0), return_lse=True, **mods)
+    assert out.dtype == np.float64 and lse.dtype == np.float64
+    ref, ref_lse = spattn.reference_attention(q[:1], kc[:1, :17], vc[:1, :17], spattn.SlidingWindow(6, 0),
+                                              return_lse=True, **mods)
+    np.testing.assert_allclose(out[:1], ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lse[:1], ref_lse, rtol=1e-12, atol=1e-13)
+    assert (out[1] == 0).all() and np.array_equal(lse[1], np.broadcast_to(sinks[:, None], (4, 3)))
+
+
+def test_float64_modifier_arrays_are_float64_and_dsinks_too():
+    # The per-head arrays take lse's dtype: float64 inputs keep their slopes and sinks unrounded
+    # (a gradient check perturbs them by 1e-6) and get dsinks in float64.
+    rng = np.random.default_rng(19)
+    q, k, v = (rng.standard_normal((1, 8, 2, 4)) for _ in range(3))
+    sinks = np.array([0.1 + 1e-9, -0.2])
+    out, lse = spattn.attention(q, k, v, pattern=spattn.Causal(), return_lse=True, sinks=sinks)
+    dq, dk, dv, dsinks = spattn.attention_backward(np.ones_like(out), q, k, v, out, lse, pattern=spattn.Causal(),
+                                                   sinks=sinks)
+    assert dsinks.dtype == np.float64 and dsinks.shape == (2,)
+    ref, ref_lse = spattn.reference_attention(q, k, v, spattn.Causal(), return_lse=True, sinks=sinks)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-14, atol=0)
+    d = np.einsum("bihd,bihd->bhi", np.ones_like(out), ref)
+    np.testing.assert_allclose(dsinks, -(np.exp(sinks[None, :, None] - ref_lse) * d).sum(axis=(0, 2)), rtol=1e-12)
+    with pytest.raises(TypeError, match="float64 inputs take float64 modifiers"):
+        # the core itself (the Python layer converts): float32 sinks with float64 inputs
+        spattn._core.forward(q, k, v, spattn.Causal()._core(), sinks=np.zeros(2, np.float32))
+
+
+def test_float64_merge_with_sinks_equals_attention_with_sinks():
+    # merge(..., sinks=) adds the sink part in the lses' dtype (float64 here), as attention does.
+    rng = np.random.default_rng(20)
+    q, k, v = rng.standard_normal((1, 5, 2, 4)), rng.standard_normal((1, 12, 1, 4)), rng.standard_normal((1, 12, 1, 3))
+    sinks = np.array([0.4, -1.3])
+    parts = [spattn.attention(q, k[:, a:b], v[:, a:b], return_lse=True) for a, b in ((0, 7), (7, 12))]
+    merged, lse = spattn.merge([o for o, _ in parts], [l for _, l in parts], sinks=sinks)
+    want, want_lse = spattn.attention(q, k, v, return_lse=True, sinks=sinks)
+    assert merged.dtype == np.float64 and lse.dtype == np.float64
+    np.testing.assert_allclose(merged, want, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-13, atol=1e-14)

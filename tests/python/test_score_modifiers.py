@@ -1,64 +1,46 @@
-"""Score modifiers (softcap, ALiBi, sinks) against a float64 numpy reference written here from
-their definitions: forward, lse, backward (dq, dk, dv, dsinks), decode, GQA, varlen, several
+"""Score modifiers (softcap, ALiBi, sinks) against the float64 reference spattn.reference_attention
+(checked here once against the definitions written out by hand, and its gradients against
+finite differences): forward, lse, backward (dq, dk, dv, dsinks), decode, GQA, varlen, several
 patterns, the three dtypes; torch autograd and opcheck; the errors."""
+import math
+
 import numpy as np
 import pytest
 
 import spattn
 from _helpers import as64, assert_close, eps
+from modifier_ref import ref_modified
 
 torch = pytest.importorskip("torch")
 
 
 # ---------------------------------------------------------------------------------------------
-# The reference: every kept score s = scale q.k; s = c tanh(s / c); s -= slope_h |i + Nk - Nq - j|;
-# softmax over the kept keys plus exp(sink_h) in the denominator (no value row).
+# The reference: ref_modified (modifier_ref.py), spattn.reference_attention and the chain rule.
 
 
-def ref_modified(q, k, v, mask, scale, softcap=None, slopes=None, sinks=None, dout=None):
-    """float64 out [B,Nq,Hq,Dv], lse [B,Hq,Nq] and, with dout, (dq, dk, dv, dsinks)."""
-    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-    B, Nq, Hq, D = q.shape
-    Nk, Hkv = k.shape[1], k.shape[2]
-    g = Hq // Hkv
-    ke, ve = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
-    s = np.einsum("bihd,bjhd->bhij", q, ke) * scale
-    t = None
-    if softcap is not None:
-        t = np.tanh(s / softcap)
-        s = softcap * t
-    if slopes is not None:
-        rel = np.arange(Nq)[:, None] + Nk - Nq - np.arange(Nk)[None, :]
-        s = s - np.asarray(slopes, np.float64)[None, :, None, None] * np.abs(rel)[None, None]
-    m = np.broadcast_to(mask[None], (B, Hq, Nq, Nk)) if mask.shape[0] == Hq else np.broadcast_to(mask[None], (B, Hq, Nq, Nk))
-    s = np.where(m, s, -np.inf)
-    sk = np.full((Hq,), -np.inf) if sinks is None else np.asarray(sinks, np.float64)
-    mx = np.maximum(s.max(axis=-1), sk[None, :, None])
-    fin = np.isfinite(mx)
-    mx0 = np.where(fin, mx, 0.0)
-    e = np.exp(s - mx0[..., None])
-    z = e.sum(-1) + np.exp(sk[None, :, None] - mx0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(z[..., None] > 0, e / np.where(z > 0, z, 1)[..., None], 0.0)
-        lse = np.where(z > 0, mx0 + np.log(np.where(z > 0, z, 1)), -np.inf)
-    out = np.einsum("bhij,bjhd->bihd", p, ve)
-    if dout is None:
-        return out, lse
-    do = np.asarray(dout, np.float64)
-    dp = np.einsum("bihd,bjhd->bhij", do, ve)
-    delta = np.einsum("bihd,bihd->bhi", do, out)
-    ds = p * (dp - delta[..., None])
-    if t is not None:
-        ds = ds * (1 - t * t)
-    dq = np.einsum("bhij,bjhd->bihd", ds, ke) * scale
-    dke = np.einsum("bhij,bihd->bjhd", ds, q) * scale
-    dve = np.einsum("bhij,bihd->bjhd", p, do)
-    dk = dke.reshape(B, Nk, Hkv, g, D).sum(3)
-    dv = dve.reshape(B, Nk, Hkv, g, -1).sum(3)
-    with np.errstate(invalid="ignore"):
-        psink = np.where(np.isfinite(lse), np.exp(sk[None, :, None] - np.where(np.isfinite(lse), lse, 0)), 0.0)
-    dsinks = -(psink * delta).sum(axis=(0, 2))
-    return out, lse, (dq, dk, dv, dsinks)
+def test_the_reference_on_a_hand_written_case():
+    # The definitions of docs/score_modifiers.md written out as scalar loops, independent of the
+    # reference's vectorised form: Nq=2 < Nk=3 (rel = i + 1 - j), GQA (2 query heads on 1 kv
+    # head), a causal mask, each row with its own sink (head 1: none).
+    q = [[[0.3, -1.2], [0.8, 0.5]], [[-0.7, 0.9], [1.5, -0.4]]]  # [i][h][d]
+    k = [[[1.0, 0.2]], [[-0.6, 1.1]], [[0.4, -0.9]]]              # [j][g][d]
+    v = [[[0.5]], [[-2.0]], [[1.25]]]                              # [j][g][dv]
+    scale, cap, slopes, sinks = 0.8, 1.1, [0.3, 0.7], [0.25, -math.inf]
+    out, lse = spattn.reference_attention(np.array([q]), np.array([k]), np.array([v]), spattn.Causal(), scale,
+                                          True, softcap=cap, alibi_slopes=slopes, sinks=sinks)
+    for i in range(2):
+        for h in range(2):
+            terms = []
+            for j in range(3):
+                rel = i + 3 - 2 - j
+                if rel < 0:  # causal: keys after the query's aligned position are masked
+                    continue
+                x = scale * sum(a * b for a, b in zip(q[i][h], k[j][0]))
+                x = cap * math.tanh(x / cap) - slopes[h] * abs(rel)
+                terms.append((math.exp(x), v[j][0][0]))
+            z = sum(e for e, _ in terms) + math.exp(sinks[h])
+            assert lse[0, h, i] == pytest.approx(math.log(z), rel=1e-14)
+            assert out[0, i, h, 0] == pytest.approx(sum(e * x for e, x in terms) / z, rel=1e-13)
 
 
 def test_reference_gradients_match_finite_differences():
@@ -67,12 +49,12 @@ def test_reference_gradients_match_finite_differences():
     rng = np.random.default_rng(0)
     q, k, v = rng.standard_normal((1, 5, 2, 3)), rng.standard_normal((1, 6, 1, 3)), rng.standard_normal((1, 6, 1, 2))
     do = rng.standard_normal((1, 5, 2, 2))
-    mask = spattn.SlidingWindow(3, 0).mask(5, 6, heads=1)
+    pattern = spattn.SlidingWindow(3, 0)
     kw = dict(scale=0.7, softcap=1.3, slopes=[0.25, 0.5], sinks=np.array([0.3, -0.4]))
-    _, _, grads = ref_modified(q, k, v, mask, dout=do, **kw)
+    _, _, grads = ref_modified(q, k, v, pattern, dout=do, **kw)
 
     def loss(q, k, v, sinks):
-        o, _ = ref_modified(q, k, v, mask, **{**kw, "sinks": sinks})
+        o, _ = ref_modified(q, k, v, pattern, **{**kw, "sinks": sinks})
         return float((o * do).sum())
 
     args = [q, k, v, kw["sinks"]]
@@ -165,9 +147,8 @@ def test_forward_and_backward_match_the_reference(pname, mod, dtype):
     m = MODS[mod]
     kw = _kw(m, slopes, sinks)
     scale = 0.3
-    mask = pattern.mask(q.shape[1], k.shape[1], heads=4)
     args = [_rounded(x, dtype) for x in (q, k, v, do)]
-    ref_out, ref_lse, (rdq, rdk, rdv, rds) = ref_modified(*args[:3], mask, scale, softcap=kw["softcap"],
+    ref_out, ref_lse, (rdq, rdk, rdv, rds) = ref_modified(*args[:3], pattern, scale, softcap=kw["softcap"],
                                                           slopes=kw["alibi_slopes"], sinks=kw["sinks"], dout=args[3])
     qt, kt, vt, dot = (_to(x, dtype) for x in (q, k, v, do))
     out, lse = spattn.attention(qt, kt, vt, pattern=pattern, scale=scale, return_lse=True, **kw)
@@ -207,8 +188,7 @@ def test_every_simd_level(simd, monkeypatch):
         q, k, v, do, slopes, sinks = _case(nq=70, nk=90, seed=3)
         f = lambda x: np.ascontiguousarray(x, np.float32)
         for pat in (spattn.Causal(), spattn.SlidingWindow(30, 0) | spattn.Global([5]), spattn.LogSparse(3)):
-            mask = pat.mask(70, 90, heads=4)
-            ro, rl, (dq, dk, dv, ds) = ref_modified(f(q), f(k), f(v), mask, 0.3, 2.0, slopes, sinks, dout=f(do))
+            ro, rl, (dq, dk, dv, ds) = ref_modified(f(q), f(k), f(v), pat, 0.3, 2.0, slopes, sinks, dout=f(do))
             o, l = spattn.attention(f(q), f(k), f(v), pattern=pat, scale=0.3, return_lse=True, softcap=2.0,
                                     alibi_slopes=slopes, sinks=sinks)
             g = spattn.attention_backward(f(do), f(q), f(k), f(v), o, l, pattern=pat, scale=0.3, softcap=2.0,
@@ -233,7 +213,7 @@ def test_varlen_topk_and_gqa():
     dsum = 0
     for a, b in ((0, 40), (40, 150)):
         sl = lambda x: x[:, a:b]  # noqa: E731
-        ro, rl, (dq, dk, dv, ds) = ref_modified(sl(q), sl(k), sl(v), pat.mask(b - a, b - a), 1 / np.sqrt(32),
+        ro, rl, (dq, dk, dv, ds) = ref_modified(sl(q), sl(k), sl(v), pat, 1 / np.sqrt(32),
                                                 kw["softcap"], kw["alibi_slopes"], kw["sinks"], dout=sl(do))
         np.testing.assert_allclose(np.asarray(out)[a:b], ro[0], atol=2e-5)
         np.testing.assert_allclose(np.asarray(lse)[:, a:b], rl[0], atol=2e-5)
@@ -248,7 +228,7 @@ def test_varlen_topk_and_gqa():
     chosen = top.select(q4, k4)[0]
     want = spattn.attention(q4, k4, v4, pattern=chosen, **kw)
     np.testing.assert_array_equal(got, want)
-    ro, _ = ref_modified(q4, k4, v4, chosen.mask(150, 150, heads=6), 1 / np.sqrt(32), kw["softcap"],
+    ro, _ = ref_modified(q4, k4, v4, chosen, 1 / np.sqrt(32), kw["softcap"],
                          kw["alibi_slopes"], kw["sinks"])
     np.testing.assert_allclose(got, ro, atol=2e-5)
 
@@ -282,7 +262,7 @@ def test_decode(mod, paged):
         out, lse = spattn.decode(q, kc, vc, lens, pattern=pattern, return_lse=True, **kw)
     for b in range(B):
         n = int(lens[b])
-        ro, rl = ref_modified(q[b:b + 1], kc[b:b + 1, :n], vc[b:b + 1, :n], pattern.mask(nq, n), 1 / np.sqrt(d),
+        ro, rl = ref_modified(q[b:b + 1], kc[b:b + 1, :n], vc[b:b + 1, :n], pattern, 1 / np.sqrt(d),
                               kw["softcap"], kw["alibi_slopes"], kw["sinks"])
         np.testing.assert_allclose(np.asarray(out)[b], ro[0], atol=3e-5)
         np.testing.assert_allclose(np.asarray(lse)[b], rl[0], atol=3e-5)
@@ -318,7 +298,7 @@ def test_torch_autograd_gives_the_sinks_gradient(sink_dtype):
     out = spattn.attention(q, k, v, pattern=pattern, softcap=2.0, alibi_slopes=slopes, sinks=sinks)
     out.backward(do)
     assert sinks.grad is not None and sinks.grad.dtype == sink_dtype
-    _, _, (dq, dk, dv, ds) = ref_modified(as64(q), as64(k), as64(v), pattern.mask(50, 61), 0.25, 2.0, as64(slopes),
+    _, _, (dq, dk, dv, ds) = ref_modified(as64(q), as64(k), as64(v), pattern, 0.25, 2.0, as64(slopes),
                                           as64(sinks), dout=as64(do))
     for got, r in zip((q.grad, k.grad, v.grad), (dq, dk, dv)):
         np.testing.assert_allclose(as64(got), r, atol=5e-5)
@@ -460,7 +440,7 @@ def test_jax_attention_and_decode_with_modifiers():
         return (sj.attention(q, k, v, pattern, scale=0.3, sinks=s, **kw) * f(do)).sum()
 
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(f(q), f(k), f(v), f(sinks))
-    _, _, ref = ref_modified(*(np.asarray(x, np.float32) for x in (q, k, v)), pattern.mask(40, 40), 0.3, 2.0, slopes,
+    _, _, ref = ref_modified(*(np.asarray(x, np.float32) for x in (q, k, v)), pattern, 0.3, 2.0, slopes,
                              np.asarray(sinks, np.float32), dout=do)
     for g, r in zip(grads, ref):
         np.testing.assert_allclose(np.asarray(g), r, atol=1e-4)
@@ -482,7 +462,7 @@ def test_residue_classes_and_union_parts(pattern):
     kw = dict(softcap=1.5, alibi_slopes=f(slopes), sinks=f(sinks))
     out, lse = spattn.attention(f(q), f(k), f(v), pattern=pattern, scale=0.5, return_lse=True, **kw)
     g = spattn.attention_backward(f(do), f(q), f(k), f(v), out, lse, pattern=pattern, scale=0.5, **kw)
-    ro, rl, ref = ref_modified(f(q), f(k), f(v), pattern.mask(300, 333, heads=2), 0.5, 1.5, f(slopes), f(sinks),
+    ro, rl, ref = ref_modified(f(q), f(k), f(v), pattern, 0.5, 1.5, f(slopes), f(sinks),
                                dout=f(do))
     np.testing.assert_allclose(out, ro, atol=2e-5)
     np.testing.assert_allclose(lse, rl, atol=2e-5)
@@ -506,7 +486,7 @@ def test_issue15_patterns_with_modifiers(pattern):
     kw = dict(softcap=2.0, alibi_slopes=f(slopes), sinks=f(sinks))
     out, lse = spattn.attention(f(q), f(k), f(v), pattern=pattern, scale=0.5, return_lse=True, **kw)
     g = spattn.attention_backward(f(do), f(q), f(k), f(v), out, lse, pattern=pattern, scale=0.5, **kw)
-    ro, rl, ref = ref_modified(f(q), f(k), f(v), pattern.mask(384, 384, heads=4), 0.5, 2.0, f(slopes), f(sinks),
+    ro, rl, ref = ref_modified(f(q), f(k), f(v), pattern, 0.5, 2.0, f(slopes), f(sinks),
                                dout=f(do))
     np.testing.assert_allclose(out, ro, atol=2e-5)
     np.testing.assert_allclose(lse, rl, atol=2e-5)

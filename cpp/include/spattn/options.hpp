@@ -30,14 +30,14 @@ struct Allocator {
 //   out_i = sum_j e^{s_ij} v_j / (e^{sinks[h]} + sum_j e^{s_ij}),
 //   lse_i = log(e^{sinks[h]} + sum_j e^{s_ij}).
 // A row that keeps no key gets out = 0 and lse = sinks[h] (-inf without sinks). Masked pairs
-// stay masked: modifiers change kept scores only. The arrays are float32 [Hq] on q's device (for
-// a batch, varlen batch or decode alike); slopes must be finite, sinks finite or -inf (-inf: no
+// stay masked: modifiers change kept scores only. The arrays are [Hq] of lse's dtype (float32;
+// float64 for float64 inputs) on q's device (for a batch, varlen batch or decode alike); slopes must be finite, sinks finite or -inf (-inf: no
 // sink for that head). Empty (all defaults): plain attention, and the plain kernels run.
 struct Modifiers {
   double softcap = 0.0;                     // 0: none; else finite and > 0
-  const DLTensor* alibi_slopes = nullptr;   // float32 [Hq], or none
-  const DLTensor* sinks = nullptr;          // float32 [Hq], or none
-  // Backward only, with sinks: written (overwritten) with dL/dsinks, float32 [Hq]:
+  const DLTensor* alibi_slopes = nullptr;   // float32 [Hq] (float64 inputs: float64), or none
+  const DLTensor* sinks = nullptr;          // float32 [Hq] (float64 inputs: float64), or none
+  // Backward only, with sinks: written (overwritten) with dL/dsinks, [Hq] as the sinks:
   //   dsinks[h] = -sum over rows (b, i) of exp(sinks[h] - lse[b, h, i]) * sum_d dout * out.
   // Null: not wanted.
   const DLTensor* dsinks = nullptr;

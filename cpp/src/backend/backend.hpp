@@ -44,11 +44,20 @@ struct ScoreMods {
   const float* alibi = nullptr;  // [Hq] slopes, element stride alibi_stride; null: none
   const float* sinks = nullptr;  // [Hq] logits, element stride sinks_stride; null: none
   int64_t alibi_stride = 1, sinks_stride = 1;
+  // Float64 inputs: the slopes and sinks are float64 (lse's dtype, so that a float64 gradient
+  // check sees them unrounded) and come here instead of alibi / sinks, which only the kernels of
+  // the other dtypes read; softcap64 is the softcap as given (every dtype).
+  const double* alibi64 = nullptr;
+  const double* sinks64 = nullptr;
+  double softcap64 = 0.0;
   bool rel_shifted = false;
   int64_t rel_step = 1, rel_base = 0;
+  bool has_alibi() const { return alibi != nullptr || alibi64 != nullptr; }
+  bool has_sinks() const { return sinks != nullptr || sinks64 != nullptr; }
+  void drop_sinks() { sinks = nullptr, sinks64 = nullptr; }
   // Softcap or ALiBi: the scores change (sinks only change the normalisation).
-  bool scores() const { return softcap != 0.f || alibi != nullptr; }
-  bool any() const { return scores() || sinks != nullptr; }
+  bool scores() const { return softcap != 0.f || has_alibi(); }
+  bool any() const { return scores() || has_sinks(); }
 };
 
 // One dense-batch attention problem ([B, N, H, D] views, any strides), already checked.

@@ -1,13 +1,17 @@
 // The float64 path of the CPU backend (attention_f64.hpp). Every row is computed exactly as the
-// definition reads, in float64: scores s_j = scale * q . k_j over the kept keys, m = max s_j,
-// l = sum exp(s_j - m), out = sum exp(s_j - m) v_j / l, lse = m + log l; a row that keeps no key
-// gets out = 0 and lse = -inf, as in every other path. The backward recomputes P_j =
-// exp(s_j - lse) and uses delta = dO . O (float64 outputs: exact enough, and correct for a union
-// part, whose rows do not hold every key).
+// definition reads, in float64: scores s_j = scale * q . k_j over the kept keys, then the score
+// modifiers (docs/score_modifiers.md: s_j = c tanh(s_j / c), then s_j -= slope_h |rel|), m = the
+// maximum of the s_j and the sink logit, l = sum exp(s_j - m) + exp(sink_h - m), out = sum
+// exp(s_j - m) v_j / l, lse = m + log l; a row that keeps no key gets out = 0 and lse = sink_h
+// (-inf without sinks), as in every other path. The backward recomputes P_j = exp(s_j - lse)
+// and uses delta = dO . O (float64 outputs: exact enough, and correct for a union part, whose
+// rows do not hold every key), dS_j = P_j (dP_j - delta) times the softcap's derivative
+// 1 - tanh^2; the sinks act there only through lse, and their own gradient is sink_grad_f64's.
 #include "cpu/attention_f64.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -73,37 +77,78 @@ double dot(const double* a, int64_t sa, const double* b, int64_t sb, int64_t n) 
   return x;
 }
 
-// The kept keys of one row and their scaled scores (scratch reused across the rows of a task).
+// The score modifiers of one problem in float64 (backend::ScoreMods: float64 inputs carry
+// float64 slopes and sinks), with ALiBi's rel of row i and key j = step (i - j) + base.
+struct Mods64 {
+  double cap = 0.0;  // 0: no softcap
+  const double* slopes = nullptr;
+  const double* sinks = nullptr;
+  int64_t slope_stride = 1, sink_stride = 1, step = 1, base = 0;
+
+  // The problem's own rel (base Nk - Nq) unless the planner shifted it (a residue class view).
+  static Mods64 of(const backend::ScoreMods& m, int64_t nq, int64_t nk) {
+    Mods64 r;
+    r.cap = m.softcap64;
+    r.slopes = m.alibi64;
+    r.sinks = m.sinks64;
+    r.slope_stride = m.alibi_stride;
+    r.sink_stride = m.sinks_stride;
+    r.step = m.rel_shifted ? m.rel_step : 1;
+    r.base = m.rel_shifted ? m.rel_base : nk - nq;
+    return r;
+  }
+  double sink(int64_t h) const { return sinks ? sinks[h * sink_stride] : -INFINITY; }
+  // The modified score of the scaled score x; *dcap gets d(modified)/dx (the softcap's
+  // derivative 1 - tanh^2; 1 without it).
+  double apply(double x, int64_t h, int64_t i, int64_t j, double* dcap) const {
+    *dcap = 1.0;
+    if (cap != 0.0) {
+      const double t = std::tanh(x / cap);
+      x = cap * t;
+      *dcap = 1.0 - t * t;
+    }
+    if (slopes) x -= slopes[h * slope_stride] * double(std::llabs(step * (i - j) + base));
+    return x;
+  }
+};
+
+// The kept keys of one row, their modified scores and the softcap's derivative at each
+// (scratch reused across the rows of a task).
 struct RowScores {
   std::vector<int64_t> j;
-  std::vector<double> s;
+  std::vector<double> s, dcap;
 };
 
 // Fills rs with the kept keys of row i (query q) and their scores; returns their maximum.
 double score_row(const BlockLayout& L, int64_t r, int64_t nk, const Predicate& pred, int64_t h,
                  int64_t i, const double* q, int64_t q_sd, const Rows64& K, int64_t b, int64_t g,
-                 int64_t D, double scale, RowScores* rs) {
+                 int64_t D, double scale, const Mods64& mods, RowScores* rs) {
   rs->j.clear();
   rs->s.clear();
+  rs->dcap.clear();
   double m = -INFINITY;
   for_each_kept(L, r, nk, pred, h, i, [&](int64_t j) {
-    const double x = scale * dot(q, q_sd, K.row(b, j, g), K.s[3], D);
+    double dcap;
+    const double x = mods.apply(scale * dot(q, q_sd, K.row(b, j, g), K.s[3], D), h, i, j, &dcap);
     rs->j.push_back(j);
     rs->s.push_back(x);
+    rs->dcap.push_back(dcap);
     m = std::max(m, x);
   });
   return m;
 }
 
-// out (stride o_sd) and the returned lse of one row from its scores.
-double softmax_row(const RowScores& rs, double m, const Rows64& V, int64_t b, int64_t g,
-                   int64_t Dv, double* out, int64_t o_sd, std::vector<double>* acc) {
+// out (stride o_sd) and the returned lse of one row from its scores (maximum m) and its sink
+// logit (-inf: none), which adds to the denominator only.
+double softmax_row(const RowScores& rs, double m, double sink, const Rows64& V, int64_t b,
+                   int64_t g, int64_t Dv, double* out, int64_t o_sd, std::vector<double>* acc) {
   acc->assign(size_t(Dv), 0.0);
-  if (rs.j.empty()) {
+  m = std::max(m, sink);
+  if (m == -INFINITY) {  // no key and no sink
     for (int64_t x = 0; x < Dv; ++x) out[x * o_sd] = 0.0;
     return -INFINITY;
   }
-  double l = 0.0;
+  double l = std::exp(sink - m);
   for (size_t t = 0; t < rs.j.size(); ++t) {
     const double p = std::exp(rs.s[t] - m);
     l += p;
@@ -124,6 +169,7 @@ void forward_f64(const ForwardArgs& a) {
   const int64_t group = hq / hkv, nqb = (nq + L.bq - 1) / L.bq;
   const Rows64 Q = Rows64::of(a.q), K = Rows64::of(a.k), V = Rows64::of(a.v);
   const Predicate& pred = a.pred;
+  const Mods64 mods = Mods64::of(a.mods, nq, nk);
   // Tasks (b, query block, head), heads fastest as in forward.cpp.
   parallel_for(B * nqb * hq, [&](int64_t task, int) {
     const int64_t h = task % hq, qb = (task / hq) % nqb, b = task / (hq * nqb);
@@ -132,8 +178,8 @@ void forward_f64(const ForwardArgs& a) {
     std::vector<double> acc;
     for (int64_t i = qb * L.bq; i < std::min(nq, (qb + 1) * L.bq); ++i) {
       const double m = score_row(L, r, nk, pred, h, i, Q.row(b, i, h), Q.s[3], K, b, g, D,
-                                 a.scale, &rs);
-      const double lse = softmax_row(rs, m, V, b, g, Dv, out_row(a.out, b, i, h),
+                                 a.scale, mods, &rs);
+      const double lse = softmax_row(rs, m, mods.sink(h), V, b, g, Dv, out_row(a.out, b, i, h),
                                      a.out.strides[3], &acc);
       if (a.lse.data) lse_at(a.lse, b, h, i) = lse;
     }
@@ -153,6 +199,7 @@ void backward_f64(const BackwardArgs& a) {
   const Rows64 O = Rows64::of(a.out), dO = Rows64::of(a.dout);
   const double scale = a.scale;
   const Predicate& pred = a.pred;
+  const Mods64 mods = Mods64::of(a.mods, nq, nk);  // the sinks act through lse only
   parallel_for(B * hkv, [&](int64_t task, int) {
     const int64_t g = task % hkv, b = task / hkv;
     std::vector<double> dk(static_cast<size_t>(nk * D), 0.0), dv(static_cast<size_t>(nk * Dv), 0.0);
@@ -164,7 +211,7 @@ void backward_f64(const BackwardArgs& a) {
         for (int64_t i = qb * L.bq; i < std::min(nq, (qb + 1) * L.bq); ++i) {
           const double* q = Q.row(b, i, h);
           const double* dout = dO.row(b, i, h);
-          score_row(L, r, nk, pred, h, i, q, Q.s[3], K, b, g, D, scale, &rs);
+          score_row(L, r, nk, pred, h, i, q, Q.s[3], K, b, g, D, scale, mods, &rs);
           const double lse = lse_at(a.lse, b, h, i);
           const double delta = dot(dout, dO.s[3], O.row(b, i, h), O.s[3], Dv);
           std::fill(dq.begin(), dq.end(), 0.0);
@@ -173,7 +220,7 @@ void backward_f64(const BackwardArgs& a) {
             const double p = std::exp(rs.s[t] - lse);
             const double* k = K.row(b, j, g);
             const double* v = V.row(b, j, g);
-            const double ds = p * (dot(dout, dO.s[3], v, V.s[3], Dv) - delta);
+            const double ds = p * (dot(dout, dO.s[3], v, V.s[3], Dv) - delta) * rs.dcap[t];
             double* dkj = dk.data() + j * D;
             double* dvj = dv.data() + j * Dv;
             for (int64_t x = 0; x < D; ++x) {
@@ -207,6 +254,7 @@ void decode_f64(const DecodeArgs& a, const std::vector<DecodeSeqF64>& seqs) {
   parallel_for(B * hq, [&](int64_t task, int) {
     const int64_t h = task % hq, b = task / hq, g = h / group;
     const DecodeSeqF64& s = seqs[size_t(b)];
+    const Mods64 mods = Mods64::of(a.mods, nq, s.nk);  // rel: the sequence's own
     RowScores rs;
     std::vector<double> acc;
     for (int64_t i = 0; i < nq; ++i) {
@@ -215,11 +263,29 @@ void decode_f64(const DecodeArgs& a, const std::vector<DecodeSeqF64>& seqs) {
       rs.s.clear();
       if (s.nk > 0)
         m = score_row(*s.layout, s.layout->row(h, 0), s.nk, s.pred, h, i, Q.row(b, i, h), Q.s[3],
-                      K, b, g, D, a.scale, &rs);
-      const double lse = softmax_row(rs, m, V, b, g, Dv, out_row(a.out, b, i, h),
+                      K, b, g, D, a.scale, mods, &rs);
+      const double lse = softmax_row(rs, m, mods.sink(h), V, b, g, Dv, out_row(a.out, b, i, h),
                                      a.out.strides[3], &acc);
       if (a.lse.data) lse_at(a.lse, b, h, i) = lse;
     }
+  });
+}
+
+void sink_grad_f64(const TensorView& dout, const TensorView& out, const TensorView& lse,
+                   const backend::ScoreMods& mods, const TensorView& dsinks) {
+  const int64_t B = out.shape[0], N = out.shape[1], H = out.shape[2], Dv = out.shape[3];
+  const Rows64 O = Rows64::of(out), dO = Rows64::of(dout);
+  // One task per head: its sum over (b, i) in one fixed order (deterministic).
+  parallel_for(H, [&](int64_t h, int) {
+    const double sink = mods.sinks64[h * mods.sinks_stride];
+    double acc = 0.0;
+    if (sink != -INFINITY)  // no sink: no gradient
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < N; ++i) {
+          const double p = std::exp(sink - lse_at(lse, b, h, i));
+          if (p != 0.0) acc -= p * dot(dO.row(b, i, h), dO.s[3], O.row(b, i, h), O.s[3], Dv);
+        }
+    dsinks.ptr<double>()[h * dsinks.strides[0]] = acc;
   });
 }
 

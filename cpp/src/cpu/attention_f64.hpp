@@ -15,7 +15,8 @@
 
 namespace spattn::cpu {
 
-// As forward() / backward() (attention_cpu.hpp) for dtype float64; lse is float64 too.
+// As forward() / backward() (attention_cpu.hpp) for dtype float64; lse is float64 too, and so
+// are the score modifiers' slopes and sinks (ScoreMods::alibi64, sinks64).
 void forward_f64(const ForwardArgs& a);
 void backward_f64(const BackwardArgs& a);
 
@@ -28,6 +29,11 @@ struct DecodeSeqF64 {
 };
 // Decode in float64; table entries of the visited pages are already checked.
 void decode_f64(const DecodeArgs& a, const std::vector<DecodeSeqF64>& seqs);
+
+// sink_grad() (attention_cpu.hpp) for float64: out, dout, lse, the sinks (mods.sinks64) and
+// dsinks float64.
+void sink_grad_f64(const TensorView& dout, const TensorView& out, const TensorView& lse,
+                   const backend::ScoreMods& mods, const TensorView& dsinks);
 
 // merge() and sum() (attention_cpu.hpp) for float64 outputs and lse.
 void merge_f64(const MergeArgs& a);

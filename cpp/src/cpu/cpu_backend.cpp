@@ -24,21 +24,12 @@ class CpuBackend final : public Backend {
                 // select::expect_selectable)
   }
 
-  // The plain float64 kernel (attention_f64.cpp, for gradient checks) has no score modifiers.
-  static void expect_plain_f64(DType dtype, const ScoreMods& mods) {
-    if (dtype == DType::Float64 && mods.any())
-      throw TypeError(
-          "q: float64 attention runs without score modifiers in this version (softcap, "
-          "alibi_slopes and sinks need float32, float16 or bfloat16 inputs)");
-  }
-
   Tile tile(Op, const Dims&, DType, const Call&) const override {
     const cpu::TileSize t = cpu::cpu_tile_size();
     return {t.bq, t.bk};
   }
 
   void forward(const Attention& a, const CompiledPattern& cp, const Call& call) override {
-    expect_plain_f64(a.dtype, a.mods);
     const Tile t = tile(Op::Forward, a.s, a.dtype, call);
     cpu::ForwardArgs f{a.q, a.k, a.v, a.out, a.lse, a.dtype, a.scale, &cp.layout_for(t.bq, t.bk),
                        cp.predicate(), a.mods};
@@ -53,7 +44,6 @@ class CpuBackend final : public Backend {
                         a.lse,  g.dq, g.dk,    g.dv,  a.dtype,
                         a.scale, &cp.layout_for(t.bq, t.bk), cp.predicate(), g.rows_complete,
                         a.mods};
-    expect_plain_f64(a.dtype, a.mods);
     if (a.dtype == DType::Float64) return cpu::backward_f64(b);
     cpu::backward(b);
   }
@@ -65,11 +55,11 @@ class CpuBackend final : public Backend {
   void sink_grad(const TensorView& dout, const TensorView& out, const TensorView& lse,
                  const ScoreMods& mods, const TensorView& dsinks, DType dtype,
                  const Call&) override {
+    if (dtype == DType::Float64) return cpu::sink_grad_f64(dout, out, lse, mods, dsinks);
     cpu::sink_grad(dout, out, lse, mods, dsinks, dtype);
   }
 
   void decode(const Decode& d, const Call&) override {
-    expect_plain_f64(d.dtype, d.mods);
     cpu::decode(d);
   }
 

@@ -16,13 +16,15 @@ bool host_memory(const TensorView& t) {
   return t.device.device_type == kDLCPU || t.device.device_type == kDLCUDAHost;
 }
 
-// A float32 [hq] per-head array on q's device.
+// A per-head array [hq] of dtype `want` on q's device.
 TensorView per_head(const DLTensor& t, const char* name, const TensorView& q, int64_t hq,
-                    const char* what) {
+                    DType want, const char* what) {
   const TensorView v = view_of(t, name);
-  if (!(v.dtype.code == kDLFloat && v.dtype.bits == 32 && v.dtype.lanes == 1))
-    throw TypeError(std::string(name) + ": expected float32 " + what + " [Hq], got dtype " +
-                    describe(v.dtype));
+  const DLDataType w = to_dl(want);
+  if (!(v.dtype.code == w.code && v.dtype.bits == w.bits && v.dtype.lanes == 1))
+    throw TypeError(std::string(name) + ": expected " + dtype_name(want) + " " + what +
+                    " [Hq]" + (want == DType::Float64 ? " (float64 inputs take float64 modifiers)" : "") +
+                    ", got dtype " + describe(v.dtype));
   if (v.ndim != 1 || v.shape[0] != hq) {
     std::ostringstream m;
     m << name << ": expected shape [" << hq << "] (one " << what << " per query head, Hq=" << hq
@@ -33,9 +35,15 @@ TensorView per_head(const DLTensor& t, const char* name, const TensorView& q, in
   return v;
 }
 
+// Element h of a checked per-head array, as double.
+double at(const TensorView& v, int64_t h) {
+  return v.dtype.bits == 64 ? v.ptr<const double>()[h * v.strides[0]]
+                            : double(v.ptr<const float>()[h * v.strides[0]]);
+}
+
 }  // namespace
 
-backend::ScoreMods check_modifiers(const Modifiers& m, const TensorView& q, int64_t hq,
+backend::ScoreMods check_modifiers(const Modifiers& m, const TensorView& q, DType dtype, int64_t hq,
                                    bool backward, TensorView* dsinks) {
   backend::ScoreMods r;
   if (!std::isfinite(m.softcap) || m.softcap < 0.0) {
@@ -44,28 +52,36 @@ backend::ScoreMods check_modifiers(const Modifiers& m, const TensorView& q, int6
     throw ValueError(s.str());
   }
   r.softcap = float(m.softcap);
+  r.softcap64 = m.softcap;
   if (m.softcap != 0.0 && !(r.softcap > 0.f && std::isfinite(1.f / r.softcap)))
     throw ValueError("softcap: " + std::to_string(m.softcap) + " is outside float32's range");
+  const DType want = lse_dtype(dtype);
+  const bool wide = want == DType::Float64;
   if (m.alibi_slopes) {
-    const TensorView v = per_head(*m.alibi_slopes, "alibi_slopes", q, hq, "slope");
-    r.alibi = v.ptr<const float>();
+    const TensorView v = per_head(*m.alibi_slopes, "alibi_slopes", q, hq, want, "slope");
+    if (wide)
+      r.alibi64 = v.ptr<const double>();
+    else
+      r.alibi = v.ptr<const float>();
     r.alibi_stride = v.strides[0];
     if (host_memory(v))
       for (int64_t h = 0; h < hq; ++h)
-        if (!std::isfinite(r.alibi[h * r.alibi_stride])) {
+        if (!std::isfinite(at(v, h))) {
           std::ostringstream s;
-          s << "alibi_slopes: expected finite slopes, got alibi_slopes[" << h
-            << "] = " << r.alibi[h * r.alibi_stride];
+          s << "alibi_slopes: expected finite slopes, got alibi_slopes[" << h << "] = " << at(v, h);
           throw ValueError(s.str());
         }
   }
   if (m.sinks) {
-    const TensorView v = per_head(*m.sinks, "sinks", q, hq, "sink logit");
-    r.sinks = v.ptr<const float>();
+    const TensorView v = per_head(*m.sinks, "sinks", q, hq, want, "sink logit");
+    if (wide)
+      r.sinks64 = v.ptr<const double>();
+    else
+      r.sinks = v.ptr<const float>();
     r.sinks_stride = v.strides[0];
     if (host_memory(v))
       for (int64_t h = 0; h < hq; ++h) {
-        const float x = r.sinks[h * r.sinks_stride];
+        const double x = at(v, h);
         if (std::isnan(x) || x == INFINITY) {
           std::ostringstream s;
           s << "sinks: expected finite logits (or -inf: no sink), got sinks[" << h << "] = " << x;
@@ -77,7 +93,7 @@ backend::ScoreMods check_modifiers(const Modifiers& m, const TensorView& q, int6
   if (m.dsinks) {
     if (!backward) throw ValueError("dsinks: is an output of the backward pass only");
     if (!m.sinks) throw ValueError("dsinks: given without sinks (there is no sink to differentiate)");
-    *dsinks = per_head(*m.dsinks, "dsinks", q, hq, "sink gradient");
+    *dsinks = per_head(*m.dsinks, "dsinks", q, hq, want, "sink gradient");
     expect_writable_layout(*dsinks, "dsinks");
   }
   return r;

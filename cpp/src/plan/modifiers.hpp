@@ -10,12 +10,13 @@
 
 namespace spattn::plan {
 
-// Checks m against q (device) and hq query heads: softcap finite and >= 0 (0: none);
-// alibi_slopes and sinks float32 [hq] on q's device; slopes finite, sinks finite or -inf (the
-// values are read where the arrays are in host memory); dsinks, when wanted (backward only),
-// float32 [hq], writable, and only with sinks. Returns the modifiers with their data pointers;
-// *dsinks gets dsinks' view (data null: not wanted).
-backend::ScoreMods check_modifiers(const Modifiers& m, const TensorView& q, int64_t hq,
+// Checks m against q (device, its dtype `dtype`) and hq query heads: softcap finite and >= 0
+// (0: none); alibi_slopes and sinks [hq] of lse's dtype (float32; float64 for float64 inputs) on
+// q's device; slopes finite, sinks finite or -inf (the values are read where the arrays are in
+// host memory); dsinks, when wanted (backward only), [hq] of the same dtype, writable, and only
+// with sinks. Returns the modifiers with their data pointers; *dsinks gets dsinks' view (data
+// null: not wanted).
+backend::ScoreMods check_modifiers(const Modifiers& m, const TensorView& q, DType dtype, int64_t hq,
                                    bool backward, TensorView* dsinks);
 
 // RuntimeError when mods are used and the backend does not run them for op.
