@@ -21,6 +21,7 @@
 #include "cpu/common.hpp"
 #include "cpu/decode_cpu.hpp"
 #include "cpu/decode_kernel_api.hpp"
+#include "spattn/visited_blocks.hpp"
 #include "cpu/kernel_api.hpp"
 #include "cpu/thread_pool.hpp"
 #include "select/topk.hpp"
@@ -179,26 +180,8 @@ void decode(const DecodeArgs& a) {
     const BlockLayout& L = s.layout;
     const int64_t nkb = (s.nk + bk - 1) / bk;
     for (int64_t g = 0; g < hkv; ++g) {
-      std::vector<std::pair<int32_t, int32_t>> rs;
-      const int64_t hb = L.heads == 1 ? 0 : g * G, he = L.heads == 1 ? 1 : g * G + G;
-      for (int64_t h = hb; h < he; ++h) {
-        const int64_t r = L.row(h, 0);
-        for (int64_t t = L.full_ptr[r]; t < L.full_ptr[r + 1]; ++t)
-          rs.emplace_back(L.full_lo[t], L.full_hi[t]);
-        for (int64_t t = L.part_ptr[r]; t < L.part_ptr[r + 1]; ++t)
-          rs.emplace_back(L.part_lo[t], L.part_hi[t]);
-      }
-      std::sort(rs.begin(), rs.end());
       auto& u = uni[size_t(b * hkv + g)];
-      for (auto [lo, hi] : rs) {
-        lo = std::max<int32_t>(lo, 0);
-        hi = int32_t(std::min<int64_t>(hi, nkb));
-        if (lo >= hi) continue;
-        if (!u.empty() && lo <= u.back().second)
-          u.back().second = std::max(u.back().second, hi);
-        else
-          u.emplace_back(lo, hi);
-      }
+      u = visited_block_union(L, g * G, G, nkb);
       for (auto [lo, hi] : u) total_keys += std::min<int64_t>(int64_t(hi) * bk, s.nk) - int64_t(lo) * bk;
     }
   }

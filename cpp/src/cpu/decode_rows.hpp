@@ -33,6 +33,26 @@ SP_INLINE void row_to_float(const void* src, int dtype, int64_t stride, int n, i
   for (; i < np; ++i) dst[i] = 0.f;
 }
 
+// The sum of v's lanes, as a tree (a serial sum was a chain of W dependent adds per score).
+SP_INLINE float hsum(vf v) {
+#if SPATTN_VEC_BYTES == 64
+  typedef float h8 __attribute__((vector_size(32)));
+  const h8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif SPATTN_VEC_BYTES == 32
+  const vf a = v;
+#endif
+#if SPATTN_VEC_BYTES >= 32
+  typedef float h4 __attribute__((vector_size(16)));
+  const h4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+#else
+  float r = 0.f;
+  for (int k = 0; k < W; ++k) r += v[k];
+  return r;
+#endif
+}
+
 // n is a multiple of W (rows are zero-padded to Dp).
 SP_INLINE float dot(const float* a, const float* b, int64_t n) {
   vf s0{}, s1{};
@@ -42,10 +62,7 @@ SP_INLINE float dot(const float* a, const float* b, int64_t n) {
     s1 = fma(load(a + i + W), load(b + i + W), s1);
   }
   for (; i < n; i += W) s0 = fma(load(a + i), load(b + i), s0);
-  s0 += s1;
-  float r = 0.f;
-  for (int k = 0; k < W; ++k) r += s0[k];
-  return r;
+  return hsum(s0 + s1);
 }
 
 // acc[0..Dvp) += sum_j p[j] * vt[j * Dvp + :] for j < n.
@@ -303,38 +320,6 @@ inline void sum_rows(const void* const* rows, int64_t n, int dtype, int64_t stri
   }
 }
 
-// The sum of v's lanes, as a tree (a serial sum was a chain of W dependent adds per score).
-SP_INLINE float hsum(vf v) {
-#if SPATTN_VEC_BYTES == 64
-  typedef float h8 __attribute__((vector_size(32)));
-  const h8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-#elif SPATTN_VEC_BYTES == 32
-  const vf a = v;
-#endif
-#if SPATTN_VEC_BYTES >= 32
-  typedef float h4 __attribute__((vector_size(16)));
-  const h4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-#else
-  float r = 0.f;
-  for (int k = 0; k < W; ++k) r += v[k];
-  return r;
-#endif
-}
-
-// sum a[d] * b[d] over d < n (a multiple of W), two accumulators, summed as a tree.
-SP_INLINE float hsum_dot(const float* a, const float* b, int64_t n) {
-  vf a0{}, a1{};
-  int64_t d = 0;
-  for (; d + 2 * W <= n; d += 2 * W) {
-    a0 = fma(load(a + d), load(b + d), a0);
-    a1 = fma(load(a + d + W), load(b + d + W), a1);
-  }
-  for (; d < n; d += W) a0 = fma(load(a + d), load(b + d), a0);
-  return hsum(a0 + a1);
-}
-
 // Sparse rows (decode_kernel_api.hpp's SparseRows): each row's scores over its own key list,
 // its softmax, then P V with the output row in registers. The key rows are scattered (far
 // apart for long reaches): the next row's are prefetched while this one computes.
@@ -375,7 +360,7 @@ inline void sparse_rows(const SparseRows& c, float* ws) {
         kr = reinterpret_cast<const float*>(krow(keys[t]));
       else
         dec::row_to_float(krow(keys[t]), c.dtype, c.k_sd, int(c.D), int(Dp), kf);
-      float x = hsum_dot(qf, kr, Dp);
+      float x = dec::dot(qf, kr, Dp);
       if (c.softcap2 != 0.f) x = c.softcap2 * __builtin_tanhf(x / c.softcap2);
       if (c.alibi2 != 0.f) {
         const int64_t rel = c.rel_step * (i - keys[t]) + c.rel_base;
@@ -398,7 +383,7 @@ inline void sparse_rows(const SparseRows& c, float* ws) {
       store(s + t, p);
       vl += p;
     }
-    float l = hsum(vl);
+    float l = dec::hsum(vl);
     // O = P V, four vectors of the row at a time in registers, in two sets (even and odd
     // keys) so that consecutive keys' FMAs do not wait on each other
     for (int64_t d0 = 0; d0 < Dvp; d0 += 4 * W) {
@@ -487,7 +472,7 @@ inline void sparse_rows_bwd(const SparseRowsBwd& c, float* ws) {
           kr = reinterpret_cast<const float*>(krow(keys[t]));
         else
           dec::row_to_float(krow(keys[t]), f.dtype, f.k_sd, int(f.D), int(Dp), kf);
-        float x = hsum_dot(qf, kr, Dp), dc = 1.f;
+        float x = dec::dot(qf, kr, Dp), dc = 1.f;
         if (f.softcap2 != 0.f) {
           const float th = __builtin_tanhf(x / f.softcap2);
           x = f.softcap2 * th;
@@ -504,7 +489,7 @@ inline void sparse_rows_bwd(const SparseRowsBwd& c, float* ws) {
           vr = reinterpret_cast<const float*>(vrow(keys[t]));
         else
           dec::row_to_float(vrow(keys[t]), f.dtype, f.v_sd, int(f.Dv), int(Dvp), vt);
-        dp[t] = hsum_dot(dof, vr, Dvp);
+        dp[t] = dec::dot(dof, vr, Dvp);
       }
       float delta = 0.f;
       if (c.exact_delta) {
@@ -512,7 +497,7 @@ inline void sparse_rows_bwd(const SparseRowsBwd& c, float* ws) {
       } else {
         dec::row_to_float(static_cast<const char*>(c.o) + r * c.o_si * es, f.dtype, c.o_sd,
                           int(f.Dv), int(Dvp), ot);
-        delta = hsum_dot(dof, ot, Dvp);
+        delta = dec::dot(dof, ot, Dvp);
       }
       for (int64_t t = 0; t < n; ++t) {
         const float ds = p[t] * (dp[t] - delta) * dcap[t];

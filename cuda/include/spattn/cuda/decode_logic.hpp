@@ -38,6 +38,7 @@
 
 #include "spattn/error.hpp"
 #include "spattn/layout.hpp"
+#include "spattn/visited_blocks.hpp"
 #endif
 
 namespace spattn::cuda {
@@ -379,32 +380,6 @@ struct DecodeSeqIn {
   Predicate pred;
 };
 
-// The union of the key-block ranges of query heads [h0, h0 + G) of a layout row set, clipped to
-// [0, nkb), merged where they touch or overlap, ascending.
-inline std::vector<std::pair<int32_t, int32_t>> dec_union(const BlockLayout& L, int64_t h0,
-                                                          int64_t G, int64_t nkb) {
-  std::vector<std::pair<int32_t, int32_t>> rs, u;
-  const int64_t hb = L.heads == 1 ? 0 : h0, he = L.heads == 1 ? 1 : h0 + G;
-  for (int64_t h = hb; h < he; ++h) {
-    const int64_t r = L.row(h, 0);
-    for (int64_t t = L.full_ptr[size_t(r)]; t < L.full_ptr[size_t(r + 1)]; ++t)
-      rs.emplace_back(L.full_lo[size_t(t)], L.full_hi[size_t(t)]);
-    for (int64_t t = L.part_ptr[size_t(r)]; t < L.part_ptr[size_t(r + 1)]; ++t)
-      rs.emplace_back(L.part_lo[size_t(t)], L.part_hi[size_t(t)]);
-  }
-  std::sort(rs.begin(), rs.end());
-  for (auto [lo, hi] : rs) {
-    lo = std::max<int32_t>(lo, 0);
-    hi = int32_t(std::min<int64_t>(hi, nkb));
-    if (lo >= hi) continue;
-    if (!u.empty() && lo <= u.back().second)
-      u.back().second = std::max(u.back().second, hi);
-    else
-      u.emplace_back(lo, hi);
-  }
-  return u;
-}
-
 // Splits of a bg with T visited blocks of bk keys, when the call has `cells` (b, g, row group)
 // cells and aims at target_ctas CTAs: enough to fill the device, never below kDecMinSplitKeys
 // keys per split, never more than T.
@@ -483,7 +458,7 @@ inline StagedDecode stage_decode(const std::vector<DecodeSeqIn>& seqs, int64_t h
       const int64_t bg = b * hkv + g;
       int64_t before = 0;
       if (q.nk > 0)
-        for (auto [lo, hi] : dec_union(*q.layout, g * group, group, nkb)) {
+        for (auto [lo, hi] : visited_block_union(*q.layout, g * group, group, nkb)) {
           ulo.push_back(lo);
           uhi.push_back(hi);
           ubefore.push_back(before);

@@ -66,6 +66,20 @@ struct neighborhood {
     return true;
   }
 
+  // Whether key line kl (index over the prefix dims 0 .. ndim - 2, row-major) is a neighbour,
+  // in every prefix dim, of the query line qline.
+  SPATTN_HD bool line_is_neighbour(int64_t qline, int64_t kl) const {
+    for (int t = ndim - 2; t >= 0; --t) {
+      const int64_t x = qline % n[t], y = kl % n[t];
+      qline /= n[t];
+      kl /= n[t];
+      int64_t l, h;
+      grid_dim_range(n[t], w[t], d[t], causal_dim(t), x, &l, &h);
+      if (y < l || y > h || (y - l) % d[t] != 0) return false;
+    }
+    return true;
+  }
+
   // The keys of [j0, j1] the query at position p keeps, when they are one interval: true with
   // [*lo, *hi] (empty when *lo > *hi); false when the grid's keys in [j0, j1] span several key
   // lines or the last dim is dilated (then ask keeps() key by key).
@@ -82,15 +96,7 @@ struct neighborhood {
     const int64_t a = p - start;
     if (a < 0 || a >= size) return true;  // a query outside the grid keeps nothing
     const int64_t line = b0 / line_len;
-    int64_t qa = a / tile / n[L], kl = line;
-    for (int t = L - 1; t >= 0; --t) {  // the line's prefix coordinates against the query's
-      const int64_t x = qa % n[t], y = kl % n[t];
-      qa /= n[t];
-      kl /= n[t];
-      int64_t l, h;
-      grid_dim_range(n[t], w[t], d[t], causal_dim(t), x, &l, &h);
-      if (y < l || y > h || (y - l) % d[t] != 0) return true;
-    }
+    if (!line_is_neighbour(a / tile / n[L], line)) return true;
     int64_t l, h;
     grid_dim_range(n[L], w[L], d[L], causal_dim(L), a / tile % n[L], &l, &h);
     if (d[L] != 1 && l != h) return false;  // every d-th key: not one interval
@@ -127,19 +133,7 @@ struct neighborhood {
     if (a0 >= size) return true;
     int64_t cell = a0 / tile, sub = a0 % tile;
     int64_t x = cell % n[L], prefix = cell / n[L];
-    auto line_is_neighbour = [&](int64_t pre) {  // key line's prefix coords against the query's
-      int64_t qa = pre, kl = line;
-      for (int t = L - 1; t >= 0; --t) {
-        const int64_t xq = qa % n[t], yk = kl % n[t];
-        qa /= n[t];
-        kl /= n[t];
-        int64_t l, hh;
-        grid_dim_range(n[t], w[t], d[t], causal_dim(t), xq, &l, &hh);
-        if (yk < l || yk > hh || (yk - l) % d[t] != 0) return false;
-      }
-      return true;
-    };
-    bool near = line_is_neighbour(prefix);
+    bool near = line_is_neighbour(prefix, line);
     const bool cl = causal_dim(L);
     const int64_t nl = n[L], wl = w[L];
     for (; r < rows && p0 + r - start < size; ++r) {
@@ -162,7 +156,7 @@ struct neighborhood {
         sub = 0;
         if (++x == nl) {
           x = 0;
-          near = line_is_neighbour(++prefix);
+          near = line_is_neighbour(++prefix, line);
         }
       }
     }
