@@ -5,14 +5,15 @@ under `jax.jit`, `jax.grad` and `jax.vmap`.
     out = spattn.jax.attention(q, k, v, pattern=spattn.SlidingWindow(255, 0))
     dq = jax.grad(lambda q: spattn.jax.attention(q, k, v, pattern=p).sum())(q)
 
-How it runs (`backend()` tells): on the CPU, as XLA FFI custom calls (`spattn_forward`,
-`spattn_backward`, `spattn_decode`, `spattn_decode_paged`) registered from spattn's C++
-library, built with the FFI headers jaxlib ships (`SPATTN_JAX=ON pip install .`, see the
-README). A build without those headers, or a JAX whose default backend is not the CPU, falls
-back to calling the core from a `jax.pure_callback` on the host: arrays on a GPU are then copied
-to the host and back, and bfloat16 (which numpy cannot hand over through DLPack) is computed in
-float32 there and rounded back. No CUDA FFI targets exist yet. Calls with score modifiers
-(softcap, alibi_slopes, sinks) take the same path as plain ones, forward and backward.
+How it runs (`backend()` tells): as XLA FFI custom calls (`spattn_forward`, `spattn_backward`,
+`spattn_decode`, `spattn_decode_paged`) registered from spattn's C++ library, built with the
+FFI headers jaxlib ships (`SPATTN_JAX=ON pip install .`, see the README): for the CPU, and for
+CUDA when spattn is built with its CUDA kernels (the handlers then run on the stream and device
+XLA gives them; not yet run on a GPU). A build without those headers, or a JAX whose default
+backend has no spattn targets, falls back to calling the core from a `jax.pure_callback` on the
+host: arrays on a GPU are then copied to the host and back, and bfloat16 (which numpy cannot
+hand over through DLPack) is computed in float32 there and rounded back. Calls with score
+modifiers (softcap, alibi_slopes, sinks) take the same path as plain ones, forward and backward.
 
 Shapes and patterns as in `spattn.attention` / `spattn.decode` (docs/api.md): q [B, Nq, Hq, D],
 k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv] -> out [B, Nq, Hq, Dv] (and lse [B, Hq, Nq] float32 with
@@ -31,22 +32,35 @@ from . import api as _api
 
 __all__ = ["attention", "decode", "backend"]
 
-_registered = None  # None: not yet asked; then True when the FFI targets are registered with JAX
+_registered = None  # None: not yet asked; then the JAX backends ("cpu", "gpu") with targets
+
+# spattn's platform name -> JAX's name for registering targets, and jax.default_backend()'s
+_PLATFORMS = {"cpu": ("cpu", "cpu"), "cuda": ("CUDA", "gpu")}
 
 
-def _ffi_targets() -> bool:
+def _ffi_targets() -> set:
     global _registered
     if _registered is None:
-        targets = dict(_core.xla_ffi_targets())
-        for name, capsule in targets.items():
-            jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-        _registered = bool(targets)
+        _registered = set()
+        for platform, (jax_platform, jax_backend) in _PLATFORMS.items():
+            targets = dict(_core.xla_ffi_targets(platform))  # empty: not in this build
+            if not targets:
+                continue
+            try:
+                for name, capsule in targets.items():
+                    jax.ffi.register_ffi_target(name, capsule, platform=jax_platform)
+            except Exception:  # a jaxlib without that platform: its calls use the callback
+                if platform == "cpu":
+                    raise
+                continue
+            _registered.add(jax_backend)
     return _registered
 
 
 def backend() -> str:
-    """"xla_ffi" when calls run as XLA FFI custom calls, else "pure_callback" (see above)."""
-    return "xla_ffi" if _ffi_targets() and jax.default_backend() == "cpu" else "pure_callback"
+    """"xla_ffi" when calls on JAX's default backend run as XLA FFI custom calls, else
+    "pure_callback" (see above)."""
+    return "xla_ffi" if jax.default_backend() in _ffi_targets() else "pure_callback"
 
 
 def _ffi_attrs(pattern, scale, softcap) -> dict:

@@ -1,4 +1,5 @@
-// XLA FFI custom-call targets for spattn.jax (CPU): attention forward, backward and decode.
+// XLA FFI custom-call targets for spattn.jax: attention forward, backward and decode, for the
+// CPU and, in builds with CUDA, for CUDA (the same handlers, on XLA's stream and device).
 //
 // Compiled with the FFI headers jaxlib ships (xla/ffi/api/ffi.h) when the build finds them
 // (python/CMakeLists.txt defines SPATTN_XLA_FFI); otherwise _core.xla_ffi_targets() is empty
@@ -55,11 +56,20 @@ Pattern pattern_at(int64_t id) {
   return g_patterns[size_t(id)];
 }
 
-// A DLTensor view of an XLA buffer (dense, row-major, on the host). `strides` must outlive it.
-DLTensor view(const ffi::AnyBuffer& b, std::vector<int64_t>& strides, const char* name) {
+// Where a custom call's buffers live and where its work is queued: the host (CPU targets), or
+// the GPU and the stream XLA gives the call (CUDA targets).
+struct Place {
+  DLDevice device{kDLCPU, 0};
+  void* stream = nullptr;
+};
+
+// A DLTensor view of an XLA buffer (dense, row-major, on `at`'s device). `strides` must
+// outlive it.
+DLTensor view(const ffi::AnyBuffer& b, std::vector<int64_t>& strides, const char* name,
+              const Place& at) {
   DLTensor t{};
   t.data = b.untyped_data();
-  t.device = {kDLCPU, 0};
+  t.device = at.device;
   const auto dims = b.dimensions();
   t.ndim = int(dims.size());
   switch (b.element_type()) {
@@ -101,9 +111,10 @@ const DLTensor* given(const DLTensor& t) {
   return t.ndim == 1 && t.shape[0] == 0 ? nullptr : &t;
 }
 
-Options options(double scale, double softcap, const DLTensor& alibi, const DLTensor& sinks,
-                const DLTensor* dsinks = nullptr) {
+Options options(const Place& at, double scale, double softcap, const DLTensor& alibi,
+                const DLTensor& sinks, const DLTensor* dsinks = nullptr) {
   Options o;
+  o.stream = at.stream;
   o.scale = scale;  // 0: 1/sqrt(D)
   o.modifiers.softcap = softcap;  // 0: none
   o.modifiers.alibi_slopes = given(alibi);
@@ -112,20 +123,20 @@ Options options(double scale, double softcap, const DLTensor& alibi, const DLTen
   return o;
 }
 
-ffi::Error forward_impl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+ffi::Error forward_impl(const Place& at, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                         ffi::AnyBuffer alibi, ffi::AnyBuffer sinks, int64_t pattern, double scale,
                         double softcap, ffi::Result<ffi::AnyBuffer> out,
                         ffi::Result<ffi::AnyBuffer> lse) {
   return guarded([&] {
     std::vector<int64_t> s[7];
-    const DLTensor tq = view(q, s[0], "q"), tk = view(k, s[1], "k"), tv = view(v, s[2], "v");
-    const DLTensor ta = view(alibi, s[3], "alibi_slopes"), ts = view(sinks, s[4], "sinks");
-    const DLTensor to = view(*out, s[5], "out"), tl = view(*lse, s[6], "lse");
-    attention_forward(tq, tk, tv, pattern_at(pattern), to, &tl, options(scale, softcap, ta, ts));
+    const DLTensor tq = view(q, s[0], "q", at), tk = view(k, s[1], "k", at), tv = view(v, s[2], "v", at);
+    const DLTensor ta = view(alibi, s[3], "alibi_slopes", at), ts = view(sinks, s[4], "sinks", at);
+    const DLTensor to = view(*out, s[5], "out", at), tl = view(*lse, s[6], "lse", at);
+    attention_forward(tq, tk, tv, pattern_at(pattern), to, &tl, options(at, scale, softcap, ta, ts));
   });
 }
 
-ffi::Error backward_impl(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k,
+ffi::Error backward_impl(const Place& at, ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k,
                          ffi::AnyBuffer v, ffi::AnyBuffer out, ffi::AnyBuffer lse,
                          ffi::AnyBuffer alibi, ffi::AnyBuffer sinks, int64_t pattern, double scale,
                          double softcap, ffi::Result<ffi::AnyBuffer> dq,
@@ -133,115 +144,108 @@ ffi::Error backward_impl(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k
                          ffi::Result<ffi::AnyBuffer> dsinks) {
   return guarded([&] {
     std::vector<int64_t> s[12];
-    const DLTensor tdo = view(dout, s[0], "dout"), tq = view(q, s[1], "q"), tk = view(k, s[2], "k");
-    const DLTensor tv = view(v, s[3], "v"), to = view(out, s[4], "out"), tl = view(lse, s[5], "lse");
-    const DLTensor ta = view(alibi, s[6], "alibi_slopes"), ts = view(sinks, s[7], "sinks");
-    const DLTensor gq = view(*dq, s[8], "dq"), gk = view(*dk, s[9], "dk"), gv = view(*dv, s[10], "dv");
-    const DLTensor gs = view(*dsinks, s[11], "dsinks");
+    const DLTensor tdo = view(dout, s[0], "dout", at), tq = view(q, s[1], "q", at), tk = view(k, s[2], "k", at);
+    const DLTensor tv = view(v, s[3], "v", at), to = view(out, s[4], "out", at), tl = view(lse, s[5], "lse", at);
+    const DLTensor ta = view(alibi, s[6], "alibi_slopes", at), ts = view(sinks, s[7], "sinks", at);
+    const DLTensor gq = view(*dq, s[8], "dq", at), gk = view(*dk, s[9], "dk", at), gv = view(*dv, s[10], "dv", at);
+    const DLTensor gs = view(*dsinks, s[11], "dsinks", at);
     attention_backward(tdo, tq, tk, tv, to, tl, pattern_at(pattern), gq, gk, gv,
-                       options(scale, softcap, ta, ts, &gs));
+                       options(at, scale, softcap, ta, ts, &gs));
   });
 }
 
-ffi::Error decode_impl(ffi::AnyBuffer q, ffi::AnyBuffer k_cache, ffi::AnyBuffer v_cache,
+ffi::Error decode_impl(const Place& at, ffi::AnyBuffer q, ffi::AnyBuffer k_cache, ffi::AnyBuffer v_cache,
                        ffi::AnyBuffer cache_len, ffi::AnyBuffer alibi, ffi::AnyBuffer sinks,
                        int64_t pattern, double scale, double softcap,
                        ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse) {
   return guarded([&] {
     std::vector<int64_t> s[8];
-    const DLTensor tq = view(q, s[0], "q"), tk = view(k_cache, s[1], "k_cache");
-    const DLTensor tv = view(v_cache, s[2], "v_cache"), tn = view(cache_len, s[3], "cache_len");
-    const DLTensor ta = view(alibi, s[4], "alibi_slopes"), ts = view(sinks, s[5], "sinks");
-    const DLTensor to = view(*out, s[6], "out"), tl = view(*lse, s[7], "lse");
-    decode(tq, tk, tv, tn, pattern_at(pattern), nullptr, to, &tl, options(scale, softcap, ta, ts));
+    const DLTensor tq = view(q, s[0], "q", at), tk = view(k_cache, s[1], "k_cache", at);
+    const DLTensor tv = view(v_cache, s[2], "v_cache", at), tn = view(cache_len, s[3], "cache_len", at);
+    const DLTensor ta = view(alibi, s[4], "alibi_slopes", at), ts = view(sinks, s[5], "sinks", at);
+    const DLTensor to = view(*out, s[6], "out", at), tl = view(*lse, s[7], "lse", at);
+    decode(tq, tk, tv, tn, pattern_at(pattern), nullptr, to, &tl, options(at, scale, softcap, ta, ts));
   });
 }
 
-ffi::Error decode_paged_impl(ffi::AnyBuffer q, ffi::AnyBuffer k_pages, ffi::AnyBuffer v_pages,
+ffi::Error decode_paged_impl(const Place& at, ffi::AnyBuffer q, ffi::AnyBuffer k_pages, ffi::AnyBuffer v_pages,
                              ffi::AnyBuffer cache_len, ffi::AnyBuffer block_table,
                              ffi::AnyBuffer alibi, ffi::AnyBuffer sinks, int64_t pattern,
                              double scale, double softcap, ffi::Result<ffi::AnyBuffer> out,
                              ffi::Result<ffi::AnyBuffer> lse) {
   return guarded([&] {
     std::vector<int64_t> s[9];
-    const DLTensor tq = view(q, s[0], "q"), tk = view(k_pages, s[1], "k_cache");
-    const DLTensor tv = view(v_pages, s[2], "v_cache"), tn = view(cache_len, s[3], "cache_len");
-    const DLTensor tb = view(block_table, s[4], "block_table");
-    const DLTensor ta = view(alibi, s[5], "alibi_slopes"), ts = view(sinks, s[6], "sinks");
-    const DLTensor to = view(*out, s[7], "out"), tl = view(*lse, s[8], "lse");
-    decode(tq, tk, tv, tn, pattern_at(pattern), &tb, to, &tl, options(scale, softcap, ta, ts));
+    const DLTensor tq = view(q, s[0], "q", at), tk = view(k_pages, s[1], "k_cache", at);
+    const DLTensor tv = view(v_pages, s[2], "v_cache", at), tn = view(cache_len, s[3], "cache_len", at);
+    const DLTensor tb = view(block_table, s[4], "block_table", at);
+    const DLTensor ta = view(alibi, s[5], "alibi_slopes", at), ts = view(sinks, s[6], "sinks", at);
+    const DLTensor to = view(*out, s[7], "out", at), tl = view(*lse, s[8], "lse", at);
+    decode(tq, tk, tv, tn, pattern_at(pattern), &tb, to, &tl, options(at, scale, softcap, ta, ts));
   });
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_forward, forward_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()  // alibi_slopes
-                                  .Arg<ffi::AnyBuffer>()  // sinks
-                                  .Attr<int64_t>("pattern")
-                                  .Attr<double>("scale")
-                                  .Attr<double>("softcap")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+// Each operation's operands, attributes and results, in the order its impl takes them.
+#define SPATTN_FFI_ARGS(n) SPATTN_FFI_ARGS_##n
+#define SPATTN_FFI_ARGS_1 .Arg<ffi::AnyBuffer>()
+#define SPATTN_FFI_ARGS_2 SPATTN_FFI_ARGS_1 SPATTN_FFI_ARGS_1
+#define SPATTN_FFI_ARGS_4 SPATTN_FFI_ARGS_2 SPATTN_FFI_ARGS_2
+#define SPATTN_FFI_ATTRS .Attr<int64_t>("pattern").Attr<double>("scale").Attr<double>("softcap")
+#define SPATTN_FFI_RETS_2 .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+// q, k, v, alibi_slopes, sinks -> out, lse
+#define SPATTN_FFI_FORWARD SPATTN_FFI_ARGS_4 SPATTN_FFI_ARGS_1 SPATTN_FFI_ATTRS SPATTN_FFI_RETS_2
+// dout, q, k, v, out, lse, alibi_slopes, sinks -> dq, dk, dv, dsinks
+#define SPATTN_FFI_BACKWARD \
+  SPATTN_FFI_ARGS_4 SPATTN_FFI_ARGS_4 SPATTN_FFI_ATTRS SPATTN_FFI_RETS_2 SPATTN_FFI_RETS_2
+// q, k_cache, v_cache, cache_len, alibi_slopes, sinks -> out, lse
+#define SPATTN_FFI_DECODE SPATTN_FFI_ARGS_4 SPATTN_FFI_ARGS_2 SPATTN_FFI_ATTRS SPATTN_FFI_RETS_2
+// q, k_pages, v_pages, cache_len, block_table, alibi_slopes, sinks -> out, lse
+#define SPATTN_FFI_DECODE_PAGED \
+  SPATTN_FFI_ARGS_4 SPATTN_FFI_ARGS_2 SPATTN_FFI_ARGS_1 SPATTN_FFI_ATTRS SPATTN_FFI_RETS_2
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_backward, backward_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()  // alibi_slopes
-                                  .Arg<ffi::AnyBuffer>()  // sinks
-                                  .Attr<int64_t>("pattern")
-                                  .Attr<double>("scale")
-                                  .Attr<double>("softcap")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());  // dsinks
+// Two handlers per operation: the CPU's (host buffers) and CUDA's, which XLA also hands its
+// stream and device ordinal; the work is queued on that stream. The CUDA ones are registered
+// only by builds with CUDA kernels (spattn/jax.py); without them the core would refuse the
+// device anyway.
+#define SPATTN_FFI_TARGETS(sym, impl, SIG)                                                  \
+  constexpr auto sym##_on_cpu = [](auto... a) { return impl(Place{}, a...); };             \
+  constexpr auto sym##_on_cuda = [](void* stream, int32_t device, auto... a) {             \
+    return impl(Place{{kDLCUDA, device}, stream}, a...);                                    \
+  };                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(sym, sym##_on_cpu, ffi::Ffi::Bind() SIG);                  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(sym##_cuda, sym##_on_cuda,                                  \
+                                ffi::Ffi::Bind()                                            \
+                                    .Ctx<ffi::PlatformStream<void*>>()                      \
+                                    .Ctx<ffi::DeviceOrdinal>() SIG)
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_decode, decode_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()  // alibi_slopes
-                                  .Arg<ffi::AnyBuffer>()  // sinks
-                                  .Attr<int64_t>("pattern")
-                                  .Attr<double>("scale")
-                                  .Attr<double>("softcap")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(spattn_xla_decode_paged, decode_paged_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()  // alibi_slopes
-                                  .Arg<ffi::AnyBuffer>()  // sinks
-                                  .Attr<int64_t>("pattern")
-                                  .Attr<double>("scale")
-                                  .Attr<double>("softcap")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+SPATTN_FFI_TARGETS(spattn_xla_forward, forward_impl, SPATTN_FFI_FORWARD);
+SPATTN_FFI_TARGETS(spattn_xla_backward, backward_impl, SPATTN_FFI_BACKWARD);
+SPATTN_FFI_TARGETS(spattn_xla_decode, decode_impl, SPATTN_FFI_DECODE);
+SPATTN_FFI_TARGETS(spattn_xla_decode_paged, decode_paged_impl, SPATTN_FFI_DECODE_PAGED);
 #endif  // SPATTN_XLA_FFI
 
-py::dict targets() {
+// The handlers for `platform` ("cpu" or "cuda") by target name; empty without the FFI headers,
+// and for "cuda" without CUDA kernels in this build.
+py::dict targets(const std::string& platform) {
   py::dict d;
 #if SPATTN_XLA_FFI
   auto capsule = [](XLA_FFI_Handler* fn) { return py::capsule(reinterpret_cast<void*>(fn)); };
-  d["spattn_forward"] = capsule(spattn_xla_forward);
-  d["spattn_backward"] = capsule(spattn_xla_backward);
-  d["spattn_decode"] = capsule(spattn_xla_decode);
-  d["spattn_decode_paged"] = capsule(spattn_xla_decode_paged);
+  if (platform == "cpu") {
+    d["spattn_forward"] = capsule(spattn_xla_forward);
+    d["spattn_backward"] = capsule(spattn_xla_backward);
+    d["spattn_decode"] = capsule(spattn_xla_decode);
+    d["spattn_decode_paged"] = capsule(spattn_xla_decode_paged);
+  } else if (platform == "cuda") {
+#if SPATTN_WITH_CUDA
+    d["spattn_forward"] = capsule(spattn_xla_forward_cuda);
+    d["spattn_backward"] = capsule(spattn_xla_backward_cuda);
+    d["spattn_decode"] = capsule(spattn_xla_decode_cuda);
+    d["spattn_decode_paged"] = capsule(spattn_xla_decode_paged_cuda);
+#endif
+  } else {
+    throw ValueError("platform: expected 'cpu' or 'cuda', got '" + platform + "'");
+  }
+#else
+  (void)platform;
 #endif
   return d;
 }
@@ -250,8 +254,9 @@ py::dict targets() {
 
 void bind_jax_ffi(py::module_& m) {
   m.def("xla_ffi_targets", &targets,
-        "XLA FFI handlers (CPU) by target name, as PyCapsules for jax.ffi.register_ffi_target; "
-        "empty when this build did not find jaxlib's FFI headers.");
+        "XLA FFI handlers for a platform ('cpu' or 'cuda') by target name, as PyCapsules for "
+        "jax.ffi.register_ffi_target; empty when this build did not find jaxlib's FFI headers "
+        "(and, for 'cuda', when it has no CUDA kernels).");
   m.def("register_ffi_pattern", &register_pattern, py::arg("pattern"),
         "Keep a pattern for the XLA FFI handlers; returns the index they take as `pattern`.");
 }

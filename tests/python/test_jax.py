@@ -78,7 +78,7 @@ def test_decode_matches_attention_on_each_sequence():
 def test_runs_as_xla_ffi_custom_calls():
     from spattn import _core
 
-    if not _core.xla_ffi_targets():
+    if not _core.xla_ffi_targets("cpu"):
         pytest.skip("this spattn was built without jaxlib's FFI headers (SPATTN_JAX=ON pip install .)")
     assert sj.backend() == "xla_ffi"
     q, k, v = _qkv()
@@ -169,7 +169,7 @@ def test_modifiers_forward_and_gradients_under_jit_match_jnp(name, mod):
 def test_modifiers_run_as_xla_ffi_custom_calls_without_a_host_callback():
     from spattn import _core
 
-    if not _core.xla_ffi_targets():
+    if not _core.xla_ffi_targets("cpu"):
         pytest.skip("this spattn was built without jaxlib's FFI headers (SPATTN_JAX=ON pip install .)")
     q, k, v = _qkv()
     cap, slopes, sinks = _mod_args("all", 4)
@@ -255,3 +255,33 @@ def test_float64_under_x64_with_modifiers():
         # a float32 sinks array is used in float64 and its gradient comes back as float32
         g32 = jax.grad(lambda s: sj.attention(q, k, v, pattern=pattern, sinks=s).sum())(sinks.astype(jnp.float32))
         assert g32.dtype == jnp.float32
+
+
+def test_ffi_targets_per_platform():
+    from spattn import _core
+
+    cpu = dict(_core.xla_ffi_targets("cpu"))
+    cuda = dict(_core.xla_ffi_targets("cuda"))
+    names = {"spattn_forward", "spattn_backward", "spattn_decode", "spattn_decode_paged"}
+    assert set(cpu) in (set(), names)
+    # CUDA handlers exist exactly in builds with the FFI headers and CUDA kernels
+    want_cuda = bool(cpu) and spattn.info().get("cuda_compiled") == "yes"
+    assert set(cuda) == (names if want_cuda else set())
+    with pytest.raises(ValueError, match="platform"):
+        _core.xla_ffi_targets("tpu")
+
+
+def test_on_the_gpu_through_the_cuda_targets():
+    # JAX on a GPU with spattn's CUDA kernels: the custom calls run on XLA's stream
+    if jax.default_backend() != "gpu" or spattn.info().get("cuda_compiled") != "yes":
+        pytest.skip("needs JAX on a GPU and spattn built with CUDA")
+    assert sj.backend() == "xla_ffi"
+    q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(nq=200, nk=200, d=64))
+    pattern = spattn.SlidingWindow(31, 0)
+    out = jax.jit(lambda q, k, v: sj.attention(q, k, v, pattern=pattern))(q, k, v)
+    want = _ref(*(x.astype(jnp.float32) for x in (q, k, v)), pattern)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want), atol=2e-2, rtol=2e-2)
+    g = jax.grad(lambda q: sj.attention(q, k, v, pattern=pattern).astype(jnp.float32).sum())(q)
+    gw = jax.grad(lambda q: _ref(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
+                                 pattern).sum())(q)
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(gw, np.float32), atol=5e-2, rtol=5e-2)
