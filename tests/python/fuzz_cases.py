@@ -67,7 +67,70 @@ def _leaf_mask(leaf, nq, nk):
         return full & (np.isin(j, pos) | np.isin(p, pos))
     if kind == "sink":
         return full & (j < a[0])
+    if kind == "prefixlm":
+        return full & ((j < a[0]) | (rel >= 0))
+    if kind == "logsparse":
+        local = a[0]
+        pow2 = (rel > 0) & ((rel & (rel - 1)) == 0)
+        return full & (rel >= 0) & ((rel <= local) | pow2)
+    if kind == "document":
+        cu = np.asarray(a[0], dtype=np.int64)
+        doc = lambda x: np.searchsorted(cu, x, side="right") - 1  # noqa: E731  (b: cu[b] <= x < cu[b+1])
+        return full & (p >= 0) & (doc(np.maximum(p, 0)) == doc(j))
+    if kind in ("neighborhood", "slidingtile"):
+        return _grid_leaf_mask(kind, a, p[:, 0], j[0])
     raise AssertionError(kind)
+
+
+def _neighbours(n, w, r, causal, x):
+    """One dimension of NATTEN's rule (docs/patterns.md, Neighborhood): the coordinates y that
+    coordinate x keeps."""
+    g, res = x // r, x % r
+    m = -(-(n - res) // r)
+    if causal:
+        idx = range(max(g - w + 1, 0), g + 1)
+    else:
+        s = min(max(g - w // 2, 0), m - w)
+        idx = range(s, s + w)
+    return {res + r * t for t in idx}
+
+
+def _grid_leaf_mask(kind, a, ps, js):
+    """Neighborhood: cells are tokens, row-major from `start`; SlidingTile: cells are tiles,
+    tile-major tokens (a tile is prod(tile) consecutive tokens), windows over the tile grid."""
+    if kind == "neighborhood":
+        grid, window, dilation, causal, start = a
+        cells, per_cell = tuple(grid), 1
+    else:
+        grid, tile, window, start = a
+        cells = tuple(g // t for g, t in zip(grid, tile))
+        per_cell = int(np.prod(tile))
+        dilation, causal = (1,) * len(grid), (False,) * len(grid)
+    size = int(np.prod(cells)) * per_cell
+    m = np.zeros((len(ps), len(js)), bool)
+    for qi, pq in enumerate(ps):
+        if not (start <= pq < start + size):
+            continue
+        x = np.unravel_index((pq - start) // per_cell, cells)
+        near = [_neighbours(cells[t], window[t], dilation[t], causal[t], int(x[t])) for t in range(len(cells))]
+        for kj, jk in enumerate(js):
+            if start <= jk < start + size:
+                y = np.unravel_index((jk - start) // per_cell, cells)
+                m[qi, kj] = all(int(y[t]) in near[t] for t in range(len(cells)))
+    return m
+
+
+def _longnet_mask(a, n, hq):
+    """[Hq, N, N]: LongNet's rule (docs/patterns.md) per head."""
+    segs, dils, causal = a
+    i = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    out = np.zeros((hq, n, n), bool)
+    for h in range(hq):
+        for w, r in zip(segs, dils):
+            k = (i // w == j // w) & (i % r == h % r) & (j % r == h % r)
+            out[h] |= k & (j <= i) if causal else k
+    return out
 
 
 def build(tree):
@@ -93,6 +156,20 @@ def build(tree):
         return spattn.BigBird(*tree[1:5], seed=tree[5])
     if kind == "blocksparse":
         return spattn.BlockSparse(tree[1], block_size=tree[2])
+    if kind == "prefixlm":
+        return spattn.PrefixLM(tree[1])
+    if kind == "logsparse":
+        return spattn.LogSparse(tree[1])
+    if kind == "document":
+        return spattn.Document(list(tree[1]))
+    if kind == "neighborhood":
+        grid, window, dilation, causal, start = tree[1:]
+        return spattn.Neighborhood(grid, window, dilation=dilation, causal=causal, start=start)
+    if kind == "slidingtile":
+        grid, tile, window, start = tree[1:]
+        return spattn.SlidingTile(grid, tile, window, start=start)
+    if kind == "longnet":
+        return spattn.LongNet(tree[1], tree[2], causal=tree[3])
     if kind == "or":
         return spattn.Union([build(c) for c in tree[1]])
     if kind == "and":
@@ -115,6 +192,8 @@ def spec_mask(tree, nq, nk, hq):
         return (np.logical_or if kind == "or" else np.logical_and).reduce(parts)
     if kind == "perhead":
         return np.stack([spec_mask(c, nq, nk, 1)[0] for c in tree[1]])
+    if kind == "longnet":
+        return _longnet_mask(tree[1:], nq, hq)
     return np.broadcast_to(_leaf_mask(tree, nq, nk), (hq, nq, nk))
 
 
@@ -151,7 +230,64 @@ def leaves(nq, nk, hq, per_head_layouts=True, globals_ok=True, block_layouts=Tru
         opts.append(st.tuples(st.just("global"), st.lists(st.integers(0, nk - 1), max_size=4)))
     if block_layouts:
         opts.append(_block_sparse(nq, nk, hq if per_head_layouts else 1))
+    # the kinds of issue 15; those whose checks depend on the problem's sizes (Document: Nk is
+    # the last offset; grids fit in Nk; LongNet: Nq == Nk) only where the sizes are fixed (not
+    # under varlen or decode, which draw with block_layouts=False)
+    opts += [st.tuples(st.just("prefixlm"), st.integers(0, 50)),
+             st.tuples(st.just("logsparse"), st.integers(0, 8))]
+    if block_layouts:
+        opts.append(_document(nk))
+        if nk >= 1:
+            opts.append(_neighborhood(nk))
+        if nk >= 4:
+            opts.append(_sliding_tile(nk))
+        if nq == nk and per_head_layouts:  # heads differ: not among PerHead's shared leaves
+            opts.append(_longnet())
     return st.one_of(opts)
+
+
+@st.composite
+def _document(draw, nk):
+    cuts = sorted(draw(st.lists(st.integers(0, nk), max_size=4)))
+    return ("document", tuple([0] + cuts + [nk]))
+
+
+@st.composite
+def _neighborhood(draw, nk):
+    ndim = draw(st.integers(1, 3))
+    grid, window, dilation, causal = [], [], [], []
+    room = nk  # >= 1; the grid's cells stay within it
+    for _ in range(ndim):
+        n = draw(st.integers(1, min(8, room)))
+        room //= n
+        r = draw(st.integers(1, n))
+        w = draw(st.integers(1, max(1, n // r)))
+        grid.append(n), window.append(w), dilation.append(r), causal.append(draw(st.booleans()))
+    size = int(np.prod(grid))
+    start = draw(st.integers(0, max(0, nk - size)))
+    return ("neighborhood", tuple(grid), tuple(window), tuple(dilation), tuple(causal), start)
+
+
+@st.composite
+def _sliding_tile(draw, nk):
+    ndim = draw(st.integers(2, 3))
+    grid, tile, window = [], [], []
+    room = nk  # >= 4; the grid's tokens stay within it
+    for _ in range(ndim):
+        t = draw(st.integers(1, min(2, room)))
+        cells = draw(st.integers(1, min(3, room // t)))
+        room //= t * cells
+        grid.append(t * cells), tile.append(t), window.append(draw(st.integers(1, cells)))
+    start = draw(st.integers(0, max(0, nk - int(np.prod(grid)))))
+    return ("slidingtile", tuple(grid), tuple(tile), tuple(window), start)
+
+
+@st.composite
+def _longnet(draw):
+    branches = draw(st.integers(1, 3))
+    dils = [draw(st.integers(1, 3)) for _ in range(branches)]
+    segs = [r * draw(st.integers(1, 6)) for r in dils]
+    return ("longnet", tuple(segs), tuple(dils), draw(st.booleans()))
 
 
 @st.composite
