@@ -90,7 +90,6 @@ void attention_backward(const BackwardProblem& p) {
 
   // Layout of the one scratch buffer: dq_accum | lse2 | delta | repacked tensors.
   const int es = dtype_size(p.dtype);
-  auto numel = [](const int64_t* s) { return s[0] * s[1] * s[2] * s[3]; };
   const bool rq = have_q && !kernel_readable(p.q, p.q_strides, q_shape);
   const bool rdo = have_q && !kernel_readable(p.dout, p.dout_strides, o_shape);
   const bool rk = have_k && !kernel_readable(p.k, p.k_strides, k_shape);
@@ -98,26 +97,21 @@ void attention_backward(const BackwardProblem& p) {
   const bool rdk = have_k && !kernel_readable(p.dk, p.dk_strides, k_shape);
   const bool rdv = have_k && !kernel_readable(p.dv, p.dv_strides, v_shape);
   const size_t stat_elems = size_t(p.b * p.hq * nq_pad);
-  size_t at = 0;
-  const size_t acc_at = at;
-  at += align16(stat_elems * size_t(p.d) * sizeof(float));
-  const size_t lse2_at = at;
-  at += align16(stat_elems * sizeof(float));
-  const size_t delta_at = at;
-  at += align16(stat_elems * sizeof(float));
-  auto reserve = [&](bool on, const int64_t* shape) {
-    const size_t here = at;
-    if (on) at += align16(size_t(numel(shape)) * size_t(es));
-    return here;
-  };
-  const size_t q_at = reserve(rq, q_shape);
-  const size_t do_at = reserve(rdo, o_shape);
-  const size_t k_at = reserve(rk, k_shape);
-  const size_t v_at = reserve(rv, v_shape);
-  const size_t dk_at = reserve(rdk, k_shape);
-  const size_t dv_at = reserve(rdv, v_shape);
+  Repacks w{0, es};
+  const size_t acc_at = w.at;
+  w.at += align16(stat_elems * size_t(p.d) * sizeof(float));
+  const size_t lse2_at = w.at;
+  w.at += align16(stat_elems * sizeof(float));
+  const size_t delta_at = w.at;
+  w.at += align16(stat_elems * sizeof(float));
+  const size_t q_at = w.reserve(rq, q_shape);
+  const size_t do_at = w.reserve(rdo, o_shape);
+  const size_t k_at = w.reserve(rk, k_shape);
+  const size_t v_at = w.reserve(rv, v_shape);
+  const size_t dk_at = w.reserve(rdk, k_shape);
+  const size_t dv_at = w.reserve(rdv, v_shape);
 
-  DeviceScratch buf(at, stream, dev.pools, p.allocator, p.device);
+  DeviceScratch buf(w.at, stream, dev.pools, p.allocator, p.device);
   unsigned char* base = static_cast<unsigned char*>(buf.p);
   if (stat_elems > 0)
     check(cudaMemsetAsync(base + acc_at, 0, stat_elems * size_t(p.d) * sizeof(float), stream),
@@ -125,39 +119,14 @@ void attention_backward(const BackwardProblem& p) {
 
   BwdParams bp;
   st.bind(const_cast<void*>(p.staged_dev), &bp);
-  auto compact = [](const int64_t* s, int64_t* out) {
-    out[3] = 1;
-    out[2] = s[3];
-    out[1] = s[2] * s[3];
-    out[0] = s[1] * s[2] * s[3];
-  };
-  // A tensor the main kernel reads: as it is, or a compact copy.
-  auto input = [&](bool repack, const void* ptr, const int64_t* strides, const int64_t* shape,
-                   size_t off, int64_t* used, const char* name) -> const void* {
-    std::memcpy(used, strides, 4 * sizeof(int64_t));
-    if (!repack) return ptr;
-    compact(shape, used);
-    check(arch->copy(ptr, strides, base + off, used, shape, es, stream),
-          std::string("repacking ") + name);
-    return base + off;
-  };
   int64_t qs[4], dos[4], ks[4], vs[4], dks[4], dvs[4];
-  const void* q = input(rq, p.q, p.q_strides, q_shape, q_at, qs, "q");
-  const void* dout = input(rdo, p.dout, p.dout_strides, o_shape, do_at, dos, "dout");
-  const void* k = input(rk, p.k, p.k_strides, k_shape, k_at, ks, "k");
-  const void* v = input(rv, p.v, p.v_strides, v_shape, v_at, vs, "v");
-  void* dk = p.dk;
-  void* dv = p.dv;
-  std::memcpy(dks, p.dk_strides, sizeof dks);
-  std::memcpy(dvs, p.dv_strides, sizeof dvs);
-  if (rdk) {
-    compact(k_shape, dks);
-    dk = base + dk_at;
-  }
-  if (rdv) {
-    compact(v_shape, dvs);
-    dv = base + dv_at;
-  }
+  const void* q = kernel_input(*arch, rq, p.q, p.q_strides, q_shape, base + q_at, qs, es, stream, "q");
+  const void* dout =
+      kernel_input(*arch, rdo, p.dout, p.dout_strides, o_shape, base + do_at, dos, es, stream, "dout");
+  const void* k = kernel_input(*arch, rk, p.k, p.k_strides, k_shape, base + k_at, ks, es, stream, "k");
+  const void* v = kernel_input(*arch, rv, p.v, p.v_strides, v_shape, base + v_at, vs, es, stream, "v");
+  void* dk = kernel_output(rdk, p.dk, p.dk_strides, k_shape, base + dk_at, dks);
+  void* dv = kernel_output(rdv, p.dv, p.dv_strides, v_shape, base + dv_at, dvs);
 
   FwdParams& fp = bp.f;
   fp.q = q;

@@ -119,7 +119,6 @@ void attention_backward90(const BackwardProblem& p) {
   }
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   const int es = dtype_size(p.dtype);
-  auto numel = [](const int64_t* s) { return s[0] * s[1] * s[2] * s[3]; };
   const bool rq = have_q && !tma_fits(p.q, p.q_strides, q_shape, es);
   const bool rdo = have_q && !tma_fits(p.dout, p.dout_strides, o_shape, es);
   const bool rdq = have_q && !tma_fits(p.dq, p.dq_strides, q_shape, es);
@@ -128,56 +127,30 @@ void attention_backward90(const BackwardProblem& p) {
   const bool rdk = have_k && !tma_fits(p.dk, p.dk_strides, k_shape, es);
   const bool rdv = have_k && !tma_fits(p.dv, p.dv_strides, v_shape, es);
   const size_t stat_elems = size_t(p.b * p.hq * nq_pad);
-  size_t at = 0;
-  const size_t lse2_at = at;
-  at += align16(stat_elems * sizeof(float));
-  const size_t delta_at = at;
-  at += align16(stat_elems * sizeof(float));
-  auto reserve = [&](bool on, const int64_t* shape) {
-    const size_t here = at;
-    if (on) at += align16(size_t(numel(shape)) * size_t(es));
-    return here;
-  };
-  const size_t q_at = reserve(rq, q_shape);
-  const size_t do_at = reserve(rdo, o_shape);
-  const size_t dq_at = reserve(rdq, q_shape);
-  const size_t k_at = reserve(rk, k_shape);
-  const size_t v_at = reserve(rv, v_shape);
-  const size_t dk_at = reserve(rdk, k_shape);
-  const size_t dv_at = reserve(rdv, v_shape);
-  DeviceScratch buf(at, stream, dev.pools, p.allocator, p.device);
+  Repacks w{0, es};
+  const size_t lse2_at = w.at;
+  w.at += align16(stat_elems * sizeof(float));
+  const size_t delta_at = w.at;
+  w.at += align16(stat_elems * sizeof(float));
+  const size_t q_at = w.reserve(rq, q_shape);
+  const size_t do_at = w.reserve(rdo, o_shape);
+  const size_t dq_at = w.reserve(rdq, q_shape);
+  const size_t k_at = w.reserve(rk, k_shape);
+  const size_t v_at = w.reserve(rv, v_shape);
+  const size_t dk_at = w.reserve(rdk, k_shape);
+  const size_t dv_at = w.reserve(rdv, v_shape);
+  DeviceScratch buf(w.at, stream, dev.pools, p.allocator, p.device);
   unsigned char* base = static_cast<unsigned char*>(buf.p);
 
-  auto compact = [](const int64_t* s, int64_t* out) {
-    out[3] = 1;
-    out[2] = s[3];
-    out[1] = s[2] * s[3];
-    out[0] = s[1] * s[2] * s[3];
-  };
-  auto input = [&](bool repack, const void* ptr, const int64_t* strides, const int64_t* shape,
-                   size_t off, int64_t* used, const char* name) -> const void* {
-    std::memcpy(used, strides, 4 * sizeof(int64_t));
-    if (!repack) return ptr;
-    compact(shape, used);
-    check(arch->copy(ptr, strides, base + off, used, shape, es, stream),
-          std::string("repacking ") + name);
-    return base + off;
-  };
-  auto output = [&](bool temp, void* ptr, const int64_t* strides, const int64_t* shape,
-                    size_t off, int64_t* used) -> void* {
-    std::memcpy(used, strides, 4 * sizeof(int64_t));
-    if (!temp) return ptr;
-    compact(shape, used);
-    return base + off;
-  };
   int64_t qs[4], dos[4], ks[4], vs[4], dqs[4], dks[4], dvs[4];
-  const void* q = input(rq, p.q, p.q_strides, q_shape, q_at, qs, "q");
-  const void* dout = input(rdo, p.dout, p.dout_strides, o_shape, do_at, dos, "dout");
-  const void* k = input(rk, p.k, p.k_strides, k_shape, k_at, ks, "k");
-  const void* v = input(rv, p.v, p.v_strides, v_shape, v_at, vs, "v");
-  void* dq = output(rdq, p.dq, p.dq_strides, q_shape, dq_at, dqs);
-  void* dk = output(rdk, p.dk, p.dk_strides, k_shape, dk_at, dks);
-  void* dv = output(rdv, p.dv, p.dv_strides, v_shape, dv_at, dvs);
+  const void* q = kernel_input(*arch, rq, p.q, p.q_strides, q_shape, base + q_at, qs, es, stream, "q");
+  const void* dout =
+      kernel_input(*arch, rdo, p.dout, p.dout_strides, o_shape, base + do_at, dos, es, stream, "dout");
+  const void* k = kernel_input(*arch, rk, p.k, p.k_strides, k_shape, base + k_at, ks, es, stream, "k");
+  const void* v = kernel_input(*arch, rv, p.v, p.v_strides, v_shape, base + v_at, vs, es, stream, "v");
+  void* dq = kernel_output(rdq, p.dq, p.dq_strides, q_shape, base + dq_at, dqs);
+  void* dk = kernel_output(rdk, p.dk, p.dk_strides, k_shape, base + dk_at, dks);
+  void* dv = kernel_output(rdv, p.dv, p.dv_strides, v_shape, base + dv_at, dvs);
 
   BwdParams bp;
   st.bind(const_cast<void*>(p.staged_dev), &bp);

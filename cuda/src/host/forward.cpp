@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include <cuda_runtime_api.h>
@@ -141,56 +140,22 @@ void attention_forward(const ForwardProblem& p) {
   const bool rk = have_k && !readable(p.k, p.k_strides, k_shape);
   const bool rv = have_k && !readable(p.v, p.v_strides, v_shape);
   const bool ro = !readable(p.out, p.out_strides, o_shape);
-  auto numel = [](const int64_t* s) { return s[0] * s[1] * s[2] * s[3]; };
-  size_t at = 0;
-  const size_t q_at = at;
-  at += rq ? align16(size_t(numel(q_shape)) * es) : 0;
-  const size_t k_at = at;
-  at += rk ? align16(size_t(numel(k_shape)) * es) : 0;
-  const size_t v_at = at;
-  at += rv ? align16(size_t(numel(v_shape)) * es) : 0;
-  const size_t o_at = at;
-  at += ro ? align16(size_t(numel(o_shape)) * es) : 0;
+  Repacks w{0, es};
+  const size_t q_at = w.reserve(rq, q_shape);
+  const size_t k_at = w.reserve(rk, k_shape);
+  const size_t v_at = w.reserve(rv, v_shape);
+  const size_t o_at = w.reserve(ro, o_shape);
 
-  DeviceScratch buf(at, stream, dev.pools, p.allocator, p.device);
+  DeviceScratch buf(w.at, stream, dev.pools, p.allocator, p.device);
   unsigned char* base = static_cast<unsigned char*>(buf.p);
 
   FwdParams fp;
   p.staged->bind(const_cast<void*>(p.staged_dev), &fp);
-  auto compact = [](const int64_t* s, int64_t* out) {
-    out[3] = 1;
-    out[2] = s[3];
-    out[1] = s[2] * s[3];
-    out[0] = s[1] * s[2] * s[3];
-  };
   int64_t qs[4], ks[4], vs[4], os[4];
-  const void* q = p.q;
-  const void* k = p.k;
-  const void* v = p.v;
-  void* o = p.out;
-  std::memcpy(qs, p.q_strides, sizeof qs);
-  std::memcpy(ks, p.k_strides, sizeof ks);
-  std::memcpy(vs, p.v_strides, sizeof vs);
-  std::memcpy(os, p.out_strides, sizeof os);
-  if (rq) {
-    compact(q_shape, qs);
-    check(arch->copy(p.q, p.q_strides, base + q_at, qs, q_shape, es, stream), "repacking q");
-    q = base + q_at;
-  }
-  if (rk) {
-    compact(k_shape, ks);
-    check(arch->copy(p.k, p.k_strides, base + k_at, ks, k_shape, es, stream), "repacking k");
-    k = base + k_at;
-  }
-  if (rv) {
-    compact(v_shape, vs);
-    check(arch->copy(p.v, p.v_strides, base + v_at, vs, v_shape, es, stream), "repacking v");
-    v = base + v_at;
-  }
-  if (ro) {
-    compact(o_shape, os);
-    o = base + o_at;
-  }
+  const void* q = kernel_input(*arch, rq, p.q, p.q_strides, q_shape, base + q_at, qs, es, stream, "q");
+  const void* k = kernel_input(*arch, rk, p.k, p.k_strides, k_shape, base + k_at, ks, es, stream, "k");
+  const void* v = kernel_input(*arch, rv, p.v, p.v_strides, v_shape, base + v_at, vs, es, stream, "v");
+  void* o = kernel_output(ro, p.out, p.out_strides, o_shape, base + o_at, os);
 
   fp.q = q;
   fp.k = k;

@@ -235,6 +235,51 @@ inline bool kernel_readable(const void* ptr, const int64_t* strides, const int64
 
 inline size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
 
+// Elements of a [B, N, H, D] shape.
+inline int64_t numel4(const int64_t* s) { return s[0] * s[1] * s[2] * s[3]; }
+
+// The strides of a compact row-major [B, N, H, D] tensor of that shape.
+inline void compact_strides(const int64_t* s, int64_t* out) {
+  out[3] = 1;
+  out[2] = s[3];
+  out[1] = s[2] * s[3];
+  out[0] = s[1] * s[2] * s[3];
+}
+
+// Compact copies of the tensors a kernel cannot use in place, carved out of one scratch buffer.
+// While sizing it, reserve() gives each copy's offset (nothing when `on` is false); once the
+// buffer exists, input() / output() hand the kernel a tensor and the strides it uses with it.
+struct Repacks {
+  size_t at = 0;  // bytes reserved so far (a caller may take its own pieces first)
+  int es = 2;     // element size
+  size_t reserve(bool on, const int64_t* shape) {
+    const size_t here = at;
+    if (on) at += align16(size_t(numel4(shape)) * size_t(es));
+    return here;
+  }
+};
+
+// A tensor the kernel reads: as it is (used = its strides), or copied compact to dst.
+inline const void* kernel_input(const ArchFns& arch, bool repack, const void* ptr,
+                                const int64_t* strides, const int64_t* shape, void* dst,
+                                int64_t* used, int es, cudaStream_t stream, const char* name) {
+  std::memcpy(used, strides, 4 * sizeof(int64_t));
+  if (!repack) return ptr;
+  compact_strides(shape, used);
+  check(arch.copy(ptr, strides, dst, used, shape, es, stream), std::string("repacking ") + name);
+  return dst;
+}
+
+// Where the kernel writes a tensor: in place (used = its strides), or compact at dst for the
+// caller to copy out afterwards.
+inline void* kernel_output(bool temp, void* ptr, const int64_t* strides, const int64_t* shape,
+                           void* dst, int64_t* used) {
+  std::memcpy(used, strides, 4 * sizeof(int64_t));
+  if (!temp) return ptr;
+  compact_strides(shape, used);
+  return dst;
+}
+
 // SPATTN_CUDA_SYNC=1: synchronise after each launch to report a kernel's own errors there (for
 // debugging). Never while `stream` is being captured into a graph, where it is not allowed.
 inline bool sync_after_launch(cudaStream_t stream) {

@@ -5,20 +5,6 @@
 
 namespace spattn::detail {
 
-namespace {
-
-// The keys lo, lo + step, ..., hi (lo and hi are kept keys) into v, as one interval when every
-// bk-key block meeting it holds one of them (step <= bk), else key by key.
-void add_strided(std::vector<KeyIv>& v, int64_t lo, int64_t hi, int64_t step, int64_t bk) {
-  if (step <= bk) {
-    v.push_back({lo, hi});
-    return;
-  }
-  for (int64_t j = lo; j <= hi; j += step) v.push_back({j, j});
-}
-
-}  // namespace
-
 void longnet_tile_keys(const rules::longnet& l, const int64_t* wr, int64_t h, int64_t p0, int64_t p1, int64_t nk,
                        int64_t bk, std::vector<KeyIv>& K, std::vector<KeyIv>& F) {
   K.clear();

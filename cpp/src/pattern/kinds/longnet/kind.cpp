@@ -44,10 +44,7 @@ struct LongNet : KindDefaults {
   static void block_row(blocks::RowCtx& x, const Params& p, const void*, int64_t h, blocks::Row& out) {
     std::vector<detail::KeyIv> K, F;
     detail::longnet_tile_keys(rule(p), p.wr.data(), h, x.p0, x.p1, x.nk, x.bk, K, F);
-    std::vector<blocks::Iv> k, f;
-    for (const detail::KeyIv& v : K) k.push_back({v.lo, v.hi});
-    for (const detail::KeyIv& v : F) f.push_back({v.lo, v.hi});
-    blocks::intervals_row(x, k, f, out);
+    blocks::intervals_row(x, K, F, out);
   }
   static double kept_pairs(const Params& p, int64_t nq, int64_t nk, int64_t hq) {
     double total = 0;

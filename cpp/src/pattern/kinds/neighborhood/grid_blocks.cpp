@@ -35,10 +35,6 @@ std::vector<KeyIv> intersect_intervals(const std::vector<KeyIv>& a, const std::v
   return r;
 }
 
-namespace {
-
-// The keys lo, lo + step, ..., hi (lo and hi are kept keys) into v, as one interval when every
-// bk-key block meeting it holds one of them (step <= bk), else key by key.
 void add_strided(std::vector<KeyIv>& v, int64_t lo, int64_t hi, int64_t step, int64_t bk) {
   if (step <= bk) {
     v.push_back({lo, hi});
@@ -46,6 +42,8 @@ void add_strided(std::vector<KeyIv>& v, int64_t lo, int64_t hi, int64_t step, in
   }
   for (int64_t j = lo; j <= hi; j += step) v.push_back({j, j});
 }
+
+namespace {
 
 // Calls f(line) for every key line (index over the prefix dims 0 .. ndim - 2, row-major)
 // whose prefix coordinates are neighbours of x's in every prefix dim.

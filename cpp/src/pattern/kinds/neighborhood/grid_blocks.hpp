@@ -8,25 +8,25 @@
 #include <cstdint>
 #include <vector>
 
+#include "pattern/block_rows.hpp"
 #include "pattern/kinds/neighborhood/rule.hpp"
 
 namespace spattn::detail {
 
-struct KeyIv {
-  int64_t lo, hi;  // keys, inclusive
-};
+using KeyIv = blocks::Iv;  // keys, inclusive: what blocks::intervals_row takes
 
 // Sorts and merges touching intervals, clipped to [0, nk).
 void normalize_intervals(std::vector<KeyIv>& v, int64_t nk);
 // The intersection of two normalized lists.
 std::vector<KeyIv> intersect_intervals(const std::vector<KeyIv>& a, const std::vector<KeyIv>& b);
+// Appends the keys lo, lo + step, ..., hi (lo and hi are kept keys): one interval when every
+// bk-key block meeting it holds one of them (step <= bk), else key by key.
+void add_strided(std::vector<KeyIv>& v, int64_t lo, int64_t hi, int64_t step, int64_t bk);
 
 // bk: the key block size; dilated keys (dilation above bk) are listed key by key so that
 // every block meeting K keeps some pair. F is exact.
 void grid_tile_keys(const rules::neighborhood& g, int64_t p0, int64_t p1, int64_t nk, int64_t bk,
                     std::vector<KeyIv>& K, std::vector<KeyIv>& F);
-
-
 
 // Keys kept by row p, counted in closed form.
 int64_t grid_row_count(const rules::neighborhood& g, int64_t p, int64_t nk);

@@ -14,10 +14,7 @@ namespace spattn::detail {
 inline void grid_block_row(blocks::RowCtx& x, const rules::neighborhood& g, blocks::Row& out) {
   std::vector<KeyIv> K, F;
   grid_tile_keys(g, x.p0, x.p1, x.nk, x.bk, K, F);
-  std::vector<blocks::Iv> k, f;
-  for (const KeyIv& v : K) k.push_back({v.lo, v.hi});
-  for (const KeyIv& v : F) f.push_back({v.lo, v.hi});
-  blocks::intervals_row(x, k, f, out);
+  blocks::intervals_row(x, K, F, out);
 }
 
 inline double grid_kept_pairs(const rules::neighborhood& g, int64_t nq, int64_t nk, int64_t hq) {
