@@ -386,6 +386,25 @@ def assert_lse(actual, ref):
         assert (err <= tol).all(), f"lse: max error {err.max():.3g}"
 
 
+def check_float32_attention(pattern, q, k, v, do, mask):
+    """spattn.attention on float32 torch tensors, and its autograd gradients for dout `do`,
+    against the float64 reference of `mask` ([Hq, Nq, Nk])."""
+    import torch
+
+    import spattn
+
+    out_ref, lse_ref, _ = ref_forward(q, k, v, mask)
+    dq_ref, dk_ref, dv_ref = ref_backward(q, k, v, do, mask)
+    qt, kt, vt = (torch.from_numpy(x).float().requires_grad_() for x in (q, k, v))
+    out, lse = spattn.attention(qt, kt, vt, pattern=pattern, return_lse=True)
+    assert_close("out", out, out_ref, "float32")
+    assert_lse(lse, lse_ref)
+    out.backward(torch.from_numpy(do).float())
+    assert_close("dq", qt.grad, dq_ref, "float32")
+    assert_close("dk", kt.grad, dk_ref, "float32")
+    assert_close("dv", vt.grad, dv_ref, "float32")
+
+
 # --------------------------------------------------------------------------------------------
 # CUDA tests (tests/python/test_cuda_*.py): what the build holds, skipping without a GPU
 # --------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import spattn
-from _helpers import (assert_close, assert_lse, check_layout, naive_backward, naive_forward, rand_qkv,
-                      ref_backward, ref_forward, round_to)
+from _helpers import (assert_close, assert_lse, check_float32_attention, check_layout, naive_backward,
+                      naive_forward, rand_qkv, ref_backward, ref_forward, round_to)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,43 +242,25 @@ ATTN = [
 
 @pytest.mark.parametrize("name,make,n", ATTN, ids=[a[0] for a in ATTN])
 def test_forward_and_gradients(name, make, n):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     p = make()
     hq, hkv = 4, 2
     q, k, v, do = rand_qkv(1, n, n, hq, hkv, 16, 8, seed=n)
     mask = p.mask(n, n, heads=hq)
-    out_ref, lse_ref, _ = ref_forward(q, k, v, mask)
-    dq_ref, dk_ref, dv_ref = ref_backward(q, k, v, do, mask)
-    qt, kt, vt = (torch.from_numpy(x).float().requires_grad_() for x in (q, k, v))
-    out, lse = spattn.attention(qt, kt, vt, pattern=p, return_lse=True)
-    assert_close("out", out, out_ref, "float32")
-    assert_lse(lse, lse_ref)
-    out.backward(torch.from_numpy(do).float())
-    assert_close("dq", qt.grad, dq_ref, "float32")
-    assert_close("dk", kt.grad, dk_ref, "float32")
-    assert_close("dv", vt.grad, dv_ref, "float32")
+    check_float32_attention(p, q, k, v, do, mask)
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_longnet_residue_plan_forward_and_gradients(causal):
     # large enough for the plan (every residue class holds >= 64 rows), odd so that classes
     # differ in size, GQA, heads covering every residue of the largest dilation
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     n, hq, hkv = 1031, 8, 4
     p = spattn.LongNet((32, 128, 512), (1, 4, 8), causal=causal)
     q, k, v, do = rand_qkv(1, n, n, hq, hkv, 16, 8, seed=11)
     mask = longnet_mask(n, (32, 128, 512), (1, 4, 8), hq, causal)
     assert np.array_equal(p.mask(n, n, heads=hq), mask)
-    out_ref, lse_ref, _ = ref_forward(q, k, v, mask)
-    dq_ref, dk_ref, dv_ref = ref_backward(q, k, v, do, mask)
-    qt, kt, vt = (torch.from_numpy(x).float().requires_grad_() for x in (q, k, v))
-    out, lse = spattn.attention(qt, kt, vt, pattern=p, return_lse=True)
-    assert_close("out", out, out_ref, "float32")
-    assert_lse(lse, lse_ref)
-    out.backward(torch.from_numpy(do).float())
-    assert_close("dq", qt.grad, dq_ref, "float32")
-    assert_close("dk", kt.grad, dk_ref, "float32")
-    assert_close("dv", vt.grad, dv_ref, "float32")
+    check_float32_attention(p, q, k, v, do, mask)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
