@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import spattn
-from _helpers import as64, check_float32_attention, check_layout, rand_qkv, window_mask
+from _helpers import check_float32_attention, check_layout, rand_qkv, window_mask
 
 SIZES = [(1, 1), (37, 37), (97, 37), (37, 97), (130, 97), (97, 130), (1, 130), (130, 1)]
 
