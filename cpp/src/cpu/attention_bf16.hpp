@@ -125,8 +125,10 @@ inline void gemm_bf_cols(int M, int K2, const uint16_t* A, int64_t sam, int64_t 
                          const int32_t* glo, const int32_t* ghi) {
   for (int m = 0; m < M; m += MRB) {
     const int r = min_(MRB, M - m);
-    int g0 = glo[m], g1 = ghi[m];
-    for (int i = 1; i < r; ++i) g0 = min_(g0, glo[m + i]), g1 = max_(g1, ghi[m + i]);
+    // The union of the rows' group ranges; a key no group needs (ghi == glo) adds none.
+    int g0 = 1 << 30, g1 = 0;
+    for (int i = 0; i < r; ++i)
+      if (ghi[m + i] > glo[m + i]) g0 = min_(g0, glo[m + i]), g1 = max_(g1, ghi[m + i]);
     if (g1 > g0)
       micro_bf_rows<false>(r, g1 - g0, K2, A + m * sam, sam, sak, B + g0 * 16, ldb,
                            C + m * ldc + g0 * 16, ldc);
@@ -140,8 +142,10 @@ inline void gemm_bf_krange(int M, int N, const uint16_t* A, int64_t sam, int64_t
                            const int32_t* klo, const int32_t* khi) {
   for (int m = 0; m < M; m += MRB) {
     const int r = min_(MRB, M - m);
-    int k0 = klo[m], k1 = khi[m];
-    for (int i = 1; i < r; ++i) k0 = min_(k0, klo[m + i]), k1 = max_(k1, khi[m + i]);
+    // The union of the rows' ranges; a row that keeps no key (khi == klo, anywhere) adds none.
+    int k0 = 1 << 30, k1 = 0;
+    for (int i = 0; i < r; ++i)
+      if (khi[m + i] > klo[m + i]) k0 = min_(k0, klo[m + i]), k1 = max_(k1, khi[m + i]);
     const int j0 = k0 / 2, j1 = (k1 + 1) / 2;
     if (j1 > j0)
       for (int n0 = 0; n0 < N; n0 += 64)

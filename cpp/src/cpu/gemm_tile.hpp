@@ -103,8 +103,10 @@ inline void gemm_cols(int M, int K, const float* A, int64_t sam, int64_t sak, co
                       int64_t ldb, float* C, int64_t ldc, const int32_t* glo, const int32_t* ghi) {
   for (int m = 0; m < M; m += MR) {
     const int r = min_(MR, M - m);
-    int g0 = glo[m], g1 = ghi[m];
-    for (int i = 1; i < r; ++i) g0 = min_(g0, glo[m + i]), g1 = max_(g1, ghi[m + i]);
+    // The union of the rows' group ranges; a key no group needs (ghi == glo) adds none.
+    int g0 = 1 << 30, g1 = 0;
+    for (int i = 0; i < r; ++i)
+      if (ghi[m + i] > glo[m + i]) g0 = min_(g0, glo[m + i]), g1 = max_(g1, ghi[m + i]);
     if (g1 > g0)
       micro_rows<ACC>(r, g1 - g0, K, A + m * sam, sam, sak, B + g0 * 16, ldb,
                       C + m * ldc + g0 * 16, ldc);
@@ -119,8 +121,10 @@ inline void gemm_krange(int M, int N, const float* A, int64_t sam, int64_t sak, 
                         const int32_t* khi) {
   for (int m = 0; m < M; m += MR) {
     const int r = min_(MR, M - m);
-    int k0 = klo[m], k1 = khi[m];
-    for (int i = 1; i < r; ++i) k0 = min_(k0, klo[m + i]), k1 = max_(k1, khi[m + i]);
+    // The union of the rows' ranges; a row that keeps no key (khi == klo, anywhere) adds none.
+    int k0 = 1 << 30, k1 = 0;
+    for (int i = 0; i < r; ++i)
+      if (khi[m + i] > klo[m + i]) k0 = min_(k0, klo[m + i]), k1 = max_(k1, khi[m + i]);
     if (k1 > k0)
       micro_rows<ACC>(r, N / 16, k1 - k0, A + m * sam + k0 * sak, sam, sak, B + k0 * ldb, ldb,
                       C + m * ldc, ldc);
