@@ -61,7 +61,7 @@ struct Traits {
   static constexpr int kBlockN = kFwdBlockN;
   // 4 warps own 32 query rows each up to D = 128; 8 warps (16 rows each) keep D = 256's
   // output accumulator at 128 registers per thread.
-  static constexpr int kWarps = kD <= 128 ? 4 : 8;
+  static constexpr int kWarps = kD <= 64 ? 4 : 8;
   static constexpr int kThreads = kWarps * 32;
   static_assert(kBlockM % (16 * kWarps) == 0, "each warp owns whole 16-row MMA tiles");
 
@@ -105,7 +105,7 @@ struct Traits {
 // kMods: the score modifiers (softcap / ALiBi on the scores, sinks in the epilogue) are
 // compiled in; the plain instantiation is the kernel without them, register for register.
 template <class T, int kD, bool kMods>
-__global__ void __launch_bounds__(Traits<T, kD>::kThreads)
+__global__ void __launch_bounds__(Traits<T, kD>::kThreads, 1)
     forward_kernel(const __grid_constant__ FwdParams p) {
   using Tr = Traits<T, kD>;
   constexpr int kBlockM = Tr::kBlockM;
