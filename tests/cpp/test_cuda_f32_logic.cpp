@@ -588,6 +588,8 @@ int main() {
   }
   check(run_case<64>(cases[0], Sabotage::None, 7), cases[0].name + " D=64");
   check(run_case<64>(cases[3], Sabotage::None, 8), cases[3].name + " D=64");
+  check(run_case<128>(cases[2], Sabotage::None, 10), cases[2].name + " D=128 (the reduced build's)");
+  check(run_case<128>(cases[7], Sabotage::None, 11), cases[7].name + " D=128");
   // Sabotage: the comparison catches a missing row-group reduction and a wrong dK operand.
   check(!run_case<32>(cases[0], Sabotage::LocalMax, 9), "sabotage (no row-group max) detected");
   check(!run_case<32>(cases[0], Sabotage::DkFromP, 9), "sabotage (dK from P) detected");
@@ -595,6 +597,6 @@ int main() {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;
   }
-  std::printf("test_cuda_f32_logic: all checks passed (%d cases)\n", n + 4);
+  std::printf("test_cuda_f32_logic: all checks passed (%d cases)\n", n + 6);
   return 0;
 }
