@@ -9,7 +9,8 @@ bf16, B=1, H=16, D=128 (the rows of shared/ANCHORS.md and issue #4's bar):
   dense and causal at 16K (spattn and torch SDPA flash / cuDNN);
   the window and dense rows again at D=64 and D=256 (--dims);
   a causal window 4096 at 1M and 12M tokens, H=8 (--long), with FlexAttention beside it where
-  its BlockMask tables fit in the GPU's free memory.
+  its BlockMask tables fit in the GPU's free memory;
+  float32 (the SIMT kernels) window 1024 and causal at 16K, beside SDPA's memory-efficient backend.
 Useful TFLOP/s = 4 * D * H * kept pairs / time. Times are medians of CUDA-event timed runs
 (triton.testing.do_bench when triton is installed). Before timing, each spattn result is
 checked against FlexAttention or SDPA on the same inputs (max |diff|, printed). The table is
@@ -132,6 +133,33 @@ def main() -> None:
 
     del q, k, v
     torch.cuda.empty_cache()
+
+    # ---- float32 (the SIMT kernels, cuda/README.md) at 16K: the window row and the causal row,
+    # the latter beside torch SDPA's memory-efficient backend (which takes float32)
+    if "float32" in info.get("cuda_kernels", ""):
+        n = 16384
+        g = torch.Generator(device="cuda").manual_seed(4)
+        q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.float32, generator=g) for _ in range(3))
+        for pname, pattern, causal in (("float32 sliding window 1024", spattn.SlidingWindow(W - 1, 0), False),
+                                       ("float32 causal", spattn.Causal(), True)):
+            print(f"# {pname}, N={n}", flush=True)
+            pairs = kept_pairs(pattern, n, H)
+            f_sp = spattn_fn(q, k, v, pattern)
+            if not causal:
+                add("spattn", pname, n, pairs, f_sp)
+                continue
+            def f():
+                with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            try:
+                check = f"max|spattn-sdpa| {diff(f_sp(), f()):.2e}"
+            except Exception as e:
+                check, f = f"no check: {str(e).splitlines()[0][:80]}", None
+            add("spattn", pname, n, pairs, f_sp, check)
+            if f is not None:
+                add("torch SDPA mem-efficient", pname, n, pairs, f)
+        del q, k, v
+        torch.cuda.empty_cache()
 
     # ---- other head dims: the window row (vs FlexAttention) and the dense row (vs SDPA)
     dims = [] if args.quick else [int(x) for x in args.dims.split(",") if x.strip()]

@@ -82,7 +82,7 @@ struct SinkGradProblem {
   /* cudaErrorNotSupported for a (dtype, head dim) not compiled, or d != dv.                 */ \
   cudaError_t backward(const BwdParams& p, KernelDType dtype, cudaStream_t stream);            \
   bool backward_supported(KernelDType dtype, int head_dim);                                    \
-  /* dst[i0,i1,i2,i3] = src[...] for 2-byte elements, strides in elements (copy_strided.cu). */ \
+  /* dst[i0,i1,i2,i3] = src[...] for 2- or 4-byte elements, strides in elements (copy_strided.cu). */ \
   /* Exact merge of partial results, and the sum of gradients (kernels/merge_sum.cu).       */ \
   cudaError_t merge(const MergeParams& p, KernelDType dtype, cudaStream_t stream);             \
   cudaError_t sum(const SumParams& p, KernelDType dtype, cudaStream_t stream);                 \

@@ -39,7 +39,7 @@ int main() {
   }
   check(!spattn::cuda::selftest(-1).empty(), "selftest(-1) is refused");
 
-  // What the CUDA backend takes for decode and pool_keys (no device needed to ask).
+  // What the CUDA backend takes for attention, decode and pool_keys (no device needed to ask).
   using spattn::DType;
   using spattn::backend::Op;
   spattn::backend::Backend* be = spattn::backend::cuda_backend();
@@ -50,7 +50,15 @@ int main() {
     check(be->unsupported(Op::Decode, DType::Float16, 64, 32, call).empty(), "decode: f16 D=64, Dv=32");
     check(be->unsupported(Op::Decode, DType::BFloat16, 256, 256, call).empty(), "decode: D=256");
     check(!be->unsupported(Op::Decode, DType::BFloat16, 512, 128, call).empty(), "decode: D=512 refused");
-    check(!be->unsupported(Op::Decode, DType::Float32, 128, 128, call).empty(), "decode: float32 refused");
+    check(be->unsupported(Op::Decode, DType::Float32, 128, 128, call).empty(), "decode: float32");
+    // float32 attention: the SIMT kernels (head dims up to 128, smaller ones padded); D=256 has
+    // no float32 kernel to pad to.
+    for (Op op : {Op::Forward, Op::Backward}) {
+      check(be->unsupported(op, DType::Float32, 128, 128, call).empty(), "attention: float32 D=128");
+      check(be->unsupported(op, DType::Float32, 64, 40, call).empty(), "attention: float32 D=64, Dv=40");
+      check(!be->unsupported(op, DType::Float32, 256, 256, call).empty(), "attention: float32 D=256 refused");
+      check(!be->unsupported(op, DType::Float64, 64, 64, call).empty(), "attention: float64 refused");
+    }
     check(!be->unsupported(Op::Decode, DType::Float64, 128, 128, call).empty(), "decode: float64 refused");
     check(be->unsupported(Op::PoolKeys, DType::Float32, 128, 128, call).empty(), "pool_keys: float32");
     check(!be->unsupported(Op::Select, DType::BFloat16, 128, 128, call).empty(), "TopKBlocks' selection refused");

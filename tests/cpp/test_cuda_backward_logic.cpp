@@ -671,7 +671,9 @@ void test_small_helpers() {
 }
 
 void test_launcher_without_gpu() {
-  check(!cuda::supports_backward(DType::Float32, 128, 128), "supports_backward: no float32 kernel");
+  check(cuda::supports_backward(DType::Float32, 128, 128) == (SPATTN_WITH_CUDA != 0),
+        "supports_backward: float32 D=128 (the SIMT kernel) is in every CUDA build");
+  check(!cuda::supports_backward(DType::Float64, 64, 64), "supports_backward: no float64 kernel");
   check(!cuda::supports_backward(DType::BFloat16, 128, 64), "supports_backward: D != Dv refused");
   check(cuda::supports_backward(DType::BFloat16, 128, 128) == (SPATTN_WITH_CUDA != 0),
         "supports_backward: bfloat16 D=128 is in every CUDA build (reduced included)");

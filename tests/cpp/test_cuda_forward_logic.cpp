@@ -459,8 +459,10 @@ void test_small_helpers() {
 }
 
 void test_launcher_without_gpu() {
-  // supports(): float16 / bfloat16 only, D == Dv, compiled dims.
-  check(!cuda::supports(DType::Float32, 128, 128), "supports: no float32 kernel");
+  // supports(): float32 / float16 / bfloat16, D == Dv, compiled dims.
+  check(cuda::supports(DType::Float32, 128, 128) == (SPATTN_WITH_CUDA != 0),
+        "supports: float32 D=128 (the SIMT kernel) is in every CUDA build");
+  check(!cuda::supports(DType::Float64, 64, 64), "supports: no float64 kernel");
   check(!cuda::supports(DType::BFloat16, 128, 64), "supports: D != Dv refused");
   check(cuda::supports(DType::BFloat16, 128, 128) == (SPATTN_WITH_CUDA != 0),
         "supports: bfloat16 D=128 is in every CUDA build (reduced included)");

@@ -47,8 +47,8 @@ def _qkv(dtype, device, b=2, nq=40, nk=45, hq=4, hkv=2, d=16, grad=True):
 @pytest.mark.parametrize("name", list(_patterns(4)))
 def test_opcheck_attention_forward(device, dtype, name):
     if device == "cuda":
-        if name not in ("causal", "window|global", "blocksparse-per-head") or dtype == torch.float32:
-            pytest.skip("CUDA: float16/bfloat16 and the block-walk patterns; the CPU covers the rest")
+        if name not in ("causal", "window|global", "blocksparse-per-head"):
+            pytest.skip("CUDA: the block-walk patterns; the CPU covers the rest")
         _need(device, "cuda_backward_kernels")
     q, k, v = _qkv(dtype, device, d=16 if device == "cpu" else 64)
     spec, data = torch_ops.pattern_spec(_patterns(4)[name])

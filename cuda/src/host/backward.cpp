@@ -43,9 +43,9 @@ bool supports_backward(DType dtype, int64_t d, int64_t dv) {
 std::string backward_kernels() { return kernel_list(&ArchFns::backward_supported); }
 
 void attention_backward(const BackwardProblem& p) {
-  if (p.dtype != DType::Float16 && p.dtype != DType::BFloat16)
+  if (p.dtype != DType::Float32 && p.dtype != DType::Float16 && p.dtype != DType::BFloat16)
     throw RuntimeError(std::string("cuda attention backward: ") + dtype_name(p.dtype) +
-                       " is not supported by the CUDA kernels (float16 and bfloat16 are)");
+                       " is not supported by the CUDA kernels (float32, float16 and bfloat16 are)");
   if (!supports_backward(p.dtype, p.d, p.dv_dim))
     throw RuntimeError("cuda attention backward: no CUDA kernel for " +
                        std::string(dtype_name(p.dtype)) + " with D=" + std::to_string(p.d) +

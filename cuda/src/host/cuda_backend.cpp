@@ -137,7 +137,7 @@ void fill_compact(Block* b, DLManagedTensorVersioned* m, void* data, DType dtype
 // no CUDA kernel does.
 std::string float64_refused() {
   return "float64 runs on the CPU only (a float64 kernel for gradient checks); the CUDA kernels "
-         "take float16 or bfloat16: move the tensors to the CPU (x.cpu()) or cast them";
+         "take float32, float16 or bfloat16: move the tensors to the CPU (x.cpu()) or cast them";
 }
 
 class CudaBackend final : public Backend {
@@ -150,8 +150,6 @@ class CudaBackend final : public Backend {
       case Op::Forward:
       case Op::Backward: {
         const bool fwd = op == Op::Forward;
-        if (dtype != DType::Float16 && dtype != DType::BFloat16)
-          return std::string("the CUDA kernels take float16 or bfloat16, got ") + dtype_name(dtype);
         if (cuda::padded_head_dim(dtype, d, dv, fwd) == 0)
           return std::string("no CUDA ") + (fwd ? "forward" : "backward") + " kernel for " +
                  dtype_name(dtype) + " with D=" + std::to_string(d) + ", Dv=" +
@@ -160,10 +158,7 @@ class CudaBackend final : public Backend {
                  "; smaller head dims run padded to a compiled one); pass CPU tensors";
         return {};
       }
-      case Op::Decode:
-        if (dtype != DType::Float16 && dtype != DType::BFloat16)
-          return std::string("the CUDA decode kernel takes float16 or bfloat16, got ") +
-                 dtype_name(dtype);
+      case Op::Decode:  // float32, float16, bfloat16 (float64 was refused above)
         if (cuda::dec_dim_max(d, dv) == 0)
           return "the CUDA decode kernel takes head dims D, Dv up to " +
                  std::to_string(cuda::kDecMaxDim) + ", got D=" + std::to_string(d) + ", Dv=" +
@@ -409,7 +404,7 @@ class CudaBackend final : public Backend {
         "correctly on a GPU; other head dims (256) use the sm80-style backward";
     // Decode: compiled and host-tested, not yet run on a GPU (cuda/README.md).
     info["cuda_decode"] =
-        "float16, bfloat16; D, Dv <= 256; contiguous and paged caches, split-K; score modifiers; "
+        "float32, float16, bfloat16; D, Dv <= 256; contiguous and paged caches, split-K; score modifiers; "
         "TopKBlocks selection on the CPU only";
     info["cuda_backward_deterministic"] =
         "sm90a backward only (deterministic=True raises with the sm80-style backward)";

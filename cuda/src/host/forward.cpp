@@ -94,9 +94,9 @@ std::string forward_kernels_sm90a() {
 }
 
 void attention_forward(const ForwardProblem& p) {
-  if (p.dtype != DType::Float16 && p.dtype != DType::BFloat16)
+  if (p.dtype != DType::Float32 && p.dtype != DType::Float16 && p.dtype != DType::BFloat16)
     throw RuntimeError(std::string("cuda attention: ") + dtype_name(p.dtype) +
-                       " is not supported by the CUDA kernels (float16 and bfloat16 are)");
+                       " is not supported by the CUDA kernels (float32, float16 and bfloat16 are)");
   if (!supports(p.dtype, p.d, p.dv))
     throw RuntimeError("cuda attention: no CUDA kernel for " + std::string(dtype_name(p.dtype)) +
                        " with D=" + std::to_string(p.d) + ", Dv=" + std::to_string(p.dv) +

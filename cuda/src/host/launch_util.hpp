@@ -101,14 +101,14 @@ inline KernelDType kernel_dtype(DType t) { return t; }
 inline bool has_kernel(SupportedFn ArchFns::*table, DType dtype, int64_t d, int64_t dv) {
   const ArchFns* a = any_arch();
   if (!a || d != dv || d <= 0 || d > 4096) return false;
-  if (dtype != DType::Float16 && dtype != DType::BFloat16) return false;
+  if (dtype != DType::Float32 && dtype != DType::Float16 && dtype != DType::BFloat16) return false;
   return (a->*table)(kernel_dtype(dtype), int(d));
 }
 
-// The kernels of a table as "float16:64,128;bfloat16:64,128" (empty without CUDA).
+// The kernels of a table as "float32:128;float16:64,128;bfloat16:64,128" (empty without CUDA).
 inline std::string kernel_list(SupportedFn ArchFns::*table) {
   std::string r;
-  for (DType t : {DType::Float16, DType::BFloat16}) {
+  for (DType t : {DType::Float32, DType::Float16, DType::BFloat16}) {
     std::string dims;
     for (int d : {32, 64, 96, 128, 160, 192, 224, 256})
       if (has_kernel(table, t, d, d)) dims += (dims.empty() ? "" : ",") + std::to_string(d);
@@ -224,7 +224,8 @@ inline void expect_device_pointer(const void* ptr, const char* name, int device)
 }
 
 // Whether the kernel can read a [B, N, H, D] tensor with 16-byte copies as it is: aligned base,
-// unit last stride, and the other strides (of dimensions longer than 1) multiples of 8 elements.
+// unit last stride, and the other strides (of dimensions longer than 1) multiples of 8 elements
+// (16 bytes of a 2-byte dtype; 32 bytes of float32, more than its kernels need, never less).
 inline bool kernel_readable(const void* ptr, const int64_t* strides, const int64_t* shape) {
   if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
   if (shape[3] > 1 && strides[3] != 1) return false;

@@ -1,13 +1,15 @@
 // The backward pass's per-architecture entry points (declared in arch_api.hpp): the preprocess
 // (delta = rowsum(dout * out), lse2 = lse * log2 e with +inf for empty and padding rows), the
 // main kernel of the (dtype, head dim) instantiation listed in the generated
-// spattn_bwd_instances.hpp (bwd/backward_kernel.cuh, compiled in its own translation units), and
+// spattn_bwd_instances.hpp (bwd/backward_kernel.cuh, compiled in its own translation units; for
+// float32 the SIMT kernel of f32/backward_f32.cuh), and
 // the conversion of the fp32 dq workspace to dq (scaled, the output dtype, any strides), in
 // that order on one stream.
 #include <cute/numeric/numeric_types.hpp>
 
 #include "arch_api.hpp"
 #include "bwd/backward_api.hpp"
+#include "f32/f32_api.hpp"
 #include "spattn/cuda/backward_logic.hpp"
 #include "spattn_bwd_instances.hpp"
 
@@ -83,6 +85,7 @@ cudaError_t run_backward(const BwdParams& p, cudaStream_t stream,
 }  // namespace
 
 bool backward_supported(KernelDType dtype, int head_dim) {
+  if (dtype == KernelDType::Float32) return f32::backward_supported(head_dim);  // SIMT kernel
 #define SPATTN_X(T, K, D) \
   if (dtype == KernelDType::K && head_dim == D) return true;
   SPATTN_BWD_INSTANCES(SPATTN_X)
@@ -107,6 +110,10 @@ cudaError_t backward_preprocess(const BwdParams& p, KernelDType dtype, cudaStrea
 
 cudaError_t backward(const BwdParams& p, KernelDType dtype, cudaStream_t stream) {
   if (p.f.d != p.f.dv) return cudaErrorNotSupported;
+  if (dtype == KernelDType::Float32) {  // the same preprocess and conversion around the SIMT kernel
+    const f32::BackwardMainFn main_kernel = f32::backward_main(int(p.f.d));
+    return main_kernel ? run_backward<float>(p, stream, main_kernel) : cudaErrorNotSupported;
+  }
 #define SPATTN_X(T, K, D)                                 \
   if (dtype == KernelDType::K && p.f.d == D)              \
     return run_backward<cute::T>(p, stream, &bwd::run<cute::T, D>);

@@ -1,5 +1,5 @@
-// A strided 4-d copy of 2-byte elements: how the launcher repacks q, k, v (or out) whose
-// strides or base address do not allow the forward kernel's 16-byte copies. One thread per
+// A strided 4-d copy of 2- or 4-byte elements (float16 / bfloat16, float32): how the launchers
+// repack q, k, v (or out) whose strides or base address do not allow the kernels' 16-byte copies. One thread per
 // element, grid-stride; compiled for every architecture like the other kernels.
 #include <cstdint>
 
@@ -14,7 +14,8 @@ struct Strided4 {
   int64_t dst[4];
 };
 
-__global__ void copy_strided_kernel(const uint16_t* __restrict__ src, uint16_t* __restrict__ dst,
+template <class E>
+__global__ void copy_strided_kernel(const E* __restrict__ src, E* __restrict__ dst,
                                     const Strided4 s, int64_t total) {
   for (int64_t x = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; x < total;
        x += int64_t(gridDim.x) * blockDim.x) {
@@ -34,7 +35,7 @@ __global__ void copy_strided_kernel(const uint16_t* __restrict__ src, uint16_t* 
 cudaError_t copy_strided_4d(const void* src, const int64_t* src_strides, void* dst,
                             const int64_t* dst_strides, const int64_t* shape, int elem_bytes,
                             cudaStream_t stream) {
-  if (elem_bytes != 2) return cudaErrorNotSupported;
+  if (elem_bytes != 2 && elem_bytes != 4) return cudaErrorNotSupported;
   Strided4 s;
   int64_t total = 1;
   for (int d = 0; d < 4; ++d) {
@@ -47,8 +48,12 @@ cudaError_t copy_strided_4d(const void* src, const int64_t* src_strides, void* d
   const int threads = 256;
   const int64_t blocks = (total + threads - 1) / threads;
   const unsigned grid = unsigned(blocks < 65536 ? blocks : 65536);
-  copy_strided_kernel<<<grid, threads, 0, stream>>>(static_cast<const uint16_t*>(src),
-                                                    static_cast<uint16_t*>(dst), s, total);
+  if (elem_bytes == 2)
+    copy_strided_kernel<<<grid, threads, 0, stream>>>(static_cast<const uint16_t*>(src),
+                                                      static_cast<uint16_t*>(dst), s, total);
+  else
+    copy_strided_kernel<<<grid, threads, 0, stream>>>(static_cast<const uint32_t*>(src),
+                                                      static_cast<uint32_t*>(dst), s, total);
   return cudaGetLastError();
 }
 

@@ -3,7 +3,7 @@
 //   decode_kernel   one CTA per (split, row group) of a (sequence, kv head): kDecWarps warps,
 //                   each cut into lane groups of KL = DMAX / 8 lanes; a lane group takes
 //                   kDecUnroll consecutive keys of the split per step, each lane loading 8
-//                   features (one 16-byte load) of each K and V row, so a K/V row is read once
+//                   features (one 16-byte load; two for float32) of each K and V row, so a K/V row is read once
 //                   for the kDecRows query rows of the CTA. Scores are reduced over the KL
 //                   lanes with shuffles; each lane group keeps an online softmax per row; the
 //                   groups are merged through shared memory into the CTA's partial (m, l, acc).
@@ -44,14 +44,29 @@ __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2hal
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// 8 features of one row starting at feature d0 (n features exist): one 16-byte load when the
-// row allows it, else element by element (zero past n).
+// kDecVec features of one row in registers: one 16-byte word for 2-byte types, two for float32.
 template <class T>
-__device__ __forceinline__ uint4 load8(const T* row, int64_t sd, int d0, int n, bool vec) {
-  uint4 r = make_uint4(0, 0, 0, 0);
+struct Pack {
+  static constexpr int kWords = int(kDecVec * sizeof(T) / 16);
+  uint4 w[kWords];
+};
+
+// 8 features of one row starting at feature d0 (n features exist): 16-byte loads when the row
+// allows them (vec: 16-byte aligned rows, d0 a multiple of 8), else element by element (zero
+// past n).
+template <class T>
+__device__ __forceinline__ Pack<T> load8(const T* row, int64_t sd, int d0, int n, bool vec) {
+  Pack<T> r;
+#pragma unroll
+  for (int x = 0; x < Pack<T>::kWords; ++x) r.w[x] = make_uint4(0, 0, 0, 0);
   if (d0 >= n) return r;
-  if (vec) return __ldg(reinterpret_cast<const uint4*>(row + d0));
-  T* e = reinterpret_cast<T*>(&r);
+  if (vec) {
+#pragma unroll
+    for (int x = 0; x < Pack<T>::kWords; ++x)
+      r.w[x] = __ldg(reinterpret_cast<const uint4*>(row + d0) + x);
+    return r;
+  }
+  T* e = reinterpret_cast<T*>(r.w);
 #pragma unroll
   for (int x = 0; x < kDecVec; ++x)
     if (d0 + x < n) e[x] = row[(d0 + x) * sd];
@@ -59,8 +74,8 @@ __device__ __forceinline__ uint4 load8(const T* row, int64_t sd, int d0, int n, 
 }
 
 template <class T>
-__device__ __forceinline__ void unpack8(const uint4& r, float* f) {
-  const T* e = reinterpret_cast<const T*>(&r);
+__device__ __forceinline__ void unpack8(const Pack<T>& r, float* f) {
+  const T* e = reinterpret_cast<const T*>(r.w);
 #pragma unroll
   for (int x = 0; x < kDecVec; ++x) f[x] = to_f32(e[x]);
 }
@@ -71,6 +86,7 @@ __global__ void __launch_bounds__(kThreads, kDecMinCtas) decode_kernel(const Dec
   constexpr int SLOTS = kDecWarps * GPW;  // lane groups per CTA
   constexpr int DMAX = KL * kDecVec;
   constexpr int U = kDecUnroll;
+  constexpr int kLanesPer128 = int(128 / (kDecVec * sizeof(T)));  // lanes per 128 bytes of a row
   __shared__ float sm_m[SLOTS][kDecRows];
   __shared__ float sm_l[SLOTS][kDecRows];
   __shared__ float sm_acc[SLOTS][kDecRows][DMAX];
@@ -128,14 +144,14 @@ __global__ void __launch_bounds__(kThreads, kDecMinCtas) decode_kernel(const Dec
   for (int64_t wbase = int64_t(warp) * GPW * U; wbase < nkeys; wbase += int64_t(SLOTS) * U) {
     const int64_t base = wbase + int64_t(grp) * U;
     // Load phase: U consecutive keys of this lane group (their blocks' rules on the way).
-    uint4 kr[U], vr[U];
+    Pack<T> kr[U], vr[U];
     unsigned keep = 0;  // bit u * kDecRows + rr: row rr keeps key u
     float rel0[U];  // nk - nq - j of each key: rel = i + rel0 (ALiBi; exact below 2^24)
     int64_t pos = pos0 + base / p.bk, x = base - (pos - pos0) * p.bk;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      kr[u] = make_uint4(0, 0, 0, 0);
-      vr[u] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int wd = 0; wd < Pack<T>::kWords; ++wd) kr[u].w[wd] = vr[u].w[wd] = make_uint4(0, 0, 0, 0);
       rel0[u] = 0.f;
       if (base + u < nkeys) {
         if (pos != cur_pos) {
@@ -168,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, kDecMinCtas) decode_kernel(const Dec
           // into L2 now, so that more of the cache is in flight than the registers hold. One
           // lane per 128 bytes of the row.
           const int64_t ahead = int64_t(SLOTS) * U;
-          if (u == 0 && p.vec_k && p.vec_v && (sub & 7) == 0 && x + ahead < p.bk && j + ahead < nk) {
+          if (u == 0 && p.vec_k && p.vec_v && sub % kLanesPer128 == 0 && x + ahead < p.bk && j + ahead < nk) {
             asm volatile("prefetch.global.L2 [%0];" ::"l"(krow + ahead * p.k_sn + d0));
             asm volatile("prefetch.global.L2 [%0];" ::"l"(vrow + ahead * p.v_sn + d0));
           }
@@ -368,6 +384,7 @@ cudaError_t decode(const DecodeParams& p, KernelDType dtype, cudaStream_t stream
       p.rgroups > 65535 || p.dvp != dmax)
     return cudaErrorInvalidValue;
   switch (dtype) {
+    case KernelDType::Float32: return launch_decode<float>(p, stream);
     case KernelDType::Float16: return launch_decode<__half>(p, stream);
     case KernelDType::BFloat16: return launch_decode<__nv_bfloat16>(p, stream);
     default: return cudaErrorNotSupported;
