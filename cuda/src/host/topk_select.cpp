@@ -135,6 +135,12 @@ TopkRun topk_select_on_device(const backend::Attention& a, const Pattern& topk, 
                        ", blocks of " + std::to_string(g.bk) +
                        " keys): use larger key blocks, or pass CPU tensors");
 
+  // The selection kernels read q and k before any attention launcher checks them.
+  if (g.kmax > 0) {
+    expect_device_pointer(a.q.data, "q", call.device.device_id);
+    expect_device_pointer(a.k.data, "k", call.device.device_id);
+  }
+
   TopkRun run;
   run.keep = topk_template(g, topk, tm, tn, rows, cols, call);
   const TopkStaging& st = run.keep->staging;
