@@ -103,9 +103,17 @@ def test_strided_views(cuda):
     _forward(cuda, 2, 150, 220, 2, 1, lambda: spattn.TopKBlocks(2, block_size=24, always=spattn.Sink(2)), dtype, d, seed=7, views=views)
 
 
-@pytest.mark.parametrize("ci", range(len(CASES)))
-def test_backward_matches_the_reference(cuda, ci):
-    torch = cuda
+def test_forward_with_the_sm80_kernel_on_hopper(cuda, monkeypatch):
+    """On a Hopper GPU the sm90a forward's tile is the default; the sm80-style kernel's tile
+    (128 x 64) is forced here, so both layouts the selection writes are run."""
+    monkeypatch.setenv("SPATTN_CUDA_FORWARD", "sm80")
+    dtype, d = compiled_cuda_kernels("cuda_kernels")[0]
+    for ci in (0, 2, 6):
+        b, nq, nk, hq, hkv, make = CASES[ci]
+        _forward(cuda, b, nq, nk, hq, hkv, make, dtype, d, seed=200 + ci)
+
+
+def _backward(torch, ci):
     b, nq, nk, hq, hkv, make = CASES[ci]
     if not spattn.info().get("cuda_backward_kernels"):
         pytest.skip("no CUDA backward in this build")
@@ -129,8 +137,27 @@ def test_backward_matches_the_reference(cuda, ci):
                 assert_close(name, g, r, dtype, naive=n, mult=3.0)
 
 
-def test_select_blocks_and_decode_still_refuse_cuda(cuda):
+def test_chosen_blocks_still_refuses_cuda(cuda):
+    """select_blocks (chosen_blocks, select) returns host masks: it still chooses on the CPU
+    only (decode likewise: test_cuda_decode.py)."""
     torch = cuda
     q = torch.zeros(1, 64, 2, 64, dtype=torch.bfloat16, device="cuda")
     with pytest.raises(RuntimeError, match="selection runs on the CPU only"):
         spattn.TopKBlocks(1, block_size=16).chosen_blocks(q, q)
+
+
+@pytest.mark.parametrize("ci", range(len(CASES)))
+def test_backward_matches_the_reference(cuda, ci):
+    _backward(cuda, ci)
+
+
+@pytest.mark.parametrize("ci", (0, 2, 6))
+def test_backward_with_the_sm90a_kernel(cuda, monkeypatch, ci):
+    """The opt-in sm90a backward walks both the columns and the rows the selection writes."""
+    torch = cuda
+    if not spattn.info().get("cuda_sm90a_backward_kernels"):
+        pytest.skip("no sm90a backward in this build")
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the sm90a backward runs on compute capability 9.0 only")
+    monkeypatch.setenv("SPATTN_CUDA_BACKWARD", "sm90a")
+    _backward(torch, ci)
