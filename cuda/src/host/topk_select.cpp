@@ -65,6 +65,9 @@ std::shared_ptr<const TopkTemplate> topk_template(const TopkGeom& g, const Patte
                           std::to_string(g.bk) + "," + std::to_string(int(g.causal)) + "," +
                           std::to_string(int(has_always)) + ":" + std::to_string(int(rows)) +
                           std::to_string(int(cols)) + ":" + std::to_string(g.hkv);
+  // Asked before attachment(): make() runs under the compiled pattern's lock, which
+  // layout_for takes too.
+  const BlockLayout& always_rows = acp->layout_for(tm, tn);
   return std::static_pointer_cast<const TopkTemplate>(
       acp->attachment(key, [&]() -> std::shared_ptr<void> {
         const auto ccp = causal_pattern().compiled(g.nq, g.nk, g.hq);
@@ -75,7 +78,7 @@ std::shared_ptr<const TopkTemplate> topk_template(const TopkGeom& g, const Patte
         const TopkPredicate pred =
             topk_predicate(g, has_always ? &ap : nullptr, cp.nodes[cp.head_begin[0]]);
         auto t = std::make_shared<TopkTemplate>();
-        t->staging = stage_topk(g, tm, tn, rows, cols, acp->layout_for(tm, tn), pred);
+        t->staging = stage_topk(g, tm, tn, rows, cols, always_rows, pred);
         t->blob.device = call.device.device_id;
         allocate_blob(t->blob, t->staging.blob.size());
         t->staging.pred.relocate(t->staging.blob, t->blob.dev);
