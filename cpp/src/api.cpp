@@ -305,10 +305,12 @@ bool by_levels(const Attention& a) { return !a.mods.any(); }
 void run_forward(const Plan& pl, const Attention& a, const Pattern& pattern) {
   if (by_levels(a))
     if (const auto lp = plan::longnet_plan(pattern, a.s.nq, a.s.hq)) return longnet_forward(pl, a, *lp);
-  if (pattern.data_dependent())
+  if (pattern.data_dependent()) {
+    if (pl.be.forward_topk(a, pattern, pl.call)) return;
     return per_batch_selection(pattern, a, [&](int64_t b, const Pattern& p) {
       run_forward(pl, batch_of(a, b), p);
     });
+  }
   const std::vector<Part> parts = make_parts(pattern, a.s);
   if (parts.size() == 1) return forward_part(pl, parts[0], a);
   std::vector<ManagedTensor> owned;
@@ -334,12 +336,14 @@ void run_backward(const Plan& pl, const Attention& a, const Gradients& g, const 
   if (by_levels(a))
     if (const auto lp = plan::longnet_plan(pattern, a.s.nq, a.s.hq))
       return longnet_backward(pl, a, g, *lp);
-  if (pattern.data_dependent())
+  if (pattern.data_dependent()) {
+    if (pl.be.backward_topk(a, g, pattern, pl.call)) return;
     return per_batch_selection(pattern, a, [&](int64_t b, const Pattern& p) {
       auto bv = [b](const TensorView& t) { return batch_view(t, b); };
       run_backward(pl, batch_of(a, b), Gradients{bv(g.dout), bv(g.dq), bv(g.dk), bv(g.dv), true},
                    p);
     });
+  }
   const std::vector<Part> parts = make_parts(pattern, a.s);
   if (parts.size() == 1) return backward_part(pl, parts[0], a, g);
   // Each part's gradient uses the whole attention's out and lse, so the parts' sum is exact.
@@ -366,7 +370,7 @@ Backend& attention_backend(const TensorView& q, Op op, DType dtype, const Dims& 
   Backend& be = plan::backend_for(q, op, dtype, s.d, s.dv, o, call);
   if (pattern.data_dependent()) {
     select::expect_selectable(dtype, "q");
-    const std::string why = be.unsupported(Op::Select, dtype, s.d, s.dv, *call);
+    const std::string why = be.unsupported(Op::AttentionSelect, dtype, s.d, s.dv, *call);
     if (!why.empty()) throw RuntimeError("pattern: " + why);
   }
   return be;

@@ -111,7 +111,10 @@ struct Tile {
   int64_t bq, bk;
 };
 
-enum class Op { Forward, Backward, Decode, PoolKeys, Select };
+// Select: TopKBlocks' choice as a call of its own (select_blocks: masks returned on the host)
+// and inside decode. AttentionSelect: the choice inside attention forward / backward, which a
+// backend may make on its device (forward_topk / backward_topk).
+enum class Op { Forward, Backward, Decode, PoolKeys, Select, AttentionSelect };
 
 class Backend {
  public:
@@ -131,6 +134,20 @@ class Backend {
   virtual void forward(const Attention& a, const CompiledPattern& cp, const Call& call) = 0;
   virtual void backward(const Attention& a, const Gradients& g, const CompiledPattern& cp,
                         const Call& call) = 0;
+  // TopKBlocks (pattern.data_dependent()) chosen on this device from a's q and k, per batch
+  // element, with select::choose's rule, and the attention run over that choice; false: this
+  // backend does not, and the planner chooses on the host (select::choose) and runs the
+  // concrete pattern. The backward chooses again from the same q and k (the choice is
+  // deterministic), so it differentiates exactly the forward's pattern.
+  virtual bool forward_topk(const Attention& a, const Pattern& topk, const Call& call) {
+    (void)a, (void)topk, (void)call;
+    return false;
+  }
+  virtual bool backward_topk(const Attention& a, const Gradients& g, const Pattern& topk,
+                             const Call& call) {
+    (void)a, (void)g, (void)topk, (void)call;
+    return false;
+  }
   virtual void decode(const Decode& d, const Call& call) = 0;
   virtual void pool_keys(const PoolKeys& p, const Call& call) = 0;
 

@@ -15,6 +15,7 @@
 #include "decode_launch.hpp"
 #include "launch_util.hpp"
 #include "pad.hpp"
+#include "topk_select.hpp"
 #include "spattn/cuda/backend_info.hpp"
 #include "spattn/cuda/backward.hpp"
 #include "spattn/cuda/decode_logic.hpp"
@@ -166,9 +167,12 @@ class CudaBackend final : public Backend {
         return {};
       case Op::PoolKeys:
         return {};  // float32, float16, bfloat16 (float64 was refused above)
-      case Op::Select:
-        return "TopKBlocks' selection runs on the CPU only in this version; pass CPU tensors, or "
-               "select on the CPU and pass the selected pattern";
+      case Op::Select:  // select_blocks returns host masks; decode chooses per sequence
+        return "TopKBlocks' selection runs on the CPU only in this version for select_blocks "
+               "and decode (attention chooses on the GPU); pass CPU tensors, or select on the "
+               "CPU and pass the selected pattern";
+      case Op::AttentionSelect:  // host/topk_select.cpp pools float32, float16, bfloat16
+        return {};
     }
     return "unknown operation";
   }
@@ -222,31 +226,14 @@ class CudaBackend final : public Backend {
           return upload(cuda::stage_forward(layout, cp.predicate(), a.s.nq, a.s.nk, a.s.hq, t.bq, t.bk),
                         call);
         }));
-    cuda::PaddedForward padded(a, call);  // the kernel's head dim, and temporaries if it differs
-    cuda::ForwardProblem p = cuda::forward_problem(padded.q, padded.k, padded.v, padded.out,
-                                                   a.lse, a.dtype, a.scale, call.stream);
-    p.mods = mod_params(a);
-    p.staged = &dev->staged;
-    p.staged_dev = dev->blob.dev;
-    p.allocator = call.allocator;
-    p.device = call.device.device_id;
-    cuda::attention_forward(p);
-    padded.finish();
+    launch_forward(a, dev->staged, dev->blob.dev, call);
   }
 
   void backward(const Attention& a, const Gradients& g, const CompiledPattern& cp,
                 const Call& call) override {
     if (a.s.b == 0 || (a.s.nq == 0 && a.s.nk == 0)) return;
     const Tile t = tile(Op::Backward, a.s, a.dtype, call);
-    const bool sm90a = cuda::backward_tile_deterministic({t.bq, t.bk});
-    if (call.deterministic && !sm90a)
-      throw RuntimeError(
-          "deterministic=True: the CUDA backward on this device accumulates dq with float32 "
-          "atomics (not bitwise reproducible); only the sm90a backward is deterministic "
-          "(compute capability 9.0, opt-in with SPATTN_CUDA_BACKWARD=sm90a, compiled for " +
-          (cuda::backward_kernels_sm90a().empty() ? std::string("no dtype:head dim in this build")
-                                                  : cuda::backward_kernels_sm90a()) +
-          "); or pass CPU tensors (the CPU backward is deterministic)");
+    const bool sm90a = backward_sm90a(t, call);
     const BlockLayout& layout = cp.layout_for(t.bq, t.bk);
     auto dev = std::static_pointer_cast<OnDevice<cuda::StagedBackward>>(
         cp.attachment(key_of("cuda-bwd", call, t, a.s.hkv), [&]() -> std::shared_ptr<void> {
@@ -256,17 +243,30 @@ class CudaBackend final : public Backend {
                                                      a.s.hq, a.s.hkv),
                         call);
         }));
-    cuda::PaddedBackward padded(a, g, call);
-    cuda::BackwardProblem p = cuda::backward_problem(
-        padded.dout, padded.q, padded.k, padded.v, padded.out, a.lse, padded.dq, padded.dk,
-        padded.dv, a.dtype, a.scale, call.stream);
-    p.mods = mod_params(a);
-    p.staged = &dev->staged;
-    p.staged_dev = dev->blob.dev;
-    p.allocator = call.allocator;
-    p.device = call.device.device_id;
-    cuda::attention_backward(p);
-    padded.finish();
+    launch_backward(a, g, dev->staged, dev->blob.dev, call);
+  }
+
+  // TopKBlocks: the blocks are chosen on the device (host/topk_select.cpp) into one layout per
+  // batch element, each walked by the same kernels as any other pattern.
+  bool forward_topk(const Attention& a, const Pattern& topk, const Call& call) override {
+    if (a.s.b == 0 || a.s.nq == 0) return true;
+    const Tile t = tile(Op::Forward, a.s, a.dtype, call);
+    const cuda::TopkRun run = cuda::topk_select_on_device(a, topk, t.bq, t.bk, true, false, call);
+    for (int64_t b = 0; b < a.s.b; ++b)
+      launch_forward(cuda::batch_attention(a, b), run.forward, run.region(b), call);
+    return true;
+  }
+
+  bool backward_topk(const Attention& a, const Gradients& g, const Pattern& topk,
+                     const Call& call) override {
+    if (a.s.b == 0 || (a.s.nq == 0 && a.s.nk == 0)) return true;
+    const Tile t = tile(Op::Backward, a.s, a.dtype, call);
+    const bool sm90a = backward_sm90a(t, call);
+    const cuda::TopkRun run = cuda::topk_select_on_device(a, topk, t.bq, t.bk, sm90a, true, call);
+    for (int64_t b = 0; b < a.s.b; ++b)
+      launch_backward(cuda::batch_attention(a, b), cuda::batch_gradients(g, b), run.backward,
+                      run.region(b), call);
+    return true;
   }
 
   void decode(const Decode& d, const Call& call) override { cuda::decode_on_device(d, call); }
@@ -406,8 +406,59 @@ class CudaBackend final : public Backend {
     info["cuda_decode"] =
         "float32, float16, bfloat16; D, Dv <= 256; contiguous and paged caches, split-K; score modifiers; "
         "TopKBlocks selection on the CPU only";
+    info["cuda_topk"] =
+        "attention forward and backward choose TopKBlocks' blocks on the GPU (pooling, scoring "
+        "and top-k kernels, no host read-back), the CPU's choice bit for bit on x86-64 builds "
+        "(docs/patterns.md); select_blocks and decode choose on the CPU only";
     info["cuda_backward_deterministic"] =
         "sm90a backward only (deterministic=True raises with the sm80-style backward)";
+  }
+
+ private:
+  // Whether the backward runs the sm90a kernel (its tile), refusing deterministic=True where
+  // the kernel that runs is not deterministic.
+  static bool backward_sm90a(const Tile& t, const Call& call) {
+    const bool sm90a = cuda::backward_tile_deterministic({t.bq, t.bk});
+    if (call.deterministic && !sm90a)
+      throw RuntimeError(
+          "deterministic=True: the CUDA backward on this device accumulates dq with float32 "
+          "atomics (not bitwise reproducible); only the sm90a backward is deterministic "
+          "(compute capability 9.0, opt-in with SPATTN_CUDA_BACKWARD=sm90a, compiled for " +
+          (cuda::backward_kernels_sm90a().empty() ? std::string("no dtype:head dim in this build")
+                                                  : cuda::backward_kernels_sm90a()) +
+          "); or pass CPU tensors (the CPU backward is deterministic)");
+    return sm90a;
+  }
+
+  // The forward over a layout staged at staged_dev (described by staged) on the device.
+  static void launch_forward(const Attention& a, const cuda::StagedForward& staged,
+                             const void* staged_dev, const Call& call) {
+    cuda::PaddedForward padded(a, call);  // the kernel's head dim, and temporaries if it differs
+    cuda::ForwardProblem p = cuda::forward_problem(padded.q, padded.k, padded.v, padded.out,
+                                                   a.lse, a.dtype, a.scale, call.stream);
+    p.mods = mod_params(a);
+    p.staged = &staged;
+    p.staged_dev = staged_dev;
+    p.allocator = call.allocator;
+    p.device = call.device.device_id;
+    cuda::attention_forward(p);
+    padded.finish();
+  }
+
+  static void launch_backward(const Attention& a, const Gradients& g,
+                              const cuda::StagedBackward& staged, const void* staged_dev,
+                              const Call& call) {
+    cuda::PaddedBackward padded(a, g, call);
+    cuda::BackwardProblem p = cuda::backward_problem(
+        padded.dout, padded.q, padded.k, padded.v, padded.out, a.lse, padded.dq, padded.dk,
+        padded.dv, a.dtype, a.scale, call.stream);
+    p.mods = mod_params(a);
+    p.staged = &staged;
+    p.staged_dev = staged_dev;
+    p.allocator = call.allocator;
+    p.device = call.device.device_id;
+    cuda::attention_backward(p);
+    padded.finish();
   }
 };
 
