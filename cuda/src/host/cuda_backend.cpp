@@ -270,6 +270,7 @@ class CudaBackend final : public Backend {
     p.staged_dev = dev->blob.dev;
     p.allocator = call.allocator;
     p.device = call.device.device_id;
+    p.deterministic = call.deterministic;
     cuda::attention_backward(p);
     padded.finish();
   }
