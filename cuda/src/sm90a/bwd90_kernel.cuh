@@ -39,7 +39,7 @@
 //   dS^T -> the dS tile (stmatrix; each warpgroup its 64 key rows), fence.proxy.async (wgmma
 //     reads shared memory through the async proxy), barrier: both warpgroups' rows are there;
 //   dQ_part = dS K (wgmma, dS as an MN-major view of the dS tile, K^T one of K's buffer; the
-//     warpgroups split D, since each needs all 128 keys), issued after dV and dK;
+//     warpgroups split D, since each needs all 128 keys), issued once dV and dK are complete;
 //   acc -> the fp32 staging tile, fence.proxy.async (the TMA unit reads it through the async
 //     proxy), barrier, one thread issues cp.reduce.async.bulk.tensor (add) and commits it as a
 //     bulk group;
@@ -287,12 +287,12 @@ __device__ __forceinline__ void kv_producer(const Params<T, kD>& P,
   }
 }
 
-// kTmaDq: also dQ_part = dS K per part, reduce-added from dq_smem (SmemKVTma::dq, the dS and
-// staging tiles) into the fp32 accumulator (see the top of this file for the order of events).
+// kTmaDq: also dQ_part = dS K per part, reduce-added from SmemKVTma::dq (the dS and staging
+// tiles; S is then that struct's first member) into the fp32 accumulator (see the top of this
+// file for the order of events).
 template <class T, int kD, bool kTmaDq>
 __device__ __forceinline__ void kv_consumer(const Params<T, kD>& P,
-                                            typename Traits<T, kD>::SmemKV& S, int ctid,
-                                            unsigned char* dq_smem) {
+                                            typename Traits<T, kD>::SmemKV& S, int ctid) {
   using Tr = Traits<T, kD>;
   constexpr int kTile = Tr::kTile, kHalf = Tr::kSubKV, kStages = Tr::kStages;
   constexpr int kParts = kTile / kHalf;
@@ -347,18 +347,24 @@ __device__ __forceinline__ void kv_consumer(const Params<T, kD>& P,
   // dQ by reduce-add: dS^T accumulators -> dS tile (stmatrix, the S^T tiles' own C layout);
   // dQ_part accumulators -> staging tile.
   typename Tr::MmaDQ mma_dq;
-  auto thr_dq = mma_dq.get_thread_slice(ctid);
   auto sts_ds = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, T>{}, mma_sdp);
-  auto sts_ds_thr = sts_ds.get_thread_slice(ctid);
-  T* const ds_ptr = reinterpret_cast<T*>(dq_smem);
-  float* const stage_ptr = reinterpret_cast<float*>(dq_smem + Tr::kStageAt);
+  // The tiles' addresses are made where used, from the shared-memory base passed through an
+  // opaque copy (and, for the staging writes, the thread index): hoisted out of the loops, the
+  // per-thread stmatrix, staging and descriptor addresses stayed live across them and were
+  // spilled (nvcc 13.0, D = 128: 216 bytes, then 44; none now).
+  auto& SD = reinterpret_cast<typename Tr::SmemKVTma&>(S);
 
   PipeState ring;
   uint32_t kv_phase = 0;
   for (PersistentWork wk(blockIdx.x, gridDim.x, hopper_bwd_kv_items(p)); wk.valid();
        wk.advance()) {
-    const BwdWork w = bwd_cta_work(p, wk.item);
-    const int64_t j0 = w.c * kTile;
+    // The item's coordinates in 32 bits (TMA coordinates are): as 64-bit values, live across
+    // the whole item, ptxas spilled them (nvcc 13.0, D = 128).
+    const BwdWork w64 = bwd_cta_work(p, wk.item);
+    const struct {
+      int32_t b, g, c;
+    } w = {int32_t(w64.b), int32_t(w64.g), int32_t(w64.c)};
+    const int64_t j0 = int64_t(w.c) * kTile;
     const bool tail = hopper_bwd_needs_mask(f.nk, false, w.c);
     clear(acc_dk);
     clear(acc_dv);
@@ -417,50 +423,51 @@ __device__ __forceinline__ void kv_consumer(const Params<T, kD>& P,
           rP(x) = static_cast<T>(acc_s(x));
           rDS(x) = static_cast<T>(acc_dp(x));
         }
-        if constexpr (kTmaDq) {
-          if constexpr (Tr::kDqAliased) {
-            // The dS tile is the staging tile: the previous part's reduce-add must have read it
-            // (its issuing thread waits, then every consumer passes the barrier after it).
-            if (ctid == 0) tma_store_wait<0>();
-            consumers_sync(Tr::kConsumerThreads);
-          }
-          // Not aliased: the previous part's dQ products (the only readers of the dS tile)
-          // completed before its staging barrier, which every consumer has passed.
-          copy(sts_ds, sts_ds_thr.retile_S(rDS),
-               sts_ds_thr.partition_D(make_tensor(make_smem_ptr(ds_ptr), typename Tr::LayoutDS{})));
-          // stmatrix writes through the generic proxy, wgmma reads through the async one.
-          cutlass::arch::fence_view_async_shared();
-        }
         wg_gemm<false, -1>(mma_acc, tArP, tArDOt(_, _, _, 0, half, ring.stage), acc_dv);
         wg_gemm<false, -1>(mma_acc, tArDS, tArQt(_, _, _, 0, half, ring.stage), acc_dk);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(acc_dv);
+        warpgroup_fence_operand(acc_dk);
+        warpgroup_fence_operand(rP);
+        warpgroup_fence_operand(rDS);
         if constexpr (kTmaDq) {
-          // Separate staging tile: the previous reduce-add's reads must be done before this
-          // part's staging writes; waited here, behind this part's S, dP and softmax, and
-          // published by the next barrier.
-          if constexpr (!Tr::kDqAliased) {
-            if (ctid == 0) tma_store_wait<0>();
-          }
-          consumers_sync(Tr::kConsumerThreads);  // both warpgroups' dS rows are written (fenced)
+          // After dV and dK are complete: stmatrix may not read dS^T's registers while a wgmma
+          // reads them, and P^T's registers are free before dQ_part's accumulators and
+          // descriptors are live (done beside the dV / dK products, ptxas spilled).
+          // The previous part's reduce-add must have read the staging tile before this part
+          // writes it (and, aliased, before dS is written): its issuing thread waits here,
+          // behind this part's S, dP, softmax, dV and dK, ahead of a barrier every consumer
+          // passes before those writes. Not aliased, the previous part's dQ products (the only
+          // readers of the dS tile) completed before its staging barrier.
+          if (ctid == 0) tma_store_wait<0>();
+          if constexpr (Tr::kDqAliased) consumers_sync(Tr::kConsumerThreads);
+          T* dsw = reinterpret_cast<T*>(SD.dq.data());
+          asm volatile("" : "+l"(dsw));
+          auto sts_ds_thr = sts_ds.get_thread_slice(ctid);
+          copy(sts_ds, sts_ds_thr.retile_S(rDS),
+               sts_ds_thr.partition_D(make_tensor(make_smem_ptr(dsw), typename Tr::LayoutDS{})));
+          // stmatrix writes through the generic proxy, wgmma reads through the async one.
+          cutlass::arch::fence_view_async_shared();
+          // Both warpgroups' dS rows are written (and, not aliased, the staging tile is free).
+          consumers_sync(Tr::kConsumerThreads);
           Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<Tr::kDqRows>, Int<kD>>{});
           // Descriptors from opaque bases, made per product (as K's and V's above).
-          T* dsb = ds_ptr;
+          T* dsb = reinterpret_cast<T*>(SD.dq.data());
           T* kb = S.k.data();
           asm volatile("" : "+l"(dsb), "+l"(kb));
+          auto thr_dq = mma_dq.get_thread_slice(ctid);
           Tensor tQrDS =
               thr_dq.partition_fragment_A(make_tensor(make_smem_ptr(dsb), typename Tr::LayoutDSt{}));
           Tensor tQrKt =
               thr_dq.partition_fragment_B(make_tensor(make_smem_ptr(kb), typename Tr::LayoutTileT{}));
-          wg_gemm<true, -1>(mma_dq, tQrDS, tQrKt, acc_dq);
-          warpgroup_wait<0>();
-          warpgroup_fence_operand(acc_dv);
-          warpgroup_fence_operand(acc_dk);
-          warpgroup_fence_operand(rP);
-          warpgroup_fence_operand(rDS);
-          warpgroup_fence_operand(acc_dq);
+          wg_gemm<true, 0>(mma_dq, tQrDS, tQrKt, acc_dq);
           // Aliased: both warpgroups' products have read dS before either overwrites it.
           if constexpr (Tr::kDqAliased) consumers_sync(Tr::kConsumerThreads);
-          Tensor sStage = make_tensor(make_smem_ptr(stage_ptr), typename Tr::LayoutDQStage{});
-          copy(acc_dq, thr_dq.partition_C(sStage));
+          float* stw = reinterpret_cast<float*>(SD.dq.data() + Tr::kStageAt);
+          int t = ctid;
+          asm volatile("" : "+l"(stw), "+r"(t));
+          Tensor sStage = make_tensor(make_smem_ptr(stw), typename Tr::LayoutDQStage{});
+          copy(acc_dq, mma_dq.get_thread_slice(t).partition_C(sStage));
           // Generic-proxy writes that the TMA unit (async proxy) reads next.
           cutlass::arch::fence_view_async_shared();
           consumers_sync(Tr::kConsumerThreads);
@@ -475,12 +482,6 @@ __device__ __forceinline__ void kv_consumer(const Params<T, kD>& P,
             copy(P.tma_dq_acc, tAs, tAg);
             tma_store_arrive();  // one bulk group per part; waited before the next writes
           }
-        } else {
-          warpgroup_wait<0>();
-          warpgroup_fence_operand(acc_dv);
-          warpgroup_fence_operand(acc_dk);
-          warpgroup_fence_operand(rP);
-          warpgroup_fence_operand(rDS);
         }
       }
       __syncwarp();
@@ -537,8 +538,6 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads, 1)
   using Tr = Traits<T, kD>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   auto& S = *reinterpret_cast<typename Tr::SmemKV*>(smem_raw);
-  unsigned char* const dq_smem =
-      kTmaDq ? reinterpret_cast<typename Tr::SmemKVTma*>(smem_raw)->dq.data() : nullptr;
   const int tid = int(threadIdx.x);
   if (tid == 0) {
     prefetch_tma_descriptor(P.tma_q.get_tma_descriptor());
@@ -562,7 +561,7 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads, 1)
     if (tid == 0) kv_producer<T, kD>(P, S);
   } else {
     cutlass::arch::warpgroup_reg_alloc<240>();
-    kv_consumer<T, kD, kTmaDq>(P, S, tid - 128, dq_smem);
+    kv_consumer<T, kD, kTmaDq>(P, S, tid - 128);
   }
 }
 
