@@ -210,6 +210,14 @@ struct Params {
   int32_t nq_tma, nk_tma, hq_tma, hkv_tma, nq_pad_tma;
 };
 
+// An 8-byte shared-memory store: CuTe applies the swizzle to the address as an integer, so a
+// plain store through the swizzled pointer comes out generic (ST.E) instead of STS.
+__device__ __forceinline__ void st_shared_f2(const float2* ptr, float2 v) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(cute::cast_smem_ptr_to_uint(ptr)),
+               "f"(v.x), "f"(v.y)
+               : "memory");
+}
+
 // Thread (row, col) -> register (r, x) helpers for fragment_keep_bits: the identity tensor of
 // the accumulator, viewed (rows, cols) as the wgmma C layout.
 template <class Ident>
@@ -463,11 +471,16 @@ __device__ __forceinline__ void kv_consumer(const Params<T, kD>& P,
           wg_gemm<true, 0>(mma_dq, tQrDS, tQrKt, acc_dq);
           // Aliased: both warpgroups' products have read dS before either overwrites it.
           if constexpr (Tr::kDqAliased) consumers_sync(Tr::kConsumerThreads);
-          float* stw = reinterpret_cast<float*>(SD.dq.data() + Tr::kStageAt);
+          // Pairs of adjacent columns as 8-byte shared stores (the swizzle moves 16-byte
+          // chunks), addresses made here from the thread index passed opaquely.
           int t = ctid;
-          asm volatile("" : "+l"(stw), "+r"(t));
-          Tensor sStage = make_tensor(make_smem_ptr(stw), typename Tr::LayoutDQStage{});
-          copy(acc_dq, mma_dq.get_thread_slice(t).partition_C(sStage));
+          asm volatile("" : "+r"(t));
+          Tensor sStage = make_tensor(make_smem_ptr(reinterpret_cast<float*>(SD.dq.data() + Tr::kStageAt)),
+                                      typename Tr::LayoutDQStage{});
+          Tensor tDQsStage = recast<float2>(mma_dq.get_thread_slice(t).partition_C(sStage));
+          Tensor tDQrDQ = recast<float2>(acc_dq);
+          CUTE_UNROLL
+          for (int x = 0; x < size(tDQrDQ); ++x) st_shared_f2(&tDQsStage(x), tDQrDQ(x));
           // Generic-proxy writes that the TMA unit (async proxy) reads next.
           cutlass::arch::fence_view_async_shared();
           consumers_sync(Tr::kConsumerThreads);
