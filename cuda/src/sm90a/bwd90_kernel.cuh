@@ -35,19 +35,19 @@
 // the dK/dV kernel instantiated with kTmaDq also forms, per visit and part, dQ_part = dS K
 // (64 queries x D, fp32) and adds it into the [B, Hq, nq_pad, D] accumulator with one TMA
 // reduce-add; the dQ kernel does not run, a conversion kernel writes dq = scale * accumulator.
-// Per part, after dS^T is formed in registers:
+// Per part, once dV += P^T dO and dK += dS^T Q are complete:
+//   the thread that issued the previous part's reduce-add waits for its reads of the staging
+//     tile (cp.async.bulk.wait_group.read 0), ahead of the next barrier;
 //   dS^T -> the dS tile (stmatrix; each warpgroup its 64 key rows), fence.proxy.async (wgmma
 //     reads shared memory through the async proxy), barrier: both warpgroups' rows are there;
 //   dQ_part = dS K (wgmma, dS as an MN-major view of the dS tile, K^T one of K's buffer; the
-//     warpgroups split D, since each needs all 128 keys), issued once dV and dK are complete;
+//     warpgroups split D, since each needs all 128 keys);
 //   acc -> the fp32 staging tile, fence.proxy.async (the TMA unit reads it through the async
 //     proxy), barrier, one thread issues cp.reduce.async.bulk.tensor (add) and commits it as a
-//     bulk group;
-//   before the staging tile is written again, that thread waits for the group's reads
-//     (cp.async.bulk.wait_group.read 0) ahead of a barrier that all consumers pass first.
+//     bulk group.
 // At D = 128 the staging tile shares the dS tile's bytes (hopper_dq_tma_aliased: both would
-// not fit in 227 KB beside the rings): then also a barrier between the dQ products' reads of
-// dS and the staging writes, and the wait moves ahead of the dS writes.
+// not fit in 227 KB beside the rings): then also a barrier after the wait (before the dS
+// writes) and one between the dQ products' reads of dS and the staging writes.
 //
 // Masks: a block needs one when partial or sticking out past Nk (hopper_bwd_needs_mask); then
 // fragment_keep_bits (row_interval per query, or element_kept -> keeps(): the rule of
