@@ -48,6 +48,14 @@ def _on_device(torch, dtype, arrays):
     return [torch.from_numpy(x).to(dt).cuda() for x in arrays]
 
 
+def test_info_names_both_variants():
+    info = spattn.info()
+    if info.get("cuda_compiled") != "yes":
+        pytest.skip("spattn was built without CUDA")
+    assert info["cuda_sm90a_backward_dq"].startswith("pass (default")
+    assert "SPATTN_CUDA_DQ=tma" in info["cuda_sm90a_backward_dq"]
+
+
 @pytest.mark.parametrize("name", list(cuda_test_patterns(300, 300, 4)))
 def test_patterns_every_kernel(hopper_tma, name):
     for dtype, d in _kernels():
