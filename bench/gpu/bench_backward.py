@@ -11,6 +11,12 @@ CUDA-event timed runs (triton.testing.do_bench when installed). Before timing, s
 gradients are compared with FlexAttention's or SDPA's on the same inputs (max |diff| per
 gradient, printed). The table is printed last and written to DIR/table_bwd.md, the raw numbers
 to DIR/bench_bwd.json.
+
+On a compute-capability 9.0 GPU with the sm90a backward compiled for bf16 D=128, every pattern
+also gets two rows of the sm90a backward (opted in per call with SPATTN_CUDA_BACKWARD=sm90a),
+one per way of forming dQ (issue #12, "measure both"): "spattn sm90a, dQ pass" (the query-major
+dQ kernel, deterministic, the default) and "spattn sm90a, dQ tma" (SPATTN_CUDA_DQ=tma: TMA
+reduce-add of fp32 dQ tiles from the dK/dV kernel, then a conversion). --no-sm90a drops them.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ def main() -> None:
     ap.add_argument("--out", default=".")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--repeats-ms", type=float, default=200.0, help="timing budget per row (ms)")
+    ap.add_argument("--no-sm90a", action="store_true", help="no rows for the sm90a backward's dQ variants")
     args = ap.parse_args()
 
     import numpy as np
@@ -59,6 +66,40 @@ def main() -> None:
         return lambda q, k, v: spattn.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                 pattern=pattern).transpose(1, 2)
 
+    # The sm90a backward's two dQ variants, where they run (env read on every call).
+    sm90a = (not args.no_sm90a and torch.cuda.get_device_capability() == (9, 0)
+             and "bfloat16:" in str(info.get("cuda_sm90a_backward_kernels", ""))
+             and "128" in str(info.get("cuda_sm90a_backward_kernels", "")).split("bfloat16:")[-1].split(";")[0])
+    sm90a_rows = [("spattn sm90a, dQ pass", dict(SPATTN_CUDA_BACKWARD="sm90a", SPATTN_CUDA_DQ="pass")),
+                  ("spattn sm90a, dQ tma", dict(SPATTN_CUDA_BACKWARD="sm90a", SPATTN_CUDA_DQ="tma"))] if sm90a else []
+
+    def with_env(f, env):
+        """f with os.environ updated for the call (spattn reads these on every call)."""
+        def g():
+            old = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                return f()
+            finally:
+                for k, v in old.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        return g
+
+    def add_sm90a(pname, n, pairs, f_sp, g_ref, ref_name):
+        """The sm90a rows of one pattern, each checked against g_ref (or unchecked if None)."""
+        for system, env in sm90a_rows:
+            f = with_env(f_sp, env)
+            check = ""
+            if g_ref is not None:
+                try:
+                    check = f"vs {ref_name} {gdiff(f(), g_ref)}"
+                except Exception as e:
+                    check = f"no check: {str(e).splitlines()[0][:80]}"
+            add(system, pname, n, pairs, f, check)
+
     def gdiff(ga, gb):
         return " ".join(f"{n}:{(a.float() - b.float()).abs().max().item():.2e}" for n, a, b in zip(("dq", "dk", "dv"), ga, gb))
 
@@ -77,7 +118,7 @@ def main() -> None:
         (q, k, v), dout = inputs(n)
         pairs = kept_pairs(pattern, n, H)
         f_sp = fwd_bwd(spattn_attn(pattern), q, k, v, dout)
-        check, f_flex = "", None
+        check, f_flex, g_ref = "", None, None
         if flex is not None:
             try:
                 bm = flex_block_mask(torch, pattern, n, H, 128, mask_mod)
@@ -87,11 +128,12 @@ def main() -> None:
                 torch.cuda.synchronize()
                 t_comp = time.perf_counter() - t0
                 check = f"vs flex {gdiff(f_sp(), g_ref)} (compile {t_comp:.1f} s)"
-                del g_ref
             except Exception as e:
                 print(f"  FlexAttention failed: {str(e).splitlines()[0][:200]}", flush=True)
-                f_flex = None
+                f_flex, g_ref = None, None
         add("spattn", pname, n, pairs, f_sp, check)
+        add_sm90a(pname, n, pairs, f_sp, g_ref, "flex")
+        del g_ref
         if f_flex is not None:
             add("FlexAttention", pname, n, pairs, f_flex)
         del q, k, v, dout
@@ -112,12 +154,15 @@ def main() -> None:
                     return F.scaled_dot_product_attention(a, b_, c, is_causal=causal)
             return fwd_bwd(attn, q, k, v, dout)
 
-        check = ""
+        check, g_ref = "", None
         try:
-            check = f"vs sdpa flash {gdiff(f_sp(), sdpa(SDPBackend.FLASH_ATTENTION)())}"
+            g_ref = sdpa(SDPBackend.FLASH_ATTENTION)()
+            check = f"vs sdpa flash {gdiff(f_sp(), g_ref)}"
         except Exception as e:
             check = f"no check: {str(e).splitlines()[0][:80]}"
         add("spattn", pname, n, pairs, f_sp, check)
+        add_sm90a(pname, n, pairs, f_sp, g_ref, "sdpa flash")
+        del g_ref
         add("torch SDPA flash (FA2)", pname, n, pairs, sdpa(SDPBackend.FLASH_ATTENTION))
         add("torch SDPA cuDNN", pname, n, pairs, sdpa(SDPBackend.CUDNN_ATTENTION))
 

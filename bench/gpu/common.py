@@ -120,8 +120,9 @@ class Rows:
             print(f"  {system:28s} {pname:34s} N={n:6d} unavailable: {msg}", flush=True)
 
     def _ratio(self, r):
-        """spattn against each peer timed on the same row: FlexAttention, SDPA flash, cuDNN."""
-        if not r["ms"] or r["system"] != "spattn":
+        """spattn (and its variants, "spattn ...") against each peer timed on the same row:
+        FlexAttention, SDPA flash, cuDNN."""
+        if not r["ms"] or not r["system"].startswith("spattn"):
             return ""
         out = []
         for system, short in (("FlexAttention", "Flex"), ("torch SDPA flash (FA2)", "FA2"),

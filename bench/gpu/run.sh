@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: build spattn with CUDA (all cores), run the GPU tests (forward
 # and backward, decode), time decode over a 1M-token paged cache (bench_decode.py), the forward and the forward+backward against torch SDPA (flash and cuDNN)
-# and FlexAttention, print the tables last.
+# and FlexAttention, print the tables last. On Hopper the forward+backward table also has rows
+# for the sm90a backward's two ways of forming dQ, "spattn sm90a, dQ pass" (the query-major dQ
+# kernel) and "spattn sm90a, dQ tma" (TMA reduce-add from the dK/dV kernel, SPATTN_CUDA_DQ=tma),
+# and the GPU tests include both (test_cuda_sm90_backward.py, test_cuda_sm90_dq_tma.py).
 #
 #   bash bench/gpu/run.sh            # from anywhere; results and logs under $OUT (or ./gpu-out)
 #   bash bench/gpu/run.sh --profile  # also a short Nsight Compute summary of spattn's kernels
@@ -20,7 +23,7 @@
 # GPU's own, 90a on Hopper, 80 on Ampere/Ada), BENCH_ARGS (extra arguments for
 # bench_forward.py, e.g. "--quick" or "--no-flex"), BENCH_PLANNER_ARGS (for bench_planner.py,
 # e.g. "--skip-1m"), BENCH_DECODE_ARGS (for bench_decode.py, e.g. "--pages 16"), BENCH_BWD_ARGS (extra arguments for
-# bench_backward.py, e.g. "--no-flex"), SKIP_BUILD=1 (reuse an installed build), SKIP_TESTS=1,
+# bench_backward.py, e.g. "--no-flex" or "--no-sm90a"), SKIP_BUILD=1 (reuse an installed build), SKIP_TESTS=1,
 # SKIP_BWD=1 (no backward tests or timings), SKIP_BWD_BENCH=1 (backward tests, no timings),
 # SKIP_BENCH=1 (tests only), SPATTN_TEST_KERNELS (e.g. "bfloat16:128,float16:64": the
 # (dtype, D) the per-kernel tests loop over), EXTRA_TESTS, TEST_TIMEOUT (default 300 s),

@@ -15,6 +15,12 @@
 //    against a float64 reference backward: every gradient element written exactly once (no
 //    accumulation across CTAs: deterministic by construction) and equal to the reference.
 // 4. Shared memory of each instantiation fits a Hopper CTA; tiles and head dims.
+// 5. dQ by TMA reduce-add (hopper_dq_tma_logic.hpp, SPATTN_CUDA_DQ=tma): the emulated dK/dV
+//    kernel also adds each part's dS K into an fp32 accumulator through the box and the
+//    accumulator view the kernel's TMA descriptor uses (hopper_dq_tma_box,
+//    hopper_dq_accum_view); the boxes of a visit tile its query tile exactly, every box lies
+//    in the accumulator and addresses what dqacc_offset() (the conversion kernel) reads; the
+//    converted dq equals the float64 reference. The smem budget with and without aliasing.
 //
 // What this cannot check: TMA, wgmma, fragment layouts in hardware, the mbarrier rings on the
 // device (their protocol is the forward's, model-checked in test_cuda_hopper_logic.cpp). Those
@@ -22,6 +28,7 @@
 #include <spattn/cuda/backward.hpp>
 #include <spattn/cuda/backward_logic.hpp>
 #include <spattn/cuda/hopper_bwd_logic.hpp>
+#include <spattn/cuda/hopper_dq_tma_logic.hpp>
 #include <spattn/cuda/hopper_logic.hpp>
 #include <spattn/spattn.hpp>
 
@@ -328,6 +335,13 @@ void test_emulation(const Case& cs, int d, uint32_t seed) {
   std::vector<int> wq(q.size() / size_t(d), 0), wk(k.size() / size_t(d), 0);
   const int sub = hopper_bwd_kv_sub(d);
   std::vector<int> keep;
+  // dQ by reduce-add (HopperDq::Tma): the fp32 accumulator the dK/dV kernel adds into, through
+  // the TMA view of it (element (row, y, h, b) at the dot product of coordinates and strides).
+  f.d = f.dv = d;
+  const DqAccumView av = hopper_dq_accum_view(p);
+  std::vector<float> acc(size_t(B * Hq * p.nq_pad * d), 0.f);
+  bool boxes_ok = av.shape[0] == p.nq_pad && av.shape[1] == d && av.shape[2] == Hq && av.shape[3] == B;
+  const int rows = hopper_dq_tma_rows(d);
   // dK / dV kernel.
   for (int64_t item = 0; item < hopper_bwd_kv_items(p); ++item) {
     const BwdWork w = bwd_cta_work(p, item);
@@ -339,6 +353,13 @@ void test_emulation(const Case& cs, int d, uint32_t seed) {
       const bool masked = vi.partial || tail;
       for (int part = 0; part < 128 / sub; ++part) {
         const int64_t i0 = vi.a * 128 + part * sub;
+        const DqBox box = hopper_dq_tma_box(vi, w.b, part, d);
+        // The parts' boxes tile the visit's query tile, inside the accumulator, at the offset
+        // the conversion kernel reads.
+        boxes_ok = boxes_ok && rows == sub && box.row == i0 && box.tile * rows == box.row &&
+                   box.row + rows <= p.nq_pad && box.h == vi.h && box.b == w.b &&
+                   box.row * av.stride[0] + box.h * av.stride[2] + box.b * av.stride[3] ==
+                       dqacc_offset(p, w.b, vi.h, i0);
         if (masked) {
           if (sub == 64) block_keeps<16, true>(f, vi.partial, vi.h, i0, w.c * 128, keep);
           else block_keeps<8, true>(f, vi.partial, vi.h, i0, w.c * 128, keep);
@@ -358,6 +379,9 @@ void test_emulation(const Case& cs, int d, uint32_t seed) {
             for (int y = 0; y < d; ++y) {
               adv[size_t(r * d + y)] += pp * do_at(w.b, i, vi.h, y);
               adk[size_t(r * d + y)] += ds * q_at(w.b, i, vi.h, y);
+              // Row x of the box, column y: dS (query i, key j) K (key j).
+              acc[size_t((box.row + x) * av.stride[0] + y * av.stride[1] + box.h * av.stride[2] +
+                         box.b * av.stride[3])] += ds * k_at(w.b, j, w.g, y);
             }
           }
         }
@@ -410,6 +434,14 @@ void test_emulation(const Case& cs, int d, uint32_t seed) {
       for (int y = 0; y < d; ++y) gdq[size_t(((w.b * Nq + i) * Hq + w.h) * d + y)] = adq[size_t(r * d + y)] * scale;
     }
   }
+  // The conversion kernel (kernels/backward.cu bwd_convert_dq): dq = scale * dq_accum.
+  std::vector<float> tdq(q.size(), NAN);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < Nq; ++i)
+        for (int y = 0; y < d; ++y)
+          tdq[size_t(((b * Nq + i) * Hq + h) * d + y)] = acc[size_t(dqacc_offset(p, b, h, i) + y)] * scale;
+  check(boxes_ok, cs.name + ", D=" + std::to_string(d) + ": reduce-add boxes tile the visits' query tiles in the accumulator");
   const bool once = std::all_of(wq.begin(), wq.end(), [](int x) { return x == 1; }) &&
                     std::all_of(wk.begin(), wk.end(), [](int x) { return x == 1; });
   check(once, cs.name + ", D=" + std::to_string(d) + ": every dq, dk, dv row written exactly once");
@@ -425,6 +457,9 @@ void test_emulation(const Case& cs, int d, uint32_t seed) {
   const double e = std::max({err(gdq, rdq), err(gdk, rdk), err(gdv, rdv)});
   check(e < 2e-4, cs.name + ", D=" + std::to_string(d) + ": emulated sm90a backward vs float64 (max rel error " +
                       std::to_string(e) + ")");
+  const double et = err(tdq, rdq);
+  check(et < 2e-4, cs.name + ", D=" + std::to_string(d) +
+                       ": emulated reduce-add dQ vs float64 (max rel error " + std::to_string(et) + ")");
 }
 
 void test_sizes() {
@@ -436,6 +471,21 @@ void test_sizes() {
     check(128 % hopper_bwd_kv_sub(d) == 0 && hopper_bwd_kv_sub(d) % 16 == 0,
           "dK/dV parts divide the tile and the wgmma k step");
   }
+  // dQ by reduce-add: one 64-row box per part, D split between the two warpgroups; the dK/dV
+  // kernel's shared memory with the dS and staging tiles fits, sharing their bytes at D = 128
+  // only (the sizes the kernel's static_asserts compare with sizeof).
+  for (int d : {64, 128})
+    for (int es : {2}) {
+      const std::string at = "D=" + std::to_string(d);
+      check(hopper_dq_tma_rows(d) == 64 && 2 * hopper_dq_tma_cols(d) == d &&
+                hopper_dq_tma_cols(d) % 8 == 0,
+            "reduce-add box and column split, " + at);
+      check(hopper_dq_tma_smem_bytes(d, es) + kHopperSmemSlack <= kHopperSmemLimit,
+            "reduce-add dK/dV kernel's shared memory fits, " + at);
+      check(hopper_dq_tma_aliased(d, es) == (d == 128), "staging tile aliases dS at D=128 only, " + at);
+      check(hopper_dq_tma_ds_bytes(d, es) == 128 * 64 * es && hopper_dq_tma_stage_bytes(d) == 64 * d * 4,
+            "dS and staging tile bytes, " + at);
+    }
   check(!hopper_bwd_head_dim(256) && !hopper_bwd_head_dim(32) && !hopper_bwd_head_dim(96),
         "other head dims stay on the sm80-style backward");
   check(hopper_bwd_nq_pad(0) == 0 && hopper_bwd_nq_pad(1) == 128 && hopper_bwd_nq_pad(256) == 256,

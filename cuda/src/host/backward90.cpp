@@ -7,10 +7,15 @@
 // 9.0 device runs it only when SPATTN_CUDA_BACKWARD=sm90a is set (read on every call, so one
 // process can run both); otherwise the sm80-style backward runs there as on 8.x.
 //
+// dQ: by the query-major dQ kernel (HopperDq::Pass, the default), or reduce-added by the dK/dV
+// kernel into an fp32 accumulator (HopperDq::Tma) when SPATTN_CUDA_DQ=tma (read on every call,
+// so that one process can time both; hopper_dq_tma_logic.hpp). deterministic=True always takes
+// the Pass path: the reduce-adds of different key tiles land in any order.
+//
 // Per call: check that the tensors suit TMA (16-byte aligned, strides positive multiples of 16
 // bytes, unit last stride) or go through compact copies (inputs) and temporaries copied back
-// (outputs); allocate lse2 and delta for nq_pad rows (no dq accumulator: dQ is written once by
-// the query-major pass); launch preprocess, dK/dV and dQ on the caller's stream.
+// (outputs); allocate lse2 and delta for nq_pad rows (and, with Tma, the dq accumulator);
+// launch preprocess, dK/dV and dQ (or the conversion) on the caller's stream.
 #include "backward90.hpp"
 
 #include <cstdlib>
@@ -23,6 +28,7 @@
 #include "launch_util.hpp"
 #include "spattn/cuda/backward.hpp"
 #include "spattn/cuda/hopper_bwd_logic.hpp"
+#include "spattn/cuda/hopper_dq_tma_logic.hpp"
 #include "spattn/error.hpp"
 #if SPATTN_CUDA_HAS_SM90A
 #include "sm90a/bwd90_api.hpp"
@@ -38,6 +44,17 @@ namespace {
 bool opted_in() {
   const char* e = std::getenv("SPATTN_CUDA_BACKWARD");
   return e != nullptr && std::strcmp(e, "sm90a") == 0;
+}
+
+// SPATTN_CUDA_DQ: pass (default) or tma; anything else is a mistake worth an error (a typo
+// would otherwise time the default twice).
+HopperDq dq_mode(bool deterministic) {
+  const char* e = std::getenv("SPATTN_CUDA_DQ");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "pass") == 0) return HopperDq::Pass;
+  if (std::strcmp(e, "tma") == 0) return deterministic ? HopperDq::Pass : HopperDq::Tma;
+  throw ValueError(std::string("SPATTN_CUDA_DQ=") + e +
+                   ": expected pass (the query-major dQ kernel, default) or tma (TMA reduce-add "
+                   "of dQ from the dK/dV kernel)");
 }
 
 bool backward90_built(DType dtype, int64_t d, int64_t dv) {
@@ -127,7 +144,10 @@ void attention_backward90(const BackwardProblem& p) {
   const bool rdk = have_k && !tma_fits(p.dk, p.dk_strides, k_shape, es);
   const bool rdv = have_k && !tma_fits(p.dv, p.dv_strides, v_shape, es);
   const size_t stat_elems = size_t(p.b * p.hq * nq_pad);
+  const HopperDq dq_how = have_q && have_k ? dq_mode(p.deterministic) : HopperDq::Pass;
   Repacks w{0, es};
+  const size_t acc_at = w.at;
+  if (dq_how == HopperDq::Tma) w.at += align16(stat_elems * size_t(p.d) * sizeof(float));
   const size_t lse2_at = w.at;
   w.at += align16(stat_elems * sizeof(float));
   const size_t delta_at = w.at;
@@ -179,13 +199,14 @@ void attention_backward90(const BackwardProblem& p) {
   bp.dk_sb = dks[0], bp.dk_sn = dks[1], bp.dk_sh = dks[2];
   bp.dv = dv;
   bp.dv_sb = dvs[0], bp.dv_sn = dvs[1], bp.dv_sh = dvs[2];
-  bp.dq_accum = nullptr;
+  bp.dq_accum = dq_how == HopperDq::Tma ? reinterpret_cast<float*>(base + acc_at) : nullptr;
   bp.lse2 = reinterpret_cast<float*>(base + lse2_at);
   bp.delta = reinterpret_cast<float*>(base + delta_at);
   bp.nq_pad = nq_pad;
 
-  check(sm90a::backward90(bp, kernel_dtype(p.dtype), stream),
+  check(sm90a::backward90(bp, kernel_dtype(p.dtype), dq_how, stream),
         std::string("launching the sm_90a wgmma backward kernels (") + dtype_name(p.dtype) +
+            (dq_how == HopperDq::Tma ? ", dQ by TMA reduce-add" : "") +
             ", D=" + std::to_string(p.d) + ", q " + dims_str(q_shape, 4) + ", k " +
             dims_str(k_shape, 4) + ")");
   if (rdq) check(arch->copy(dq, dqs, p.dq, p.dq_strides, q_shape, es, stream), "writing dq back");

@@ -402,6 +402,10 @@ class CudaBackend final : public Backend {
     info["cuda_sm90a_backward_default"] =
         "no: opt-in with SPATTN_CUDA_BACKWARD=sm90a on compute capability 9.0 until it has run "
         "correctly on a GPU; other head dims (256) use the sm80-style backward";
+    info["cuda_sm90a_backward_dq"] =
+        "pass (default: a query-major dQ kernel, deterministic); tma with SPATTN_CUDA_DQ=tma "
+        "(fp32 TMA reduce-add from the dK/dV kernel, not bitwise reproducible: "
+        "deterministic=True keeps pass)";
     // Decode: compiled and host-tested, not yet run on a GPU (cuda/README.md).
     info["cuda_decode"] =
         "float32, float16, bfloat16; D, Dv <= 256; contiguous and paged caches, split-K; score modifiers; "
@@ -457,6 +461,7 @@ class CudaBackend final : public Backend {
     p.staged_dev = staged_dev;
     p.allocator = call.allocator;
     p.device = call.device.device_id;
+    p.deterministic = call.deterministic;
     cuda::attention_backward(p);
     padded.finish();
   }

@@ -108,6 +108,20 @@ cudaError_t backward_preprocess(const BwdParams& p, KernelDType dtype, cudaStrea
   return cudaGetLastError();
 }
 
+// The dq conversion alone (the sm90a backward's reduce-add dQ, HopperDq::Tma).
+cudaError_t backward_convert_dq(const BwdParams& p, KernelDType dtype, cudaStream_t stream) {
+  const int64_t dq_rows = p.f.b * p.f.hq * p.f.nq;
+  if (dq_rows / (kRowThreads / 32) >= int64_t(INT32_MAX)) return cudaErrorInvalidConfiguration;
+  if (dq_rows == 0) return cudaSuccess;
+  if (dtype == KernelDType::Float16)
+    bwd_convert_dq<cute::half_t><<<row_blocks(dq_rows), kRowThreads, 0, stream>>>(p);
+  else if (dtype == KernelDType::BFloat16)
+    bwd_convert_dq<cute::bfloat16_t><<<row_blocks(dq_rows), kRowThreads, 0, stream>>>(p);
+  else
+    return cudaErrorNotSupported;
+  return cudaGetLastError();
+}
+
 cudaError_t backward(const BwdParams& p, KernelDType dtype, cudaStream_t stream) {
   if (p.f.d != p.f.dv) return cudaErrorNotSupported;
   if (dtype == KernelDType::Float32) {  // the same preprocess and conversion around the SIMT kernel

@@ -22,15 +22,24 @@ bool backward90_supported(KernelDType dtype, int head_dim) {
   return false;
 }
 
-cudaError_t backward90(const BwdParams& p, KernelDType dtype, cudaStream_t stream) {
+cudaError_t backward90(const BwdParams& p, KernelDType dtype, HopperDq dq, cudaStream_t stream) {
   if (p.f.d != p.f.dv || !backward90_supported(dtype, int(p.f.d))) return cudaErrorNotSupported;
-  const cudaError_t e = backward_preprocess(p, dtype, stream);
+  const bool tma = dq == HopperDq::Tma;
+  if (tma && (p.f.nq <= 0 || p.f.nk <= 0 || p.dq_accum == nullptr)) return cudaErrorInvalidValue;
+  cudaError_t e = backward_preprocess(p, dtype, stream);
   if (e != cudaSuccess) return e;
+  if (tma) {
+    e = cudaMemsetAsync(p.dq_accum, 0,
+                        size_t(p.f.b * p.f.hq * p.nq_pad * p.f.d) * sizeof(float), stream);
+    if (e != cudaSuccess) return e;
+  }
+  e = cudaErrorNotSupported;
 #define SPATTN_X(T, K, D) \
-  if (dtype == KernelDType::K && p.f.d == D) return bwd90::run90<cute::T, D>(p, stream);
+  if (dtype == KernelDType::K && p.f.d == D) e = bwd90::run90<cute::T, D>(p, dq, stream);
   SPATTN_BWD90_INSTANCES(SPATTN_X)
 #undef SPATTN_X
-  return cudaErrorNotSupported;
+  if (e != cudaSuccess || !tma) return e;
+  return backward_convert_dq(p, dtype, stream);
 }
 
 }  // namespace spattn::cuda::sm90a

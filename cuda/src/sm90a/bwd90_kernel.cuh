@@ -31,6 +31,24 @@
 // half (64 keys): S = Q K^T, dP = dO V^T, P, dS as above, dQ += dS K (K^T an MN-major view).
 // Epilogue: dQ *= scale into Q's buffer (own rows), one TMA store, Q released.
 //
+// dQ by TMA reduce-add instead (HopperDq::Tma, SPATTN_CUDA_DQ=tma; hopper_dq_tma_logic.hpp):
+// the dK/dV kernel instantiated with kTmaDq also forms, per visit and part, dQ_part = dS K
+// (64 queries x D, fp32) and adds it into the [B, Hq, nq_pad, D] accumulator with one TMA
+// reduce-add; the dQ kernel does not run, a conversion kernel writes dq = scale * accumulator.
+// Per part, once dV += P^T dO and dK += dS^T Q are complete:
+//   the thread that issued the previous part's reduce-add waits for its reads of the staging
+//     tile (cp.async.bulk.wait_group.read 0), ahead of the next barrier;
+//   dS^T -> the dS tile (stmatrix; each warpgroup its 64 key rows), fence.proxy.async (wgmma
+//     reads shared memory through the async proxy), barrier: both warpgroups' rows are there;
+//   dQ_part = dS K (wgmma, dS as an MN-major view of the dS tile, K^T one of K's buffer; the
+//     warpgroups split D, since each needs all 128 keys);
+//   acc -> the fp32 staging tile, fence.proxy.async (the TMA unit reads it through the async
+//     proxy), barrier, one thread issues cp.reduce.async.bulk.tensor (add) and commits it as a
+//     bulk group.
+// At D = 128 the staging tile shares the dS tile's bytes (hopper_dq_tma_aliased: both would
+// not fit in 227 KB beside the rings): then also a barrier after the wait (before the dS
+// writes) and one between the dQ products' reads of dS and the staging writes.
+//
 // Masks: a block needs one when partial or sticking out past Nk (hopper_bwd_needs_mask); then
 // fragment_keep_bits (row_interval per query, or element_kept -> keeps(): the rule of
 // predicate.hpp, one definition for CPU, sm80 and sm90a). Query rows past Nq need none (TMA
@@ -45,6 +63,7 @@
 #include "sm90a/fwd90_kernel.cuh"
 #include "spattn/cuda/backward_logic.hpp"
 #include "spattn/cuda/hopper_bwd_logic.hpp"
+#include "spattn/cuda/hopper_dq_tma_logic.hpp"
 
 namespace spattn::cuda::sm90a::bwd90 {
 
@@ -130,6 +149,39 @@ struct Traits {
                     sizeof(SmemQ) >= size_t(hopper_bwd_smem_bytes(kD, int(sizeof(T)), false)),
                 "hopper_bwd_smem_bytes() counts every buffer");
 
+  // dQ by TMA reduce-add (dK/dV kernel with kTmaDq): dS tile (128 keys x kDqRows queries, the
+  // input dtype, K-major like every tile: written by stmatrix from the dS^T accumulators) and
+  // its transposed view (queries, keys) read by wgmma as an MN-major A; dQ_part = dS K with the
+  // two consumer warpgroups side by side along D; the fp32 staging tile (kDqRows x D, 128-byte
+  // swizzled: the accumulator stores spread over the banks) that the reduce-add reads.
+  static constexpr int kDqRows = hopper_dq_tma_rows(kD);
+  static constexpr bool kDqAliased = hopper_dq_tma_aliased(kD, int(sizeof(T)));
+  using MmaDQ = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<T, T, float, Shape<_64, Int<hopper_dq_tma_cols(kD)>, Int<kTile>>,
+                           GMMA::Major::MN, GMMA::Major::MN>(),
+      Layout<Shape<_1, _2, _1>>{}));
+  static_assert(kDqRows == 64, "one wgmma M atom of queries per reduce-add box");
+  using LayoutDS = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kTile>, Int<kDqRows>>{}));
+  using LayoutDSt = decltype(composition(
+      LayoutDS{}, make_ordered_layout(Shape<Int<kDqRows>, Int<kTile>>{}, Step<_2, _1>{})));
+  using LayoutDQStage =
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{}, Shape<Int<kDqRows>, Int<kD>>{}));
+  static constexpr int kDsBytes = int(cute::cosize_v<LayoutDS> * sizeof(T));
+  static constexpr int kStageBytes = int(cute::cosize_v<LayoutDQStage> * sizeof(float));
+  static_assert(kDsBytes == hopper_dq_tma_ds_bytes(kD, int(sizeof(T))) &&
+                    kStageBytes == hopper_dq_tma_stage_bytes(kD) && kDsBytes % 1024 == 0,
+                "hopper_dq_tma_logic.hpp counts the dS and staging tiles");
+  static constexpr int kStageAt = kDqAliased ? 0 : kDsBytes;  // byte offset in SmemKVTma::dq
+  static constexpr int kDqBytes =
+      kDqAliased ? (kDsBytes > kStageBytes ? kDsBytes : kStageBytes) : kDsBytes + kStageBytes;
+  struct SmemKVTma {
+    SmemKV kv;
+    cute::array_aligned<unsigned char, kDqBytes, 1024> dq;
+  };
+  static_assert(sizeof(SmemKVTma) <= size_t(kHopperSmemLimit) &&
+                    sizeof(SmemKVTma) >= size_t(hopper_dq_tma_smem_bytes(kD, int(sizeof(T)))),
+                "the reduce-add dK/dV kernel's shared memory fits and is counted");
+
   // Global tensors as TMA sees them: (n, d, head, batch), strides in elements.
   using GShape = Shape<int32_t, int32_t, int32_t, int32_t>;
   using GStride = Stride<int64_t, _1, int64_t, int64_t>;
@@ -140,6 +192,10 @@ struct Traits {
                                          Shape<Int<kTile>, Int<kD>>{}, _1{}));
   using TmaStore = decltype(make_tma_copy(SM90_TMA_STORE{}, GOut{}, LayoutTile{},
                                           Shape<Int<kTile>, Int<kD>>{}, _1{}));
+  using GAcc =
+      decltype(make_tensor(make_gmem_ptr(static_cast<float*>(nullptr)), GShape{}, GStride{}));
+  using TmaReduce = decltype(make_tma_copy(SM90_TMA_REDUCE_ADD{}, GAcc{}, LayoutDQStage{},
+                                           Shape<Int<kDqRows>, Int<kD>>{}, _1{}));
 };
 
 template <class T, int kD>
@@ -147,10 +203,20 @@ struct Params {
   BwdParams p;
   typename Traits<T, kD>::TmaLoad tma_q, tma_do, tma_k, tma_v;
   typename Traits<T, kD>::TmaStore tma_dq, tma_dk, tma_dv;
+  // The fp32 dQ accumulator (HopperDq::Tma only; default-constructed and unused otherwise).
+  typename Traits<T, kD>::TmaReduce tma_dq_acc;
   // Nq, Nk and the head counts as the descriptors know them (an empty side's descriptors point
-  // at the other side's tensors, extent 1, and are never used).
-  int32_t nq_tma, nk_tma, hq_tma, hkv_tma;
+  // at the other side's tensors, extent 1, and are never used); nq_pad rows of the accumulator.
+  int32_t nq_tma, nk_tma, hq_tma, hkv_tma, nq_pad_tma;
 };
+
+// An 8-byte shared-memory store: CuTe applies the swizzle to the address as an integer, so a
+// plain store through the swizzled pointer comes out generic (ST.E) instead of STS.
+__device__ __forceinline__ void st_shared_f2(const float2* ptr, float2 v) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(cute::cast_smem_ptr_to_uint(ptr)),
+               "f"(v.x), "f"(v.y)
+               : "memory");
+}
 
 // Thread (row, col) -> register (r, x) helpers for fragment_keep_bits: the identity tensor of
 // the accumulator, viewed (rows, cols) as the wgmma C layout.
@@ -229,7 +295,10 @@ __device__ __forceinline__ void kv_producer(const Params<T, kD>& P,
   }
 }
 
-template <class T, int kD>
+// kTmaDq: also dQ_part = dS K per part, reduce-added from SmemKVTma::dq (the dS and staging
+// tiles; S is then that struct's first member) into the fp32 accumulator (see the top of this
+// file for the order of events).
+template <class T, int kD, bool kTmaDq>
 __device__ __forceinline__ void kv_consumer(const Params<T, kD>& P,
                                             typename Traits<T, kD>::SmemKV& S, int ctid) {
   using Tr = Traits<T, kD>;
@@ -283,12 +352,27 @@ __device__ __forceinline__ void kv_consumer(const Params<T, kD>& P,
   auto sts = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, T>{}, mma_acc);
   auto sts_thr = sts.get_thread_slice(ctid);
 
+  // dQ by reduce-add: dS^T accumulators -> dS tile (stmatrix, the S^T tiles' own C layout);
+  // dQ_part accumulators -> staging tile.
+  typename Tr::MmaDQ mma_dq;
+  auto sts_ds = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, T>{}, mma_sdp);
+  // The tiles' addresses are made where used, from the shared-memory base passed through an
+  // opaque copy (and, for the staging writes, the thread index): hoisted out of the loops, the
+  // per-thread stmatrix, staging and descriptor addresses stayed live across them and were
+  // spilled (nvcc 13.0, D = 128: 216 bytes, then 44; none now).
+  auto& SD = reinterpret_cast<typename Tr::SmemKVTma&>(S);
+
   PipeState ring;
   uint32_t kv_phase = 0;
   for (PersistentWork wk(blockIdx.x, gridDim.x, hopper_bwd_kv_items(p)); wk.valid();
        wk.advance()) {
-    const BwdWork w = bwd_cta_work(p, wk.item);
-    const int64_t j0 = w.c * kTile;
+    // The item's coordinates in 32 bits (TMA coordinates are): as 64-bit values, live across
+    // the whole item, ptxas spilled them (nvcc 13.0, D = 128).
+    const BwdWork w64 = bwd_cta_work(p, wk.item);
+    const struct {
+      int32_t b, g, c;
+    } w = {int32_t(w64.b), int32_t(w64.g), int32_t(w64.c)};
+    const int64_t j0 = int64_t(w.c) * kTile;
     const bool tail = hopper_bwd_needs_mask(f.nk, false, w.c);
     clear(acc_dk);
     clear(acc_dv);
@@ -354,6 +438,64 @@ __device__ __forceinline__ void kv_consumer(const Params<T, kD>& P,
         warpgroup_fence_operand(acc_dk);
         warpgroup_fence_operand(rP);
         warpgroup_fence_operand(rDS);
+        if constexpr (kTmaDq) {
+          // After dV and dK are complete: stmatrix may not read dS^T's registers while a wgmma
+          // reads them, and P^T's registers are free before dQ_part's accumulators and
+          // descriptors are live (done beside the dV / dK products, ptxas spilled).
+          // The previous part's reduce-add must have read the staging tile before this part
+          // writes it (and, aliased, before dS is written): its issuing thread waits here,
+          // behind this part's S, dP, softmax, dV and dK, ahead of a barrier every consumer
+          // passes before those writes. Not aliased, the previous part's dQ products (the only
+          // readers of the dS tile) completed before its staging barrier.
+          if (ctid == 0) tma_store_wait<0>();
+          if constexpr (Tr::kDqAliased) consumers_sync(Tr::kConsumerThreads);
+          T* dsw = reinterpret_cast<T*>(SD.dq.data());
+          asm volatile("" : "+l"(dsw));
+          auto sts_ds_thr = sts_ds.get_thread_slice(ctid);
+          copy(sts_ds, sts_ds_thr.retile_S(rDS),
+               sts_ds_thr.partition_D(make_tensor(make_smem_ptr(dsw), typename Tr::LayoutDS{})));
+          // stmatrix writes through the generic proxy, wgmma reads through the async one.
+          cutlass::arch::fence_view_async_shared();
+          // Both warpgroups' dS rows are written (and, not aliased, the staging tile is free).
+          consumers_sync(Tr::kConsumerThreads);
+          Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<Tr::kDqRows>, Int<kD>>{});
+          // Descriptors from opaque bases, made per product (as K's and V's above).
+          T* dsb = reinterpret_cast<T*>(SD.dq.data());
+          T* kb = S.k.data();
+          asm volatile("" : "+l"(dsb), "+l"(kb));
+          auto thr_dq = mma_dq.get_thread_slice(ctid);
+          Tensor tQrDS =
+              thr_dq.partition_fragment_A(make_tensor(make_smem_ptr(dsb), typename Tr::LayoutDSt{}));
+          Tensor tQrKt =
+              thr_dq.partition_fragment_B(make_tensor(make_smem_ptr(kb), typename Tr::LayoutTileT{}));
+          wg_gemm<true, 0>(mma_dq, tQrDS, tQrKt, acc_dq);
+          // Aliased: both warpgroups' products have read dS before either overwrites it.
+          if constexpr (Tr::kDqAliased) consumers_sync(Tr::kConsumerThreads);
+          // Pairs of adjacent columns as 8-byte shared stores (the swizzle moves 16-byte
+          // chunks), addresses made here from the thread index passed opaquely.
+          int t = ctid;
+          asm volatile("" : "+r"(t));
+          Tensor sStage = make_tensor(make_smem_ptr(reinterpret_cast<float*>(SD.dq.data() + Tr::kStageAt)),
+                                      typename Tr::LayoutDQStage{});
+          Tensor tDQsStage = recast<float2>(mma_dq.get_thread_slice(t).partition_C(sStage));
+          Tensor tDQrDQ = recast<float2>(acc_dq);
+          CUTE_UNROLL
+          for (int x = 0; x < size(tDQrDQ); ++x) st_shared_f2(&tDQsStage(x), tDQrDQ(x));
+          // Generic-proxy writes that the TMA unit (async proxy) reads next.
+          cutlass::arch::fence_view_async_shared();
+          consumers_sync(Tr::kConsumerThreads);
+          if (ctid == 0) {
+            const DqBox box = hopper_dq_tma_box(v, w.b, half, kD);
+            Tensor mAcc = P.tma_dq_acc.get_tma_tensor(
+                make_shape(P.nq_pad_tma, int32_t(kD), P.hq_tma, int32_t(f.b)));
+            Tensor gAcc = local_tile(mAcc(_, _, box.h, box.b), Shape<Int<Tr::kDqRows>, Int<kD>>{},
+                                     make_coord(box.tile, _0{}));
+            auto [tAg, tAs] = tma_partition(P.tma_dq_acc, _0{}, Layout<_1>{},
+                                            group_modes<0, 2>(sStage), group_modes<0, 2>(gAcc));
+            copy(P.tma_dq_acc, tAs, tAg);
+            tma_store_arrive();  // one bulk group per part; waited before the next writes
+          }
+        }
       }
       __syncwarp();
       if (lane == 0) arrive_barrier(S.q_empty[ring.stage]);
@@ -394,13 +536,16 @@ __device__ __forceinline__ void kv_consumer(const Params<T, kD>& P,
       copy(P.tma_dk, tKsK, tKgK);
       copy(P.tma_dv, tVsV, tVgV);
       tma_store_arrive();
-      tma_store_wait<0>();  // shared memory read: K and V may be refilled
+      // Shared memory read: K and V may be refilled (this also waits for this thread's
+      // reduce-adds of dQ, so none is in flight when the kernel ends).
+      tma_store_wait<0>();
       arrive_barrier(S.kv_empty);
     }
   }
 }
 
-template <class T, int kD>
+// kTmaDq: shared memory is Traits::SmemKVTma (SmemKV first, then the dS / staging tiles).
+template <class T, int kD, bool kTmaDq>
 __global__ void __launch_bounds__(Traits<T, kD>::kThreads, 1)
     dkdv90_kernel(const __grid_constant__ Params<T, kD> P) {
   using Tr = Traits<T, kD>;
@@ -412,6 +557,7 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads, 1)
     prefetch_tma_descriptor(P.tma_do.get_tma_descriptor());
     prefetch_tma_descriptor(P.tma_k.get_tma_descriptor());
     prefetch_tma_descriptor(P.tma_v.get_tma_descriptor());
+    if constexpr (kTmaDq) prefetch_tma_descriptor(P.tma_dq_acc.get_tma_descriptor());
     initialize_barrier(S.kv_full, 1);
     initialize_barrier(S.kv_empty, 1);  // the thread that stored dK and dV
     for (int s = 0; s < Tr::kStages; ++s) {
@@ -428,7 +574,7 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads, 1)
     if (tid == 0) kv_producer<T, kD>(P, S);
   } else {
     cutlass::arch::warpgroup_reg_alloc<240>();
-    kv_consumer<T, kD>(P, S, tid - 128);
+    kv_consumer<T, kD, kTmaDq>(P, S, tid - 128);
   }
 }
 
@@ -658,9 +804,11 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads, 1)
 
 // Launches dK/dV then dQ on `stream` (lse2 and delta already computed for nq_pad rows).
 // Pointers 16-byte aligned, strides of extent > 1 positive multiples of 16 bytes (the launcher
-// repacks other tensors; checked again: cudaErrorInvalidValue).
+// repacks other tensors; checked again: cudaErrorInvalidValue). HopperDq::Tma: the dK/dV kernel
+// reduce-adds dQ into p.dq_accum (zeroed, [B, Hq, nq_pad, D] fp32, 16-byte aligned; the caller
+// converts it) and the dQ kernel does not run; Nq and Nk must be positive.
 template <class T, int kD>
-cudaError_t run90(const BwdParams& p, cudaStream_t stream) {
+cudaError_t run90(const BwdParams& p, HopperDq dq, cudaStream_t stream) {
   using Tr = Traits<T, kD>;
   using fwd90::tma_ok;
   using fwd90::tma_stride;
@@ -677,6 +825,10 @@ cudaError_t run90(const BwdParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   if (p.nq_pad % kHopperBwdBlockM != 0 || (have_q && f.sched == nullptr))
     return cudaErrorInvalidValue;  // the layout must be staged for 128 x 128 with its rows
+  const bool tma_dq = dq == HopperDq::Tma;
+  if (tma_dq && (!have_q || !have_k || p.dq_accum == nullptr ||
+                 reinterpret_cast<uintptr_t>(p.dq_accum) % 16 != 0 || f.d != kD))
+    return cudaErrorInvalidValue;
 
   int dev = 0, sms = 0;
   cudaError_t e = cudaGetDevice(&dev);
@@ -730,18 +882,35 @@ cudaError_t run90(const BwdParams& p, cudaStream_t stream) {
   P.tma_dv = store(vdv);
   P.hq_tma = int32_t(vq.h);
   P.hkv_tma = int32_t(vk.h);
+  P.nq_pad_tma = int32_t(p.nq_pad);
+  if (tma_dq) {
+    // The accumulator's (row, d, head, batch) view: boxes of kDqRows x D, never clipped.
+    const DqAccumView a = hopper_dq_accum_view(p);
+    P.tma_dq_acc = make_tma_copy(
+        SM90_TMA_REDUCE_ADD{},
+        make_tensor(make_gmem_ptr(p.dq_accum),
+                    make_shape(int32_t(a.shape[0]), int32_t(kD), int32_t(a.shape[2]),
+                               int32_t(a.shape[3])),
+                    make_stride(tma_stride(a.stride[0], a.shape[0]), _1{},
+                                tma_stride(a.stride[2], a.shape[2]),
+                                tma_stride(a.stride[3], a.shape[3]))),
+        typename Tr::LayoutDQStage{}, Shape<Int<Tr::kDqRows>, Int<kD>>{}, _1{});
+  }
 
   const int64_t kv_items = have_k ? hopper_bwd_kv_items(p) : 0;
+  auto launch_kv = [&](auto kernel, size_t smem) {
+    cudaError_t r = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(smem));
+    if (r != cudaSuccess) return r;
+    kernel<<<dim3(unsigned(persistent_grid(kv_items, sms))), dim3(Tr::kThreads), smem, stream>>>(P);
+    return cudaGetLastError();
+  };
   if (kv_items > 0) {
-    auto kernel = &dkdv90_kernel<T, kD>;
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(sizeof(typename Tr::SmemKV)));
-    if (e != cudaSuccess) return e;
-    kernel<<<dim3(unsigned(persistent_grid(kv_items, sms))), dim3(Tr::kThreads),
-             sizeof(typename Tr::SmemKV), stream>>>(P);
-    e = cudaGetLastError();
+    e = tma_dq ? launch_kv(&dkdv90_kernel<T, kD, true>, sizeof(typename Tr::SmemKVTma))
+               : launch_kv(&dkdv90_kernel<T, kD, false>, sizeof(typename Tr::SmemKV));
     if (e != cudaSuccess) return e;
   }
+  if (tma_dq) return cudaSuccess;  // dQ is in p.dq_accum
   const int64_t q_items = have_q ? hopper_bwd_q_items(p) : 0;
   if (q_items > 0) {
     auto kernel = &dq90_kernel<T, kD>;
@@ -759,5 +928,5 @@ cudaError_t run90(const BwdParams& p, cudaStream_t stream) {
 
 #define SPATTN_BWD90_INSTANTIATE(T, D)                                                   \
   namespace spattn::cuda::sm90a::bwd90 {                                                 \
-  template cudaError_t run90<T, D>(const BwdParams&, cudaStream_t);                      \
+  template cudaError_t run90<T, D>(const BwdParams&, HopperDq, cudaStream_t);            \
   }

@@ -84,6 +84,9 @@ struct BackwardProblem {
   void* stream = nullptr;               // cudaStream_t; nullptr: the legacy default stream
   int device = 0;                       // the device the tensors live on
   const Allocator* allocator = nullptr;  // workspace (dq accumulator, repacks); nullptr: own
+  // Bitwise reproducible gradients asked for: the sm90a backward then keeps its query-major dQ
+  // pass whatever SPATTN_CUDA_DQ says (backward90.cpp).
+  bool deterministic = false;
 };
 
 // Runs the backward on `p.stream` (asynchronously: returns once the work is queued; the layout
