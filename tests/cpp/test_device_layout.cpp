@@ -71,7 +71,7 @@ static bool emulate(const CompiledPattern& cp, int64_t bq, int64_t bk, BlockLayo
   // The schedule: entries h * nqb + a, keys their row's cost, stable descending (cub's sort).
   sched->resize(size_t(plan.sched_len));
   std::iota(sched->begin(), sched->end(), 0);
-  auto key = [&](int32_t e) { return p.cost[p.lheads == 1 ? e % p.nqb : e]; };
+  auto key = [&](int32_t e) { return schedule_key(p, e); };
   std::stable_sort(sched->begin(), sched->end(),
                    [&](int32_t a, int32_t b) { return key(a) > key(b); });
   return true;

@@ -13,6 +13,7 @@
 
 #include "backend/backend.hpp"
 #include "decode_launch.hpp"
+#include "device_layout.hpp"
 #include "launch_util.hpp"
 #include "pad.hpp"
 #include "spattn/cuda/backend_info.hpp"
@@ -221,10 +222,20 @@ class CudaBackend final : public Backend {
   void forward(const Attention& a, const CompiledPattern& cp, const Call& call) override {
     if (a.s.b == 0 || a.s.nq == 0) return;
     const Tile t = tile(Op::Forward, a.s, a.dtype, call);
-    const BlockLayout& layout = cp.layout_for(t.bq, t.bk);
-    auto dev = std::static_pointer_cast<OnDevice<cuda::StagedForward>>(
-        cp.attachment(key_of("cuda-fwd", call, t, 0), [&]() -> std::shared_ptr<void> {
-          return upload(cuda::stage_forward(layout, cp.predicate(), a.s.nq, a.s.nk, a.s.hq, t.bq, t.bk),
+    // Compiled on the device where the pattern's leaves allow it (device_layout.hpp), else on
+    // the host and uploaded; once per (pattern, sizes, tile, device, compiler).
+    const bool on_device = layout_on_device_requested();
+    auto dev = std::static_pointer_cast<OnDevice<cuda::StagedForward>>(cp.attachment(
+        key_of(on_device ? "cuda-fwd-dev" : "cuda-fwd", call, t, 0), [&]() -> std::shared_ptr<void> {
+          if (on_device) {
+            auto r = std::make_shared<OnDevice<cuda::StagedForward>>();
+            if (compile_forward_layout_on_device(cp, t.bq, t.bk, call.device.device_id,
+                                                 static_cast<cudaStream_t>(call.stream),
+                                                 &r->staged, &r->blob))
+              return r;
+          }
+          return upload(cuda::stage_forward(cp.layout_for(t.bq, t.bk), cp.predicate(), a.s.nq,
+                                            a.s.nk, a.s.hq, t.bq, t.bk),
                         call);
         }));
     cuda::PaddedForward padded(a, call);  // the kernel's head dim, and temporaries if it differs

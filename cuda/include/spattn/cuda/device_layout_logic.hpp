@@ -9,9 +9,10 @@
 // leaf keeps the host compiler (pattern/layout.cpp) and its cached upload.
 //
 // One thread per layout row (layout head, query tile), three launches on the caller's stream:
-//   1. count: evaluate the row (leaves into per-node scratch slots of fixed capacity, Or / And
-//      sweep-merge two slots, the root streams into the emitter, which settles ambiguous
-//      blocks by element checks, as layout.cpp does), write the row's full / partial range
+//   1. count: evaluate the row (every node into its scratch slot of fixed capacity: leaves by
+//      their block rule, Or / And sweep-merge two slots; then the root's ranges into the
+//      emitter, which settles ambiguous blocks by element checks, as layout.cpp does), write
+//      the row's full / partial range
 //      counts and its cost (2 per full block, 3 per partial, make_schedule's);
 //   2. scan the counts into full_ptr / part_ptr (one CTA);
 //   3. fill: evaluate again and write the ranges at the row's offsets.
@@ -81,12 +82,15 @@ SPATTN_HD bool leaf_has_block_ranges(const PredNode& n) {
   }
 }
 
-template <class Out>
-SPATTN_HD void leaf_block_ranges(const PredNode& n, int64_t h, const brange::Ctx& x, Out& out) {
+// A leaf's ranges for the current row into its slot. Called, not inlined, from the kernel: every
+// rule's block rule is inlined here, and keeping it out of the caller keeps the row kernel's
+// registers at what one rule needs.
+SPATTN_HD_CALL void leaf_block_ranges(const PredNode& n, int64_t h, const brange::Ctx& x,
+                                      brange::RangeSink* out) {
   switch (n.kind) {
 #define SPATTN_RULE(name)                                                 \
   case PredKind::name:                                                    \
-    detail::rule_block_ranges(n.u.name, n.data, h, x, out);               \
+    detail::rule_block_ranges(n.u.name, n.data, h, x, *out);              \
     break;
 #include "spattn/kind_rules.inc"
 #undef SPATTN_RULE
@@ -113,7 +117,7 @@ struct DevLayoutParams {
   Predicate pred;  // device pointers
   int64_t nq = 0, nk = 0, bq = 1, bk = 1, nqb = 0, nkb = 0, off = 0, cap = 64;
   int64_t lheads = 1, hq = 1;
-  // Scratch of merge programs: row r's slots start at scratch + r * row_stride; node x's slot
+  // Scratch: row r's slots start at scratch + r * row_stride; node x's slot
   // at slot_off[x] with capacity slot_cap[x] ranges.
   brange::Seg* scratch = nullptr;
   int64_t row_stride = 0;
@@ -133,6 +137,24 @@ struct DevLayoutParams {
 
   SPATTN_HD int64_t rows() const { return lheads * nqb; }
 };
+
+// Everything the launches need: the rows' parameters and the schedule's sort (entries
+// h * nqb + a keyed by their layout row's cost; keys_in / vals_in made by a kernel).
+struct DevLayoutLaunch {
+  DevLayoutParams p;
+  uint32_t* keys_in = nullptr;
+  uint32_t* keys_out = nullptr;
+  int32_t* vals_in = nullptr;
+  int32_t* sched = nullptr;
+  int64_t sched_len = 0;
+  void* sort_temp = nullptr;
+  size_t sort_temp_bytes = 0;
+};
+
+// The sort key of schedule entry e (make_schedule's cost of its row).
+SPATTN_HD uint32_t schedule_key(const DevLayoutParams& p, int64_t e) {
+  return p.cost[p.lheads == 1 ? e % p.nqb : e];
+}
 
 // One class of a row's output (full or partial ranges): appended with merging, written at
 // [base, base + n) in fill mode, counted otherwise.
@@ -176,7 +198,7 @@ struct RowEmit {
   int64_t h, r0, r1, nk, bk;
   CsrOut full, part;
 
-  SPATTN_HD uint8_t settle(int64_t c) const {
+  SPATTN_HD_CALL uint8_t settle(int64_t c) const {
     const int64_t k0 = c * bk, k1 = brange::imin(nk, (c + 1) * bk) - 1;
     bool any = false, none_missing = true;
     for (int64_t i = r0; i <= r1; ++i)
@@ -211,9 +233,8 @@ struct RowEmit {
 // either keeps (full if one is full; ambiguous if both are not full), an intersection keeps a
 // block both keep (full if both are; partial if one is full and the other partial; else
 // ambiguous). Per block the classes layout.cpp's n-ary merge gives.
-template <class Out>
-SPATTN_HD void merge_rows2(const brange::Seg* A, int64_t na, const brange::Seg* B, int64_t nb,
-                           bool is_union, Out& out) {
+SPATTN_HD_CALL void merge_rows2(const brange::Seg* A, int64_t na, const brange::Seg* B,
+                                int64_t nb, bool is_union, brange::RangeSink& out) {
   constexpr int64_t kEnd = INT64_MAX;
   int64_t i = 0, j = 0;
   int64_t ca = na ? A[0].lo : kEnd, cb = nb ? B[0].lo : kEnd;
@@ -280,40 +301,33 @@ SPATTN_HD void compile_layout_row(const DevLayoutParams& p, int64_t r, bool fill
   }
   bool overflow = false;
   if (p.nk > 0) {
+    // Every node's ranges go to its slot (the root's too), then the root's to the emitter.
     const int64_t hh = p.pred.heads == 1 ? 0 : h;
     const int32_t b = p.pred.head_begin[hh], e = p.pred.head_end[hh];
-    if (e - b == 1) {
-      leaf_block_ranges(p.pred.nodes[b], h, x, em);
-    } else {
-      brange::Seg* row = p.scratch + r * p.row_stride;
-      int32_t st[kMaxPredDepth];
-      int64_t stn[kMaxPredDepth];
-      int sp = 0;
-      for (int32_t k = b; k < e; ++k) {
-        const PredNode& n = p.pred.nodes[k];
-        const bool op = n.kind == PredKind::Or || n.kind == PredKind::And;
-        if (op && k == e - 1) {  // the root: straight to the emitter
-          merge_rows2(row + p.slot_off[st[sp - 2]], stn[sp - 2], row + p.slot_off[st[sp - 1]],
-                      stn[sp - 1], n.kind == PredKind::Or, em);
-          break;
-        }
-        brange::RangeSink s;
-        s.seg = row + p.slot_off[k];
-        s.cap = p.slot_cap[k];
-        if (op) {
-          merge_rows2(row + p.slot_off[st[sp - 2]], stn[sp - 2], row + p.slot_off[st[sp - 1]],
-                      stn[sp - 1], n.kind == PredKind::Or, s);
-          sp -= 2;
-        } else {
-          leaf_block_ranges(n, h, x, s);
-        }
-        s.finish();
-        overflow = overflow || s.overflow;
-        st[sp] = k;
-        stn[sp] = s.n;
-        ++sp;
+    brange::Seg* row = p.scratch + r * p.row_stride;
+    int32_t st[kMaxPredDepth];
+    int64_t stn[kMaxPredDepth];
+    int sp = 0;
+    for (int32_t k = b; k < e; ++k) {
+      const PredNode& n = p.pred.nodes[k];
+      brange::RangeSink s;
+      s.seg = row + p.slot_off[k];
+      s.cap = p.slot_cap[k];
+      if (n.kind == PredKind::Or || n.kind == PredKind::And) {
+        merge_rows2(row + p.slot_off[st[sp - 2]], stn[sp - 2], row + p.slot_off[st[sp - 1]],
+                    stn[sp - 1], n.kind == PredKind::Or, s);
+        sp -= 2;
+      } else {
+        leaf_block_ranges(n, h, x, &s);
       }
+      s.finish();
+      overflow = overflow || s.overflow;
+      st[sp] = k;
+      stn[sp] = s.n;
+      ++sp;
     }
+    const brange::Seg* root = row + p.slot_off[st[0]];
+    for (int64_t t = 0; t < stn[0]; ++t) em.put(root[t].lo, root[t].hi, root[t].cls);
   }
   em.full.flush();
   em.part.flush();
@@ -360,6 +374,19 @@ struct DeviceLayoutPlan {
     p.overflow = reinterpret_cast<int32_t*>(b + overflow);
     return p;
   }
+  DevLayoutLaunch launch(void* base) const {
+    unsigned char* b = static_cast<unsigned char*>(base);
+    DevLayoutLaunch l;
+    l.p = bind(base);
+    l.keys_in = reinterpret_cast<uint32_t*>(b + keys_in);
+    l.keys_out = reinterpret_cast<uint32_t*>(b + keys_out);
+    l.vals_in = reinterpret_cast<int32_t*>(b + vals_in);
+    l.sched = reinterpret_cast<int32_t*>(b + staged.sched);
+    l.sched_len = sched_len;
+    l.sort_temp = b + sort_temp;
+    l.sort_temp_bytes = sort_temp_bytes;
+    return l;
+  }
 };
 
 // Why the pattern's layout cannot be compiled on the device (empty: it can): a leaf without a
@@ -401,7 +428,7 @@ inline bool plan_device_layout(const Predicate& pred, int64_t nq, int64_t nk, in
     return false;
   }
   // Bounds, slots: per head program, a leaf's slot holds its bound, a merge's twice the sum of
-  // its operands' (each boundary of the result is one of theirs); the root needs none.
+  // its operands' (each boundary of the result is one of theirs).
   brange::Ctx x{nq, nk, bq, bk, nk - nq, p.nkb, cap, 0, 0, 0, 0};
   int32_t nend = 0;
   for (int64_t h = 0; h < pred.heads; ++h) nend = std::max(nend, pred.head_end[h]);
@@ -424,11 +451,9 @@ inline bool plan_device_layout(const Predicate& pred, int64_t nq, int64_t nk, in
         partials += std::min<int64_t>(bd.partial_blocks, p.nkb);
       }
       st.push_back(c);
-      if (e - b > 1 && k < e - 1) {
-        slot_off[size_t(k)] = used;
-        slot_cap[size_t(k)] = c;
-        used += c;
-      }
+      slot_off[size_t(k)] = used;
+      slot_cap[size_t(k)] = c;
+      used += c;
     }
     row_stride = std::max(row_stride, used);
     const int64_t root = st.empty() ? 0 : st.back();
