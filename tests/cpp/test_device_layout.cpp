@@ -44,11 +44,11 @@ static bool emulate(const CompiledPattern& cp, int64_t bq, int64_t bk, BlockLayo
   if (!plan_device_layout(pred, cp.nq(), cp.nk(), cp.hq(), bq, bk, cap, 0, size_t(1) << 30, &plan,
                           why))
     return false;
-  std::vector<unsigned char> mem(plan.total + 16);
+  std::vector<unsigned char> mem(plan.total + 16), temp(plan.temp_total + 16);
   unsigned char* base = mem.data();
   plan.staged.relocate_nodes(base);
   std::memcpy(base, plan.staged.blob.data(), plan.staged.blob.size());
-  const DevLayoutParams p = plan.bind(base);
+  const DevLayoutParams p = plan.bind(base, temp.data());
   *p.overflow = 0;
   const int64_t rows = p.rows();
   for (int64_t r = 0; r < rows; ++r) compile_layout_row(p, r, false);  // kernel 1
@@ -225,6 +225,17 @@ int main() {
     Pattern p = random_pattern(nq, nk, hq, 0);
     // Document fits only Nk == its total; the random leaf made it for nk.
     compare(p, nq, nk, hq, t[0], t[1]);
+  }
+
+  // Longer rows (small tiles, a few thousand keys): many ranges per row, the bounds' worst
+  // cases (periodic leaves near the budget, unions settling many blocks).
+  for (int it = 0; it < 120; ++it) {
+    const int64_t nk = rnd(1000, 5000);
+    const int64_t nq = rnd(0, 1) ? nk : rnd(1, 5000);
+    const int64_t hq = rnd(1, 2);
+    const int64_t small[][2] = {{16, 16}, {64, 32}, {32, 48}};
+    const auto& t = small[rnd(0, 2)];
+    compare(random_pattern(nq, nk, hq, 1), nq, nk, hq, t[0], t[1]);
   }
 
   // Tiny range budgets: the periodic leaves' over-budget paths.

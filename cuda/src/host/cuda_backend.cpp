@@ -231,7 +231,7 @@ class CudaBackend final : public Backend {
             auto r = std::make_shared<OnDevice<cuda::StagedForward>>();
             if (compile_forward_layout_on_device(cp, t.bq, t.bk, call.device.device_id,
                                                  static_cast<cudaStream_t>(call.stream),
-                                                 &r->staged, &r->blob))
+                                                 call.allocator, &r->staged, &r->blob))
               return r;
           }
           return upload(cuda::stage_forward(cp.layout_for(t.bq, t.bk), cp.predicate(), a.s.nq,

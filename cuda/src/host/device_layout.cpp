@@ -51,7 +51,8 @@ bool layout_on_device_requested() {
 }
 
 bool compile_forward_layout_on_device(const CompiledPattern& cp, int64_t bq, int64_t bk,
-                                      int device, cudaStream_t stream, StagedForward* staged,
+                                      int device, cudaStream_t stream,
+                                      const Allocator* allocator, StagedForward* staged,
                                       DeviceBlob* blob) {
   const LayoutFns* fns = layout_fns(device);
   if (fns == nullptr) return false;
@@ -74,7 +75,9 @@ bool compile_forward_layout_on_device(const CompiledPattern& cp, int64_t bq, int
   allocate_blob(*blob, plan.total);
   plan.staged.relocate_nodes(blob->dev);
   upload_blob(*blob, plan.staged.blob, stream);
-  check(fns->compile(plan.launch(blob->dev), stream), "launching the device layout compile");
+  // Scratch slots, costs and the sort's buffers: only while the launches run.
+  DeviceScratch temp(plan.temp_total, stream, device_info(device).pools, allocator, device);
+  check(fns->compile(plan.launch(blob->dev, temp.p), stream), "launching the device layout compile");
   *staged = std::move(plan.staged);
   return true;
 }

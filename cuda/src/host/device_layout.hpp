@@ -17,13 +17,15 @@ namespace spattn::cuda::launch {
 bool layout_on_device_requested();
 
 // Compiles cp's layout for bq x bk tiles on `device`, on `stream`, into *staged (offsets into
-// *blob) and *blob (allocated here, on blob->device). No host synchronisation, no pageable copy:
+// *blob) and *blob (allocated here, on blob->device; the compile's temporaries come from
+// `allocator` when given, else stream-ordered). No host synchronisation, no pageable copy:
 // the program and its data go up from pinned memory, the kernels make the rest. Returns false
 // (touching nothing) when the pattern has a leaf without a device block rule, the buffers
 // would exceed the bound, or the stream is capturing a graph: the caller then uses the host
 // compiler.
 bool compile_forward_layout_on_device(const CompiledPattern& cp, int64_t bq, int64_t bk,
-                                      int device, cudaStream_t stream, StagedForward* staged,
+                                      int device, cudaStream_t stream,
+                                      const Allocator* allocator, StagedForward* staged,
                                       DeviceBlob* blob);
 
 }  // namespace spattn::cuda::launch

@@ -348,20 +348,24 @@ SPATTN_HD void compile_layout_row(const DevLayoutParams& p, int64_t r, bool fill
 #if !defined(__CUDA_ARCH__)
 
 // The plan of one device compile: the host part of the blob (predicate program with its data,
-// slot tables) and the offsets of everything the kernels make, in one device allocation.
+// slot tables) and the offsets of what the kernels make: the staged layout and schedule in one
+// persistent allocation (kept with the compiled pattern), the scratch slots, costs and the
+// sort's buffers in one temporary allocation (freed in stream order after the launches).
 struct DeviceLayoutPlan {
   StagedForward staged;      // staged.blob: the part uploaded; offsets: the whole allocation
   DevLayoutParams params;    // pointers as offsets from 0 (bind() adds the base)
   size_t slot_off = 0, slot_cap = 0, scratch = 0, cost = 0, keys_in = 0, keys_out = 0, vals_in = 0;
-  size_t overflow = 0, sort_temp = 0, sort_temp_bytes = 0, total = 0;
+  size_t overflow = 0, sort_temp = 0, sort_temp_bytes = 0;
+  size_t total = 0, temp_total = 0;  // bytes of the persistent and the temporary allocation
   int64_t sched_len = 0;
 
-  // The kernels' parameters with the allocation at `base`.
-  DevLayoutParams bind(void* base) const {
+  // The kernels' parameters with the allocations at `base` and `temp`.
+  DevLayoutParams bind(void* base, void* temp) const {
     unsigned char* b = static_cast<unsigned char*>(base);
+    unsigned char* t = static_cast<unsigned char*>(temp);
     DevLayoutParams p = params;
     staged.pred.bind(b, &p.pred);
-    p.scratch = reinterpret_cast<brange::Seg*>(b + scratch);
+    p.scratch = reinterpret_cast<brange::Seg*>(t + scratch);
     p.slot_off = reinterpret_cast<const int64_t*>(b + slot_off);
     p.slot_cap = reinterpret_cast<const int64_t*>(b + slot_cap);
     p.full_ptr = reinterpret_cast<int64_t*>(b + staged.layout.full_ptr);
@@ -370,20 +374,21 @@ struct DeviceLayoutPlan {
     p.full_hi = reinterpret_cast<int32_t*>(b + staged.layout.full_hi);
     p.part_lo = reinterpret_cast<int32_t*>(b + staged.layout.part_lo);
     p.part_hi = reinterpret_cast<int32_t*>(b + staged.layout.part_hi);
-    p.cost = reinterpret_cast<uint32_t*>(b + cost);
+    p.cost = reinterpret_cast<uint32_t*>(t + cost);
     p.overflow = reinterpret_cast<int32_t*>(b + overflow);
     return p;
   }
-  DevLayoutLaunch launch(void* base) const {
+  DevLayoutLaunch launch(void* base, void* temp) const {
     unsigned char* b = static_cast<unsigned char*>(base);
+    unsigned char* t = static_cast<unsigned char*>(temp);
     DevLayoutLaunch l;
-    l.p = bind(base);
-    l.keys_in = reinterpret_cast<uint32_t*>(b + keys_in);
-    l.keys_out = reinterpret_cast<uint32_t*>(b + keys_out);
-    l.vals_in = reinterpret_cast<int32_t*>(b + vals_in);
+    l.p = bind(base, temp);
+    l.keys_in = reinterpret_cast<uint32_t*>(t + keys_in);
+    l.keys_out = reinterpret_cast<uint32_t*>(t + keys_out);
+    l.vals_in = reinterpret_cast<int32_t*>(t + vals_in);
     l.sched = reinterpret_cast<int32_t*>(b + staged.sched);
     l.sched_len = sched_len;
-    l.sort_temp = b + sort_temp;
+    l.sort_temp = t + sort_temp;
     l.sort_temp_bytes = sort_temp_bytes;
     return l;
   }
@@ -485,10 +490,15 @@ inline bool plan_device_layout(const Predicate& pred, int64_t nq, int64_t nk, in
   w.finish();
   s.blob = w.bytes;
   // What the kernels make, after it (offsets only).
-  size_t at = s.blob.size();
+  size_t at = s.blob.size(), tmp = 0;
   auto take = [&](size_t n) {
     const size_t r = at;
     at = (at + n + 15) & ~size_t(15);
+    return r;
+  };
+  auto take_temp = [&](size_t n) {
+    const size_t r = tmp;
+    tmp = (tmp + n + 15) & ~size_t(15);
     return r;
   };
   s.layout.full_ptr = take(size_t(rows + 1) * sizeof(int64_t));
@@ -498,15 +508,16 @@ inline bool plan_device_layout(const Predicate& pred, int64_t nq, int64_t nk, in
   s.layout.part_lo = take(size_t(p.out_cap) * sizeof(int32_t));
   s.layout.part_hi = take(size_t(p.out_cap) * sizeof(int32_t));
   s.sched = take(size_t(s.sched_len) * sizeof(int32_t));
-  P.scratch = take(size_t(rows * row_stride) * sizeof(brange::Seg));
-  P.cost = take(size_t(rows) * sizeof(uint32_t));
-  P.keys_in = take(size_t(s.sched_len) * sizeof(uint32_t));
-  P.keys_out = take(size_t(s.sched_len) * sizeof(uint32_t));
-  P.vals_in = take(size_t(s.sched_len) * sizeof(int32_t));
   P.overflow = take(sizeof(int32_t));
-  P.sort_temp_bytes = sort_temp_bytes;
-  P.sort_temp = take(sort_temp_bytes);
   P.total = at;
+  P.scratch = take_temp(size_t(rows * row_stride) * sizeof(brange::Seg));
+  P.cost = take_temp(size_t(rows) * sizeof(uint32_t));
+  P.keys_in = take_temp(size_t(s.sched_len) * sizeof(uint32_t));
+  P.keys_out = take_temp(size_t(s.sched_len) * sizeof(uint32_t));
+  P.vals_in = take_temp(size_t(s.sched_len) * sizeof(int32_t));
+  P.sort_temp_bytes = sort_temp_bytes;
+  P.sort_temp = take_temp(sort_temp_bytes);
+  P.temp_total = tmp;
   return true;
 }
 
