@@ -265,6 +265,19 @@ int main() {
            "BlockSparse is refused with a reason");
   }
 
+  // Buffers past the bound: refused with a reason (the caller then compiles on the host).
+  {
+    const CompiledPattern cp = Pattern::causal().compile(1000, 1000, 2);
+    DeviceLayoutPlan plan;
+    std::string why;
+    expect(!plan_device_layout(cp.predicate(), 1000, 1000, 2, 128, 64, 64, 0, 1000, &plan, &why) &&
+               why.find("bytes") != std::string::npos,
+           "a plan past max_bytes is refused: " + why);
+    expect(plan_device_layout(cp.predicate(), 1000, 1000, 2, 128, 64, 64, 0, size_t(1) << 20,
+                              &plan, &why),
+           "the same plan within max_bytes: " + why);
+  }
+
   std::printf("test_device_layout: %d passed, %d failed\n", passes, failures);
   return failures ? 1 : 0;
 }

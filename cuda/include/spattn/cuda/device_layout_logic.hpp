@@ -39,6 +39,14 @@
 #include <vector>
 #endif
 
+// SPATTN_HD_CALL (called, not inlined, by kernels) for free functions of a header: `inline`
+// for linkage too, since every architecture's object has a copy.
+#if defined(__CUDACC__)
+#define SPATTN_LAYOUT_CALL inline __host__ __device__ __noinline__
+#else
+#define SPATTN_LAYOUT_CALL inline
+#endif
+
 namespace spattn::cuda {
 
 // ---- leaves: which rules have a block rule for the device, and the dispatch -----------------
@@ -85,7 +93,7 @@ SPATTN_HD bool leaf_has_block_ranges(const PredNode& n) {
 // A leaf's ranges for the current row into its slot. Called, not inlined, from the kernel: every
 // rule's block rule is inlined here, and keeping it out of the caller keeps the row kernel's
 // registers at what one rule needs.
-SPATTN_HD_CALL void leaf_block_ranges(const PredNode& n, int64_t h, const brange::Ctx& x,
+SPATTN_LAYOUT_CALL void leaf_block_ranges(const PredNode& n, int64_t h, const brange::Ctx& x,
                                       brange::RangeSink* out) {
   switch (n.kind) {
 #define SPATTN_RULE(name)                                                 \
@@ -233,7 +241,7 @@ struct RowEmit {
 // either keeps (full if one is full; ambiguous if both are not full), an intersection keeps a
 // block both keep (full if both are; partial if one is full and the other partial; else
 // ambiguous). Per block the classes layout.cpp's n-ary merge gives.
-SPATTN_HD_CALL void merge_rows2(const brange::Seg* A, int64_t na, const brange::Seg* B,
+SPATTN_LAYOUT_CALL void merge_rows2(const brange::Seg* A, int64_t na, const brange::Seg* B,
                                 int64_t nb, bool is_union, brange::RangeSink& out) {
   constexpr int64_t kEnd = INT64_MAX;
   int64_t i = 0, j = 0;
