@@ -7,6 +7,7 @@
 // make_schedule's, and no bound may be exceeded. Also with tiny range budgets (the periodic
 // leaves' over-budget paths), and refusals for leaves without a device rule.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
@@ -276,6 +277,31 @@ int main() {
     expect(plan_device_layout(cp.predicate(), 1000, 1000, 2, 128, 64, 64, 0, size_t(1) << 20,
                               &plan, &why),
            "the same plan within max_bytes: " + why);
+  }
+
+  // The host's share of a device compile at 1M tokens (planning and the program's staging,
+  // O(program + pattern data)) beside the host compiler's layout (O(ranges)): printed, not
+  // asserted (timings on a shared machine); the kernels' time needs a GPU.
+  for (const Pattern& p : {Pattern::causal(), Pattern::sliding_window(4095, 0),
+                           Pattern::union_of({Pattern::sliding_window(1023, 0), Pattern::sink(4)})}) {
+    const int64_t n = int64_t(1) << 20;
+    const CompiledPattern cp = p.compile(n, n, 16);
+    auto t0 = std::chrono::steady_clock::now();
+    DeviceLayoutPlan plan;
+    std::string why;
+    const bool ok = plan_device_layout(cp.predicate(), n, n, 16, 128, 64,
+                                       spattn::detail::layout_row_budget(cp.heads() * (n / 128)),
+                                       0, size_t(1) << 30, &plan, &why);
+    auto t1 = std::chrono::steady_clock::now();
+    const BlockLayout L = cp.layout(128, 64);
+    auto t2 = std::chrono::steady_clock::now();
+    expect(ok, "1M-token plan: " + why);
+    std::printf("1M tokens %s: device-compile host part %.3f ms (%zu bytes uploaded, %zu kept, %zu "
+                "temporary), host compile %.3f ms (%lld ranges)\n",
+                p.describe().c_str(), std::chrono::duration<double, std::milli>(t1 - t0).count(),
+                plan.staged.blob.size(), plan.total, plan.temp_total,
+                std::chrono::duration<double, std::milli>(t2 - t1).count(),
+                (long long)(L.full_lo.size() + L.part_lo.size()));
   }
 
   std::printf("test_device_layout: %d passed, %d failed\n", passes, failures);
