@@ -1,7 +1,9 @@
 // The CUDA backend (backend/backend.hpp): the planner's operations on CUDA device memory.
 //
 // Per compiled pattern and device, the layout is staged (schedule, predicate program and data
-// in one blob) and copied to the device ONCE, kept as a CompiledPattern attachment: a later
+// in one blob) and copied to the device ONCE, kept as a CompiledPattern attachment (the
+// forward's layout and schedule are compiled by kernels on the device where the pattern's
+// leaves allow it: device_layout.hpp; else on the host and uploaded): a later
 // call with the same pattern and sizes only binds pointers and launches, on the caller's stream,
 // with workspaces from the caller's allocator. Head dims without a kernel of their own run on
 // the next larger compiled one, zero-padded (pad.cpp): D != Dv included.
