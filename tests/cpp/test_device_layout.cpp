@@ -130,7 +130,7 @@ static int64_t rnd(int64_t lo, int64_t hi) {
 }
 
 static Pattern random_leaf(int64_t nq, int64_t nk) {
-  switch (rnd(0, 10)) {
+  switch (rnd(0, 11)) {
     case 0: {
       const int64_t l = rnd(0, 3) == 0 ? kUnbounded : rnd(0, nk);
       const int64_t r = rnd(0, 3) == 0 ? kUnbounded : rnd(0, 2) == 0 ? 0 : rnd(0, nk);
@@ -167,10 +167,20 @@ static Pattern random_leaf(int64_t nq, int64_t nk) {
       while (cu.back() < nk) cu.push_back(std::min(nk, cu.back() + rnd(0, 250)));
       return document(cu);
     }
+    case 9: {
+      BlockMask m;
+      m.bq = rnd(1, 150);
+      m.bk = rnd(1, 150);
+      m.nbq = (nq + m.bq - 1) / m.bq;
+      m.nbk = (nk + m.bk - 1) / m.bk;
+      const double density = std::uniform_real_distribution<double>(0, 1)(rng);
+      for (int64_t t = 0; t < m.nbq * m.nbk; ++t)
+        m.bits.push_back(std::uniform_real_distribution<double>(0, 1)(rng) < density);
+      return Pattern::block_sparse(m);
+    }
     default:
       return Pattern::bigbird(rnd(1, 150), rnd(0, 5), rnd(0, 2), rnd(0, 4), uint64_t(rnd(0, 1000)));
   }
-  (void)nq;
 }
 
 static Pattern random_pattern(int64_t nq, int64_t nk, int64_t hq, int depth) {
@@ -251,19 +261,30 @@ int main() {
   }
   spattn::detail::set_layout_budget(int64_t(1) << 21, 64);
 
-  // Leaves without a device rule keep the host path: the plan refuses them.
+  // A per-head BlockSparse layout (3 heads) with unions.
   {
     BlockMask m;
-    m.nbq = m.nbk = 2;
-    m.bq = m.bk = 64;
-    m.bits = {1, 0, 1, 1};
-    const CompiledPattern cp = Pattern::union_of({Pattern::block_sparse(m), Pattern::sink(3)}).compile(128, 128, 1);
+    m.heads = 3;
+    m.bq = 48;
+    m.bk = 40;
+    m.nbq = (777 + 47) / 48;
+    m.nbk = (900 + 39) / 40;
+    for (int64_t t = 0; t < m.heads * m.nbq * m.nbk; ++t) m.bits.push_back(rnd(0, 3) == 0);
+    for (const auto& t : tiles)
+      compare(Pattern::union_of({Pattern::block_sparse(m), Pattern::sliding_window(100, 0)}), 777,
+              900, 3, t[0], t[1]);
+  }
+
+  // Leaves without a device rule keep the host path: the plan refuses them.
+  {
+    const CompiledPattern cp =
+        Pattern::union_of({log_sparse(4), Pattern::sink(3)}).compile(128, 128, 1);
     BlockLayout L;
     std::vector<int32_t> s;
     bool overflow;
     std::string why;
     expect(!emulate(cp, 128, 64, &L, &s, &overflow, &why) && !why.empty(),
-           "BlockSparse is refused with a reason");
+           "LogSparse is refused with a reason");
   }
 
   // Buffers past the bound: refused with a reason (the caller then compiles on the host).

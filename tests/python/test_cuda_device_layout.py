@@ -35,6 +35,9 @@ def _patterns(nq, nk, hq):
         "bigbird": lambda: spattn.BigBird(64, 3, 1, 2, seed=3),
         "prefix_lm": lambda: spattn.PrefixLM(100),
         "strided|fixed": lambda: spattn.Strided(96) | spattn.Fixed(128, 8),
+        "blocksparse per head|window": lambda: spattn.BlockSparse(
+            np.random.default_rng(nq * 3 + nk).random((hq, -(-nq // 48), -(-nk // 40))) < 0.3,
+            block_size=(48, 40)) | spattn.SlidingWindow(64, 0),
         "causal&dilated": lambda: spattn.Causal() & spattn.Dilated(None, None, 4),
         "per head": lambda: spattn.PerHead([spattn.Causal(), spattn.SlidingWindow(64, 64),
                                             spattn.Strided(33) | spattn.Sink(9),
