@@ -227,6 +227,10 @@ int main() {
                              Pattern::union_of({Pattern::strided(33, true), Pattern::sink(9)})}),
           777, 900, 3, 128, 64);
 
+  // No keys: rows without ranges.
+  compare(Pattern::causal(), 100, 0, 2, 128, 64);
+  compare(Pattern::union_of({Pattern::sink(3), Pattern::strided(4, false)}), 300, 0, 1, 64, 64);
+
   // Random problems.
   for (int it = 0; it < 1500; ++it) {
     const int64_t nk = rnd(1, 900);
