@@ -38,6 +38,9 @@ void set_layout_budget(int64_t budget, int64_t min_per_row) {
   g_budget = std::max<int64_t>(0, budget);
   g_min_per_row = std::max<int64_t>(1, min_per_row);
 }
+int64_t layout_row_budget(int64_t rows) {
+  return std::max<int64_t>(g_min_per_row, g_budget / std::max<int64_t>(1, rows));
+}
 }  // namespace detail
 
 namespace {
@@ -199,7 +202,7 @@ BlockLayout CompiledPattern::layout(int64_t bq, int64_t bk) const {
   x.bk = bk;
   x.off = nk_ - nq_;
   x.nkb = L.nkb;
-  x.cap = std::max<int64_t>(detail::g_min_per_row, detail::g_budget / std::max<int64_t>(1, L.rows()));
+  x.cap = detail::layout_row_budget(L.rows());
   const Predicate pred = predicate();
   Row row;
   for (int64_t h = 0; h < heads_; ++h)

@@ -1,7 +1,9 @@
 // The CUDA backend (backend/backend.hpp): the planner's operations on CUDA device memory.
 //
 // Per compiled pattern and device, the layout is staged (schedule, predicate program and data
-// in one blob) and copied to the device ONCE, kept as a CompiledPattern attachment: a later
+// in one blob) and copied to the device ONCE, kept as a CompiledPattern attachment (the
+// forward's layout and schedule are compiled by kernels on the device where the pattern's
+// leaves allow it: device_layout.hpp; else on the host and uploaded): a later
 // call with the same pattern and sizes only binds pointers and launches, on the caller's stream,
 // with workspaces from the caller's allocator. Head dims without a kernel of their own run on
 // the next larger compiled one, zero-padded (pad.cpp): D != Dv included.
@@ -13,6 +15,7 @@
 
 #include "backend/backend.hpp"
 #include "decode_launch.hpp"
+#include "device_layout.hpp"
 #include "launch_util.hpp"
 #include "pad.hpp"
 #include "topk_select.hpp"
@@ -220,10 +223,20 @@ class CudaBackend final : public Backend {
   void forward(const Attention& a, const CompiledPattern& cp, const Call& call) override {
     if (a.s.b == 0 || a.s.nq == 0) return;
     const Tile t = tile(Op::Forward, a.s, a.dtype, call);
-    const BlockLayout& layout = cp.layout_for(t.bq, t.bk);
-    auto dev = std::static_pointer_cast<OnDevice<cuda::StagedForward>>(
-        cp.attachment(key_of("cuda-fwd", call, t, 0), [&]() -> std::shared_ptr<void> {
-          return upload(cuda::stage_forward(layout, cp.predicate(), a.s.nq, a.s.nk, a.s.hq, t.bq, t.bk),
+    // Compiled on the device where the pattern's leaves allow it (device_layout.hpp), else on
+    // the host and uploaded; once per (pattern, sizes, tile, device, compiler).
+    const bool on_device = layout_on_device_requested();
+    auto dev = std::static_pointer_cast<OnDevice<cuda::StagedForward>>(cp.attachment(
+        key_of(on_device ? "cuda-fwd-dev" : "cuda-fwd", call, t, 0), [&]() -> std::shared_ptr<void> {
+          if (on_device) {
+            auto r = std::make_shared<OnDevice<cuda::StagedForward>>();
+            if (compile_forward_layout_on_device(cp, t.bq, t.bk, call.device.device_id,
+                                                 static_cast<cudaStream_t>(call.stream),
+                                                 call.allocator, &r->staged, &r->blob))
+              return r;
+          }
+          return upload(cuda::stage_forward(cp.layout_for(t.bq, t.bk), cp.predicate(), a.s.nq,
+                                            a.s.nk, a.s.hq, t.bq, t.bk),
                         call);
         }));
     launch_forward(a, dev->staged, dev->blob.dev, call);
