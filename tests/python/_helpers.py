@@ -517,3 +517,24 @@ def run_isolated(code: str, timeout: float = 120.0):
     p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=HERE, env=env,
                        capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# unusual views of torch tensors, for the GPU tests' stride handling
+# --------------------------------------------------------------------------------------------
+
+
+def bhsd_view(x):
+    """torch's [B, H, N, D] memory layout, passed as a [B, N, H, D] view."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def misaligned_view(x):
+    """x's values in rows of D + 1 elements, starting one element in: no 16-byte loads or TMA
+    descriptors can take it as it is (the library repacks it)."""
+    import torch
+
+    b, n, h, dd = x.shape
+    buf = torch.zeros((b, n, h, dd + 1), dtype=x.dtype, device=x.device)
+    buf[..., 1:] = x
+    return buf[..., 1:]

@@ -19,7 +19,17 @@ import numpy as np
 import pytest
 
 import spattn
-from _helpers import as64, assert_close, compiled_cuda_kernels, cuda_test_patterns, cuda_torch_or_skip, naive_backward, ref_backward
+from _helpers import (
+    as64,
+    assert_close,
+    compiled_cuda_kernels,
+    cuda_test_patterns,
+    cuda_torch_or_skip,
+    naive_backward,
+    ref_backward,
+    bhsd_view,
+    misaligned_view,
+)
 
 
 @pytest.fixture
@@ -93,17 +103,9 @@ def test_strided_and_misaligned_views(cuda):
     dtype, d = ("bfloat16", 128)
     q, k, v, do = _data(2, 300, 300, 4, 4, d, seed=11)
 
-    def bhsd_view(x):  # torch's [B, H, N, D] layout, passed as a [B, N, H, D] view
-        return x.transpose(1, 2).contiguous().transpose(1, 2)
-
-    def misaligned(x):  # rows of D + 1 elements, starting one element in: no 16-byte copies
-        b, n, h, dd = x.shape
-        buf = torch.zeros((b, n, h, dd + 1), dtype=x.dtype, device=x.device)
-        buf[..., 1:] = x
-        return buf[..., 1:]
 
     _check(torch, q, k, v, do, spattn.SlidingWindow(127, 0), dtype, views=bhsd_view)
-    _check(torch, q, k, v, do, spattn.Causal(), dtype, views=misaligned)
+    _check(torch, q, k, v, do, spattn.Causal(), dtype, views=misaligned_view)
 
 
 def test_attention_backward_function_and_broadcast_dout(cuda):

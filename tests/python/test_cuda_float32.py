@@ -19,7 +19,16 @@ import numpy as np
 import pytest
 
 import spattn
-from _helpers import assert_close, assert_lse, cuda_test_patterns, cuda_torch_or_skip, ref_backward, ref_forward
+from _helpers import (
+    assert_close,
+    assert_lse,
+    cuda_test_patterns,
+    cuda_torch_or_skip,
+    ref_backward,
+    ref_forward,
+    bhsd_view,
+    misaligned_view,
+)
 
 
 def _f32_dims(key):
@@ -98,17 +107,9 @@ def test_strided_and_misaligned_views(cuda):
     torch = cuda
     q, k, v, do = _data(2, 300, 300, 4, 4, 128, seed=11)
 
-    def bhsd_view(x):  # torch's [B, H, N, D] layout, passed as a [B, N, H, D] view
-        return x.transpose(1, 2).contiguous().transpose(1, 2)
-
-    def misaligned(x):  # rows of D + 1 elements, starting one element in: repacked (4-byte copy)
-        b, n, h, dd = x.shape
-        buf = torch.zeros((b, n, h, dd + 1), dtype=x.dtype, device=x.device)
-        buf[..., 1:] = x
-        return buf[..., 1:]
 
     _check(torch, q, k, v, do, spattn.SlidingWindow(127, 0), views=bhsd_view)
-    _check(torch, q, k, v, do, spattn.Causal(), views=misaligned)
+    _check(torch, q, k, v, do, spattn.Causal(), views=misaligned_view)
 
 
 def test_varlen(cuda):

@@ -15,7 +15,17 @@ import numpy as np
 import pytest
 
 import spattn
-from _helpers import as64, assert_close, assert_lse, compiled_cuda_kernels, cuda_test_patterns, cuda_torch_or_skip, naive_forward
+from _helpers import (
+    as64,
+    assert_close,
+    assert_lse,
+    compiled_cuda_kernels,
+    cuda_test_patterns,
+    cuda_torch_or_skip,
+    naive_forward,
+    bhsd_view,
+    misaligned_view,
+)
 
 
 @pytest.fixture
@@ -84,17 +94,9 @@ def test_strided_and_misaligned_views(cuda):
     dtype, d = ("bfloat16", 128)
     q, k, v = _qkv(2, 300, 300, 4, 4, d, seed=11)
 
-    def bhsd_view(x):  # torch's [B, H, N, D] layout, passed as a [B, N, H, D] view
-        return x.transpose(1, 2).contiguous().transpose(1, 2)
-
-    def misaligned(x):  # rows of D + 1 elements, starting one element in: no 16-byte copies
-        b, n, h, dd = x.shape
-        buf = torch.zeros((b, n, h, dd + 1), dtype=x.dtype, device=x.device)
-        buf[..., 1:] = x
-        return buf[..., 1:]
 
     _run(torch, q, k, v, spattn.SlidingWindow(127, 0), dtype, views=bhsd_view)
-    _run(torch, q, k, v, spattn.Causal(), dtype, views=misaligned)
+    _run(torch, q, k, v, spattn.Causal(), dtype, views=misaligned_view)
 
 
 def test_matches_cpu_backend(cuda):

@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 
 import spattn
-from _helpers import compiled_cuda_kernels, cuda_test_patterns, cuda_torch_or_skip
+from _helpers import (
+    compiled_cuda_kernels,
+    cuda_test_patterns,
+    cuda_torch_or_skip,
+    bhsd_view,
+    misaligned_view,
+)
 from test_cuda_backward import _check, _data
 
 
@@ -104,17 +110,9 @@ def test_strided_and_misaligned_views(hopper_tma):
     for dtype, d in _kernels():
         q, k, v, do = _data(2, 300, 300, 4, 4, d, seed=12)
 
-        def bhsd_view(x):  # torch's [B, H, N, D] layout, passed as a [B, N, H, D] view
-            return x.transpose(1, 2).contiguous().transpose(1, 2)
-
-        def misaligned(x):  # rows of D + 1 elements, one element in: repacked for TMA
-            b, n, h, dd = x.shape
-            buf = torch.zeros((b, n, h, dd + 1), dtype=x.dtype, device=x.device)
-            buf[..., 1:] = x
-            return buf[..., 1:]
 
         _check(torch, q, k, v, do, spattn.SlidingWindow(127, 0), dtype, views=bhsd_view)
-        _check(torch, q, k, v, do, spattn.Causal(), dtype, views=misaligned)
+        _check(torch, q, k, v, do, spattn.Causal(), dtype, views=misaligned_view)
 
 
 def test_dk_dv_bitwise_those_of_the_pass_variant(hopper_tma, monkeypatch):

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/convert.cuh"
 #include "arch_api.hpp"
 #include "spattn/cuda/decode_logic.hpp"
 
@@ -29,13 +30,6 @@ constexpr int kThreads = kDecWarps * 32;
 // CTAs per SM the register budget is capped for: a bandwidth-bound kernel needs many loads in
 // flight (ptxas must still report no spills).
 constexpr int kDecMinCtas = 2;
-
-template <class T>
-__device__ __forceinline__ float to_f32(T x) { return float(x); }
-template <>
-__device__ __forceinline__ float to_f32<__half>(__half x) { return __half2float(x); }
-template <>
-__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <class T>
 __device__ __forceinline__ T from_f32(float x) { return T(x); }

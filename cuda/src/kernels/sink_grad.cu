@@ -9,19 +9,13 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/convert.cuh"
 #include "arch_api.hpp"
 
 namespace spattn::cuda::SPATTN_CUDA_ARCH_NS {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <class T>
-__device__ float to_f32(T x) { return float(x); }
-template <>
-__device__ float to_f32<__half>(__half x) { return __half2float(x); }
-template <>
-__device__ float to_f32<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) sink_grad_kernel(const SinkGradProblem p) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "common/convert.cuh"
 #include "topk_api.hpp"
 
 namespace spattn::cuda::SPATTN_CUDA_ARCH_NS {
@@ -28,13 +29,6 @@ constexpr int kChooseThreads = 256;
 constexpr int kScanThreads = 1024;
 constexpr int kRowThreads = 128;
 constexpr unsigned kMaxGridYZ = 65535;
-
-template <class T>
-__device__ __forceinline__ float to_f32(T x) { return float(x); }
-template <>
-__device__ __forceinline__ float to_f32<__half>(__half x) { return __half2float(x); }
-template <>
-__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 // out[b][h][c][x] = mean of rows [c * bs, min(n, (c + 1) * bs)) of head h (zero for no rows).
 template <class T>
