@@ -1,5 +1,6 @@
 """Exact merge of partial results over disjoint key sets: spattn.merge on the CPU; torch ops
-on other devices, where spattn.merge does not run."""
+(float32 out) on other devices. (spattn.merge also runs on CUDA now; this path was written
+before it did, and moving it over waits for a GPU session to test the NCCL path at all.)"""
 from __future__ import annotations
 
 import torch
