@@ -54,14 +54,18 @@ using tileops::quad_max;
 using tileops::quad_sum;
 using tileops::rows_cols;
 
-template <class T, int kD>
+template <class T, int kD, bool kMods = false>
 struct Traits {
   static_assert(kD % 32 == 0 && kD <= 256, "head dims: multiples of 32 up to 256");
   static constexpr int kBlockM = kFwdBlockM;
   static constexpr int kBlockN = kFwdBlockN;
-  // 4 warps own 32 query rows each up to D = 128; 8 warps (16 rows each) keep D = 256's
-  // output accumulator at 128 registers per thread.
-  static constexpr int kWarps = kD <= 64 ? 4 : 8;
+  // 4 warps own 32 query rows each at D <= 64 (D = 32 with the score modifiers); 8 warps (16
+  // rows each) otherwise, which keeps the output accumulator at kD / 2 registers per thread:
+  // with 4 warps D = 128 needed 255 registers and spilled 246 bytes (sm_80; 154 compiled for
+  // sm_90a), now 210-232 and none; D = 64 with the modifiers spilled 74 bytes. A minimum of 1
+  // CTA per SM in the launch bounds: without it ptxas, compiling for sm_90a, capped the
+  // 256-thread instantiations at 128 registers and spilled up to 2 KB (D = 256).
+  static constexpr int kWarps = kD <= 32 || (kD <= 64 && !kMods) ? 4 : 8;
   static constexpr int kThreads = kWarps * 32;
   static_assert(kBlockM % (16 * kWarps) == 0, "each warp owns whole 16-row MMA tiles");
 
@@ -105,9 +109,9 @@ struct Traits {
 // kMods: the score modifiers (softcap / ALiBi on the scores, sinks in the epilogue) are
 // compiled in; the plain instantiation is the kernel without them, register for register.
 template <class T, int kD, bool kMods>
-__global__ void __launch_bounds__(Traits<T, kD>::kThreads, 1)
+__global__ void __launch_bounds__(Traits<T, kD, kMods>::kThreads, 1)
     forward_kernel(const __grid_constant__ FwdParams p) {
-  using Tr = Traits<T, kD>;
+  using Tr = Traits<T, kD, kMods>;
   constexpr int kBlockM = Tr::kBlockM;
   constexpr int kBlockN = Tr::kBlockN;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -332,19 +336,26 @@ __global__ void __launch_bounds__(Traits<T, kD>::kThreads, 1)
   }
 }
 
-// Launches the kernel for one (dtype, head dim) on `stream`; p.d == p.dv == kD.
-template <class T, int kD>
-cudaError_t run(const FwdParams& p, cudaStream_t stream) {
-  using Tr = Traits<T, kD>;
-  const int64_t ctas = fwd_grid_size(p);
-  if (ctas == 0) return cudaSuccess;
-  if (ctas > int64_t(INT32_MAX)) return cudaErrorInvalidConfiguration;
-  auto kernel = p.mods || p.m.sinks ? &forward_kernel<T, kD, true> : &forward_kernel<T, kD, false>;
+// Launches one instantiation (with its own thread count: kWarps depends on kMods).
+template <class T, int kD, bool kMods>
+cudaError_t launch(const FwdParams& p, int64_t ctas, cudaStream_t stream) {
+  using Tr = Traits<T, kD, kMods>;
+  auto kernel = &forward_kernel<T, kD, kMods>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        int(Tr::kSmemBytes));
   if (e != cudaSuccess) return e;
   kernel<<<dim3(unsigned(ctas)), dim3(Tr::kThreads), Tr::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+// Launches the kernel for one (dtype, head dim) on `stream`; p.d == p.dv == kD.
+template <class T, int kD>
+cudaError_t run(const FwdParams& p, cudaStream_t stream) {
+  const int64_t ctas = fwd_grid_size(p);
+  if (ctas == 0) return cudaSuccess;
+  if (ctas > int64_t(INT32_MAX)) return cudaErrorInvalidConfiguration;
+  return p.mods || p.m.sinks ? launch<T, kD, true>(p, ctas, stream)
+                             : launch<T, kD, false>(p, ctas, stream);
 }
 
 }  // namespace spattn::cuda::SPATTN_CUDA_ARCH_NS::fwd
