@@ -65,7 +65,7 @@ bool compile_backward_layout_on_device(const CompiledPattern& cp, int64_t hkv, i
   std::string why;
   if (!plan_device_backward(pred, cp.nq(), cp.nk(), cp.hq(), hkv, bq, bk, cap, with_rows,
                             fns->sort_bytes(cp.hq() * nqb), fns->sort_bytes(hkv * nkb),
-                            fns->scan_bytes(cp.heads() * nkb), kMaxBackwardLayoutBytes, &plan,
+                            fns->scan_bytes(pred.heads * nkb), kMaxBackwardLayoutBytes, &plan,
                             &why))
     return false;
   blob->device = device;
