@@ -6,6 +6,12 @@ the layouts and schedules are the same, so the outputs and lse must be bitwise e
 against the float64 reference too. Structured patterns, unions, intersections, PerHead, sizes
 that are not multiples of the tile, Nq != Nk. Skipped without torch, a CUDA device or a CUDA
 build. The host emulation of the same code (no GPU needed) is tests/cpp/test_device_layout.cpp.
+
+The backward's columns, schedule and (sm90a) rows are made on the device too, by the same row
+compile and a device transposition: its gradients must equal those of the host-staged layout,
+dk and dv bit for bit (one CTA each, fixed order), dq to the last bits of its float32 atomics on
+the sm80-style backward, and every gradient bit for bit on the deterministic sm90a backward. The
+host emulation is tests/cpp/test_device_transpose.cpp.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import pytest
 
 import spattn
 from _helpers import as64, assert_close, assert_lse, compiled_cuda_kernels, cuda_torch_or_skip, naive_forward
+from test_cuda_backward import _check, _data
 
 
 @pytest.fixture
@@ -88,3 +95,67 @@ def test_bad_compile_setting_is_refused(cuda, monkeypatch):
     monkeypatch.setenv("SPATTN_LAYOUT_COMPILE", "gpu")
     with pytest.raises(ValueError, match="SPATTN_LAYOUT_COMPILE"):
         spattn.attention(q, q, q, pattern=spattn.Causal())
+
+
+def _backward_both(torch, monkeypatch, nq, nk, make, deterministic=False, kernel=None):
+    """(host-staged, device-made) gradients of one problem: the forward once (its layout is the
+    same either way), then the backward with each compiler on a fresh pattern object."""
+    dtype, d = kernel or compiled_cuda_kernels("cuda_backward_kernels")[0]
+    hq, hkv = 4, 2
+    dt = getattr(torch, dtype)
+    q, k, v, do = (torch.from_numpy(x).to(dt).cuda() for x in _data(1, nq, nk, hq, hkv, d, seed=nq + 2 * nk))
+    out, lse = spattn.attention(q, k, v, pattern=make(), return_lse=True)
+    grads = []
+    for mode in ("host", "device"):
+        monkeypatch.setenv("SPATTN_LAYOUT_COMPILE", mode)
+        grads.append(spattn.attention_backward(do, q, k, v, out, lse, pattern=make(), deterministic=deterministic))
+        torch.cuda.synchronize()
+    return grads
+
+
+@pytest.mark.parametrize("name", list(_patterns(1, 1, 4)))
+@pytest.mark.parametrize("nq,nk", [(257, 385), (700, 700), (1025, 130)])
+def test_backward_device_layout_matches_host_layout(cuda, monkeypatch, name, nq, nk):
+    torch = cuda
+    monkeypatch.delenv("SPATTN_CUDA_BACKWARD", raising=False)
+    make = _patterns(nq, nk, 4)[name]
+    (hdq, hdk, hdv), (ddq, ddk, ddv) = _backward_both(torch, monkeypatch, nq, nk, make)
+    assert torch.equal(hdk, ddk) and torch.equal(hdv, ddv)
+    # dq sums through float32 atomics (order free): the same up to their last bits.
+    assert (hdq.float() - ddq.float()).abs().max().item() <= 2.0**-6
+
+
+@pytest.mark.parametrize("name", ["causal", "strided|fixed", "blocksparse per head|window", "per head"])
+def test_backward_device_layout_reference(cuda, monkeypatch, name):
+    """The device-made backward layout against the float64 reference gradients."""
+    torch = cuda
+    monkeypatch.setenv("SPATTN_LAYOUT_COMPILE", "device")
+    dtype, d = compiled_cuda_kernels("cuda_backward_kernels")[0]
+    nq, nk, hq, hkv = 300, 420, 4, 2
+    _check(torch, *_data(1, nq, nk, hq, hkv, d, seed=11), _patterns(nq, nk, hq)[name](), dtype)
+
+
+@pytest.mark.parametrize("name", list(_patterns(1, 1, 4)))
+def test_sm90a_backward_device_layout_bitwise(cuda, monkeypatch, name):
+    """The sm90a backward (deterministic: no atomics) walks the device-made columns, rows and
+    both schedules: every gradient bit for bit as with the host-staged layout."""
+    torch = cuda
+    if torch.cuda.get_device_capability() != (9, 0) or not spattn.info().get("cuda_sm90a_backward_kernels"):
+        pytest.skip("the sm90a backward runs on compute capability 9.0 in a build that has it")
+    monkeypatch.setenv("SPATTN_CUDA_BACKWARD", "sm90a")
+    nq, nk = 700, 457
+    host, dev = _backward_both(torch, monkeypatch, nq, nk, _patterns(nq, nk, 4)[name], deterministic=True,
+                               kernel=compiled_cuda_kernels("cuda_sm90a_backward_kernels")[0])
+    for h, g in zip(host, dev):
+        assert torch.equal(h, g)
+
+
+def test_backward_without_device_rule_keeps_host_path(cuda, monkeypatch):
+    """A leaf without a device block rule (LogSparse): the backward compiles on the host and gives
+    the same gradients whichever compiler is asked for."""
+    torch = cuda
+    monkeypatch.delenv("SPATTN_CUDA_BACKWARD", raising=False)
+    (hdq, hdk, hdv), (ddq, ddk, ddv) = _backward_both(
+        torch, monkeypatch, 300, 300, lambda: spattn.LogSparse(2) | spattn.Sink(3))
+    assert torch.equal(hdk, ddk) and torch.equal(hdv, ddv)
+    assert (hdq.float() - ddq.float()).abs().max().item() <= 2.0**-6

@@ -3,9 +3,10 @@
 // Per compiled pattern and device, the layout is staged (schedule, predicate program and data
 // in one blob) and copied to the device ONCE, kept as a CompiledPattern attachment (the
 // forward's layout and schedule are compiled by kernels on the device where the pattern's
-// leaves allow it: device_layout.hpp; else on the host and uploaded): a later
-// call with the same pattern and sizes only binds pointers and launches, on the caller's stream,
-// with workspaces from the caller's allocator. Head dims without a kernel of their own run on
+// leaves allow it: device_layout.hpp; the backward's columns, schedule and sm90a rows too, by
+// the same row compile and a device transposition: device_backward.hpp; else on the host and
+// uploaded): a later call with the same pattern and sizes only binds pointers and launches, on
+// the caller's stream, with workspaces from the caller's allocator. Head dims without a kernel of their own run on
 // the next larger compiled one, zero-padded (pad.cpp): D != Dv included.
 #include <cstring>
 #include <memory>
@@ -15,6 +16,7 @@
 
 #include "backend/backend.hpp"
 #include "decode_launch.hpp"
+#include "device_backward.hpp"
 #include "device_layout.hpp"
 #include "launch_util.hpp"
 #include "pad.hpp"
@@ -247,9 +249,21 @@ class CudaBackend final : public Backend {
     if (a.s.b == 0 || (a.s.nq == 0 && a.s.nk == 0)) return;
     const Tile t = tile(Op::Backward, a.s, a.dtype, call);
     const bool sm90a = backward_sm90a(t, call);
-    const BlockLayout& layout = cp.layout_for(t.bq, t.bk);
-    auto dev = std::static_pointer_cast<OnDevice<cuda::StagedBackward>>(
-        cp.attachment(key_of("cuda-bwd", call, t, a.s.hkv), [&]() -> std::shared_ptr<void> {
+    // As the forward's: the columns (and the sm90a's rows) made on the device where the
+    // pattern's leaves allow it (device_backward.hpp), else on the host and uploaded.
+    const bool on_device = layout_on_device_requested();
+    auto dev = std::static_pointer_cast<OnDevice<cuda::StagedBackward>>(cp.attachment(
+        key_of(on_device ? "cuda-bwd-dev" : "cuda-bwd", call, t, a.s.hkv),
+        [&]() -> std::shared_ptr<void> {
+          if (on_device) {
+            auto r = std::make_shared<OnDevice<cuda::StagedBackward>>();
+            if (compile_backward_layout_on_device(cp, a.s.hkv, t.bq, t.bk, sm90a,
+                                                  call.device.device_id,
+                                                  static_cast<cudaStream_t>(call.stream),
+                                                  call.allocator, &r->staged, &r->blob))
+              return r;
+          }
+          const BlockLayout& layout = cp.layout_for(t.bq, t.bk);
           return upload(sm90a ? cuda::stage_backward90(layout, cp.predicate(), a.s.nq, a.s.nk,
                                                        a.s.hq, a.s.hkv)
                               : cuda::stage_backward(layout, cp.predicate(), a.s.nq, a.s.nk,

@@ -9,7 +9,9 @@
 // dV of its kBwdBlockN keys in registers over every query tile that sees them, for each query
 // head of the GQA group of g in turn, and adds its dQ contributions to an fp32 buffer with
 // atomics. It walks the TRANSPOSED layout: per (layout head, key tile) the query tiles that
-// visit it, full and partial kept apart, as sorted ranges (transpose_layout, host, O(ranges)).
+// visit it, full and partial kept apart, as sorted ranges (transpose_layout, host, O(ranges);
+// the same columns are made on the device from a device-compiled layout by
+// device_transpose_logic.hpp's kernels where the pattern allows it).
 //
 // What lives here:
 //   BwdParams               the kernels' one parameter: the forward's problem (FwdParams: q, k,

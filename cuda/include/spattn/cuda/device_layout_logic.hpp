@@ -22,6 +22,10 @@
 // is read back: no host synchronisation. The result is the staged form the forward kernels
 // walk (StagedForward), bit for bit the same as stage_forward(host layout) would upload
 // (tests/cpp/test_device_layout.cpp emulates the kernels with this code on the host).
+//
+// The backward runs the same compile for its tile (64 x 64; 128 x 128 on sm90a, whose dQ pass
+// walks this row layout and schedule) and transposes the result on the device into its columns
+// and schedule (device_transpose_logic.hpp), bit for bit what stage_backward would upload.
 #pragma once
 
 #include <cstdint>
