@@ -283,6 +283,12 @@ class CudaBackend final : public Backend {
   }
 
   void decode(const Decode& d, const Call& call) override { cuda::decode_on_device(d, call); }
+  std::string device_lengths_refusal(const Decode& d, const Call& call) override {
+    return cuda::decode_device_plan_refusal(d, call);
+  }
+  void raise_deferred_decode_errors(const Call& call) override {
+    cuda::raise_deferred_decode_errors(call);
+  }
   void pool_keys(const PoolKeys& p, const Call& call) override {
     cuda::pool_keys_on_device(p, call);
   }
