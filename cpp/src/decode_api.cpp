@@ -198,6 +198,9 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
 
   const CacheArgs cache = check_cache(q, k, cache_len_, block_table_, B, "q");
   const TensorView& table = cache.table;
+  // Host lengths are checked here, before the outputs (as always); lengths on a device below.
+  std::vector<int64_t> lens;
+  if (cache.on_host) lens = read_lengths(be, call, cache, B);
 
   const TensorView out = view_of(out_, "out");
   plan::check_output(out, "out", {B, nq, hq, Dv}, "[B, Nq, Hq, Dv]", q, dtype);
@@ -237,11 +240,12 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   a.mods = mods;
   // Lengths on the device stay there when the backend plans from them (no host read, no
   // synchronisation); else they are read here and checked against the capacity.
-  std::vector<int64_t> lens;
-  if (cache.on_host || !be.device_lengths_refusal(a, call).empty()) {
+  bool lengths_on_host = cache.on_host;
+  if (!lengths_on_host && !be.device_lengths_refusal(a, call).empty()) {
     lens = read_lengths(be, call, cache, B);
-    a.cache_len = lens.data();
+    lengths_on_host = true;
   }
+  if (lengths_on_host) a.cache_len = lens.data();
   be.decode(a, call);
 }
 
