@@ -3,11 +3,15 @@ cache of 1M tokens; sliding window 4096 and dense.
 
     python bench/gpu/bench_decode.py [--out DIR] [--tokens 1048576] [--pages 16,256] [--calls 200]
 
-Per (pattern, page size):
-  call us    wall time of one spattn.decode call, median of --calls. A paged decode on CUDA ends
-             with a wait for its own kernels (the block-table check, cuda/src/host/decode.cpp), so
-             this is the whole cost a caller sees: planning, launches, kernels, the wait.
-  kernel us  the decode kernels' own GPU time per call (split + merge kernels, from
+Per (pattern, page size, mode):
+  mode       how cache_len is passed (docs/api.md, "Decode on a GPU"): "host" (int32 in host
+             memory: planned on the host, ends with a wait for the block-table check), "gpu"
+             (on the GPU: planned on the GPU, ends with a wait for the error record), "gpu,
+             deferred" (defer_errors=True: nothing waits) and "graph" (the deferred call captured
+             once in a CUDA graph, each call one replay).
+  call us    wall time of one call, median of --calls, each followed by a synchronisation: the
+             whole cost a caller sees (planning, launches, kernels, any wait).
+  kernel us  the decode kernels' own GPU time per call (plan, split and merge kernels, from
              torch.profiler), when the profiler is available.
   GB/s       bytes the call must read (K and V rows of the visited keys, Hkv heads) / time, for
              both times; "% HBM" divides by the card's bandwidth (H200 4.8 TB/s, H100 SXM
@@ -54,7 +58,7 @@ def kernel_us(torch, fn, calls=20):
         torch.cuda.synchronize()
     total = 0.0
     for e in prof.key_averages():
-        if "decode_kernel" in e.key or "finish_kernel" in e.key:
+        if "decode_kernel" in e.key or "finish_kernel" in e.key or "decode_plan" in e.key:
             total += getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0))
     return total / calls if total > 0 else None
 
@@ -95,13 +99,29 @@ def main():
         table = torch.randperm(pages, device="cuda", generator=g).to(torch.int32).reshape(1, pages)
         q = torch.randn((1, 1, hq, d), dtype=torch.bfloat16, device="cuda", generator=g)
         lens = torch.tensor([n], dtype=torch.int32)  # host memory: no read-back per call
-        for name, pattern, keys in (("window 4096", spattn.SlidingWindow(4095, 0), min(n, 4096)),
-                                    ("dense", spattn.Dense(), n)):
-            fn = lambda: spattn.decode(q, kp, vp, lens, pattern=pattern, block_table=table)  # noqa: E731
+        dlens = lens.cuda()
+        for (name, pattern, keys), mode in ((p, m) for p in (
+                ("window 4096", spattn.SlidingWindow(4095, 0), min(n, 4096)),
+                ("dense", spattn.Dense(), n)) for m in ("host", "gpu", "gpu, deferred", "graph")):
+            if mode == "host":
+                fn = lambda: spattn.decode(q, kp, vp, lens, pattern=pattern, block_table=table)  # noqa: E731
+            elif mode == "gpu":
+                fn = lambda: spattn.decode(q, kp, vp, dlens, pattern=pattern, block_table=table)  # noqa: E731
+            else:
+                fn = lambda: spattn.decode(q, kp, vp, dlens, pattern=pattern, block_table=table,  # noqa: E731
+                                           defer_errors=True)
+                if mode == "graph":
+                    fn()
+                    torch.cuda.synchronize()
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        fn()
+                    fn = graph.replay
             nbytes = keys * hkv * 2 * d * 2  # K and V rows, bf16
             wall = call_us(torch, fn, args.calls)
             kern = kernel_us(torch, fn)
-            row = {"pattern": name, "page": page, "tokens": n, "bytes": nbytes, "call_us": wall,
+            spattn.check_decode_errors(q.device)
+            row = {"pattern": name, "page": page, "mode": mode, "tokens": n, "bytes": nbytes, "call_us": wall,
                    "kernel_us": kern, "call_GBps": nbytes / wall / 1e3,
                    "kernel_GBps": None if kern is None else nbytes / kern / 1e3}
             for card, bw in bws.items():
@@ -114,14 +134,14 @@ def main():
         torch.cuda.empty_cache()
 
     cards = list(bws)
-    head = ("| pattern | page | call us | kernel us | call GB/s | kernel GB/s | "
+    head = ("| pattern | page | cache_len | call us | kernel us | call GB/s | kernel GB/s | "
             + " | ".join(f"call % {c} | kernel % {c}" for c in cards) + " |")
     lines = [f"# decode, {dev}: 1 query, Hq={hq}, Hkv={hkv}, D={d}, bf16, paged cache of {n} tokens",
              "", head, "|" + "---|" * (head.count("|") - 1)]
     fmt = lambda x, f="{:.1f}": "-" if x is None else f.format(x)  # noqa: E731
     for r in rows:
         pct = " | ".join(f"{fmt(r.get(f'call_pct_{c}'))} | {fmt(r.get(f'kernel_pct_{c}'))}" for c in cards)
-        lines.append(f"| {r['pattern']} | {r['page']} | {fmt(r['call_us'])} | {fmt(r['kernel_us'])} | "
+        lines.append(f"| {r['pattern']} | {r['page']} | {r['mode']} | {fmt(r['call_us'])} | {fmt(r['kernel_us'])} | "
                      f"{fmt(r['call_GBps'], '{:.0f}')} | {fmt(r['kernel_GBps'], '{:.0f}')} | {pct} |")
     lines += ["", "bar: window 4096 <= 50 us per call; dense >= 80% of the HBM bandwidth bound"]
     table = "\n".join(lines)

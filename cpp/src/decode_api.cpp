@@ -39,15 +39,18 @@ void check_pooled(const TensorView& t, const char* name, int64_t B, int64_t hkv,
   expect_same_device(t, name, ref, ref_name);
 }
 
-// cache_len int32 (or int64) [B], each 0 <= value <= capacity, and for paged caches the
-// block_table int32 (or int64) [B, max_pages] (its entries are checked where they are used).
-// cache_len may live on the CPU (no synchronisation) or on the cache's device (copied to the
-// host: one synchronisation of the call's stream). Returns the lengths; *table gets the
-// table's view (data null for contiguous caches).
-std::vector<int64_t> read_cache(backend::Backend& be, const backend::Call& call,
-                                const TensorView& q, const TensorView& k,
-                                const DLTensor& cache_len_, const DLTensor* block_table_,
-                                int64_t B, TensorView* table_out, const char* ref_name = "q") {
+// The lengths and the table, checked up to their values: cache_len int32 (or int64) [B] and for
+// paged caches the block_table int32 (or int64) [B, max_pages] (its entries are checked where
+// they are used).
+struct CacheArgs {
+  TensorView cl, table;  // table data null for contiguous caches
+  bool on_host = true;   // cache_len is host memory
+  int64_t capacity = 0;
+  std::string cap_what;  // for the message of a length past the capacity
+};
+
+CacheArgs check_cache(const TensorView& q, const TensorView& k, const DLTensor& cache_len_,
+                      const DLTensor* block_table_, int64_t B, const char* ref_name) {
   const bool paged = block_table_ != nullptr;
   const TensorView cl = view_of(cache_len_, "cache_len");
   if (!plan::is_index_dtype(cl))
@@ -78,8 +81,27 @@ std::vector<int64_t> read_cache(backend::Backend& be, const backend::Call& call,
     capacity = table.shape[1] * k.shape[1];
     cap_what = "max_pages * page_size";
   }
+  if (B > 1 && cl.strides[0] < 0) throw ValueError("cache_len: negative strides are not supported");
+  CacheArgs c;
+  c.cl = cl;
+  c.table = table;
+  c.on_host = on_host;
+  c.capacity = capacity;
+  c.cap_what = cap_what;
+  if (paged)
+    c.cap_what += " = " + std::to_string(table.shape[1]) + " * " + std::to_string(k.shape[1]) +
+                  "; block_table has too few columns for this length";
+  return c;
+}
+
+// The lengths, each 0 <= value <= capacity. cache_len may live on the CPU (no synchronisation)
+// or on the cache's device (copied to the host: one synchronisation of the call's stream).
+std::vector<int64_t> read_lengths(backend::Backend& be, const backend::Call& call,
+                                  const CacheArgs& c, int64_t B) {
+  const TensorView& cl = c.cl;
+  const bool on_host = c.on_host;
+  const int64_t capacity = c.capacity;
   const int64_t es = cl.dtype.bits / 8, step = cl.strides[0];
-  if (B > 1 && step < 0) throw ValueError("cache_len: negative strides are not supported");
   std::vector<unsigned char> raw;
   const unsigned char* base = static_cast<const unsigned char*>(cl.data);
   if (!on_host && B > 0) {
@@ -94,17 +116,22 @@ std::vector<int64_t> read_cache(backend::Backend& be, const backend::Call& call,
     if (n < 0 || n > capacity) {
       std::ostringstream m;
       m << "cache_len: cache_len[" << b << "] = " << n << " is outside 0.." << capacity << " ("
-        << cap_what;
-      if (paged)
-        m << " = " << table.shape[1] << " * " << k.shape[1]
-          << "; block_table has too few columns for this length";
-      m << ")";
+        << c.cap_what << ")";
       fail_value(m);
     }
     lens[size_t(b)] = n;
   }
-  *table_out = table;
   return lens;
+}
+
+// check_cache and read_lengths; *table_out gets the table's view.
+std::vector<int64_t> read_cache(backend::Backend& be, const backend::Call& call,
+                                const TensorView& q, const TensorView& k,
+                                const DLTensor& cache_len_, const DLTensor* block_table_,
+                                int64_t B, TensorView* table_out, const char* ref_name = "q") {
+  const CacheArgs c = check_cache(q, k, cache_len_, block_table_, B, ref_name);
+  *table_out = c.table;
+  return read_lengths(be, call, c, B);
 }
 
 }  // namespace
@@ -169,8 +196,11 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   const backend::ScoreMods mods = plan::check_modifiers(options.modifiers, q, dtype, hq, false, nullptr);
   plan::expect_modifiers_supported(mods, be, backend::Op::Decode, call, q);
 
-  TensorView table;
-  const std::vector<int64_t> lens = read_cache(be, call, q, k, cache_len_, block_table_, B, &table);
+  const CacheArgs cache = check_cache(q, k, cache_len_, block_table_, B, "q");
+  const TensorView& table = cache.table;
+  // Host lengths are checked here, before the outputs (as always); lengths on a device below.
+  std::vector<int64_t> lens;
+  if (cache.on_host) lens = read_lengths(be, call, cache, B);
 
   const TensorView out = view_of(out_, "out");
   plan::check_output(out, "out", {B, nq, hq, Dv}, "[B, Nq, Hq, Dv]", q, dtype);
@@ -200,13 +230,32 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   a.lse = lse;
   a.table = table;
   a.paged = paged;
-  a.cache_len = lens.data();
+  a.lengths = cache.cl;
+  a.capacity = cache.capacity;
+  a.defer_errors = options.decode_defer_errors;
   a.dtype = dtype;
   a.scale = o.scale;
   a.pattern = &pattern;
   a.pooled = pooled;
   a.mods = mods;
+  // Lengths on the device stay there when the backend plans from them (no host read, no
+  // synchronisation); else they are read here and checked against the capacity.
+  bool lengths_on_host = cache.on_host;
+  if (!lengths_on_host && !be.device_lengths_refusal(a, call).empty()) {
+    lens = read_lengths(be, call, cache, B);
+    lengths_on_host = true;
+  }
+  if (lengths_on_host) a.cache_len = lens.data();
   be.decode(a, call);
+}
+
+void check_decode_errors(const DLDevice& device) {
+  if (device.device_type == kDLCPU || device.device_type == kDLCUDAHost) return;
+  backend::Backend* be = backend::find(device.device_type);
+  if (be == nullptr) return;  // a build without this device's backend: no call could defer
+  backend::Call call;
+  call.device = device;
+  be->raise_deferred_decode_errors(call);
 }
 
 void pool_keys(const DLTensor& k_, const DLTensor& cache_len_, int64_t block,

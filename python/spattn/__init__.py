@@ -5,7 +5,7 @@
 
 See docs/patterns.md for what every pattern means; `spattn info` for what this build holds.
 """
-from .api import attention, attention_backward, decode, info, pool_keys
+from .api import attention, attention_backward, check_decode_errors, decode, info, pool_keys
 from .merge import merge
 # Every pattern class (patterns.__all__): a new kind's class is exported by being listed there.
 from .patterns import *  # noqa: F401,F403
@@ -28,6 +28,7 @@ __all__ = [
     "attention",
     "attention_backward",
     "decode",
+    "check_decode_errors",
     "pool_keys",
     "reference_attention",
     "info",

@@ -356,7 +356,7 @@ def _int_array(x, name, what):
 
 
 def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale=None, return_lse: bool = False,
-           pooled_keys=None, *, softcap=None, alibi_slopes=None, sinks=None):
+           pooled_keys=None, *, softcap=None, alibi_slopes=None, sinks=None, defer_errors: bool = False):
     """Attention of a few new queries against a KV cache (docs/api.md).
 
     q [B, Nq, Hq, D] (Nq <= 64: the newest tokens of each sequence); caches contiguous
@@ -377,20 +377,32 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     pattern's key block size) supplies them instead, so that only the chosen blocks' keys are
     read. For a causal pattern only complete blocks are scored: an entry stays valid once its
     block is full, so a serving loop updates one entry per ``bk`` new tokens.
+
+    On a GPU with ``cache_len`` on the GPU too, a pattern whose rule does not depend on the
+    length (windows, causal, dense, sinks, globals, dilated, strided, fixed, prefix-LM and their
+    unions, intersections and per-head mixes) is planned on the GPU: the call never reads the
+    lengths to the host and can be captured in a CUDA graph (``torch.cuda.graph``) and replayed
+    with new lengths. A bad length or block-table entry is then found on the GPU: the call waits
+    for it and raises ValueError, unless ``defer_errors=True`` or the stream is capturing a
+    graph; then the error waits on the GPU until ``check_decode_errors(device)`` raises it
+    (docs/api.md, "Decode on a GPU").
     """
     pattern, scale = _pattern(pattern), _scale(scale)
     if _all_torch(q, k_cache, v_cache, pooled_keys):
         o, lse = _torch_ops().decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys,
-                                     softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks)
+                                     softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+                                     defer_errors=bool(defer_errors))
         return (o, lse) if return_lse else o
     mods = _Mods.of(q, softcap, alibi_slopes, sinks)
-    return _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys, mods)
+    return _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys, mods,
+                   bool(defer_errors))
 
 
 decode.__doc__ += _MODIFIERS_DOC
 
 
-def _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys, mods=_NO_MODS):
+def _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_lse, pooled_keys, mods=_NO_MODS,
+            defer_errors=False):
     """The core's decode on checked pattern and scale; the torch operator's implementation calls it."""
     cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
     bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
@@ -398,15 +410,51 @@ def _decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, return_
     cc = cuda_call(q)
     if cc is None or getattr(q, "ndim", 0) != 4 or getattr(v_cache, "ndim", 0) != 4:  # (the core reports ranks)
         o, lse = _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse,
-                              pk, _threads(q), *mods.core(), None, None, None, None)
+                              pk, _threads(q), *mods.core(), None, None, None, None, defer_errors)
         o = to_framework(o, q)
         return (o, to_framework(lse, q)) if return_lse else o
     # torch / cupy on CUDA: results from the framework's allocator, work on its current stream.
     o = cc.empty(tuple(q.shape[:-1]) + (v_cache.shape[-1],))
     lse = cc.empty((q.shape[0], q.shape[2], q.shape[1]), "lse") if return_lse else None
     _core.decode(_plain(q), _plain(k_cache), _plain(v_cache), cl, pattern._core(), bt, scale, return_lse, pk,
-                 _threads(q), *mods.core(), _plain(o), None if lse is None else _plain(lse), cc.stream, cc.workspace)
+                 _threads(q), *mods.core(), _plain(o), None if lse is None else _plain(lse), cc.stream, cc.workspace,
+                 defer_errors)
     return (o, lse) if return_lse else o
+
+
+def check_decode_errors(device=None):
+    """Raises the first error a deferred ``decode`` (``defer_errors=True``, or one captured in a
+    CUDA graph) left on a CUDA device since the last check, as ValueError with the message the
+    call would have raised, and forgets it; returns None when there is none. ``device``: a CUDA
+    device index, a ``torch.device`` or a tensor on it (None: device 0, or torch's current
+    device). Waits for all the device's work first; not while a stream is capturing. Without a
+    CUDA device (or for the CPU) there is nothing to check."""
+    index = 0
+    if device is None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                index = torch.cuda.current_device()
+        except ImportError:
+            pass
+    elif isinstance(device, numbers.Integral) and not isinstance(device, bool):
+        index = int(device)
+    else:
+        dev = getattr(device, "device", device)
+        kind = getattr(dev, "type", None)
+        if kind == "cpu":
+            return None
+        if kind is not None:
+            index = dev.index if dev.index is not None else 0
+        elif hasattr(device, "__dlpack_device__"):
+            kind, index = device.__dlpack_device__()
+            if int(kind) != 2:  # kDLCUDA
+                return None
+        else:
+            raise TypeError(f"device: expected a CUDA device index, a torch.device or an array, got {type(device).__name__}")
+    _core.check_decode_errors(int(index))
+    return None
 
 
 def pool_keys(k_cache, cache_len, block_size, block_table=None):

@@ -316,15 +316,16 @@ def _decode(
     softcap: Optional[float] = None,
     alibi_slopes: Optional[Tensor] = None,
     sinks: Optional[Tensor] = None,
+    defer_errors: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     p = _pattern_of(pattern, pattern_data)
     return _api._decode(q, k_cache, v_cache, cache_len, p, block_table, scale, True, pooled_keys,
-                        _api._Mods(softcap, alibi_slopes, sinks))
+                        _api._Mods(softcap, alibi_slopes, sinks), defer_errors)
 
 
 @_decode.register_fake
 def _(q, k_cache, v_cache, cache_len, pattern, pattern_data, block_table, scale, pooled_keys, softcap=None,
-      alibi_slopes=None, sinks=None):
+      alibi_slopes=None, sinks=None, defer_errors=False):
     _same_device(q, k_cache=k_cache, v_cache=v_cache, pooled_keys=pooled_keys, alibi_slopes=alibi_slopes,
                  sinks=sinks)
     _check_per_head(alibi_slopes, "alibi_slopes", q)
@@ -469,7 +470,7 @@ def attention_backward(dout, q, k, v, out, lse, pattern, scale, cu_seqlens_q=Non
 
 
 def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_keys, softcap=None, alibi_slopes=None,
-           sinks=None):
+           sinks=None, defer_errors=False):
     """(out, lse), eagerly through the core, else through spattn::decode; decode passes no
     gradient (inference)."""
     q, k_cache, v_cache = q.detach(), k_cache.detach(), v_cache.detach()
@@ -477,12 +478,12 @@ def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_k
     cap, alibi, s = _mods(q, softcap, alibi_slopes, sinks, True)
     if _eager(q, k_cache, v_cache, pk, alibi, s):
         return _api._decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, True, pk,
-                            _api._Mods(cap, alibi, s))
+                            _api._Mods(cap, alibi, s), defer_errors)
     spec, data = pattern_spec(pattern)
     cl = _as_torch(_api._int_array(cache_len, "cache_len", "int32 lengths [B]"))
     bt = None if block_table is None else _as_torch(
         _api._int_array(block_table, "block_table", "int32 page indices [B, max_pages]"))
-    return _decode(q, k_cache, v_cache, cl, spec, data, bt, scale, pk, cap, alibi, s)
+    return _decode(q, k_cache, v_cache, cl, spec, data, bt, scale, pk, cap, alibi, s, defer_errors)
 
 
 def merge(outs, lses):

@@ -44,10 +44,11 @@ py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
                  const Pattern& pattern, py::handle block_table, py::handle scale,
                  bool want_lse, py::handle pooled_keys, int num_threads, py::handle softcap,
                  py::handle alibi_slopes, py::handle sinks, py::handle out_given,
-                 py::handle lse_given, py::handle stream, py::handle workspace) {
+                 py::handle lse_given, py::handle stream, py::handle workspace, bool defer_errors) {
   CallContext call(py::none(), num_threads, stream, workspace);  // stream, allocator
   Options opt = call.options();
   opt.num_threads = num_threads;
+  opt.decode_defer_errors = defer_errors;
   if (!scale.is_none()) opt.scale = scale.cast<double>();
   ManagedTensor ma, ms;  // score modifiers (options.hpp; checked by the core)
   if (!softcap.is_none()) {
@@ -136,8 +137,16 @@ void bind_decode(py::module_& m) {
         py::arg("softcap") = py::none(), py::arg("alibi_slopes") = py::none(),
         py::arg("sinks") = py::none(), py::arg("out") = py::none(),
         py::arg("lse_out") = py::none(), py::arg("stream") = py::none(),
-        py::arg("workspace") = py::none(),
+        py::arg("workspace") = py::none(), py::arg("defer_errors") = false,
         "Decode over a KV cache: (out [B, Nq, Hq, Dv], lse [B, Hq, Nq] or None) holders.");
+  m.def(
+      "check_decode_errors",
+      [](int device) {
+        py::gil_scoped_release nogil;
+        spattn::check_decode_errors(DLDevice{kDLCUDA, device});
+      },
+      py::arg("device"),
+      "Raises the first error a deferred decode left on CUDA device `device`, and forgets it.");
   m.def("pool_keys", &pool_keys, py::arg("k_cache"), py::arg("cache_len"), py::arg("block"),
         py::arg("block_table") = py::none(), py::arg("out") = py::none(),
         py::arg("stream") = py::none(), py::arg("workspace") = py::none(),

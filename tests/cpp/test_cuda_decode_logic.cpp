@@ -20,10 +20,16 @@
 // blocks, bad table entries are found (the smallest in the CPU's order) and unvisited ones are
 // not, and sabotaged emulations (a dropped split, the partial rule skipped) are caught.
 //
+// Every case whose pattern is length-free runs twice: with the host plan (stage_decode) and with
+// the plan made on the device from device lengths (decode_plan_logic.hpp, emulated by
+// decode_plan_emulation.hpp), whose results must be the same bits.
+//
 // What this cannot check: shuffles, shared memory, 16-byte loads, atomics. Those need a GPU
 // (tests/python/test_cuda_decode.py).
 #include <spattn/cuda/decode_logic.hpp>
 #include <spattn/spattn.hpp>
+
+#include "decode_plan_emulation.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -31,7 +37,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <cstring>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -41,6 +49,7 @@ using namespace spattn::cuda;
 namespace {
 
 int failures = 0;
+int device_cases = 0;  // cases also run with the device plan
 void check(bool ok, const std::string& what) {
   if (!ok) {
     std::fprintf(stderr, "FAILED: %s\n", what.c_str());
@@ -173,37 +182,59 @@ void reference(const Case& c, const Problem& P, float scale, std::vector<double>
 
 struct Emulated {
   std::vector<float> out, lse;
-  unsigned long long error = ~0ull, entry = 0;
+  unsigned long long error = ~0ull, entry = 0, err_nk = 0;
   bool keys_once = true;  // every key position of every bg's blocks walked exactly once (rg 0)
   int64_t total_keys = 0, ntasks = 0;
 };
 
-// The kernels' loops (decode.cu), scalar, float32.
-Emulated emulate(const Case& c, Problem& P, float scale, Sabotage sab) {
+// The capacity of the problem's cache (the largest valid length).
+int64_t capacity_of(const Case& c, const Problem& P) {
+  return c.paged ? P.max_pages * c.page : P.ncap;
+}
+
+// The kernels' loops (decode.cu), scalar, float32. device_plan: the plan made from device
+// lengths (decode_plan_emulation.hpp) instead of stage_decode's.
+Emulated emulate(const Case& c, Problem& P, float scale, Sabotage sab, bool device_plan = false) {
   Emulated E;
   const int64_t B = P.B, G = P.hq / P.hkv;
   std::vector<std::shared_ptr<const CompiledPattern>> cps(static_cast<size_t>(B));
   std::vector<DecodeSeqIn> ins(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) {
-    ins[size_t(b)].nk = c.lens[size_t(b)];
-    if (ins[size_t(b)].nk == 0) continue;
-    cps[size_t(b)] = c.pattern.compiled(P.nq, ins[size_t(b)].nk, P.hq);
-    ins[size_t(b)].layout = &cps[size_t(b)]->layout_for(P.nq, P.bk);
-    ins[size_t(b)].pred = cps[size_t(b)]->predicate();
+  StagedDecode plan;
+  std::vector<int32_t> lens32(c.lens.begin(), c.lens.end());
+  auto dev = std::make_unique<decode_emu::DevicePlan>();
+  if (device_plan) {
+    if (!decode_emu::device_plan(c.pattern, lens32.data(), false, 1, B, P.nq, P.hq, P.hkv, P.bk,
+                                 capacity_of(c, P), c.sms, dev.get()))
+      throw std::runtime_error("no device plan: " + dev->why);
+  } else {
+    for (int64_t b = 0; b < B; ++b) {
+      ins[size_t(b)].nk = c.lens[size_t(b)];
+      if (ins[size_t(b)].nk == 0) continue;
+      cps[size_t(b)] = c.pattern.compiled(P.nq, ins[size_t(b)].nk, P.hq);
+      ins[size_t(b)].layout = &cps[size_t(b)]->layout_for(P.nq, P.bk);
+      ins[size_t(b)].pred = cps[size_t(b)]->predicate();
+    }
+    plan = stage_decode(ins, P.hkv, G, P.nq, P.bk, c.sms);
+    E.total_keys = plan.total_keys;
+    E.ntasks = plan.ntasks;
+    plan.relocate(plan.blob.data());
   }
-  StagedDecode plan = stage_decode(ins, P.hkv, G, P.nq, P.bk, c.sms);
-  E.total_keys = plan.total_keys;
-  E.ntasks = plan.ntasks;
-  plan.relocate(plan.blob.data());
   const int64_t dmax = dec_dim_max(P.d, P.dv);
-  const int64_t slots_n = plan.ntasks * plan.rgroups * kDecRows;
+  const int64_t ntasks = device_plan ? B * P.hkv * dev->pp.ns_max : plan.ntasks;
+  const int64_t rgroups = dec_row_groups(G, P.nq);
+  const int64_t slots_n = ntasks * rgroups * kDecRows;
   std::vector<float> pm(static_cast<size_t>(slots_n)), pl(static_cast<size_t>(slots_n)), pa(static_cast<size_t>(slots_n * dmax));
   E.out.assign(size_t(B * P.nq * P.hq * P.dv), -123.f);
   E.lse.assign(size_t(B * P.hq * P.nq), -123.f);
-  unsigned long long err[2] = {~0ull, 0};
+  unsigned long long err[kDecErrorWords] = {~0ull, 0, 0};
 
   DecodeParams p;
-  plan.bind(plan.blob.data(), &p);
+  if (device_plan) {
+    dec_bind_device_plan(dev->pp, &p);
+    err[0] = dev->error[0];  // the plan's own errors (lengths) come first
+  } else {
+    plan.bind(plan.blob.data(), &p);
+  }
   p.q = P.q.data();
   p.q_sd = 1, p.q_sh = P.d, p.q_sn = P.hq * P.d, p.q_sb = P.nq * P.hq * P.d;
   p.out = E.out.data();
@@ -244,10 +275,11 @@ Emulated emulate(const Case& c, Problem& P, float scale, Sabotage sab) {
   const int64_t R = dec_rows(p);
   const bool mods = p.softcap_log2 != 0.f || p.alibi != nullptr;
   for (int64_t task = 0; task < p.ntasks; ++task) {
-    if (sab == Sabotage::DropSplit && p.task_split[task] == 1) continue;
+    int64_t bg, split, ns;
+    dec_task(p, task, &bg, &split, &ns);
+    if (split >= ns) continue;  // device plan: a task the length does not need exits
+    if (sab == Sabotage::DropSplit && split == 1) continue;
     for (int64_t rg = 0; rg < p.rgroups; ++rg) {
-      const int64_t bg = p.task_bg[task], split = p.task_split[task];
-      const int64_t ns = p.bg_task0[bg + 1] - p.bg_task0[bg];
       const int64_t b = bg / p.hkv, g = bg - b * p.hkv;
       const DecodeSeq& seq = p.seqs[b];
       int64_t pos0, pos1;
@@ -365,13 +397,16 @@ Emulated emulate(const Case& c, Problem& P, float scale, Sabotage sab) {
     }
   }
   if (sab == Sabotage::DropSplit)  // the dropped split's slots: as if never written (zeros)
-    for (int64_t task = 0; task < p.ntasks; ++task)
-      if (p.task_split[task] == 1)
+    for (int64_t task = 0; task < p.ntasks; ++task) {
+      int64_t bg, split, ns;
+      dec_task(p, task, &bg, &split, &ns);
+      if (split == 1)
         for (int64_t rg = 0; rg < p.rgroups; ++rg)
           for (int rr = 0; rr < kDecRows; ++rr) {
             p.part_m[dec_slot(p, task, rg, rr)] = neg_inf();
             p.part_l[dec_slot(p, task, rg, rr)] = 0.f;
           }
+    }
 
   if (sab == Sabotage::None)
     for (int64_t bg = 0; bg < B * P.hkv; ++bg)
@@ -380,15 +415,17 @@ Emulated emulate(const Case& c, Problem& P, float scale, Sabotage sab) {
 
   // finish_kernel.
   if (err[0] != ~0ull) {
-    int64_t b, g, col;
-    dec_error_where(p, err[0], &b, &g, &col);
-    err[1] = (unsigned long long)dec_table_entry(p, b, col);
+    unsigned long long rec[kDecErrorWords];
+    dec_error_complete(p, err[0], rec);
+    err[1] = rec[1];
+    err[2] = rec[2];
   }
   for (int64_t w = 0; w < B * P.hq * P.nq; ++w) {
     const int64_t i = w % p.nq, h = (w / p.nq) % p.hq, b = w / (p.nq * p.hq);
     const int64_t g = h / p.group, r = (h - g * p.group) * p.nq + i;
     const int64_t rg = r / kDecRows, rr = r - rg * kDecRows, bg = b * p.hkv + g;
-    const int64_t t0 = p.bg_task0[bg], t1 = p.bg_task0[bg + 1];
+    int64_t t0, t1;
+    dec_bg_tasks(p, bg, &t0, &t1);
     float M = dec_merge_max(p, t0, t1, rg, rr);
     float L = 0.f;
     for (int64_t t = t0; t < t1; ++t)
@@ -409,6 +446,8 @@ Emulated emulate(const Case& c, Problem& P, float scale, Sabotage sab) {
   }
   E.error = err[0];
   E.entry = err[1];
+  E.err_nk = err[2];
+  if (device_plan) E.ntasks = ntasks;
   return E;
 }
 
@@ -464,6 +503,15 @@ void run_case(const Case& c, uint32_t seed) {
                                               std::to_string(worst) + ")");
   check(E.error == ~0ull, c.name + ": no bad table entry reported");
   check(E.keys_once, c.name + ": every key of the visited blocks is walked exactly once");
+  // The device plan, where the pattern allows it: the same bits.
+  if (!length_rule(c.pattern).free) return;
+  const Emulated D = emulate(c, P, scale, Sabotage::None, true);
+  check(D.out.size() == E.out.size() &&
+            std::memcmp(D.out.data(), E.out.data(), E.out.size() * sizeof(float)) == 0 &&
+            std::memcmp(D.lse.data(), E.lse.data(), E.lse.size() * sizeof(float)) == 0,
+        c.name + ": the device plan gives the host plan's bits");
+  check(D.error == ~0ull && D.keys_once, c.name + ": device plan: no error, every key once");
+  ++device_cases;
 }
 
 Case mk(std::string name, Pattern pat, std::vector<int64_t> lens, int64_t nq, int64_t hq,
@@ -621,6 +669,9 @@ void test_bad_pages() {
   if (E.error != ~0ull) dec_error_where(p, E.error, &b, &g, &col);
   check(b == 0 && g == 0 && col == col_window && int64_t(E.entry) == -5,
         "the first bad visited entry is reported with its value");
+  const Emulated ED = emulate(c, P, 0.2f, Sabotage::None, true);
+  check(ED.error == E.error && ED.entry == E.entry && ED.err_nk == 400,
+        "device plan: the same bad entry, with its sequence's length");
   // Dense reads every page: the far one is then reported for sequence 1.
   c.pattern = Pattern::dense();
   P.t32[size_t(0 * P.max_pages + col_window)] = int32_t(P.t64[size_t(0 * P.max_pages + col_window)]);
@@ -652,10 +703,12 @@ int main() {
   test_sabotage();
   test_window_visits_only_its_blocks();
   test_bad_pages();
+  check(device_cases >= 20, "the device plan ran on most cases (" + std::to_string(device_cases) + ")");
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;
   }
-  std::printf("test_cuda_decode_logic: all checks passed\n");
+  std::printf("test_cuda_decode_logic: all checks passed (%d cases also with the device plan)\n",
+              device_cases);
   return 0;
 }

@@ -238,6 +238,30 @@ def test_bad_block_table():
         spattn.decode(q, kp, vp[:, :8], [40, 40], block_table=table)
 
 
+def test_defer_errors_on_the_cpu_raises_at_once():
+    """defer_errors only changes the CUDA decode (docs/api.md, "Decode on a GPU"): on the CPU
+    errors are raised by the call, and there is never anything to check later."""
+    q, k, v, kp, vp, table = _small()
+    t = table.copy()
+    t[1, 2] = -1
+    with pytest.raises(ValueError, match=r"block_table: entry \[1, 2\] = -1"):
+        spattn.decode(q, kp, vp, [40, 40], block_table=t, defer_errors=True)
+    with pytest.raises(ValueError, match=r"cache_len\[1\] = 41 is outside 0..40"):
+        spattn.decode(q, k, v, [3, 41], defer_errors=True)
+    want = spattn.decode(q, k, v, [40, 7])
+    np.testing.assert_array_equal(spattn.decode(q, k, v, [40, 7], defer_errors=True), want)
+    assert spattn.check_decode_errors() is None
+    assert spattn.check_decode_errors(0) is None  # no deferred call ran on a CUDA device
+    try:
+        import torch
+    except ImportError:
+        return
+    assert spattn.check_decode_errors(torch.device("cpu")) is None
+    tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+    out = spattn.decode(tq, tk, tv, torch.tensor([40, 7], dtype=torch.int32), defer_errors=True)
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
 def test_shape_and_dtype_errors():
     q, k, v, *_ = _small()
     with pytest.raises(ValueError, match="k_cache, v_cache: batch sizes"):

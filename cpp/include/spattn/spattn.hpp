@@ -71,10 +71,24 @@ void attention_backward_varlen(const DLTensor& dout, const DLTensor& q, const DL
 // the pattern's bk, as pool_keys writes them) gives them instead, so that only the chosen
 // blocks' keys are read. Every block the choice scores must be there and current: for a causal
 // pattern those are complete blocks only, so an entry stays valid once its block is full.
+//
+// On a CUDA device with cache_len on that device too, a pattern whose rule does not depend on
+// the length (docs/api.md, "Decode on a GPU") is planned there: the host never reads the
+// lengths, the call never synchronises and it can be captured in a CUDA graph. A bad length or
+// table entry is then found on the device: by default the call waits for its kernels and
+// raises ValueError (as on the CPU); with options.decode_defer_errors, or while the stream is
+// capturing a graph, it returns at once and the error waits on the device for
+// check_decode_errors.
 void decode(const DLTensor& q, const DLTensor& k_cache, const DLTensor& v_cache,
             const DLTensor& cache_len, const Pattern& pattern, const DLTensor* block_table,
             const DLTensor& out, const DLTensor* lse, const Options& options = {},
             const DLTensor* pooled_keys = nullptr);
+
+// Raises (ValueError, as decode would have) the first error a deferred CUDA decode left on
+// `device` since the last check, and forgets it; returns when there is none. Waits for all the
+// device's work first (cudaDeviceSynchronize): not while a stream is capturing. Nothing to do
+// for the CPU.
+void check_decode_errors(const DLDevice& device);
 
 // The mean key of every block of `block` keys of each sequence of a cache (laid out as for
 // decode), into out float32 [B, blocks, Hkv, D] with blocks * block >= every cache_len: block

@@ -82,14 +82,20 @@ struct Gradients {
 
 // A decode call (docs/api.md), checked by decode_api.cpp: q [B, Nq, Hq, D]; k/v contiguous
 // [B, Ncap, Hkv, D/Dv] or paged [pages, page_size, Hkv, D/Dv] with table [B, max_pages] (int32
-// or int64); cache_len[b] in [0, capacity], read on the host; out [B, Nq, Hq, Dv]; lse
-// [B, Hq, Nq] float32 or data null. The backend checks the pattern per sequence and every table
-// entry it visits before anything is computed.
+// or int64); out [B, Nq, Hq, Dv]; lse [B, Hq, Nq] float32 or data null. The lengths: either
+// cache_len (read on the host, each in [0, capacity]) or, when the backend plans from lengths
+// on its device (device_lengths_refusal empty), `lengths` itself, never read on the host: the
+// backend then finds their errors itself. The backend checks the pattern per sequence and every
+// table entry it visits before anything is computed (or reports them as described for
+// defer_errors).
 struct Decode {
   TensorView q, k, v, out, lse;
   TensorView table;  // data null (paged false): contiguous caches
   bool paged = false;
-  const int64_t* cache_len = nullptr;  // B values, host memory
+  const int64_t* cache_len = nullptr;  // B values, host memory; null: use `lengths`
+  TensorView lengths;                  // cache_len as given (int32 / int64 [B])
+  int64_t capacity = 0;                // the largest valid length
+  bool defer_errors = false;           // Options::decode_defer_errors
   DType dtype = DType::Float32;
   double scale = 1.0;  // resolved; float64 kernels use it as it is, the others round it to float
   const Pattern* pattern = nullptr;
@@ -149,6 +155,17 @@ class Backend {
     return false;
   }
   virtual void decode(const Decode& d, const Call& call) = 0;
+  // Empty when this backend plans decode d from its lengths where they are (d.lengths on this
+  // device; d.cache_len not read): no host read of them, no synchronisation. Else the reason
+  // (the planner then reads them to the host first). May raise when the call cannot proceed
+  // either way (a stream capturing a CUDA graph).
+  virtual std::string device_lengths_refusal(const Decode& d, const Call& call) {
+    (void)d, (void)call;
+    return "this backend reads cache_len on the host";
+  }
+  // Raises the first error a decode with defer_errors left on call.device (and forgets it);
+  // nothing when there is none. Backends that never defer have nothing to raise.
+  virtual void raise_deferred_decode_errors(const Call& call) { (void)call; }
   virtual void pool_keys(const PoolKeys& p, const Call& call) = 0;
 
   // A compact row-major tensor on call.device (through call.allocator where given), owned by

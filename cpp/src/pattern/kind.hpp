@@ -16,6 +16,9 @@
 //       data generated per problem size, handed to predicate() and block_row()
 //   static double kept_pairs(const Params&, int64_t nq, int64_t nk, int64_t hq);  closed form
 //   static bool rel_lattice(const Params&, ResidueWindow*);  kept rels = d * m, m in [lo, hi]
+//   static int64_t min_keys(const Params&);  check() depends on Nk only as "Nk >= min_keys"
+//       (Global: its largest position + 1), so that a decode whose lengths live on a device
+//       can be planned there (length_free below)
 // Its factory makes a leaf with make_leaf<K>(params) after checking the arguments.
 #pragma once
 
@@ -23,6 +26,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <type_traits>
 
 #include "pattern/block_rows.hpp"
 #include "pattern/node.hpp"
@@ -47,6 +51,11 @@ struct KindOps {
                     blocks::Row&);
   double (*kept_pairs)(const PatternNode&, int64_t nq, int64_t nk, int64_t hq);  // < 0: none
   bool (*rel_lattice)(const PatternNode&, ResidueWindow*);
+  // The rule compiled for one Nk is the rule of every Nk (no prepare), and the fit to a problem
+  // depends on Nk at most as Nk >= min_keys: a decode can then be planned on the device from
+  // lengths the host never reads (cuda decode; pattern/length_rule.hpp). Detected, not declared.
+  bool length_free;
+  int64_t (*min_keys)(const PatternNode&);  // 0 without the hook
 };
 
 // The optional hooks' defaults (a kind derives from this and declares what it has).
@@ -66,6 +75,25 @@ struct KindDefaults {
     return false;
   }
 };
+
+namespace detail {
+// Whether K declares its own prepare / check (else the name is KindDefaults' template), and
+// whether it has min_keys.
+template <class K, class = void>
+struct own_prepare : std::true_type {};
+template <class K>
+struct own_prepare<K, std::void_t<decltype(&K::template prepare<typename K::Params>)>>
+    : std::false_type {};
+template <class K, class = void>
+struct own_check : std::true_type {};
+template <class K>
+struct own_check<K, std::void_t<decltype(&K::template check<typename K::Params>)>>
+    : std::false_type {};
+template <class K, class = void>
+struct has_min_keys : std::false_type {};
+template <class K>
+struct has_min_keys<K, std::void_t<decltype(&K::min_keys)>> : std::true_type {};
+}  // namespace detail
 
 template <class K>
 const KindOps* kind_ops() {
@@ -88,6 +116,16 @@ const KindOps* kind_ops() {
         return K::kept_pairs(n.params_as<P>(), nq, nk, hq);
       },
       [](const PatternNode& n, ResidueWindow* r) { return K::rel_lattice(n.params_as<P>(), r); },
+      !detail::own_prepare<K>::value &&
+          (!detail::own_check<K>::value || detail::has_min_keys<K>::value),
+      [](const PatternNode& n) -> int64_t {
+        if constexpr (detail::has_min_keys<K>::value) {
+          return K::min_keys(n.params_as<P>());
+        } else {
+          (void)n;
+          return 0;
+        }
+      },
   };
   return &ops;
 }

@@ -297,6 +297,12 @@ class CudaBackend final : public Backend {
   }
 
   void decode(const Decode& d, const Call& call) override { cuda::decode_on_device(d, call); }
+  std::string device_lengths_refusal(const Decode& d, const Call& call) override {
+    return cuda::decode_device_plan_refusal(d, call);
+  }
+  void raise_deferred_decode_errors(const Call& call) override {
+    cuda::raise_deferred_decode_errors(call);
+  }
   void pool_keys(const PoolKeys& p, const Call& call) override {
     cuda::pool_keys_on_device(p, call);
   }
@@ -436,7 +442,10 @@ class CudaBackend final : public Backend {
     // Decode: compiled and host-tested, not yet run on a GPU (cuda/README.md).
     info["cuda_decode"] =
         "float32, float16, bfloat16; D, Dv <= 256; contiguous and paged caches, split-K; score modifiers; "
-        "TopKBlocks selection on the CPU only";
+        "TopKBlocks selection on the CPU only; with cache_len on the GPU and a length-free pattern "
+        "(windows, sinks, globals, dilated, strided, fixed, prefix-LM and their combinations) "
+        "planned on the GPU: no host read, capturable in CUDA graphs, errors raised at once or "
+        "deferred to check_decode_errors (docs/api.md, \"Decode on a GPU\")";
     info["cuda_topk"] =
         "attention forward and backward choose TopKBlocks' blocks on the GPU (pooling, scoring "
         "and top-k kernels, no host read-back), the CPU's choice bit for bit on x86-64 builds "

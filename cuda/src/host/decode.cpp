@@ -1,21 +1,29 @@
 // Decode and pool_keys on a CUDA device (the CPU's cpu/decode.cpp, its plan moved to
 // spattn/cuda/decode_logic.hpp and its kernels to kernels/decode.cu).
 //
-// Per call: compile the pattern per sequence (Pattern::compiled keeps the last few sizes, so a
-// repeated cache_len does no O(N) work), take its layout with one query block and key blocks of
-// the page size, build the plan (union of visited blocks per (sequence, kv head), split-K
-// tasks) in one blob, copy it from pinned memory on the caller's stream, launch the split and
-// merge kernels, and read back the error record of the block table.
+// Two ways to plan a call:
+//   - on the device (decode_device_plan.cpp), when cache_len lives on the device and the
+//     pattern's rule does not depend on the length (every leaf has a device block rule and is
+//     length-free, pattern/length_rule.hpp): the host never reads the lengths, nothing is
+//     copied from the host per call, nothing waits (unless an error is to be raised at once),
+//     and the call can be captured in a CUDA graph and replayed with new lengths;
+//   - on the host (here), otherwise: compile the pattern per sequence (Pattern::compiled keeps
+//     the last few sizes, so a repeated cache_len does no O(N) work), take its layout with one
+//     query block and key blocks of the page size, build the plan (union of visited blocks per
+//     (sequence, kv head), split-K tasks) in one blob, copy it from pinned memory on the
+//     caller's stream. This plan is host data of the call: it cannot be captured in a graph.
+// Both launch the same split and merge kernels on the caller's stream, and give the same splits
+// for the same lengths, so the same bits.
 //
-// The block-table check. The table is device memory and the CPU's rule is that a visited entry
-// outside [0, pages) is a ValueError before anything is read. Here the kernels check each entry
-// where they read it (a bad one is never dereferenced; its keys count as not kept) and record
-// the first bad read; the call then copies that record to pinned host memory and waits for it
-// on the caller's stream (one synchronisation per call, after the kernels) to raise the CPU's
-// ValueError. The wait is the price of reporting a bad table in the call that used it: an error
-// found later could not be attributed to its call. For the same reason a decode cannot be
-// captured in a CUDA graph in this version (the plan is also host data of each call): it raises
-// while the stream is capturing. out and lse hold undefined values when the call raises.
+// Errors. The table is device memory and the CPU's rule is that a visited entry outside
+// [0, pages) is a ValueError before anything is read. Here the kernels check each entry where
+// they read it (a bad one is never dereferenced; its keys count as not kept) and record the
+// first bad read (with the device plan, bad lengths too). By default the call then copies that
+// record to pinned host memory and waits for it on the caller's stream (one synchronisation per
+// call, after the kernels) to raise the CPU's ValueError: the price of reporting an error in the
+// call that made it. With Options::decode_defer_errors, and always while the stream captures a
+// graph, the record goes to the device's persistent one instead and check_decode_errors raises
+// it later (decode_errors.hpp). out and lse hold undefined values for a call with an error.
 #include "decode_launch.hpp"
 
 #include <cstring>
@@ -27,6 +35,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "decode_errors.hpp"
 #include "launch_util.hpp"
 #include "spattn/cuda/decode_logic.hpp"
 #include "spattn/error.hpp"
@@ -81,14 +90,10 @@ Staging& staging(int device) {
   return *all[size_t(device)];
 }
 
-void refuse_capture(cudaStream_t stream, const char* what) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
-  if (status != cudaStreamCaptureStatusNone)
-    throw RuntimeError(std::string(what) +
-                       " on CUDA cannot be captured in a CUDA graph in this version: each call "
-                       "plans on the host (cache_len is host memory) and waits for its block-table "
-                       "check");
+void refuse_capture(cudaStream_t stream, const char* what, const std::string& why) {
+  if (stream_capturing(stream))
+    throw RuntimeError(std::string(what) + " on CUDA cannot be captured in a CUDA graph here: " +
+                       why);
 }
 
 // The CPU's message for a bad entry (cpu/decode.cpp, check_table_entry).
@@ -100,13 +105,16 @@ void refuse_capture(cudaStream_t stream, const char* what) {
   throw ValueError(m.str());
 }
 
-// Copies the error record (2 words at dev) to the pinned buffer and waits for it.
+// pool_keys' error record: [0] the smallest b * max_pages + column read badly, [1] its entry.
+constexpr int kPoolErrorWords = 2;
+
+// Copies pool_keys' error record at dev to the pinned buffer and waits for it.
 void read_error(const void* dev, void* pinned, cudaStream_t stream, unsigned long long* out) {
-  check(cudaMemcpyAsync(pinned, dev, kDecErrorWords * sizeof(unsigned long long),
+  check(cudaMemcpyAsync(pinned, dev, kPoolErrorWords * sizeof(unsigned long long),
                         cudaMemcpyDeviceToHost, stream),
         "cudaMemcpyAsync (block-table check)");
   check(cudaStreamSynchronize(stream), "the decode kernels (block-table check)");
-  std::memcpy(out, pinned, kDecErrorWords * sizeof(unsigned long long));
+  std::memcpy(out, pinned, kPoolErrorWords * sizeof(unsigned long long));
 }
 
 size_t floats_bytes(int64_t n) { return align16(size_t(n) * sizeof(float)); }
@@ -119,6 +127,7 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   const int64_t hkv = k.shape[2], Dv = v.shape[3], G = hq / hkv;
   const int64_t bk = a.paged ? k.shape[1] : kDecContigBlock;
   if (B == 0 || nq == 0) return;
+  if (a.cache_len == nullptr) return decode_device_plan(a, call);  // lengths on the device
   if (a.pattern->data_dependent())  // the planner refuses it first (Op::Select)
     throw RuntimeError("pattern: TopKBlocks' selection runs on the CPU only in this version");
   const int64_t dmax = dec_dim_max(D, Dv);
@@ -129,7 +138,9 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
   const int device = call.device.device_id;
   DeviceGuard guard(device);
-  refuse_capture(stream, "decode");
+  refuse_capture(stream, "decode",
+                 "cache_len is host memory, so each call plans on the host (pass cache_len on "
+                 "the GPU to plan there; docs/api.md, \"Decode on a GPU\")");
   const DeviceInfo& dev = device_info(device);
   const ArchFns& arch = arch_of(device, "decode");
 
@@ -156,7 +167,7 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   StagedDecode plan = stage_decode(ins, hkv, G, nq, bk, dev.sms);
   const int64_t slots = plan.ntasks * plan.rgroups * kDecRows;
   const size_t blob_at = 0, err_at = align16(plan.blob.size());
-  const size_t m_at = err_at + 16, l_at = m_at + floats_bytes(slots);
+  const size_t m_at = err_at + align16(kDecErrorWords * 8), l_at = m_at + floats_bytes(slots);
   const size_t acc_at = l_at + floats_bytes(slots);
   const size_t total = acc_at + floats_bytes(slots * dmax);
 
@@ -175,11 +186,35 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   check(cudaMemcpyAsync(base + blob_at, pinned, plan.blob.size(), cudaMemcpyHostToDevice, stream),
         "cudaMemcpyAsync (decode plan)");
   st.queued(stream);
-  check(cudaMemsetAsync(base + err_at, 0xff, 16, stream), "cudaMemsetAsync (error record)");
+  check(cudaMemsetAsync(base + err_at, 0xff, kDecErrorWords * 8, stream),
+        "cudaMemsetAsync (error record)");
 
   // 3. Parameters.
   DecodeParams p;
   plan.bind(base + blob_at, &p);
+  fill_decode_params(a, bk, dmax, &p);
+  p.part_m = reinterpret_cast<float*>(base + m_at);
+  p.part_l = reinterpret_cast<float*>(base + l_at);
+  p.part_acc = reinterpret_cast<float*>(base + acc_at);
+  p.error = reinterpret_cast<unsigned long long*>(base + err_at);
+  if (a.defer_errors) p.sticky = deferred_record(device);
+
+  check(arch.decode(p, a.dtype, stream),
+        std::string("launching the ") + arch.name + " decode kernels (" + dtype_name(a.dtype) +
+            ", D=" + std::to_string(D) + ", Dv=" + std::to_string(Dv) + ")");
+
+  // 4. The errors (see the top of this file). Contiguous caches have no table to check.
+  if (!a.paged || a.defer_errors) return;
+  unsigned long long rec[kDecErrorWords];
+  read_error_record(base + err_at, stream, device, rec);
+  raise_if_error(p, rec, a.pattern);
+}
+
+void fill_decode_params(const backend::Decode& a, int64_t bk, int64_t dmax, DecodeParams* pp) {
+  DecodeParams& p = *pp;
+  const TensorView &q = a.q, &k = a.k, &v = a.v;
+  const int64_t B = q.shape[0], nq = q.shape[1], hq = q.shape[2], D = q.shape[3];
+  const int64_t hkv = k.shape[2], Dv = v.shape[3], G = hq / hkv;
   p.q = q.data;
   p.q_sb = q.strides[0], p.q_sn = q.strides[1], p.q_sh = q.strides[2], p.q_sd = q.strides[3];
   p.out = a.out.data;
@@ -215,25 +250,8 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   p.alibi_s = a.mods.alibi_stride;
   p.sinks = a.mods.sinks;
   p.sinks_s = a.mods.sinks_stride;
-  p.part_m = reinterpret_cast<float*>(base + m_at);
-  p.part_l = reinterpret_cast<float*>(base + l_at);
-  p.part_acc = reinterpret_cast<float*>(base + acc_at);
   p.dvp = dmax;
-  p.error = reinterpret_cast<unsigned long long*>(base + err_at);
-
-  check(arch.decode(p, a.dtype, stream),
-        std::string("launching the ") + arch.name + " decode kernels (" + dtype_name(a.dtype) +
-            ", D=" + std::to_string(D) + ", Dv=" + std::to_string(Dv) + ")");
-
-  // 4. The block-table check (see the top of this file).
-  if (!a.paged) return;
-  unsigned long long rec[kDecErrorWords];
-  read_error(base + err_at, pinned + err_at, stream, rec);
-  if (rec[0] != ~0ull) {
-    int64_t b, g, c;
-    dec_error_where(p, rec[0], &b, &g, &c);
-    bad_entry(b, c, int64_t(rec[1]), p.pages, a.cache_len[b]);
-  }
+  p.capacity = a.capacity;
 }
 
 void pool_keys_on_device(const backend::PoolKeys& a, const backend::Call& call) {
@@ -243,7 +261,8 @@ void pool_keys_on_device(const backend::PoolKeys& a, const backend::Call& call) 
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
   const int device = call.device.device_id;
   DeviceGuard guard(device);
-  refuse_capture(stream, "pool_keys");
+  refuse_capture(stream, "pool_keys",
+                 "it reads cache_len on the host and waits for its block-table check");
   const DeviceInfo& dev = device_info(device);
   const ArchFns& arch = arch_of(device, "pool_keys");
   if (k.data) expect_device_pointer(k.data, "k_cache", device);
@@ -283,7 +302,7 @@ void pool_keys_on_device(const backend::PoolKeys& a, const backend::Call& call) 
   check(arch.pool_keys(p, a.dtype, stream), std::string("launching the ") + arch.name +
                                                 " pool_keys kernel (" + dtype_name(a.dtype) + ")");
   if (!a.paged) return;
-  unsigned long long rec[kDecErrorWords];
+  unsigned long long rec[kPoolErrorWords];
   read_error(base + len_bytes, pinned + len_bytes, stream, rec);
   if (rec[0] != ~0ull) {
     const int64_t b = int64_t(rec[0]) / p.max_pages, c = int64_t(rec[0]) % p.max_pages;

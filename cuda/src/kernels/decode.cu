@@ -8,8 +8,10 @@
 //                   lanes with shuffles; each lane group keeps an online softmax per row; the
 //                   groups are merged through shared memory into the CTA's partial (m, l, acc).
 //   finish_kernel   one warp per (b, h, i) row: merges the row's splits exactly (logsumexp),
-//                   adds the sink, writes out and lse; block 0 also reads back the table entry
-//                   of the first bad page read (error record).
+//                   adds the sink, writes out and lse; block 0 also completes the error record
+//                   (the bad table entry or length; decode_logic.hpp) and, for a deferred
+//                   call, copies it into the device's persistent record if that is empty.
+//   (The device plan's kernels are in decode_plan.cu.)
 //   pool_kernel     pool_keys: the mean key of each block of keys, float32.
 //
 // Bandwidth-bound: no tensor cores (a decode step has at most kDecRows rows per CTA).
@@ -88,8 +90,9 @@ __global__ void __launch_bounds__(kThreads, kDecMinCtas) decode_kernel(const Dec
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int grp = lane / KL, sub = lane % KL, slot = warp * GPW + grp, d0 = sub * kDecVec;
   const int64_t task = blockIdx.x, rg = blockIdx.y;
-  const int64_t bg = p.task_bg[task], split = p.task_split[task];
-  const int64_t ns = p.bg_task0[bg + 1] - p.bg_task0[bg];
+  int64_t bg, split, ns;
+  dec_task(p, task, &bg, &split, &ns);
+  if (split >= ns) return;  // device plan: a split this bg's length does not need (whole CTA)
   const int64_t b = bg / p.hkv, g = bg - b * p.hkv;
   const DecodeSeq& seq = p.seqs[b];  // read where used (global memory, cached): few registers
   const Predicate& pred = seq.pred;
@@ -282,9 +285,16 @@ __global__ void __launch_bounds__(kThreads, kDecMinCtas) decode_kernel(const Dec
 template <class T>
 __global__ void __launch_bounds__(256) finish_kernel(const DecodeParams p) {
   if (blockIdx.x == 0 && threadIdx.x == 0 && p.error[0] != ~0ull) {
-    int64_t b, g, c;
-    dec_error_where(p, p.error[0], &b, &g, &c);
-    p.error[1] = (unsigned long long)dec_table_entry(p, b, c);
+    unsigned long long rec[kDecErrorWords];
+    dec_error_complete(p, p.error[0], rec);
+    for (int x = 1; x < kDecErrorWords; ++x) p.error[x] = rec[x];
+    // A deferred call: the first error of any call claims the persistent record.
+    if (p.sticky && atomicCAS(p.sticky, ~0ull, rec[0]) == ~0ull) {
+      unsigned long long w[kDecStickyWords];
+      dec_sticky_words(p, rec, w);
+      for (int x = 1; x < kDecStickyWords; ++x) p.sticky[x] = w[x];
+      __threadfence_system();
+    }
   }
   const int lane = threadIdx.x & 31;
   const int64_t rows = p.b * p.hq * p.nq;
@@ -293,7 +303,8 @@ __global__ void __launch_bounds__(256) finish_kernel(const DecodeParams p) {
     const int64_t i = w % p.nq, h = (w / p.nq) % p.hq, b = w / (p.nq * p.hq);
     const int64_t g = h / p.group, r = (h - g * p.group) * p.nq + i;
     const int64_t rg = r / kDecRows, rr = r - rg * kDecRows, bg = b * p.hkv + g;
-    const int64_t t0 = p.bg_task0[bg], t1 = p.bg_task0[bg + 1];
+    int64_t t0, t1;
+    dec_bg_tasks(p, bg, &t0, &t1);
     float M = dec_merge_max(p, t0, t1, rg, rr);
     float L = 0.f;
     for (int64_t t = t0; t < t1; ++t) {

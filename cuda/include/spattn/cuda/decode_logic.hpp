@@ -17,10 +17,13 @@
 //     merges the splits of each row exactly (logsumexp), adds the sink, writes out and lse.
 //
 // Block-table entries are checked by the kernel itself where it reads them (the table is device
-// memory; cache_len is host memory): an entry outside [0, pages) is never dereferenced, the
-// block counts as not visited, and the smallest (b, g, column) of such a read is recorded in a
-// device word (atomicMin). The finish kernel reads that entry back into the error record, and
-// the launcher copies the record to the host and raises ValueError with the CPU's message.
+// memory): an entry outside [0, pages) is never dereferenced, the block counts as not visited,
+// and the smallest (b, g, column) of such a read is recorded in a device word (atomicMin). The
+// finish kernel reads that entry back into the error record, and the launcher copies the
+// record to the host and raises ValueError with the CPU's message (or leaves it on the device:
+// decode.cpp). When cache_len lives on the device too, the plan itself is made there
+// (decode_plan_logic.hpp): one task list sized from the capacity (DecodeParams::ns_max), and
+// the lengths' own errors join the same record (error classes below).
 //
 // Plain data and plain functions: no CUDA runtime.
 #pragma once
@@ -62,8 +65,12 @@ constexpr int64_t kDecCtasPerSm = 8;
 struct DecodeSeq {
   int64_t nk = 0;
   int64_t lheads = 1;
+  // Row r's ranges: [full_ptr[r], full_ptr[r + 1]) (a CSR, host plan), or [full_ptr[r],
+  // full_end[r]) when full_end is set (device plan: rows of fixed capacity). Likewise part_*.
   const int64_t* full_ptr = nullptr;
   const int64_t* part_ptr = nullptr;
+  const int64_t* full_end = nullptr;
+  const int64_t* part_end = nullptr;
   const int32_t* full_lo = nullptr;
   const int32_t* full_hi = nullptr;
   const int32_t* part_lo = nullptr;
@@ -71,10 +78,24 @@ struct DecodeSeq {
   Predicate pred;
 };
 
-// The error record (device memory, 2 words): [0] the smallest key (b * hkv + g) * max_pages + c
-// of a bad table read (UINT64_MAX: none; set with atomicMin), [1] that entry's value (written
-// by the finish kernel).
-constexpr int kDecErrorWords = 2;
+// The error record (device memory, 3 words): [0] the smallest error key (UINT64_MAX: none; set
+// with atomicMin), [1] its value and [2] the sequence's length (both written by the finish
+// kernel). A key is class << 56 | index; the classes in the order the CPU checks (so the
+// smallest key is the error the CPU would report):
+//   kDecErrLength   cache_len[b] outside [0, capacity]       index b, value cache_len[b]
+//   kDecErrPattern  0 < cache_len[b] < the pattern's min_keys index b, value cache_len[b]
+//   kDecErrTable    table[b, c] outside [0, pages), read by kv head g
+//                   index (b * hkv + g) * max_pages + c, value the entry
+//   kDecErrBound    a device plan buffer's bound was exceeded (a library bug), index 0
+// The first two arise only when the plan is made on the device (device cache_len).
+constexpr int kDecErrorWords = 3;
+constexpr unsigned long long kDecErrLength = 0, kDecErrPattern = 1, kDecErrTable = 2,
+                             kDecErrBound = 3;
+constexpr int kDecErrClassShift = 56;
+// The record a deferred call leaves in the device's persistent one (decode.cpp): the error
+// record and what its message needs. [0..2] as above, [3] hkv, [4] max_pages, [5] pages,
+// [6] capacity, [7] min_keys, [8] nq.
+constexpr int kDecStickyWords = 9;
 
 struct DecodeParams {
   // q [B, Nq, Hq, D]; out [B, Nq, Hq, Dv]; lse [B, Hq, Nq] float32 (null: not written).
@@ -128,10 +149,67 @@ struct DecodeParams {
   float* part_acc = nullptr;
   int64_t dvp = 0;
   unsigned long long* error = nullptr;  // kDecErrorWords words
+  // Device plan (decode_plan_logic.hpp): ns_max > 0 means no task tables: task t is split
+  // t % ns_max of bg t / ns_max, and bg runs bg_ns[bg] <= ns_max splits (the others exit at
+  // once); union ranges of bg are [uptr[bg], uend[bg]).
+  int64_t ns_max = 0;
+  const int32_t* bg_ns = nullptr;
+  const int64_t* uend = nullptr;
+  // Device lengths (device plan): read back into the error record for its message.
+  const void* lens = nullptr;
+  bool lens64 = false;
+  int64_t lens_s = 1;
+  int64_t capacity = 0, min_keys = 0;
+  // The device's persistent record (kDecStickyWords) a deferred call copies its error into, if
+  // that one is still empty; null: the launcher reads the record itself.
+  unsigned long long* sticky = nullptr;
 };
+
+// The tasks: (bg, split) of task t, and the splits bg runs. Host plan: the task tables; device
+// plan: ns_max tasks per bg, of which the first bg_ns[bg] run.
+SPATTN_HD void dec_task(const DecodeParams& p, int64_t t, int64_t* bg, int64_t* split, int64_t* ns) {
+  if (p.ns_max > 0) {
+    *bg = t / p.ns_max;
+    *split = t - *bg * p.ns_max;
+    *ns = p.bg_ns[*bg];
+  } else {
+    *bg = p.task_bg[t];
+    *split = p.task_split[t];
+    *ns = p.bg_task0[*bg + 1] - p.bg_task0[*bg];
+  }
+}
+SPATTN_HD void dec_bg_tasks(const DecodeParams& p, int64_t bg, int64_t* t0, int64_t* t1) {
+  if (p.ns_max > 0) {
+    *t0 = bg * p.ns_max;
+    *t1 = *t0 + p.bg_ns[bg];
+  } else {
+    *t0 = p.bg_task0[bg];
+    *t1 = p.bg_task0[bg + 1];
+  }
+}
+// The end of bg's union ranges.
+SPATTN_HD int64_t dec_union_end(const DecodeParams& p, int64_t bg) {
+  return p.uend ? p.uend[bg] : p.uptr[bg + 1];
+}
 
 // ---------------------------------------------------------------------------------------------
 // Rows and splits.
+
+// Splits of a bg with T visited blocks of bk keys, when the call has `cells` (b, g, row group)
+// cells and aims at target_ctas CTAs: enough to fill the device, never below kDecMinSplitKeys
+// keys per split, never more than T. Non-decreasing in T (the device plan sizes its task list
+// with the largest T).
+SPATTN_HD int64_t dec_num_splits(int64_t T, int64_t bk, int64_t cells, int64_t target_ctas) {
+  if (T <= 0) return 1;
+  int64_t by_keys = (T * bk) / kDecMinSplitKeys;
+  by_keys = by_keys > 1 ? by_keys : 1;
+  const int64_t c = cells > 1 ? cells : 1;
+  int64_t by_fill = (target_ctas + c - 1) / c;
+  by_fill = by_fill > 1 ? by_fill : 1;
+  int64_t n = by_keys < by_fill ? by_keys : by_fill;
+  n = n < T ? n : T;
+  return n > 1 ? n : 1;
+}
 
 SPATTN_HD int64_t dec_rows(const DecodeParams& p) { return p.group * p.nq; }
 SPATTN_HD int64_t dec_row_groups(int64_t group, int64_t nq) {
@@ -153,7 +231,7 @@ SPATTN_HD void dec_split(int64_t T, int64_t ns, int64_t s, int64_t* lo, int64_t*
 // The block at position pos (0 <= pos < ublocks[bg]) of bg's ascending block list: the range t
 // with ubefore[t] <= pos, found by binary search.
 SPATTN_HD int64_t dec_block_at(const DecodeParams& p, int64_t bg, int64_t pos) {
-  int64_t lo = p.uptr[bg], hi = p.uptr[bg + 1] - 1;  // the answer lies in [lo, hi]
+  int64_t lo = p.uptr[bg], hi = dec_union_end(p, bg) - 1;  // the answer lies in [lo, hi]
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
     if (p.ubefore[mid] <= pos)
@@ -180,16 +258,54 @@ SPATTN_HD bool dec_page_ok(const DecodeParams& p, int64_t page) {
 // The error key of a bad read of table[b, c] by kv head g: smaller is reported first, in the
 // CPU's checking order (sequence, kv head, block).
 SPATTN_HD unsigned long long dec_error_key(const DecodeParams& p, int64_t b, int64_t g, int64_t c) {
-  return (unsigned long long)((b * p.hkv + g) * p.max_pages + c);
+  return (kDecErrTable << kDecErrClassShift) | (unsigned long long)((b * p.hkv + g) * p.max_pages + c);
+}
+SPATTN_HD unsigned long long dec_error_class(unsigned long long key) {
+  return key >> kDecErrClassShift;
+}
+SPATTN_HD int64_t dec_error_index(unsigned long long key) {
+  return int64_t(key & ((1ull << kDecErrClassShift) - 1));
 }
 
-// The (b, g, c) of an error key (dec_error_key).
+// The (b, g, c) of a table error key (dec_error_key).
 SPATTN_HD void dec_error_where(const DecodeParams& p, unsigned long long key, int64_t* b,
                                int64_t* g, int64_t* c) {
-  const int64_t k = int64_t(key), bg = k / p.max_pages;
+  const int64_t k = dec_error_index(key), bg = k / p.max_pages;
   *c = k - bg * p.max_pages;
   *b = bg / p.hkv;
   *g = bg - *b * p.hkv;
+}
+
+// The whole error record of `key`: [0] key, [1] its value (the bad table entry, or the length
+// as stored), [2] the sequence's planned length (what the finish kernel writes).
+SPATTN_HD void dec_error_complete(const DecodeParams& p, unsigned long long key,
+                                  unsigned long long* rec) {
+  rec[0] = key;
+  rec[1] = rec[2] = 0;
+  const unsigned long long cls = dec_error_class(key);
+  if (cls == kDecErrTable) {
+    int64_t b, g, c;
+    dec_error_where(p, key, &b, &g, &c);
+    rec[1] = (unsigned long long)dec_table_entry(p, b, c);
+    rec[2] = (unsigned long long)p.seqs[b].nk;
+  } else if ((cls == kDecErrLength || cls == kDecErrPattern) && p.lens) {
+    const int64_t b = dec_error_index(key);
+    const int64_t n = p.lens64 ? static_cast<const int64_t*>(p.lens)[b * p.lens_s]
+                               : int64_t(static_cast<const int32_t*>(p.lens)[b * p.lens_s]);
+    rec[1] = rec[2] = (unsigned long long)n;
+  }
+}
+// The persistent record of a deferred call (kDecStickyWords): the error record and what its
+// message needs.
+SPATTN_HD void dec_sticky_words(const DecodeParams& p, const unsigned long long* rec,
+                                unsigned long long* w) {
+  for (int x = 0; x < kDecErrorWords; ++x) w[x] = rec[x];
+  w[3] = (unsigned long long)p.hkv;
+  w[4] = (unsigned long long)p.max_pages;
+  w[5] = (unsigned long long)p.pages;
+  w[6] = (unsigned long long)p.capacity;
+  w[7] = (unsigned long long)p.min_keys;
+  w[8] = (unsigned long long)p.nq;
 }
 
 // Element offset of key x of block c (on `page`, dec_table_entry) of sequence b, kv head g.
@@ -220,10 +336,12 @@ SPATTN_HD int64_t dec_seek(const int32_t* hi, int64_t b, int64_t e, int64_t c) {
 // Block c for query head h: 0 not visited, 1 full (every existing key kept), 2 partial.
 SPATTN_HD int dec_block_status(const DecodeSeq& s, int64_t h, int64_t c) {
   const int64_t r = s.lheads == 1 ? 0 : h;
-  const int64_t f = dec_seek(s.full_hi, s.full_ptr[r], s.full_ptr[r + 1], c);
-  if (f < s.full_ptr[r + 1] && s.full_lo[f] <= c) return 1;
-  const int64_t t = dec_seek(s.part_hi, s.part_ptr[r], s.part_ptr[r + 1], c);
-  if (t < s.part_ptr[r + 1] && s.part_lo[t] <= c) return 2;
+  const int64_t fe = s.full_end ? s.full_end[r] : s.full_ptr[r + 1];
+  const int64_t f = dec_seek(s.full_hi, s.full_ptr[r], fe, c);
+  if (f < fe && s.full_lo[f] <= c) return 1;
+  const int64_t pe = s.part_end ? s.part_end[r] : s.part_ptr[r + 1];
+  const int64_t t = dec_seek(s.part_hi, s.part_ptr[r], pe, c);
+  if (t < pe && s.part_lo[t] <= c) return 2;
   return 0;
 }
 
@@ -380,15 +498,6 @@ struct DecodeSeqIn {
   Predicate pred;
 };
 
-// Splits of a bg with T visited blocks of bk keys, when the call has `cells` (b, g, row group)
-// cells and aims at target_ctas CTAs: enough to fill the device, never below kDecMinSplitKeys
-// keys per split, never more than T.
-inline int64_t dec_num_splits(int64_t T, int64_t bk, int64_t cells, int64_t target_ctas) {
-  if (T <= 0) return 1;
-  const int64_t by_keys = std::max<int64_t>(1, (T * bk) / kDecMinSplitKeys);
-  const int64_t by_fill = std::max<int64_t>(1, (target_ctas + cells - 1) / std::max<int64_t>(cells, 1));
-  return std::max<int64_t>(1, std::min({by_keys, by_fill, T}));
-}
 
 struct StagedDecode {
   std::vector<unsigned char> blob;

@@ -33,6 +33,10 @@ struct Global : KindDefaults {
       throw ValueError(s.str());
     }
   }
+  // check() above is exactly "Nk >= min_keys" (pattern/kind.hpp).
+  static int64_t min_keys(const Params& p) {
+    return p.positions.empty() ? 0 : p.positions.back() + 1;
+  }
   static PredNode predicate(const Params& p, const void*) {
     PredNode n = pred_leaf(rules::global{int64_t(p.positions.size())});
     n.data = p.positions.data();
