@@ -25,8 +25,10 @@ int device_count() noexcept { return 0; }
 std::string selftest(int) { return "not compiled: spattn was built without CUDA (SPATTN_CUDA=OFF or no nvcc)"; }
 
 // The kernels' tiles and kernel lists, so that host-side tests need no #if.
-ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
-ForwardTile forward_tile(int64_t, int64_t, int, DType) { return {kFwdBlockM, kFwdBlockN}; }
+ForwardTile forward_tile(int64_t d, int64_t dv) { return sm80_forward_tile(DType::BFloat16, d, dv); }
+ForwardTile forward_tile(int64_t d, int64_t dv, int, DType dtype) {
+  return sm80_forward_tile(dtype, d, dv);
+}
 bool supports(DType, int64_t, int64_t) { return false; }
 std::string forward_kernels() { return {}; }
 std::string forward_kernels_sm90a() { return {}; }

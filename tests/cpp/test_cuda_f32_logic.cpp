@@ -254,12 +254,12 @@ void emulate_forward(const FwdParams& p, Sabotage sab) {
     bool partial = false;
     while (walk.next(p, &c, &partial)) {
       const int64_t j0 = c * BN;
-      load_tile(sm, f32_fwd_off_k(kD), kS, k_base + j0 * p.k_sn, p.k_sn, BN, kD, block_keys(p, c));
-      load_tile(sm, f32_fwd_off_v(kD), kD, v_base + j0 * p.v_sn, p.v_sn, BN, kD, block_keys(p, c));
+      load_tile(sm, f32_fwd_off_k(kD), kS, k_base + j0 * p.k_sn, p.k_sn, BN, kD, block_keys(p, c, BN));
+      load_tile(sm, f32_fwd_off_v(kD), kD, v_base + j0 * p.v_sn, p.v_sn, BN, kD, block_keys(p, c, BN));
       for (int t = 0; t < T; ++t) {  // mask bits, S, the row maxima of this thread
         Regs& r = th[size_t(t)];
         r.keep = ~uint32_t(0);
-        if (block_needs_mask(p, partial, c)) {
+        if (block_needs_mask(p, partial, c, BN)) {
           r.keep = 0;
           if (mask_by_interval(partial, rule_exact)) {
             for (int i = 0; i < R; ++i) {

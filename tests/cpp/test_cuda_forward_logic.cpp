@@ -83,19 +83,20 @@ struct Visit {
 };
 
 // The kernel's loop structure, scalar, in float32 (out and lse written through p's pointers,
-// which here point to host memory; q, k, v, out are float).
-void emulate(const FwdParams& p, Sabotage sab, std::vector<Visit>* visits) {
+// which here point to host memory; q, k, v, out are float), with key blocks of bn keys (the
+// kernel's kBlockN = fwd_block_n(D)).
+void emulate(const FwdParams& p, int bn, Sabotage sab, std::vector<Visit>* visits) {
   using namespace spattn::cuda;
   const float* q = static_cast<const float*>(p.q);
   const float* k = static_cast<const float*>(p.k);
   const float* v = static_cast<const float*>(p.v);
   float* o = static_cast<float*>(p.o);
   const int D = int(p.d), Dv = int(p.dv);
-  std::vector<float> Q(size_t(kFwdBlockM) * D), K(size_t(kFwdBlockN) * D),
-      V(size_t(kFwdBlockN) * Dv), S(size_t(kFwdBlockM) * kFwdBlockN),
+  std::vector<float> Q(size_t(kFwdBlockM) * D), K(size_t(bn) * D),
+      V(size_t(bn) * Dv), S(size_t(kFwdBlockM) * bn),
       O(size_t(kFwdBlockM) * Dv);
   std::vector<float> m(kFwdBlockM), l(kFwdBlockM);
-  std::vector<uint8_t> keep(size_t(kFwdBlockM) * kFwdBlockN);
+  std::vector<uint8_t> keep(size_t(kFwdBlockM) * bn);
   for (int64_t cta = 0; cta < fwd_grid_size(p); ++cta) {
     const CtaWork w = cta_work(p, cta);
     const int64_t g = kv_head(p, w.h);
@@ -119,57 +120,57 @@ void emulate(const FwdParams& p, Sabotage sab, std::vector<Visit>* visits) {
       c = blk.first;
       partial = blk.second;
       if (visits) visits->push_back({w.b, w.h, w.a, c, partial});
-      const int64_t j0 = c * kFwdBlockN;
-      const int keys = block_keys(p, c);
-      for (int x = 0; x < kFwdBlockN; ++x) {
+      const int64_t j0 = c * bn;
+      const int keys = block_keys(p, c, bn);
+      for (int x = 0; x < bn; ++x) {
         for (int d = 0; d < D; ++d)
           K[size_t(x * D + d)] = x < keys ? k[k_offset(p, w.b, j0 + x, g) + d] : 0.f;
         for (int d = 0; d < Dv; ++d)
           V[size_t(x * Dv + d)] = x < keys ? v[v_offset(p, w.b, j0 + x, g) + d] : 0.f;
       }
       // The mask, as the kernel builds it.
-      bool masked = block_needs_mask(p, partial, c);
+      bool masked = block_needs_mask(p, partial, c, bn);
       if (sab == Sabotage::NoPartialMask && partial) masked = false;
       if (sab == Sabotage::NoTailMask && !partial) masked = false;
       for (int r = 0; r < kFwdBlockM; ++r) {
         int64_t lo = 0, hi = -1;
         const bool by_interval = mask_by_interval(partial, rule_exact);
         if (masked && by_interval) row_interval(p, partial, w.h, i0 + r, &lo, &hi);
-        for (int x = 0; x < kFwdBlockN; ++x) {
+        for (int x = 0; x < bn; ++x) {
           bool kept = true;
           if (masked)
             kept = by_interval ? (j0 + x >= lo && j0 + x <= hi)
                                : element_kept(p, true, w.h, i0 + r, j0 + x);
           if (sab == Sabotage::WrongMask && masked && partial)
             kept = element_kept(p, true, w.h, i0 + r, j0 + x + 1);  // off by one key
-          keep[size_t(r * kFwdBlockN + x)] = kept;
+          keep[size_t(r * bn + x)] = kept;
         }
       }
       for (int r = 0; r < kFwdBlockM; ++r) {
-        for (int x = 0; x < kFwdBlockN; ++x) {
+        for (int x = 0; x < bn; ++x) {
           float s = 0.f;
           for (int d = 0; d < D; ++d) s += Q[size_t(r * D + d)] * K[size_t(x * D + d)];
-          S[size_t(r * kFwdBlockN + x)] = score_scaled(s, p.scale_log2, keep[size_t(r * kFwdBlockN + x)]);
+          S[size_t(r * bn + x)] = score_scaled(s, p.scale_log2, keep[size_t(r * bn + x)]);
           if (p.mods)  // softcap / ALiBi, as the kernels apply them
-            S[size_t(r * kFwdBlockN + x)] =
-                modified_score(p, w.h, i0 + r, j0 + x, S[size_t(r * kFwdBlockN + x)], nullptr);
+            S[size_t(r * bn + x)] =
+                modified_score(p, w.h, i0 + r, j0 + x, S[size_t(r * bn + x)], nullptr);
         }
         float mx = m[size_t(r)];
-        for (int x = 0; x < kFwdBlockN; ++x) mx = fmax_(mx, S[size_t(r * kFwdBlockN + x)]);
+        for (int x = 0; x < bn; ++x) mx = fmax_(mx, S[size_t(r * bn + x)]);
         const float alpha = softmax_rescale(m[size_t(r)], mx);
         const float ms = softmax_max_safe(mx);
         m[size_t(r)] = mx;
         float sum = 0.f;
-        for (int x = 0; x < kFwdBlockN; ++x) {
-          float& e = S[size_t(r * kFwdBlockN + x)];
+        for (int x = 0; x < bn; ++x) {
+          float& e = S[size_t(r * bn + x)];
           e = softmax_p(e, ms);
           sum += e;
         }
         l[size_t(r)] = l[size_t(r)] * alpha + sum;
         for (int d = 0; d < Dv; ++d) {
           float acc = O[size_t(r * Dv + d)] * alpha;
-          for (int x = 0; x < kFwdBlockN; ++x)
-            acc += S[size_t(r * kFwdBlockN + x)] * V[size_t(x * Dv + d)];
+          for (int x = 0; x < bn; ++x)
+            acc += S[size_t(r * bn + x)] * V[size_t(x * Dv + d)];
           O[size_t(r * Dv + d)] = acc;
         }
       }
@@ -207,12 +208,15 @@ double run_case(const Case& cs, Sabotage sab, uint32_t seed) {
   lse.back() = kPoison;
 
   const CompiledPattern cp = cs.pattern.compile(Nq, Nk, Hq);
+  // The layout of the kernel's tile, as the CUDA backend asks for it (128 x 32 above D = 128).
   const cuda::ForwardTile tile = cuda::forward_tile(D, D);
-  check(tile.bq == kFwdBlockM && tile.bk == kFwdBlockN, "forward_tile() is the kernel's tile");
+  check(tile.bq == kFwdBlockM && tile.bk == cuda::fwd_block_n(D), "forward_tile() is the kernel's tile");
+  const int bn = int(tile.bk);
   const BlockLayout layout = cp.layout(tile.bq, tile.bk);
   const Predicate pred = cp.predicate();
 
-  cuda::StagedForward st = cuda::stage_forward(layout, pred, Nq, Nk, Hq);
+  cuda::StagedForward st = cuda::stage_forward(layout, pred, Nq, Nk, Hq, tile.bq, tile.bk);
+  check(st.bq == tile.bq && st.bk == tile.bk, "the staged layout records its tile");
   st.relocate_nodes(st.blob.data());  // the "device" is the blob itself
   FwdParams p;
   st.bind(st.blob.data(), &p);
@@ -237,7 +241,7 @@ double run_case(const Case& cs, Sabotage sab, uint32_t seed) {
   p.mods = cs.softcap != 0.f || !cs.slopes.empty();
 
   std::vector<Visit> visits;
-  emulate(p, sab, &visits);
+  emulate(p, bn, sab, &visits);
 
   const std::vector<uint8_t> mask = cs.pattern.mask(Nq, Nk, Hq);
   const std::string tag = cs.name;
@@ -285,7 +289,7 @@ double run_case(const Case& cs, Sabotage sab, uint32_t seed) {
         asc = asc && visits[x - 1].c < vi.c;
       asc = asc && vi.c >= 0 && vi.c < layout.nkb;
       for (int64_t i = vi.a * kFwdBlockM; i < std::min(Nq, (vi.a + 1) * kFwdBlockM); ++i)
-        for (int64_t j = vi.c * kFwdBlockN; j < std::min(Nk, (vi.c + 1) * kFwdBlockN); ++j) {
+        for (int64_t j = vi.c * bn; j < std::min(Nk, (vi.c + 1) * bn); ++j) {
           covered[size_t(((vi.b * Hq + vi.h) * Nq + i) * Nk + j)] = 1;
           if (!vi.partial) full_ok = full_ok && mask[size_t((vi.h * Nq + i) * Nk + j)] != 0;
         }
@@ -305,13 +309,13 @@ double run_case(const Case& cs, Sabotage sab, uint32_t seed) {
     bool agree = true;
     for (const Visit& vi : visits) {
       const bool exact = range_is_exact(p.pred, vi.h);
-      if (!cuda::block_needs_mask(p, vi.partial, vi.c) ||
+      if (!cuda::block_needs_mask(p, vi.partial, vi.c, bn) ||
           !cuda::mask_by_interval(vi.partial, exact))
         continue;
       for (int64_t i = vi.a * kFwdBlockM; i < (vi.a + 1) * kFwdBlockM; ++i) {
         int64_t lo, hi;
         cuda::row_interval(p, vi.partial, vi.h, i, &lo, &hi);
-        for (int64_t j = vi.c * kFwdBlockN; j < (vi.c + 1) * kFwdBlockN; ++j)
+        for (int64_t j = vi.c * bn; j < (vi.c + 1) * bn; ++j)
           agree = agree && ((j >= lo && j <= hi) == cuda::element_kept(p, vi.partial, vi.h, i, j));
       }
     }
@@ -397,13 +401,35 @@ void test_small_helpers() {
   p.nk = 333;
   check(cuda::tile_rows(p, 0) == 128 && cuda::tile_rows(p, 1) == 72 && cuda::tile_rows(p, 2) == 0,
         "tile_rows: full, short last, none");
-  check(cuda::block_keys(p, 4) == 64 && cuda::block_keys(p, 5) == 13 && cuda::block_keys(p, 6) == 0,
+  check(cuda::block_keys(p, 4, 64) == 64 && cuda::block_keys(p, 5, 64) == 13 &&
+            cuda::block_keys(p, 6, 64) == 0,
         "block_keys: full, short last, none");
-  check(!cuda::block_needs_mask(p, false, 4) && cuda::block_needs_mask(p, false, 5) &&
-            cuda::block_needs_mask(p, true, 0),
+  check(cuda::block_keys(p, 9, 32) == 32 && cuda::block_keys(p, 10, 32) == 13 &&
+            cuda::block_keys(p, 11, 32) == 0,
+        "block_keys of 32-key blocks (D = 256): full, short last, none");
+  check(!cuda::block_needs_mask(p, false, 4, 64) && cuda::block_needs_mask(p, false, 5, 64) &&
+            cuda::block_needs_mask(p, true, 0, 64),
         "block_needs_mask: full blocks only at the Nk tail, partial always");
+  check(!cuda::block_needs_mask(p, false, 9, 32) && cuda::block_needs_mask(p, false, 10, 32),
+        "block_needs_mask of 32-key blocks: only the Nk tail");
   p.nk = 320;
-  check(!cuda::block_needs_mask(p, false, 4), "block_needs_mask: no tail when Nk % 64 == 0");
+  check(!cuda::block_needs_mask(p, false, 4, 64), "block_needs_mask: no tail when Nk % 64 == 0");
+  p.nk = 288;
+  check(!cuda::block_needs_mask(p, false, 8, 32) && cuda::block_needs_mask(p, false, 4, 64),
+        "block_needs_mask: Nk = 288 ends a 32-key block, not a 64-key one");
+
+  // The kernels' tiles: 128 x 64 up to D = 128, 128 x 32 above (float16 / bfloat16); the
+  // float32 SIMT kernel keeps 128 x 64. Without a device the sm80-style tile is the answer.
+  for (int64_t d : {32, 64, 96, 128, 160, 256}) {
+    const cuda::ForwardTile t = cuda::forward_tile(d, d);
+    check(t.bq == 128 && t.bk == (d > 128 ? 32 : 64), "forward_tile(" + std::to_string(d) + ")");
+    const cuda::ForwardTile tb = cuda::forward_tile(d, d, -1, DType::BFloat16);
+    check(tb.bq == t.bq && tb.bk == t.bk, "forward_tile without a device, bfloat16");
+    const cuda::ForwardTile tf = cuda::forward_tile(d, d, -1, DType::Float32);
+    check(tf.bq == 128 && tf.bk == 64, "forward_tile, float32: the SIMT kernel's tile");
+  }
+  check(cuda::forward_tile(128, 256).bk == 32 && cuda::forward_tile(256, 64).bk == 32,
+        "forward_tile: the larger of D and Dv decides");
   p.hq = 8;
   p.hkv = 2;
   p.group = 4;
@@ -531,6 +557,14 @@ int main() {
        0.3f, 0.f, {}, {0.7f, -1.2f}},
       {"sink(5)|window(70,3) + all three", Pattern::union_of({Pattern::sink(5), Pattern::sliding_window(70, 3)}),
        1, 261, 261, 2, 1, 8, 0.5f, 2.f, {0.1f, 0.3f}, {0.2f, -INFINITY}},
+      // D = 256: the kernel's 128 x 32 tile (forward_tile), Nk not a multiple of 32 or 64
+      {"D=256 causal 300x300 GQA 4/2", Pattern::causal(), 1, 300, 300, 4, 2, 256, 0.06f},
+      {"D=256 window(99,0) Nq 200 < Nk 333", Pattern::sliding_window(99, 0), 1, 200, 333, 2, 1, 256, 0.06f},
+      {"D=256 blocksparse 32x32 per head 10%",
+       Pattern::block_sparse(random_block_mask(2, 257, 385, 32, 0.1, 11)), 1, 257, 385, 2, 1, 256, 0.06f},
+      {"D=256 sink(5)|window(70,3) + all three",
+       Pattern::union_of({Pattern::sink(5), Pattern::sliding_window(70, 3)}), 1, 261, 261, 2, 1, 256,
+       0.06f, 2.f, {0.1f, 0.3f}, {0.2f, -INFINITY}},
   };
   const double tol = 2e-4;
   uint32_t seed = 1;
@@ -555,6 +589,10 @@ int main() {
        {"dense", Pattern::dense(), 1, 130, 130, 1, 1, 8, 0.3f}},
       {"full tail block (Nk % 64 != 0) left unmasked", Sabotage::NoTailMask,
        {"dense", Pattern::dense(), 1, 130, 100, 1, 1, 8, 0.3f}},
+      {"D=256: full tail block (Nk % 32 != 0) left unmasked", Sabotage::NoTailMask,
+       {"dense", Pattern::dense(), 1, 130, 100, 1, 1, 256, 0.06f}},
+      {"D=256: last 32-key block dropped", Sabotage::DropLastBlock,
+       {"window", Pattern::sliding_window(20, 0), 1, 130, 130, 1, 1, 256, 0.06f}},
   };
   for (const Bad& b : bad) {
     const double err = run_case(b.cs, b.sab, seed++);

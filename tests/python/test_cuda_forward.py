@@ -75,11 +75,13 @@ def test_patterns_each_compiled_kernel(cuda, name):
 
 @pytest.mark.parametrize("nq,nk", [(1025, 1025), (97, 1100), (600, 130), (128, 64), (1, 255)])
 def test_sizes_and_empty_rows(cuda, nq, nk):
-    dtype, d = ("bfloat16", 128)
-    q, k, v = _qkv(1, nq, nk, 2, 1, d, seed=nq + nk)
-    # window(20, 0) with Nq > Nk leaves the first rows with no key: out 0, lse -inf.
-    for pattern in (spattn.Causal(), spattn.SlidingWindow(20, 0), spattn.Dense()):
-        _run(cuda, q, k, v, pattern, dtype)
+    # bfloat16 D = 128 and, where compiled, D = 256 (its 128 x 32 tile: other tails of Nk).
+    wide = [x for x in compiled_cuda_kernels("cuda_kernels") if x == ("bfloat16", 256)]
+    for dtype, d in [("bfloat16", 128)] + wide:
+        q, k, v = _qkv(1, nq, nk, 2, 1, d, seed=nq + nk)
+        # window(20, 0) with Nq > Nk leaves the first rows with no key: out 0, lse -inf.
+        for pattern in (spattn.Causal(), spattn.SlidingWindow(20, 0), spattn.Dense()):
+            _run(cuda, q, k, v, pattern, dtype)
 
 
 def test_mqa_and_scale(cuda):

@@ -68,6 +68,39 @@ def test_forward_backward_and_sinks_gradient(cuda, mod, pname, forward_kernel, m
             np.testing.assert_allclose(as64(grads[3]), rds, atol=5e-2 * max(1.0, np.abs(rds).max()))
 
 
+@pytest.mark.parametrize("forward_kernel", ["default", "sm80"])
+@pytest.mark.parametrize("mod", ["softcap+alibi", "all"])
+def test_forward_every_head_dim(cuda, mod, forward_kernel, monkeypatch):
+    """The forward with modifiers on every compiled forward kernel, not only the first two:
+    the wide head dims have their own tiles and register budgets (D = 256: 32-key steps in the
+    sm80-style kernel, ldmatrix addresses rebuilt per block). Nk = 300 ends inside a 32-key
+    and a 64-key block; the union takes the keeps() path."""
+    torch = cuda
+    if forward_kernel == "sm80":
+        monkeypatch.setenv("SPATTN_CUDA_FORWARD", "sm80")
+    rng = np.random.default_rng(17)
+    b, hq, hkv, nq, nk = 1, 4, 2, 257, 300
+    for dtype, d in compiled_cuda_kernels("cuda_kernels"):
+        q, k, v = (rng.standard_normal(s) for s in ((b, nq, hq, d), (b, nk, hkv, d), (b, nk, hkv, d)))
+        slopes = 2.0 ** (-8.0 * (np.arange(hq) + 1) / hq)
+        sinks = rng.standard_normal(hq) + 1.0
+        kw = _kw(MODS[mod], slopes, sinks)
+        dt = getattr(torch, dtype)
+        ts = [torch.from_numpy(x).to(dt).cuda() for x in (q, k, v)]
+        tkw = {n: (torch.tensor(x, dtype=torch.float32, device="cuda") if isinstance(x, np.ndarray) else x)
+               for n, x in kw.items()}
+        scale = 0.7 / np.sqrt(d)
+        for pname in ("window", "union (keeps() path)"):
+            pattern = PATTERNS[pname]()
+            ro, rl = ref_modified(*(as64(t) for t in ts), pattern, scale, kw["softcap"],
+                                  kw["alibi_slopes"], kw["sinks"])
+            out, lse = spattn.attention(*ts, pattern=pattern, scale=scale, return_lse=True, **tkw)
+            _check(f"out D={d} {dtype} {pname}", out, ro, dtype, _naive_err(ro, dtype))
+            fin = np.isfinite(rl)
+            assert np.array_equal(np.isneginf(as64(lse)), np.isneginf(rl))
+            np.testing.assert_allclose(as64(lse)[fin], rl[fin], atol=2e-2)
+
+
 def test_autograd_learns_the_sinks_on_cuda(cuda):
     torch = cuda
     dtype, d = compiled_cuda_kernels("cuda_backward_kernels")[0]

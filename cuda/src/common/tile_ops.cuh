@@ -33,6 +33,13 @@ __device__ __forceinline__ auto acc_as_a(L const& acc) {
   return make_layout(make_layout(get<0>(d), get<2, 0>(d)), get<1>(d), get<2, 1>(d));
 }
 
+// x, which the compiler can no longer see through: a value recomputed from it is not merged
+// with the same value computed earlier (and kept in registers all the while).
+__device__ __forceinline__ int opaque(int x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));

@@ -76,13 +76,13 @@ __global__ void __launch_bounds__(kF32Threads, 1) forward_kernel(const __grid_co
   while (walk.next(p, &c, &partial)) {
     const int64_t j0 = c * BN;
     __syncthreads();  // every thread is done with K, V and P of the last block
-    load_tile<BN, kD>(sK, k_base + j0 * p.k_sn, p.k_sn, block_keys(p, c), tid);
-    load_tile_dense<BN, kD>(sV, v_base + j0 * p.v_sn, p.v_sn, block_keys(p, c), tid);
+    load_tile<BN, kD>(sK, k_base + j0 * p.k_sn, p.k_sn, block_keys(p, c, BN), tid);
+    load_tile_dense<BN, kD>(sV, v_base + j0 * p.v_sn, p.v_sn, block_keys(p, c, BN), tid);
 
     // The block's mask, one bit per score this thread holds (bit i * C + j), as in the
     // float16 / bfloat16 kernel: intervals where the rule is one window, else keeps().
     uint32_t keep = ~uint32_t(0);
-    if (block_needs_mask(p, partial, c)) {
+    if (block_needs_mask(p, partial, c, BN)) {
       keep = 0;
       if (mask_by_interval(partial, rule_exact)) {
 #pragma unroll

@@ -3,9 +3,9 @@
 //
 // One CTA computes one (batch, query head, query tile of kBlockM = 128 rows), in the order of
 // the schedule (longest layout rows first, see forward_logic.hpp). It walks its layout row's
-// key blocks (kBlockN = 64 keys each) in ascending order: full blocks with no mask at all,
-// partial blocks (and the block that sticks out past Nk) through element_kept(), which asks the
-// pattern's one keeps() rule. Per block:
+// key blocks (kBlockN = fwd_block_n(D) keys each: 64, and 32 above D = 128) in ascending
+// order: full blocks with no mask at all, partial blocks (and the block that sticks out past
+// Nk) through element_kept(), which asks the pattern's one keeps() rule. Per block:
 //
 //   wait K(c) ─ issue V(c) ─ S = Q K(c)^T (mma.sync, operands by ldmatrix) ─ mask? ─ scale
 //   wait V(c) ─ issue K(next) ─ online softmax (rows in registers, quad shuffles) ─ O += P V(c)
@@ -58,7 +58,7 @@ template <class T, int kD, bool kMods = false>
 struct Traits {
   static_assert(kD % 32 == 0 && kD <= 256, "head dims: multiples of 32 up to 256");
   static constexpr int kBlockM = kFwdBlockM;
-  static constexpr int kBlockN = kFwdBlockN;
+  static constexpr int kBlockN = fwd_block_n(kD);  // the layout's key tile (forward_tile())
   // 4 warps own 32 query rows each at D <= 64 (D = 32 with the score modifiers); 8 warps (16
   // rows each) otherwise, which keeps the output accumulator at kD / 2 registers per thread:
   // with 4 warps D = 128 needed 255 registers and spilled 246 bytes (sm_80; 154 compiled for
@@ -68,6 +68,12 @@ struct Traits {
   static constexpr int kWarps = kD <= 32 || (kD <= 64 && !kMods) ? 4 : 8;
   static constexpr int kThreads = kWarps * 32;
   static_assert(kBlockM % (16 * kWarps) == 0, "each warp owns whole 16-row MMA tiles");
+  // Above D = 128 the ldmatrix addresses of every k step (swizzled: not one base plus
+  // constants) are recomputed per key block from an opaque thread index: the compiler would
+  // otherwise hoist them out of the walk and hold dozens of them beside the 128 accumulator
+  // registers (with them, D = 256 spilled 12 to 44 bytes even with 32-key steps). Up to
+  // D = 128 there is room, and those kernels keep their measured code.
+  static constexpr bool kFreshAddresses = kD > 128;
 
   using MmaOp = std::conditional_t<std::is_same_v<T, cute::bfloat16_t>,
                                    SM80_16x8x16_F32BF16BF16F32_TN, SM80_16x8x16_F32F16F16F32_TN>;
@@ -145,12 +151,12 @@ __global__ void __launch_bounds__(Traits<T, kD, kMods>::kThreads, 1)
   auto load_k = [&](int64_t c) {
     Tensor gK = make_tensor(make_gmem_ptr(k_base + c * kBlockN * p.k_sn),
                             Shape<Int<kBlockN>, Int<kD>>{}, make_stride(p.k_sn, _1{}));
-    load_rows(gload, gload_thr.partition_S(gK), tKsK, tKcK, block_keys(p, c));
+    load_rows(gload, gload_thr.partition_S(gK), tKsK, tKcK, block_keys(p, c, kBlockN));
   };
   auto load_v = [&](int64_t c) {
     Tensor gV = make_tensor(make_gmem_ptr(v_base + c * kBlockN * p.v_sn),
                             Shape<Int<kBlockN>, Int<kD>>{}, make_stride(p.v_sn, _1{}));
-    load_rows(gload, gload_thr.partition_S(gV), tVsV, tKcK, block_keys(p, c));
+    load_rows(gload, gload_thr.partition_S(gV), tVsV, tKcK, block_keys(p, c, kBlockN));
   };
 
   typename Tr::TiledMma mma;
@@ -161,15 +167,11 @@ __global__ void __launch_bounds__(Traits<T, kD, kMods>::kThreads, 1)
   Tensor acc_o = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kD>>{});
   clear(acc_o);
 
+  // ldmatrix partitions are made per block from block_tid() (see kFreshAddresses).
   auto ldsm_q = make_tiled_copy_A(typename Tr::LdsmA{}, mma);
-  auto ldsm_q_thr = ldsm_q.get_thread_slice(tid);
-  Tensor tSsQ = ldsm_q_thr.partition_S(sQ);
   auto ldsm_k = make_tiled_copy_B(typename Tr::LdsmB{}, mma);
-  auto ldsm_k_thr = ldsm_k.get_thread_slice(tid);
-  Tensor tSsK = ldsm_k_thr.partition_S(sK);
   auto ldsm_v = make_tiled_copy_B(typename Tr::LdsmBt{}, mma);
-  auto ldsm_v_thr = ldsm_v.get_thread_slice(tid);
-  Tensor tOsVt = ldsm_v_thr.partition_S(sVt);
+  auto block_tid = [&]() { return Tr::kFreshAddresses ? tileops::opaque(tid) : tid; };
 
   // (row, col) of every score this thread holds, in the rows x cols view.
   Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
@@ -177,6 +179,8 @@ __global__ void __launch_bounds__(Traits<T, kD, kMods>::kThreads, 1)
   constexpr int kRows = decltype(size<0>(tScS_rc))::value;  // rows this thread holds
   constexpr int kCols = decltype(size<1>(tScS_rc))::value;  // score columns per row
   static_assert(kRows * kCols <= 64, "one mask bit per score in a uint64_t");
+  // The narrowest word that holds them (32 bits with 32-key steps: 16 bits per thread).
+  using KeepBits = std::conditional_t<(kRows * kCols <= 32), uint32_t, uint64_t>;
   const bool rule_exact = range_is_exact(p.pred, w.h);
   const ScoreMod smod = kMods ? score_mod(p, w.h) : ScoreMod{};
 
@@ -200,8 +204,8 @@ __global__ void __launch_bounds__(Traits<T, kD, kMods>::kThreads, 1)
   while (have) {
     // The block's mask, one bit per score this thread holds (bit r * kCols + x), computed
     // before the scores exist so that its registers do not compete with the accumulator.
-    const bool masked = block_needs_mask(p, partial, c);
-    uint64_t keep = ~uint64_t(0);
+    const bool masked = block_needs_mask(p, partial, c, kBlockN);
+    KeepBits keep = ~KeepBits(0);
     if (masked) {
       const int64_t j0 = c * kBlockN;
       keep = 0;
@@ -216,7 +220,7 @@ __global__ void __launch_bounds__(Traits<T, kD, kMods>::kThreads, 1)
           CUTE_UNROLL
           for (int x = 0; x < kCols; ++x) {
             const int64_t jj = get<1>(tScS_rc(r, x));
-            if (jj >= lo && jj <= hi) keep |= uint64_t(1) << (r * kCols + x);
+            if (jj >= lo && jj <= hi) keep |= KeepBits(1) << (r * kCols + x);
           }
         }
       } else {
@@ -226,7 +230,7 @@ __global__ void __launch_bounds__(Traits<T, kD, kMods>::kThreads, 1)
         for (int e = 0; e < kRows * kCols; ++e) {
           const int r = e / kCols, x = e - (e / kCols) * kCols;
           if (element_kept(p, true, w.h, i0 + get<0>(tScS_rc(r, x)), j0 + get<1>(tScS_rc(r, x))))
-            keep |= uint64_t(1) << e;
+            keep |= KeepBits(1) << e;
         }
       }
     }
@@ -237,7 +241,12 @@ __global__ void __launch_bounds__(Traits<T, kD, kMods>::kThreads, 1)
     __syncthreads();  // K(c) (and Q) landed; every thread is done with V of the last block
     load_v(c);
     cp_async_fence();
-    gemm_ss(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, ldsm_q, ldsm_k, ldsm_q_thr, ldsm_k_thr);
+    {
+      const int t = block_tid();
+      auto lq = ldsm_q.get_thread_slice(t);
+      auto lk = ldsm_k.get_thread_slice(t);
+      gemm_ss(mma, acc_s, tSrQ, tSrK, lq.partition_S(sQ), lk.partition_S(sK), ldsm_q, ldsm_k, lq, lk);
+    }
 
     Tensor s = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));
     int64_t c_next = 0;
@@ -284,7 +293,10 @@ __global__ void __launch_bounds__(Traits<T, kD, kMods>::kThreads, 1)
     CUTE_UNROLL
     for (int x = 0; x < size(acc_s); ++x) rP(x) = static_cast<T>(acc_s(x));
     Tensor tOrP = make_tensor(rP.data(), acc_as_a(rP.layout()));
-    gemm_rs(mma, acc_o, tOrP, tOrVt, tOsVt, ldsm_v, ldsm_v_thr);
+    {
+      auto lv = ldsm_v.get_thread_slice(block_tid());
+      gemm_rs(mma, acc_o, tOrP, tOrVt, lv.partition_S(sVt), ldsm_v, lv);
+    }
 
     c = c_next;
     partial = partial_next;

@@ -29,7 +29,7 @@ namespace spattn::cuda {
 
 using namespace launch;
 
-ForwardTile forward_tile(int64_t, int64_t) { return {kFwdBlockM, kFwdBlockN}; }
+ForwardTile forward_tile(int64_t d, int64_t dv) { return sm80_forward_tile(DType::BFloat16, d, dv); }
 
 namespace {
 
@@ -70,7 +70,7 @@ ForwardTile forward_tile(int64_t d, int64_t dv, int device, DType dtype) {
     const DeviceInfo& dev = device_info(device);  // read once per device
     if (hopper_runs(dev.major, dev.minor, dtype, d, dv)) return {kHopperBlockM, hopper_block_n(int(d))};
   }
-  return forward_tile(d, dv);
+  return sm80_forward_tile(dtype, d, dv);
 }
 
 bool supports(DType dtype, int64_t d, int64_t dv) {
@@ -120,6 +120,15 @@ void attention_forward(const ForwardProblem& p) {
   // layout compiled with forward_tile(d, dv, device, dtype)); else the sm80-style kernel.
   const bool hopper = hopper_runs(dev.major, dev.minor, p.dtype, p.d, p.dv) &&
                       p.staged->bq == kHopperBlockM && p.staged->bk == hopper_block_n(int(p.d));
+  // The sm80-style kernels walk the layout with their own tile, fixed at compile time: a layout
+  // of another tile would be read with the wrong block geometry.
+  const ForwardTile own = sm80_forward_tile(p.dtype, p.d, p.dv);
+  if (!hopper && (p.staged->bq != own.bq || p.staged->bk != own.bk))
+    throw ValueError("cuda attention: the staged layout has " + std::to_string(p.staged->bq) +
+                     " x " + std::to_string(p.staged->bk) + " tiles, the " +
+                     std::string(dtype_name(p.dtype)) + " D=" + std::to_string(p.d) +
+                     " kernel walks " + std::to_string(own.bq) + " x " + std::to_string(own.bk) +
+                     " (compile the layout with forward_tile(d, dv, device, dtype))");
   const bool have_k = p.nk > 0;
   expect_device_pointer(p.q, "q", p.device);
   expect_device_pointer(p.out, "out", p.device);

@@ -23,8 +23,15 @@ namespace spattn::cuda {
 struct ForwardTile {
   int64_t bq, bk;
 };
-// The sm80-style kernel's tile (it runs on every supported device).
+// The sm80-style float16 / bfloat16 kernel's tile (it runs on every supported device):
+// kFwdBlockM x fwd_block_n(max(d, dv)), 32-key steps above head dim 128.
 ForwardTile forward_tile(int64_t d, int64_t dv);
+// The tile of the sm80-style kernels for (dtype, d, dv): the float32 SIMT kernel's is
+// kFwdBlockM x kFwdBlockN at every head dim it has, the others' forward_tile(d, dv).
+inline ForwardTile sm80_forward_tile(DType dtype, int64_t d, int64_t dv) {
+  if (dtype == DType::Float32) return {kFwdBlockM, kFwdBlockN};
+  return {kFwdBlockM, fwd_block_n(d > dv ? d : dv)};
+}
 // The tile of the kernel attention_forward() will pick for (dtype, D) on `device`: the sm90a
 // kernel's (128 x hopper_block_n(D)) on a compute-capability 9.0 device when this build has it
 // for (dtype, D), else the sm80-style kernel's. SPATTN_CUDA_FORWARD=sm80 in the environment

@@ -39,10 +39,17 @@
 
 namespace spattn::cuda {
 
-// Tile of the forward kernel: kFwdBlockM query rows per CTA, kFwdBlockN keys per step. The
-// block layout handed to the kernel must be compiled for exactly these (bq, bk).
+// Tile of the sm80-style forward kernel: kFwdBlockM query rows per CTA, fwd_block_n(D) keys
+// per step (kFwdBlockN up to D = 128; the float32 SIMT kernel takes kFwdBlockN at every D it
+// has). The block layout handed to a kernel must be compiled for exactly its (bq, bk).
 constexpr int kFwdBlockM = 128;
 constexpr int kFwdBlockN = 64;
+// Above D = 128 a step takes 32 keys: a warp's 16 rows x D fp32 output accumulator is D / 2
+// registers per thread (128 at D = 256), and with 64-key steps the scores, P and the operand
+// fragments pushed it past 255 registers (138 bytes spilled on sm_80). Query tiles stay 128
+// rows: a warp's share of the accumulator does not depend on the CTA's rows.
+constexpr int kFwdBlockNWide = 32;
+SPATTN_HD constexpr int fwd_block_n(int64_t d) { return d > 128 ? kFwdBlockNWide : kFwdBlockN; }
 
 // The kernel's parameter block. Strides are in elements (of the tensor's dtype; float for lse).
 // Sizes fit int32 where the kernel uses them as tile indices; element offsets are int64.
@@ -74,7 +81,7 @@ struct FwdParams {
   int64_t group = 1;         // hq / hkv
   float scale = 1.f;         // softmax scale (natural units)
   float scale_log2 = 1.f;    // scale * log2(e): the kernel exponentiates in base 2
-  // Block layout (see spattn/layout.hpp), tiles kFwdBlockM x kFwdBlockN, 1 or hq heads.
+  // Block layout (see spattn/layout.hpp), tiles of the running kernel, 1 or hq heads.
   int64_t lheads = 1, nqb = 0, nkb = 0;
   const int64_t* full_ptr = nullptr;
   const int64_t* part_ptr = nullptr;
@@ -122,14 +129,15 @@ SPATTN_HD int64_t layout_row(const FwdParams& p, int64_t h, int64_t a) {
   return (p.lheads == 1 ? 0 : h) * p.nqb + a;
 }
 
-// Rows of query tile a that exist (the last tile may be short), keys of key block c likewise.
+// Rows of query tile a that exist (the last tile may be short), keys of key block c (of bn
+// keys: the kernel's key tile) likewise.
 SPATTN_HD int tile_rows(const FwdParams& p, int64_t a) {
   const int64_t r = p.nq - a * kFwdBlockM;
   return int(r < kFwdBlockM ? (r > 0 ? r : 0) : kFwdBlockM);
 }
-SPATTN_HD int block_keys(const FwdParams& p, int64_t c) {
-  const int64_t r = p.nk - c * kFwdBlockN;
-  return int(r < kFwdBlockN ? (r > 0 ? r : 0) : kFwdBlockN);
+SPATTN_HD int block_keys(const FwdParams& p, int64_t c, int bn) {
+  const int64_t r = p.nk - c * bn;
+  return int(r < bn ? (r > 0 ? r : 0) : bn);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,8 +212,8 @@ struct RowWalk : RangeWalk<FwdParams> {
 SPATTN_HD bool block_needs_mask_n(int64_t nk, int64_t bn, bool partial, int64_t c) {
   return partial || (c + 1) * bn > nk;
 }
-SPATTN_HD bool block_needs_mask(const FwdParams& p, bool partial, int64_t c) {
-  return block_needs_mask_n(p.nk, kFwdBlockN, partial, c);
+SPATTN_HD bool block_needs_mask(const FwdParams& p, bool partial, int64_t c, int bn) {
+  return block_needs_mask_n(p.nk, bn, partial, c);
 }
 
 // The rule of a masked block for query i (head h) and key j; never reads the pattern's data
@@ -531,8 +539,8 @@ struct StagedForward {
   void relocate_nodes(const void* base) { pred.relocate(blob, base); }
 };
 
-// Stages a layout (compiled for the kernel's (bq, bk) tiles: kFwdBlockM x kFwdBlockN for the
-// sm80-style kernel, hopper_logic.hpp's tile for the sm90a one; 1 or hq heads) and a predicate
+// Stages a layout (compiled for the kernel's (bq, bk) tiles: kFwdBlockM x fwd_block_n(D) for
+// the sm80-style kernel, hopper_logic.hpp's tile for the sm90a one; 1 or hq heads) and a predicate
 // (host pointers, CompiledPattern::predicate()) for a problem with hq query heads. Throws
 // ValueError when the layout does not fit (nq, nk, hq, tile).
 inline StagedForward stage_forward(const BlockLayout& L, const Predicate& pred, int64_t nq,
