@@ -1,0 +1,257 @@
+// The forward of one gathered grid tile (GridTile, kernel_api.hpp; built by grid_tiles.cpp):
+// 64 queries forming a patch of a grid, against the box of cells their neighbourhoods lie in.
+// The box's keys are walked in 64-key blocks of its packed order, their K and V rows gathered
+// into the tile kernels' packed blocks; the score product, the online softmax and O += P V are
+// the tile kernels' (attention_tiles.hpp), restricted per block to what the rows keep:
+//   - S^T = K Q^T only for the 16-query groups whose union box holds the key;
+//   - a group's softmax only over the keys of its union box's span in packed order;
+//   - O += P V per row only over the span of its own box.
+// Inside those, a (key, query) pair is kept when the key's cell lies in the query's box in every
+// dim (one compare pair per dim), which is the neighbourhood rule since each query's kept cells
+// are a product of per-dim ranges (grid_tiles.cpp gathers dilated dims by residue class).
+//
+// Why a separate walk: in row-major order a query tile is one grid line and meets one partial
+// 64-key block per key line of its window (13 for a 13 x 13 window), each needing its fixed
+// per-block work for a 13-key band per row. Here a 4 x 16 patch of a 2D grid walks its
+// 16 x 28-cell box in 7 blocks whose ranges are known in closed form (bench/RESULTS.md).
+// ISA-namespaced (simd.hpp); included by attention_tiles.hpp.
+#pragma once
+
+namespace spattn::cpu::SPATTN_ISA {
+
+struct GridBufs {
+  FwdBufs f;            // the tile kernels' buffers (qt, o, st, kp, vp, m, l, ranges)
+  int32_t* kc[2][3];    // a block's keys' box coordinates per dim (this block and the next)
+  int64_t* kpos[2];     // and their tokens
+  float* qrow;          // each column's query row, as float (ALiBi)
+  const float** krow;   // float32 K and V rows read in place (see fwd_grid_tile)
+  const float** vrow;
+  int64_t total;
+};
+
+inline GridBufs grid_bufs(const Problem& p, float* base) {
+  GridBufs b;
+  b.f = fwd_bufs(p, base);
+  Carve c{base};
+  c.n = b.f.total;
+  for (int i = 0; i < 2; ++i) {
+    for (int d = 0; d < 3; ++d) b.kc[i][d] = reinterpret_cast<int32_t*>(c.take(kTile));
+    b.kpos[i] = reinterpret_cast<int64_t*>(c.take(2 * kTile));
+  }
+  b.qrow = c.take(kTile);
+  b.krow = reinterpret_cast<const float**>(c.take(2 * kTile));
+  b.vrow = reinterpret_cast<const float**>(c.take(2 * kTile));
+  b.total = c.n;
+  return b;
+}
+
+inline int64_t fwd_grid_ws_floats(const Problem& p) { return grid_bufs(p, nullptr).total; }
+
+// The packed index of box cell (c0, c1, c2).
+SP_INLINE int64_t grid_packed(const GridTile& t, int64_t c0, int64_t c1, int64_t c2) {
+  return (c2 * t.e[0] + c0) * t.e[1] + c1;
+}
+
+// [first, last] of the cells lo..hi (per dim) in packed order; empty (first > last) when some
+// dim is.
+SP_INLINE void grid_span(const GridTile& t, const int32_t* lo, const int32_t* hi, int stride,
+                         int64_t* first, int64_t* last) {
+  if (lo[0] > hi[0] || lo[stride] > hi[stride] || lo[2 * stride] > hi[2 * stride]) {
+    *first = 1;
+    *last = 0;
+    return;
+  }
+  *first = grid_packed(t, lo[0], lo[stride], lo[2 * stride]);
+  *last = grid_packed(t, hi[0], hi[stride], hi[2 * stride]);
+}
+
+// [first, last] clipped to the block [j0, j0 + nk), in block coordinates [*b, *e).
+SP_INLINE void clip_span(int64_t first, int64_t last, int64_t j0, int nk, int32_t* b, int32_t* e) {
+  if (first > last) {
+    *b = *e = 0;
+    return;
+  }
+  const int64_t lo = max_<int64_t>(first - j0, 0), hi = min_<int64_t>(last - j0 + 1, nk);
+  *b = int32_t(min_<int64_t>(lo, nk));
+  *e = int32_t(max_<int64_t>(*b, hi));
+}
+
+// The cells and tokens of the box's keys j0 .. j0 + nk - 1 (walked forward: no division per key).
+inline void block_keys(const GridTile& t, int64_t j0, int nk, int32_t* const* kc, int64_t* kpos) {
+  const int64_t lines = int64_t(t.e[0]) * t.e[1];
+  int64_t c2 = j0 / lines;
+  int32_t c0 = int32_t((j0 % lines) / t.e[1]), c1 = int32_t(j0 % t.e[1]);
+  for (int k = 0; k < nk; ++k) {
+    kc[0][k] = c0;
+    kc[1][k] = c1;
+    kc[2][k] = int32_t(c2);
+    kpos[k] = t.base + c0 * t.step[0] + c1 * t.step[1] + c2 * t.step[2];
+    if (++c1 == t.e[1]) {
+      c1 = 0;
+      if (++c0 == t.e[0]) c0 = 0, ++c2;
+    }
+  }
+}
+
+// Prefetches the K and V rows of a block's keys: gathered rows lie a grid line or more apart,
+// beyond the hardware prefetchers' reach.
+inline void prefetch_keys(const Problem& p, int64_t b, int64_t g, const int64_t* kpos, int nk) {
+  const int es = p.dtype == kF32 ? 4 : 2;
+  for (int k = 0; k < nk; ++k) {
+    for (int pass = 0; pass < 2; ++pass) {
+      const T4& t = pass == 0 ? p.k : p.v;
+      const int bytes = int(pass == 0 ? p.D : p.Dv) * es;
+      const char* row = at(t, es, b, kpos[k], g);
+      if (t.s[3] != 1) continue;
+      for (int o = 0; o < bytes; o += 64) __builtin_prefetch(row + o);
+      __builtin_prefetch(row + bytes - 1);
+    }
+  }
+}
+
+// ALiBi on gathered rows and keys: s -= slope_h |rel|, rel = rel_step (i - j) + rel_base for
+// the column's query row i and the key's token j.
+inline void grid_alibi(const Problem& p, int64_t h, const GridBufs& w, const int64_t* kpos, int nk) {
+  const vf vslope = splat(-p.alibi2[h]), vstep = splat(float(p.rel_step));
+  for (int k = 0; k < nk; ++k) {
+    const vf base = splat(float(p.rel_base - p.rel_step * kpos[k]));
+    float* s = w.f.st + k * kTile;
+    for (int q = 0; q < kTile; q += W) {
+      const vf rel = fma(vstep, load(w.qrow + q), base);
+      store(s + q, fma(vslope, vabs(rel), load(s + q)));
+    }
+  }
+}
+
+inline void fwd_grid_tile(const Problem& p, int64_t b, int64_t h, const GridTile& t, float* ws) {
+  const GridBufs gw = grid_bufs(p, ws);
+  const FwdBufs& w = gw.f;
+  const int D = int(p.D), Dv = int(p.Dv), Dp = int(p.Dp), Dvp = int(p.Dvp);
+  const int64_t g = h / p.group;
+  const int es = p.dtype == kF32 ? 4 : 2;
+  // As the block walk: the K chunking (p.kc) matters for D > 128 only, where rows are copied.
+  const bool k_direct = p.dtype == kF32 && p.k.s[3] == 1 && D <= p.kc;
+  const bool v_direct = p.dtype == kF32 && p.v.s[3] == 1 && Dv == Dvp;
+
+  // Q^T of the tile's rows, pre-scaled; padding columns 0. Float32 is read straight from the
+  // rows (as pack_rows_t: a vector store reread as scalars stalls on store forwarding).
+  for (int r = 0; r < kTile; ++r) {
+    gw.qrow[r] = t.row[r] < 0 ? 0.f : float(t.row[r]);
+    if (t.row[r] < 0) {
+      for (int d = 0; d < D; ++d) w.qt[d * kTile + r] = 0.f;
+    } else if (p.dtype == kF32) {
+      const float* s = reinterpret_cast<const float*>(at(p.q, 4, b, t.row[r], h));
+      for (int d = 0; d < D; ++d) w.qt[d * kTile + r] = s[d * p.q.s[3]] * p.scale2;
+    } else {
+      load_row(at(p.q, es, b, t.row[r], h), p.dtype, p.q.s[3], D, p.scale2, w.tmp);
+      for (int d = 0; d < D; ++d) w.qt[d * kTile + r] = w.tmp[d];
+    }
+  }
+  for (int i = 0; i < kTile * Dvp; ++i) w.o[i] = 0.f;
+  for (int q = 0; q < kTile; ++q) {
+    w.m[q] = -kInf;
+    w.l[q] = 0.f;
+  }
+  // Packed-order spans of each group's union box and of each row's box.
+  int64_t gfirst[kTileGroups], glast[kTileGroups], rfirst[kTile], rlast[kTile];
+  for (int q = 0; q < kTileGroups; ++q)
+    grid_span(t, &t.glo[0][q], &t.ghi[0][q], kTileGroups, &gfirst[q], &glast[q]);
+  for (int r = 0; r < kTile; ++r) grid_span(t, &t.lo[0][r], &t.hi[0][r], kTile, &rfirst[r], &rlast[r]);
+
+  const bool cap = p.softcap2 != 0.f, alibi = p.alibi2 != nullptr && p.alibi2[h] != 0.f;
+  const int64_t lines = int64_t(t.e[0]) * t.e[1], nbox = lines * t.e[2];
+  bool first = true, ahead = false;
+  for (int64_t j0 = 0; j0 < nbox; j0 += kTile) {
+    const int nk = int(min_<int64_t>(kTile, nbox - j0));
+    bool needed = false;
+    for (int q = 0; q < kTileGroups; ++q) {
+      clip_span(gfirst[q], glast[q], j0, nk, &w.gk0[q], &w.gk1[q]);
+      needed |= w.gk1[q] > w.gk0[q];
+    }
+    if (!needed) {
+      ahead = false;
+      continue;
+    }
+    // This block's keys (computed ahead by the previous block), and the next block's, whose
+    // rows are prefetched while this one runs.
+    const int cur = int((j0 / kTile) & 1);
+    int32_t* const* kc = gw.kc[cur];
+    const int64_t* kpos = gw.kpos[cur];
+    if (!ahead) block_keys(t, j0, nk, kc, gw.kpos[cur]);
+    ahead = j0 + kTile < nbox;
+    if (ahead) {
+      const int nk2 = int(min_<int64_t>(kTile, nbox - j0 - kTile));
+      block_keys(t, j0 + kTile, nk2, gw.kc[cur ^ 1], gw.kpos[cur ^ 1]);
+      prefetch_keys(p, b, g, gw.kpos[cur ^ 1], nk2);
+    }
+    // Per key, the groups whose union box holds it (as a range: the caller's gemm wants one).
+    for (int k = 0; k < nk; ++k) {
+      int g0 = 0, g1 = 0;
+      for (int q = 0; q < kTileGroups; ++q) {
+        bool in = true;
+        for (int d = 0; d < 3; ++d) in = in && kc[d][k] >= t.glo[d][q] && kc[d][k] <= t.ghi[d][q];
+        if (in) {
+          if (g1 == 0) g0 = q;
+          g1 = q + 1;
+        }
+      }
+      w.glo[k] = g0;
+      w.ghi[k] = g1;
+    }
+    for (int r = 0; r < kTile; ++r) clip_span(rfirst[r], rlast[r], j0, nk, &w.klo[r], &w.khi[r]);
+
+    // S^T = K Q^T over the gathered rows: float32 rows read in place (the loads overlap the
+    // products, where a copy would wait on them), others converted into w.kp.
+    if (k_direct) {
+      for (int k = 0; k < nk; ++k) gw.krow[k] = reinterpret_cast<const float*>(at(p.k, 4, b, kpos[k], g));
+      gemm_cols_ap(nk, D, gw.krow, w.qt, kTile, w.st, kTile, w.glo, w.ghi);
+    } else {
+      for (int k = 0; k < nk; ++k) {
+        float* d = w.kp + int64_t(k) * Dp;
+        load_row(at(p.k, es, b, kpos[k], g), p.dtype, p.k.s[3], D, 1.f, d);
+        for (int c = D; c < Dp; ++c) d[c] = 0.f;
+      }
+      gemm_cols_chunked(nk, D, int(p.kc), w.kp, Dp, w.qt, kTile, w.st, kTile, w.glo, w.ghi);
+    }
+    if (cap) modify_block<true, false>(p, h, 0, kTile, 0, nk, w.st, 1.f, nullptr);
+    if (alibi) grid_alibi(p, h, gw, kpos, nk);
+    // Mask each group's span: a key outside a row's box in some dim scores -inf.
+    for (int q = 0; q < kTileGroups; ++q) {
+      for (int c = q * 16; c < q * 16 + 16; c += W) {
+        const vi lo0 = loadi(t.lo[0] + c), hi0 = loadi(t.hi[0] + c);
+        const vi lo1 = loadi(t.lo[1] + c), hi1 = loadi(t.hi[1] + c);
+        const vi lo2 = loadi(t.lo[2] + c), hi2 = loadi(t.hi[2] + c);
+        for (int k = w.gk0[q]; k < w.gk1[q]; ++k) {
+          const vi k0 = splati(kc[0][k]), k1 = splati(kc[1][k]), k2 = splati(kc[2][k]);
+          const vi bad = (k0 < lo0) | (k0 > hi0) | (k1 < lo1) | (k1 > hi1) | (k2 < lo2) | (k2 > hi2);
+          float* s = w.st + k * kTile + c;
+          store(s, bad ? splat(-kInf) : load(s));
+        }
+      }
+    }
+    online_softmax(w, kTile, nk, kTile, Dvp, w.gk0, w.gk1, first);
+    first = false;
+    // O += P V over the gathered rows (in place as K).
+    if (v_direct) {
+      for (int k = 0; k < nk; ++k) gw.vrow[k] = reinterpret_cast<const float*>(at(p.v, 4, b, kpos[k], g));
+      gemm_krange_bp(kTile, Dvp, w.st, 1, kTile, gw.vrow, w.o, Dvp, w.klo, w.khi);
+    } else {
+      for (int k = 0; k < nk; ++k) {
+        float* d = w.vp + int64_t(k) * Dvp;
+        load_row(at(p.v, es, b, kpos[k], g), p.dtype, p.v.s[3], Dv, 1.f, d);
+        for (int c = Dv; c < Dvp; ++c) d[c] = 0.f;
+      }
+      gemm_krange<true>(kTile, Dvp, w.st, 1, kTile, w.vp, Dvp, w.o, Dvp, w.klo, w.khi);
+    }
+  }
+
+  for (int r = 0; r < kTile; ++r) {
+    if (t.row[r] < 0) continue;
+    float mul, lse;
+    finish_row(p, h, w.m[r], w.l[r], &mul, &lse);
+    store_row(at_mut(p.o, es, b, t.row[r], h), p.dtype, p.o.s[3], Dv, w.o + r * Dvp, mul);
+    if (p.lse) p.lse[b * p.lse_s[0] + h * p.lse_s[1] + t.row[r] * p.lse_s[2]] = lse;
+  }
+}
+
+}  // namespace spattn::cpu::SPATTN_ISA
