@@ -184,19 +184,20 @@ inline void fwd_grid_tile(const Problem& p, int64_t b, int64_t h, const GridTile
       block_keys(t, j0 + kTile, nk2, gw.kc[cur ^ 1], gw.kpos[cur ^ 1]);
       prefetch_keys(p, b, g, gw.kpos[cur ^ 1], nk2);
     }
-    // Per key, the groups whose union box holds it (as a range: the caller's gemm wants one).
-    for (int k = 0; k < nk; ++k) {
-      int g0 = 0, g1 = 0;
+    // Per key, the groups whose union box holds it, as a range [glo, ghi) (the gemm takes one),
+    // W keys at a time (entries past nk are not read).
+    for (int k = 0; k < nk; k += W) {
+      const vi k0 = loadi(kc[0] + k), k1 = loadi(kc[1] + k), k2 = loadi(kc[2] + k);
+      vi g0 = splati(0), g1 = splati(0);
       for (int q = 0; q < kTileGroups; ++q) {
-        bool in = true;
-        for (int d = 0; d < 3; ++d) in = in && kc[d][k] >= t.glo[d][q] && kc[d][k] <= t.ghi[d][q];
-        if (in) {
-          if (g1 == 0) g0 = q;
-          g1 = q + 1;
-        }
+        const vi in = (k0 >= splati(t.glo[0][q])) & (k0 <= splati(t.ghi[0][q])) &
+                      (k1 >= splati(t.glo[1][q])) & (k1 <= splati(t.ghi[1][q])) &
+                      (k2 >= splati(t.glo[2][q])) & (k2 <= splati(t.ghi[2][q]));
+        g0 = (in & (g1 == 0)) ? splati(q) : g0;
+        g1 = in ? splati(q + 1) : g1;
       }
-      w.glo[k] = g0;
-      w.ghi[k] = g1;
+      __builtin_memcpy(w.glo + k, &g0, sizeof g0);
+      __builtin_memcpy(w.ghi + k, &g1, sizeof g1);
     }
     for (int r = 0; r < kTile; ++r) clip_span(rfirst[r], rlast[r], j0, nk, &w.klo[r], &w.khi[r]);
 

@@ -180,6 +180,10 @@ void empty_rows(const ForwardArgs& a, const Grid3& G, int64_t off) {
 bool forward_grid_tiles(const ForwardArgs& a) {
   using namespace detail;
   if (a.dtype == DType::Float64) return false;  // attention_f64.cpp has its own path
+  // bfloat16 on CPUs with AVX512_BF16: the block walk's native products (vdpbf16ps) beat the
+  // tiles' float32 products on converted rows (measured, bench/RESULTS.md); on other CPUs both
+  // convert, and the tiles are faster.
+  if (a.dtype == DType::BFloat16 && kernels_for(kBF16) != kernels()) return false;
   Grid3 G;
   if (!tile_grid(a.pred, &G)) return false;
   Problem p = make_problem(a.q, a.k, a.v, a.dtype, a.scale, *a.layout, a.pred);
