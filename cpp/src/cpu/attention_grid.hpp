@@ -134,17 +134,32 @@ inline void fwd_grid_tile(const Problem& p, int64_t b, int64_t h, const GridTile
   const bool v_direct = p.dtype == kF32 && p.v.s[3] == 1 && Dv == Dvp;
 
   // Q^T of the tile's rows, pre-scaled; padding columns 0. Float32 is read straight from the
-  // rows (as pack_rows_t: a vector store reread as scalars stalls on store forwarding).
-  for (int r = 0; r < kTile; ++r) {
-    gw.qrow[r] = t.row[r] < 0 ? 0.f : float(t.row[r]);
-    if (t.row[r] < 0) {
-      for (int d = 0; d < D; ++d) w.qt[d * kTile + r] = 0.f;
-    } else if (p.dtype == kF32) {
-      const float* s = reinterpret_cast<const float*>(at(p.q, 4, b, t.row[r], h));
-      for (int d = 0; d < D; ++d) w.qt[d * kTile + r] = s[d * p.q.s[3]] * p.scale2;
-    } else {
-      load_row(at(p.q, es, b, t.row[r], h), p.dtype, p.q.s[3], D, p.scale2, w.tmp);
-      for (int d = 0; d < D; ++d) w.qt[d * kTile + r] = w.tmp[d];
+  // rows (as pack_rows_t: a vector store reread as scalars stalls on store forwarding), 16 whole
+  // rows at a time transposed in registers where it can be.
+  for (int r = 0; r < kTile; ++r) gw.qrow[r] = t.row[r] < 0 ? 0.f : float(t.row[r]);
+  for (int r0 = 0; r0 < kTile; r0 += 16) {
+#if SPATTN_VEC_BYTES == 64
+    bool whole = p.dtype == kF32 && p.q.s[3] == 1 && D % 16 == 0;
+    const float* rows[16];
+    for (int i = 0; i < 16 && whole; ++i) {
+      whole = t.row[r0 + i] >= 0;
+      if (whole) rows[i] = reinterpret_cast<const float*>(at(p.q, 4, b, t.row[r0 + i], h));
+    }
+    if (whole) {
+      transpose16_rows(rows, D, p.scale2, w.qt + r0);
+      continue;
+    }
+#endif
+    for (int r = r0; r < r0 + 16; ++r) {
+      if (t.row[r] < 0) {
+        for (int d = 0; d < D; ++d) w.qt[d * kTile + r] = 0.f;
+      } else if (p.dtype == kF32) {
+        const float* s = reinterpret_cast<const float*>(at(p.q, 4, b, t.row[r], h));
+        for (int d = 0; d < D; ++d) w.qt[d * kTile + r] = s[d * p.q.s[3]] * p.scale2;
+      } else {
+        load_row(at(p.q, es, b, t.row[r], h), p.dtype, p.q.s[3], D, p.scale2, w.tmp);
+        for (int d = 0; d < D; ++d) w.qt[d * kTile + r] = w.tmp[d];
+      }
     }
   }
   for (int i = 0; i < kTile * Dvp; ++i) w.o[i] = 0.f;

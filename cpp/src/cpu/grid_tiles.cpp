@@ -214,25 +214,11 @@ bool forward_grid_tiles(const ForwardArgs& a) {
   const KernelTable* kt = kernels_for(p.dtype);
   const int64_t ws_floats = kt->fwd_grid_ws_floats(p);
   Scratch ws = alloc_floats(ws_floats * num_threads());
+  // Heads fastest, as the block walk: a tile's rows hold every head, so neighbouring tasks share
+  // pages (head-major measured 35 against 30 ms, 64 x 64 grid, 8 heads, one thread). Tiles run
+  // down dim 1 first: the next tile's box shares 3/4 of its cells.
   const int64_t tasks = p.B * ntiles * p.Hq;
-  const int nthreads = num_threads();
-  const int es = p.dtype == kF32 ? 4 : 2;
-  // Each q row is read once, by one task: a thread's next task is most likely `task + nthreads`
-  // (as forward.cpp), whose rows are prefetched while this one runs.
-  auto prefetch_q = [&](int64_t task) {
-    if (task >= tasks || p.q.s[3] != 1) return;
-    const int64_t h = task % p.Hq, tile = (task / p.Hq) % ntiles, b = task / (p.Hq * ntiles);
-    const GridTile& t = tiles[size_t(live[size_t(tile)])];
-    for (int r = 0; r < kTile; ++r) {
-      if (t.row[r] < 0) continue;
-      const char* row = static_cast<const char*>(p.q.data) +
-                        (b * p.q.s[0] + t.row[r] * p.q.s[1] + h * p.q.s[2]) * es;
-      for (int64_t o = 0; o < p.D * es; o += 64) __builtin_prefetch(row + o, 0, 2);
-      __builtin_prefetch(row + p.D * es - 1, 0, 2);
-    }
-  };
   parallel_for(tasks, [&](int64_t task, int thread) {
-    prefetch_q(task + nthreads);
     const int64_t h = task % p.Hq, tile = (task / p.Hq) % ntiles, b = task / (p.Hq * ntiles);
     kt->fwd_grid_tile(p, b, h, tiles[size_t(live[size_t(tile)])], ws.get() + thread * ws_floats);
   });
