@@ -136,7 +136,16 @@ inline void pack_rows_t(const T4& t, int dtype, int64_t b, int64_t r0, int n, in
                         int64_t h, int cols, float mul, float* tmp, float* dst) {
   const int es = dtype == kF32 ? 4 : 2;
   if (dtype == kF32) {  // straight from the rows: no vector store reread as scalars
-    for (int r = 0; r < n; ++r) {
+    int r = 0;
+#if SPATTN_VEC_BYTES == 64
+    if (t.s[3] == 1 && cols % 16 == 0)
+      for (; r + 16 <= n; r += 16) {
+        const float* rows[16];
+        for (int i = 0; i < 16; ++i) rows[i] = reinterpret_cast<const float*>(at(t, es, b, r0 + r + i, h));
+        transpose16_rows(rows, cols, mul, dst + r);
+      }
+#endif
+    for (; r < n; ++r) {
       const float* s = reinterpret_cast<const float*>(at(t, es, b, r0 + r, h));
       for (int c = 0; c < cols; ++c) dst[c * kTile + r] = s[c * t.s[3]] * mul;
     }
