@@ -21,8 +21,8 @@ namespace spattn::cpu::SPATTN_ISA {
 
 struct GridBufs {
   FwdBufs f;            // the tile kernels' buffers (qt, o, st, kp, vp, m, l, ranges)
-  int32_t* kc[2][3];    // a block's keys' box coordinates per dim (this block and the next)
-  int64_t* kpos[2];     // and their tokens
+  int32_t* kc[3];       // a block's keys' box coordinates per dim
+  int64_t* kpos;        // and their tokens
   float* qrow;          // each column's query row, as float (ALiBi)
   const float** krow;   // float32 K and V rows read in place (see fwd_grid_tile)
   const float** vrow;
@@ -34,10 +34,8 @@ inline GridBufs grid_bufs(const Problem& p, float* base) {
   b.f = fwd_bufs(p, base);
   Carve c{base};
   c.n = b.f.total;
-  for (int i = 0; i < 2; ++i) {
-    for (int d = 0; d < 3; ++d) b.kc[i][d] = reinterpret_cast<int32_t*>(c.take(kTile));
-    b.kpos[i] = reinterpret_cast<int64_t*>(c.take(2 * kTile));
-  }
+  for (int d = 0; d < 3; ++d) b.kc[d] = reinterpret_cast<int32_t*>(c.take(kTile));
+  b.kpos = reinterpret_cast<int64_t*>(c.take(2 * kTile));
   b.qrow = c.take(kTile);
   b.krow = reinterpret_cast<const float**>(c.take(2 * kTile));
   b.vrow = reinterpret_cast<const float**>(c.take(2 * kTile));
@@ -89,22 +87,6 @@ inline void block_keys(const GridTile& t, int64_t j0, int nk, int32_t* const* kc
     if (++c1 == t.e[1]) {
       c1 = 0;
       if (++c0 == t.e[0]) c0 = 0, ++c2;
-    }
-  }
-}
-
-// Prefetches the K and V rows of a block's keys: gathered rows lie a grid line or more apart,
-// beyond the hardware prefetchers' reach.
-inline void prefetch_keys(const Problem& p, int64_t b, int64_t g, const int64_t* kpos, int nk) {
-  const int es = p.dtype == kF32 ? 4 : 2;
-  for (int k = 0; k < nk; ++k) {
-    for (int pass = 0; pass < 2; ++pass) {
-      const T4& t = pass == 0 ? p.k : p.v;
-      const int bytes = int(pass == 0 ? p.D : p.Dv) * es;
-      const char* row = at(t, es, b, kpos[k], g);
-      if (t.s[3] != 1) continue;
-      for (int o = 0; o < bytes; o += 64) __builtin_prefetch(row + o);
-      __builtin_prefetch(row + bytes - 1);
     }
   }
 }
@@ -175,7 +157,7 @@ inline void fwd_grid_tile(const Problem& p, int64_t b, int64_t h, const GridTile
 
   const bool cap = p.softcap2 != 0.f, alibi = p.alibi2 != nullptr && p.alibi2[h] != 0.f;
   const int64_t lines = int64_t(t.e[0]) * t.e[1], nbox = lines * t.e[2];
-  bool first = true, ahead = false;
+  bool first = true;
   for (int64_t j0 = 0; j0 < nbox; j0 += kTile) {
     const int nk = int(min_<int64_t>(kTile, nbox - j0));
     bool needed = false;
@@ -183,22 +165,12 @@ inline void fwd_grid_tile(const Problem& p, int64_t b, int64_t h, const GridTile
       clip_span(gfirst[q], glast[q], j0, nk, &w.gk0[q], &w.gk1[q]);
       needed |= w.gk1[q] > w.gk0[q];
     }
-    if (!needed) {
-      ahead = false;
-      continue;
-    }
-    // This block's keys (computed ahead by the previous block), and the next block's, whose
-    // rows are prefetched while this one runs.
-    const int cur = int((j0 / kTile) & 1);
-    int32_t* const* kc = gw.kc[cur];
-    const int64_t* kpos = gw.kpos[cur];
-    if (!ahead) block_keys(t, j0, nk, kc, gw.kpos[cur]);
-    ahead = j0 + kTile < nbox;
-    if (ahead) {
-      const int nk2 = int(min_<int64_t>(kTile, nbox - j0 - kTile));
-      block_keys(t, j0 + kTile, nk2, gw.kc[cur ^ 1], gw.kpos[cur ^ 1]);
-      prefetch_keys(p, b, g, gw.kpos[cur ^ 1], nk2);
-    }
+    if (!needed) continue;
+    // This block's keys. (Prefetching the next block's K and V rows measured no gain: the
+    // products read them in place, and their loads overlap the multiplications.)
+    int32_t* const* kc = gw.kc;
+    const int64_t* kpos = gw.kpos;
+    block_keys(t, j0, nk, gw.kc, gw.kpos);
     // Per key, the groups whose union box holds it, as a range [glo, ghi) (the gemm takes one),
     // W keys at a time (entries past nk are not read).
     for (int k = 0; k < nk; k += W) {
