@@ -147,3 +147,32 @@ def test_sliding_tile_and_narrow_grids_keep_the_block_walk(monkeypatch):
         monkeypatch.delenv("SPATTN_GRID_TILES")
         b = spattn.attention(q, k, v, pattern=p)
         assert torch.equal(a, b), p
+
+
+@pytest.mark.parametrize("simd", ["portable", "avx2", "avx512"])
+def test_every_simd_level(simd):
+    # The tiles are compiled per instruction set (the AVX-512 one transposes Q in registers);
+    # a level is chosen once per process, so each runs in a child, against the float64 reference.
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import numpy as np, spattn
+        rng = np.random.default_rng(1)
+        f = lambda s: rng.standard_normal(s).astype(np.float32)
+        p = spattn.Neighborhood((9, 40), (3, 7), dilation=(1, 2), causal=(False, True))
+        q, k, v = f((1, 360, 4, 32)), f((1, 360, 2, 32)), f((1, 360, 2, 16))
+        o, l = spattn.attention(q, k, v, pattern=p, return_lse=True, softcap=3.0)
+        ro, rl = spattn.reference_attention(q.astype(np.float64), k.astype(np.float64),
+                                            v.astype(np.float64), p, None, True, softcap=3.0)
+        assert np.abs(o - ro).max() < 2e-5 and np.abs(l - rl).max() < 2e-5, spattn.info()["cpu_simd"]
+        print(spattn.info()["cpu_simd"])
+    """)
+    env = dict(os.environ, SPATTN_SIMD=simd)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    level = r.stdout.strip()
+    if simd != "portable" and level == "portable":
+        pytest.skip(f"this CPU has no {simd}")

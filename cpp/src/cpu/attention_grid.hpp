@@ -1,8 +1,9 @@
 // The forward of one gathered grid tile (GridTile, kernel_api.hpp; built by grid_tiles.cpp):
 // 64 queries forming a patch of a grid, against the box of cells their neighbourhoods lie in.
-// The box's keys are walked in 64-key blocks of its packed order, their K and V rows gathered
-// into the tile kernels' packed blocks; the score product, the online softmax and O += P V are
-// the tile kernels' (attention_tiles.hpp), restricted per block to what the rows keep:
+// The box's keys are walked in 64-key blocks of its packed order; float32 K and V rows are read
+// in place through row pointers (gemm_tile.hpp's gathered products), others converted into the
+// tile kernels' packed blocks. The score product, the online softmax and O += P V are the tile
+// kernels' (attention_tiles.hpp), restricted per block to what the rows keep:
 //   - S^T = K Q^T only for the 16-query groups whose union box holds the key;
 //   - a group's softmax only over the keys of its union box's span in packed order;
 //   - O += P V per row only over the span of its own box.
