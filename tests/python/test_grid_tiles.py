@@ -62,9 +62,10 @@ def test_queries_aligned_bottom_right(nq, nk):
     check_float32_attention(p, q, k, v, do, mask)
 
 
-@pytest.mark.parametrize("d,dv", [(64, 64), (48, 40), (96, 64)])
+@pytest.mark.parametrize("d,dv", [(64, 64), (48, 40), (96, 64), (256, 128)])
 def test_head_dims_gqa_and_strided_views(d, dv):
-    # d = dv = 64: float32 K and V rows read in place, other sizes packed (padding columns);
+    # d = dv = 64: float32 K and V rows read in place, other sizes packed (padding columns; d =
+    # 256: K split into head-dim chunks);
     # batch 2, 2 query heads per kv head; q is a [B, H, N, D] tensor seen as [B, N, H, D], v has
     # a stride of H along D (packed whatever its size)
     grid, w = (16, 32), (5, 7)
