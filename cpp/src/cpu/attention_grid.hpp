@@ -260,7 +260,10 @@ inline void fwd_grid_tile(const Problem& p, int64_t b, int64_t h, const GridTile
         }
       }
     }
-    online_softmax(w, kTile, nk, kTile, Dvp, w.gk0, w.gk1, first);
+    // P outside a group's span is left unwritten: a P V micro tile's rows (MR of them, MR
+    // dividing 16) lie in one group, and each row's span lies in its group's.
+    static_assert(16 % MR == 0, "a P V micro tile must not straddle two groups");
+    online_softmax(w, kTile, nk, kTile, Dvp, w.gk0, w.gk1, first, false);
     first = false;
     // O += P V over the gathered rows (in place as K).
     if (v_direct) {

@@ -351,9 +351,10 @@ inline int64_t fwd_ws_floats(const Problem& p) { return fwd_bufs(p, nullptr).tot
 // <= 2^kLazy, far from overflow), so O is rescaled rarely; the result is exact either way since
 // O and l share m. With gk0/gk1, a 16-query group g's softmax runs over the keys
 // [gk0[g], gk1[g]) only (those some row of it keeps); its P is 0 elsewhere (written, since
-// O += P V may read across groups within one micro tile).
+// O += P V may read across groups within one micro tile), unless zero_rest is false (the
+// caller's P V reads each row only inside its group's span).
 inline void online_softmax(const FwdBufs& w, int ncol, int nk, int mq, int Dvp, const int32_t* gk0,
-                           const int32_t* gk1, bool first) {
+                           const int32_t* gk1, bool first, bool zero_rest = true) {
   bool rescale = false;
   for (int q = 0; q < ncol; q += W) {
     const int kb = gk0 ? gk0[q / 16] : 0, ke = gk1 ? gk1[q / 16] : nk;
@@ -364,8 +365,10 @@ inline void online_softmax(const FwdBufs& w, int ncol, int nk, int mq, int Dvp, 
     const vf mu = m_new == splat(-kInf) ? vf{} : m_new;  // no key yet: exp2(-inf) = 0
     const vf alpha = exp2v(m_old - mu);
     vf sum{};
-    for (int k = 0; k < kb; ++k) store(w.st + k * kTile + q, vf{});
-    for (int k = ke; k < nk; ++k) store(w.st + k * kTile + q, vf{});
+    if (zero_rest) {
+      for (int k = 0; k < kb; ++k) store(w.st + k * kTile + q, vf{});
+      for (int k = ke; k < nk; ++k) store(w.st + k * kTile + q, vf{});
+    }
     for (int k = kb; k < ke; ++k) {
       const vf e = exp2v(load(w.st + k * kTile + q) - mu);
       store(w.st + k * kTile + q, e);
