@@ -29,6 +29,10 @@ GRIDS = {
     "3d": ((3, 8, 20), (2, 3, 5), (1, 2, 1), False, 0),
     "3d_causal": ((4, 5, 17), 3, 1, (True, False, False), 0),
     "start": ((6, 19), 5, 1, False, 9),
+    # boxes of more than one key block (kGridBlock = 512 keys): the online softmax across blocks,
+    # with the masks' keep tables (18 x 46 cells) and, past 64 cells in a dim, compares (12 x 80)
+    "two_blocks": ((24, 48), (15, 31), 1, False, 0),
+    "wide_box": ((12, 80), (9, 71), 1, False, 0),
 }
 
 

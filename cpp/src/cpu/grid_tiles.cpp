@@ -1,6 +1,6 @@
 // Grid patterns' forward in gathered tiles: a query tile is a patch of the grid (4 cells of the
 // second-fastest dim by 16 of the fastest, within one residue class of the dilations), and its
-// keys are the box of cells the patch's neighbourhoods lie in, gathered per 64-key block
+// keys are the box of cells the patch's neighbourhoods lie in, gathered per key block
 // (attention_grid.hpp runs one tile). In row-major order the same pattern walks one partial
 // block per key line of the window for each query tile (bench/RESULTS.md, issue 15).
 //
