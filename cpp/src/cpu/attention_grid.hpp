@@ -1,17 +1,17 @@
 // The forward of one gathered grid tile (GridTile, kernel_api.hpp; built by grid_tiles.cpp):
 // 64 queries forming a patch of a grid, against the box of cells their neighbourhoods lie in.
 // The box's keys are walked in blocks of its packed order (kGridBlock keys: the whole box of a
-// 13 x 13 window's tile is one block); float32 K and V rows are read
-// in place through row pointers (gemm_tile.hpp's gathered products), others converted into the
-// tile kernels' packed blocks. The score product, the online softmax and O += P V are the tile
-// kernels' (attention_tiles.hpp), restricted per block to what the rows keep:
+// 13 x 13 window's tile is one block); float32 K and V rows are read in place through row
+// pointers (gemm_tile.hpp's gathered products), others converted into the tile kernels' packed
+// blocks. The score product, the online softmax and O += P V are the tile kernels'
+// (attention_tiles.hpp), restricted per block to what the rows keep:
 //   - S^T = K Q^T only for the 16-query groups whose union box holds the key;
 //   - a group's softmax only over the keys of its union box's span in packed order;
 //   - O += P V per row only over the span of its own box.
 // Inside those, a (key, query) pair is kept when the key's cell lies in the query's box in every
 // dim (per-dim keep tables, or one compare pair per dim), which is the neighbourhood rule since
-// each query's kept cells
-// are a product of per-dim ranges (grid_tiles.cpp gathers dilated dims by residue class).
+// each query's kept cells are a product of per-dim ranges (grid_tiles.cpp gathers dilated dims
+// by residue class).
 //
 // Why a separate walk: in row-major order a query tile is one grid line and meets one partial
 // 64-key block per key line of its window (13 for a 13 x 13 window), each needing its fixed
@@ -30,7 +30,7 @@ constexpr int kGridBlock = 512;
 constexpr int kGridKeepCells = 64;
 
 struct GridBufs {
-  FwdBufs f;            // the tile kernels' buffers (qt, o, st, kp, vp, m, l, ranges)
+  FwdBufs f;            // the tile kernels' buffers; st, kp, vp, glo, ghi sized for kGridBlock keys
   int32_t* kc[3];       // a block's keys' box coordinates per dim
   int64_t* kpos;        // and their tokens
   float* qrow;          // each column's query row, as float (ALiBi)
