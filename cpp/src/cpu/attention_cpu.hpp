@@ -73,6 +73,11 @@ void forward(const ForwardArgs& a);
 // many keys for that to pay.
 bool forward_sparse_rows(const ForwardArgs& a);
 bool backward_sparse_rows(const BackwardArgs& a);  // its backward, likewise
+// The forward of a grid neighbourhood (Neighborhood on 2 or 3 dims) in gathered tiles: a query
+// tile is a patch of the grid, its keys the box its neighbourhoods lie in (grid_tiles.cpp);
+// false (nothing done) for other patterns, or with SPATTN_GRID_TILES=0. Its backward is the
+// block walk's.
+bool forward_grid_tiles(const ForwardArgs& a);
 void backward(const BackwardArgs& a);
 
 // backend::Backend::sink_grad on host memory.

@@ -345,6 +345,50 @@ inline FwdBufs fwd_bufs(const Problem& p, float* base) {
 
 inline int64_t fwd_ws_floats(const Problem& p) { return fwd_bufs(p, nullptr).total; }
 
+// Online softmax of one block's scores S^T (nk keys x ncol queries in w.st) down the columns;
+// st becomes P^T and the rows of O (mq of them) are rescaled when their reference maximum moves.
+// The reference maximum m only moves when a score exceeds it by more than kLazy (P stays
+// <= 2^kLazy, far from overflow), so O is rescaled rarely; the result is exact either way since
+// O and l share m. With gk0/gk1, a 16-query group g's softmax runs over the keys
+// [gk0[g], gk1[g]) only (those some row of it keeps); its P is 0 elsewhere (written, since
+// O += P V may read across groups within one micro tile), unless zero_rest is false (the
+// caller's P V reads each row only inside its group's span).
+inline void online_softmax(const FwdBufs& w, int ncol, int nk, int mq, int Dvp, const int32_t* gk0,
+                           const int32_t* gk1, bool first, bool zero_rest = true) {
+  bool rescale = false;
+  for (int q = 0; q < ncol; q += W) {
+    const int kb = gk0 ? gk0[q / 16] : 0, ke = gk1 ? gk1[q / 16] : nk;
+    const vf m_old = load(w.m + q);
+    vf mx = splat(-kInf);
+    for (int k = kb; k < ke; ++k) mx = vmax(mx, load(w.st + k * kTile + q));
+    const vf m_new = mx > m_old + splat(kLazy) ? mx : m_old;
+    const vf mu = m_new == splat(-kInf) ? vf{} : m_new;  // no key yet: exp2(-inf) = 0
+    const vf alpha = exp2v(m_old - mu);
+    vf sum{};
+    if (zero_rest) {
+      for (int k = 0; k < kb; ++k) store(w.st + k * kTile + q, vf{});
+      for (int k = ke; k < nk; ++k) store(w.st + k * kTile + q, vf{});
+    }
+    for (int k = kb; k < ke; ++k) {
+      const vf e = exp2v(load(w.st + k * kTile + q) - mu);
+      store(w.st + k * kTile + q, e);
+      sum += e;
+    }
+    store(w.l + q, load(w.l + q) * alpha + sum);
+    store(w.m + q, m_new);
+    store(w.alpha + q, alpha);
+    for (int i = 0; i < W; ++i) rescale |= alpha[i] != 1.f;
+  }
+  if (rescale && !first) {
+    for (int q = 0; q < mq; ++q) {
+      const float al = w.alpha[q];
+      if (al == 1.f) continue;
+      float* o = w.o + q * Dvp;
+      for (int d = 0; d < Dvp; d += W) store(o + d, load(o + d) * al);
+    }
+  }
+}
+
 inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const int64_t* lo,
                      const int64_t* hi, float* ws) {
   const FwdBufs w = fwd_bufs(p, ws);
@@ -388,41 +432,7 @@ inline void fwd_tile(const Problem& p, int64_t b, int64_t h, int64_t a, const in
       apply_mask(p, ranged, h, i0, mq, ncol, j0, nk, w.rlo, w.rhi, w.mask, w.st, -kInf,
                  ranged ? w.gk0 : nullptr, ranged ? w.gk1 : nullptr);
 
-    // Online softmax down the columns; st becomes P^T. The reference maximum m only moves
-    // when a score exceeds it by more than kLazy (P stays <= 2^kLazy, far from overflow), so
-    // O is rescaled rarely; the result is exact either way since O and l share m. On a ranged
-    // block a 16-query group's softmax runs over the keys some row of it keeps; its P is 0
-    // elsewhere (written, since O += P V may read across groups within one micro tile).
-    bool rescale = false;
-    for (int q = 0; q < ncol; q += W) {
-      const int kb = ranged ? w.gk0[q / 16] : 0, ke = ranged ? w.gk1[q / 16] : nk;
-      const vf m_old = load(w.m + q);
-      vf mx = splat(-kInf);
-      for (int k = kb; k < ke; ++k) mx = vmax(mx, load(w.st + k * kTile + q));
-      const vf m_new = mx > m_old + splat(kLazy) ? mx : m_old;
-      const vf mu = m_new == splat(-kInf) ? vf{} : m_new;  // no key yet: exp2(-inf) = 0
-      const vf alpha = exp2v(m_old - mu);
-      vf sum{};
-      for (int k = 0; k < kb; ++k) store(w.st + k * kTile + q, vf{});
-      for (int k = ke; k < nk; ++k) store(w.st + k * kTile + q, vf{});
-      for (int k = kb; k < ke; ++k) {
-        const vf e = exp2v(load(w.st + k * kTile + q) - mu);
-        store(w.st + k * kTile + q, e);
-        sum += e;
-      }
-      store(w.l + q, load(w.l + q) * alpha + sum);
-      store(w.m + q, m_new);
-      store(w.alpha + q, alpha);
-      for (int i = 0; i < W; ++i) rescale |= alpha[i] != 1.f;
-    }
-    if (rescale && !first) {
-      for (int q = 0; q < mq; ++q) {
-        const float al = w.alpha[q];
-        if (al == 1.f) continue;
-        float* o = w.o + q * Dvp;
-        for (int d = 0; d < Dvp; d += W) store(o + d, load(o + d) * al);
-      }
-    }
+    online_softmax(w, ncol, nk, mq, Dvp, ranged ? w.gk0 : nullptr, ranged ? w.gk1 : nullptr, first);
     first = false;
     // O += P V
     const float* vb = v_direct ? reinterpret_cast<const float*>(at(p.v, 4, b, j0, g)) : w.vp;
@@ -621,6 +631,8 @@ inline void bwd_store(const Problem& p, int64_t b, int64_t g, int64_t c,
 
 }  // namespace spattn::cpu::SPATTN_ISA
 
+#include "cpu/attention_grid.hpp"
+
 // The table of one ISA translation unit.
 #define SPATTN_DEFINE_KERNEL_TABLE(getter, label)                                           \
   namespace spattn::cpu {                                                                   \
@@ -628,6 +640,8 @@ inline void bwd_store(const Problem& p, int64_t b, int64_t g, int64_t c,
     static const KernelTable t{label,                 SPATTN_ISA::fwd_ws_floats,            \
                                SPATTN_ISA::bwd_ws_floats, SPATTN_ISA::fwd_tile,             \
                                SPATTN_ISA::bwd_tile,  SPATTN_ISA::bwd_store,                \
+                               SPATTN_ISA::fwd_grid_ws_floats,                              \
+                               SPATTN_ISA::fwd_grid_tile,                                   \
                                SPATTN_ISA::weighted_sum_row};                               \
     return &t;                                                                              \
   }                                                                                         \

@@ -12,6 +12,7 @@ namespace spattn::cpu {
 void forward(const ForwardArgs& a) {
   using namespace detail;
   if (forward_sparse_rows(a)) return;  // rows with few scattered keys (sparse_rows.cpp)
+  if (forward_grid_tiles(a)) return;   // grid neighbourhoods in gathered patches (grid_tiles.cpp)
   Problem p = make_problem(a.q, a.k, a.v, a.dtype, a.scale, *a.layout, a.pred);
   check_layout(p, *a.layout);
   std::vector<float> mods;

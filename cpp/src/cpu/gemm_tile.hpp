@@ -134,4 +134,130 @@ inline void gemm_krange(int M, int N, const float* A, int64_t sam, int64_t sak, 
   }
 }
 
+// ---- Gathered rows: one operand's rows given by pointers (unit stride), not copied ----------
+// The grid tiles (attention_grid.hpp) read K and V rows that lie a grid line apart in place.
+
+// C[R][NV vectors] (+)= A[R][K] B[K][.], A's row r at Ap[r] (+ k).
+template <int R, int NV, bool ACC>
+SP_INLINE void micro_ap(int K, const float* const* Ap, const float* B, int64_t ldb, float* C,
+                        int64_t ldc) {
+  vf c[R][NV];
+  const float* a[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    a[r] = Ap[r];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) c[r][v] = ACC ? load(C + r * ldc + v * W) : vf{};
+  }
+  for (int k = 0; k < K; ++k) {
+    vf b[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) b[v] = load(B + k * ldb + v * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const vf ar = splat(a[r][k]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = fma(ar, b[v], c[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) store(C + r * ldc + v * W, c[r][v]);
+}
+
+// C[R][NV vectors] (+)= A[R][K] B[K][.], B's row k at Bp[k] + n0; A read as in micro().
+template <int R, int NV, bool ACC>
+SP_INLINE void micro_bp(int K, const float* A, int64_t sam, int64_t sak, const float* const* Bp,
+                        int n0, float* C, int64_t ldc) {
+  vf c[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) c[r][v] = ACC ? load(C + r * ldc + v * W) : vf{};
+  for (int k = 0; k < K; ++k) {
+    vf b[NV];
+    const float* brow = Bp[k] + n0;
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) b[v] = load(brow + v * W);
+    const float* a = A + k * sak;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const vf ar = splat(a[r * sam]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = fma(ar, b[v], c[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) store(C + r * ldc + v * W, c[r][v]);
+}
+
+// The micro kernel of r (<= MR) rows by n (<= NGMAX) groups of 16 columns, chosen at run time:
+// CALL(R, NV) is expanded for each shape.
+#define SPATTN_BY_SHAPE(r, n, CALL)                                                  \
+  do {                                                                               \
+    static_assert(MR <= 4 && NGMAX <= 4, "add shapes");                              \
+    switch ((r) * 8 + (n)) {                                                         \
+      case 8 * MR + 1: CALL(MR, VG); break;                                          \
+      case 8 * MR + 2: CALL(MR, 2 * VG); break;                                      \
+      case 8 * MR + 3: CALL(MR, 3 * VG); break;                                      \
+      case 8 * MR + 4: CALL(MR, 4 * VG); break;                                      \
+      default:  /* rare shapes (a block's last rows): one row at a time */           \
+        for (int i_ = 0; i_ < (r); ++i_) SPATTN_ONE_ROW(i_, n, CALL);                \
+    }                                                                                \
+  } while (0)
+#define SPATTN_ONE_ROW(i, n, CALL)                                                   \
+  switch (n) {                                                                       \
+    case 1: CALL##_ROW(i, VG); break;                                                \
+    case 2: CALL##_ROW(i, 2 * VG); break;                                            \
+    case 3: CALL##_ROW(i, 3 * VG); break;                                            \
+    default: CALL##_ROW(i, 4 * VG); break;                                           \
+  }
+
+// gemm_cols with A's row m at Ap[m] (K columns): C rows m only over the 16-column groups
+// [glo[m], ghi[m]) (taken together per micro tile); C = A B (no accumulation).
+inline void gemm_cols_ap(int M, int K, const float* const* Ap, const float* B, int64_t ldb,
+                         float* C, int64_t ldc, const int32_t* glo, const int32_t* ghi) {
+  for (int m = 0; m < M; m += MR) {
+    const int r = min_(MR, M - m);
+    int g0 = 1 << 30, g1 = 0;
+    for (int i = 0; i < r; ++i)
+      if (ghi[m + i] > glo[m + i]) g0 = min_(g0, glo[m + i]), g1 = max_(g1, ghi[m + i]);
+    for (int g = g0; g < g1; g += NGMAX) {
+      const int n = min_(NGMAX, g1 - g);
+#define AP(R, NV) micro_ap<R, NV, false>(K, Ap + m, B + g * 16, ldb, C + m * ldc + g * 16, ldc)
+#define AP_ROW(i, NV) micro_ap<1, NV, false>(K, Ap + m + i, B + g * 16, ldb, C + (m + i) * ldc + g * 16, ldc)
+      SPATTN_BY_SHAPE(r, n, AP);
+#undef AP
+#undef AP_ROW
+    }
+  }
+}
+
+// gemm_krange with B's row k at Bp[k] (N columns, a multiple of 16): C += A B, row m of C
+// summing only over k in [klo[m], khi[m]) (taken together per micro tile).
+inline void gemm_krange_bp(int M, int N, const float* A, int64_t sam, int64_t sak,
+                           const float* const* Bp, float* C, int64_t ldc, const int32_t* klo,
+                           const int32_t* khi) {
+  for (int m = 0; m < M; m += MR) {
+    const int r = min_(MR, M - m);
+    int k0 = 1 << 30, k1 = 0;
+    for (int i = 0; i < r; ++i)
+      if (khi[m + i] > klo[m + i]) k0 = min_(k0, klo[m + i]), k1 = max_(k1, khi[m + i]);
+    if (k1 <= k0) continue;
+    for (int n0 = 0; n0 < N; n0 += NGMAX * 16) {
+      const int n = min_(NGMAX, (N - n0) / 16);
+      const float* a = A + m * sam + k0 * sak;
+#define BP(R, NV) micro_bp<R, NV, true>(k1 - k0, a, sam, sak, Bp + k0, n0, C + m * ldc + n0, ldc)
+#define BP_ROW(i, NV) \
+  micro_bp<1, NV, true>(k1 - k0, a + (i) * sam, sam, sak, Bp + k0, n0, C + (m + i) * ldc + n0, ldc)
+      SPATTN_BY_SHAPE(r, n, BP);
+#undef BP
+#undef BP_ROW
+    }
+  }
+}
+
 }  // namespace spattn::cpu::SPATTN_ISA

@@ -30,6 +30,7 @@ const KernelTable* kernels_avx512bf16() {
   static const KernelTable t{"avx512bf16",           SPATTN_ISA::fwd_ws_floats_bf,
                              SPATTN_ISA::bwd_ws_floats_bf, SPATTN_ISA::fwd_tile_bf,
                              SPATTN_ISA::bwd_tile_bf,  SPATTN_ISA::bwd_store,
+                             SPATTN_ISA::fwd_grid_ws_floats, SPATTN_ISA::fwd_grid_tile,
                              SPATTN_ISA::weighted_sum_row};
   return &t;
 }

@@ -63,6 +63,22 @@ struct Problem {
 };
 
 constexpr int kTile = 64;
+constexpr int kTileGroups = kTile / 16;  // 16-query groups of a tile
+
+// A gathered query tile of a grid pattern (grid_tiles.cpp builds them; attention_grid.hpp runs
+// them): 64 queries that form a patch of a grid, and the box of cells their neighbourhoods lie
+// in, its keys gathered in one packed order. Grids have 3 dims here (leading dims of extent 1);
+// dim 2 is the fastest-varying one of the grid. The box's key k, in packed order, is the cell
+// (c0, c1, c2) with k = (c2 * e[0] + c0) * e[1] + c1: dim 2 outermost, so that queries that
+// share their lines (dims 0 and 1) and sit side by side in dim 2 need contiguous key ranges.
+struct GridTile {
+  int64_t row[kTile];               // each column's query row (-1: padding, keeps nothing)
+  int32_t lo[3][kTile], hi[3][kTile];  // its kept cells per dim, box coordinates, inclusive
+  // Per 16-query group, the union of its rows' lo..hi per dim (lo > hi: no row).
+  int32_t glo[3][kTileGroups], ghi[3][kTileGroups];
+  int32_t e[3];                      // box extents
+  int64_t base, step[3];             // key token of cell c: base + sum c[t] * step[t]
+};
 
 // One set of kernels, compiled for one instruction set.
 struct KernelTable {
@@ -83,6 +99,9 @@ struct KernelTable {
                     const float* const* dv_src, int nsrc);
   // dst[0..n) = sum_k w[k] * src_k[0..n) for nsrc rows of one dtype (element strides given),
   // accumulated in float32 (tmp: 2 * n floats of scratch). Merges partial attention results.
+  // Forward of a gathered grid tile (GridTile) of head h, batch b: writes its rows of out/lse.
+  int64_t (*fwd_grid_ws_floats)(const Problem& p);
+  void (*fwd_grid_tile)(const Problem& p, int64_t b, int64_t h, const GridTile& t, float* ws);
   void (*weighted_sum_row)(int dtype, int n, const void* const* src, const int64_t* src_stride,
                            const float* w, int nsrc, void* dst, int64_t dst_stride, float* tmp);
 };
