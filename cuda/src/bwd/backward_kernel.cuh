@@ -27,7 +27,7 @@
 // Registers (no spills, cuda/check_ptxas_backward.sh): 256 threads with a minimum of one CTA per
 // SM. At D = 256 dK and dV alone take 128 registers per thread, so there dQ is made 64 columns
 // at a time (kDqCols), the next visit is found only after the products (one Q / dO buffer), and
-// the loop's shared-memory partitions are rebuilt per visit (kFreshAddresses).
+// the loop's per-thread partitions are rebuilt per visit (kFreshAddresses).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -82,11 +82,12 @@ struct BwdTraits {
   // 128 of dK and dV, and the kernel spilled. Up to D = 128 one part (the measured code).
   static constexpr int kDqCols = kD <= 128 ? kD : 64;
   static_assert(kD % kDqCols == 0 && kDqCols % (16 * kWn) == 0, "dQ parts are whole MMA tiles");
-  // Above D = 128 the shared-memory partitions of the visit loop (ldmatrix sources of the five
-  // products, the P / dS stores; swizzled: not one base plus constants) are rebuilt per visit
-  // from an opaque thread index, as in the forward: the compiler would otherwise hoist the
-  // addresses of every k step out of the walk and hold them beside the 128 registers of dK and
-  // dV. Up to D = 128 there is room (the measured code).
+  // Above D = 128 the per-thread partitions of the visit loop (ldmatrix sources of the five
+  // products, the P / dS stores, the score coordinates, the dq_accum atomics; swizzled: not one
+  // base plus constants) are rebuilt per visit from an opaque thread index (per dQ part for the
+  // dQ product), as in the forward: the compiler would otherwise hoist the addresses of every
+  // k step out of the walk and hold them beside the 128 registers of dK and dV. Up to D = 128
+  // there is room.
   static constexpr bool kFreshAddresses = kD > 128;
 
   // Shared memory: rows of kD elements in 8-row x kBlockK swizzled atoms (as the forward); P
@@ -412,8 +413,11 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads, 1)
     for (int part = 0; part < kD / Tr::kDqCols; ++part) {
       Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<Tr::kDqCols>>{});
       clear(acc_dq);
-      auto tA = cpA_dq.get_thread_slice(ldsm_tid());
-      auto tB = cpB_dq.get_thread_slice(ldsm_tid());
+      // Above D = 128 a fresh index per part: dS is read again for each part, instead of its
+      // fragments being held across the parts.
+      const int part_tid = Tr::kFreshAddresses ? tileops::opaque(tid) : tid;
+      auto tA = cpA_dq.get_thread_slice(part_tid);
+      auto tB = cpB_dq.get_thread_slice(part_tid);
       gemm_ss(mma_dq, acc_dq, tdQrdS, tdQrKt, tA.partition_S(sdS), tB.partition_S(sKt_part(part)),
               cpA_dq, cpB_dq, tA, tB);
       if constexpr (kStages == 1) {
@@ -424,7 +428,7 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads, 1)
           cp_async_fence();
         }
       }
-      Tensor tdQgdQ = thr_dq.partition_C(
+      Tensor tdQgdQ = mma_dq.get_slice(ldsm_tid()).partition_C(  // the atomics' addresses too
           local_tile(gdQ, Shape<Int<kBlockM>, Int<Tr::kDqCols>>{}, make_coord(0, part)));
       static_assert(decltype(size(tdQgdQ))::value == decltype(size(acc_dq))::value);
       CUTE_UNROLL
