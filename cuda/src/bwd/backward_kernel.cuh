@@ -23,6 +23,11 @@
 // transposed operands (P^T, dS^T, Q^T, dO^T, K^T) are views of the same buffers read with
 // ldmatrix.trans. Shared memory: (2 * 64 * D * (1 + stages) + 2 * 64 * 64) * 2 bytes: 112 KB at
 // D = 128, 64 KB at D = 64.
+//
+// Registers (no spills, cuda/check_ptxas_backward.sh): 256 threads with a minimum of one CTA per
+// SM. At D = 256 dK and dV alone take 128 registers per thread, so there dQ is made 64 columns
+// at a time (kDqCols), the next visit is found only after the products (one Q / dO buffer), and
+// the loop's per-thread partitions are rebuilt per visit (kFreshAddresses).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -72,6 +77,18 @@ struct BwdTraits {
   using MmaDkv = TiledMMA<MMA_Atom<MmaOp>, Layout<Shape<Int<kWm>, Int<kWn>, _1>>,
                           Tile<Int<16 * kWm>, Int<16 * kWn>, _16>>;
   using MmaDq = MmaDkv;
+  // dQ = dS K is made kDqCols columns at a time (each part's fp32 accumulator added to dq_accum
+  // before the next): at D = 256 a whole 64 x 256 dQ is 64 more registers per thread beside the
+  // 128 of dK and dV, and the kernel spilled. Up to D = 128 one part (the measured code).
+  static constexpr int kDqCols = kD <= 128 ? kD : 64;
+  static_assert(kD % kDqCols == 0 && kDqCols % (16 * kWn) == 0, "dQ parts are whole MMA tiles");
+  // Above D = 128 the per-thread partitions of the visit loop (ldmatrix sources of the five
+  // products, the P / dS stores, the score coordinates, the dq_accum atomics; swizzled: not one
+  // base plus constants) are rebuilt per visit from an opaque thread index (per dQ part for the
+  // dQ product), as in the forward: the compiler would otherwise hoist the addresses of every
+  // k step out of the walk and hold them beside the 128 registers of dK and dV. Up to D = 128
+  // there is room.
+  static constexpr bool kFreshAddresses = kD > 128;
 
   // Shared memory: rows of kD elements in 8-row x kBlockK swizzled atoms (as the forward); P
   // and dS (64 x 64) in 8 x 64 atoms.
@@ -121,7 +138,9 @@ struct BwdTraits {
 };
 
 template <class T, int kD>
-__global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads)
+// A minimum of 1 CTA per SM: without it ptxas capped D = 32 (sm_80, sm_90a) and D = 64 (sm_90a)
+// at 128 registers, aiming for 2 CTAs per SM, and spilled (see cuda/README.md).
+__global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads, 1)
     backward_kernel(const __grid_constant__ BwdParams p) {
   using Tr = BwdTraits<T, kD>;
   constexpr int kBlockM = Tr::kBlockM;
@@ -197,45 +216,42 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads)
   Tensor tdVrdOt = thr_dkv.partition_fragment_B(sdOt(0));
   Tensor tdKrdSt = thr_dkv.partition_fragment_A(sdSt);
   Tensor tdKrQt = thr_dkv.partition_fragment_B(sQt(0));
+  // dQ part `part` (columns part * kDqCols ...) reads K^T rows d of that part.
+  auto sKt_part = [&](int part) {
+    return local_tile(sKt, Shape<Int<Tr::kDqCols>, Int<kBlockN>>{}, make_coord(part, 0));
+  };
   Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);        // (MMA, MMA_M, MMA_K = BN / 16)
-  Tensor tdQrKt = thr_dq.partition_fragment_B(sKt);
+  Tensor tdQrKt = thr_dq.partition_fragment_B(sKt_part(0));
 
   auto cpA_sdp = make_tiled_copy_A(typename Tr::LdsmN{}, mma_sdp);
   auto cpB_sdp = make_tiled_copy_B(typename Tr::LdsmN{}, mma_sdp);
-  auto tA_sdp = cpA_sdp.get_thread_slice(tid);
-  auto tB_sdp = cpB_sdp.get_thread_slice(tid);
-  Tensor tSsK = tB_sdp.partition_S(sK);
-  Tensor tdPsV = tB_sdp.partition_S(sV);
+  // The loop's shared-memory partitions are made where used from ldsm_tid(): tid, or above
+  // D = 128 the opaque copy of it taken at each visit (see kFreshAddresses).
+  int ldsm_tid_ = tid;
+  auto ldsm_tid = [&]() { return ldsm_tid_; };
 
   auto cpA_dkv = make_tiled_copy_A(typename Tr::LdsmT{}, mma_dkv);
   auto cpB_dkv = make_tiled_copy_B(typename Tr::LdsmT{}, mma_dkv);
-  auto tA_dkv = cpA_dkv.get_thread_slice(tid);
-  auto tB_dkv = cpB_dkv.get_thread_slice(tid);
-  Tensor tdVsPt = tA_dkv.partition_S(sPt);
-  Tensor tdKsdSt = tA_dkv.partition_S(sdSt);
 
   auto cpA_dq = make_tiled_copy_A(typename Tr::LdsmN{}, mma_dq);
   auto cpB_dq = make_tiled_copy_B(typename Tr::LdsmT{}, mma_dq);
-  auto tA_dq = cpA_dq.get_thread_slice(tid);
-  auto tB_dq = cpB_dq.get_thread_slice(tid);
-  Tensor tdQsdS = tA_dq.partition_S(sdS);
-  Tensor tdQsKt = tB_dq.partition_S(sKt);
 
   auto sts_pds = make_tiled_copy_C(typename Tr::StsC{}, mma_sdp);
-  auto sts_pds_thr = sts_pds.get_thread_slice(tid);
-  Tensor tPsP = sts_pds_thr.partition_D(sP);
-  Tensor tdSsdS = sts_pds_thr.partition_D(sdS);
 
   Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kD>>{});
   Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kD>>{});
   clear(acc_dk);
   clear(acc_dv);
 
-  // (row, col) of every score this thread holds, in the rows x cols view.
-  Tensor cS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
-  Tensor cS_rc = make_tensor(cS.data(), rows_cols(cS.layout()));
-  constexpr int kRows = decltype(size<0>(cS_rc))::value;
-  constexpr int kCols = decltype(size<1>(cS_rc))::value;
+  // (row, col) of every score thread t holds, in the rows x cols view (made per visit from
+  // ldsm_tid(), like the shared-memory partitions).
+  auto score_coords = [&](int t) {
+    Tensor cS = mma_sdp.get_slice(t).partition_C(
+        make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+    return make_tensor(cS.data(), rows_cols(cS.layout()));
+  };
+  constexpr int kRows = decltype(size<0>(score_coords(0)))::value;
+  constexpr int kCols = decltype(size<1>(score_coords(0)))::value;
   static_assert(kRows * kCols <= 32, "one mask bit per score in a uint32_t");
 
   // ---- prologue: the first visit's Q and dO (K and V are in the same group)
@@ -247,9 +263,15 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads)
 
   int s = 0;  // buffer of the current visit
   while (have) {
+    // The next visit: found here with two Q / dO buffers (its loads start below); with one
+    // (D = 256) only once this visit's products are done, so that it is not held in registers
+    // through them.
     BwdVisit nx{0, 0, false};
-    const bool have_next = walk.next(p, &nx);
+    bool have_next = false;
+    if constexpr (kStages == 2) have_next = walk.next(p, &nx);
     const int64_t i0 = v.a * kBlockM;
+    if constexpr (Tr::kFreshAddresses) ldsm_tid_ = tileops::opaque(tid);
+    Tensor cS_rc = score_coords(ldsm_tid());
 
     // The block's mask, one bit per score this thread holds (as in the forward).
     uint32_t keep = ~uint32_t(0);
@@ -299,8 +321,12 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads)
     // S = Q K^T -> P (fp32 in registers, dtype in shared memory)
     Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
     clear(acc_s);
-    gemm_ss(mma_sdp, acc_s, tSrQ, tSrK, tA_sdp.partition_S(sQ(s)), tSsK, cpA_sdp, cpB_sdp, tA_sdp,
-            tB_sdp);
+    {
+      auto tA = cpA_sdp.get_thread_slice(ldsm_tid());
+      auto tB = cpB_sdp.get_thread_slice(ldsm_tid());
+      gemm_ss(mma_sdp, acc_s, tSrQ, tSrK, tA.partition_S(sQ(s)), tB.partition_S(sK), cpA_sdp,
+              cpB_sdp, tA, tB);
+    }
     Tensor pr = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));
     if (!f.mods) {
       CUTE_UNROLL
@@ -312,7 +338,10 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads)
       Tensor rP = make_tensor<T>(acc_s.layout());
       CUTE_UNROLL
       for (int x = 0; x < size(acc_s); ++x) rP(x) = static_cast<T>(acc_s(x));
-      copy(sts_pds, sts_pds_thr.retile_S(rP), tPsP);
+      {
+        auto sts_pds_thr = sts_pds.get_thread_slice(ldsm_tid());
+        copy(sts_pds, sts_pds_thr.retile_S(rP), sts_pds_thr.partition_D(sP));
+      }
     } else {
       // Softcap / ALiBi (a kernel parameter: the same branch in every thread): P goes to shared
       // memory; the registers keep P times the softcap's derivative, so that dS below is
@@ -334,14 +363,21 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads)
           pr(r, x) = pv * dcap;
         }
       }
-      copy(sts_pds, sts_pds_thr.retile_S(rP), tPsP);
+      {
+        auto sts_pds_thr = sts_pds.get_thread_slice(ldsm_tid());
+        copy(sts_pds, sts_pds_thr.retile_S(rP), sts_pds_thr.partition_D(sP));
+      }
     }
 
     // dP = dO V^T -> dS = P (dP - delta) (dtype, shared memory)
     Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
     clear(acc_dp);
-    gemm_ss(mma_sdp, acc_dp, tdPrdO, tdPrV, tA_sdp.partition_S(sdO(s)), tdPsV, cpA_sdp, cpB_sdp,
-            tA_sdp, tB_sdp);
+    {
+      auto tA = cpA_sdp.get_thread_slice(ldsm_tid());
+      auto tB = cpB_sdp.get_thread_slice(ldsm_tid());
+      gemm_ss(mma_sdp, acc_dp, tdPrdO, tdPrV, tA.partition_S(sdO(s)), tB.partition_S(sV), cpA_sdp,
+              cpB_sdp, tA, tB);
+    }
     Tensor ds = make_tensor(acc_dp.data(), rows_cols(acc_dp.layout()));
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -352,28 +388,48 @@ __global__ void __launch_bounds__(BwdTraits<T, kD>::kThreads)
       Tensor rdS = make_tensor<T>(acc_dp.layout());
       CUTE_UNROLL
       for (int x = 0; x < size(acc_dp); ++x) rdS(x) = static_cast<T>(acc_dp(x));
-      copy(sts_pds, sts_pds_thr.retile_S(rdS), tdSsdS);
+      auto sts_pds_thr = sts_pds.get_thread_slice(ldsm_tid());
+      copy(sts_pds, sts_pds_thr.retile_S(rdS), sts_pds_thr.partition_D(sdS));
     }
     __syncthreads();  // P and dS visible to every warp
 
     // dV += P^T dO, dK += dS^T Q (keys x D, in registers)
-    gemm_ss(mma_dkv, acc_dv, tdVrPt, tdVrdOt, tdVsPt, tB_dkv.partition_S(sdOt(s)), cpA_dkv, cpB_dkv,
-            tA_dkv, tB_dkv);
-    gemm_ss(mma_dkv, acc_dk, tdKrdSt, tdKrQt, tdKsdSt, tB_dkv.partition_S(sQt(s)), cpA_dkv, cpB_dkv,
-            tA_dkv, tB_dkv);
-    // dQ(a) += dS K: this key tile's part, added to the fp32 workspace
-    Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kD>>{});
-    clear(acc_dq);
-    gemm_ss(mma_dq, acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, cpA_dq, cpB_dq, tA_dq, tB_dq);
-    if constexpr (kStages == 1) {
-      __syncthreads();  // every thread is done with Q, dO and dS of this visit
-      if (have_next) load_qdo(nx, 0);
-      cp_async_fence();
+    {
+      auto tA = cpA_dkv.get_thread_slice(ldsm_tid());
+      auto tB = cpB_dkv.get_thread_slice(ldsm_tid());
+      gemm_ss(mma_dkv, acc_dv, tdVrPt, tdVrdOt, tA.partition_S(sPt), tB.partition_S(sdOt(s)),
+              cpA_dkv, cpB_dkv, tA, tB);
     }
     {
-      Tensor gdQ = make_tensor(make_gmem_ptr(p.dq_accum + dqacc_offset(p, w.b, v.h, i0)),
-                               Shape<Int<kBlockM>, Int<kD>>{}, Stride<Int<kD>, _1>{});
-      Tensor tdQgdQ = thr_dq.partition_C(gdQ);
+      auto tA = cpA_dkv.get_thread_slice(ldsm_tid());
+      auto tB = cpB_dkv.get_thread_slice(ldsm_tid());
+      gemm_ss(mma_dkv, acc_dk, tdKrdSt, tdKrQt, tA.partition_S(sdSt), tB.partition_S(sQt(s)),
+              cpA_dkv, cpB_dkv, tA, tB);
+    }
+    // dQ(a) += dS K: this key tile's part, added to the fp32 workspace (kDqCols at a time)
+    Tensor gdQ = make_tensor(make_gmem_ptr(p.dq_accum + dqacc_offset(p, w.b, v.h, i0)),
+                             Shape<Int<kBlockM>, Int<kD>>{}, Stride<Int<kD>, _1>{});
+    CUTE_UNROLL
+    for (int part = 0; part < kD / Tr::kDqCols; ++part) {
+      Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<Tr::kDqCols>>{});
+      clear(acc_dq);
+      // Above D = 128 a fresh index per part: dS is read again for each part, instead of its
+      // fragments being held across the parts.
+      const int part_tid = Tr::kFreshAddresses ? tileops::opaque(tid) : tid;
+      auto tA = cpA_dq.get_thread_slice(part_tid);
+      auto tB = cpB_dq.get_thread_slice(part_tid);
+      gemm_ss(mma_dq, acc_dq, tdQrdS, tdQrKt, tA.partition_S(sdS), tB.partition_S(sKt_part(part)),
+              cpA_dq, cpB_dq, tA, tB);
+      if constexpr (kStages == 1) {
+        if (part + 1 == kD / Tr::kDqCols) {
+          __syncthreads();  // every thread is done with Q, dO and dS of this visit
+          have_next = walk.next(p, &nx);
+          if (have_next) load_qdo(nx, 0);
+          cp_async_fence();
+        }
+      }
+      Tensor tdQgdQ = mma_dq.get_slice(ldsm_tid()).partition_C(  // the atomics' addresses too
+          local_tile(gdQ, Shape<Int<kBlockM>, Int<Tr::kDqCols>>{}, make_coord(0, part)));
       static_assert(decltype(size(tdQgdQ))::value == decltype(size(acc_dq))::value);
       CUTE_UNROLL
       for (int x = 0; x < size(acc_dq); ++x) atomicAdd(&tdQgdQ(x), acc_dq(x));
