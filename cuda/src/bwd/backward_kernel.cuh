@@ -24,7 +24,7 @@
 // ldmatrix.trans. Shared memory: (2 * 64 * D * (1 + stages) + 2 * 64 * 64) * 2 bytes: 112 KB at
 // D = 128, 64 KB at D = 64.
 //
-// Registers (no spills, cuda/check_ptxas_backward.sh): 256 threads with a minimum of one CTA per
+// Registers (no spills, cuda/check_ptxas.sh backward): 256 threads with a minimum of one CTA per
 // SM. At D = 256 dK and dV alone take 128 registers per thread, so there dQ is made 64 columns
 // at a time (kDqCols), the next visit is found only after the products (one Q / dO buffer), and
 // the loop's per-thread partitions are rebuilt per visit (kFreshAddresses).

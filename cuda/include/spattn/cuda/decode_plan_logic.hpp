@@ -141,34 +141,9 @@ SPATTN_HD void dec_plan_row(const DecodePlanParams& p, int64_t r) {
   em.part.lo = p.part_lo, em.part.hi = p.part_hi, em.part.base = base;
   em.full.cap = em.part.cap = base + p.row_cap;  // CsrOut writes while base + n < cap
   bool overflow = false;
-  if (nk > 0) {
-    const int64_t hh = pred.heads == 1 ? 0 : lh;
-    const int32_t nb = pred.head_begin[hh], ne = pred.head_end[hh];
-    brange::Seg* row = p.scratch + r * p.row_stride;
-    int32_t st[kMaxPredDepth];
-    int64_t stn[kMaxPredDepth];
-    int sp = 0;
-    for (int32_t k = nb; k < ne; ++k) {
-      const PredNode& n = pred.nodes[k];
-      brange::RangeSink s;
-      s.seg = row + p.slot_off[k];
-      s.cap = p.slot_cap[k];
-      if (n.kind == PredKind::Or || n.kind == PredKind::And) {
-        merge_rows2(row + p.slot_off[st[sp - 2]], stn[sp - 2], row + p.slot_off[st[sp - 1]],
-                    stn[sp - 1], n.kind == PredKind::Or, s);
-        sp -= 2;
-      } else {
-        leaf_block_ranges(n, lh, x, &s);
-      }
-      s.finish();
-      overflow = overflow || s.overflow;
-      st[sp] = k;
-      stn[sp] = s.n;
-      ++sp;
-    }
-    const brange::Seg* root = row + p.slot_off[st[0]];
-    for (int64_t t = 0; t < stn[0]; ++t) em.put(root[t].lo, root[t].hi, root[t].cls);
-  }
+  if (nk > 0)
+    emit_program_row(pred, lh, x, p.scratch + r * p.row_stride, p.slot_off, p.slot_cap, em,
+                     overflow);
   em.full.flush();
   em.part.flush();
   overflow = overflow || em.full.overflow || em.part.overflow;

@@ -299,6 +299,41 @@ SPATTN_HD brange::Ctx row_ctx(const DevLayoutParams& p, int64_t a) {
   return x;
 }
 
+// One layout row of a predicate program: every node of head h's postfix list (its leaves by
+// their block rule, Or / And by sweep-merging its two operands' slots) into its scratch slot
+// (row + slot_off[k], capacity slot_cap[k]), then the root's ranges into the emitter. Shared
+// by the forward's row compile and decode's device plan; overflow is or-ed with any slot's.
+template <class Emit>
+SPATTN_HD void emit_program_row(const Predicate& pred, int64_t h, const brange::Ctx& x,
+                                brange::Seg* row, const int64_t* slot_off,
+                                const int64_t* slot_cap, Emit& em, bool& overflow) {
+  const int64_t hh = pred.heads == 1 ? 0 : h;
+  const int32_t b = pred.head_begin[hh], e = pred.head_end[hh];
+  int32_t st[kMaxPredDepth];
+  int64_t stn[kMaxPredDepth];
+  int sp = 0;
+  for (int32_t k = b; k < e; ++k) {
+    const PredNode& n = pred.nodes[k];
+    brange::RangeSink s;
+    s.seg = row + slot_off[k];
+    s.cap = slot_cap[k];
+    if (n.kind == PredKind::Or || n.kind == PredKind::And) {
+      merge_rows2(row + slot_off[st[sp - 2]], stn[sp - 2], row + slot_off[st[sp - 1]],
+                  stn[sp - 1], n.kind == PredKind::Or, s);
+      sp -= 2;
+    } else {
+      leaf_block_ranges(n, h, x, &s);
+    }
+    s.finish();
+    overflow = overflow || s.overflow;
+    st[sp] = k;
+    stn[sp] = s.n;
+    ++sp;
+  }
+  const brange::Seg* root = row + slot_off[st[0]];
+  for (int64_t t = 0; t < stn[0]; ++t) em.put(root[t].lo, root[t].hi, root[t].cls);
+}
+
 // Evaluates layout row r. fill false: writes the row's range counts to full_ptr[r + 1] /
 // part_ptr[r + 1] and its cost; fill true: writes its ranges at full_ptr[r] / part_ptr[r]
 // (already scanned).
@@ -312,35 +347,9 @@ SPATTN_HD void compile_layout_row(const DevLayoutParams& p, int64_t r, bool fill
     em.full.cap = em.part.cap = p.out_cap;
   }
   bool overflow = false;
-  if (p.nk > 0) {
-    // Every node's ranges go to its slot (the root's too), then the root's to the emitter.
-    const int64_t hh = p.pred.heads == 1 ? 0 : h;
-    const int32_t b = p.pred.head_begin[hh], e = p.pred.head_end[hh];
-    brange::Seg* row = p.scratch + r * p.row_stride;
-    int32_t st[kMaxPredDepth];
-    int64_t stn[kMaxPredDepth];
-    int sp = 0;
-    for (int32_t k = b; k < e; ++k) {
-      const PredNode& n = p.pred.nodes[k];
-      brange::RangeSink s;
-      s.seg = row + p.slot_off[k];
-      s.cap = p.slot_cap[k];
-      if (n.kind == PredKind::Or || n.kind == PredKind::And) {
-        merge_rows2(row + p.slot_off[st[sp - 2]], stn[sp - 2], row + p.slot_off[st[sp - 1]],
-                    stn[sp - 1], n.kind == PredKind::Or, s);
-        sp -= 2;
-      } else {
-        leaf_block_ranges(n, h, x, &s);
-      }
-      s.finish();
-      overflow = overflow || s.overflow;
-      st[sp] = k;
-      stn[sp] = s.n;
-      ++sp;
-    }
-    const brange::Seg* root = row + p.slot_off[st[0]];
-    for (int64_t t = 0; t < stn[0]; ++t) em.put(root[t].lo, root[t].hi, root[t].cls);
-  }
+  if (p.nk > 0)
+    emit_program_row(p.pred, h, x, p.scratch + r * p.row_stride, p.slot_off, p.slot_cap, em,
+                     overflow);
   em.full.flush();
   em.part.flush();
   if (!fill) {
