@@ -97,11 +97,11 @@ struct KernelTable {
   // dk/dv rows of that block (zeros when nsrc == 0).
   void (*bwd_store)(const Problem& p, int64_t b, int64_t g, int64_t c, const float* const* dk_src,
                     const float* const* dv_src, int nsrc);
-  // dst[0..n) = sum_k w[k] * src_k[0..n) for nsrc rows of one dtype (element strides given),
-  // accumulated in float32 (tmp: 2 * n floats of scratch). Merges partial attention results.
   // Forward of a gathered grid tile (GridTile) of head h, batch b: writes its rows of out/lse.
   int64_t (*fwd_grid_ws_floats)(const Problem& p);
   void (*fwd_grid_tile)(const Problem& p, int64_t b, int64_t h, const GridTile& t, float* ws);
+  // dst[0..n) = sum_k w[k] * src_k[0..n) for nsrc rows of one dtype (element strides given),
+  // accumulated in float32 (tmp: 2 * n floats of scratch). Merges partial attention results.
   void (*weighted_sum_row)(int dtype, int n, const void* const* src, const int64_t* src_stride,
                            const float* w, int nsrc, void* dst, int64_t dst_stride, float* tmp);
 };

@@ -66,12 +66,6 @@ unsigned long long* pinned_words(PerDevice& d) {
 
 }  // namespace
 
-bool stream_capturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
-  return status != cudaStreamCaptureStatusNone;
-}
-
 unsigned long long* deferred_record(int device) {
   PerDevice& d = per_device(device);
   std::lock_guard<std::mutex> lock(d.m);

@@ -15,9 +15,6 @@
 
 namespace spattn::cuda {
 
-// Whether `stream` is capturing a CUDA graph.
-bool stream_capturing(cudaStream_t stream);
-
 // The device's persistent record (kDecStickyWords words, all ones when empty), made on first use
 // (also during a capture: it lives outside the graph).
 unsigned long long* deferred_record(int device);

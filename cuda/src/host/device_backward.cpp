@@ -55,9 +55,7 @@ bool compile_backward_layout_on_device(const CompiledPattern& cp, int64_t hkv, i
   if (!device_layout_refusal(pred).empty()) return false;
   DeviceGuard guard(device);
   // As the forward's: a compile captured into a graph would run only when the graph does.
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
-  if (status != cudaStreamCaptureStatusNone) return false;
+  if (stream_capturing(stream)) return false;
   const int64_t nqb = (cp.nq() + bq - 1) / bq;
   const int64_t nkb = (cp.nk() + bk - 1) / bk;
   const int64_t cap = spattn::detail::layout_row_budget(cp.heads() * nqb);

@@ -61,9 +61,7 @@ bool compile_forward_layout_on_device(const CompiledPattern& cp, int64_t bq, int
   DeviceGuard guard(device);
   // A compile captured into a graph would run only when the graph does, but the result is
   // kept for every later call: compile on the host (its upload runs beside the capture).
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
-  if (status != cudaStreamCaptureStatusNone) return false;
+  if (stream_capturing(stream)) return false;
   const int64_t nqb = (cp.nq() + bq - 1) / bq;
   const int64_t cap = spattn::detail::layout_row_budget(cp.heads() * nqb);
   DeviceLayoutPlan plan;

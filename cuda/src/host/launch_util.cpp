@@ -78,9 +78,7 @@ void upload_blob(DeviceBlob& out, const std::vector<unsigned char>& blob, cudaSt
   DeviceGuard guard(out.device);
   check(cudaMallocHost(&out.pinned, blob.size()), "cudaMallocHost (layout staging)");
   std::memcpy(out.pinned, blob.data(), blob.size());
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
-  if (status == cudaStreamCaptureStatusNone) {
+  if (!stream_capturing(stream)) {
     check(cudaMemcpyAsync(out.dev, out.pinned, blob.size(), cudaMemcpyHostToDevice, stream),
           "cudaMemcpyAsync (layout upload)");
     return;

@@ -124,6 +124,13 @@ inline void check(cudaError_t e, const std::string& what) {
                      cudaGetErrorString(e) + ")");
 }
 
+// Whether `stream` is capturing a CUDA graph (work launched on it then runs only at replay).
+inline bool stream_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
+
 // Makes `device` current for the call and restores the caller's device after.
 struct DeviceGuard {
   int prev = -1;
