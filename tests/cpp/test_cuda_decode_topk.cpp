@@ -18,8 +18,9 @@
 //     select::concrete(...) (what cpu/decode.cpp and the host plan use), range by range;
 //   - each (sequence, kv head)'s union, blocks before each range, total and split count with the
 //     host plan (decode_logic.hpp's stage_decode over those layouts);
-//   - each sequence's device element rule (the chosen leaf pointed at its mask) with the
-//     concrete pattern's dense mask;
+//   - what the decode kernels read of each sequence (DecodeSeq): every block's status
+//     (dec_block_status) as the host layout's, and the element rule (the chosen leaf pointed at
+//     the sequence's mask) with the concrete pattern's dense mask;
 //   - no error recorded; and with a bad block-table entry below some cache_len, the recorded
 //     error is the CPU's (the first bad page of the first such sequence).
 // Sabotage: ties sent to the highest index, and rows planned with the causal flag flipped,
@@ -265,13 +266,30 @@ bool run_case(const Case& c, std::mt19937_64& rng, bool sabotage_ties, bool flip
              sb + " head " + std::to_string(h) + ": partial ranges differ from the host layout");
     }
     if (!real) continue;
-    // The device element rule against the concrete pattern's dense mask.
+    // What the decode kernels read (DecodeSeq): every block's status as the host layout's, and
+    // the element rule against the concrete pattern's dense mask.
+    const DecodeSeq& ds = p.dp.seqs[b];
+    expect(ds.nk == nk && ds.lheads == c.hq, sb + ": DecodeSeq sizes");
+    const int64_t nkb = (nk + c.bk - 1) / c.bk;
+    int64_t bad_status = 0;
+    for (int64_t h = 0; h < c.hq; ++h)
+      for (int64_t cb = 0; cb < nkb; ++cb) {
+        const int64_t hr = L.heads == 1 ? 0 : h;
+        int want_status = 0;
+        for (int64_t t = L.full_ptr[size_t(hr)]; t < L.full_ptr[size_t(hr + 1)]; ++t)
+          if (L.full_lo[size_t(t)] <= cb && cb < L.full_hi[size_t(t)]) want_status = 1;
+        for (int64_t t = L.part_ptr[size_t(hr)]; t < L.part_ptr[size_t(hr + 1)]; ++t)
+          if (L.part_lo[size_t(t)] <= cb && cb < L.part_hi[size_t(t)]) want_status = 2;
+        bad_status += dec_block_status(ds, h, cb) != want_status;
+      }
+    expect(bad_status == 0, sb + ": dec_block_status differs from the host layout in " +
+                                std::to_string(bad_status) + " blocks");
     const std::vector<uint8_t> want = conc.mask(c.nq, nk, c.hq);
     int64_t bad = 0;
     for (int64_t h = 0; h < c.hq; ++h)
       for (int64_t i = 0; i < c.nq; ++i)
         for (int64_t j = 0; j < nk; ++j)
-          bad += keeps(s.pred, h, i, j) != (want[size_t((h * c.nq + i) * nk + j)] != 0);
+          bad += keeps(ds.pred, h, i, j) != (want[size_t((h * c.nq + i) * nk + j)] != 0);
     expect(bad == 0, sb + ": the device element rule differs from the concrete mask in " +
                          std::to_string(bad) + " pairs");
   }
