@@ -792,8 +792,8 @@ class TopKBlocks(Pattern):
     themselves (the backward chooses again from the same q and k, with the same result); the
     choice passes no gradient, the attention on the kept blocks does. It cannot be nested in
     ``|``, ``&`` or ``PerHead``: pass other patterns as ``always``. On CUDA tensors
-    ``attention`` chooses on the GPU, the CPU's choice wherever the CPU rounds the same way
-    (docs/patterns.md); ``select`` / ``chosen_blocks`` / ``decode`` choose on the CPU only.
+    ``attention`` and ``decode`` choose on the GPU, the CPU's choice wherever the CPU rounds the
+    same way (docs/patterns.md); ``select`` / ``chosen_blocks`` choose on the CPU only.
     """
 
     def __init__(self, k: int, block_size=(64, 64), causal: bool = True, always: Pattern | None = None):

@@ -117,10 +117,11 @@ struct Tile {
   int64_t bq, bk;
 };
 
-// Select: TopKBlocks' choice as a call of its own (select_blocks: masks returned on the host)
-// and inside decode. AttentionSelect: the choice inside attention forward / backward, which a
-// backend may make on its device (forward_topk / backward_topk).
-enum class Op { Forward, Backward, Decode, PoolKeys, Select, AttentionSelect };
+// Select: TopKBlocks' choice as a call of its own (select_blocks: masks returned on the host).
+// AttentionSelect: the choice inside attention forward / backward, which a backend may make on
+// its device (forward_topk / backward_topk). DecodeSelect: the choice inside decode, per
+// sequence (made by the backend's decode).
+enum class Op { Forward, Backward, Decode, PoolKeys, Select, AttentionSelect, DecodeSelect };
 
 class Backend {
  public:
