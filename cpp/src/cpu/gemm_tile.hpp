@@ -225,6 +225,13 @@ inline void gemm_cols_ap(int M, int K, const float* const* Ap, const float* B, i
     int g0 = 1 << 30, g1 = 0;
     for (int i = 0; i < r; ++i)
       if (ghi[m + i] > glo[m + i]) g0 = min_(g0, glo[m + i]), g1 = max_(g1, ghi[m + i]);
+    // The next micro tile's rows into L1 while this one multiplies: gathered rows (a grid line
+    // apart) defeat the hardware prefetchers, and the products otherwise wait on their first
+    // loads (measured 5-6% of the grid tiles' forward, bench/RESULTS.md).
+    for (int i = m + MR; i < min_(M, m + 2 * MR); ++i) {
+      for (int l = 0; l < K; l += 16) __builtin_prefetch(Ap[i] + l, 0, 3);
+      __builtin_prefetch(Ap[i] + K - 1, 0, 3);
+    }
     for (int g = g0; g < g1; g += NGMAX) {
       const int n = min_(NGMAX, g1 - g);
 #define AP(R, NV) micro_ap<R, NV, false>(K, Ap + m, B + g * 16, ldb, C + m * ldc + g * 16, ldc)
