@@ -117,9 +117,10 @@ struct Tile {
   int64_t bq, bk;
 };
 
-// Select: TopKBlocks' choice as a call of its own (select_blocks: masks returned on the host)
-// and inside decode. AttentionSelect: the choice inside attention forward / backward, which a
-// backend may make on its device (forward_topk / backward_topk).
+// Select: TopKBlocks' choice inside decode. AttentionSelect: the choice from an attention
+// problem's q and k, which a backend may make on its device: inside attention forward /
+// backward (forward_topk / backward_topk) and as a call of its own (select_blocks, masks
+// returned on the host: select_topk).
 enum class Op { Forward, Backward, Decode, PoolKeys, Select, AttentionSelect };
 
 class Backend {
@@ -152,6 +153,17 @@ class Backend {
   virtual bool backward_topk(const Attention& a, const Gradients& g, const Pattern& topk,
                              const Call& call) {
     (void)a, (void)g, (void)topk, (void)call;
+    return false;
+  }
+  // TopKBlocks' choice alone (select_blocks): the blocks of `topk` for every batch element of
+  // probs[0..n) (q, k, dtype and sizes are read; v, out and lse are not), chosen on this device
+  // with select::choose's rule and written to masks[0..), one per batch element in order, in
+  // host memory, each already shaped [Hq, nqb, nkb] by the planner. Returns once they are there
+  // (the masks are the result: one read back, one wait). false: this backend does not choose on
+  // its device, and the planner chooses on the host (select::choose).
+  virtual bool select_topk(const Attention* probs, size_t n, const Pattern& topk, BlockMask* masks,
+                           const Call& call) {
+    (void)probs, (void)n, (void)topk, (void)masks, (void)call;
     return false;
   }
   virtual void decode(const Decode& d, const Call& call) = 0;

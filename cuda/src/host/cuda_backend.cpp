@@ -172,10 +172,10 @@ class CudaBackend final : public Backend {
         return {};
       case Op::PoolKeys:
         return {};  // float32, float16, bfloat16 (float64 was refused above)
-      case Op::Select:  // select_blocks returns host masks; decode chooses per sequence
-        return "TopKBlocks' selection runs on the CPU only in this version for select_blocks "
-               "and decode (attention chooses on the GPU); pass CPU tensors, or select on the "
-               "CPU and pass the selected pattern";
+      case Op::Select:  // decode chooses per sequence
+        return "TopKBlocks' selection runs on the CPU only in this version for decode "
+               "(attention and select_blocks choose on the GPU); pass CPU tensors, or select on "
+               "the CPU and pass the selected pattern";
       case Op::AttentionSelect:  // host/topk_select.cpp pools float32, float16, bfloat16
         return {};
     }
@@ -293,6 +293,13 @@ class CudaBackend final : public Backend {
     for (int64_t b = 0; b < a.s.b; ++b)
       launch_backward(cuda::batch_attention(a, b), cuda::batch_gradients(g, b), run.backward,
                       run.region(b), call);
+    return true;
+  }
+
+  // select_blocks: the same kernels choose, and the masks come back in one copy.
+  bool select_topk(const Attention* probs, size_t n, const Pattern& topk, BlockMask* masks,
+                   const Call& call) override {
+    cuda::topk_masks_on_device(probs, n, topk, masks, call);
     return true;
   }
 
@@ -449,7 +456,8 @@ class CudaBackend final : public Backend {
     info["cuda_topk"] =
         "attention forward and backward choose TopKBlocks' blocks on the GPU (pooling, scoring "
         "and top-k kernels, no host read-back), the CPU's choice bit for bit on x86-64 builds "
-        "(docs/patterns.md); select_blocks and decode choose on the CPU only";
+        "(docs/patterns.md); select_blocks chooses on the GPU too and copies the masks back "
+        "(one copy, one wait); decode chooses on the CPU only";
     info["cuda_backward_deterministic"] =
         "sm90a backward only (deterministic=True raises with the sm80-style backward)";
   }
