@@ -103,11 +103,18 @@ struct Decode {
   ScoreMods mods;     // rel_base per sequence: cache_len[b] - Nq
 };
 
-// The mean key of every block of `block` keys of each sequence (pool_keys, docs/api.md).
+// The mean key of every block of `block` keys of each sequence (pool_keys, docs/api.md): k,
+// table as for Decode, out float32 [B, blocks, Hkv, D]. The lengths: either cache_len (read on
+// the host, each in [0, capacity] and within out's blocks) or, when the backend reads lengths
+// on its device (pool_keys_device_lengths), `lengths` itself, never read on the host: the
+// backend then finds their errors itself and reports them as decode's (defer_errors).
 struct PoolKeys {
   TensorView k, table, out;
   bool paged = false;
-  const int64_t* cache_len = nullptr;
+  const int64_t* cache_len = nullptr;  // B values, host memory; null: use `lengths`
+  TensorView lengths;                  // cache_len as given (int32 / int64 [B])
+  int64_t capacity = 0;                // the largest valid length
+  bool defer_errors = false;           // Options::decode_defer_errors
   DType dtype = DType::Float32;
   int64_t block = 1;
 };
@@ -179,6 +186,13 @@ class Backend {
   // nothing when there is none. Backends that never defer have nothing to raise.
   virtual void raise_deferred_decode_errors(const Call& call) { (void)call; }
   virtual void pool_keys(const PoolKeys& p, const Call& call) = 0;
+  // Whether pool_keys reads lengths that live on call.device there (PoolKeys::lengths, with no
+  // host read and no synchronisation but an immediate error report's); false: the planner
+  // reads them to the host first.
+  virtual bool pool_keys_device_lengths(const Call& call) const {
+    (void)call;
+    return false;
+  }
 
   // A compact row-major tensor on call.device (through call.allocator where given), owned by
   // the result; freed in stream order. Contents undefined.

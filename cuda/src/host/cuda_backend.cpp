@@ -310,6 +310,7 @@ class CudaBackend final : public Backend {
   void raise_deferred_decode_errors(const Call& call) override {
     cuda::raise_deferred_decode_errors(call);
   }
+  bool pool_keys_device_lengths(const Call&) const override { return true; }
   void pool_keys(const PoolKeys& p, const Call& call) override {
     cuda::pool_keys_on_device(p, call);
   }
