@@ -237,7 +237,7 @@ void topk_masks_on_device(const backend::Attention* probs, size_t n, const Patte
   if (stream_capturing(stream))
     throw RuntimeError("select_blocks: the chosen blocks are returned on the host, so the call "
                        "waits for its stream, which is capturing a CUDA graph; select outside "
-                       "the capture (attention and decode choose inside it by themselves)");
+                       "the capture (attention chooses inside it by itself)");
 
   // One workspace: every problem's masks packed first (one copy brings them all back, in the
   // order of `masks`), then each problem's pooled means.
