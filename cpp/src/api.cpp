@@ -683,7 +683,7 @@ void expect_topk(const Pattern& p) {
 Plan selection_plan(const Attention& a, const Options& options) {
   select::expect_selectable(a.dtype, "q");
   Call call;
-  Backend& be = plan::backend_for(a.q, Op::AttentionSelect, a.dtype, a.s.d, a.s.dv, options, &call);
+  Backend& be = plan::backend_for(a.q, Op::Select, a.dtype, a.s.d, a.s.dv, options, &call);
   return Plan{be, call};
 }
 

@@ -180,7 +180,7 @@ void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
   backend::Backend& be = plan::backend_for(q, backend::Op::Decode, dtype, D, Dv, options, &call);
   if (pattern.data_dependent()) {  // TopKBlocks' selection must run on q's device too
     select::expect_selectable(dtype, "q");
-    const std::string why = be.unsupported(backend::Op::Select, dtype, D, Dv, call);
+    const std::string why = be.unsupported(backend::Op::DecodeSelect, dtype, D, Dv, call);
     if (!why.empty()) throw RuntimeError("pattern: " + why);
   }
   const backend::ScoreMods mods = plan::check_modifiers(options.modifiers, q, dtype, hq, false, nullptr);

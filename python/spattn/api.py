@@ -376,7 +376,9 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     is read once); ``pooled_keys`` (float32 [B, blocks, Hkv, D], from ``pool_keys`` with the
     pattern's key block size) supplies them instead, so that only the chosen blocks' keys are
     read. For a causal pattern only complete blocks are scored: an entry stays valid once its
-    block is full, so a serving loop updates one entry per ``bk`` new tokens.
+    block is full, so a serving loop updates one entry per ``bk`` new tokens. On a GPU the
+    choice is made there too, per sequence (the CPU's choice wherever the CPU rounds the same
+    way; ``cache_len`` on the GPU is then read to the host first).
 
     On a GPU with ``cache_len`` on the GPU too, a pattern whose rule does not depend on the
     length (windows, causal, dense, sinks, globals, dilated, strided, fixed, prefix-LM and their

@@ -792,10 +792,10 @@ class TopKBlocks(Pattern):
     themselves (the backward chooses again from the same q and k, with the same result); the
     choice passes no gradient, the attention on the kept blocks does. It cannot be nested in
     ``|``, ``&`` or ``PerHead``: pass other patterns as ``always``. On CUDA tensors
-    ``attention``, ``select`` and ``chosen_blocks`` choose on the GPU, the CPU's choice wherever
-    the CPU rounds the same way (docs/patterns.md); ``select`` / ``chosen_blocks`` then copy the
-    masks back to the host (one copy; the call waits for the stream, so it cannot be captured
-    in a CUDA graph). ``decode`` chooses on the CPU only.
+    ``attention``, ``decode``, ``select`` and ``chosen_blocks`` choose on the GPU, the CPU's
+    choice wherever the CPU rounds the same way (docs/patterns.md); ``select`` /
+    ``chosen_blocks`` then copy the masks back to the host (one copy; the call waits for the
+    stream, so it cannot be captured in a CUDA graph).
     """
 
     def __init__(self, k: int, block_size=(64, 64), causal: bool = True, always: Pattern | None = None):

@@ -9,7 +9,7 @@ float32 summation order. Covered: contiguous and paged caches (pages in a random
 every row that must not be read, int32 and int64 tables), GQA, Nq 1 / 7 / 64, empty caches and
 caches shorter than Nq, windows, dense, causal, unions, per-head mixes, block-sparse, head dims
 64 / 128 / 256 and Dv != D, strided caches, score modifiers, bad table entries (ValueError as on
-the CPU), TopKBlocks (refused: its selection runs on the CPU), pool_keys, streams and graphs.
+the CPU), pool_keys, streams and graphs. TopKBlocks (chosen on the GPU): test_cuda_decode_topk.py.
 """
 
 from __future__ import annotations
@@ -208,14 +208,6 @@ def test_bad_block_table_message_matches_cpu(cuda):
                 spattn.decode(q.to(dev), kp.to(dev), vp.to(dev), lens, block_table=t.to(dev))
             msgs.append(str(e.value))
         assert msgs[0] == msgs[1]
-
-
-def test_topk_selection_refused_clearly(cuda):
-    torch = cuda
-    q = torch.zeros(1, 1, HQ, 64, dtype=torch.bfloat16, device="cuda")
-    kc = torch.zeros(1, 256, HKV, 64, dtype=torch.bfloat16, device="cuda")
-    with pytest.raises(RuntimeError, match="selection runs on the CPU only"):
-        spattn.decode(q, kc, kc, [256], pattern=spattn.TopKBlocks(2, block_size=64))
 
 
 def test_pool_keys_matches_cpu(cuda):

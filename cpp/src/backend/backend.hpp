@@ -124,11 +124,11 @@ struct Tile {
   int64_t bq, bk;
 };
 
-// Select: TopKBlocks' choice inside decode. AttentionSelect: the choice from an attention
-// problem's q and k, which a backend may make on its device: inside attention forward /
-// backward (forward_topk / backward_topk) and as a call of its own (select_blocks, masks
-// returned on the host: select_topk).
-enum class Op { Forward, Backward, Decode, PoolKeys, Select, AttentionSelect };
+// Select: TopKBlocks' choice as a call of its own (select_blocks: masks returned on the host,
+// select_topk). AttentionSelect: the choice inside attention forward / backward, which a
+// backend may make on its device (forward_topk / backward_topk). DecodeSelect: the choice
+// inside decode, per sequence (made by the backend's decode).
+enum class Op { Forward, Backward, Decode, PoolKeys, Select, AttentionSelect, DecodeSelect };
 
 class Backend {
  public:

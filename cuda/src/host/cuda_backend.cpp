@@ -172,11 +172,9 @@ class CudaBackend final : public Backend {
         return {};
       case Op::PoolKeys:
         return {};  // float32, float16, bfloat16 (float64 was refused above)
-      case Op::Select:  // decode chooses per sequence
-        return "TopKBlocks' selection runs on the CPU only in this version for decode "
-               "(attention and select_blocks choose on the GPU); pass CPU tensors, or select on "
-               "the CPU and pass the selected pattern";
+      case Op::Select:  // select_blocks: host/topk_select.cpp, masks copied back
       case Op::AttentionSelect:  // host/topk_select.cpp pools float32, float16, bfloat16
+      case Op::DecodeSelect:     // host/decode_topk.cpp, the same dtypes
         return {};
     }
     return "unknown operation";
@@ -450,15 +448,15 @@ class CudaBackend final : public Backend {
     // Decode: compiled and host-tested, not yet run on a GPU (cuda/README.md).
     info["cuda_decode"] =
         "float32, float16, bfloat16; D, Dv <= 256; contiguous and paged caches, split-K; score modifiers; "
-        "TopKBlocks selection on the CPU only; with cache_len on the GPU and a length-free pattern "
+        "TopKBlocks chosen on the GPU (host lengths: cache_len on the GPU is read back); with cache_len on the GPU and a length-free pattern "
         "(windows, sinks, globals, dilated, strided, fixed, prefix-LM and their combinations) "
         "planned on the GPU: no host read, capturable in CUDA graphs, errors raised at once or "
         "deferred to check_decode_errors (docs/api.md, \"Decode on a GPU\")";
     info["cuda_topk"] =
         "attention forward and backward choose TopKBlocks' blocks on the GPU (pooling, scoring "
         "and top-k kernels, no host read-back), the CPU's choice bit for bit on x86-64 builds "
-        "(docs/patterns.md); select_blocks chooses on the GPU too and copies the masks back "
-        "(one copy, one wait); decode chooses on the CPU only";
+        "(docs/patterns.md); decode chooses on the GPU too, per sequence; select_blocks chooses on "
+        "the GPU too and copies the masks back (one copy, one wait)";
     info["cuda_backward_deterministic"] =
         "sm90a backward only (deterministic=True raises with the sm80-style backward)";
   }

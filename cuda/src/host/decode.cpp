@@ -100,6 +100,17 @@ size_t floats_bytes(int64_t n) { return align16(size_t(n) * sizeof(float)); }
 
 }  // namespace
 
+void upload_call_blob(const std::vector<unsigned char>& blob, void* dev, cudaStream_t stream,
+                      int device) {
+  Staging& st = staging(device);
+  std::lock_guard<std::mutex> lock(st.m);
+  void* pinned = st.reserve(blob.size() + 16);
+  std::memcpy(pinned, blob.data(), blob.size());
+  check(cudaMemcpyAsync(dev, pinned, blob.size(), cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync (decode plan)");
+  st.queued(stream);
+}
+
 void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   const TensorView &q = a.q, &k = a.k, &v = a.v;
   const int64_t B = q.shape[0], nq = q.shape[1], hq = q.shape[2], D = q.shape[3];
@@ -107,8 +118,7 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   const int64_t bk = a.paged ? k.shape[1] : kDecContigBlock;
   if (B == 0 || nq == 0) return;
   if (a.cache_len == nullptr) return decode_device_plan(a, call);  // lengths on the device
-  if (a.pattern->data_dependent())  // the planner refuses it first (Op::Select)
-    throw RuntimeError("pattern: TopKBlocks' selection runs on the CPU only in this version");
+  if (a.pattern->data_dependent()) return decode_topk_on_device(a, call);  // decode_topk.cpp
   const int64_t dmax = dec_dim_max(D, Dv);
   if (dmax == 0)
     throw RuntimeError("q: the CUDA decode kernel takes head dims up to " +

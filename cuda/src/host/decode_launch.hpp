@@ -4,6 +4,9 @@
 #pragma once
 
 #include <string>
+#include <vector>
+
+#include <cuda_runtime_api.h>
 
 #include "backend/backend.hpp"
 
@@ -22,6 +25,13 @@ void fill_decode_params(const backend::Decode& a, int64_t bk, int64_t dmax, Deco
 // decode_on_device for a.cache_len == null: the plan made on the device from a.lengths
 // (decode_device_plan.cpp; decode_device_plan_refusal was empty).
 void decode_device_plan(const backend::Decode& a, const backend::Call& call);
+// decode_on_device for a TopKBlocks pattern with host lengths: the blocks chosen and the plan
+// made on the device (decode_topk.cpp).
+void decode_topk_on_device(const backend::Decode& a, const backend::Call& call);
+// Copies a call's plan blob to `dev` on `stream` through the device's pinned staging buffer
+// (decode.cpp; the next call that reuses the buffer waits for this copy, not the caller).
+void upload_call_blob(const std::vector<unsigned char>& blob, void* dev, cudaStream_t stream,
+                      int device);
 // backend::Backend::raise_deferred_decode_errors (decode_errors.cpp).
 void raise_deferred_decode_errors(const backend::Call& call);
 void pool_keys_on_device(const backend::PoolKeys& a, const backend::Call& call);

@@ -2,11 +2,8 @@
 //
 //   pool_kernel     one CTA per (block, head, batch): the float32 mean of the block's rows, each
 //                   thread summing its features over the rows in order (the CPU's order)
-//   choose_kernel   one CTA per (query block, head, batch): writes the mask row's fixed bits;
-//                   when the block compares scores, its scores go to shared memory (a half-warp
-//                   per candidate, lane t holding the CPU's partial sum t), then a radix select
-//                   of the k best keys (4 passes over 8-bit digits, histograms in shared memory)
-//                   and an ordered pass that gives the ties at the threshold to the lowest indices
+//   choose_kernel   one CTA per (query block, head, batch): the mask row, chosen by
+//                   common/topk_choose.cuh (shared with the decode's choice)
 //   count_kernel    one thread per layout row: the number of full and partial runs
 //   scan_kernel     one CTA per batch element: the rows' CSR offsets (block-wide prefix sums);
 //                   copies the region's tail and points the chosen leaves at the batch's mask
@@ -20,12 +17,12 @@
 #include <cstdint>
 
 #include "common/convert.cuh"
+#include "common/topk_choose.cuh"
 #include "topk_api.hpp"
 
 namespace spattn::cuda::SPATTN_CUDA_ARCH_NS {
 namespace {
 
-constexpr int kChooseThreads = 256;
 constexpr int kScanThreads = 1024;
 constexpr int kRowThreads = 128;
 constexpr unsigned kMaxGridYZ = 65535;
@@ -50,84 +47,16 @@ __global__ void pool_kernel(const T* x, int64_t s0, int64_t s1, int64_t s2, int6
 
 __global__ void __launch_bounds__(kChooseThreads) choose_kernel(const TopkSelectParams p) {
   extern __shared__ float smem[];
-  __shared__ int32_t hist[kTopkRadixBins];
-  __shared__ int32_t warp_eq[kChooseThreads / 32];
-  __shared__ uint32_t s_prefix;
-  __shared__ int64_t s_need;
   const TopkGeom& g = p.g;
   const int64_t a = blockIdx.x, h = blockIdx.y;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t dpad = (g.d + 3) & ~int64_t(3);
-  float* qrow = smem;
-  float* score = smem + dpad;
   const bool scored = topk_scored(g, a);
-  const int64_t nc = topk_candidates(g, a);
   for (int64_t b = blockIdx.z; b < p.b; b += gridDim.z) {
     uint8_t* row = p.mask + ((b * g.hq + h) * g.nqb + a) * g.nkb;
-    for (int64_t c = tid; c < g.nkb; c += kChooseThreads) row[c] = topk_fixed_bit(g, a, c) ? 1 : 0;
+    topk_fixed_row(g, a, row);
     if (!scored) continue;  // uniform over the CTA
-
-    // Scores: half-warp w takes candidates w, w + 16, ...; lane t its partial sum t.
     const float* qm = p.qm + ((b * g.hq + h) * g.nqb + a) * g.d;
-    for (int64_t x = tid; x < g.d; x += kChooseThreads) qrow[x] = qm[x];
-    __syncthreads();
     const float* kg = p.km + (b * g.hkv + h / (g.hq / g.hkv)) * g.kmax * g.d;
-    const int half = tid / kTopkLanes, t = tid % kTopkLanes;
-    constexpr int kHalves = kChooseThreads / kTopkLanes;
-    for (int64_t c0 = 0; c0 < nc; c0 += kHalves) {
-      const int64_t c = c0 + half;
-      const float s = c < nc ? topk_dot_lane(qrow, kg + c * g.d, g.d, t) : 0.f;
-      float parts[kTopkLanes];
-#pragma unroll
-      for (int u = 0; u < kTopkLanes; ++u) parts[u] = __shfl_sync(0xffffffffu, s, u, kTopkLanes);
-      if (t == 0 && c < nc) score[c] = topk_dot_finish(parts);
-    }
-    __syncthreads();
-
-    // The k-th smallest key: digit by digit.
-    uint32_t prefix = 0;
-    int64_t need = g.k;
-    for (int pass = 0; pass < kTopkRadixPasses; ++pass) {
-      for (int x = tid; x < kTopkRadixBins; x += kChooseThreads) hist[x] = 0;
-      __syncthreads();
-      for (int64_t c = tid; c < nc; c += kChooseThreads) {
-        const uint32_t key = topk_rank_key(score[c]);
-        if (topk_prefix_match(key, prefix, pass)) atomicAdd(&hist[topk_digit(key, pass)], 1);
-      }
-      __syncthreads();
-      if (tid == 0) {
-        uint32_t digit;
-        int64_t below;
-        topk_find_bucket(hist, need, &digit, &below);
-        s_prefix = prefix | (digit << (24 - 8 * pass));
-        s_need = need - below;
-      }
-      __syncthreads();
-      prefix = s_prefix;
-      need = s_need;
-      __syncthreads();  // s_prefix / s_need are rewritten by the next pass
-    }
-
-    // Keys below the threshold are in; of the keys equal to it, the `need` lowest indices.
-    int64_t before = 0;
-    for (int64_t c0 = 0; c0 < nc; c0 += kChooseThreads) {
-      const int64_t c = c0 + tid;
-      const uint32_t key = c < nc ? topk_rank_key(score[c]) : 0xFFFFFFFFu;
-      const bool eq = c < nc && key == prefix;
-      if (c < nc && key < prefix) row[c] = 1;
-      const unsigned ballot = __ballot_sync(0xffffffffu, eq);
-      if (lane == 0) warp_eq[warp] = __popc(ballot);
-      __syncthreads();
-      int64_t rank = before + __popc(ballot & ((1u << lane) - 1u));
-      int64_t total = 0;
-      for (int w = 0; w < kChooseThreads / 32; ++w) {
-        if (w < warp) rank += warp_eq[w];
-        total += warp_eq[w];
-      }
-      if (eq && rank < need) row[c] = 1;
-      before += total;
-      __syncthreads();
-    }
+    topk_score_row(g, a, qm, kg, row, smem);
   }
 }
 

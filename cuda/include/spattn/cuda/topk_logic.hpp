@@ -72,7 +72,7 @@ SPATTN_HD int64_t topk_phi(const TopkGeom& g, int64_t a) {
 // entirely before its first position).
 SPATTN_HD int64_t topk_candidates(const TopkGeom& g, int64_t a) {
   if (!g.causal) return g.nkb;
-  const int64_t c = detail::floor_div(topk_plo(g, a), g.bk);
+  const int64_t c = ::spattn::detail::floor_div(topk_plo(g, a), g.bk);
   return c < 0 ? 0 : (c > g.nkb ? g.nkb : c);
 }
 // Only query blocks with more candidates than k compare scores; the others keep them all.
@@ -82,8 +82,8 @@ SPATTN_HD bool topk_scored(const TopkGeom& g, int64_t a) {
 // The current blocks of query block a (causal): [*lo, *hi], empty (lo > hi) when every position
 // is negative.
 SPATTN_HD void topk_current(const TopkGeom& g, int64_t a, int64_t* lo, int64_t* hi) {
-  const int64_t l = detail::floor_div(topk_plo(g, a), g.bk);
-  const int64_t h = detail::floor_div(topk_phi(g, a), g.bk);
+  const int64_t l = ::spattn::detail::floor_div(topk_plo(g, a), g.bk);
+  const int64_t h = ::spattn::detail::floor_div(topk_phi(g, a), g.bk);
   *lo = l > 0 ? l : 0;
   *hi = h < g.nkb - 1 ? h : g.nkb - 1;
 }
