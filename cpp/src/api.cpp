@@ -678,47 +678,68 @@ void expect_topk(const Pattern& p) {
                      (p.valid() ? p.describe() : std::string("an empty pattern")));
 }
 
-// The selection reads q and k on the host: their device's backend must run it.
-void expect_selection_backend(const TensorView& q, DType dtype, const Dims& s) {
-  select::expect_selectable(dtype, "q");
+// The backend of q's device, which must choose TopKBlocks' blocks (on its device or, when it
+// does not, the planner on the host: select_topk).
+Plan selection_plan(const Attention& a, const Options& options) {
+  select::expect_selectable(a.dtype, "q");
   Call call;
-  plan::backend_for(q, Op::Select, dtype, s.d, s.dv, Options{}, &call);
+  Backend& be = plan::backend_for(a.q, Op::Select, a.dtype, a.s.d, a.s.dv, options, &call);
+  return Plan{be, call};
+}
+
+// The masks of every batch element of every problem of probs, in order: chosen on their
+// device when the backend does that (one read back of all of them), else here on the host.
+std::vector<BlockMask> choose_masks(const Plan& pl, const std::vector<Attention>& probs,
+                                    const Pattern& topk) {
+  std::vector<BlockMask> r;
+  for (const Attention& a : probs)
+    for (int64_t b = 0; b < a.s.b; ++b) r.push_back(select::empty_mask(topk, a.s.nq, a.s.nk, a.s.hq));
+  if (pl.be.select_topk(probs.data(), probs.size(), topk, r.data(), pl.call)) return r;
+  size_t at = 0;
+  for (const Attention& a : probs)
+    for (int64_t b = 0; b < a.s.b; ++b)
+      r[at++] = select::choose(topk, select::batch_rows(a.q, b, a.dtype),
+                               select::batch_rows(a.k, b, a.dtype));
+  return r;
+}
+
+// q and k of a selection as an attention problem (k standing in for v; no out).
+Attention selection_problem(const DLTensor& q_, const DLTensor& k_, bool varlen) {
+  Attention a;
+  a.q = view_of(q_, "q");
+  a.k = view_of(k_, "k");
+  a.v = a.k;
+  a.s = plan::check_qkv(a.q, a.k, a.k, &a.dtype, varlen);
+  return a;
 }
 }  // namespace
 
-std::vector<BlockMask> select_blocks(const DLTensor& q_, const DLTensor& k_, const Pattern& topk) {
+std::vector<BlockMask> select_blocks(const DLTensor& q_, const DLTensor& k_, const Pattern& topk,
+                                     const Options& options) {
   expect_topk(topk);
-  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k");
-  DType dtype;
-  const Dims s = plan::check_qkv(q, k, k, &dtype, false);
-  expect_selection_backend(q, dtype, s);
-  topk.check(s.nq, s.nk, s.hq);
-  std::vector<BlockMask> r;
-  for (int64_t b = 0; b < s.b; ++b)
-    r.push_back(select::choose(topk, select::batch_rows(q, b, dtype), select::batch_rows(k, b, dtype)));
-  return r;
+  const Attention a = selection_problem(q_, k_, false);
+  const Plan pl = selection_plan(a, options);
+  topk.check(a.s.nq, a.s.nk, a.s.hq);
+  const plan::CallOptions o = plan::resolve(options, a.s.d);
+  const cpu::ThreadLimit limit(o.num_threads);
+  return choose_masks(pl, {a}, topk);
 }
 
 std::vector<BlockMask> select_blocks_varlen(const DLTensor& q_, const DLTensor& k_,
                                             const DLTensor& cu_seqlens_q,
-                                            const DLTensor& cu_seqlens_k, const Pattern& topk) {
+                                            const DLTensor& cu_seqlens_k, const Pattern& topk,
+                                            const Options& options) {
   expect_topk(topk);
-  const TensorView q = view_of(q_, "q"), k = view_of(k_, "k");
-  DType dtype;
-  const Dims t = plan::check_qkv(q, k, k, &dtype, /*varlen=*/true);
-  expect_selection_backend(q, dtype, t);
-  const Plan pl{backend::for_device(q.device, "q"), Call{q.device, nullptr, nullptr}};
+  const Attention t = selection_problem(q_, k_, /*varlen=*/true);
+  const Plan pl = selection_plan(t, options);
   std::vector<int64_t> cq, ck;
-  read_both_cu_seqlens(pl, cu_seqlens_q, cu_seqlens_k, t, q, &cq, &ck);
-  check_pattern_varlen(topk, cq, ck, t.hq);
-  std::vector<BlockMask> r;
-  for (size_t b = 0; b + 1 < cq.size(); ++b) {
-    const int64_t q0 = cq[b], k0 = ck[b];
-    r.push_back(select::choose(topk,
-                               select::batch_rows(seq_view(q, 0, q0, cq[b + 1] - q0), 0, dtype),
-                               select::batch_rows(seq_view(k, 0, k0, ck[b + 1] - k0), 0, dtype)));
-  }
-  return r;
+  read_both_cu_seqlens(pl, cu_seqlens_q, cu_seqlens_k, t.s, t.q, &cq, &ck);
+  check_pattern_varlen(topk, cq, ck, t.s.hq);
+  const plan::CallOptions o = plan::resolve(options, t.s.d);
+  const cpu::ThreadLimit limit(o.num_threads);
+  std::vector<Attention> seqs;
+  for (size_t b = 0; b + 1 < cq.size(); ++b) seqs.push_back(sequence(t, cq, ck, b));
+  return choose_masks(pl, seqs, topk);
 }
 
 Pattern selected_pattern(const Pattern& topk, BlockMask chosen) {

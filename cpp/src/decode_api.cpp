@@ -124,16 +124,6 @@ std::vector<int64_t> read_lengths(backend::Backend& be, const backend::Call& cal
   return lens;
 }
 
-// check_cache and read_lengths; *table_out gets the table's view.
-std::vector<int64_t> read_cache(backend::Backend& be, const backend::Call& call,
-                                const TensorView& q, const TensorView& k,
-                                const DLTensor& cache_len_, const DLTensor* block_table_,
-                                int64_t B, TensorView* table_out, const char* ref_name = "q") {
-  const CacheArgs c = check_cache(q, k, cache_len_, block_table_, B, ref_name);
-  *table_out = c.table;
-  return read_lengths(be, call, c, B);
-}
-
 }  // namespace
 
 void decode(const DLTensor& q_, const DLTensor& k_, const DLTensor& v_,
@@ -274,20 +264,25 @@ void pool_keys(const DLTensor& k_, const DLTensor& cache_len_, int64_t block,
   int64_t B = k.shape[0];
   if (paged) {
     const TensorView t = view_of(*block_table_, "block_table");
-    B = t.ndim == 2 ? t.shape[0] : -1;  // read_cache reports a wrong rank
+    B = t.ndim == 2 ? t.shape[0] : -1;  // check_cache reports a wrong rank
   }
-  TensorView table;
-  const std::vector<int64_t> lens = read_cache(be, call, k, k, cache_len_, block_table_,
-                                               std::max<int64_t>(B, 0), &table, "k_cache");
+  const CacheArgs cache = check_cache(k, k, cache_len_, block_table_, std::max<int64_t>(B, 0),
+                                      "k_cache");
+  const TensorView& table = cache.table;
+  // Lengths on the device stay there when the backend reads them there (it checks them);
+  // else they are read and checked here, before anything is written.
+  const bool lengths_on_host = cache.on_host || !be.pool_keys_device_lengths(call);
+  std::vector<int64_t> lens;
+  if (lengths_on_host) lens = read_lengths(be, call, cache, B);
   const TensorView out = view_of(out_, "out");
   check_pooled(out, "out", B, k.shape[2], k.shape[3], k, "k_cache");
   plan::expect_writable_layout(out, "out");
   expect_disjoint_outputs({{&out, "out"}}, {{&k, "k_cache"}, {&table, "block_table"}});
-  for (int64_t b = 0; b < B; ++b)
-    if (out.shape[1] * block < lens[size_t(b)]) {
+  for (size_t b = 0; b < lens.size(); ++b)
+    if (out.shape[1] * block < lens[b]) {
       std::ostringstream m;
       m << "out: " << out.shape[1] << " blocks of " << block << " keys hold fewer than cache_len["
-        << b << "] = " << lens[size_t(b)] << " keys";
+        << b << "] = " << lens[b] << " keys";
       fail_value(m);
     }
   backend::PoolKeys a;
@@ -295,7 +290,10 @@ void pool_keys(const DLTensor& k_, const DLTensor& cache_len_, int64_t block,
   a.table = table;
   a.out = out;
   a.paged = paged;
-  a.cache_len = lens.data();
+  a.cache_len = lengths_on_host ? lens.data() : nullptr;
+  a.lengths = cache.cl;
+  a.capacity = cache.capacity;
+  a.defer_errors = options.decode_defer_errors;
   a.dtype = dtype;
   a.block = block;
   be.pool_keys(a, call);

@@ -459,12 +459,18 @@ def check_decode_errors(device=None):
     return None
 
 
-def pool_keys(k_cache, cache_len, block_size, block_table=None):
+def pool_keys(k_cache, cache_len, block_size, block_table=None, *, defer_errors: bool = False):
     """The mean key of every block of ``block_size`` keys of each sequence of a KV cache (laid
     out as for ``decode``): float32 [B, ceil(capacity / block_size), Hkv, D] as the kind of
     array k_cache is; block c of sequence b averages keys c*block_size ..
     min(cache_len[b], (c+1)*block_size) - 1 (blocks past cache_len are 0). Feed it to
-    ``decode(..., pattern=TopKBlocks(k, block_size=(bq, block_size)), pooled_keys=...)``."""
+    ``decode(..., pattern=TopKBlocks(k, block_size=(bq, block_size)), pooled_keys=...)``.
+
+    On a GPU with ``cache_len`` on the GPU too, the lengths are read by the kernel itself: no
+    host read, and the call can be captured in a CUDA graph and replayed with new lengths. A bad
+    length or block-table entry is then found on the GPU and raised as ``decode`` raises it:
+    after one wait as ValueError, or, with ``defer_errors=True`` or while the stream captures a
+    graph, left for ``check_decode_errors(device)`` (docs/api.md, "Decode on a GPU")."""
     import operator
 
     if isinstance(block_size, bool):
@@ -475,11 +481,27 @@ def pool_keys(k_cache, cache_len, block_size, block_table=None):
         raise TypeError(f"block_size: expected an int, got {type(block_size).__name__}") from None
     cl = _int_array(cache_len, "cache_len", "int32 lengths [B]")
     bt = None if block_table is None else _int_array(block_table, "block_table", "int32 page indices [B, max_pages]")
-    # torch / cupy on CUDA: the work on the framework's current stream (the result is allocated
-    # by the core: pool_keys runs once per cache block, not per step).
+    # torch / cupy on CUDA: the work on the framework's current stream, the result from its
+    # allocator (so that a graph capture holds no allocation of spattn's own).
     cc = cuda_call(k_cache)
     stream, workspace = (None, None) if cc is None else (cc.stream, cc.workspace)
-    return to_framework(_core.pool_keys(_plain(k_cache), cl, block, bt, None, stream, workspace), k_cache)
+    out = None if cc is None else _pooled_out(cc, k_cache, block_table, block)
+    res = _core.pool_keys(_plain(k_cache), cl, block, bt, None if out is None else _plain(out), stream, workspace,
+                          bool(defer_errors))
+    return out if out is not None else to_framework(res, k_cache)
+
+
+def _pooled_out(cc, k_cache, block_table, block):
+    """pool_keys' result [B, ceil(capacity / block), Hkv, D] float32 from the framework, or None
+    when the shapes are not those of a cache (the core then reports them)."""
+    ks = tuple(getattr(k_cache, "shape", ()))
+    ts = None if block_table is None else tuple(getattr(block_table, "shape", ()) or ())
+    if len(ks) != 4 or block < 1 or (ts is not None and len(ts) != 2):
+        return None
+    if str(getattr(k_cache, "dtype", "")).endswith("float64"):
+        return None  # refused by the core (TypeError); the lse dtype would be float64
+    b, cap = (ks[0], ks[1]) if ts is None else (ts[0], ts[1] * ks[1])
+    return cc.empty((b, -(-cap // block), ks[2], ks[3]), "lse")  # "lse": float32
 
 
 def info() -> dict:

@@ -792,8 +792,10 @@ class TopKBlocks(Pattern):
     themselves (the backward chooses again from the same q and k, with the same result); the
     choice passes no gradient, the attention on the kept blocks does. It cannot be nested in
     ``|``, ``&`` or ``PerHead``: pass other patterns as ``always``. On CUDA tensors
-    ``attention`` and ``decode`` choose on the GPU, the CPU's choice wherever the CPU rounds the
-    same way (docs/patterns.md); ``select`` / ``chosen_blocks`` choose on the CPU only.
+    ``attention``, ``decode``, ``select`` and ``chosen_blocks`` choose on the GPU, the CPU's
+    choice wherever the CPU rounds the same way (docs/patterns.md); ``select`` /
+    ``chosen_blocks`` then copy the masks back to the host (one copy; the call waits for the
+    stream, so it cannot be captured in a CUDA graph).
     """
 
     def __init__(self, k: int, block_size=(64, 64), causal: bool = True, always: Pattern | None = None):
@@ -819,6 +821,7 @@ class TopKBlocks(Pattern):
         """Per batch element (or sequence, with cu_seqlens), the chosen key blocks as a boolean
         array [Hq, ceil(Nq/bq), ceil(Nk/bk)] (current blocks included when causal; ``always``
         not included)."""
+        from ._device import cuda_call
         from ._interop import detached
 
         cu = (cu_seqlens_q, cu_seqlens_k)
@@ -828,7 +831,10 @@ class TopKBlocks(Pattern):
             from .api import _offsets
 
             cu = (_offsets(cu_seqlens_q, "cu_seqlens_q"), _offsets(cu_seqlens_k, "cu_seqlens_k"))
-        return list(_core.select(detached(q), detached(k), self._core(), *cu))
+        # torch / cupy on CUDA: chosen on the framework's current stream, workspace from its allocator.
+        cc = cuda_call(q)
+        stream, workspace = (None, None) if cc is None else (cc.stream, cc.workspace)
+        return list(_core.select(detached(q), detached(k), self._core(), *cu, stream, workspace))
 
     def select(self, q, k, cu_seqlens_q=None, cu_seqlens_k=None) -> list[Pattern]:
         """Per batch element (or sequence), the concrete pattern attention(q, k, v, self)

@@ -22,6 +22,7 @@ time.
 Imported only by callers that already use torch.
 """
 import collections
+import numbers
 import threading
 from typing import List, Optional, Tuple
 
@@ -480,10 +481,43 @@ def decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, pooled_k
         return _api._decode(q, k_cache, v_cache, cache_len, pattern, block_table, scale, True, pk,
                             _api._Mods(cap, alibi, s), defer_errors)
     spec, data = pattern_spec(pattern)
-    cl = _as_torch(_api._int_array(cache_len, "cache_len", "int32 lengths [B]"))
-    bt = None if block_table is None else _as_torch(
-        _api._int_array(block_table, "block_table", "int32 page indices [B, max_pages]"))
+    cl = _index_tensor(cache_len, "cache_len", "int32 lengths [B]")
+    bt = None if block_table is None else _index_tensor(block_table, "block_table",
+                                                        "int32 page indices [B, max_pages]")
     return _decode(q, k_cache, v_cache, cl, spec, data, bt, scale, pk, cap, alibi, s, defer_errors)
+
+
+def _index_tensor(x, name, what):
+    """decode's cache_len or block_table as the operator takes it, a tensor; torch.compile traces
+    this, so no DLPack and no numpy attribute here. A torch tensor as it is, and a numpy array as
+    a tensor over it (the core checks dtype and shape inside the operator); a Python sequence of
+    ints (or one int for cache_len) checked here as api._int_array checks it, then an int32
+    tensor (int64 when a value needs it); anything else (other DLPack arrays) through
+    api._int_array."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if name == "cache_len" and isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        x = [x]
+    if isinstance(x, (list, tuple, range)):
+        values = _flat_ints(x, name, what)
+        wide = any(v > 2**31 - 1 or v < -(2**31) for v in values)
+        return torch.tensor(x, dtype=torch.int64 if wide else torch.int32)
+    return _as_torch(_api._int_array(x, name, what))
+
+
+def _flat_ints(x, name, what):
+    """The values of a (nested) sequence, each an int (bool and float: TypeError)."""
+    values = []
+    for v in x:
+        if isinstance(v, (list, tuple, range)):
+            values.extend(_flat_ints(v, name, what))
+        elif isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            values.append(int(v))
+        else:
+            raise TypeError(f"{name}: expected {what}, got a sequence holding a {type(v).__name__}")
+    return values
 
 
 def merge(outs, lses):

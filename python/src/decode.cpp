@@ -97,8 +97,11 @@ py::tuple decode(py::handle q, py::handle k, py::handle v, py::handle cache_len,
 // Result [B, blocks, Hkv, D] float32 with blocks = ceil(capacity / block): every length the
 // cache can hold fits.
 py::object pool_keys(py::handle k, py::handle cache_len, int64_t block, py::handle block_table,
-                     py::handle out_given, py::handle stream, py::handle workspace) {
+                     py::handle out_given, py::handle stream, py::handle workspace,
+                     bool defer_errors) {
   CallContext call(py::none(), 0, stream, workspace);
+  Options opt = call.options();
+  opt.decode_defer_errors = defer_errors;
   ManagedTensor mk = import_array(k, "k_cache");
   ManagedTensor ml = import_array(cache_len, "cache_len");
   ManagedTensor mt;
@@ -122,7 +125,7 @@ py::object pool_keys(py::handle k, py::handle cache_len, int64_t block, py::hand
   {
     py::gil_scoped_release nogil;
     spattn::pool_keys(mk.dl(), ml.dl(), block, block_table.is_none() ? nullptr : &mt.dl(),
-                      out.dl(), call.options());
+                      out.dl(), opt);
   }
   return make_holder(std::move(out));
 }
@@ -150,6 +153,7 @@ void bind_decode(py::module_& m) {
   m.def("pool_keys", &pool_keys, py::arg("k_cache"), py::arg("cache_len"), py::arg("block"),
         py::arg("block_table") = py::none(), py::arg("out") = py::none(),
         py::arg("stream") = py::none(), py::arg("workspace") = py::none(),
+        py::arg("defer_errors") = false,
         "Mean key of every block of a cache: float32 [B, ceil(capacity / block), Hkv, D].");
 }
 

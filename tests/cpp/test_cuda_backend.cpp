@@ -61,13 +61,13 @@ int main() {
     }
     check(!be->unsupported(Op::Decode, DType::Float64, 128, 128, call).empty(), "decode: float64 refused");
     check(be->unsupported(Op::PoolKeys, DType::Float32, 128, 128, call).empty(), "pool_keys: float32");
-    check(!be->unsupported(Op::Select, DType::BFloat16, 128, 128, call).empty(),
-          "TopKBlocks' selection for select_blocks / decode refused");
-    for (DType t : {DType::BFloat16, DType::Float16, DType::Float32})
-      check(be->unsupported(Op::AttentionSelect, t, 128, 128, call).empty(),
-            "TopKBlocks' selection inside attention runs on the GPU");
-    check(!be->unsupported(Op::AttentionSelect, DType::Float64, 128, 128, call).empty(),
-          "TopKBlocks' selection inside attention: float64 refused");
+    // TopKBlocks' choice: in attention, in decode and alone (select_blocks), on the GPU.
+    for (Op op : {Op::Select, Op::AttentionSelect, Op::DecodeSelect}) {
+      for (DType t : {DType::BFloat16, DType::Float16, DType::Float32})
+        check(be->unsupported(op, t, 128, 128, call).empty(), "TopKBlocks' selection runs on the GPU");
+      check(!be->unsupported(op, DType::Float64, 128, 128, call).empty(),
+            "TopKBlocks' selection: float64 refused");
+    }
     check(be->unsupported_modifiers(Op::Decode, call).empty(), "decode: score modifiers");
   }
 

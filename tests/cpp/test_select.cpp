@@ -1,6 +1,7 @@
 // TopKBlocks through the C++ API alone (no Python): select_blocks keeps the causal current
 // blocks and k of the past ones, ties go to the lower block index, and attention_forward with
-// the TopKBlocks pattern equals attention_forward with selected_pattern(...) bit for bit.
+// the TopKBlocks pattern equals attention_forward with selected_pattern(...) bit for bit;
+// select_blocks_varlen chooses each sequence as select_blocks does alone.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -78,6 +79,46 @@ int main() {
     refused = true;
   }
   CHECK(refused);
+
+  // Varlen: the rows split into sequences [0, 48) and [48, 128) of q and k; each sequence's
+  // mask equals select_blocks on that sequence alone (the planner's problems, in order).
+  {
+    const int64_t cuts[3] = {0, 48, N};
+    int64_t shape_q[3] = {N, H, D}, shape_k[3] = {N, 1, D}, shape_cu[1] = {3};
+    DLTensor pq = q.t, pk = k.t, cu{};
+    pq.ndim = pk.ndim = 3;
+    pq.shape = shape_q;
+    pk.shape = shape_k;
+    cu.data = const_cast<int64_t*>(cuts);
+    cu.device = {kDLCPU, 0};
+    cu.ndim = 1;
+    cu.dtype = {kDLInt, 64, 1};
+    cu.shape = shape_cu;
+    const std::vector<BlockMask> per_seq = select_blocks_varlen(pq, pk, cu, cu, topk);
+    CHECK(per_seq.size() == 2);
+    for (int s = 0; s < 2 && per_seq.size() == 2; ++s) {
+      const int64_t n = cuts[s + 1] - cuts[s];
+      int64_t sq[4] = {1, n, H, D}, sk[4] = {1, n, 1, D};
+      DLTensor vq = q.t, vk = k.t;
+      vq.shape = sq;
+      vk.shape = sk;
+      vq.data = q.data.data() + cuts[s] * H * D;
+      vk.data = k.data.data() + cuts[s] * D;
+      const BlockMask alone = select_blocks(vq, vk, topk)[0];
+      CHECK(per_seq[size_t(s)].nbq == alone.nbq && per_seq[size_t(s)].nbk == alone.nbk);
+      CHECK(per_seq[size_t(s)].bits == alone.bits);
+    }
+    // Options reach the selection: a negative thread count is refused as elsewhere.
+    Options bad;
+    bad.num_threads = -1;
+    bool threads_refused = false;
+    try {
+      (void)select_blocks(q.t, k.t, topk, bad);
+    } catch (const ValueError&) {
+      threads_refused = true;
+    }
+    CHECK(threads_refused);
+  }
 
   if (failures) std::printf("%d failure(s)\n", failures);
   return failures ? 1 : 0;

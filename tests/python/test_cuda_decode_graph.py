@@ -1,4 +1,4 @@
-"""spattn.decode on CUDA with cache_len on the GPU: the plan made on the device
+"""spattn.decode (and spattn.pool_keys) on CUDA with cache_len on the GPU: the plan made on the device
 (cuda/include/spattn/cuda/decode_plan_logic.hpp), CUDA graph capture and replay, and how errors
 reach the caller (raised at once, or deferred to spattn.check_decode_errors).
 
@@ -228,3 +228,92 @@ def test_no_host_memory_or_sync_per_call(cuda):
     assert not end.query(), "the calls waited for the GPU"
     torch.cuda.synchronize()
     spattn.check_decode_errors(q.device)
+
+
+# ---- pool_keys with cache_len on the GPU: read by the pool kernel, checked there -------------
+
+
+def _pool_cases(torch, seed):
+    """(k cache, block_table or None) pairs over the same keys: contiguous and paged (page 16)."""
+    _, k, v = _data(torch, 3, 300, 1, 64, seed=seed)
+    kp, _, table = _paged(torch, k, v, 16, seed=seed)
+    return (k, None), (kp, table)
+
+
+def test_pool_keys_device_lengths_equal_host_lengths(cuda):
+    """Lengths on the GPU (int32, int64, a strided view) give the host lengths' bits."""
+    torch = cuda
+    lens = np.array([300, 0, 37], np.int32)
+    for kc, table in _pool_cases(torch, seed=21):
+        want = spattn.pool_keys(kc, lens, 32, block_table=table)
+        wide = torch.zeros(6, dtype=torch.int64, device="cuda")
+        wide[::2] = torch.from_numpy(lens.astype(np.int64)).cuda()
+        for dlens in (torch.from_numpy(lens).cuda(), torch.from_numpy(lens).cuda().long(), wide[::2]):
+            got = spattn.pool_keys(kc, dlens, 32, block_table=table)
+            assert got.is_cuda and got.dtype == torch.float32 and got.shape == want.shape
+            assert torch.equal(got, want), (got - want).abs().max()
+
+
+def test_pool_keys_graph_capture_and_replay_with_new_lengths(cuda):
+    torch = cuda
+    for kc, table in _pool_cases(torch, seed=22):
+        lens = torch.tensor([300, 1, 40], dtype=torch.int32, device="cuda")
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):  # warm up
+            spattn.pool_keys(kc, lens, 16, block_table=table)
+        torch.cuda.current_stream().wait_stream(s)
+        spattn.check_decode_errors(kc.device)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            pooled = spattn.pool_keys(kc, lens, 16, block_table=table)
+        for new in ([300, 1, 40], [17, 299, 0], [0, 0, 0], [300, 300, 300]):
+            lens.copy_(torch.tensor(new, dtype=torch.int32))
+            g.replay()
+            torch.cuda.synchronize()
+            want = spattn.pool_keys(kc, np.array(new, np.int32), 16, block_table=table)
+            assert torch.equal(pooled, want), (new, (pooled - want).abs().max())
+        assert spattn.check_decode_errors(kc.device) is None
+        lens.fill_(1000)  # past the capacity: found on the GPU, left for check_decode_errors
+        g.replay()
+        with pytest.raises(ValueError, match=r"cache_len: cache_len\[0\] = 1000 is outside 0\.\.30[04]"):
+            spattn.check_decode_errors(kc.device)
+
+
+def test_pool_keys_capture_refused_with_host_lengths(cuda):
+    torch = cuda
+    (kc, _), _ = _pool_cases(torch, seed=23)
+    spattn.pool_keys(kc, np.array([3, 4, 5], np.int32), 16)
+    g = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="cache_len is host memory"):
+        with torch.cuda.graph(g):
+            spattn.pool_keys(kc, np.array([3, 4, 5], np.int32), 16)
+
+
+def test_pool_keys_bad_lengths_and_entries_raise_like_the_cpu(cuda):
+    """Raised after one wait with the CPU's message; deferred with defer_errors=True."""
+    torch = cuda
+    (kc, _), (kp, table) = _pool_cases(torch, seed=24)
+    bad_table = table.clone()
+    bad_table[2, 1] = kp.shape[0]
+    cases = [
+        (kc, None, [300, 301, 5]),        # contiguous: past Ncap
+        (kc, None, [300, -2, 5]),
+        (kp, table, [300, 0, 400]),       # paged: past max_pages * page_size
+        (kp, bad_table, [300, 0, 20]),    # page 1 of sequence 2 is read: a bad entry
+    ]
+    spattn.check_decode_errors(kc.device)
+    for cache, t, lens in cases:
+        with pytest.raises(ValueError) as cpu_err:
+            spattn.pool_keys(cache.cpu().float(), np.array(lens, np.int32), 32,
+                             block_table=None if t is None else t.cpu())
+        dlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        with pytest.raises(ValueError) as gpu_err:
+            spattn.pool_keys(cache, dlens, 32, block_table=t)
+        assert str(gpu_err.value) == str(cpu_err.value)
+        spattn.pool_keys(cache, dlens, 32, block_table=t, defer_errors=True)  # returns at once
+        with pytest.raises(ValueError) as deferred:
+            spattn.check_decode_errors(cache.device)
+        assert str(deferred.value) == str(cpu_err.value)
+    # A bad entry that no length reaches is never read: no error.
+    spattn.pool_keys(kp, torch.tensor([300, 0, 16], dtype=torch.int32, device="cuda"), 32, block_table=bad_table)

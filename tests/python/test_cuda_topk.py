@@ -1,6 +1,7 @@
 """TopKBlocks on CUDA tensors: the blocks are chosen on the GPU (pooling, scoring and top-k
 kernels, cuda/src/kernels/topk_select.cu) and attention runs over that choice, forward and
-backward.
+backward; and select_blocks (chosen_blocks, select), which chooses with the same kernels and
+copies the masks back to the host.
 
 Skipped cleanly without torch, without a CUDA device, or with a spattn built without CUDA:
 nothing here touches the GPU at import or collection (the `cuda` fixture asks, inside each
@@ -137,13 +138,97 @@ def _backward(torch, ci):
                 assert_close(name, g, r, dtype, naive=n, mult=3.0)
 
 
-def test_chosen_blocks_still_refuses_cuda(cuda):
-    """select_blocks (chosen_blocks, select) returns host masks: it still chooses on the CPU
-    only (decode likewise: test_cuda_decode.py)."""
+SELECT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _same_masks(got, want, what):
+    assert len(got) == len(want), f"{what}: {len(got)} masks, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == np.bool_ and g.shape == w.shape, f"{what}[{i}]: {g.dtype} {g.shape}, expected {w.shape}"
+        assert np.array_equal(g, w), f"{what}[{i}]: {int((g != w).sum())} blocks chosen otherwise than on the CPU"
+
+
+@pytest.mark.parametrize("ci", range(len(CASES)))
+@pytest.mark.parametrize("ties", (False, True))
+def test_chosen_blocks_on_the_gpu_equal_the_cpus(cuda, ci, ties):
+    """select_blocks on CUDA tensors chooses on the GPU (select_topk) and returns host masks:
+    the CPU's masks bit for bit (an x86-64 build), every dtype the selection reads (it has no
+    head-dim limit: D = 40 and 128), exact ties included."""
     torch = cuda
-    q = torch.zeros(1, 64, 2, 64, dtype=torch.bfloat16, device="cuda")
-    with pytest.raises(RuntimeError, match="selection runs on the CPU only"):
-        spattn.TopKBlocks(1, block_size=16).chosen_blocks(q, q)
+    b, nq, nk, hq, hkv, make = CASES[ci]
+    pattern = make()
+    for dtype in SELECT_DTYPES:
+        for d in (40, 128):
+            (qt, kt, _, _), _ = _tensors(torch, _data(b, nq, nk, hq, hkv, d, seed=300 + ci, ties=ties), dtype)
+            want = pattern.chosen_blocks(qt, kt)
+            _same_masks(pattern.chosen_blocks(qt.cuda(), kt.cuda()), want, f"{dtype} D={d}")
+    # select: the concrete patterns of those masks.
+    got = pattern.select(qt.cuda(), kt.cuda())
+    for i, p in enumerate(pattern.select(qt, kt)):
+        assert np.array_equal(got[i].mask(nq, nk, heads=hq), p.mask(nq, nk, heads=hq))
+
+
+def test_chosen_blocks_on_the_gpu_strided_and_on_a_side_stream(cuda):
+    """Strided views, and torch's current stream not the default one (the choice is queued there
+    and its copy back waited for)."""
+    torch = cuda
+    pattern = spattn.TopKBlocks(3, block_size=24, always=spattn.Sink(2))
+    (qt, kt, _, _), _ = _tensors(torch, _data(2, 150, 220, 4, 2, 64, seed=11), "bfloat16")
+    want = pattern.chosen_blocks(qt, kt)
+    views = lambda x: x.cuda().transpose(1, 2).contiguous().transpose(1, 2)
+    _same_masks(pattern.chosen_blocks(views(qt), views(kt)), want, "strided")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        q, k = qt.cuda(), kt.cuda()
+        got = pattern.chosen_blocks(q, k)
+    _same_masks(got, want, "side stream")
+
+
+@pytest.mark.parametrize("offsets_on", ("cuda", "list"))
+def test_chosen_blocks_varlen_on_the_gpu(cuda, offsets_on):
+    """Varlen: every sequence chosen on the GPU with its own sizes (empty ones included), all
+    masks back in one copy, equal to the CPU's; offsets as a CUDA tensor or a list."""
+    torch = cuda
+    lens_q, lens_k = [130, 0, 64, 257, 1], [200, 17, 64, 257, 90]
+    cq, ck = np.cumsum([0] + lens_q), np.cumsum([0] + lens_k)
+    rng = np.random.default_rng(5)
+    for make in (CASES[0][5], CASES[2][5], CASES[6][5]):
+        pattern = make()
+        hq, hkv = 4, 2
+        q = torch.from_numpy(rng.standard_normal((int(cq[-1]), hq, 64))).to(torch.float16)
+        k = torch.from_numpy(rng.standard_normal((int(ck[-1]), hkv, 64))).to(torch.float16)
+        want = pattern.chosen_blocks(q, k, cu_seqlens_q=cq.tolist(), cu_seqlens_k=ck.tolist())
+        if offsets_on == "cuda":
+            oq = torch.tensor(cq, dtype=torch.int32, device="cuda")
+            ok = torch.tensor(ck, dtype=torch.int32, device="cuda")
+        else:
+            oq, ok = cq.tolist(), ck.tolist()
+        got = pattern.chosen_blocks(q.cuda(), k.cuda(), cu_seqlens_q=oq, cu_seqlens_k=ok)
+        _same_masks(got, want, f"varlen {pattern}")
+
+
+def test_chosen_blocks_with_cupy(cuda):
+    """cupy arrays: chosen on cupy's current stream, equal to the CPU's."""
+    cupy = pytest.importorskip("cupy")
+    pattern = spattn.TopKBlocks(2, block_size=32)
+    q, k, _, _ = _data(2, 300, 300, 4, 2, 64, seed=21)
+    q, k = q.astype(np.float32), k.astype(np.float32)
+    want = pattern.chosen_blocks(q, k)
+    _same_masks(pattern.chosen_blocks(cupy.asarray(q), cupy.asarray(k)), want, "cupy")
+
+
+def test_chosen_blocks_refuses_a_graph_capture(cuda):
+    """The masks come back to the host, so the call waits: refused while capturing, before
+    anything is queued (the capture itself stays valid)."""
+    torch = cuda
+    pattern = spattn.TopKBlocks(2, block_size=32)
+    q = torch.randn(1, 128, 2, 64, device="cuda", dtype=torch.bfloat16)
+    pattern.chosen_blocks(q, q)  # warm up (device facts read once, outside the capture)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        with pytest.raises(RuntimeError, match="capturing a CUDA graph"):
+            pattern.chosen_blocks(q, q)
 
 
 @pytest.mark.parametrize("ci", range(len(CASES)))

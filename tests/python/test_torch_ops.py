@@ -85,6 +85,49 @@ def test_opcheck_decode_and_merge():
     torch.library.opcheck(OPS.merge.default, ([o1, o2], [l1, l2]))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_decode_compiles_with_fullgraph_and_no_graph_break(device):
+    """spattn.decode inside torch.compile(fullgraph=True): cache_len (and block_table) as a
+    tensor, a numpy array or a list all trace into the one operator call, with no graph break,
+    and give the eager results (contiguous and paged caches, lse too)."""
+    _need(device, "cuda_decode")
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 3, 4, 16, generator=gen).to(device)
+    kc, vc = (torch.randn(2, 40, 2, 16, generator=gen).to(device) for _ in range(2))
+    kp, vp = kc.reshape(10, 8, 2, 16), vc.reshape(10, 8, 2, 16)
+    table = torch.arange(10, dtype=torch.int32).reshape(2, 5).flip(1).contiguous()
+    kp, vp = kp[table.flatten().argsort()], vp[table.flatten().argsort()]  # pages out of order
+    table = table.to(device)
+    pattern = spattn.Sink(2) | spattn.SlidingWindow(7, 0)
+
+    def step(q, kc, vc, cache_len, block_table):
+        out, lse = spattn.decode(q, kc, vc, cache_len, pattern=pattern, block_table=block_table, return_lse=True)
+        return out * 2, lse
+
+    lens = [40, 17]
+    for cache, cl in (
+        ((kc, vc, None), torch.tensor(lens, dtype=torch.int32, device=device)),
+        ((kc, vc, None), torch.tensor(lens, dtype=torch.int64)),
+        ((kc, vc, None), np.array(lens, np.int32)),
+        ((kc, vc, None), lens),
+        ((kp, vp, table), torch.tensor(lens, dtype=torch.int32, device=device)),
+        ((kp, vp, table), lens),
+    ):
+        args = (q, cache[0], cache[1], cl, cache[2])
+        explained = torch._dynamo.explain(step)(*args)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+        torch._dynamo.reset()
+        want = step(*args)
+        got = torch.compile(step, fullgraph=True)(*args)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+    # The paged cache holds the same keys: equal up to the order of sums.
+    torch.testing.assert_close(step(q, kp, vp, lens, table)[0], step(q, kc, vc, lens, None)[0])
+    # A list with a float is refused while tracing too (as the eager path refuses it).
+    with pytest.raises(Exception, match="cache_len: expected int32 lengths"):
+        torch.compile(step, fullgraph=True)(q, kc, vc, [40, 17.5], None)
+
+
 @pytest.mark.parametrize("name", list(_patterns(4)))
 def test_public_functions_match_the_direct_path(name):
     # Eager calls take the fast path (torch_ops._eager); test_gradcheck.py checks it against the

@@ -68,8 +68,8 @@ struct Options {
   // Score modifiers of attention, its backward, their varlen forms and decode (ignored by
   // merge and pool_keys).
   Modifiers modifiers;
-  // Decode on CUDA only: do not synchronise to report a bad block table entry or cache_len
-  // value in this call; leave the error on the device, where check_decode_errors(device)
+  // Decode and pool_keys on CUDA only: do not synchronise to report a bad block table entry or
+  // cache_len value in this call; leave the error on the device, where check_decode_errors(device)
   // raises it later (docs/api.md, "Decode errors"). A call captured into a CUDA graph always
   // defers. On the CPU errors are raised at once either way.
   bool decode_defer_errors = false;

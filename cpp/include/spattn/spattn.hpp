@@ -94,8 +94,11 @@ void check_decode_errors(const DLDevice& device);
 // decode), into out float32 [B, blocks, Hkv, D] with blocks * block >= every cache_len: block
 // c of sequence b is the mean of keys c*block .. min(cache_len[b], (c+1)*block) - 1; blocks past
 // cache_len are 0. B is k_cache's first dimension, or block_table's when paged. On a CUDA
-// device it runs on options.stream with workspace from options.allocator (the other options do
-// not apply).
+// device it runs on options.stream with workspace from options.allocator. With cache_len on
+// that device too, the kernel reads and checks the lengths itself: no host read, and the call
+// can be captured in a CUDA graph; a bad length (outside [0, capacity], or past out's blocks)
+// or visited table entry is reported as decode's are (options.decode_defer_errors, graph
+// captures, check_decode_errors). The other options do not apply.
 void pool_keys(const DLTensor& k_cache, const DLTensor& cache_len, int64_t block,
                const DLTensor* block_table, const DLTensor& out, const Options& options = {});
 

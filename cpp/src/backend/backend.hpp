@@ -103,11 +103,18 @@ struct Decode {
   ScoreMods mods;     // rel_base per sequence: cache_len[b] - Nq
 };
 
-// The mean key of every block of `block` keys of each sequence (pool_keys, docs/api.md).
+// The mean key of every block of `block` keys of each sequence (pool_keys, docs/api.md): k,
+// table as for Decode, out float32 [B, blocks, Hkv, D]. The lengths: either cache_len (read on
+// the host, each in [0, capacity] and within out's blocks) or, when the backend reads lengths
+// on its device (pool_keys_device_lengths), `lengths` itself, never read on the host: the
+// backend then finds their errors itself and reports them as decode's (defer_errors).
 struct PoolKeys {
   TensorView k, table, out;
   bool paged = false;
-  const int64_t* cache_len = nullptr;
+  const int64_t* cache_len = nullptr;  // B values, host memory; null: use `lengths`
+  TensorView lengths;                  // cache_len as given (int32 / int64 [B])
+  int64_t capacity = 0;                // the largest valid length
+  bool defer_errors = false;           // Options::decode_defer_errors
   DType dtype = DType::Float32;
   int64_t block = 1;
 };
@@ -117,10 +124,10 @@ struct Tile {
   int64_t bq, bk;
 };
 
-// Select: TopKBlocks' choice as a call of its own (select_blocks: masks returned on the host).
-// AttentionSelect: the choice inside attention forward / backward, which a backend may make on
-// its device (forward_topk / backward_topk). DecodeSelect: the choice inside decode, per
-// sequence (made by the backend's decode).
+// Select: TopKBlocks' choice as a call of its own (select_blocks: masks returned on the host,
+// select_topk). AttentionSelect: the choice inside attention forward / backward, which a
+// backend may make on its device (forward_topk / backward_topk). DecodeSelect: the choice
+// inside decode, per sequence (made by the backend's decode).
 enum class Op { Forward, Backward, Decode, PoolKeys, Select, AttentionSelect, DecodeSelect };
 
 class Backend {
@@ -155,6 +162,17 @@ class Backend {
     (void)a, (void)g, (void)topk, (void)call;
     return false;
   }
+  // TopKBlocks' choice alone (select_blocks): the blocks of `topk` for every batch element of
+  // probs[0..n) (q, k, dtype and sizes are read; v, out and lse are not), chosen on this device
+  // with select::choose's rule and written to masks[0..), one per batch element in order, in
+  // host memory, each already shaped [Hq, nqb, nkb] by the planner. Returns once they are there
+  // (the masks are the result: one read back, one wait). false: this backend does not choose on
+  // its device, and the planner chooses on the host (select::choose).
+  virtual bool select_topk(const Attention* probs, size_t n, const Pattern& topk, BlockMask* masks,
+                           const Call& call) {
+    (void)probs, (void)n, (void)topk, (void)masks, (void)call;
+    return false;
+  }
   virtual void decode(const Decode& d, const Call& call) = 0;
   // Empty when this backend plans decode d from its lengths where they are (d.lengths on this
   // device; d.cache_len not read): no host read of them, no synchronisation. Else the reason
@@ -168,6 +186,13 @@ class Backend {
   // nothing when there is none. Backends that never defer have nothing to raise.
   virtual void raise_deferred_decode_errors(const Call& call) { (void)call; }
   virtual void pool_keys(const PoolKeys& p, const Call& call) = 0;
+  // Whether pool_keys reads lengths that live on call.device there (PoolKeys::lengths, with no
+  // host read and no synchronisation but an immediate error report's); false: the planner
+  // reads them to the host first.
+  virtual bool pool_keys_device_lengths(const Call& call) const {
+    (void)call;
+    return false;
+  }
 
   // A compact row-major tensor on call.device (through call.allocator where given), owned by
   // the result; freed in stream order. Contents undefined.

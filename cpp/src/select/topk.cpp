@@ -102,6 +102,18 @@ Rows batch_rows(const TensorView& t, int64_t b, DType dtype) {
   return r;
 }
 
+BlockMask empty_mask(const Pattern& topk, int64_t nq, int64_t nk, int64_t hq) {
+  const TopKParams& t = topk.node().params_as<TopKParams>();
+  BlockMask m;
+  m.heads = hq;
+  m.bq = t.bq;
+  m.bk = t.bk;
+  m.nbq = nq <= 0 ? 0 : 1 + (nq - 1) / t.bq;  // no nq + bq: block sizes may be huge
+  m.nbk = nk <= 0 ? 0 : 1 + (nk - 1) / t.bk;
+  m.bits.assign(size_t(hq * m.nbq * m.nbk), 0);
+  return m;
+}
+
 BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k, const PooledKeys* given) {
   const PatternNode& node = topk.node();
   if (node.op != PatternNode::Op::TopKBlocks)
@@ -111,14 +123,8 @@ BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k, const Pooled
   const bool causal = t.causal;
   const int64_t nq = q.n, nk = k.n, hq = q.heads, hkv = k.heads, G = hq / hkv;
   const int64_t off = nk - nq;
-  BlockMask m;
-  m.heads = hq;
-  m.bq = bq;
-  m.bk = bk;
-  m.nbq = nq <= 0 ? 0 : 1 + (nq - 1) / bq;  // no nq + bq: block sizes may be huge
-  m.nbk = nk <= 0 ? 0 : 1 + (nk - 1) / bk;
+  BlockMask m = empty_mask(topk, nq, nk, hq);
   const int64_t nqb = m.nbq, nkb = m.nbk;
-  m.bits.assign(size_t(hq * nqb * nkb), 0);
   if (nq == 0 || nk == 0) return m;
 
   // Query block a holds key positions p in [plo(a), phi(a)]; causal candidates are the blocks

@@ -58,6 +58,11 @@ void pool(const Rows& rows, int64_t bs, int64_t nb, int64_t dp, float* dst);
 BlockMask choose(const Pattern& topk, const Rows& q, const Rows& k,
                  const PooledKeys* given = nullptr);
 
+// The mask choose() returns for a sequence of nq queries, nk keys and hq query heads, all bits
+// clear: its shape [hq, ceil(nq / bq), ceil(nk / bk)] and block sizes (what a backend choosing
+// on its device fills in).
+BlockMask empty_mask(const Pattern& topk, int64_t nq, int64_t nk, int64_t hq);
+
 // The pattern attention computes for that choice: BlockSparse(chosen) & Causal() (causal) or
 // BlockSparse(chosen) (not), united with `always` when the pattern has one.
 Pattern concrete(const Pattern& topk, BlockMask chosen);

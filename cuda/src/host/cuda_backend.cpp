@@ -172,10 +172,7 @@ class CudaBackend final : public Backend {
         return {};
       case Op::PoolKeys:
         return {};  // float32, float16, bfloat16 (float64 was refused above)
-      case Op::Select:  // select_blocks returns host masks
-        return "TopKBlocks' selection runs on the CPU only in this version for select_blocks "
-               "(attention and decode choose on the GPU); pass CPU tensors, or select on the "
-               "CPU and pass the selected pattern";
+      case Op::Select:  // select_blocks: host/topk_select.cpp, masks copied back
       case Op::AttentionSelect:  // host/topk_select.cpp pools float32, float16, bfloat16
       case Op::DecodeSelect:     // host/decode_topk.cpp, the same dtypes
         return {};
@@ -297,6 +294,13 @@ class CudaBackend final : public Backend {
     return true;
   }
 
+  // select_blocks: the same kernels choose, and the masks come back in one copy.
+  bool select_topk(const Attention* probs, size_t n, const Pattern& topk, BlockMask* masks,
+                   const Call& call) override {
+    cuda::topk_masks_on_device(probs, n, topk, masks, call);
+    return true;
+  }
+
   void decode(const Decode& d, const Call& call) override { cuda::decode_on_device(d, call); }
   std::string device_lengths_refusal(const Decode& d, const Call& call) override {
     return cuda::decode_device_plan_refusal(d, call);
@@ -304,6 +308,7 @@ class CudaBackend final : public Backend {
   void raise_deferred_decode_errors(const Call& call) override {
     cuda::raise_deferred_decode_errors(call);
   }
+  bool pool_keys_device_lengths(const Call&) const override { return true; }
   void pool_keys(const PoolKeys& p, const Call& call) override {
     cuda::pool_keys_on_device(p, call);
   }
@@ -451,7 +456,7 @@ class CudaBackend final : public Backend {
         "attention forward and backward choose TopKBlocks' blocks on the GPU (pooling, scoring "
         "and top-k kernels, no host read-back), the CPU's choice bit for bit on x86-64 builds "
         "(docs/patterns.md); decode chooses on the GPU too, per sequence; select_blocks chooses on "
-        "the CPU only";
+        "the GPU too and copies the masks back (one copy, one wait)";
     info["cuda_backward_deterministic"] =
         "sm90a backward only (deterministic=True raises with the sm80-style backward)";
   }

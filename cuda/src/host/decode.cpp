@@ -96,27 +96,6 @@ void refuse_capture(cudaStream_t stream, const char* what, const std::string& wh
                        why);
 }
 
-// The CPU's message for a bad entry (cpu/decode.cpp, check_table_entry).
-[[noreturn]] void bad_entry(int64_t b, int64_t c, int64_t e, int64_t pages, int64_t nk) {
-  std::ostringstream m;
-  m << "block_table: entry [" << b << ", " << c << "] = " << e << " is not a page index in [0, "
-    << pages << ") (sequence " << b << " has cache_len " << nk << " and reads its page " << c
-    << ")";
-  throw ValueError(m.str());
-}
-
-// pool_keys' error record: [0] the smallest b * max_pages + column read badly, [1] its entry.
-constexpr int kPoolErrorWords = 2;
-
-// Copies pool_keys' error record at dev to the pinned buffer and waits for it.
-void read_error(const void* dev, void* pinned, cudaStream_t stream, unsigned long long* out) {
-  check(cudaMemcpyAsync(pinned, dev, kPoolErrorWords * sizeof(unsigned long long),
-                        cudaMemcpyDeviceToHost, stream),
-        "cudaMemcpyAsync (block-table check)");
-  check(cudaStreamSynchronize(stream), "the decode kernels (block-table check)");
-  std::memcpy(out, pinned, kPoolErrorWords * sizeof(unsigned long long));
-}
-
 size_t floats_bytes(int64_t n) { return align16(size_t(n) * sizeof(float)); }
 
 }  // namespace
@@ -264,34 +243,57 @@ void fill_decode_params(const backend::Decode& a, int64_t bk, int64_t dmax, Deco
   p.capacity = a.capacity;
 }
 
+// Two ways to get the lengths: host lengths (checked by the planner) copied to the device
+// through the pinned staging buffer, which a graph cannot capture; or cache_len on the device
+// read by the kernel itself, which checks it: nothing is copied from the host, and the call can
+// be captured and replayed with new lengths. Either way a bad table entry is found where it is
+// read, and with device lengths a bad length too; they are raised as decode's are (one wait
+// for the record, or deferred with Options::decode_defer_errors and while capturing).
 void pool_keys_on_device(const backend::PoolKeys& a, const backend::Call& call) {
   const TensorView &k = a.k, &o = a.out;
   const int64_t B = o.shape[0];
-  if (B == 0 || o.shape[1] == 0 || o.shape[2] == 0 || o.shape[3] == 0) return;
+  const bool device_lengths = a.cache_len == nullptr;
+  const bool empty = o.shape[1] == 0 || o.shape[2] == 0 || o.shape[3] == 0;
+  if (B == 0 || (empty && !device_lengths)) return;
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
   const int device = call.device.device_id;
   DeviceGuard guard(device);
-  refuse_capture(stream, "pool_keys",
-                 "it reads cache_len on the host and waits for its block-table check");
+  if (!device_lengths)
+    refuse_capture(stream, "pool_keys",
+                   "cache_len is host memory, copied to the GPU per call (pass cache_len on the "
+                   "GPU to read it there)");
   const DeviceInfo& dev = device_info(device);
   const ArchFns& arch = arch_of(device, "pool_keys");
   if (k.data) expect_device_pointer(k.data, "k_cache", device);
-  expect_device_pointer(o.data, "out", device);
+  if (!empty) expect_device_pointer(o.data, "out", device);
+  if (device_lengths) expect_device_pointer(a.lengths.data, "cache_len", device);
+  if (a.paged) expect_device_pointer(a.table.data, "block_table", device);
 
-  // Workspace: cache_len [B] int64 | error record.
-  const size_t len_bytes = align16(size_t(B) * sizeof(int64_t));
-  Staging& st = staging(device);
-  std::lock_guard<std::mutex> lock(st.m);
-  unsigned char* pinned = static_cast<unsigned char*>(st.reserve(len_bytes + 16));
-  DeviceScratch buf(len_bytes + 16, stream, dev.pools, call.allocator, device);
+  // Workspace: the host lengths' copy [B] int64 (host lengths only) | error record.
+  const size_t len_bytes = device_lengths ? 0 : align16(size_t(B) * sizeof(int64_t));
+  const size_t rec_bytes = kDecErrorWords * sizeof(unsigned long long);
+  DeviceScratch buf(len_bytes + rec_bytes, stream, dev.pools, call.allocator, device);
   unsigned char* base = static_cast<unsigned char*>(buf.p);
-  std::memcpy(pinned, a.cache_len, size_t(B) * sizeof(int64_t));
-  check(cudaMemcpyAsync(base, pinned, size_t(B) * sizeof(int64_t), cudaMemcpyHostToDevice, stream),
-        "cudaMemcpyAsync (cache_len)");
-  st.queued(stream);
-  check(cudaMemsetAsync(base + len_bytes, 0xff, 16, stream), "cudaMemsetAsync (error record)");
-
   PoolParams p;
+  if (device_lengths) {
+    p.lens = a.lengths.data;
+    p.lens64 = a.lengths.dtype.bits == 64;
+    p.lens_s = a.lengths.strides[0];
+  } else {
+    Staging& st = staging(device);
+    std::lock_guard<std::mutex> lock(st.m);
+    void* pinned = st.reserve(size_t(B) * sizeof(int64_t));
+    std::memcpy(pinned, a.cache_len, size_t(B) * sizeof(int64_t));
+    check(cudaMemcpyAsync(base, pinned, size_t(B) * sizeof(int64_t), cudaMemcpyHostToDevice,
+                          stream),
+          "cudaMemcpyAsync (cache_len)");
+    st.queued(stream);
+    p.cache_len = reinterpret_cast<const int64_t*>(base);
+  }
+  p.capacity = a.capacity;
+  unsigned long long* err = reinterpret_cast<unsigned long long*>(base + len_bytes);
+  check(cudaMemsetAsync(err, 0xff, rec_bytes, stream), "cudaMemsetAsync (error record)");
+
   p.k = k.data;
   p.k_sp = k.strides[0], p.k_sn = k.strides[1], p.k_sh = k.strides[2], p.k_sd = k.strides[3];
   p.paged = a.paged;
@@ -304,20 +306,18 @@ void pool_keys_on_device(const backend::PoolKeys& a, const backend::Call& call) 
     p.table_sc = a.table.strides[1];
     p.max_pages = a.table.shape[1];
   }
-  p.cache_len = reinterpret_cast<const int64_t*>(base);
   p.out = static_cast<float*>(o.data);
   p.o_sb = o.strides[0], p.o_sc = o.strides[1], p.o_sh = o.strides[2], p.o_sd = o.strides[3];
   p.b = B, p.blocks = o.shape[1], p.hkv = o.shape[2], p.d = o.shape[3], p.block = a.block;
-  p.error = reinterpret_cast<unsigned long long*>(base + len_bytes);
+  p.error = err;
+  const bool defer = a.defer_errors || stream_capturing(stream);
+  if (defer) p.sticky = deferred_record(device);
   check(arch.pool_keys(p, a.dtype, stream), std::string("launching the ") + arch.name +
                                                 " pool_keys kernel (" + dtype_name(a.dtype) + ")");
-  if (!a.paged) return;
-  unsigned long long rec[kPoolErrorWords];
-  read_error(base + len_bytes, pinned + len_bytes, stream, rec);
-  if (rec[0] != ~0ull) {
-    const int64_t b = int64_t(rec[0]) / p.max_pages, c = int64_t(rec[0]) % p.max_pages;
-    bad_entry(b, c, int64_t(rec[1]), p.pages, a.cache_len[b]);
-  }
+  if (defer || (!a.paged && !device_lengths)) return;  // nothing to report, or reported later
+  unsigned long long rec[kDecErrorWords];
+  read_error_record(err, stream, device, rec);
+  raise_if_pool_error(p, rec);
 }
 
 }  // namespace spattn::cuda

@@ -102,7 +102,8 @@ void raise_decode_error(const unsigned long long* w, const Pattern* pattern, int
     // The CPU's message (decode_api.cpp), with what the record knows of the cache.
     m << "cache_len: cache_len[" << index << "] = " << value << " is outside 0.." << capacity;
     if (pages > 0)
-      m << " (max_pages * page_size = " << max_pages << " * " << capacity / max_pages
+      m << " (max_pages * page_size = " << max_pages << " * "
+        << (max_pages > 0 ? capacity / max_pages : 0)  // no columns: the page size is lost
         << "; block_table has too few columns for this length)";
     else
       m << " (Ncap, the cache's second dimension)";
@@ -119,6 +120,13 @@ void raise_decode_error(const unsigned long long* w, const Pattern* pattern, int
       }
     }
     m << "its rule needs cache_len >= " << min_keys;
+    throw ValueError(m.str());
+  }
+  if (cls == kDecErrBlocks) {
+    // The CPU's message (decode_api.cpp, pool_keys).
+    const int64_t out_blocks = min_keys, block = nq;  // pool_keys' words [7] and [8]
+    m << "out: " << out_blocks << " blocks of " << block << " keys hold fewer than cache_len["
+      << index << "] = " << value << " keys";
     throw ValueError(m.str());
   }
   if (cls == kDecErrTable) {
@@ -138,6 +146,13 @@ void raise_if_error(const DecodeParams& p, const unsigned long long* rec, const 
   unsigned long long w[kDecStickyWords];
   dec_sticky_words(p, rec, w);
   raise_decode_error(w, pattern, p.hq);
+}
+
+void raise_if_pool_error(const PoolParams& p, const unsigned long long* rec) {
+  if (rec[0] == ~0ull) return;
+  unsigned long long w[kDecStickyWords];
+  pool_sticky_words(p, rec, w);
+  raise_decode_error(w, nullptr, 0);
 }
 
 void raise_deferred_decode_errors(const backend::Call& call) {

@@ -29,5 +29,7 @@ void read_error_record(const void* dev, cudaStream_t stream, int device, unsigne
 
 // The immediate report of one call's record (read with read_error_record): returns if empty.
 void raise_if_error(const DecodeParams& p, const unsigned long long* rec, const Pattern* pattern);
+// The same for pool_keys' record.
+void raise_if_pool_error(const PoolParams& p, const unsigned long long* rec);
 
 }  // namespace spattn::cuda

@@ -5,7 +5,9 @@
 // by six kernels queued on the caller's stream.
 #include "topk_select.hpp"
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "pattern/node.hpp"
 #include "spattn/error.hpp"
@@ -114,16 +116,16 @@ backend::Gradients batch_gradients(const backend::Gradients& g, int64_t b) {
                             batch_view(g.dv, b), g.rows_complete};
 }
 
-TopkRun topk_select_on_device(const backend::Attention& a, const Pattern& topk, int64_t tm,
-                              int64_t tn, bool rows, bool cols, const backend::Call& call) {
+namespace {
+
+// The geometry of a's choice, checked: every candidate of a query block fits in the device's
+// shared memory, and q and k are on the device (the selection kernels read them before any
+// attention launcher checks them).
+TopkGeom checked_geom(const backend::Attention& a, const Pattern& topk, const TopkFns& fns,
+                      const backend::Call& call) {
   const TopKParams& tp = topk.node().params_as<TopKParams>();
   const backend::Dims& s = a.s;
   const TopkGeom g = topk_geom(s.nq, s.nk, s.hq, s.hkv, s.d, tp.k, tp.bq, tp.bk, tp.causal);
-  DeviceGuard guard(call.device.device_id);
-  const DeviceInfo& info = device_info(call.device.device_id);
-  const TopkFns& fns = topk_fns(call.device.device_id);
-  const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
-
   // Every candidate's score of a query block lives in shared memory while it is ranked.
   int optin = 0;
   check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
@@ -131,18 +133,54 @@ TopkRun topk_select_on_device(const backend::Attention& a, const Pattern& topk, 
         "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
   const int64_t smem = fns.smem(g), smem_max = int64_t(optin) - 2048;  // the kernel's static part
   if (smem > smem_max)
-    throw RuntimeError("pattern: TopKBlocks on " + info.name + " ranks at most " +
-                       std::to_string(smem_max / 4 - (g.d + 3) / 4 * 4) +
+    throw RuntimeError("pattern: TopKBlocks on " + device_info(call.device.device_id).name +
+                       " ranks at most " + std::to_string(smem_max / 4 - (g.d + 3) / 4 * 4) +
                        " candidate key blocks per query block; this problem has " +
                        std::to_string(g.kmax) + " (Nk=" + std::to_string(g.nk) +
                        ", blocks of " + std::to_string(g.bk) +
                        " keys): use larger key blocks, or pass CPU tensors");
-
-  // The selection kernels read q and k before any attention launcher checks them.
   if (g.kmax > 0) {
     expect_device_pointer(a.q.data, "q", call.device.device_id);
     expect_device_pointer(a.k.data, "k", call.device.device_id);
   }
+  return g;
+}
+
+// The workspace bytes of one choice: pooled queries, pooled keys, the mask [B, Hq, nqb, nkb].
+size_t pooled_q_bytes(const TopkGeom& g, int64_t b) {
+  return g.kmax > 0 ? size_t(b * g.hq * g.nqb * g.d) * sizeof(float) : 0;
+}
+size_t pooled_k_bytes(const TopkGeom& g, int64_t b) {
+  return size_t(b * g.hkv * g.kmax * g.d) * sizeof(float);
+}
+size_t mask_bytes(const TopkGeom& g, int64_t b) { return size_t(b * g.hq * g.nqb * g.nkb); }
+
+// Queues the pooling and choosing kernels of a's batch elements into qm, km and mask.
+void queue_choice(const backend::Attention& a, const TopkGeom& g, const TopkFns& fns, float* qm,
+                  float* km, uint8_t* mask, cudaStream_t stream) {
+  TopkSelectParams sp;
+  sp.dtype = a.dtype;
+  sp.q = a.q.data;
+  sp.k = a.k.data;
+  for (int i = 0; i < 4; ++i) sp.q_s[i] = a.q.strides[i], sp.k_s[i] = a.k.strides[i];
+  sp.b = a.s.b;
+  sp.g = g;
+  sp.qm = qm;
+  sp.km = km;
+  sp.mask = mask;
+  check(fns.select(sp, stream), "launching TopKBlocks' selection kernels");
+}
+
+}  // namespace
+
+TopkRun topk_select_on_device(const backend::Attention& a, const Pattern& topk, int64_t tm,
+                              int64_t tn, bool rows, bool cols, const backend::Call& call) {
+  const backend::Dims& s = a.s;
+  DeviceGuard guard(call.device.device_id);
+  const DeviceInfo& info = device_info(call.device.device_id);
+  const TopkFns& fns = topk_fns(call.device.device_id);
+  const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
+  const TopkGeom g = checked_geom(a, topk, fns, call);
 
   TopkRun run;
   run.keep = topk_template(g, topk, tm, tn, rows, cols, call);
@@ -156,9 +194,9 @@ TopkRun topk_select_on_device(const backend::Attention& a, const Pattern& topk, 
     at = align256(at + bytes);
     return r;
   };
-  const size_t qm_at = take(size_t(s.b * g.hq * g.nqb * g.d) * sizeof(float) * (g.kmax > 0));
-  const size_t km_at = take(size_t(s.b * g.hkv * g.kmax * g.d) * sizeof(float));
-  const size_t mask_at = take(size_t(s.b * g.hq * g.nqb * g.nkb));
+  const size_t qm_at = take(pooled_q_bytes(g, s.b));
+  const size_t km_at = take(pooled_k_bytes(g, s.b));
+  const size_t mask_at = take(mask_bytes(g, s.b));
   const size_t counts_at = take(size_t(s.b * std::max(st.rows[0], st.rows[1])) * 2 * sizeof(int32_t));
   const size_t regions_at = take(size_t(s.b) * st.region_bytes);
   run.ws = std::make_unique<DeviceScratch>(at, stream, info.pools, call.allocator,
@@ -167,24 +205,16 @@ TopkRun topk_select_on_device(const backend::Attention& a, const Pattern& topk, 
   run.regions = base + regions_at;
   run.region_bytes = st.region_bytes;
 
-  TopkSelectParams sp;
-  sp.dtype = a.dtype;
-  sp.q = a.q.data;
-  sp.k = a.k.data;
-  for (int i = 0; i < 4; ++i) sp.q_s[i] = a.q.strides[i], sp.k_s[i] = a.k.strides[i];
-  sp.b = s.b;
-  sp.g = g;
-  sp.qm = reinterpret_cast<float*>(base + qm_at);
-  sp.km = reinterpret_cast<float*>(base + km_at);
-  sp.mask = base + mask_at;
-  check(fns.select(sp, stream), "launching TopKBlocks' selection kernels");
+  uint8_t* mask = base + mask_at;
+  queue_choice(a, g, fns, reinterpret_cast<float*>(base + qm_at),
+               reinterpret_cast<float*>(base + km_at), mask, stream);
 
   bool tail_copied = false;
   for (int l = 0; l < 2; ++l) {
     if (!st.want[l]) continue;
     TopkLayoutParams lp = st.layout_params(g, l, blob);
     lp.b = s.b;
-    lp.mask = sp.mask;
+    lp.mask = mask;
     lp.counts = reinterpret_cast<int32_t*>(base + counts_at);
     lp.regions = run.regions;
     lp.copy_tail = !tail_copied;
@@ -196,6 +226,56 @@ TopkRun topk_select_on_device(const backend::Attention& a, const Pattern& topk, 
   if (sync_after_launch(stream))
     check(cudaStreamSynchronize(stream), "TopKBlocks' selection kernels (SPATTN_CUDA_SYNC)");
   return run;
+}
+
+void topk_masks_on_device(const backend::Attention* probs, size_t n, const Pattern& topk,
+                          BlockMask* masks, const backend::Call& call) {
+  DeviceGuard guard(call.device.device_id);
+  const DeviceInfo& info = device_info(call.device.device_id);
+  const TopkFns& fns = topk_fns(call.device.device_id);
+  const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
+  if (stream_capturing(stream))
+    throw RuntimeError("select_blocks: the chosen blocks are returned on the host, so the call "
+                       "waits for its stream, which is capturing a CUDA graph; select outside "
+                       "the capture (attention chooses inside it by itself)");
+
+  // One workspace: every problem's masks packed first (one copy brings them all back, in the
+  // order of `masks`), then each problem's pooled means.
+  std::vector<TopkGeom> geoms;
+  size_t all_masks = 0;
+  for (size_t i = 0; i < n; ++i) {
+    geoms.push_back(checked_geom(probs[i], topk, fns, call));
+    all_masks += mask_bytes(geoms.back(), probs[i].s.b);
+  }
+  size_t at = align256(all_masks);
+  std::vector<size_t> qm_at(n), km_at(n);
+  for (size_t i = 0; i < n; ++i) {
+    qm_at[i] = at;
+    at = align256(at + pooled_q_bytes(geoms[i], probs[i].s.b));
+    km_at[i] = at;
+    at = align256(at + pooled_k_bytes(geoms[i], probs[i].s.b));
+  }
+  if (all_masks == 0) return;  // no bit to choose (masks are empty)
+  DeviceScratch ws(at, stream, info.pools, call.allocator, call.device.device_id);
+  unsigned char* base = static_cast<unsigned char*>(ws.p);
+  size_t mask_at = 0;
+  for (size_t i = 0; i < n; ++i) {
+    queue_choice(probs[i], geoms[i], fns, reinterpret_cast<float*>(base + qm_at[i]),
+                 reinterpret_cast<float*>(base + km_at[i]), base + mask_at, stream);
+    mask_at += mask_bytes(geoms[i], probs[i].s.b);
+  }
+  std::vector<uint8_t> host(all_masks);
+  check(cudaMemcpyAsync(host.data(), base, all_masks, cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync (TopKBlocks' chosen blocks to the host)");
+  check(cudaStreamSynchronize(stream), "TopKBlocks' selection kernels");
+  // Each mask was shaped [Hq, nqb, nkb] by the planner: one batch element's rows of the kernels.
+  size_t from = 0, m = 0;
+  for (size_t i = 0; i < n; ++i)
+    for (int64_t b = 0; b < probs[i].s.b; ++b, ++m) {
+      std::vector<uint8_t>& bits = masks[m].bits;
+      std::copy(host.begin() + from, host.begin() + from + bits.size(), bits.begin());
+      from += bits.size();
+    }
 }
 
 }  // namespace spattn::cuda

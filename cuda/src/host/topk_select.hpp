@@ -34,6 +34,13 @@ struct TopkRun {
 TopkRun topk_select_on_device(const backend::Attention& a, const Pattern& topk, int64_t tm,
                               int64_t tn, bool rows, bool cols, const backend::Call& call);
 
+// TopKBlocks' choice alone (Backend::select_topk): every batch element of probs[0..n) chosen on
+// the device on call.stream, the masks copied back into masks (host memory, one per batch
+// element in order, each shaped by the planner) in one copy, waited for. RuntimeError on a
+// stream capturing a CUDA graph (the wait cannot be captured), and as topk_select_on_device.
+void topk_masks_on_device(const backend::Attention* probs, size_t n, const Pattern& topk,
+                          BlockMask* masks, const backend::Call& call);
+
 // Attention restricted to batch element b, as a batch of one (views into a's tensors).
 backend::Attention batch_attention(const backend::Attention& a, int64_t b);
 backend::Gradients batch_gradients(const backend::Gradients& g, int64_t b);

@@ -331,7 +331,10 @@ __global__ void __launch_bounds__(256) finish_kernel(const DecodeParams p) {
 template <class T>
 __global__ void __launch_bounds__(256) pool_kernel(const PoolParams p) {
   const int64_t b = blockIdx.y, c = blockIdx.x;
-  const int64_t nk = p.cache_len[b];
+  unsigned long long len_key;
+  const int64_t nk = pool_len(p, b, &len_key);
+  if (c == 0 && threadIdx.x == 0 && len_key != ~0ull) atomicMin(p.error, len_key);
+  if (c >= p.blocks) return;  // an out of no blocks: the grid's one column checks the lengths
   const int64_t j0 = c * p.block, j1 = j0 + p.block < nk ? j0 + p.block : nk;
   const float inv = j1 > j0 ? 1.f / float(j1 - j0) : 0.f;
   const T* k = static_cast<const T*>(p.k);
@@ -343,7 +346,7 @@ __global__ void __launch_bounds__(256) pool_kernel(const PoolParams p) {
       int64_t entry = 0;
       const int64_t off = pool_key_offset(p, b, j, g, &ok, &entry);
       if (!ok) {
-        atomicMin(p.error, (unsigned long long)(b * p.max_pages + j / p.page_size));
+        atomicMin(p.error, pool_table_key(p, b, j / p.page_size));
         continue;
       }
       a += to_f32(k[off + d * p.k_sd]);
@@ -352,13 +355,19 @@ __global__ void __launch_bounds__(256) pool_kernel(const PoolParams p) {
   }
 }
 
-// The table entry of pool_keys' first bad read (error[0] = b * max_pages + column) into error[1].
+// Completes pool_keys' error record (its value and length words) and, for a deferred call,
+// claims the device's persistent record with it if that is still empty (finish_kernel's rule).
 __global__ void pool_error_kernel(const PoolParams p) {
   if (p.error[0] == ~0ull) return;
-  const int64_t key = int64_t(p.error[0]), b = key / p.max_pages, c = key - b * p.max_pages;
-  const int64_t off = b * p.table_sb + c * p.table_sc;
-  p.error[1] = (unsigned long long)(p.table64 ? static_cast<const int64_t*>(p.table)[off]
-                                             : int64_t(static_cast<const int32_t*>(p.table)[off]));
+  unsigned long long rec[kDecErrorWords];
+  pool_error_complete(p, p.error[0], rec);
+  for (int x = 1; x < kDecErrorWords; ++x) p.error[x] = rec[x];
+  if (p.sticky && atomicCAS(p.sticky, ~0ull, rec[0]) == ~0ull) {
+    unsigned long long w[kDecStickyWords];
+    pool_sticky_words(p, rec, w);
+    for (int x = 1; x < kDecStickyWords; ++x) p.sticky[x] = w[x];
+    __threadfence_system();
+  }
 }
 
 template <class T>
@@ -397,9 +406,9 @@ cudaError_t decode(const DecodeParams& p, KernelDType dtype, cudaStream_t stream
 }
 
 cudaError_t pool_keys(const PoolParams& p, KernelDType dtype, cudaStream_t stream) {
-  if (p.b <= 0 || p.blocks <= 0) return cudaSuccess;
+  if (p.b <= 0 || (p.blocks <= 0 && !p.lens)) return cudaSuccess;
   if (p.b > 65535 || p.blocks >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  const dim3 grid(unsigned(p.blocks), unsigned(p.b));
+  const dim3 grid(unsigned(p.blocks > 0 ? p.blocks : 1), unsigned(p.b));
   switch (dtype) {
     case KernelDType::Float32: pool_kernel<float><<<grid, 256, 0, stream>>>(p); break;
     case KernelDType::Float16: pool_kernel<__half><<<grid, 256, 0, stream>>>(p); break;
@@ -407,7 +416,7 @@ cudaError_t pool_keys(const PoolParams& p, KernelDType dtype, cudaStream_t strea
     default: return cudaErrorNotSupported;
   }
   cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess || !p.paged) return e;
+  if (e != cudaSuccess || (!p.paged && !p.lens)) return e;  // nothing can go wrong
   pool_error_kernel<<<1, 1, 0, stream>>>(p);
   return cudaGetLastError();
 }

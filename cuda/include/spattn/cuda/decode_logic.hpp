@@ -84,17 +84,20 @@ struct DecodeSeq {
 // smallest key is the error the CPU would report):
 //   kDecErrLength   cache_len[b] outside [0, capacity]       index b, value cache_len[b]
 //   kDecErrPattern  0 < cache_len[b] < the pattern's min_keys index b, value cache_len[b]
+//   kDecErrBlocks   pool_keys: out's blocks hold fewer keys than cache_len[b]
+//                                                            index b, value cache_len[b]
 //   kDecErrTable    table[b, c] outside [0, pages), read by kv head g
 //                   index (b * hkv + g) * max_pages + c, value the entry
 //   kDecErrBound    a device plan buffer's bound was exceeded (a library bug), index 0
-// The first two arise only when the plan is made on the device (device cache_len).
+// The first three arise only when the lengths are read on the device (device cache_len).
+// pool_keys records its errors the same way (PoolParams), as kv head 0 of one (hkv = 1).
 constexpr int kDecErrorWords = 3;
-constexpr unsigned long long kDecErrLength = 0, kDecErrPattern = 1, kDecErrTable = 2,
-                             kDecErrBound = 3;
+constexpr unsigned long long kDecErrLength = 0, kDecErrPattern = 1, kDecErrBlocks = 2,
+                             kDecErrTable = 3, kDecErrBound = 4;
 constexpr int kDecErrClassShift = 56;
 // The record a deferred call leaves in the device's persistent one (decode.cpp): the error
 // record and what its message needs. [0..2] as above, [3] hkv, [4] max_pages, [5] pages,
-// [6] capacity, [7] min_keys, [8] nq.
+// [6] capacity, [7] min_keys (pool_keys: out's blocks), [8] nq (pool_keys: keys per block).
 constexpr int kDecStickyWords = 9;
 
 struct DecodeParams {
@@ -453,6 +456,12 @@ SPATTN_HD float dec_lse(float M, float L) {
 // ---------------------------------------------------------------------------------------------
 // pool_keys: out[b, c, g, :] = mean of keys [c * block, min((c + 1) * block, nk)) of sequence
 // b, kv head g (0 for blocks past nk). One CTA per (b, c); threads over (g, feature).
+// The lengths: host lengths copied to the device (cache_len, int64 [B]), or cache_len as the
+// caller gave it on the device (lens: int32 or int64, element stride lens_s), then checked
+// here: a length outside [0, capacity] or past out's blocks * block is an error (the sequence
+// is pooled as empty, or as far as out reaches), as is a bad table entry it reads. Errors go
+// to the decode error record (kDecErrorWords words, the smallest key first: the error the CPU
+// reports), completed by the error kernel and, for a deferred call, copied to `sticky`.
 struct PoolParams {
   const void* k = nullptr;
   int64_t k_sp = 0, k_sn = 0, k_sh = 0, k_sd = 1;
@@ -461,12 +470,50 @@ struct PoolParams {
   const void* table = nullptr;
   bool table64 = false;
   int64_t table_sb = 0, table_sc = 1, max_pages = 0;
-  const int64_t* cache_len = nullptr;  // [B], device copy
+  const int64_t* cache_len = nullptr;  // [B], device copy of host lengths (when lens is null)
+  const void* lens = nullptr;          // cache_len on the device as given
+  bool lens64 = false;
+  int64_t lens_s = 1;
+  int64_t capacity = 0;  // the largest valid length (checked for lens only)
   float* out = nullptr;
   int64_t o_sb = 0, o_sc = 0, o_sh = 0, o_sd = 1;
   int64_t b = 0, blocks = 0, hkv = 0, d = 0, block = 1;
-  unsigned long long* error = nullptr;  // [0]: smallest b * max_pages + column read badly
+  unsigned long long* error = nullptr;   // kDecErrorWords words, all ones: none
+  unsigned long long* sticky = nullptr;  // deferred: the device's persistent record
 };
+
+// cache_len[b] as given.
+SPATTN_HD int64_t pool_len_raw(const PoolParams& p, int64_t b) {
+  if (!p.lens) return p.cache_len[b];
+  return p.lens64 ? static_cast<const int64_t*>(p.lens)[b * p.lens_s]
+                  : int64_t(static_cast<const int32_t*>(p.lens)[b * p.lens_s]);
+}
+
+// The keys sequence b is pooled over, and *key its length's error (UINT64_MAX: none): outside
+// [0, capacity] (pooled as empty), then more keys than out's blocks hold (pooled as far as
+// they reach: the grid has no more blocks).
+SPATTN_HD int64_t pool_len(const PoolParams& p, int64_t b, unsigned long long* key) {
+  const int64_t n = pool_len_raw(p, b);
+  *key = ~0ull;
+  if (!p.lens) return n;  // host lengths: checked by the planner
+  if (n < 0 || n > p.capacity) {
+    *key = (kDecErrLength << kDecErrClassShift) | (unsigned long long)b;
+    return 0;
+  }
+  if (n > p.blocks * p.block) *key = (kDecErrBlocks << kDecErrClassShift) | (unsigned long long)b;
+  return n;
+}
+
+// The error key of a bad entry table[b, c] (dec_error_key with one kv head).
+SPATTN_HD unsigned long long pool_table_key(const PoolParams& p, int64_t b, int64_t c) {
+  return (kDecErrTable << kDecErrClassShift) | (unsigned long long)(b * p.max_pages + c);
+}
+
+SPATTN_HD int64_t pool_table_entry(const PoolParams& p, int64_t b, int64_t c) {
+  const int64_t off = b * p.table_sb + c * p.table_sc;
+  return p.table64 ? static_cast<const int64_t*>(p.table)[off]
+                   : int64_t(static_cast<const int32_t*>(p.table)[off]);
+}
 
 // Element offset of key j of sequence b, kv head g; *ok false for a bad table entry (*entry
 // gets it). Contiguous caches: k_sp is the batch stride.
@@ -474,15 +521,39 @@ SPATTN_HD int64_t pool_key_offset(const PoolParams& p, int64_t b, int64_t j, int
                                   int64_t* entry) {
   *ok = true;
   if (!p.paged) return b * p.k_sp + j * p.k_sn + g * p.k_sh;
-  const int64_t c = j / p.page_size, off = b * p.table_sb + c * p.table_sc;
-  const int64_t e = p.table64 ? static_cast<const int64_t*>(p.table)[off]
-                              : int64_t(static_cast<const int32_t*>(p.table)[off]);
+  const int64_t c = j / p.page_size;
+  const int64_t e = pool_table_entry(p, b, c);
   *entry = e;
   if (e < 0 || e >= p.pages) {
     *ok = false;
     return 0;
   }
   return e * p.k_sp + (j - c * p.page_size) * p.k_sn + g * p.k_sh;
+}
+
+// The whole record of error `key` (dec_error_complete's words) and, for a deferred call, the
+// persistent words (dec_sticky_words' layout; raise_decode_error reads both).
+SPATTN_HD void pool_error_complete(const PoolParams& p, unsigned long long key,
+                                   unsigned long long* rec) {
+  const int64_t index = dec_error_index(key);
+  rec[0] = key;
+  if (dec_error_class(key) == kDecErrTable) {
+    const int64_t b = index / p.max_pages;
+    rec[1] = (unsigned long long)pool_table_entry(p, b, index - b * p.max_pages);
+    rec[2] = (unsigned long long)pool_len_raw(p, b);
+  } else {
+    rec[1] = rec[2] = (unsigned long long)pool_len_raw(p, index);
+  }
+}
+SPATTN_HD void pool_sticky_words(const PoolParams& p, const unsigned long long* rec,
+                                 unsigned long long* w) {
+  for (int x = 0; x < kDecErrorWords; ++x) w[x] = rec[x];
+  w[3] = 1;  // the table key's index counts one kv head
+  w[4] = (unsigned long long)p.max_pages;
+  w[5] = (unsigned long long)(p.paged ? p.pages : 0);
+  w[6] = (unsigned long long)p.capacity;
+  w[7] = (unsigned long long)p.blocks;
+  w[8] = (unsigned long long)p.block;
 }
 
 // ---------------------------------------------------------------------------------------------
