@@ -90,15 +90,24 @@ Staging& staging(int device) {
   return *all[size_t(device)];
 }
 
+size_t floats_bytes(int64_t n) { return align16(size_t(n) * sizeof(float)); }
+
+}  // namespace
+
 void refuse_capture(cudaStream_t stream, const char* what, const std::string& why) {
   if (stream_capturing(stream))
     throw RuntimeError(std::string(what) + " on CUDA cannot be captured in a CUDA graph here: " +
                        why);
 }
 
-size_t floats_bytes(int64_t n) { return align16(size_t(n) * sizeof(float)); }
-
-}  // namespace
+int64_t decode_dim_max(int64_t D, int64_t Dv) {
+  const int64_t dmax = dec_dim_max(D, Dv);
+  if (dmax == 0)
+    throw RuntimeError("q: the CUDA decode kernel takes head dims up to " +
+                       std::to_string(kDecMaxDim) + ", got D=" + std::to_string(D) +
+                       ", Dv=" + std::to_string(Dv));
+  return dmax;
+}
 
 void upload_call_blob(const std::vector<unsigned char>& blob, void* dev, cudaStream_t stream,
                       int device) {
@@ -119,11 +128,7 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   if (B == 0 || nq == 0) return;
   if (a.cache_len == nullptr) return decode_device_plan(a, call);  // lengths on the device
   if (a.pattern->data_dependent()) return decode_topk_on_device(a, call);  // decode_topk.cpp
-  const int64_t dmax = dec_dim_max(D, Dv);
-  if (dmax == 0)
-    throw RuntimeError("q: the CUDA decode kernel takes head dims up to " +
-                       std::to_string(kDecMaxDim) + ", got D=" + std::to_string(D) +
-                       ", Dv=" + std::to_string(Dv));
+  const int64_t dmax = decode_dim_max(D, Dv);
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
   const int device = call.device.device_id;
   DeviceGuard guard(device);

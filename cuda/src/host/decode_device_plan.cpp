@@ -123,11 +123,7 @@ void decode_device_plan(const backend::Decode& a, const backend::Call& call) {
   const int64_t B = q.shape[0], nq = q.shape[1], hq = q.shape[2], D = q.shape[3];
   const int64_t hkv = k.shape[2], Dv = v.shape[3], G = hq / hkv;
   const int64_t bk = block_keys(a);
-  const int64_t dmax = dec_dim_max(D, Dv);
-  if (dmax == 0)
-    throw RuntimeError("q: the CUDA decode kernel takes head dims up to " +
-                       std::to_string(kDecMaxDim) + ", got D=" + std::to_string(D) +
-                       ", Dv=" + std::to_string(Dv));
+  const int64_t dmax = decode_dim_max(D, Dv);
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
   const int device = call.device.device_id;
   DeviceGuard guard(device);

@@ -28,6 +28,12 @@ void decode_device_plan(const backend::Decode& a, const backend::Call& call);
 // decode_on_device for a TopKBlocks pattern with host lengths: the blocks chosen and the plan
 // made on the device (decode_topk.cpp).
 void decode_topk_on_device(const backend::Decode& a, const backend::Call& call);
+// RuntimeError "<what> on CUDA cannot be captured in a CUDA graph here: <why>" when `stream`
+// is capturing a graph (decode.cpp).
+void refuse_capture(cudaStream_t stream, const char* what, const std::string& why);
+// dec_dim_max(D, Dv): the decode kernel's head dim for D and Dv, or RuntimeError when it has
+// none (decode.cpp).
+int64_t decode_dim_max(int64_t D, int64_t Dv);
 // Copies a call's plan blob to `dev` on `stream` through the device's pinned staging buffer
 // (decode.cpp; the next call that reuses the buffer waits for this copy, not the caller).
 void upload_call_blob(const std::vector<unsigned char>& blob, void* dev, cudaStream_t stream,

@@ -52,18 +52,13 @@ void decode_topk_on_device(const backend::Decode& a, const backend::Call& call) 
   const int64_t B = q.shape[0], nq = q.shape[1], hq = q.shape[2], D = q.shape[3];
   const int64_t hkv = k.shape[2], Dv = v.shape[3];
   const int64_t bk = a.paged ? k.shape[1] : kDecContigBlock;
-  const int64_t dmax = dec_dim_max(D, Dv);
-  if (dmax == 0)
-    throw RuntimeError("q: the CUDA decode kernel takes head dims up to " +
-                       std::to_string(kDecMaxDim) + ", got D=" + std::to_string(D) +
-                       ", Dv=" + std::to_string(Dv));
+  const int64_t dmax = decode_dim_max(D, Dv);
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
   const int device = call.device.device_id;
   DeviceGuard guard(device);
-  if (stream_capturing(stream))
-    throw RuntimeError("decode on CUDA cannot be captured in a CUDA graph here: cache_len is "
-                       "host memory, so each call plans on the host (TopKBlocks sizes its "
-                       "device plan from the lengths; docs/api.md, \"Decode on a GPU\")");
+  refuse_capture(stream, "decode",
+                 "cache_len is host memory, so each call plans on the host (TopKBlocks sizes "
+                 "its device plan from the lengths; docs/api.md, \"Decode on a GPU\")");
   const DeviceInfo& dev = device_info(device);
   const ArchFns& arch = arch_of(device, "decode");
   const DecodeTopkFns& fns = decode_topk_fns(device);
