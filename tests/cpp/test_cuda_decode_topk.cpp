@@ -235,6 +235,9 @@ bool run_case(const Case& c, std::mt19937_64& rng, bool sabotage_ties, bool flip
 
   // The CPU decode's choice and plan.
   const int64_t G = c.hq / c.hkv;
+  // The concrete patterns outlive the loop: their predicates read the chosen masks the
+  // patterns own (stage_decode below copies them).
+  std::vector<Pattern> concs(size_t(c.B));
   std::vector<std::shared_ptr<const CompiledPattern>> cps(size_t(c.B));
   std::vector<DecodeSeqIn> ins(size_t(c.B));
   std::vector<BlockLayout> layouts(size_t(c.B));
@@ -248,7 +251,7 @@ bool run_case(const Case& c, std::mt19937_64& rng, bool sabotage_ties, bool flip
     expect(chosen.bits.size() == size_t(c.hq * s.g.nqb * s.g.nkb) &&
                std::equal(chosen.bits.begin(), chosen.bits.end(), s.mask),
            sb + ": the chosen blocks differ from select::choose");
-    const Pattern conc = select::concrete(topk, chosen);
+    const Pattern& conc = concs[size_t(b)] = select::concrete(topk, chosen);
     cps[size_t(b)] = conc.compiled(c.nq, nk, c.hq);
     layouts[size_t(b)] = cps[size_t(b)]->layout(c.nq, c.bk);
     ins[size_t(b)].layout = &layouts[size_t(b)];
