@@ -182,9 +182,10 @@ def test_topk_decode_capture_refused(cuda):
     pattern = spattn.TopKBlocks(2, block_size=32)
     # pooled_keys with fewer blocks than a length up to the capacity may score: the plan reads
     # the lengths on the host (it works outside a capture, and a capture says why not).
-    few = spattn.pool_keys(k, torch.tensor(lens, device="cuda"), 32)[:, :7]
+    # (length 200 scores blocks 0..5; the capacity 256, blocks 0..6)
+    few = spattn.pool_keys(k, torch.tensor(lens, device="cuda"), 32)[:, :6]
     for cache_len, extra, why in (
-            (torch.tensor(lens, device="cuda"), {"pooled_keys": few}, "pooled_keys holds 7 key blocks"),
+            (torch.tensor(lens, device="cuda"), {"pooled_keys": few}, "pooled_keys holds 6 key blocks"),
             (lens, {}, "cache_len is host memory")):
         spattn.decode(q, k, v, cache_len, pattern=pattern, **extra)  # outside a capture: works
         g = torch.cuda.CUDAGraph()
