@@ -378,7 +378,9 @@ def decode(q, k_cache, v_cache, cache_len, pattern=None, block_table=None, scale
     read. For a causal pattern only complete blocks are scored: an entry stays valid once its
     block is full, so a serving loop updates one entry per ``bk`` new tokens. On a GPU the
     choice is made there too, per sequence (the CPU's choice wherever the CPU rounds the same
-    way; ``cache_len`` on the GPU is then read to the host first).
+    way); with ``cache_len`` on the GPU it is planned there as below when its ``always`` pattern
+    is one of those patterns (docs/api.md, "Decode on a GPU", says when else the lengths are
+    read to the host).
 
     On a GPU with ``cache_len`` on the GPU too, a pattern whose rule does not depend on the
     length (windows, causal, dense, sinks, globals, dilated, strided, fixed, prefix-LM and their

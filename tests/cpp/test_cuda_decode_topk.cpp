@@ -25,6 +25,15 @@
 //     error is the CPU's (the first bad page of the first such sequence).
 // Sabotage: ties sent to the highest index, and rows planned with the causal flag flipped,
 // must be caught.
+// Device lengths (decode_topk_dev_logic.hpp): every case is planned again from cache_len "on
+// the device" (int32 or int64, strided; the program planned for the capacity, the workspace
+// sized from it, then the always and seq launches and the six above) and must equal the
+// host-lengths plan (so select::choose and stage_decode) in geometry, chosen blocks, rows,
+// unions, splits, block status and element rule; then with lengths made bad (negative, past
+// the capacity, too short for the always pattern) the recorded error must be the CPU's first
+// and the other sequences' plan the host plan's; a bad table entry is recorded as the CPU's
+// too. Sabotage: lengths read one off, and chosen leaves left at the capacity's key blocks,
+// must be caught.
 //
 // What this cannot check: shuffles, shared memory, atomics, the device's float arithmetic and
 // the decode kernels on this plan (tests/python/test_cuda_decode.py, on a GPU).
@@ -51,6 +60,7 @@ using namespace spattn::cuda;
 namespace {
 
 int failures = 0;
+int pattern_errors = 0;  // bad-length cases whose first error is a pattern misfit
 void check(bool ok, const std::string& what) {
   if (!ok) {
     if (failures < 30) std::fprintf(stderr, "FAILED: %s\n", what.c_str());
@@ -141,19 +151,16 @@ struct Emulated {
 
 // The launcher's staging and the kernels' launches on the host. flip_causal: the sabotaged
 // rows (the geometry's causal flag flipped before the rows step).
-void emulate(const Case& c, const Data& x, const Pattern& topk, bool sabotage_ties,
-             bool flip_causal, Emulated* e) {
+using Ranges = std::vector<std::pair<int32_t, int32_t>>;
+Ranges ranges(const int32_t* lo, const int32_t* hi, int64_t b, int64_t e) {
+  Ranges r;
+  for (int64_t t = b; t < e; ++t) r.emplace_back(lo[t], hi[t]);
+  return r;
+}
+
+// The launcher's fill_decode_params for the test's tensors.
+void fill_dp(const Case& c, const Data& x, DecTopkParams& p) {
   const int64_t G = c.hq / c.hkv;
-  const DecTopkHost in = dec_topk_inputs(topk, c.lens.data(), c.B, c.nq, c.hq, c.hkv, c.d, c.bk,
-                                         c.pooled ? x.pb : -1);
-  e->st = stage_dec_topk(in.in, c.nq, c.hq, c.hkv, c.d, in.bq, in.bk, c.bk, 32, 7);
-  StagedDecTopk& st = e->st;
-  e->ws.assign(st.total / 8 + 1, 0xdeadbeefdeadbeefull);  // garbage, as a fresh allocation
-  std::memcpy(e->base(), st.blob.data(), st.blob.size());
-  st.relocate(e->base());
-  std::memcpy(e->base(), st.blob.data(), st.blob.size());  // the relocated blob, "uploaded"
-  DecTopkParams& p = e->p;
-  p = DecTopkParams{};
   DecodeParams& dp = p.dp;
   dp.q = x.q.data();
   dp.q_sb = c.nq * c.hq * c.d, dp.q_sn = c.hq * c.d, dp.q_sh = c.d, dp.q_sd = 1;
@@ -174,10 +181,11 @@ void emulate(const Case& c, const Data& x, const Pattern& topk, bool sabotage_ti
     p.pooled = x.pooled.data();
     p.pk_sb = x.pb * c.hkv * c.d, p.pk_sc = c.hkv * c.d, p.pk_sh = c.d, p.pk_sd = 1;
   }
-  st.bind(e->base(), &p);
-  unsigned long long* err = p.pp.error;
-  for (int w = 0; w < kDecErrorWords; ++w) err[w] = ~0ull;
+}
 
+// The six launches both paths share (qpool, pages, kpool, choose, rows, union), in order.
+void run_steps(const Case& c, DecTopkParams& p, bool sabotage_ties, bool flip_causal) {
+  const DecodeParams& dp = p.dp;
   auto load = [&](int64_t b, int64_t j, int64_t h, int64_t f, bool key, int64_t page) -> float {
     if (!key) return *dec_topk_q<float>(p, b, j, h, f);
     return static_cast<const float*>(dp.k)[dec_topk_k_offset(p, b, page, j, h, f)];
@@ -211,11 +219,133 @@ void emulate(const Case& c, const Data& x, const Pattern& topk, bool sabotage_ti
   for (int64_t bg = 0; bg < c.B * c.hkv; ++bg) dec_plan_union(p.pp, bg);  // union
 }
 
-using Ranges = std::vector<std::pair<int32_t, int32_t>>;
-Ranges ranges(const int32_t* lo, const int32_t* hi, int64_t b, int64_t e) {
-  Ranges r;
-  for (int64_t t = b; t < e; ++t) r.emplace_back(lo[t], hi[t]);
-  return r;
+void emulate(const Case& c, const Data& x, const Pattern& topk, bool sabotage_ties,
+             bool flip_causal, Emulated* e) {
+  const DecTopkHost in = dec_topk_inputs(topk, c.lens.data(), c.B, c.nq, c.hq, c.hkv, c.d, c.bk,
+                                         c.pooled ? x.pb : -1);
+  e->st = stage_dec_topk(in.in, c.nq, c.hq, c.hkv, c.d, in.bq, in.bk, c.bk, 32, 7);
+  StagedDecTopk& st = e->st;
+  e->ws.assign(st.total / 8 + 1, 0xdeadbeefdeadbeefull);  // garbage, as a fresh allocation
+  std::memcpy(e->base(), st.blob.data(), st.blob.size());
+  st.relocate(e->base());
+  std::memcpy(e->base(), st.blob.data(), st.blob.size());  // the relocated blob, "uploaded"
+  DecTopkParams& p = e->p;
+  p = DecTopkParams{};
+  fill_dp(c, x, p);
+  st.bind(e->base(), &p);
+  unsigned long long* err = p.pp.error;
+  for (int w = 0; w < kDecErrorWords; ++w) err[w] = ~0ull;
+  run_steps(c, p, sabotage_ties, flip_causal);
+}
+
+// The device-lengths path (decode_topk_dev_logic.hpp): the program planned once for the
+// capacity and "uploaded" (relocated to host buffers), the workspace from the capacity, then
+// the always and seq launches and the six shared ones. cache_len as int32 or int64 with element
+// stride lens_s (garbage between). stale_leaf: the sabotaged seq step (each sequence's chosen
+// leaf keeps the capacity's key blocks).
+struct EmulatedDev {
+  DecTopkDevProgram prog;
+  DecTopkDevSpace space;
+  std::vector<uint64_t> ws, pblob, ablob, lens;
+  DecTopkParams p;
+  DecTopkDev v;
+};
+
+bool emulate_dev(const Case& c, const Data& x, const Pattern& topk,
+                 const std::vector<int64_t>& lens, bool lens64, int64_t lens_s, bool stale_leaf,
+                 EmulatedDev* e) {
+  std::string why;
+  if (!plan_dec_topk_program(topk, c.nq, c.hq, c.hkv, c.d, c.bk, c.cap, &e->prog, &why)) {
+    check(false, c.name + ": no device-lengths plan: " + why);
+    return false;
+  }
+  DecTopkDevProgram& P = e->prog;
+  e->pblob.assign(P.blob.size() / 8 + 1, 0);
+  e->ablob.assign(P.always.blob.size() / 8 + 1, 0);
+  P.relocate(e->pblob.data(), e->ablob.data());
+  std::memcpy(e->pblob.data(), P.blob.data(), P.blob.size());
+  if (P.has_always) std::memcpy(e->ablob.data(), P.always.blob.data(), P.always.blob.size());
+  e->space = plan_dec_topk_space(P, c.B, 32, 7);
+  e->ws.assign(e->space.total / 8 + 1, 0xdeadbeefdeadbeefull);
+  e->lens.assign(size_t(c.B * lens_s + 1), 0x5a5a5a5a5a5a5a5aull);
+  for (int64_t b = 0; b < c.B; ++b) {
+    if (lens64)
+      reinterpret_cast<int64_t*>(e->lens.data())[b * lens_s] = lens[size_t(b)];
+    else
+      reinterpret_cast<int32_t*>(e->lens.data())[b * lens_s] = int32_t(lens[size_t(b)]);
+  }
+  DecTopkParams& p = e->p;
+  p = DecTopkParams{};
+  fill_dp(c, x, p);
+  e->space.bind(e->ws.data(), P, e->pblob.data(), e->ablob.data(), e->lens.data(), lens64,
+                lens_s, &p, &e->v);
+  for (int w = 0; w < kDecErrorWords; ++w) p.pp.error[w] = ~0ull;
+  const DecTopkDev& v = e->v;
+  if (v.has_always)  // always
+    for (int64_t r = 0; r < c.B * v.ap.lheads; ++r) dec_plan_row(v.ap, r);
+  for (int64_t b = 0; b < c.B; ++b) dec_topk_dev_seq(p, v, b);  // seq
+  if (stale_leaf)
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t t = 0; t < v.nchosen; ++t)
+        v.nodes[b * v.nnodes + v.chosen[t]].u.block_sparse.nbk = P.gcap.nkb;
+  run_steps(c, p, false, false);
+  return true;
+}
+
+// Whether the device-lengths plan d equals the host-lengths plan h (of the same call with the
+// lengths h was given): geometry, chosen masks, layout rows, unions, splits, what the decode
+// kernels read of each sequence (block status, element rule).
+bool same_plans(const Case& c, const std::vector<int64_t>& hlens, Emulated& h, EmulatedDev& d,
+                bool report) {
+  bool same = true;
+  auto expect = [&](bool ok, const std::string& what) {
+    same = same && ok;
+    if (report) check(ok, c.name + " (device lengths): " + what);
+  };
+  const DecTopkParams &a = h.p, &b = d.p;
+  for (int64_t s = 0; s < c.B; ++s) {
+    const std::string sb = "sequence " + std::to_string(s);
+    const DecTopkSeq &x = a.seqs[s], &y = b.seqs[s];
+    const int64_t nk = hlens[size_t(s)];
+    expect(y.g.nk == nk && x.g.nk == nk, sb + ": length");
+    if (nk == 0) {
+      expect(b.pp.seqs[s].nk == 0, sb + ": DecodeSeq of an empty sequence");
+      continue;
+    }
+    expect(y.g.nkb == x.g.nkb && y.g.kmax == x.g.kmax && y.g.off == x.g.off &&
+               y.g.nqb == x.g.nqb && y.nkb == x.nkb,
+           sb + ": geometry");
+    const int64_t mbytes = c.hq * x.g.nqb * x.g.nkb;
+    expect(std::equal(x.mask, x.mask + mbytes, y.mask), sb + ": chosen blocks");
+    for (int64_t hh = 0; hh < c.hq; ++hh) {
+      const int64_t r = s * c.hq + hh;
+      expect(ranges(a.pp.full_lo, a.pp.full_hi, a.pp.full_beg[r], a.pp.full_end[r]) ==
+                     ranges(b.pp.full_lo, b.pp.full_hi, b.pp.full_beg[r], b.pp.full_end[r]) &&
+                 ranges(a.pp.part_lo, a.pp.part_hi, a.pp.part_beg[r], a.pp.part_end[r]) ==
+                     ranges(b.pp.part_lo, b.pp.part_hi, b.pp.part_beg[r], b.pp.part_end[r]),
+             sb + " head " + std::to_string(hh) + ": layout rows");
+    }
+    const DecodeSeq &u = a.dp.seqs[s], &w = b.dp.seqs[s];
+    expect(u.nk == w.nk && u.lheads == w.lheads, sb + ": DecodeSeq sizes");
+    const int64_t nkb = (nk + c.bk - 1) / c.bk;
+    int64_t bad = 0;
+    for (int64_t hh = 0; hh < c.hq; ++hh) {
+      for (int64_t cb = 0; cb < nkb; ++cb) bad += dec_block_status(u, hh, cb) != dec_block_status(w, hh, cb);
+      for (int64_t i = 0; i < c.nq; ++i)
+        for (int64_t j = 0; j < nk; ++j) bad += keeps(u.pred, hh, i, j) != keeps(w.pred, hh, i, j);
+    }
+    expect(bad == 0, sb + ": block status or element rule differ in " + std::to_string(bad) +
+                         " places");
+  }
+  for (int64_t bg = 0; bg < c.B * c.hkv; ++bg) {
+    const std::string sb = "bg " + std::to_string(bg);
+    const int64_t a0 = a.pp.ubeg[bg], a1 = a.pp.uend[bg], b0 = b.pp.ubeg[bg], b1 = b.pp.uend[bg];
+    bool ok = ranges(a.pp.ulo, a.pp.uhi, a0, a1) == ranges(b.pp.ulo, b.pp.uhi, b0, b1);
+    for (int64_t t = 0; ok && t < a1 - a0; ++t) ok = a.pp.ubefore[a0 + t] == b.pp.ubefore[b0 + t];
+    expect(ok && a.pp.ublocks[bg] == b.pp.ublocks[bg], sb + ": union");
+    expect(a.pp.bg_ns[bg] == b.pp.bg_ns[bg] && b.pp.bg_ns[bg] <= b.pp.ns_max, sb + ": splits");
+  }
+  return same;
 }
 
 // Returns whether everything matched (sabotage runs report, the real one checks).
@@ -343,13 +473,103 @@ void run_bad_table(const Case& c, std::mt19937_64& rng) {
   }
   Emulated e;
   emulate(c, x, topk, false, false, &e);
-  const unsigned long long key = e.p.pp.error[0];
-  int64_t b, g, pg;
-  dec_error_where(e.p.dp, key, &b, &g, &pg);
-  check(dec_error_class(key) == kDecErrTable && b == wb && pg == wc && g == 0,
-        c.name + ": bad table entry [" + std::to_string(wb) + ", " + std::to_string(wc) +
-            "] recorded as class " + std::to_string(dec_error_class(key)) + " [" +
-            std::to_string(b) + ", " + std::to_string(pg) + "]");
+  EmulatedDev ed;
+  if (!emulate_dev(c, x, topk, c.lens, true, 1, false, &ed)) return;
+  for (const DecodeParams* dp : {&e.p.dp, &ed.p.dp}) {
+    const unsigned long long key = dp->error[0];
+    int64_t b, g, pg;
+    dec_error_where(*dp, key, &b, &g, &pg);
+    check(dec_error_class(key) == kDecErrTable && b == wb && pg == wc && g == 0,
+          c.name + (dp == &e.p.dp ? "" : " (device lengths)") + ": bad table entry [" +
+              std::to_string(wb) + ", " + std::to_string(wc) + "] recorded as class " +
+              std::to_string(dec_error_class(key)) + " [" + std::to_string(b) + ", " +
+              std::to_string(pg) + "]");
+  }
+}
+
+// The device-lengths plan against the host-lengths plan of the same call (lengths as int32 or
+// int64, strided), then with some lengths made bad: outside [0, capacity], or below what the
+// always pattern needs. The error recorded must be the CPU's first (decode_api.cpp checks every
+// length first, then cpu/decode.cpp each sequence's fit in order), and the other sequences'
+// plan the host plan's with the bad ones empty. Returns whether the sabotaged runs were caught
+// (lengths one more where below the capacity; chosen leaves left at the capacity's blocks).
+struct DevCaught {
+  bool shifted = false, stale = false;
+};
+DevCaught run_dev_case(const Case& c, std::mt19937_64& rng, int* bad_cases) {
+  DevCaught caught;
+  const Data x = make_data(c, rng);
+  const Pattern topk = Pattern::topk_blocks(c.k, c.bq, c.bkt, c.causal, c.always);
+  Emulated h;
+  emulate(c, x, topk, false, false, &h);
+  const bool lens64 = rng() % 2 == 0;
+  const int64_t lens_s = 1 + int64_t(rng() % 2);
+  EmulatedDev d;
+  if (!emulate_dev(c, x, topk, c.lens, lens64, lens_s, false, &d)) return caught;
+  check(d.p.pp.error[0] == ~0ull, c.name + " (device lengths): an error was recorded");
+  same_plans(c, c.lens, h, d, true);
+
+  std::vector<int64_t> shifted = c.lens;
+  bool any = false;
+  for (int64_t& n : shifted)
+    if (n > 0 && n < c.cap) ++n, any = true;
+  if (any) {
+    EmulatedDev s;
+    emulate_dev(c, x, topk, shifted, lens64, lens_s, false, &s);
+    caught.shifted = !same_plans(c, c.lens, h, s, false);
+  }
+  EmulatedDev st;
+  emulate_dev(c, x, topk, c.lens, lens64, lens_s, true, &st);
+  caught.stale = !same_plans(c, c.lens, h, st, false);
+
+  // Bad lengths.
+  std::vector<int64_t> bad = c.lens;
+  const int nbad = 1 + int(rng() % 2);
+  for (int t = 0; t < nbad; ++t) {
+    const int64_t b = int64_t(rng() % uint64_t(c.B));
+    switch (rng() % 3) {
+      case 0: bad[size_t(b)] = -1 - int64_t(rng() % 5); break;
+      case 1: bad[size_t(b)] = c.cap + 1 + int64_t(rng() % 3); break;
+      default: bad[size_t(b)] = 1 + int64_t(rng() % uint64_t(std::max<int64_t>(c.nq, 12)));
+    }
+  }
+  if (!lens64)
+    for (int64_t& n : bad) n = int64_t(int32_t(n));
+  unsigned long long want = ~0ull;
+  std::vector<int64_t> fixed = bad;  // what the other sequences are planned with
+  for (int64_t b = 0; b < c.B; ++b)
+    if (bad[size_t(b)] < 0 || bad[size_t(b)] > c.cap) {
+      if (want == ~0ull) want = (kDecErrLength << kDecErrClassShift) | uint64_t(b);
+      fixed[size_t(b)] = 0;
+    }
+  for (int64_t b = 0; b < c.B; ++b) {
+    const int64_t n = fixed[size_t(b)];
+    if (n == 0) continue;
+    try {
+      topk.check(c.nq, n, c.hq);
+    } catch (const ValueError&) {
+      if (want == ~0ull) want = (kDecErrPattern << kDecErrClassShift) | uint64_t(b);
+      fixed[size_t(b)] = 0;
+    }
+  }
+  if (fixed == c.lens && bad == c.lens) return caught;  // no bad length after all
+  ++*bad_cases;
+  pattern_errors += dec_error_class(want) == kDecErrPattern;
+  EmulatedDev e;
+  emulate_dev(c, x, topk, bad, lens64, lens_s, false, &e);
+  check(e.p.pp.error[0] == want,
+        c.name + " (device lengths " + [&] {
+          std::string t;
+          for (int64_t n : bad) t += std::to_string(n) + ",";
+          return t;
+        }() + "): recorded error " + std::to_string(e.p.pp.error[0]) + ", the CPU's " +
+            std::to_string(want));
+  Case cf = c;
+  cf.lens = fixed;
+  Emulated hf;
+  emulate(cf, x, topk, false, false, &hf);
+  same_plans(cf, fixed, hf, e, true);
+  return caught;
 }
 
 }  // namespace
@@ -360,6 +580,7 @@ int main() {
     return *(v.begin() + int64_t(rng() % v.size()));
   };
   int cases = 0, ties_caught = 0, ties_tried = 0, causal_caught = 0, bad_tables = 0;
+  int dev_cases = 0, dev_bad = 0, shifted_caught = 0, stale_caught = 0;
   for (int it = 0; it < 400; ++it) {
     Case c;
     c.B = pick({1, 2, 3, 4});
@@ -375,10 +596,13 @@ int main() {
     c.bk = c.paged ? pick({1, 3, 16, 64}) : kDecContigBlock;
     c.cap = c.nq + int64_t(rng() % 400);
     c.pooled = rng() % 3 == 0;
-    switch (rng() % 5) {
+    switch (rng() % 6) {
       case 0: case 1: c.always = Pattern(); break;
       case 2: c.always = Pattern::sink(3); break;
       case 3: c.always = Pattern::sliding_window(20, 0); break;
+      case 4:  // fits only cache_len >= 10 (Global's min_keys)
+        c.always = Pattern::union_of({Pattern::global({1, 9}), Pattern::sliding_window(8, 0)});
+        break;
       default:
         c.always = Pattern::union_of({Pattern::sink(2), Pattern::sliding_window(5, 5)});
     }
@@ -424,12 +648,24 @@ int main() {
       run_bad_table(c, rng);
       ++bad_tables;
     }
+    std::mt19937_64 r4(seed);
+    const DevCaught dc = run_dev_case(c, r4, &dev_bad);
+    ++dev_cases;
+    shifted_caught += dc.shifted;
+    stale_caught += dc.stale;
   }
+  check(shifted_caught > 0, "device lengths read one off were never caught");
+  check(stale_caught > 0, "chosen leaves left at the capacity's key blocks were never caught");
+  check(dev_bad > 50 && pattern_errors > 4,
+        "too few bad-length cases ran: " + std::to_string(dev_bad) + ", " +
+            std::to_string(pattern_errors) + " of them misfits");
   check(ties_caught > 0, "ties sent to the highest index were never caught");
   check(causal_caught > 0, "rows planned with the causal flag flipped were never caught");
   check(cases >= 200, "too few cases ran: " + std::to_string(cases));
   std::printf("%d cases (%d bad-table cases); sabotage caught: ties %d of %d, flipped causal "
-              "%d: %s\n",
-              cases, bad_tables, ties_caught, ties_tried, causal_caught, failures ? "FAILED" : "ok");
+              "%d; device lengths: %d cases, %d with bad lengths (%d misfits), sabotage caught: lengths one "
+              "off %d, stale chosen leaf %d: %s\n",
+              cases, bad_tables, ties_caught, ties_tried, causal_caught, dev_cases, dev_bad, pattern_errors,
+              shifted_caught, stale_caught, failures ? "FAILED" : "ok");
   return failures ? 1 : 0;
 }

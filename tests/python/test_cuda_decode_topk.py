@@ -11,6 +11,12 @@ order, NaN in every row that must not be read), GQA, Nq 1 / 7 / 64, empty caches
 and the capacity, causal and not, with and without an always pattern, pooled_keys given or not,
 k past the candidates, float32 and bfloat16, lengths on the GPU, cupy arrays, and the CPU's errors
 (a bad block-table entry below cache_len, too few pooled key blocks).
+
+Lengths on the GPU are planned there (decode_topk_dev_logic.hpp): the results must equal the
+host-lengths call's bit for bit (int32 and int64 lengths), a CUDA graph captured once must replay
+with new lengths as eager calls do, bad lengths raise the CPU's errors (at once, or deferred in a
+capture), and where the plan still needs the host (pooled_keys too few for the capacity) a
+capture is refused with the reason.
 """
 
 from __future__ import annotations
@@ -174,10 +180,93 @@ def test_topk_decode_capture_refused(cuda):
     lens = np.array([200], np.int32)
     q, k, v = (x.cuda() for x in _data(torch, lens, 256, 1, 64, "bfloat16", seed=11))
     pattern = spattn.TopKBlocks(2, block_size=32)
-    for cache_len, why in ((torch.tensor(lens, device="cuda"), "TopKBlocks sizes its device plan"),
-                           (lens, "cache_len is host memory")):
-        spattn.decode(q, k, v, cache_len, pattern=pattern)  # outside a capture: works
+    # pooled_keys with fewer blocks than a length up to the capacity may score: the plan reads
+    # the lengths on the host (it works outside a capture, and a capture says why not).
+    # (length 200 scores blocks 0..5; the capacity 256, blocks 0..6)
+    few = spattn.pool_keys(k, torch.tensor(lens, device="cuda"), 32)[:, :6]
+    for cache_len, extra, why in (
+            (torch.tensor(lens, device="cuda"), {"pooled_keys": few}, "pooled_keys holds 6 key blocks"),
+            (lens, {}, "cache_len is host memory")):
+        spattn.decode(q, k, v, cache_len, pattern=pattern, **extra)  # outside a capture: works
         g = torch.cuda.CUDAGraph()
         with pytest.raises(RuntimeError, match=why):
             with torch.cuda.graph(g):
-                spattn.decode(q, k, v, cache_len, pattern=pattern)
+                spattn.decode(q, k, v, cache_len, pattern=pattern, **extra)
+
+
+def _same_bits(torch, got, want):
+    for a, b in zip(got, want):
+        assert torch.equal(a, b), "device-lengths result differs from the host-lengths one"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_topk_decode_device_lengths_equal_host_lengths(cuda, dtype):
+    torch = cuda
+    ncap, nq = 700, 3
+    lens = np.array([ncap, 0, 1, 333, nq + 40], np.int32)
+    q, k, v = (x.cuda() for x in _data(torch, lens, ncap, nq, 64, dtype, seed=21))
+    kp, vp, table = (x.cuda() for x in _paged(torch, k.cpu(), v.cpu(), lens, 16, seed=21))
+    for name, pattern in _patterns().items():
+        for pooled in (False, True):
+            extra = {}
+            if pooled:
+                extra = {"pooled_keys": spattn.pool_keys(k, torch.tensor(lens, device="cuda"),
+                                                         _key_block(pattern))}
+            for cache in ((k, v, None), (kp, vp, table)):
+                kw = dict(pattern=pattern, block_table=cache[2], return_lse=True, **extra)
+                want = spattn.decode(q, cache[0], cache[1], lens, **kw)
+                for dt in (torch.int32, torch.int64):
+                    got = spattn.decode(q, cache[0], cache[1], torch.tensor(lens, dtype=dt, device="cuda"), **kw)
+                    _same_bits(torch, got, want)
+
+
+def test_topk_decode_graph_replays_new_lengths(cuda):
+    torch = cuda
+    ncap, page = 1024, 16
+    lens0 = np.array([700, 1, 1024], np.int32)
+    q, k, v = (x.cuda() for x in _data(torch, lens0, ncap, 2, 64, "bfloat16", seed=23))
+    full = np.full(3, ncap, np.int32)
+    kp, vp, table = (x.cuda() for x in _paged(torch, k.cpu(), v.cpu(), full, page, seed=23))
+    pattern = spattn.TopKBlocks(3, block_size=(16, 32), always=spattn.Sink(4) | spattn.SlidingWindow(63, 0))
+    lens = torch.tensor(lens0, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm up (first use uploads the program)
+        spattn.decode(q, kp, vp, lens, pattern=pattern, block_table=table)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out, lse = spattn.decode(q, kp, vp, lens, pattern=pattern, block_table=table, return_lse=True)
+    for new in ([700, 1, 1024], [701, 2, 900], [0, 300, 17], [1024, 1024, 1024]):
+        lens.copy_(torch.tensor(new, dtype=torch.int32))
+        q.copy_(torch.randn_like(q.float()).to(q.dtype))
+        g.replay()
+        torch.cuda.synchronize()
+        want = spattn.decode(q, kp, vp, np.array(new, np.int32), pattern=pattern, block_table=table,
+                             return_lse=True)
+        _same_bits(torch, (out, lse), want)
+    spattn.check_decode_errors(q.device)  # nothing was recorded
+    lens.fill_(2000)  # past the capacity: deferred in the graph
+    g.replay()
+    with pytest.raises(ValueError, match=r"cache_len: cache_len\[0\] = 2000 is outside 0\.\.1024"):
+        spattn.check_decode_errors(q.device)
+
+
+def test_topk_decode_device_lengths_errors_as_cpu(cuda):
+    torch = cuda
+    q, k, v = _data(torch, np.array([300, 200], np.int32), 300, 1, 64, "float32", seed=25)
+    kp, vp, table = _paged(torch, k, v, np.array([300, 300], np.int32), 16, seed=25)
+    pattern = spattn.TopKBlocks(1, block_size=32, always=spattn.Global([30]) | spattn.SlidingWindow(8, 0))
+    t = table.clone()
+    t[1, 3] = -1
+    cases = [([300, 400], table), ([300, -2], table), ([300, 12], table), ([12, 400], table),
+             ([300, 200], t)]
+    for lens, tab in cases:
+        msgs = []
+        for dev, cl in (("cpu", np.array(lens, np.int32)),
+                        ("cuda", torch.tensor(lens, dtype=torch.int32, device="cuda"))):
+            with pytest.raises(ValueError) as e:
+                spattn.decode(q.to(dev), kp.to(dev), vp.to(dev), cl, pattern=pattern,
+                              block_table=tab.to(dev))
+            msgs.append(str(e.value))
+        assert msgs[0] == msgs[1], (lens, msgs)

@@ -6,7 +6,8 @@
 //     pattern's rule does not depend on the length (every leaf has a device block rule and is
 //     length-free, pattern/length_rule.hpp): the host never reads the lengths, nothing is
 //     copied from the host per call, nothing waits (unless an error is to be raised at once),
-//     and the call can be captured in a CUDA graph and replayed with new lengths;
+//     and the call can be captured in a CUDA graph and replayed with new lengths (TopKBlocks:
+//     decode_topk.cpp, which chooses on the device too, when its always pattern is so);
 //   - on the host (here), otherwise: compile the pattern per sequence (Pattern::compiled keeps
 //     the last few sizes, so a repeated cache_len does no O(N) work), take its layout with one
 //     query block and key blocks of the page size, build the plan (union of visited blocks per
@@ -126,7 +127,9 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   const int64_t hkv = k.shape[2], Dv = v.shape[3], G = hq / hkv;
   const int64_t bk = a.paged ? k.shape[1] : kDecContigBlock;
   if (B == 0 || nq == 0) return;
-  if (a.cache_len == nullptr) return decode_device_plan(a, call);  // lengths on the device
+  if (a.cache_len == nullptr)  // lengths on the device
+    return a.pattern->data_dependent() ? decode_topk_device_lengths(a, call)  // decode_topk.cpp
+                                       : decode_device_plan(a, call);
   if (a.pattern->data_dependent()) return decode_topk_on_device(a, call);  // decode_topk.cpp
   const int64_t dmax = decode_dim_max(D, Dv);
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);

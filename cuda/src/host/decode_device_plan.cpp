@@ -98,7 +98,7 @@ std::string decode_device_plan_refusal(const backend::Decode& a, const backend::
   std::string why;
   const int64_t B = a.q.shape[0], nq = a.q.shape[1], hq = a.q.shape[2], hkv = a.k.shape[2];
   if (a.pattern->data_dependent()) {
-    why = "TopKBlocks sizes its device plan from the lengths on the host";
+    why = decode_topk_device_lengths_refusal(a, call);  // decode_topk.cpp
   } else if (plan_fn(device) == nullptr) {
     why = "no decode plan kernels for this device";
   } else if (B > 0 && nq > 0) {

@@ -28,6 +28,10 @@ void decode_device_plan(const backend::Decode& a, const backend::Call& call);
 // decode_on_device for a TopKBlocks pattern with host lengths: the blocks chosen and the plan
 // made on the device (decode_topk.cpp).
 void decode_topk_on_device(const backend::Decode& a, const backend::Call& call);
+// TopKBlocks with cache_len on the device (decode_topk.cpp): why it cannot be planned there
+// (empty: it can; decode_device_plan_refusal asks), and the call that does it.
+std::string decode_topk_device_lengths_refusal(const backend::Decode& a, const backend::Call& call);
+void decode_topk_device_lengths(const backend::Decode& a, const backend::Call& call);
 // RuntimeError "<what> on CUDA cannot be captured in a CUDA graph here: <why>" when `stream`
 // is capturing a graph (decode.cpp).
 void refuse_capture(cudaStream_t stream, const char* what, const std::string& why);

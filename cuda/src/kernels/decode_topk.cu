@@ -11,6 +11,10 @@
 //                   attention's choosing step, with the sequence's own geometry
 //   rows_kernel     one thread per (sequence, head): dec_topk_row
 //   union_kernel    one thread per (sequence, kv head): dec_plan_union
+// With cache_len on the device (decode_topk_dev_logic.hpp), two launches come first:
+//   always_kernel   one thread per (sequence, always head): dec_plan_row of the always program
+//   seq_kernel      one thread per sequence: dec_topk_dev_seq (length checks, geometry, slots,
+//                   element rule, DecodeSeq)
 // Then the decode kernels (decode.cu) run on the plan. Deterministic: every float sum has one
 // owner and a fixed order; the only atomics are integer minima (the error record) and the
 // choosing step's histogram counts.
@@ -97,6 +101,16 @@ __global__ void __launch_bounds__(kRowThreads, 1) union_kernel(const DecodePlanP
   if (bg < p.b * p.hkv) dec_plan_union(p, bg);
 }
 
+__global__ void __launch_bounds__(kRowThreads, 1) always_kernel(const DecodePlanParams p) {
+  const int64_t r = int64_t(blockIdx.x) * kRowThreads + threadIdx.x;
+  if (r < p.b * p.lheads) dec_plan_row(p, r);
+}
+
+__global__ void __launch_bounds__(kRowThreads) seq_kernel(const DecTopkParams p, const DecTopkDev v) {
+  const int64_t b = int64_t(blockIdx.x) * kRowThreads + threadIdx.x;
+  if (b < p.pp.b) dec_topk_dev_seq(p, v, b);
+}
+
 unsigned blocks_for(int64_t n) { return unsigned((n + kRowThreads - 1) / kRowThreads); }
 
 template <class T>
@@ -133,6 +147,22 @@ cudaError_t launch(const DecTopkParams& p, cudaStream_t stream) {
 
 int64_t decode_topk_smem(int64_t d, int64_t kmax) {
   return (((d + 3) & ~int64_t(3)) + kmax) * int64_t(sizeof(float));
+}
+
+cudaError_t decode_topk_dev_plan(const DecTopkParams& p, const DecTopkDev& v, DType dtype,
+                                 cudaStream_t stream) {
+  const DecodePlanParams& pp = p.pp;
+  if (pp.b <= 0 || pp.hq <= 0) return cudaSuccess;
+  if (pp.b >= (int64_t(1) << 31) || (v.has_always && pp.b * v.ap.lheads >= (int64_t(1) << 31)))
+    return cudaErrorInvalidValue;
+  cudaError_t e;
+  if (v.has_always) {
+    always_kernel<<<blocks_for(pp.b * v.ap.lheads), kRowThreads, 0, stream>>>(v.ap);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  }
+  seq_kernel<<<blocks_for(pp.b), kRowThreads, 0, stream>>>(p, v);
+  if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  return decode_topk_plan(p, dtype, stream);
 }
 
 cudaError_t decode_topk_plan(const DecTopkParams& p, DType dtype, cudaStream_t stream) {

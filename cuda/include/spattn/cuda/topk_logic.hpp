@@ -236,7 +236,9 @@ SPATTN_HD int topk_sel_state(const TopkGeom& g, const uint8_t* mask, int64_t h, 
 SPATTN_HD int topk_union_state(int s, int t) { return (s == 2 || t == 2) ? 2 : ((s | t) ? 1 : 0); }
 
 // The `always` pattern's layout in the same orientation and tiles (rows of heads * n_outer;
-// heads 1 when shared; full_ptr null: no always pattern).
+// heads 1 when shared; full_ptr null: no always pattern). Row r's ranges are
+// [full_ptr[r], full_ptr[r + 1]) (a CSR), or [full_ptr[r], full_end[r]) when full_end is set
+// (rows of fixed capacity, made on the device: decode_topk_dev_logic.hpp); the same for part.
 struct TopkRanges {
   int64_t heads = 1, n_outer = 0;
   const int64_t* full_ptr = nullptr;
@@ -245,6 +247,8 @@ struct TopkRanges {
   const int32_t* full_hi = nullptr;
   const int32_t* part_lo = nullptr;
   const int32_t* part_hi = nullptr;
+  const int64_t* full_end = nullptr;
+  const int64_t* part_end = nullptr;
 };
 
 // The state of inner tiles t of one row of a TopkRanges, asked in ascending t.
@@ -253,8 +257,8 @@ struct TopkRangeCursor {
   SPATTN_HD TopkRangeCursor(const TopkRanges& r, int64_t h, int64_t o) {
     if (r.full_ptr == nullptr) return;
     const int64_t row = (r.heads == 1 ? 0 : h) * r.n_outer + o;
-    f = r.full_ptr[row], fe = r.full_ptr[row + 1];
-    p = r.part_ptr[row], pe = r.part_ptr[row + 1];
+    f = r.full_ptr[row], fe = r.full_end ? r.full_end[row] : r.full_ptr[row + 1];
+    p = r.part_ptr[row], pe = r.part_end ? r.part_end[row] : r.part_ptr[row + 1];
   }
   SPATTN_HD int state(const TopkRanges& r, int64_t t) {
     while (f < fe && r.full_hi[f] <= t) ++f;
