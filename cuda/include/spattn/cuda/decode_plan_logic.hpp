@@ -314,37 +314,50 @@ inline bool plan_decode_program(const Predicate& pred, int64_t nq, int64_t hq, i
 }
 
 // The per-call workspace: the plan's arrays, then (decode.cpp) the error record and partials.
-struct DecodePlanSpace {
-  size_t scratch = 0, full_lo = 0, full_hi = 0, part_lo = 0, part_hi = 0, full_beg = 0,
-         full_end = 0, part_beg = 0, part_end = 0, ulo = 0, uhi = 0, ubefore = 0, ubeg = 0,
-         uend = 0, ublocks = 0, bg_ns = 0, seqs = 0;
+// The device plan's arrays (DecodePlanParams' rows, unions and split counts) as byte offsets
+// into one allocation, with the split-K sizes that go with them: the part of the workspace
+// every device-planned decode shares (DecodePlanSpace here, the TopKBlocks decode's
+// StagedDecTopk and DecTopkDevSpace).
+struct DecodePlanOffsets {
+  size_t full_lo = 0, full_hi = 0, part_lo = 0, part_hi = 0, full_beg = 0, full_end = 0,
+         part_beg = 0, part_end = 0, ulo = 0, uhi = 0, ubefore = 0, ubeg = 0, uend = 0,
+         ublocks = 0, bg_ns = 0;
+  int64_t ucap = 1, ns_max = 1, cells = 1, target = 1;
+
+  // Points p's plan arrays into the allocation at `base` and copies the sizes.
+  void point_plan(unsigned char* base, DecodePlanParams* p) const {
+    p->full_lo = reinterpret_cast<int32_t*>(base + full_lo);
+    p->full_hi = reinterpret_cast<int32_t*>(base + full_hi);
+    p->part_lo = reinterpret_cast<int32_t*>(base + part_lo);
+    p->part_hi = reinterpret_cast<int32_t*>(base + part_hi);
+    p->full_beg = reinterpret_cast<int64_t*>(base + full_beg);
+    p->full_end = reinterpret_cast<int64_t*>(base + full_end);
+    p->part_beg = reinterpret_cast<int64_t*>(base + part_beg);
+    p->part_end = reinterpret_cast<int64_t*>(base + part_end);
+    p->ulo = reinterpret_cast<int32_t*>(base + ulo);
+    p->uhi = reinterpret_cast<int32_t*>(base + uhi);
+    p->ubefore = reinterpret_cast<int64_t*>(base + ubefore);
+    p->ubeg = reinterpret_cast<int64_t*>(base + ubeg);
+    p->uend = reinterpret_cast<int64_t*>(base + uend);
+    p->ublocks = reinterpret_cast<int64_t*>(base + ublocks);
+    p->bg_ns = reinterpret_cast<int32_t*>(base + bg_ns);
+    p->ucap = ucap;
+    p->ns_max = ns_max;
+    p->cells = cells;
+    p->target = target;
+  }
+};
+
+struct DecodePlanSpace : DecodePlanOffsets {
+  size_t scratch = 0, seqs = 0;
   size_t total = 0;
-  int64_t ucap = 0, ns_max = 1, cells = 1, target = 1;
 
   // Points p's workspace fields into the allocation at `base`.
   void bind(void* base, DecodePlanParams* p) const {
     unsigned char* b = static_cast<unsigned char*>(base);
     p->scratch = reinterpret_cast<brange::Seg*>(b + scratch);
-    p->full_lo = reinterpret_cast<int32_t*>(b + full_lo);
-    p->full_hi = reinterpret_cast<int32_t*>(b + full_hi);
-    p->part_lo = reinterpret_cast<int32_t*>(b + part_lo);
-    p->part_hi = reinterpret_cast<int32_t*>(b + part_hi);
-    p->full_beg = reinterpret_cast<int64_t*>(b + full_beg);
-    p->full_end = reinterpret_cast<int64_t*>(b + full_end);
-    p->part_beg = reinterpret_cast<int64_t*>(b + part_beg);
-    p->part_end = reinterpret_cast<int64_t*>(b + part_end);
-    p->ulo = reinterpret_cast<int32_t*>(b + ulo);
-    p->uhi = reinterpret_cast<int32_t*>(b + uhi);
-    p->ubefore = reinterpret_cast<int64_t*>(b + ubefore);
-    p->ubeg = reinterpret_cast<int64_t*>(b + ubeg);
-    p->uend = reinterpret_cast<int64_t*>(b + uend);
-    p->ublocks = reinterpret_cast<int64_t*>(b + ublocks);
-    p->bg_ns = reinterpret_cast<int32_t*>(b + bg_ns);
+    point_plan(b, p);
     p->seqs = reinterpret_cast<DecodeSeq*>(b + seqs);
-    p->ucap = ucap;
-    p->ns_max = ns_max;
-    p->cells = cells;
-    p->target = target;
   }
 };
 

@@ -164,14 +164,12 @@ inline int64_t dec_topk_dev_row_cap(const TopkGeom& gcap, int64_t nq, int64_t bk
 
 // The per-call workspace: [DecTopkSeq | node copies | pooled queries | pooled keys | masks |
 // layout rows | unions | DecodeSeq | always rows (plan_decode_space) | error | partials].
-struct DecTopkDevSpace {
-  size_t seqs = 0, nodes = 0, qm = 0, km = 0, mask = 0, full_lo = 0, full_hi = 0, part_lo = 0,
-         part_hi = 0, full_beg = 0, full_end = 0, part_beg = 0, part_end = 0, ulo = 0, uhi = 0,
-         ubefore = 0, ubeg = 0, uend = 0, ublocks = 0, bg_ns = 0, dseqs = 0, always = 0,
-         error = 0, part_m = 0, part_l = 0, part_acc = 0;
+struct DecTopkDevSpace : DecodePlanOffsets {
+  size_t seqs = 0, nodes = 0, qm = 0, km = 0, mask = 0, dseqs = 0, always = 0, error = 0,
+         part_m = 0, part_l = 0, part_acc = 0;  // and the plan's (DecodePlanOffsets)
   DecodePlanSpace aspace;
   size_t total = 0;
-  int64_t b = 0, nqb = 0, ucap = 1, ns_max = 1, cells = 1, target = 1, ntasks = 0, rgroups = 0;
+  int64_t b = 0, nqb = 0, ntasks = 0, rgroups = 0;
 
   // p's and v's pointers into the workspace at `base` and the program's copies at `pbase`
   // (blob) and `abase` (always.blob); cache_len is `lens` (int32 or int64, element stride
@@ -187,23 +185,7 @@ struct DecTopkDevSpace {
     pp.capacity = P.capacity, pp.min_keys = P.min_keys;
     pp.lheads = P.hq;
     pp.row_cap = P.row_cap;
-    pp.full_lo = reinterpret_cast<int32_t*>(x + full_lo);
-    pp.full_hi = reinterpret_cast<int32_t*>(x + full_hi);
-    pp.part_lo = reinterpret_cast<int32_t*>(x + part_lo);
-    pp.part_hi = reinterpret_cast<int32_t*>(x + part_hi);
-    pp.full_beg = reinterpret_cast<int64_t*>(x + full_beg);
-    pp.full_end = reinterpret_cast<int64_t*>(x + full_end);
-    pp.part_beg = reinterpret_cast<int64_t*>(x + part_beg);
-    pp.part_end = reinterpret_cast<int64_t*>(x + part_end);
-    pp.ucap = ucap;
-    pp.ulo = reinterpret_cast<int32_t*>(x + ulo);
-    pp.uhi = reinterpret_cast<int32_t*>(x + uhi);
-    pp.ubefore = reinterpret_cast<int64_t*>(x + ubefore);
-    pp.ubeg = reinterpret_cast<int64_t*>(x + ubeg);
-    pp.uend = reinterpret_cast<int64_t*>(x + uend);
-    pp.ublocks = reinterpret_cast<int64_t*>(x + ublocks);
-    pp.bg_ns = reinterpret_cast<int32_t*>(x + bg_ns);
-    pp.cells = cells, pp.target = target, pp.ns_max = ns_max;
+    point_plan(x, &pp);
     pp.seqs = reinterpret_cast<DecodeSeq*>(x + dseqs);
     pp.error = reinterpret_cast<unsigned long long*>(x + error);
     p->seqs = reinterpret_cast<const DecTopkSeq*>(x + seqs);

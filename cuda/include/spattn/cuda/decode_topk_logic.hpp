@@ -212,7 +212,7 @@ struct DecTopkSeqIn {
 
 // One call's blob and workspace, one allocation: [blob | pooled queries | per sequence pooled
 // keys and mask | layout rows | unions | error record | partials]; byte offsets from its base.
-struct StagedDecTopk {
+struct StagedDecTopk : DecodePlanOffsets {
   std::vector<unsigned char> blob;  // DecTopkSeq [B] | DecodeSeq [B] | per sequence data
   size_t seqs = 0, dseqs = 0;
   std::vector<StagedRanges> always;
@@ -220,12 +220,10 @@ struct StagedDecTopk {
   std::vector<DecTopkSeqIn> in;
   std::vector<size_t> km, mask;
   std::vector<int64_t> row_cap, row_base;
-  size_t qm = 0, rows_lo = 0, full_lo = 0, full_hi = 0, part_lo = 0, part_hi = 0, full_beg = 0,
-         full_end = 0, part_beg = 0, part_end = 0, ulo = 0, uhi = 0, ubefore = 0, ubeg = 0,
-         uend = 0, ublocks = 0, bg_ns = 0, error = 0, part_m = 0, part_l = 0, part_acc = 0;
+  size_t qm = 0, rows_lo = 0, error = 0, part_m = 0, part_l = 0, part_acc = 0;  // and the plan's
   size_t total = 0;
   int64_t b = 0, nq = 0, hq = 0, hkv = 0, group = 1, d = 0, bq = 1, bkt = 1, bk = 1, nqb = 0;
-  int64_t ucap = 1, ns_max = 1, cells = 1, target = 1, kmax_max = 0, ntasks = 0, rgroups = 0;
+  int64_t kmax_max = 0, ntasks = 0, rgroups = 0;
 
   // Writes the DecTopkSeq and DecodeSeq arrays and the predicates' pointers into the blob for
   // the allocation at `base` (the device's; in tests, a host buffer).
@@ -291,23 +289,7 @@ struct StagedDecTopk {
     DecodePlanParams& pp = p->pp;
     pp.b = b, pp.nq = nq, pp.hq = hq, pp.hkv = hkv, pp.group = group, pp.bk = bk;
     pp.lheads = hq;
-    pp.full_lo = reinterpret_cast<int32_t*>(x + full_lo);
-    pp.full_hi = reinterpret_cast<int32_t*>(x + full_hi);
-    pp.part_lo = reinterpret_cast<int32_t*>(x + part_lo);
-    pp.part_hi = reinterpret_cast<int32_t*>(x + part_hi);
-    pp.full_beg = reinterpret_cast<int64_t*>(x + full_beg);
-    pp.full_end = reinterpret_cast<int64_t*>(x + full_end);
-    pp.part_beg = reinterpret_cast<int64_t*>(x + part_beg);
-    pp.part_end = reinterpret_cast<int64_t*>(x + part_end);
-    pp.ucap = ucap;
-    pp.ulo = reinterpret_cast<int32_t*>(x + ulo);
-    pp.uhi = reinterpret_cast<int32_t*>(x + uhi);
-    pp.ubefore = reinterpret_cast<int64_t*>(x + ubefore);
-    pp.ubeg = reinterpret_cast<int64_t*>(x + ubeg);
-    pp.uend = reinterpret_cast<int64_t*>(x + uend);
-    pp.ublocks = reinterpret_cast<int64_t*>(x + ublocks);
-    pp.bg_ns = reinterpret_cast<int32_t*>(x + bg_ns);
-    pp.cells = cells, pp.target = target, pp.ns_max = ns_max;
+    point_plan(x, &pp);
     pp.seqs = reinterpret_cast<DecodeSeq*>(x + dseqs);
     pp.error = reinterpret_cast<unsigned long long*>(x + error);
     DecodeParams& dp = p->dp;
