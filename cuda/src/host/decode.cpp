@@ -101,6 +101,17 @@ void refuse_capture(cudaStream_t stream, const char* what, const std::string& wh
                        why);
 }
 
+int64_t decode_block_keys(const backend::Decode& a) {
+  return a.paged ? a.k.shape[1] : kDecContigBlock;
+}
+
+void launch_decode_kernels(const ArchFns& arch, const DecodeParams& p, const backend::Decode& a,
+                           cudaStream_t stream) {
+  check(arch.decode(p, a.dtype, stream),
+        std::string("launching the ") + arch.name + " decode kernels (" + dtype_name(a.dtype) +
+            ", D=" + std::to_string(a.q.shape[3]) + ", Dv=" + std::to_string(a.v.shape[3]) + ")");
+}
+
 int64_t decode_dim_max(int64_t D, int64_t Dv) {
   const int64_t dmax = dec_dim_max(D, Dv);
   if (dmax == 0)
@@ -125,7 +136,7 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   const TensorView &q = a.q, &k = a.k, &v = a.v;
   const int64_t B = q.shape[0], nq = q.shape[1], hq = q.shape[2], D = q.shape[3];
   const int64_t hkv = k.shape[2], Dv = v.shape[3], G = hq / hkv;
-  const int64_t bk = a.paged ? k.shape[1] : kDecContigBlock;
+  const int64_t bk = decode_block_keys(a);
   if (B == 0 || nq == 0) return;
   if (a.cache_len == nullptr)  // lengths on the device
     return a.pattern->data_dependent() ? decode_topk_device_lengths(a, call)  // decode_topk.cpp
@@ -196,9 +207,7 @@ void decode_on_device(const backend::Decode& a, const backend::Call& call) {
   p.error = reinterpret_cast<unsigned long long*>(base + err_at);
   if (a.defer_errors) p.sticky = deferred_record(device);
 
-  check(arch.decode(p, a.dtype, stream),
-        std::string("launching the ") + arch.name + " decode kernels (" + dtype_name(a.dtype) +
-            ", D=" + std::to_string(D) + ", Dv=" + std::to_string(Dv) + ")");
+  launch_decode_kernels(arch, p, a, stream);
 
   // 4. The errors (see the top of this file). Contiguous caches have no table to check.
   if (!a.paged || a.defer_errors) return;

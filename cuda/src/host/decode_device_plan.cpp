@@ -54,11 +54,9 @@ struct Program {
   int64_t min_keys = 0;
 };
 
-int64_t block_keys(const backend::Decode& a) { return a.paged ? a.k.shape[1] : kDecContigBlock; }
-
 // The kept program of a's pattern (made and uploaded on first use), or one with `why` set.
 std::shared_ptr<Program> program_for(const backend::Decode& a, cudaStream_t stream, int device) {
-  const int64_t nq = a.q.shape[1], hq = a.q.shape[2], bk = block_keys(a);
+  const int64_t nq = a.q.shape[1], hq = a.q.shape[2], bk = decode_block_keys(a);
   const LengthRule rule = length_rule(*a.pattern);
   if (!rule.free) {
     auto p = std::make_shared<Program>();
@@ -105,7 +103,7 @@ std::string decode_device_plan_refusal(const backend::Decode& a, const backend::
     std::shared_ptr<Program> p = program_for(a, stream, device);
     why = p->why;
     if (why.empty()) {
-      const DecodePlanSpace s = plan_decode_space(p->prog, B, hkv, hq / hkv, nq, block_keys(a),
+      const DecodePlanSpace s = plan_decode_space(p->prog, B, hkv, hq / hkv, nq, decode_block_keys(a),
                                                   device_info(device).sms);
       if (s.total > kMaxPlanBytes)
         why = "its plan would take " + std::to_string(s.total) + " bytes (bound " +
@@ -122,7 +120,7 @@ void decode_device_plan(const backend::Decode& a, const backend::Call& call) {
   const TensorView &q = a.q, &k = a.k, &v = a.v;
   const int64_t B = q.shape[0], nq = q.shape[1], hq = q.shape[2], D = q.shape[3];
   const int64_t hkv = k.shape[2], Dv = v.shape[3], G = hq / hkv;
-  const int64_t bk = block_keys(a);
+  const int64_t bk = decode_block_keys(a);
   const int64_t dmax = decode_dim_max(D, Dv);
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
   const int device = call.device.device_id;
@@ -177,9 +175,7 @@ void decode_device_plan(const backend::Decode& a, const backend::Call& call) {
   p.error = err;
   const bool defer = a.defer_errors || stream_capturing(stream);
   if (defer) p.sticky = deferred_record(device);
-  check(arch.decode(p, a.dtype, stream),
-        std::string("launching the ") + arch.name + " decode kernels (" + dtype_name(a.dtype) +
-            ", D=" + std::to_string(D) + ", Dv=" + std::to_string(Dv) + ")");
+  launch_decode_kernels(arch, p, a, stream);
   if (defer) return;
   unsigned long long rec[kDecErrorWords];
   read_error_record(err, stream, device, rec);

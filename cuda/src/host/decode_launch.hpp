@@ -13,6 +13,9 @@
 namespace spattn::cuda {
 
 struct DecodeParams;
+namespace launch {
+struct ArchFns;
+}
 
 void decode_on_device(const backend::Decode& a, const backend::Call& call);
 // backend::Backend::device_lengths_refusal: empty when decode `a` can be planned on the device
@@ -38,6 +41,11 @@ void refuse_capture(cudaStream_t stream, const char* what, const std::string& wh
 // dec_dim_max(D, Dv): the decode kernel's head dim for D and Dv, or RuntimeError when it has
 // none (decode.cpp).
 int64_t decode_dim_max(int64_t D, int64_t Dv);
+// Keys per decode block: the page size, or kDecContigBlock for contiguous caches (decode.cpp).
+int64_t decode_block_keys(const backend::Decode& a);
+// arch's decode kernels on p for call a, or RuntimeError naming them (decode.cpp).
+void launch_decode_kernels(const launch::ArchFns& arch, const DecodeParams& p,
+                           const backend::Decode& a, cudaStream_t stream);
 // Copies a call's plan blob to `dev` on `stream` through the device's pinned staging buffer
 // (decode.cpp; the next call that reuses the buffer waits for this copy, not the caller).
 void upload_call_blob(const std::vector<unsigned char>& blob, void* dev, cudaStream_t stream,

@@ -67,14 +67,12 @@ struct TopkProgram {
   DeviceBlob blob, ablob;
 };
 
-int64_t block_keys(const backend::Decode& a) { return a.paged ? a.k.shape[1] : kDecContigBlock; }
-
 // The kept program of a's pattern and sizes (planned and uploaded on first use).
 std::shared_ptr<TopkProgram> topk_program_for(const backend::Decode& a, cudaStream_t stream,
                                               int device) {
   static const Pattern causal = Pattern::causal();
   const int64_t nq = a.q.shape[1], hq = a.q.shape[2], D = a.q.shape[3], hkv = a.k.shape[2];
-  const int64_t bk = block_keys(a);
+  const int64_t bk = decode_block_keys(a);
   const PatternNode& node = a.pattern->node();
   const TopKParams& tp = node.params_as<TopKParams>();
   const bool has_always = !node.children.empty();
@@ -118,6 +116,14 @@ std::shared_ptr<TopkProgram> topk_program_for(const backend::Decode& a, cudaStre
   return std::static_pointer_cast<TopkProgram>(made);
 }
 
+// The caller's pooled keys, when given (else the kernels pool them from the cache).
+void bind_pooled(const backend::Decode& a, DecTopkParams* p) {
+  if (a.pooled.data == nullptr) return;
+  p->pooled = static_cast<const float*>(a.pooled.data);
+  p->pk_sb = a.pooled.strides[0], p->pk_sc = a.pooled.strides[1];
+  p->pk_sh = a.pooled.strides[2], p->pk_sd = a.pooled.strides[3];
+}
+
 // The dynamic shared memory the choosing kernel may use on `device`.
 int64_t choose_smem_max(int device) {
   int optin = 0;
@@ -155,7 +161,7 @@ std::string decode_topk_device_lengths_refusal(const backend::Decode& a,
 void decode_topk_device_lengths(const backend::Decode& a, const backend::Call& call) {
   const TensorView &q = a.q, &k = a.k, &v = a.v;
   const int64_t B = q.shape[0], D = q.shape[3], Dv = v.shape[3];
-  const int64_t bk = block_keys(a);
+  const int64_t bk = decode_block_keys(a);
   const int64_t dmax = decode_dim_max(D, Dv);
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
   const int device = call.device.device_id;
@@ -180,11 +186,7 @@ void decode_topk_device_lengths(const backend::Decode& a, const backend::Call& c
   DecTopkParams p;
   DecTopkDev dv;
   fill_decode_params(a, bk, dmax, &p.dp);
-  if (a.pooled.data != nullptr) {
-    p.pooled = static_cast<const float*>(a.pooled.data);
-    p.pk_sb = a.pooled.strides[0], p.pk_sc = a.pooled.strides[1];
-    p.pk_sh = a.pooled.strides[2], p.pk_sd = a.pooled.strides[3];
-  }
+  bind_pooled(a, &p);
   space.bind(buf.p, P, prog->blob.dev, prog->ablob.dev, a.lengths.data,
              a.lengths.dtype.bits == 64, a.lengths.strides[0], &p, &dv);
   check(cudaMemsetAsync(p.dp.error, 0xff, kDecErrorWords * 8, stream),
@@ -193,9 +195,7 @@ void decode_topk_device_lengths(const backend::Decode& a, const backend::Call& c
   if (defer) p.dp.sticky = deferred_record(device);
 
   check(fns.dev_plan(p, dv, a.dtype, stream), "launching TopKBlocks' decode selection kernels");
-  check(arch.decode(p.dp, a.dtype, stream),
-        std::string("launching the ") + arch.name + " decode kernels (" + dtype_name(a.dtype) +
-            ", D=" + std::to_string(D) + ", Dv=" + std::to_string(Dv) + ")");
+  launch_decode_kernels(arch, p.dp, a, stream);
   if (defer) return;
   unsigned long long rec[kDecErrorWords];
   read_error_record(p.dp.error, stream, device, rec);
@@ -206,7 +206,7 @@ void decode_topk_on_device(const backend::Decode& a, const backend::Call& call) 
   const TensorView &q = a.q, &k = a.k, &v = a.v;
   const int64_t B = q.shape[0], nq = q.shape[1], hq = q.shape[2], D = q.shape[3];
   const int64_t hkv = k.shape[2], Dv = v.shape[3];
-  const int64_t bk = block_keys(a);
+  const int64_t bk = decode_block_keys(a);
   const int64_t dmax = decode_dim_max(D, Dv);
   const cudaStream_t stream = static_cast<cudaStream_t>(call.stream);
   const int device = call.device.device_id;
@@ -248,11 +248,7 @@ void decode_topk_on_device(const backend::Decode& a, const backend::Call& call) 
 
   DecTopkParams p;
   fill_decode_params(a, bk, dmax, &p.dp);
-  if (a.pooled.data != nullptr) {
-    p.pooled = static_cast<const float*>(a.pooled.data);
-    p.pk_sb = a.pooled.strides[0], p.pk_sc = a.pooled.strides[1];
-    p.pk_sh = a.pooled.strides[2], p.pk_sd = a.pooled.strides[3];
-  }
+  bind_pooled(a, &p);
   p.pp.capacity = a.capacity;
   st.bind(base, &p);
   check(cudaMemsetAsync(p.dp.error, 0xff, kDecErrorWords * 8, stream),
@@ -261,9 +257,7 @@ void decode_topk_on_device(const backend::Decode& a, const backend::Call& call) 
 
   // 3. Choose and plan, then decode: all on the caller's stream.
   check(fns.plan(p, a.dtype, stream), "launching TopKBlocks' decode selection kernels");
-  check(arch.decode(p.dp, a.dtype, stream),
-        std::string("launching the ") + arch.name + " decode kernels (" + dtype_name(a.dtype) +
-            ", D=" + std::to_string(D) + ", Dv=" + std::to_string(Dv) + ")");
+  launch_decode_kernels(arch, p.dp, a, stream);
 
   // 4. The errors, as decode.cpp's host plan reports them. Contiguous caches read no table.
   if (!a.paged || a.defer_errors) return;
